@@ -1,0 +1,313 @@
+//! The database handle: open/recover, background threads, checkpoints, GC, close.
+//!
+//! Threads: one WAL flusher (group commit, see [`crate::wal`]) and one maintenance thread
+//! (checkpoints when the WAL grows past [`Options::checkpoint_wal_bytes`], tombstone collection,
+//! a periodic full GC sweep). Both hold an `Arc<Shared>`; the user-facing [`Db`] handles share
+//! one `Arc<Handle>` whose `Drop` closes the database, so dropping the last `Db` flushes cleanly
+//! even while transactions (which hold only `Arc<Shared>`) are still alive.
+//!
+//! Invariant: the commit lock serialises installs, WAL appends, stamp allocation, key unlinking
+//! and checkpoint cuts; nothing holds it across I/O except the in-memory WAL append.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::checkpoint;
+use crate::error::Error;
+use crate::gc::{Snapshots, Tombstones};
+use crate::mvcc::Store;
+use crate::options::{Isolation, Options};
+use crate::recovery;
+use crate::ssn::ScanLog;
+use crate::stats::{Counters, Stats};
+use crate::tx::Tx;
+use crate::wal::{self, Wal};
+
+/// State guarded by the commit lock.
+#[derive(Debug)]
+pub(crate) struct CommitState {
+    /// The next commit stamp to hand out.
+    pub next_stamp: u64,
+    /// Ranges read by committed Serializable transactions.
+    pub scans: ScanLog,
+}
+
+/// Everything transactions and background threads share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub opts: Options,
+    pub store: Store,
+    pub commit: Mutex<CommitState>,
+    /// Stamp of the newest installed write commit: new snapshots start here.
+    pub visible: AtomicU64,
+    pub snapshots: Snapshots,
+    pub tombstones: Tombstones,
+    pub wal: Wal,
+    pub counters: Counters,
+    pub closed: AtomicBool,
+    checkpointing: Mutex<()>,
+    /// Wakes the maintenance thread early (close, explicit checkpoint requests).
+    pub(crate) maint: (Mutex<bool>, Condvar),
+}
+
+/// The closing part of a [`Db`]; dropped when the last handle goes.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds the directory's `flock` until close.
+    lock_file: Mutex<Option<File>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        close_handle(self);
+    }
+}
+
+/// A transactional key-value database. Cheap to clone; all clones share one engine.
+#[derive(Debug, Clone)]
+pub struct Db {
+    handle: Arc<Handle>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` with default options: fsync per commit
+    /// group.
+    pub fn open(dir: &Path) -> Result<Db, Error> {
+        Db::open_with(dir, Options::default())
+    }
+
+    /// Opens (creating if needed) the database in `dir`: recovers the latest checkpoint and
+    /// replays the WAL, truncating a torn tail.
+    pub fn open_with(dir: &Path, opts: Options) -> Result<Db, Error> {
+        fs::create_dir_all(dir)?;
+        let lock_file = lock_dir(dir)?;
+        let rec = recovery::recover(dir)?;
+        let file = wal::create_segment(dir, rec.next_segment)?;
+        let last = rec.last_stamp;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            store: rec.store,
+            commit: Mutex::new(CommitState {
+                next_stamp: last + 1,
+                scans: ScanLog::default(),
+            }),
+            visible: AtomicU64::new(last),
+            snapshots: Snapshots::new(last),
+            tombstones: Tombstones::default(),
+            wal: Wal::new(last, rec.next_segment),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            checkpointing: Mutex::new(()),
+            maint: (Mutex::new(false), Condvar::new()),
+            opts,
+        });
+        Counters::bump(
+            &shared.counters.recovered_torn_tail_bytes,
+            rec.truncated_bytes,
+        );
+        let s = shared.clone();
+        let dir_owned = dir.to_path_buf();
+        let flusher = std::thread::Builder::new()
+            .name("ledge-kv-wal".into())
+            .spawn(move || {
+                s.wal
+                    .run_flusher(&dir_owned, file, s.opts.durability, &s.counters)
+            })?;
+        let s = shared.clone();
+        let maint = std::thread::Builder::new()
+            .name("ledge-kv-maint".into())
+            .spawn(move || maintenance(&s))?;
+        Ok(Db {
+            handle: Arc::new(Handle {
+                shared,
+                threads: Mutex::new(vec![flusher, maint]),
+                lock_file: Mutex::new(Some(lock_file)),
+            }),
+        })
+    }
+
+    /// Starts a transaction reading the latest committed snapshot.
+    pub fn begin(&self, iso: Isolation) -> Tx {
+        Tx::new(self.handle.shared.clone(), iso)
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> Stats {
+        let s = &self.handle.shared;
+        s.counters.snapshot(
+            s.store.live_versions(),
+            s.store.key_count() as u64,
+            s.snapshots.active() as u64,
+        )
+    }
+
+    /// The directory this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.handle.shared.dir
+    }
+
+    /// Writes a checkpoint now and deletes the WAL segments it covers. Returns its stamp.
+    pub fn checkpoint(&self) -> Result<u64, Error> {
+        checkpoint_now(&self.handle.shared)
+    }
+
+    /// Runs a full GC pass now: prunes every chain to the horizon and unlinks dead tombstones.
+    /// Returns the number of versions removed.
+    pub fn gc(&self) -> usize {
+        full_gc(&self.handle.shared)
+    }
+
+    /// Flushes the WAL, stops the background threads and releases the directory. Further
+    /// commits fail with [`crate::TxError::Closed`]. Idempotent; dropping the last handle does
+    /// the same.
+    pub fn close(&self) -> Result<(), Error> {
+        close_handle(&self.handle);
+        match self.handle.shared.wal.failure() {
+            Some(e) => Err(Error::WalFailed(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn close_handle(h: &Handle) {
+    let s = &h.shared;
+    {
+        // Under the commit lock: no commit can append after the flusher's final flush.
+        let _c = s.commit.lock();
+        s.closed.store(true, Ordering::Release);
+    }
+    s.wal.shutdown();
+    *s.maint.0.lock() = true;
+    s.maint.1.notify_all();
+    let threads: Vec<_> = h.threads.lock().drain(..).collect();
+    for t in threads {
+        // A panicked background thread has nothing left to clean up; keep closing.
+        let _ = t.join();
+    }
+    h.lock_file.lock().take();
+}
+
+/// Takes an exclusive `flock` on `dir/LOCK` so two opens cannot write one WAL.
+fn lock_dir(dir: &Path) -> Result<File, Error> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: flock on a valid, open descriptor owned by `f`; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked(dir.to_path_buf()));
+    }
+    Ok(f)
+}
+
+/// Background loop: checkpoints on WAL growth, tombstone collection, periodic full GC.
+fn maintenance(s: &Shared) {
+    let mut ticks = 0u64;
+    loop {
+        {
+            let mut stop = s.maint.0.lock();
+            if !*stop {
+                s.maint.1.wait_for(&mut stop, s.opts.maintenance_interval);
+            }
+            if *stop {
+                return;
+            }
+        }
+        ticks += 1;
+        let limit = s.opts.checkpoint_wal_bytes;
+        if limit > 0 && s.wal.bytes_since_checkpoint.load(Ordering::Relaxed) >= limit {
+            // A failed checkpoint leaves the old one and the WAL in place; try again later.
+            let _ = checkpoint_now(s);
+        }
+        collect_tombstones(s);
+        if ticks % 40 == 0 {
+            full_gc(s);
+        }
+    }
+}
+
+/// Unlinks queued tombstoned keys that every snapshot sees as deleted.
+pub(crate) fn collect_tombstones(s: &Shared) {
+    if s.tombstones.len() == 0 {
+        return;
+    }
+    let h = s.snapshots.refresh(&s.visible);
+    let ready = s.tombstones.take_ready(h);
+    if ready.is_empty() {
+        return;
+    }
+    let _c = s.commit.lock();
+    for k in ready {
+        s.store.remove_if_dead(&k, h);
+    }
+}
+
+fn full_gc(s: &Shared) -> usize {
+    let h = s.snapshots.refresh(&s.visible);
+    let mut n = 0;
+    for e in s.store.iter() {
+        n += s.store.prune_entry(&e, h);
+    }
+    Counters::bump(&s.counters.gc_pruned_versions, n as u64);
+    collect_tombstones(s);
+    n
+}
+
+/// Writes a checkpoint of the state at the current visible stamp, then drops covered segments.
+fn checkpoint_now(s: &Shared) -> Result<u64, Error> {
+    // One checkpoint at a time (the maintenance thread and `Db::checkpoint` may race).
+    let _one = s.checkpointing.lock();
+    if s.closed.load(Ordering::Acquire) {
+        return Err(Error::Closed);
+    }
+    // Cut: the snapshot stamp and the segment switch happen together under the commit lock, so
+    // every record <= stamp lands in a segment older than the new one.
+    let (stamp, new_seg) = {
+        let _c = s.commit.lock();
+        let stamp = s.snapshots.register(&s.visible);
+        (stamp, s.wal.request_rotate())
+    };
+    let res = (|| {
+        s.wal.wait_segment(new_seg).map_err(Error::WalFailed)?;
+        let entries = s.store.iter().filter_map(|e| {
+            let v = e.value().visible(stamp)?;
+            let val = v.value.clone()?;
+            Some((v.cstamp, e.key().clone(), val))
+        });
+        checkpoint::write(&s.dir, stamp, entries)?;
+        s.wal.bytes_since_checkpoint.store(0, Ordering::Relaxed);
+        delete_covered(&s.dir, stamp, new_seg)?;
+        Counters::bump(&s.counters.checkpoints, 1);
+        Ok(stamp)
+    })();
+    s.snapshots.release(stamp, &s.visible);
+    res
+}
+
+/// Deletes segments older than `new_seg` and checkpoints older than `stamp`.
+fn delete_covered(dir: &Path, stamp: u64, new_seg: u64) -> Result<(), Error> {
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old_seg = wal::parse_segment_name(name).is_some_and(|q| q < new_seg);
+        let old_ckpt = checkpoint::parse_checkpoint_name(name).is_some_and(|q| q < stamp);
+        if old_seg || old_ckpt {
+            fs::remove_file(ent.path())?;
+        }
+    }
+    wal::sync_dir(dir)?;
+    Ok(())
+}
+

@@ -1,0 +1,66 @@
+//! `ledge-kv`: the transactional key-value engine of ledge.
+//!
+//! An in-memory multi-version store (a lock-free ordered skip list of keys, each with a short
+//! version chain under a per-key lock), made durable by a write-ahead log with group commit and
+//! periodic checkpoints.
+//!
+//! - [`Isolation::Snapshot`]: snapshot isolation with first-committer-wins.
+//! - [`Isolation::Serializable`]: snapshot isolation certified by the Serial Safety Net (SSN) and
+//!   scanned-range validation, so committed Serializable transactions are serializable
+//!   (see [`ssn`](crate::ssn) for the protocol and its invariants).
+//!
+//! ```no_run
+//! use ledge_kv::{Db, Isolation};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = Db::open(std::path::Path::new("/tmp/ledge-kv-example"))?;
+//! loop {
+//!     let mut tx = db.begin(Isolation::Serializable);
+//!     let n = tx.get(b"counter")?.map_or(0, |v| v[0]);
+//!     tx.put(b"counter", &[n.wrapping_add(1)])?;
+//!     match tx.commit() {
+//!         Ok(_stamp) => break,
+//!         Err(e) if e.is_retryable() => continue,
+//!         Err(e) => return Err(e.into()),
+//!     }
+//! }
+//! db.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Module map: [`db`](crate::db) (handle, threads, checkpoints), [`tx`](crate::tx) (operations,
+//! commit), [`mvcc`](crate::mvcc) (versions), [`ssn`](crate::ssn) (certification),
+//! [`wal`](crate::wal), [`checkpoint`](crate::checkpoint), [`recovery`](crate::recovery),
+//! [`gc`](crate::gc), [`error`](crate::error).
+#![deny(missing_docs)]
+
+mod checkpoint;
+mod db;
+mod error;
+mod gc;
+mod mvcc;
+mod options;
+mod recovery;
+mod ssn;
+mod stats;
+mod tx;
+mod wal;
+
+pub use db::Db;
+pub use error::{Error, TxError};
+pub use options::{Durability, Isolation, Options};
+pub use stats::Stats;
+pub use tx::Tx;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    fn assert_send<T: Send + 'static>() {}
+
+    #[test]
+    fn handles_are_send_and_sync_and_tx_is_send() {
+        assert_send_sync::<Db>();
+        assert_send::<Tx>();
+    }
+}

@@ -1,0 +1,75 @@
+//! Configuration: isolation levels, durability modes and limits.
+
+use std::time::Duration;
+
+/// Isolation level of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Snapshot isolation: reads see the snapshot taken at `begin`; write-write conflicts abort the
+    /// later committer (first-committer-wins). Admits write skew and the read-only anomaly.
+    Snapshot,
+    /// Snapshot isolation certified by the Serial Safety Net plus scanned-range (phantom)
+    /// validation: every committed history of Serializable transactions is conflict-serializable.
+    Serializable,
+}
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `commit` returns only after the commit's WAL record is on stable storage. Concurrent
+    /// committers share one fsync (group commit).
+    Fsync,
+    /// `commit` returns once the record is in the in-memory WAL buffer; a background thread writes
+    /// and fsyncs the buffer every interval. A crash loses at most about one interval of commits,
+    /// never a part of one.
+    Periodic(Duration),
+}
+
+/// Options for [`crate::Db::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// Durability mode; default [`Durability::Fsync`].
+    pub durability: Durability,
+    /// Write a checkpoint (and drop old WAL segments) once this many WAL bytes were written since
+    /// the last one; `0` disables automatic checkpoints. Default 64 MiB.
+    pub checkpoint_wal_bytes: u64,
+    /// Longest accepted key. Default 4 KiB.
+    pub max_key_len: usize,
+    /// Longest accepted value. Default 1 MiB.
+    pub max_value_len: usize,
+    /// How often the maintenance thread looks at checkpoint and GC work. Default 50 ms.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Fsync,
+            checkpoint_wal_bytes: 64 << 20,
+            max_key_len: 4 << 10,
+            max_value_len: 1 << 20,
+            maintenance_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Options {
+    /// Sets the durability mode.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Sets the checkpoint cadence in WAL bytes (`0` = never automatically).
+    pub fn checkpoint_wal_bytes(mut self, n: u64) -> Self {
+        self.checkpoint_wal_bytes = n;
+        self
+    }
+
+    /// Sets the maintenance interval.
+    pub fn maintenance_interval(mut self, d: Duration) -> Self {
+        self.maintenance_interval = d;
+        self
+    }
+}

@@ -1,0 +1,363 @@
+//! Transactions: buffered writes over a snapshot, and the serial commit section.
+//!
+//! Invariants:
+//! - A transaction holds no lock between calls: its state is its snapshot stamp, its write
+//!   buffer, and (Serializable) its read set and read ranges. So it is `Send + 'static` and may
+//!   live across `.await`s.
+//! - Reads see the snapshot plus the transaction's own buffered writes.
+//! - Nothing becomes visible to others until commit installs all writes at once under the
+//!   commit lock with one stamp: commits are atomic, and aborts need no undo.
+//! - `commit` returns `Ok` in [`Durability::Fsync`] mode only after the WAL holds the commit
+//!   durably; a read-only commit waits until its snapshot is durable, so no caller ever acts on
+//!   data a crash could take back (other transactions may *see* a commit slightly before it is
+//!   durable, as in early lock release; they cannot commit before it).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::db::Shared;
+use crate::error::TxError;
+use crate::mvcc::Version;
+use crate::options::{Durability, Isolation};
+use crate::ssn::ReadRange;
+use crate::stats::Counters;
+use crate::wal;
+
+/// A transaction. Dropping it without committing aborts it.
+#[derive(Debug)]
+pub struct Tx {
+    shared: Arc<Shared>,
+    iso: Isolation,
+    snapshot: u64,
+    /// Buffered writes; `None` deletes.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Versions read (Serializable only).
+    reads: Vec<Arc<Version>>,
+    /// Ranges read, including point reads that found nothing (Serializable only).
+    ranges: Vec<ReadRange>,
+    /// max cstamp of versions read: the w:r part of η(T).
+    read_pstamp: u64,
+    finished: bool,
+}
+
+impl Tx {
+    pub(crate) fn new(shared: Arc<Shared>, iso: Isolation) -> Tx {
+        let snapshot = shared.snapshots.register(&shared.visible);
+        Tx {
+            shared,
+            iso,
+            snapshot,
+            writes: BTreeMap::new(),
+            reads: Vec::new(),
+            ranges: Vec::new(),
+            read_pstamp: 0,
+            finished: false,
+        }
+    }
+
+    /// The snapshot stamp this transaction reads at.
+    pub fn snapshot(&self) -> u64 {
+        self.snapshot
+    }
+
+    /// The isolation level.
+    pub fn isolation(&self) -> Isolation {
+        self.iso
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), TxError> {
+        let max = self.shared.opts.max_key_len;
+        if key.is_empty() || key.len() > max {
+            return Err(TxError::KeyTooLarge {
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn track(&mut self, v: &Arc<Version>) {
+        if self.iso == Isolation::Serializable {
+            self.read_pstamp = self.read_pstamp.max(v.cstamp);
+            self.reads.push(v.clone());
+        }
+    }
+
+    /// Reads `key` at the snapshot (or this transaction's own write).
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+        self.check_key(key)?;
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        let found = self
+            .shared
+            .store
+            .get(key)
+            .and_then(|e| e.value().visible(self.snapshot));
+        let value = match &found {
+            Some(v) => {
+                self.track(v);
+                v.value.as_deref().map(<[u8]>::to_vec)
+            }
+            None => None,
+        };
+        if value.is_none() && self.iso == Isolation::Serializable {
+            // Absence is a predicate read: an insert of this key by a concurrent committer is
+            // an r:w edge that no version records.
+            self.ranges.push(ReadRange {
+                start: key.to_vec(),
+                end: Bound::Included(key.to_vec()),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Buffers a write of `value` to `key`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxError> {
+        self.check_key(key)?;
+        let max = self.shared.opts.max_value_len;
+        if value.len() > max {
+            return Err(TxError::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
+        }
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Buffers a delete of `key` (deleting an absent key is not an error).
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), TxError> {
+        self.check_key(key)?;
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    /// Keys in `[start, end)` in key order, at most `limit`; an empty `end` means unbounded.
+    pub fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TxError> {
+        let end_b: Bound<&[u8]> = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if limit == 0 || (!end.is_empty() && start >= end) {
+            return Ok(out);
+        }
+        let mut stored = self
+            .shared
+            .store
+            .range(Bound::Included(start), end_b)
+            .filter_map(|e| {
+                let v = e.value().visible(self.snapshot)?;
+                Some((e.key().clone(), v))
+            })
+            .peekable();
+        let mut own = self.writes.range::<[u8], _>((Bound::Included(start), end_b)).peekable();
+        let mut tracked = Vec::new();
+        // Merge the snapshot with our own writes; own writes shadow stored versions.
+        while out.len() < limit {
+            let take_own = match (stored.peek(), own.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((sk, _)), Some((ok, _))) => ok.as_slice() <= sk.as_slice(),
+            };
+            if take_own {
+                let Some((k, w)) = own.next() else { break };
+                if stored.peek().is_some_and(|(sk, _)| sk == k) {
+                    stored.next();
+                }
+                if let Some(v) = w {
+                    out.push((k.clone(), v.clone()));
+                }
+            } else {
+                let Some((k, v)) = stored.next() else { break };
+                if let Some(val) = &v.value {
+                    out.push((k, val.to_vec()));
+                }
+                tracked.push(v);
+            }
+        }
+        drop(stored);
+        drop(own);
+        if self.iso == Isolation::Serializable {
+            for v in &tracked {
+                self.track(v);
+            }
+            // Cut by the limit: only the part up to the last returned key was observed.
+            let end = match out.last() {
+                Some((k, _)) if out.len() == limit => Bound::Included(k.clone()),
+                _ => end_b.map(<[u8]>::to_vec),
+            };
+            self.ranges.push(ReadRange {
+                start: start.to_vec(),
+                end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Aborts: discards the buffered writes.
+    pub fn abort(self) {}
+
+    /// Commits; returns the commit stamp (for a read-only transaction, its snapshot stamp or,
+    /// if it had to be certified, a fresh stamp).
+    pub fn commit(mut self) -> Result<u64, TxError> {
+        self.finished = true;
+        let res = self.commit_inner();
+        if let Err(e) = &res {
+            let c = &self.shared.counters;
+            match e {
+                TxError::WriteConflict { .. } => Counters::bump(&c.aborted_write_conflict, 1),
+                TxError::Unserializable { .. } => Counters::bump(&c.aborted_ssn, 1),
+                TxError::Phantom { .. } => Counters::bump(&c.aborted_phantom, 1),
+                _ => {}
+            }
+        } else {
+            Counters::bump(&self.shared.counters.committed, 1);
+        }
+        res
+    }
+
+    fn commit_inner(&mut self) -> Result<u64, TxError> {
+        let s = self.shared.clone();
+        let serializable = self.iso == Isolation::Serializable;
+        let certify = serializable && !(self.reads.is_empty() && self.ranges.is_empty());
+        if self.writes.is_empty() && !certify {
+            self.wait_durable(self.snapshot)?;
+            return Ok(self.snapshot);
+        }
+        let horizon = s.snapshots.horizon();
+        let mut st = s.commit.lock();
+        if s.closed.load(Ordering::Acquire) {
+            return Err(TxError::Closed);
+        }
+        if let Some(e) = s.wal.failure() {
+            return Err(TxError::Wal(e));
+        }
+
+        // First-committer-wins: the newest committed version must be the one we saw.
+        let mut overwritten = Vec::with_capacity(self.writes.len());
+        let mut existence_changed = Vec::new();
+        for (k, w) in &self.writes {
+            let latest = s.store.get(k).and_then(|e| e.value().latest());
+            let existed = match &latest {
+                Some(l) if l.cstamp > self.snapshot => {
+                    return Err(TxError::WriteConflict { key: k.clone() });
+                }
+                Some(l) => l.value.is_some(),
+                None => false,
+            };
+            if existed != w.is_some() {
+                existence_changed.push(k.as_slice());
+            }
+            overwritten.extend(latest);
+        }
+
+        let cstamp = st.next_stamp;
+        let mut sstamp = cstamp;
+        if serializable {
+            // Phantoms: did a later commit insert or delete a key in a range we read?
+            for r in &self.ranges {
+                for e in s.store.range(Bound::Included(&r.start), r.end_bound()) {
+                    let chain = e.value();
+                    let Some(l) = chain.latest() else { continue };
+                    if l.cstamp <= self.snapshot {
+                        continue;
+                    }
+                    let before = chain
+                        .visible(self.snapshot)
+                        .is_some_and(|v| v.value.is_some());
+                    if before != l.value.is_some() {
+                        return Err(TxError::Phantom {
+                            start: r.start.clone(),
+                        });
+                    }
+                }
+            }
+            // SSN exclusion test.
+            let mut pstamp = self.read_pstamp;
+            for v in &overwritten {
+                pstamp = pstamp.max(v.pstamp.load(Ordering::Acquire));
+            }
+            if !st.scans.is_empty() {
+                for k in &existence_changed {
+                    pstamp = pstamp.max(st.scans.max_covering(k));
+                }
+            }
+            for v in &self.reads {
+                sstamp = sstamp.min(v.sstamp.load(Ordering::Acquire));
+            }
+            if sstamp <= pstamp {
+                return Err(TxError::Unserializable { sstamp, pstamp });
+            }
+            for v in &self.reads {
+                v.pstamp.fetch_max(cstamp, Ordering::AcqRel);
+            }
+            if !self.ranges.is_empty() {
+                st.scans.push(cstamp, std::mem::take(&mut self.ranges).into());
+            }
+        }
+
+        if !self.writes.is_empty() {
+            for v in &overwritten {
+                v.sstamp.store(sstamp, Ordering::Release);
+            }
+            let mut pruned = 0;
+            for (k, w) in &self.writes {
+                let v = Version::new(cstamp, w.as_deref().map(Box::from));
+                pruned += s.store.install(k, v, horizon);
+                if w.is_none() {
+                    s.tombstones.push(k.clone(), cstamp);
+                }
+            }
+            Counters::bump(&s.counters.gc_pruned_versions, pruned as u64);
+            let writes = &self.writes;
+            s.wal.append(cstamp, |buf| {
+                wal::encode(
+                    buf,
+                    cstamp,
+                    writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+                )
+            });
+            s.visible.store(cstamp, Ordering::Release);
+        }
+        st.next_stamp += 1;
+        st.scans.prune(horizon);
+        drop(st);
+
+        let durable_needed = if self.writes.is_empty() {
+            self.snapshot
+        } else {
+            cstamp
+        };
+        self.wait_durable(durable_needed)?;
+        Ok(cstamp)
+    }
+
+    fn wait_durable(&self, stamp: u64) -> Result<(), TxError> {
+        match self.shared.opts.durability {
+            Durability::Fsync => self.shared.wal.wait_durable(stamp).map_err(TxError::Wal),
+            Durability::Periodic(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.finished {
+            Counters::bump(&self.shared.counters.aborted_by_caller, 1);
+        }
+        self.shared
+            .snapshots
+            .release(self.snapshot, &self.shared.visible);
+    }
+}

@@ -1,0 +1,383 @@
+//! Write-ahead log: framing, segment files and the group-commit flusher.
+//!
+//! On disk a WAL is a sequence of segment files `wal-<seq>.log`, each a sequence of frames:
+//! `len: u32 LE | crc32c(payload): u32 LE | payload`, where the payload is one committed
+//! transaction: `cstamp: u64 | n: u32 | n × (tag: u8 | klen: u32 | key | [vlen: u32 | value])`
+//! (tag 0 = put, 1 = delete; deletes carry no value).
+//!
+//! Invariants:
+//! - Records are appended to the shared buffer inside the commit lock, so buffer order (and hence
+//!   file order) equals cstamp order, and stamps strictly increase along the log.
+//! - The flusher thread owns the segment file. It takes the whole buffer, writes it, fsyncs, then
+//!   publishes `durable = last stamp in that buffer`: every commit with a stamp at or below
+//!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
+//! - A rotation request (from a checkpoint) takes effect after the buffer that was pending when it
+//!   was made: everything up to the checkpoint stamp stays in the older segments.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::options::Durability;
+use crate::stats::Counters;
+
+const HEADER: usize = 8;
+/// Smallest payload: a stamp and an op count. Also rules out a run of zero bytes parsing as a frame.
+const MIN_PAYLOAD: usize = 12;
+/// Largest accepted frame payload; larger lengths are treated as damage.
+pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
+const TAG_PUT: u8 = 0;
+const TAG_DEL: u8 = 1;
+
+/// One logged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A decoded WAL record: one committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub cstamp: u64,
+    pub ops: Vec<Op>,
+}
+
+/// Appends the frame for a commit to `buf`.
+pub(crate) fn encode<'a>(
+    buf: &mut Vec<u8>,
+    cstamp: u64,
+    ops: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; HEADER]);
+    buf.extend_from_slice(&cstamp.to_le_bytes());
+    buf.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    for (k, v) in ops {
+        buf.push(if v.is_some() { TAG_PUT } else { TAG_DEL });
+        buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        buf.extend_from_slice(k);
+        if let Some(v) = v {
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+    }
+    let payload_len = buf.len() - start - HEADER;
+    let crc = crc32c::crc32c(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_payload(p: &[u8]) -> Option<Record> {
+    let cstamp = u64_at(p, 0)?;
+    let n = u32_at(p, 8)? as usize;
+    let mut at = 12;
+    let mut ops = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let tag = *p.get(at)?;
+        let klen = u32_at(p, at + 1)? as usize;
+        at += 5;
+        let key = p.get(at..at.checked_add(klen)?)?.to_vec();
+        at += klen;
+        let value = match tag {
+            TAG_PUT => {
+                let vlen = u32_at(p, at)? as usize;
+                at += 4;
+                let v = p.get(at..at.checked_add(vlen)?)?.to_vec();
+                at += vlen;
+                Some(v)
+            }
+            TAG_DEL => None,
+            _ => return None,
+        };
+        ops.push(Op { key, value });
+    }
+    (at == p.len()).then_some(Record { cstamp, ops })
+}
+
+/// Parses the frame at `at`, if a complete, checksummed, well-formed one is there.
+fn frame_at(b: &[u8], at: usize, after_stamp: u64) -> Option<(Record, usize)> {
+    let len = u32_at(b, at)? as usize;
+    if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len) {
+        return None;
+    }
+    let crc = u32_at(b, at + 4)?;
+    let payload = b.get(at + HEADER..(at + HEADER).checked_add(len)?)?;
+    if crc32c::crc32c(payload) != crc {
+        return None;
+    }
+    let rec = decode_payload(payload)?;
+    (rec.cstamp > after_stamp).then_some((rec, at + HEADER + len))
+}
+
+/// What reading one segment found.
+#[derive(Debug)]
+pub(crate) struct SegmentScan {
+    pub records: Vec<Record>,
+    /// Length of the valid prefix; anything after it is a torn tail to truncate.
+    pub valid_len: usize,
+    /// Set when a bad frame is followed by a valid one: damage, not a torn tail.
+    pub corrupt_at: Option<(usize, &'static str)>,
+}
+
+/// Reads all frames of a segment, stopping at the first bad one. A bad frame counts as a torn
+/// tail only if no valid frame can be found anywhere after it.
+pub(crate) fn scan_segment(b: &[u8], mut last_stamp: u64) -> SegmentScan {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        match frame_at(b, at, last_stamp) {
+            Some((rec, next)) => {
+                last_stamp = rec.cstamp;
+                records.push(rec);
+                at = next;
+            }
+            None => {
+                // A crash can only tear the end of the file. Search byte by byte for any later
+                // valid frame (the length field itself may be the damaged part).
+                let later = (at + 1..b.len().saturating_sub(HEADER + MIN_PAYLOAD - 1))
+                    .any(|q| frame_at(b, q, last_stamp).is_some());
+                let reason = if later {
+                    "bad frame followed by a valid one"
+                } else {
+                    ""
+                };
+                return SegmentScan {
+                    records,
+                    valid_len: at,
+                    corrupt_at: later.then_some((at, reason)),
+                };
+            }
+        }
+    }
+    SegmentScan {
+        records,
+        valid_len: at,
+        corrupt_at: None,
+    }
+}
+
+/// Path of WAL segment `seq` in `dir`.
+pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:020}.log"))
+}
+
+/// Parses a segment file name back into its sequence number.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+}
+
+/// Fsyncs a directory so that creates, renames and deletes in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a new, empty segment and makes its directory entry durable.
+pub(crate) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(segment_path(dir, seq))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+#[derive(Debug, Default)]
+struct WalState {
+    /// Frames appended by committers and not yet taken by the flusher.
+    pending: Vec<u8>,
+    /// Stamp of the last record in `pending`.
+    pending_last: u64,
+    /// Every commit with a stamp at or below this is durable.
+    durable: u64,
+    /// Sequence number of the segment the flusher is writing.
+    segment: u64,
+    /// Set by a checkpoint: switch segments after writing the current `pending`.
+    rotate: bool,
+    shutdown: bool,
+    failed: Option<Arc<io::Error>>,
+}
+
+/// The WAL's shared state between committers, the flusher and checkpoints.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    state: Mutex<WalState>,
+    /// Wakes the flusher.
+    work: Condvar,
+    /// Wakes committers waiting for durability (and checkpoints waiting for a rotation).
+    flushed: Condvar,
+    /// Bytes written since the last checkpoint (the checkpoint trigger).
+    pub bytes_since_checkpoint: AtomicU64,
+}
+
+impl Wal {
+    pub(crate) fn new(durable: u64, segment: u64) -> Wal {
+        Wal {
+            state: Mutex::new(WalState {
+                durable,
+                pending_last: durable,
+                segment,
+                ..WalState::default()
+            }),
+            work: Condvar::new(),
+            flushed: Condvar::new(),
+            bytes_since_checkpoint: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends one encoded commit. Must be called with the commit lock held (stamp order).
+    pub(crate) fn append(&self, cstamp: u64, frame_writer: impl FnOnce(&mut Vec<u8>)) {
+        let mut st = self.state.lock();
+        frame_writer(&mut st.pending);
+        st.pending_last = cstamp;
+        drop(st);
+        self.work.notify_one();
+    }
+
+    /// Blocks until every commit up to `stamp` is durable.
+    pub(crate) fn wait_durable(&self, stamp: u64) -> Result<(), Arc<io::Error>> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.durable >= stamp {
+                return Ok(());
+            }
+            if st.shutdown && st.pending.is_empty() && st.pending_last <= st.durable {
+                // The flusher has exited: nothing will ever make `stamp` durable.
+                return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
+            }
+            self.flushed.wait(&mut st);
+        }
+    }
+
+    /// The failure that stopped the flusher, if any.
+    pub(crate) fn failure(&self) -> Option<Arc<io::Error>> {
+        self.state.lock().failed.clone()
+    }
+
+    /// Asks the flusher to start a new segment after the records pending now; returns the
+    /// sequence number that segment will have. Cheap: call it under the commit lock.
+    pub(crate) fn request_rotate(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.rotate = true;
+        self.work.notify_one();
+        st.segment + 1
+    }
+
+    /// Waits until the flusher writes to segment `target` (or later).
+    pub(crate) fn wait_segment(&self, target: u64) -> Result<(), Arc<io::Error>> {
+        let mut st = self.state.lock();
+        while st.segment < target {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.shutdown {
+                return Err(Arc::new(io::Error::other("WAL closed during rotation")));
+            }
+            self.flushed.wait(&mut st);
+        }
+        Ok(())
+    }
+
+    /// Tells the flusher to write what is pending and exit.
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.work.notify_all();
+    }
+
+    /// The flusher thread's body. Owns the open segment file.
+    pub(crate) fn run_flusher(
+        &self,
+        dir: &Path,
+        mut file: File,
+        durability: Durability,
+        counters: &Counters,
+    ) {
+        let mut spare = Vec::new();
+        let mut st = self.state.lock();
+        loop {
+            match durability {
+                Durability::Fsync => {
+                    while st.pending.is_empty() && !st.rotate && !st.shutdown {
+                        self.work.wait(&mut st);
+                    }
+                }
+                Durability::Periodic(every) => {
+                    // Let commits accumulate for one interval (a rotation or shutdown cuts it short).
+                    let deadline = Instant::now() + every;
+                    while !st.rotate && !st.shutdown && Instant::now() < deadline {
+                        self.work.wait_until(&mut st, deadline);
+                    }
+                }
+            }
+            if st.failed.is_some() {
+                return;
+            }
+            let shutdown = st.shutdown;
+            let rotate = st.rotate;
+            std::mem::swap(&mut st.pending, &mut spare);
+            let last = st.pending_last;
+            drop(st);
+
+            let res = self.write_batch(&mut file, &spare, counters);
+            let res = res.and_then(|()| {
+                if rotate {
+                    let seq = self.state.lock().segment + 1;
+                    file = create_segment(dir, seq)?;
+                }
+                Ok(())
+            });
+            spare.clear();
+
+            st = self.state.lock();
+            match res {
+                Ok(()) => {
+                    st.durable = st.durable.max(last);
+                    if rotate {
+                        st.segment += 1;
+                        st.rotate = false;
+                    }
+                }
+                Err(e) => st.failed = Some(Arc::new(e)),
+            }
+            self.flushed.notify_all();
+            if st.failed.is_some() || (shutdown && st.pending.is_empty()) {
+                st.shutdown = true;
+                self.flushed.notify_all();
+                return;
+            }
+        }
+    }
+
+    fn write_batch(&self, file: &mut File, batch: &[u8], counters: &Counters) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        file.write_all(batch)?;
+        let t = Instant::now();
+        // fdatasync: the file's size is data for this purpose, so appended frames are covered.
+        file.sync_data()?;
+        Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
+        Counters::bump(&counters.wal_fsyncs, 1);
+        Counters::bump(&counters.wal_bytes, batch.len() as u64);
+        self.bytes_since_checkpoint
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+

@@ -1,0 +1,155 @@
+//! The `ledge` command line (spec: "Command line").
+//!
+//! Exit codes: 0 ok; 1 the request was refused or failed (stderr names the reason); 2 usage
+//! error (clap's own exit code for bad arguments).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::Registry;
+use crate::routes::App;
+use crate::runtime::{Runtime, RuntimeOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: deploy API, function invocation, metrics.
+    Serve(ServeArgs),
+    /// Upload a component as function NAME (creates it or deploys a new version).
+    Deploy {
+        /// Function name: 1-63 characters of a-z, 0-9 and '-'.
+        name: String,
+        /// The component (.wasm) to deploy.
+        file: PathBuf,
+        /// A policy file (TOML) to apply to the function before the component goes live.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List deployed functions.
+    Functions {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove function NAME.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where deployed functions, key-value data and keys live.
+    #[arg(long, default_value = "./ledge-data")]
+    data_dir: PathBuf,
+    /// Directory of policy files (default.toml and NAME.toml).
+    #[arg(long, default_value = "./policies")]
+    policies: PathBuf,
+    /// Largest component accepted by deploy, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_upload: u64,
+    /// Component instances that may be live at once (sizes the pooling allocator).
+    #[arg(long, default_value_t = RuntimeOptions::default().max_instances)]
+    max_instances: u32,
+    /// Never use the pooling allocator (always allocate instance memory on demand).
+    #[arg(long)]
+    no_pooling: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where client commands send their requests.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of the ledge server.
+    #[arg(long, env = "LEDGE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token for the request.
+    #[arg(long, env = "LEDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ledge: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Deploy { name, file, policy, server } => {
+                crate::client::deploy(&server, &name, &file, policy.as_deref()).await
+            }
+            Command::Functions { server } => crate::client::functions(&server).await,
+            Command::Rm { name, server } => crate::client::remove(&server, &name).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ledge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    crate::storage::create_private_dir(&args.data_dir)?;
+    let runtime = Arc::new(Runtime::new(&RuntimeOptions {
+        pooling: !args.no_pooling,
+        max_instances: args.max_instances,
+        ..RuntimeOptions::default()
+    })?);
+    let policies = args.policies.is_dir().then_some(args.policies.as_path());
+    let (registry, report) = {
+        let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
+        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime)).await??
+    };
+    tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let address = listener.local_addr()?;
+    let app = Arc::new(App { registry, runtime, max_upload: args.max_upload });
+    // Tests and scripts wait for this line to learn the port.
+    println!("ledge listening on http://{address}");
+    crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

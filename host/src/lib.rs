@@ -1,0 +1,23 @@
+//! # ledge: a WebAssembly edge-function platform
+//!
+//! One `ledge` process per node accepts WebAssembly components over HTTP and runs every
+//! request in a fresh sandboxed instance. The modules, one per capability:
+//!
+//! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
+//! - [`outbound`]: the outbound HTTP allow-list;
+//! - [`registry`]: deployed functions, durable in the data dir, swapped atomically;
+//! - [`policy`]: policy files;
+//! - [`routes`] and [`server`]: the HTTP API and the server around it;
+//! - [`problem`]: the single mapping from errors to problem+json responses;
+//! - [`cli`] and [`client`]: the command line.
+
+pub mod cli;
+pub mod client;
+pub mod outbound;
+pub mod policy;
+pub mod problem;
+pub mod registry;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,236 @@
+//! Policy files: limits and permissions per function (`policies/NAME.toml`, or uploaded with
+//! `PUT /v1/functions/{name}/policy`), each field falling back to `policies/default.toml` and
+//! then to the built-in defaults below.
+//!
+//! Invariants: parsing is strict (unknown fields and bad values are errors that name the field
+//! and line), and a [`Policy`] is always complete, so the hot path never looks at fallbacks.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A policy as written in a file: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub public: Option<bool>,
+    pub rate: Option<RateSection>,
+    pub limits: Option<LimitsSection>,
+    pub outbound: Option<OutboundSection>,
+    pub kv: Option<KvSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    pub quota: Option<Positive>,
+    pub window: Option<HumanDuration>,
+    pub burst: Option<Positive>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+    pub max_concurrency: Option<Positive>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSection {
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSection {
+    pub stores: Option<Vec<String>>,
+}
+
+/// A complete, resolved policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub public: bool,
+    pub rate: RateQuota,
+    pub timeout: Duration,
+    pub memory: u64,
+    pub max_body: u64,
+    pub max_concurrency: u32,
+    pub outbound_allow: Vec<String>,
+    pub kv_stores: Vec<String>,
+}
+
+/// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateQuota {
+    pub quota: u32,
+    pub window: Duration,
+    pub burst: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            public: false,
+            rate: RateQuota { quota: 100, window: Duration::from_secs(60), burst: 100 },
+            timeout: Duration::from_secs(10),
+            memory: 64 << 20,
+            max_body: 1 << 20,
+            max_concurrency: 64,
+            outbound_allow: Vec::new(),
+            kv_stores: Vec::new(),
+        }
+    }
+}
+
+impl PolicyFile {
+    /// Parses TOML; the error names the field, line and column.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_string())
+    }
+
+    /// Resolves this file over `base` (the default policy, already resolved).
+    pub fn resolve(&self, base: &Policy) -> Policy {
+        let rate = self.rate.clone().unwrap_or_default();
+        let limits = self.limits.clone().unwrap_or_default();
+        let quota = rate.quota.map_or(base.rate.quota, |q| q.0);
+        // burst = quota unless set, so a file that raises the quota raises the burst with it.
+        let burst = rate.burst.map(|b| b.0).or(rate.quota.map(|q| q.0)).unwrap_or(base.rate.burst);
+        Policy {
+            public: self.public.unwrap_or(base.public),
+            rate: RateQuota { quota, window: rate.window.map_or(base.rate.window, |w| w.0), burst },
+            timeout: limits.timeout.map_or(base.timeout, |t| t.0),
+            memory: limits.memory.map_or(base.memory, |m| m.0),
+            max_body: limits.max_body.map_or(base.max_body, |m| m.0),
+            max_concurrency: limits.max_concurrency.map_or(base.max_concurrency, |c| c.0),
+            outbound_allow: self
+                .outbound
+                .as_ref()
+                .and_then(|o| o.allow.clone())
+                .unwrap_or_else(|| base.outbound_allow.clone()),
+            kv_stores: self.kv.as_ref().and_then(|k| k.stores.clone()).unwrap_or_else(|| base.kv_stores.clone()),
+        }
+    }
+}
+
+/// A strictly positive integer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Positive(pub u32);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(d)?;
+        match u32::try_from(value) {
+            Ok(v) if v > 0 => Ok(Positive(v)),
+            _ => Err(serde::de::Error::custom(format!("expected a positive integer, got {value}"))),
+        }
+    }
+}
+
+/// A duration written as `500ms`, `10s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration `{text}`: expected a positive number with a unit, e.g. \"500ms\", \"10s\", \"5m\", \"1h\"");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() { Err(bad()) } else { Ok(duration) }
+}
+
+/// A byte size written as `512KiB`, `64MiB`, `1GiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(0) => Err(serde::de::Error::custom("a size must be greater than zero")),
+            Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Raw::Text(text) => parse_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size `{text}`: expected e.g. \"512KiB\", \"64MiB\", \"1GiB\"");
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(1 << shift) {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(bad()),
+    }
+}
+
+impl fmt::Display for RateQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {:?} (burst {})", self.quota, self.window, self.burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_fall_back_to_the_base_policy() {
+        let base = PolicyFile::parse("public = true\n[limits]\ntimeout = \"2s\"\n").unwrap().resolve(&Policy::default());
+        let own = PolicyFile::parse("[rate]\nquota = 5\nwindow = \"1s\"\n").unwrap().resolve(&base);
+        assert!(own.public);
+        assert_eq!(own.timeout, Duration::from_secs(2));
+        assert_eq!(own.rate, RateQuota { quota: 5, window: Duration::from_secs(1), burst: 5 });
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field_and_line() {
+        let unknown = PolicyFile::parse("public = true\n[limits]\ntimeuot = \"2s\"\n").unwrap_err();
+        assert!(unknown.contains("timeuot") && unknown.contains("line 3"), "{unknown}");
+        let bad = PolicyFile::parse("[limits]\nmemory = \"lots\"\n").unwrap_err();
+        assert!(bad.contains("memory") && bad.contains("line 2") && bad.contains("lots"), "{bad}");
+        let zero = PolicyFile::parse("[rate]\nquota = 0\n").unwrap_err();
+        assert!(zero.contains("quota"), "{zero}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! RFC 9457 `application/problem+json` responses, and the one place where every operation's
+//! error enum is mapped to a status and a detail.
+//!
+//! Invariant: a client error keeps its status and a detail a person can act on; an internal
+//! error becomes a generic 500 whose detail never carries paths, keys or backtraces (the cause
+//! is logged once, here, with the request's function name).
+
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::registry::{DeployError, PolicyError, RegistryError};
+use crate::runtime::InvokeError;
+use crate::server::{ResponseBody, full};
+
+/// One problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem with `status`, its canonical reason as the title, and `detail`.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error");
+        Problem {
+            kind: format!("https://ledge.dev/problems/{}", status.as_u16()),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The HTTP response carrying this problem.
+    pub fn into_response(self) -> http::Response<ResponseBody> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        full(status, "application/problem+json", serde_json::to_vec(&self).unwrap_or_default())
+    }
+
+    fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%context, error = %error, "internal error");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error while {context}; see the server log"))
+    }
+}
+
+impl From<DeployError> for Problem {
+    fn from(error: DeployError) -> Self {
+        match error {
+            DeployError::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+            DeployError::Registry(registry) => registry.into(),
+            DeployError::Upload(_) | DeployError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for Problem {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, error.to_string()),
+            RegistryError::InvalidName(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+            RegistryError::Io(io) => Problem::internal("updating the registry", &io),
+        }
+    }
+}
+
+impl From<PolicyError> for Problem {
+    fn from(error: PolicyError) -> Self {
+        match error {
+            PolicyError::Registry(registry) => registry.into(),
+            PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+        }
+    }
+}
+
+impl From<InvokeError> for Problem {
+    fn from(error: InvokeError) -> Self {
+        match &error {
+            InvokeError::BodyTooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+            InvokeError::Timeout(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
+                tracing::warn!(error = %error, "guest failed");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+            }
+            InvokeError::BadRequest(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+            InvokeError::Host(_) => Problem::internal("running the function", &error),
+        }
+    }
+}

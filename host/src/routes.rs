@@ -1,0 +1,149 @@
+//! Routing and the handlers of the HTTP API (spec: "HTTP interface").
+//!
+//! | route | handler |
+//! |---|---|
+//! | `ANY /fn/{name}/{rest}` | [`App::invoke`] |
+//! | `GET /v1/functions` | list |
+//! | `GET`/`PUT`/`DELETE /v1/functions/{name}` | metadata, deploy, remove |
+//! | `PUT /v1/functions/{name}/policy` | set the function's policy |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//!
+//! Every error leaves through [`Problem`]; nothing here formats an error response by hand.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::problem::Problem;
+use crate::registry::{DeployError, FunctionMeta, Registry};
+use crate::runtime::Runtime;
+use crate::server::{BoxError, ResponseBody, full};
+
+/// Shared state of the server.
+pub struct App {
+    pub registry: Registry,
+    pub runtime: Arc<Runtime>,
+    /// Largest component accepted by `PUT /v1/functions/{name}`.
+    pub max_upload: u64,
+}
+
+impl App {
+    pub async fn route(&self, request: http::Request<Incoming>, _peer: SocketAddr) -> http::Response<ResponseBody> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        let result = if let Some(rest) = path.strip_prefix("/fn/") {
+            self.invoke(request, rest).await
+        } else if let Some(rest) = path.strip_prefix("/v1/functions") {
+            self.admin(request, &method, rest).await
+        } else {
+            match (method, path.as_str()) {
+                (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+                (_, "/healthz") => Err(method_not_allowed("GET")),
+                _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
+            }
+        };
+        result.unwrap_or_else(Problem::into_response)
+    }
+
+    /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` plus the original query.
+    async fn invoke(&self, request: http::Request<Incoming>, after_prefix: &str) -> Result<http::Response<ResponseBody>, Problem> {
+        let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
+        let deployment = self
+            .registry
+            .lookup(name)
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no function named `{name}` is deployed")))?;
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("/{rest}?{query}"),
+            None => format!("/{rest}"),
+        };
+        let response = self
+            .runtime
+            .invoke(&deployment.pre, &deployment.policy, request, &path_and_query)
+            .await?;
+        Ok(response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()))
+    }
+
+    async fn admin(&self, request: http::Request<Incoming>, method: &Method, rest: &str) -> Result<http::Response<ResponseBody>, Problem> {
+        let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
+            (_, [""]) => Err(method_not_allowed("GET")),
+            (&Method::GET, [name]) => {
+                let deployment = self.registry.lookup(name).ok_or_else(|| {
+                    Problem::from(crate::registry::RegistryError::NotFound(name.to_string()))
+                })?;
+                Ok(json(StatusCode::OK, &deployment.meta))
+            }
+            (&Method::PUT, [name]) => {
+                let bytes = read_upload(request.into_body(), self.max_upload).await?;
+                let deployed = self.registry.deploy(name, bytes).await?;
+                let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
+                Ok(json(status, &deployed.meta))
+            }
+            (&Method::DELETE, [name]) => {
+                self.registry.remove(name).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (_, [_]) => Err(method_not_allowed("GET, PUT, DELETE")),
+            (&Method::PUT, [name, "policy"]) => {
+                let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text"))?;
+                self.registry.set_policy(name, &text).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
+            _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `/v1/functions{rest}`"))),
+        }
+    }
+}
+
+/// Policies are small text files; anything larger is a mistake.
+const MAX_POLICY_BYTES: u64 = 64 << 10;
+
+#[derive(Serialize)]
+struct ListReply {
+    functions: Vec<FunctionMeta>,
+}
+
+/// Reads a request body, refusing it (without buffering the rest) once it passes `limit`.
+async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployError> {
+    use http_body::Body;
+    if body.size_hint().lower() > limit {
+        return Err(DeployError::TooLarge { limit });
+    }
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| DeployError::Upload(error.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() as u64 + data.len() as u64 > limit {
+                return Err(DeployError::TooLarge { limit });
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(bytes)
+}
+
+fn method_not_allowed(allow: &'static str) -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, format!("this route accepts {allow}"))
+}
+
+fn text(status: StatusCode, body: &'static str) -> http::Response<ResponseBody> {
+    full(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> http::Response<ResponseBody> {
+    full(status, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
+}
+
+fn empty(status: StatusCode) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,444 @@
+//! The wasm runtime: one [`Engine`] and [`Linker`] for the process, compilation and validation
+//! of deployed components, and per-request instantiation.
+//!
+//! Invariants:
+//! - every request gets a fresh `Store` and instance from the deployed version's `ProxyPre`
+//!   (imports resolved once at deploy); nothing a guest does survives its request;
+//! - a guest can only hurt itself: wall-clock time is bounded (one epoch ticker thread for the
+//!   engine; guests yield at every tick so a busy loop never pins a worker), linear memory is
+//!   capped by the policy, and a trap or a missing response becomes an [`InvokeError`];
+//! - outbound HTTP is denied unless the function's policy lists the host.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use thiserror::Error;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::OutboundHooks;
+use crate::policy::Policy;
+
+/// How often the epoch ticker advances; the granularity of request timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Interfaces ledge links, as `package/interface@compatible-version`. Deploy checks every import
+/// against this list first so that a refused component's error names *all* missing imports,
+/// not only the first one the linker trips on.
+const PROVIDED_INTERFACES: &[&str] = &[
+    "wasi:io/error@0.2",
+    "wasi:io/poll@0.2",
+    "wasi:io/streams@0.2",
+    "wasi:clocks/monotonic-clock@0.2",
+    "wasi:clocks/wall-clock@0.2",
+    "wasi:random/random@0.2",
+    "wasi:random/insecure@0.2",
+    "wasi:random/insecure-seed@0.2",
+    "wasi:cli/environment@0.2",
+    "wasi:cli/exit@0.2",
+    "wasi:cli/stdin@0.2",
+    "wasi:cli/stdout@0.2",
+    "wasi:cli/stderr@0.2",
+    "wasi:cli/terminal-input@0.2",
+    "wasi:cli/terminal-output@0.2",
+    "wasi:cli/terminal-stdin@0.2",
+    "wasi:cli/terminal-stdout@0.2",
+    "wasi:cli/terminal-stderr@0.2",
+    "wasi:filesystem/types@0.2",
+    "wasi:filesystem/preopens@0.2",
+    "wasi:sockets/network@0.2",
+    "wasi:sockets/instance-network@0.2",
+    "wasi:sockets/tcp@0.2",
+    "wasi:sockets/tcp-create-socket@0.2",
+    "wasi:sockets/udp@0.2",
+    "wasi:sockets/udp-create-socket@0.2",
+    "wasi:sockets/ip-name-lookup@0.2",
+    "wasi:http/types@0.2",
+    "wasi:http/outgoing-handler@0.2",
+];
+
+/// How instances get their memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots, reused between requests (fast; needs a large address space).
+    Pooling,
+    /// mmap per instance: the fallback when the pool cannot be reserved.
+    OnDemand,
+}
+
+/// Engine-wide settings, fixed for the process lifetime.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Try the pooling allocator first (falls back when the reservation fails).
+    pub pooling: bool,
+    /// Component instances that can be live at once (pooling slots).
+    pub max_instances: u32,
+    /// Largest linear memory any policy may grant, in bytes.
+    pub max_memory: u64,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { pooling: true, max_instances: 256, max_memory: 1 << 30 }
+    }
+}
+
+/// The process's wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    allocator: Allocator,
+}
+
+/// Why a component cannot be deployed. Every variant is the uploader's to fix.
+#[derive(Debug, Error)]
+pub enum ValidateError {
+    #[error("the upload is not a WebAssembly binary (it does not start with `\\0asm`)")]
+    NotWasm,
+    #[error(
+        "the upload is a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("the upload is a WebAssembly binary of an unsupported version or layer")]
+    UnknownBinaryVersion,
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    #[error("the component imports interfaces ledge does not provide: {}", .0.join(", "))]
+    MissingImports(Vec<String>),
+    #[error("the component's imports cannot be satisfied: {0}")]
+    Unlinkable(String),
+    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
+    NotHttpProxy(String),
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Error)]
+pub enum InvokeError {
+    #[error("the request body is larger than this function's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the function did not finish within its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("the function hit its memory limit of {limit} bytes")]
+    MemoryLimit { limit: u64 },
+    #[error("the function trapped: {0}")]
+    Trap(String),
+    #[error("the function returned without sending a response")]
+    NoResponse,
+    #[error("the request cannot be passed to the function: {0}")]
+    BadRequest(String),
+    #[error("host failure while running the function: {0}")]
+    Host(String),
+}
+
+impl Runtime {
+    /// Builds the engine (pooling when the address-space reservation succeeds) and the linker,
+    /// and starts the epoch ticker.
+    pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
+        let (engine, allocator) = if options.pooling {
+            match Engine::new(&Self::config(options, Allocator::Pooling)) {
+                Ok(engine) => (engine, Allocator::Pooling),
+                Err(error) => {
+                    tracing::warn!(error = %error, "pooling allocator unavailable (address-space reservation failed); using on-demand allocation");
+                    (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
+                }
+            }
+        } else {
+            (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
+        };
+        tracing::info!(allocator = ?allocator, "wasm engine ready");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        spawn_epoch_ticker(&engine);
+        Ok(Runtime { engine, linker, allocator })
+    }
+
+    fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.memory_init_cow(true);
+        if allocator == Allocator::Pooling {
+            let instances = options.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(16))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(4))
+                .total_stacks(instances)
+                .max_memory_size(usize::try_from(options.max_memory).unwrap_or(usize::MAX))
+                // Keep the first pages of each slot resident and reset them in place instead of
+                // unmapping: per-request munmap/refault is what dominates `wasmtime serve`.
+                .linear_memory_keep_resident(1 << 20)
+                .table_keep_resident(64 << 10);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        config
+    }
+
+    /// The engine every component of this process is compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Which allocator the probe settled on.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// Checks the binary's header and compiles it (CPU-heavy: call from a blocking thread).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, ValidateError> {
+        match bytes.get(0..8) {
+            Some([0, b'a', b's', b'm', 0x01, 0, 0, 0]) => return Err(ValidateError::CoreModule),
+            Some([0, b'a', b's', b'm', 0x0d, 0, 0x01, 0]) => {}
+            Some([0, b'a', b's', b'm', ..]) => return Err(ValidateError::UnknownBinaryVersion),
+            _ => return Err(ValidateError::NotWasm),
+        }
+        Component::new(&self.engine, bytes).map_err(|error| ValidateError::Invalid(format!("{error:#}")))
+    }
+
+    /// Resolves the component's imports once, so requests only instantiate.
+    pub fn prepare(&self, component: &Component) -> Result<ProxyPre<GuestState>, ValidateError> {
+        let missing: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !is_provided(name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ValidateError::MissingImports(missing));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|error| ValidateError::Unlinkable(format!("{error:#}")))?;
+        ProxyPre::new(pre).map_err(|error| ValidateError::NotHttpProxy(format!("{error:#}")))
+    }
+
+    /// Runs one request on a fresh instance of `pre`. `path_and_query` is what the guest sees.
+    pub async fn invoke(
+        &self,
+        pre: &ProxyPre<GuestState>,
+        policy: &Policy,
+        request: http::Request<Incoming>,
+        path_and_query: &str,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+        let request = guest_request(request, path_and_query, policy.max_body)?;
+        let mut store = Store::new(&self.engine, GuestState::new(policy));
+        store.limiter(|state| &mut state.memory);
+        // Yield to the executor at every epoch tick: a spinning guest shares its worker thread,
+        // and the timeout below can cancel it at the next tick.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut http = store.data_mut().http();
+        let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
+        let outparam = http.new_response_outparam(sender).map_err(host_error)?;
+        let pre = pre.clone();
+        let timeout = policy.timeout;
+        // The guest runs in its own task so it can keep streaming the body after the response
+        // head is sent; the timeout bounds the whole run, body included.
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
+            };
+            let outcome = tokio::time::timeout(timeout, run).await;
+            (outcome, store.data().memory.hit)
+        });
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
+            Err(_) => {
+                let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
+                if hit_memory_limit {
+                    return Err(InvokeError::MemoryLimit { limit: policy.memory });
+                }
+                match outcome {
+                    Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+                    Ok(Ok(())) => Err(InvokeError::NoResponse),
+                    Ok(Err(error)) => Err(describe_guest_failure(&error)),
+                }
+            }
+        }
+    }
+}
+
+fn is_provided(import: &str) -> bool {
+    let (interface, version) = import.split_once('@').unwrap_or((import, ""));
+    let compatible = semver_compatible_prefix(version);
+    PROVIDED_INTERFACES.iter().any(|provided| {
+        let (p_interface, p_version) = provided.split_once('@').unwrap_or((provided, ""));
+        p_interface == interface && p_version == compatible
+    })
+}
+
+/// `0.2.3` → `0.2`, `1.4.0` → `1`, `0.0.7` → `0.0.7`: versions wasmtime's linker treats as one.
+fn semver_compatible_prefix(version: &str) -> &str {
+    let parts: Vec<&str> = version.split('.').collect();
+    match parts.as_slice() {
+        [major, ..] if *major != "0" => major,
+        ["0", minor, ..] if *minor != "0" => &version[..2 + minor.len()],
+        _ => version,
+    }
+}
+
+fn describe_guest_failure(error: &wasmtime::Error) -> InvokeError {
+    tracing::debug!(error = ?error, "guest failure");
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => InvokeError::Trap(trap.to_string()),
+        None => InvokeError::Trap(format!("{error}")),
+    }
+}
+
+fn host_error(error: wasmtime::Error) -> InvokeError {
+    InvokeError::Host(format!("{error:#}"))
+}
+
+fn anyhow_from(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error:#}")
+}
+
+/// Rewrites the request to what the guest sees: `/{rest}?query` on the original authority,
+/// with the body capped at the policy's limit.
+fn guest_request(
+    request: http::Request<Incoming>,
+    path_and_query: &str,
+    max_body: u64,
+) -> Result<http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>, InvokeError> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Err(InvokeError::BodyTooLarge { limit: max_body });
+    }
+    let (mut parts, body) = request.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| InvokeError::BadRequest(error.to_string()))?;
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = Limited::new(body, limit).map_err(move |error| {
+        if error.is::<http_body_util::LengthLimitError>() {
+            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
+        } else {
+            wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
+        }
+    });
+    Ok(http::Request::from_parts(parts, body))
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("ledge-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+/// Per-request store data.
+pub struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundHooks,
+    memory: MemoryCap,
+}
+
+impl GuestState {
+    fn new(policy: &Policy) -> Self {
+        GuestState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: OutboundHooks::new(policy.outbound_allow.clone()),
+            memory: MemoryCap { limit: usize::try_from(policy.memory).unwrap_or(usize::MAX), hit: false },
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+/// Caps linear memory per instance and remembers whether the cap was hit, so a trap caused by
+/// a refused `memory.grow` is reported as what it is.
+struct MemoryCap {
+    limit: usize,
+    hit: bool,
+}
+
+/// Table elements one instance may hold; generous for real programs, bounded for hostile ones.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_match_by_semver_compatible_version() {
+        assert!(is_provided("wasi:http/types@0.2.0"));
+        assert!(is_provided("wasi:http/types@0.2.12"));
+        assert!(!is_provided("wasi:http/types@0.3.0-rc-2025-09-16"));
+        assert!(!is_provided("acme:thing/store@1.0.0"));
+        assert_eq!(semver_compatible_prefix("1.4.0"), "1");
+        assert_eq!(semver_compatible_prefix("0.2.3"), "0.2");
+        assert_eq!(semver_compatible_prefix("0.0.7"), "0.0.7");
+    }
+
+    #[test]
+    fn headers_are_told_apart() {
+        let runtime = Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }).unwrap();
+        assert!(matches!(runtime.compile(b"garbage!"), Err(ValidateError::NotWasm)));
+        assert!(matches!(runtime.compile(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
+        assert!(matches!(runtime.compile(b"\0asm\x0d\0\x01\0\xff"), Err(ValidateError::Invalid(_))));
+    }
+}

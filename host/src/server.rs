@@ -1,0 +1,154 @@
+//! The HTTP server: accepts connections (HTTP/1.1 and HTTP/2 on one port), stamps every
+//! response with a request id, and shuts down gracefully.
+//!
+//! Invariants: the listener is bound before anything is printed as ready; on SIGTERM/SIGINT
+//! no new connection is accepted, in-flight requests finish (up to the drain deadline), and
+//! only then is the function state dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::routes::App;
+
+/// The error type of every response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: a buffered problem or admin reply, or a guest's streamed body.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A buffered response with `content_type`.
+pub fn full(status: http::StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> http::Response<ResponseBody> {
+    use http_body_util::{BodyExt, Full};
+    let mut response = http::Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// How long in-flight requests may run after a shutdown signal.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let request_ids = Arc::new(RequestIds::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Running out of file descriptors must not end the server.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let request_ids = request_ids.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let app = app.clone();
+            let id = request_ids.next_for(&request);
+            async move { Ok::<_, Infallible>(handle(app, request, peer, id).await) }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+    Ok(())
+}
+
+async fn handle(
+    app: Arc<App>,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+    id: HeaderValue,
+) -> http::Response<ResponseBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let mut response = app.route(request, peer).await;
+    tracing::info!(
+        request_id = id.to_str().unwrap_or_default(),
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+/// Request ids: the caller's `x-request-id` when it is short and printable, else
+/// `<process nonce>-<counter>`.
+struct RequestIds {
+    nonce: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds { nonce: rand_nonce(), counter: AtomicU64::new(0) }
+    }
+
+    fn next_for<B>(&self, request: &http::Request<B>) -> HeaderValue {
+        if let Some(given) = request.headers().get("x-request-id")
+            && given.len() <= 128
+            && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        {
+            return given.clone();
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.nonce)).expect("hex is a valid header value")
+    }
+}
+
+fn rand_nonce() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; shut down with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
