@@ -15,7 +15,11 @@ use crate::routes::App;
 use crate::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
+#[command(
+    name = "ledge",
+    version,
+    about = "WebAssembly edge functions with serializable transactions"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,10 @@ pub struct ServerArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ledge: cannot start the async runtime: {error}");
@@ -104,9 +111,12 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Deploy { name, file, policy, server } => {
-                crate::client::deploy(&server, &name, &file, policy.as_deref()).await
-            }
+            Command::Deploy {
+                name,
+                file,
+                policy,
+                server,
+            } => crate::client::deploy(&server, &name, &file, policy.as_deref()).await,
             Command::Functions { server } => crate::client::functions(&server).await,
             Command::Rm { name, server } => crate::client::remove(&server, &name).await,
         }
@@ -130,13 +140,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?);
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let (registry, report) = {
-        let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime)).await??
+        let (data_dir, policies, runtime) = (
+            args.data_dir.clone(),
+            policies.map(PathBuf::from),
+            runtime.clone(),
+        );
+        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime))
+            .await??
     };
-    tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
+    tracing::info!(
+        precompiled = report.precompiled,
+        recompiled = report.recompiled,
+        "functions loaded"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
-    let app = Arc::new(App { registry, runtime, max_upload: args.max_upload });
+    let app = Arc::new(App {
+        registry,
+        runtime,
+        max_upload: args.max_upload,
+    });
     // Tests and scripts wait for this line to learn the port.
     println!("ledge listening on http://{address}");
     crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
@@ -147,7 +170,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -110,8 +110,14 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     let bytes = name.as_bytes();
     let valid = matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
         && bytes.len() <= 63
-        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-    if valid { Ok(()) } else { Err(RegistryError::InvalidName(name.to_string())) }
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(name.to_string()))
+    }
 }
 
 impl Registry {
@@ -162,7 +168,10 @@ impl Registry {
     /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
     fn policy_for(&self, name: &str) -> anyhow::Result<Policy> {
         let uploaded = self.function_dir(name).join("policy.toml");
-        let file = self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")));
+        let file = self
+            .policies_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{name}.toml")));
         for path in [Some(uploaded), file].into_iter().flatten() {
             if path.exists() {
                 return Ok(read_policy_file(&path)?.resolve(&self.default_policy));
@@ -172,7 +181,12 @@ impl Registry {
     }
 
     /// Loads the version `meta.json` names, removing debris of interrupted deploys.
-    fn load(&self, name: &str, policy: Arc<Policy>, report: &mut LoadReport) -> anyhow::Result<Option<Deployment>> {
+    fn load(
+        &self,
+        name: &str,
+        policy: Arc<Policy>,
+        report: &mut LoadReport,
+    ) -> anyhow::Result<Option<Deployment>> {
         let dir = self.function_dir(name);
         let meta: Option<FunctionMeta> = match fs::read(dir.join("meta.json")) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
@@ -194,7 +208,11 @@ impl Registry {
         let component = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
                 report.precompiled += 1;
-                tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
+                tracing::info!(
+                    function = name,
+                    version = meta.version,
+                    "loaded precompiled artifact"
+                );
                 component
             }
             Err(reason) => {
@@ -205,7 +223,9 @@ impl Registry {
                     "component of function `{name}` does not match its recorded SHA-256; redeploy it"
                 );
                 let component = self.runtime.compile(&bytes)?;
-                let code = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                let code = component
+                    .serialize()
+                    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 write_durably(&version_dir.join("code.cwasm"), &code)?;
                 meta.code_sha256 = sha256_hex(&code);
                 write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta)?)?;
@@ -217,7 +237,11 @@ impl Registry {
         Ok(Some(Deployment { meta, pre, policy }))
     }
 
-    fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
+    fn load_precompiled(
+        &self,
+        version_dir: &Path,
+        meta: &FunctionMeta,
+    ) -> Result<Component, String> {
         let path = version_dir.join("code.cwasm");
         let bytes = fs::read(&path).map_err(|e| format!("precompiled code unreadable: {e}"))?;
         if sha256_hex(&bytes) != meta.code_sha256 {
@@ -231,7 +255,11 @@ impl Registry {
     }
 
     pub fn lookup(&self, name: &str) -> Option<Arc<Deployment>> {
-        self.live.read().expect("registry lock poisoned").get(name).cloned()
+        self.live
+            .read()
+            .expect("registry lock poisoned")
+            .get(name)
+            .cloned()
     }
 
     pub fn list(&self) -> Vec<FunctionMeta> {
@@ -249,9 +277,9 @@ impl Registry {
         let (bytes, pre, code) = tokio::task::spawn_blocking(move || {
             let component = runtime.compile(&bytes)?;
             let pre = runtime.prepare(&component)?;
-            let code = component
-                .serialize()
-                .map_err(|e| ValidateError::Invalid(format!("cannot serialize compiled code: {e:#}")))?;
+            let code = component.serialize().map_err(|e| {
+                ValidateError::Invalid(format!("cannot serialize compiled code: {e:#}"))
+            })?;
             Ok::<_, ValidateError>((bytes, pre, code))
         })
         .await
@@ -275,19 +303,39 @@ impl Registry {
 
         let policy = match &previous {
             Some(previous) => previous.policy.clone(),
-            None => Arc::new(self.policy_for(name).map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?),
+            None => Arc::new(
+                self.policy_for(name)
+                    .map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?,
+            ),
         };
-        let deployment = Arc::new(Deployment { meta: meta.clone(), pre, policy });
-        self.live.write().expect("registry lock poisoned").insert(name.to_string(), deployment);
+        let deployment = Arc::new(Deployment {
+            meta: meta.clone(),
+            pre,
+            policy,
+        });
+        self.live
+            .write()
+            .expect("registry lock poisoned")
+            .insert(name.to_string(), deployment);
         if let Some(previous) = previous {
             // In-flight requests keep the old code alive through their `Arc`; the files go now.
-            let old = self.function_dir(name).join(version_dir_name(previous.meta.version));
+            let old = self
+                .function_dir(name)
+                .join(version_dir_name(previous.meta.version));
             if let Err(error) = fs::remove_dir_all(&old) {
                 tracing::warn!(function = name, %error, "could not remove the previous version's files");
             }
         }
-        tracing::info!(function = name, version = meta.version, size = meta.size, "deployed");
-        Ok(Deployed { created: meta.version == 1, meta })
+        tracing::info!(
+            function = name,
+            version = meta.version,
+            size = meta.size,
+            "deployed"
+        );
+        Ok(Deployed {
+            created: meta.version == 1,
+            meta,
+        })
     }
 
     /// Removes a function: first its commit point, then its files.
@@ -300,7 +348,10 @@ impl Registry {
         let dir = self.function_dir(name);
         fs::remove_file(dir.join("meta.json"))?;
         sync_dir(&dir)?;
-        self.live.write().expect("registry lock poisoned").remove(name);
+        self.live
+            .write()
+            .expect("registry lock poisoned")
+            .remove(name);
         fs::remove_dir_all(&dir)?;
         sync_dir(&self.functions_dir)?;
         tracing::info!(function = name, "removed");
@@ -318,7 +369,11 @@ impl Registry {
         write_durably(&dir.join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
         let mut live = self.live.write().expect("registry lock poisoned");
         if let Some(current) = live.get(name).cloned() {
-            let updated = Deployment { meta: current.meta.clone(), pre: current.pre.clone(), policy: Arc::new(policy.clone()) };
+            let updated = Deployment {
+                meta: current.meta.clone(),
+                pre: current.pre.clone(),
+                policy: Arc::new(policy.clone()),
+            };
             live.insert(name.to_string(), Arc::new(updated));
         }
         Ok(policy)
@@ -350,7 +405,10 @@ fn store_version(dir: &Path, meta: &FunctionMeta, component: &[u8], code: &[u8])
     }
     fs::rename(&staging, &final_dir)?;
     sync_dir(dir)?;
-    write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?)
+    write_durably(
+        &dir.join("meta.json"),
+        &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?,
+    )
 }
 
 fn read_policy_file(path: &Path) -> anyhow::Result<PolicyFile> {

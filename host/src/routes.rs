@@ -33,7 +33,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn route(&self, request: http::Request<Incoming>, _peer: SocketAddr) -> http::Response<ResponseBody> {
+    pub async fn route(
+        &self,
+        request: http::Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> http::Response<ResponseBody> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         let result = if let Some(rest) = path.strip_prefix("/fn/") {
@@ -44,34 +48,61 @@ impl App {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
                 (_, "/healthz") => Err(method_not_allowed("GET")),
-                _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
+                _ => Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for `{path}`"),
+                )),
             }
         };
         result.unwrap_or_else(Problem::into_response)
     }
 
     /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` plus the original query.
-    async fn invoke(&self, request: http::Request<Incoming>, after_prefix: &str) -> Result<http::Response<ResponseBody>, Problem> {
+    async fn invoke(
+        &self,
+        request: http::Request<Incoming>,
+        after_prefix: &str,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
         let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
-        let deployment = self
-            .registry
-            .lookup(name)
-            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no function named `{name}` is deployed")))?;
+        let deployment = self.registry.lookup(name).ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no function named `{name}` is deployed"),
+            )
+        })?;
         let path_and_query = match request.uri().query() {
             Some(query) => format!("/{rest}?{query}"),
             None => format!("/{rest}"),
         };
         let response = self
             .runtime
-            .invoke(&deployment.pre, &deployment.policy, request, &path_and_query)
+            .invoke(
+                &deployment.pre,
+                &deployment.policy,
+                request,
+                &path_and_query,
+            )
             .await?;
-        Ok(response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()))
+        Ok(response.map(|body| {
+            body.map_err(|error| Box::new(error) as BoxError)
+                .boxed_unsync()
+        }))
     }
 
-    async fn admin(&self, request: http::Request<Incoming>, method: &Method, rest: &str) -> Result<http::Response<ResponseBody>, Problem> {
+    async fn admin(
+        &self,
+        request: http::Request<Incoming>,
+        method: &Method,
+        rest: &str,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
-            (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
+            (&Method::GET, [""]) => Ok(json(
+                StatusCode::OK,
+                &ListReply {
+                    functions: self.registry.list(),
+                },
+            )),
             (_, [""]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name]) => {
                 let deployment = self.registry.lookup(name).ok_or_else(|| {
@@ -82,7 +113,11 @@ impl App {
             (&Method::PUT, [name]) => {
                 let bytes = read_upload(request.into_body(), self.max_upload).await?;
                 let deployed = self.registry.deploy(name, bytes).await?;
-                let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
+                let status = if deployed.created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
                 Ok(json(status, &deployed.meta))
             }
             (&Method::DELETE, [name]) => {
@@ -92,13 +127,17 @@ impl App {
             (_, [_]) => Err(method_not_allowed("GET, PUT, DELETE")),
             (&Method::PUT, [name, "policy"]) => {
                 let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text"))?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text")
+                })?;
                 self.registry.set_policy(name, &text).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
-            _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `/v1/functions{rest}`"))),
+            _ => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no route for `/v1/functions{rest}`"),
+            )),
         }
     }
 }
@@ -115,6 +154,7 @@ struct ListReply {
 async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployError> {
     use http_body::Body;
     if body.size_hint().lower() > limit {
+        drain_briefly(body).await;
         return Err(DeployError::TooLarge { limit });
     }
     let mut bytes = Vec::new();
@@ -122,6 +162,7 @@ async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployEr
         let frame = frame.map_err(|error| DeployError::Upload(error.to_string()))?;
         if let Some(data) = frame.data_ref() {
             if bytes.len() as u64 + data.len() as u64 > limit {
+                drain_briefly(body).await;
                 return Err(DeployError::TooLarge { limit });
             }
             bytes.extend_from_slice(data);
@@ -130,8 +171,28 @@ async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployEr
     Ok(bytes)
 }
 
+/// Reads and discards a little more of a refused body, so that closing the connection with
+/// unread data (which makes the kernel send a reset) does not destroy the 413 in flight for
+/// a client that overshot by a little. Bounded in bytes and time; nothing is kept.
+async fn drain_briefly(mut body: Incoming) {
+    const DRAIN_BYTES: usize = 1 << 20;
+    let drain = async {
+        let mut drained = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |data| data.len());
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}
+
 fn method_not_allowed(allow: &'static str) -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, format!("this route accepts {allow}"))
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route accepts {allow}"),
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> http::Response<ResponseBody> {
@@ -139,11 +200,19 @@ fn text(status: StatusCode, body: &'static str) -> http::Response<ResponseBody> 
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> http::Response<ResponseBody> {
-    full(status, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    )
 }
 
 fn empty(status: StatusCode) -> http::Response<ResponseBody> {
-    let mut response = http::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
+    let mut response = http::Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
 }

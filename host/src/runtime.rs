@@ -88,7 +88,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { pooling: true, max_instances: 256, max_memory: 1 << 30 }
+        RuntimeOptions {
+            pooling: true,
+            max_instances: 256,
+            max_memory: 1 << 30,
+        }
     }
 }
 
@@ -116,7 +120,9 @@ pub enum ValidateError {
     MissingImports(Vec<String>),
     #[error("the component's imports cannot be satisfied: {0}")]
     Unlinkable(String),
-    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
+    #[error(
+        "the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}"
+    )]
     NotHttpProxy(String),
 }
 
@@ -148,18 +154,29 @@ impl Runtime {
                 Ok(engine) => (engine, Allocator::Pooling),
                 Err(error) => {
                     tracing::warn!(error = %error, "pooling allocator unavailable (address-space reservation failed); using on-demand allocation");
-                    (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
+                    (
+                        Engine::new(&Self::config(options, Allocator::OnDemand))
+                            .map_err(anyhow_from)?,
+                        Allocator::OnDemand,
+                    )
                 }
             }
         } else {
-            (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
+            (
+                Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?,
+                Allocator::OnDemand,
+            )
         };
         tracing::info!(allocator = ?allocator, "wasm engine ready");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker, allocator })
+        Ok(Runtime {
+            engine,
+            linker,
+            allocator,
+        })
     }
 
     fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
@@ -202,7 +219,8 @@ impl Runtime {
             Some([0, b'a', b's', b'm', ..]) => return Err(ValidateError::UnknownBinaryVersion),
             _ => return Err(ValidateError::NotWasm),
         }
-        Component::new(&self.engine, bytes).map_err(|error| ValidateError::Invalid(format!("{error:#}")))
+        Component::new(&self.engine, bytes)
+            .map_err(|error| ValidateError::Invalid(format!("{error:#}")))
     }
 
     /// Resolves the component's imports once, so requests only instantiate.
@@ -241,7 +259,9 @@ impl Runtime {
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
-        let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
+        let guest_request = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(host_error)?;
         let outparam = http.new_response_outparam(sender).map_err(host_error)?;
         let pre = pre.clone();
         let timeout = policy.timeout;
@@ -250,7 +270,10 @@ impl Runtime {
         let task = tokio::spawn(async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, outparam)
+                    .await
             };
             let outcome = tokio::time::timeout(timeout, run).await;
             (outcome, store.data().memory.hit)
@@ -258,11 +281,17 @@ impl Runtime {
 
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
+            Ok(Err(code)) => Err(InvokeError::Trap(format!(
+                "the function answered with error code {code:?}"
+            ))),
             Err(_) => {
-                let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
+                let (outcome, hit_memory_limit) = task
+                    .await
+                    .map_err(|join| InvokeError::Host(join.to_string()))?;
                 if hit_memory_limit {
-                    return Err(InvokeError::MemoryLimit { limit: policy.memory });
+                    return Err(InvokeError::MemoryLimit {
+                        limit: policy.memory,
+                    });
                 }
                 match outcome {
                     Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
@@ -315,7 +344,12 @@ fn guest_request(
     request: http::Request<Incoming>,
     path_and_query: &str,
     max_body: u64,
-) -> Result<http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>, InvokeError> {
+) -> Result<
+    http::Request<
+        impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>,
+    >,
+    InvokeError,
+> {
     let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -329,7 +363,13 @@ fn guest_request(
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "localhost".to_string());
     parts.uri = http::Uri::builder()
         .scheme("http")
@@ -378,20 +418,30 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone()),
-            memory: MemoryCap { limit: usize::try_from(policy.memory).unwrap_or(usize::MAX), hit: false },
+            memory: MemoryCap {
+                limit: usize::try_from(policy.memory).unwrap_or(usize::MAX),
+                hit: false,
+            },
         }
     }
 }
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 
@@ -406,7 +456,12 @@ struct MemoryCap {
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -414,7 +469,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -436,9 +496,22 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        let runtime = Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }).unwrap();
-        assert!(matches!(runtime.compile(b"garbage!"), Err(ValidateError::NotWasm)));
-        assert!(matches!(runtime.compile(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
-        assert!(matches!(runtime.compile(b"\0asm\x0d\0\x01\0\xff"), Err(ValidateError::Invalid(_))));
+        let runtime = Runtime::new(&RuntimeOptions {
+            pooling: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            runtime.compile(b"garbage!"),
+            Err(ValidateError::NotWasm)
+        ));
+        assert!(matches!(
+            runtime.compile(b"\0asm\x01\0\0\0"),
+            Err(ValidateError::CoreModule)
+        ));
+        assert!(matches!(
+            runtime.compile(b"\0asm\x0d\0\x01\0\xff"),
+            Err(ValidateError::Invalid(_))
+        ));
     }
 }

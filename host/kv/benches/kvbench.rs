@@ -1,1 +1,469 @@
-fn main(){}
+//! `cargo bench -p ledge-kv --bench kvbench`: SmallBank and YCSB-A on ledge-kv (Snapshot and
+//! Serializable) next to redb, plus group-commit throughput against the raw fsync latency.
+//!
+//! Environment: `KVBENCH_SECS` (seconds per cell, default 2), `KVBENCH_ACCOUNTS` (SmallBank
+//! accounts, default 10000), `KVBENCH_KEYS` (YCSB keys, default 100000), `KVBENCH_DIR` (where the
+//! databases go; default the target tmp dir, which is on the same disk as the build).
+//!
+//! Durability in the comparison tables: "relaxed" = ledge-kv `Periodic(10ms)` vs redb
+//! `Durability::None` (neither fsyncs per commit); "fsync" = ledge-kv `Fsync` (group commit) vs
+//! redb `Durability::Immediate` (every commit durable before it returns).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ledge_kv::{Db, Durability, Isolation, Options};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dur {
+    Relaxed,
+    Fsync,
+}
+
+/// How a transaction body stops early.
+enum Step {
+    /// The engine refused an operation: retry the transaction.
+    Retry,
+    /// The transaction decided not to commit (SmallBank insufficient funds).
+    User,
+}
+
+/// The operations a benchmark transaction body needs.
+trait Ops {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step>;
+    fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Step>;
+}
+
+struct LedgeOps(ledge_kv::Tx);
+
+impl Ops for LedgeOps {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
+        self.0.get(k).map_err(|_| Step::Retry)
+    }
+    fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Step> {
+        self.0.put(k, v).map_err(|_| Step::Retry)
+    }
+}
+
+struct RedbOps<'a>(redb::Table<'a, &'static [u8], &'static [u8]>);
+
+impl Ops for RedbOps<'_> {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
+        let g = self.0.get(k).map_err(|_| Step::Retry)?;
+        Ok(g.map(|v| v.value().to_vec()))
+    }
+    fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Step> {
+        self.0.insert(k, v).map_err(|_| Step::Retry)?;
+        Ok(())
+    }
+}
+
+struct RedbRead<'a>(
+    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    std::marker::PhantomData<&'a ()>,
+);
+
+impl Ops for RedbRead<'_> {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
+        let g = self.0.get(k).map_err(|_| Step::Retry)?;
+        Ok(g.map(|v| v.value().to_vec()))
+    }
+    fn put(&mut self, _: &[u8], _: &[u8]) -> Result<(), Step> {
+        Err(Step::User)
+    }
+}
+
+enum Engine {
+    Ledge(Db, Isolation),
+    Redb(redb::Database, Dur),
+}
+
+impl Engine {
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Ledge(_, Isolation::Snapshot) => "ledge-kv SI",
+            Engine::Ledge(_, Isolation::Serializable) => "ledge-kv SSN",
+            Engine::Redb(..) => "redb 3.1",
+        }
+    }
+
+    /// Runs `body` until it commits or aborts by choice; returns the number of retryable aborts.
+    fn exec(&self, read_only: bool, body: &mut dyn FnMut(&mut dyn Ops) -> Result<(), Step>) -> u64 {
+        let mut aborts = 0;
+        loop {
+            match self {
+                Engine::Ledge(db, iso) => {
+                    let mut ops = LedgeOps(db.begin(*iso));
+                    match body(&mut ops) {
+                        Ok(()) => match ops.0.commit() {
+                            Ok(_) => return aborts,
+                            Err(e) if e.is_retryable() => aborts += 1,
+                            Err(e) => panic!("commit failed: {e}"),
+                        },
+                        Err(Step::User) => return aborts,
+                        Err(Step::Retry) => aborts += 1,
+                    }
+                }
+                Engine::Redb(db, dur) => {
+                    if read_only {
+                        let r = db.begin_read().expect("redb read");
+                        let t = r.open_table(TABLE).expect("redb table");
+                        let _ = body(&mut RedbRead(t, std::marker::PhantomData));
+                        return aborts;
+                    }
+                    let mut w = db.begin_write().expect("redb write");
+                    let d = match dur {
+                        Dur::Relaxed => redb::Durability::None,
+                        Dur::Fsync => redb::Durability::Immediate,
+                    };
+                    w.set_durability(d).expect("durability");
+                    let res = {
+                        let t = w.open_table(TABLE).expect("redb table");
+                        body(&mut RedbOps(t))
+                    };
+                    match res {
+                        Ok(()) => {
+                            w.commit().expect("redb commit");
+                            return aborts;
+                        }
+                        Err(_) => {
+                            w.abort().expect("redb abort");
+                            return aborts;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn load(&self, mut kvs: impl Iterator<Item = (Vec<u8>, Vec<u8>)>) {
+        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        loop {
+            batch.clear();
+            batch.extend(kvs.by_ref().take(1000));
+            if batch.is_empty() {
+                break;
+            }
+            self.exec(false, &mut |ops| {
+                for (k, v) in &batch {
+                    ops.put(k, v)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+fn i64v(v: Option<Vec<u8>>) -> i64 {
+    v.and_then(|b| b.try_into().ok())
+        .map_or(0, i64::from_le_bytes)
+}
+
+fn ck(a: u64) -> Vec<u8> {
+    format!("c{a:08}").into_bytes()
+}
+
+fn sk(a: u64) -> Vec<u8> {
+    format!("s{a:08}").into_bytes()
+}
+
+/// Runs one SmallBank transaction; returns the retryable aborts it took.
+fn smallbank_tx(e: &Engine, rng: &mut SmallRng, accounts: u64) -> u64 {
+    let acct = |rng: &mut SmallRng| {
+        if rng.random_bool(0.25) {
+            rng.random_range(0..100)
+        } else {
+            rng.random_range(0..accounts)
+        }
+    };
+    let a = acct(rng);
+    let mut b = acct(rng);
+    if b == a {
+        b = (a + 1) % accounts;
+    }
+    let amount = rng.random_range(1..100) as i64;
+    let pick = rng.random_range(0..100);
+    match pick {
+        // Balance 15%
+        0..15 => e.exec(true, &mut |o| {
+            let _ = i64v(o.get(&sk(a))?) + i64v(o.get(&ck(a))?);
+            Ok(())
+        }),
+        // DepositChecking 15%
+        15..30 => e.exec(false, &mut |o| {
+            let c = i64v(o.get(&ck(a))?);
+            o.put(&ck(a), &(c + amount).to_le_bytes())
+        }),
+        // TransactSavings 15%
+        30..45 => e.exec(false, &mut |o| {
+            let s = i64v(o.get(&sk(a))?);
+            o.put(&sk(a), &(s + amount).to_le_bytes())
+        }),
+        // Amalgamate 15%
+        45..60 => e.exec(false, &mut |o| {
+            let total = i64v(o.get(&sk(a))?) + i64v(o.get(&ck(a))?);
+            let cb = i64v(o.get(&ck(b))?);
+            o.put(&sk(a), &0i64.to_le_bytes())?;
+            o.put(&ck(a), &0i64.to_le_bytes())?;
+            o.put(&ck(b), &(cb + total).to_le_bytes())
+        }),
+        // WriteCheck 25%
+        60..85 => e.exec(false, &mut |o| {
+            let s = i64v(o.get(&sk(a))?);
+            let c = i64v(o.get(&ck(a))?);
+            let debit = if s + c < amount { amount + 1 } else { amount };
+            o.put(&ck(a), &(c - debit).to_le_bytes())
+        }),
+        // SendPayment 15%
+        _ => e.exec(false, &mut |o| {
+            let ca = i64v(o.get(&ck(a))?);
+            if ca < amount {
+                return Err(Step::User);
+            }
+            let cb = i64v(o.get(&ck(b))?);
+            o.put(&ck(a), &(ca - amount).to_le_bytes())?;
+            o.put(&ck(b), &(cb + amount).to_le_bytes())
+        }),
+    }
+}
+
+/// YCSB-style zipfian generator (Gray et al.), theta 0.99, over `n` items.
+struct Zipf {
+    n: f64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipf {
+    fn new(n: u64) -> Zipf {
+        let theta = 0.99;
+        let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zetan = zeta(n);
+        let zeta2 = zeta(2);
+        let nf = n as f64;
+        Zipf {
+            n: nf,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zetan,
+            eta: (1.0 - (2.0 / nf).powf(1.0 - theta)) / (1.0 - zeta2 / zetan),
+        }
+    }
+
+    fn next(&self, rng: &mut SmallRng) -> u64 {
+        let u: f64 = rng.random();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1;
+        }
+        (self.n * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64
+    }
+}
+
+fn yk(i: u64) -> Vec<u8> {
+    // Scatter hot items over the key space like YCSB's hashed keys.
+    format!("user{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).into_bytes()
+}
+
+struct Cell {
+    txs: u64,
+    aborts: u64,
+    secs: f64,
+}
+
+fn run_threads(
+    threads: usize,
+    secs: f64,
+    f: impl Fn(usize, &AtomicBool) -> (u64, u64) + Sync,
+) -> Cell {
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let (txs, aborts) = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let f = &f;
+                let stop = &stop;
+                s.spawn(move || f(t, stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        hs.into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    Cell {
+        txs,
+        aborts,
+        secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("bench dir");
+    let ledge_dur = match dur {
+        Dur::Relaxed => Durability::Periodic(Duration::from_millis(10)),
+        Dur::Fsync => Durability::Fsync,
+    };
+    let opts = Options::default().durability(ledge_dur);
+    match kind {
+        0 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Snapshot),
+        1 => Engine::Ledge(
+            Db::open_with(dir, opts).expect("open"),
+            Isolation::Serializable,
+        ),
+        _ => Engine::Redb(redb::Database::create(dir.join("redb")).expect("redb"), dur),
+    }
+}
+
+fn row(workload: &str, dur: &str, e: &Engine, threads: usize, c: &Cell) {
+    let tps = c.txs as f64 / c.secs;
+    let rate = 100.0 * c.aborts as f64 / (c.txs + c.aborts).max(1) as f64;
+    println!(
+        "| {workload:<9} | {dur:<7} | {:<12} | {threads:>7} | {tps:>12.0} | {rate:>6.2}% |",
+        e.name()
+    );
+}
+
+fn measure_fsync(dir: &Path, n: u32) -> Duration {
+    let p = dir.join("fsync-probe");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .expect("probe");
+    let start = Instant::now();
+    for _ in 0..n {
+        f.write_all(&[7u8; 64]).expect("write");
+        f.sync_data().expect("fsync");
+    }
+    let d = start.elapsed() / n;
+    let _ = std::fs::remove_file(p);
+    d
+}
+
+fn main() {
+    let secs = env_u64("KVBENCH_SECS", 2) as f64;
+    let accounts = env_u64("KVBENCH_ACCOUNTS", 10_000);
+    let keys = env_u64("KVBENCH_KEYS", 100_000);
+    let base: PathBuf = std::env::var("KVBENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kvbench"));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "kvbench: {secs}s per cell, {cpus} CPUs, dir {}",
+        base.display()
+    );
+    println!(
+        "SmallBank: {accounts} accounts, 25% of picks from 100 hot accounts; YCSB-A: {keys} keys, 100-byte values, 50/50 read/update, zipfian 0.99"
+    );
+    println!();
+    println!("| workload  | durable | engine       | threads |       txns/s | aborts |");
+    println!("|-----------|---------|--------------|---------|--------------|--------|");
+    for (dur, dname) in [(Dur::Relaxed, "relaxed"), (Dur::Fsync, "fsync")] {
+        for kind in 0..3 {
+            let e = open_engine(kind, &base.join(format!("sb{kind}")), dur);
+            e.load((0..accounts).flat_map(|a| {
+                [
+                    (ck(a), 10_000i64.to_le_bytes().to_vec()),
+                    (sk(a), 10_000i64.to_le_bytes().to_vec()),
+                ]
+            }));
+            for threads in [1, 2] {
+                let c = run_threads(threads, secs, |t, stop| {
+                    let mut rng = SmallRng::seed_from_u64(t as u64 + 1);
+                    let (mut n, mut ab) = (0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        ab += smallbank_tx(&e, &mut rng, accounts);
+                        n += 1;
+                    }
+                    (n, ab)
+                });
+                row("SmallBank", dname, &e, threads, &c);
+            }
+        }
+    }
+    let zipf = Arc::new(Zipf::new(keys));
+    for kind in 0..3 {
+        let e = open_engine(kind, &base.join(format!("y{kind}")), Dur::Relaxed);
+        e.load((0..keys).map(|i| (yk(i), vec![b'v'; 100])));
+        for threads in [1, 2] {
+            let c = run_threads(threads, secs, |t, stop| {
+                let mut rng = SmallRng::seed_from_u64(t as u64 + 100);
+                let (mut n, mut ab) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let k = yk(zipf.next(&mut rng).min(keys - 1));
+                    if rng.random_bool(0.5) {
+                        ab += e.exec(true, &mut |o| o.get(&k).map(|_| ()));
+                    } else {
+                        let v = [rng.random::<u8>(); 100];
+                        ab += e.exec(false, &mut |o| o.put(&k, &v));
+                    }
+                    n += 1;
+                }
+                (n, ab)
+            });
+            row("YCSB-A", "relaxed", &e, threads, &c);
+        }
+    }
+
+    println!();
+    let dir = base.join("gc");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let lat = measure_fsync(&dir, 200);
+    let ceiling = 1.0 / lat.as_secs_f64();
+    println!(
+        "raw fsync (64-byte append + fdatasync, 200 runs): {:.1} us -> one fsync per commit allows {ceiling:.0} commits/s",
+        lat.as_secs_f64() * 1e6
+    );
+    println!();
+    println!("| committers | durable commits/s | commits per fsync | vs one-fsync-per-commit |");
+    println!("|------------|-------------------|-------------------|-------------------------|");
+    for committers in [1usize, 8, 64] {
+        let d = dir.join(format!("c{committers}"));
+        let db = Db::open(&d).expect("open");
+        let c = run_threads(committers, secs, |t, stop| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = db.begin(Isolation::Snapshot);
+                tx.put(format!("w{t}/{}", n % 16).as_bytes(), &[1u8; 32])
+                    .expect("put");
+                tx.commit().expect("commit");
+                n += 1;
+            }
+            (n, 0)
+        });
+        let st = db.stats();
+        let cps = c.txs as f64 / c.secs;
+        println!(
+            "| {committers:>10} | {cps:>17.0} | {:>17.1} | {:>22.1}x |",
+            c.txs as f64 / st.wal_fsyncs.max(1) as f64,
+            cps / ceiling
+        );
+        db.close().expect("close");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

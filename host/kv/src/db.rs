@@ -310,4 +310,3 @@ fn delete_covered(dir: &Path, stamp: u64, new_seg: u64) -> Result<(), Error> {
     wal::sync_dir(dir)?;
     Ok(())
 }
-

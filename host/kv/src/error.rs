@@ -98,7 +98,9 @@ impl TxError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TxError::WriteConflict { .. } | TxError::Unserializable { .. } | TxError::Phantom { .. }
+            TxError::WriteConflict { .. }
+                | TxError::Unserializable { .. }
+                | TxError::Phantom { .. }
         )
     }
 

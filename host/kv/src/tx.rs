@@ -160,7 +160,10 @@ impl Tx {
                 Some((e.key().clone(), v))
             })
             .peekable();
-        let mut own = self.writes.range::<[u8], _>((Bound::Included(start), end_b)).peekable();
+        let mut own = self
+            .writes
+            .range::<[u8], _>((Bound::Included(start), end_b))
+            .peekable();
         let mut tracked = Vec::new();
         // Merge the snapshot with our own writes; own writes shadow stored versions.
         while out.len() < limit {
@@ -303,7 +306,8 @@ impl Tx {
                 v.pstamp.fetch_max(cstamp, Ordering::AcqRel);
             }
             if !self.ranges.is_empty() {
-                st.scans.push(cstamp, std::mem::take(&mut self.ranges).into());
+                st.scans
+                    .push(cstamp, std::mem::take(&mut self.ranges).into());
             }
         }
 

@@ -177,7 +177,10 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 
 /// Parses a segment file name back into its sequence number.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Fsyncs a directory so that creates, renames and deletes in it are durable.
@@ -259,7 +262,9 @@ impl Wal {
             }
             if st.shutdown && st.pending.is_empty() && st.pending_last <= st.durable {
                 // The flusher has exited: nothing will ever make `stamp` durable.
-                return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
+                return Err(Arc::new(io::Error::other(
+                    "WAL closed before commit was durable",
+                )));
             }
             self.flushed.wait(&mut st);
         }
@@ -380,4 +385,3 @@ impl Wal {
         Ok(())
     }
 }
-

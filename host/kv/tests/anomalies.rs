@@ -1,0 +1,339 @@
+//! The classic isolation anomalies: each is impossible under `Serializable`; the tests also show
+//! which ones `Snapshot` admits (write skew, predicate write skew, the read-only anomaly).
+
+use std::time::Duration;
+
+use ledge_kv::{Db, Durability, Isolation, Options, TxError};
+use tempfile::TempDir;
+
+use Isolation::{Serializable, Snapshot};
+
+fn open() -> (TempDir, Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options::default().durability(Durability::Periodic(Duration::from_millis(5)));
+    let db = Db::open_with(dir.path(), opts).expect("open");
+    (dir, db)
+}
+
+fn put_all(db: &Db, kvs: &[(&[u8], &[u8])]) {
+    let mut tx = db.begin(Snapshot);
+    for (k, v) in kvs {
+        tx.put(k, v).expect("put");
+    }
+    tx.commit().expect("setup commit");
+}
+
+fn read(db: &Db, k: &[u8]) -> Option<Vec<u8>> {
+    db.begin(Snapshot).get(k).expect("get")
+}
+
+fn num(v: Option<Vec<u8>>) -> i64 {
+    v.map_or(0, |b| String::from_utf8_lossy(&b).parse().expect("number"))
+}
+
+fn s(n: i64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+#[test]
+fn dirty_write_is_impossible_at_both_levels() {
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        let mut t1 = db.begin(iso);
+        let mut t2 = db.begin(iso);
+        t1.put(b"x", b"1").unwrap();
+        t2.put(b"x", b"2").unwrap();
+        t2.put(b"y", b"2").unwrap();
+        t1.put(b"y", b"1").unwrap();
+        t1.commit().unwrap();
+        let e = t2.commit().unwrap_err();
+        assert!(matches!(e, TxError::WriteConflict { .. }), "{iso:?}: {e}");
+        assert!(e.is_retryable());
+        assert_eq!(read(&db, b"x"), read(&db, b"y"), "{iso:?}");
+    }
+}
+
+#[test]
+fn aborted_reads_are_impossible_at_both_levels() {
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"x", b"0")]);
+        let mut t1 = db.begin(iso);
+        t1.put(b"x", b"1").unwrap();
+        let mut t2 = db.begin(iso);
+        assert_eq!(t2.get(b"x").unwrap(), Some(b"0".to_vec()));
+        t1.abort();
+        assert_eq!(t2.get(b"x").unwrap(), Some(b"0".to_vec()));
+        t2.commit().unwrap();
+        assert_eq!(read(&db, b"x"), Some(b"0".to_vec()));
+    }
+}
+
+#[test]
+fn intermediate_reads_are_impossible_at_both_levels() {
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"x", b"0")]);
+        let mut t1 = db.begin(iso);
+        t1.put(b"x", b"1").unwrap();
+        let mut t2 = db.begin(iso);
+        assert_eq!(t2.get(b"x").unwrap(), Some(b"0".to_vec()));
+        t1.put(b"x", b"2").unwrap();
+        // The writer sees its own latest write.
+        assert_eq!(t1.get(b"x").unwrap(), Some(b"2".to_vec()));
+        t1.commit().unwrap();
+        assert_eq!(t2.get(b"x").unwrap(), Some(b"0".to_vec()));
+        assert_eq!(read(&db, b"x"), Some(b"2".to_vec()));
+    }
+}
+
+#[test]
+fn lost_updates_are_impossible_at_both_levels() {
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"c", b"0")]);
+        let mut t1 = db.begin(iso);
+        let mut t2 = db.begin(iso);
+        let a = num(t1.get(b"c").unwrap());
+        let b = num(t2.get(b"c").unwrap());
+        t1.put(b"c", &s(a + 1)).unwrap();
+        t2.put(b"c", &s(b + 1)).unwrap();
+        t1.commit().unwrap();
+        assert!(t2.commit().unwrap_err().is_retryable());
+        assert_eq!(num(read(&db, b"c")), 1, "{iso:?}");
+    }
+}
+
+#[test]
+fn read_skew_is_impossible_at_both_levels() {
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"x", b"50"), (b"y", b"50")]);
+        let mut t1 = db.begin(iso);
+        let x = num(t1.get(b"x").unwrap());
+        let mut t2 = db.begin(iso);
+        t2.put(b"x", b"25").unwrap();
+        t2.put(b"y", b"75").unwrap();
+        t2.commit().unwrap();
+        let y = num(t1.get(b"y").unwrap());
+        assert_eq!(x + y, 100, "{iso:?}");
+        t1.commit().unwrap();
+    }
+}
+
+/// Two doctors on call; each goes off call if the other is still on call.
+fn write_skew(iso: Isolation) -> (Result<u64, TxError>, Result<u64, TxError>, Db, TempDir) {
+    let (d, db) = open();
+    put_all(&db, &[(b"alice", b"1"), (b"bob", b"1")]);
+    let mut t1 = db.begin(iso);
+    let mut t2 = db.begin(iso);
+    let on1 = num(t1.get(b"alice").unwrap()) + num(t1.get(b"bob").unwrap());
+    let on2 = num(t2.get(b"alice").unwrap()) + num(t2.get(b"bob").unwrap());
+    assert_eq!((on1, on2), (2, 2));
+    t1.put(b"alice", b"0").unwrap();
+    t2.put(b"bob", b"0").unwrap();
+    let r1 = t1.commit();
+    let r2 = t2.commit();
+    (r1, r2, db, d)
+}
+
+#[test]
+fn write_skew_is_admitted_by_snapshot_and_prevented_by_serializable() {
+    let (r1, r2, db, _d) = write_skew(Snapshot);
+    assert!(r1.is_ok() && r2.is_ok(), "SI admits write skew");
+    assert_eq!(num(read(&db, b"alice")) + num(read(&db, b"bob")), 0);
+
+    let (r1, r2, db, _d) = write_skew(Serializable);
+    assert!(r1.is_ok());
+    let e = r2.unwrap_err();
+    assert!(matches!(e, TxError::Unserializable { .. }), "{e}");
+    assert!(e.is_retryable());
+    assert_eq!(num(read(&db, b"alice")) + num(read(&db, b"bob")), 1);
+}
+
+/// "At most one booking in the room": each transaction scans the room's range, sees it empty,
+/// and inserts a booking.
+fn predicate_skew(iso: Isolation) -> (Result<u64, TxError>, Result<u64, TxError>, Db, TempDir) {
+    let (d, db) = open();
+    put_all(&db, &[(b"room1/", b"header"), (b"room2/x", b"other")]);
+    let mut t1 = db.begin(iso);
+    let mut t2 = db.begin(iso);
+    assert_eq!(t1.scan(b"room1/a", b"room1/z", 10).unwrap().len(), 0);
+    assert_eq!(t2.scan(b"room1/a", b"room1/z", 10).unwrap().len(), 0);
+    t1.put(b"room1/alice", b"9am").unwrap();
+    t2.put(b"room1/bob", b"9am").unwrap();
+    let r1 = t1.commit();
+    let r2 = t2.commit();
+    (r1, r2, db, d)
+}
+
+#[test]
+fn write_skew_through_scans_is_admitted_by_snapshot_and_prevented_by_serializable() {
+    let (r1, r2, db, _d) = predicate_skew(Snapshot);
+    assert!(r1.is_ok() && r2.is_ok(), "SI admits predicate write skew");
+    assert_eq!(
+        db.begin(Snapshot)
+            .scan(b"room1/a", b"room1/z", 10)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let (r1, r2, db, _d) = predicate_skew(Serializable);
+    assert!(r1.is_ok());
+    let e = r2.unwrap_err();
+    assert!(matches!(e, TxError::Phantom { .. }), "{e}");
+    assert!(e.is_retryable());
+    assert_eq!(
+        db.begin(Snapshot)
+            .scan(b"room1/a", b"room1/z", 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_phantom_inserted_after_the_scanner_committed_still_closes_no_cycle() {
+    // T1 scans an empty range and writes y; T2 reads y and inserts into T1's range. T1 commits
+    // first; T2's insert is an r:w successor of T1 and T2 read y before T1's write: a cycle.
+    for iso in [Snapshot, Serializable] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"y", b"0")]);
+        let mut t1 = db.begin(iso);
+        let mut t2 = db.begin(iso);
+        assert!(t1.scan(b"r/", b"r0", 100).unwrap().is_empty());
+        assert_eq!(t2.get(b"y").unwrap(), Some(b"0".to_vec()));
+        t1.put(b"y", b"1").unwrap();
+        t2.put(b"r/new", b"1").unwrap();
+        t1.commit().unwrap();
+        let r2 = t2.commit();
+        match iso {
+            Snapshot => assert!(r2.is_ok()),
+            Serializable => assert!(r2.unwrap_err().is_retryable()),
+        }
+    }
+}
+
+#[test]
+fn reading_an_absent_key_is_protected_against_a_later_insert() {
+    let (_d, db) = open();
+    put_all(&db, &[(b"y", b"0")]);
+    let mut t1 = db.begin(Serializable);
+    let mut t2 = db.begin(Serializable);
+    assert_eq!(t1.get(b"x").unwrap(), None);
+    assert_eq!(t2.get(b"y").unwrap(), Some(b"0".to_vec()));
+    t1.put(b"y", b"1").unwrap();
+    t2.put(b"x", b"1").unwrap();
+    t2.commit().unwrap();
+    let e = t1.commit().unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+}
+
+/// Fekete, O'Neil, O'Neil (2004): checking X and savings Y start at 0. T2 withdraws 10 from
+/// X with an overdraft penalty of 1 if X + Y would go negative; T1 deposits 20 into Y; read-only
+/// T3 reports both after T1 commits and before T2 does.
+fn read_only_anomaly(
+    iso: Isolation,
+    t3_first: bool,
+) -> (
+    Result<u64, TxError>,
+    Result<u64, TxError>,
+    Result<u64, TxError>,
+    (i64, i64),
+) {
+    let (_d, db) = open();
+    put_all(&db, &[(b"X", b"0"), (b"Y", b"0")]);
+    let mut t2 = db.begin(iso);
+    let x = num(t2.get(b"X").unwrap());
+    let y = num(t2.get(b"Y").unwrap());
+    let mut t1 = db.begin(iso);
+    let y1 = num(t1.get(b"Y").unwrap());
+    t1.put(b"Y", &s(y1 + 20)).unwrap();
+    let r1 = t1.commit();
+    let mut t3 = db.begin(iso);
+    let seen = (num(t3.get(b"X").unwrap()), num(t3.get(b"Y").unwrap()));
+    let penalty = if x + y - 10 < 0 { 1 } else { 0 };
+    t2.put(b"X", &s(x - 10 - penalty)).unwrap();
+    let (r2, r3) = if t3_first {
+        let r3 = t3.commit();
+        (t2.commit(), r3)
+    } else {
+        let r2 = t2.commit();
+        (r2, t3.commit())
+    };
+    (r1, r2, r3, seen)
+}
+
+#[test]
+fn the_read_only_anomaly_is_admitted_by_snapshot_and_prevented_by_serializable() {
+    for t3_first in [true, false] {
+        let (r1, r2, r3, seen) = read_only_anomaly(Snapshot, t3_first);
+        assert!(r1.is_ok() && r2.is_ok() && r3.is_ok(), "SI admits it");
+        assert_eq!(seen, (0, 20), "T3 saw the deposit but not the withdrawal");
+
+        let (r1, r2, r3, _) = read_only_anomaly(Serializable, t3_first);
+        assert!(r1.is_ok());
+        let aborted = [&r2, &r3].iter().filter(|r| r.is_err()).count();
+        assert_eq!(
+            aborted, 1,
+            "exactly one of T2 / T3 must abort (t3_first={t3_first})"
+        );
+        for r in [r2, r3] {
+            if let Err(e) = r {
+                assert!(matches!(e, TxError::Unserializable { .. }), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn transactions_read_their_own_writes_in_gets_and_scans() {
+    let (_d, db) = open();
+    put_all(
+        &db,
+        &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")],
+    );
+    let mut tx = db.begin(Serializable);
+    tx.put(b"b", b"20").unwrap();
+    tx.delete(b"c").unwrap();
+    tx.put(b"bb", b"new").unwrap();
+    assert_eq!(tx.get(b"b").unwrap(), Some(b"20".to_vec()));
+    assert_eq!(tx.get(b"c").unwrap(), None);
+    let all = tx.scan(b"a", b"", 100).unwrap();
+    let keys: Vec<_> = all.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, vec![&b"a"[..], b"b", b"bb", b"d"]);
+    assert_eq!(all[1].1, b"20");
+    let limited = tx.scan(b"a", b"d", 2).unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(tx.scan(b"b", b"c", 100).unwrap().len(), 2);
+    tx.commit().unwrap();
+    assert_eq!(read(&db, b"c"), None);
+    assert_eq!(read(&db, b"bb"), Some(b"new".to_vec()));
+}
+
+#[test]
+fn limits_and_closed_databases_give_non_retryable_errors() {
+    let (_d, db) = open();
+    let mut tx = db.begin(Snapshot);
+    let e = tx.put(b"", b"v").unwrap_err();
+    assert!(!e.is_retryable());
+    let e = tx.put(&vec![b'k'; 5000], b"v").unwrap_err();
+    assert!(matches!(e, TxError::KeyTooLarge { .. }));
+    let e = tx.put(b"k", &vec![0; 2 << 20]).unwrap_err();
+    assert!(matches!(e, TxError::ValueTooLarge { .. }));
+    tx.put(b"k", b"v").unwrap();
+    db.close().unwrap();
+    let e = tx.commit().unwrap_err();
+    assert!(matches!(e, TxError::Closed) && !e.is_retryable());
+}
+
+#[test]
+fn stats_count_commits_and_aborts_by_reason() {
+    let (r1, r2, db, _d) = write_skew(Serializable);
+    assert!(r1.is_ok() && r2.is_err());
+    let st = db.stats();
+    assert_eq!(st.aborted_ssn, 1);
+    assert_eq!(st.committed, 2); // setup + t1
+    assert_eq!(st.active_snapshots, 0);
+}

@@ -1,0 +1,452 @@
+//! Durability: SIGKILL crash rounds, torn and corrupt WAL, checkpoints, durability modes, GC.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ledge_kv::{Db, Durability, Error, Isolation, Options};
+use rand::Rng;
+
+const CHILD_ENV: &str = "LEDGE_KV_CRASH_CHILD_DIR";
+const CHILD_THREADS: u64 = 4;
+
+fn periodic() -> Options {
+    Options::default().durability(Durability::Periodic(Duration::from_millis(5)))
+}
+
+fn get(db: &Db, k: &str) -> Option<String> {
+    db.begin(Isolation::Snapshot)
+        .get(k.as_bytes())
+        .expect("get")
+        .map(|v| String::from_utf8(v).expect("utf8"))
+}
+
+fn get_u64(db: &Db, k: &str) -> u64 {
+    get(db, k).map_or(0, |v| v.parse().expect("number"))
+}
+
+/// Writer `t`'s transaction number `n` sets `t/x`, `t/y` and `t/slot<n % 10>` to `n`.
+fn child_commit(db: &Db, t: u64, n: u64) -> Result<u64, ledge_kv::TxError> {
+    let mut tx = db.begin(Isolation::Serializable);
+    let v = n.to_string();
+    tx.put(format!("{t}/x").as_bytes(), v.as_bytes())?;
+    tx.put(format!("{t}/y").as_bytes(), v.as_bytes())?;
+    tx.put(format!("{t}/slot{}", n % 10).as_bytes(), v.as_bytes())?;
+    tx.commit()
+}
+
+/// Not a test on its own: the body of the child process the crash test SIGKILLs. It commits
+/// from several threads forever and prints `ack <thread> <n>` after each acknowledged commit.
+#[test]
+fn crash_child_process_entry() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let opts = Options::default().checkpoint_wal_bytes(32 << 10);
+    let db = Db::open_with(Path::new(&dir), opts).expect("child open");
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..CHILD_THREADS)
+        .map(|t| {
+            let db = db.clone();
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut n = get_u64(&db, &format!("{t}/x"));
+                loop {
+                    n += 1;
+                    child_commit(&db, t, n).expect("child commit");
+                    let mut o = out.lock().expect("stdout");
+                    writeln!(o, "ack {t} {n}").expect("stdout");
+                    o.flush().expect("stdout");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn check_invariants(db: &Db, acked: &HashMap<u64, u64>) {
+    for t in 0..CHILD_THREADS {
+        let x = get_u64(db, &format!("{t}/x"));
+        let y = get_u64(db, &format!("{t}/y"));
+        let a = acked.get(&t).copied().unwrap_or(0);
+        assert_eq!(x, y, "writer {t}: multi-key commit half applied");
+        assert!(
+            x >= a,
+            "writer {t}: acknowledged commit {a} lost (have {x})"
+        );
+        assert!(
+            x <= a + 1,
+            "writer {t}: at most one unacknowledged commit in flight"
+        );
+        for j in 0..10u64 {
+            let want = (1..=x).rev().find(|n| n % 10 == j).unwrap_or(0);
+            assert_eq!(
+                get_u64(db, &format!("{t}/slot{j}")),
+                want,
+                "writer {t} slot {j}"
+            );
+        }
+    }
+}
+
+#[test]
+fn acknowledged_commits_survive_sigkill_and_nothing_is_half_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut acked: HashMap<u64, u64> = HashMap::new();
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let mut it = line.split_whitespace();
+                    if it.next() != Some("ack") {
+                        continue;
+                    }
+                    let t: u64 = it.next().and_then(|s| s.parse().ok()).expect("thread");
+                    let n: u64 = it.next().and_then(|s| s.parse().ok()).expect("n");
+                    seen.lock().expect("seen").push((t, n));
+                }
+            })
+        };
+        // Wait for the child to get going, then kill it at a random point.
+        let start = Instant::now();
+        while seen.lock().expect("seen").len() < 20 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..300)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        reader.join().expect("reader");
+        let seen = seen.lock().expect("seen").clone();
+        assert!(
+            !seen.is_empty(),
+            "round {round}: child acknowledged nothing"
+        );
+        eprintln!(
+            "round {round}: {} acknowledged commits before SIGKILL",
+            seen.len()
+        );
+        for (t, n) in seen {
+            let a = acked.entry(t).or_default();
+            *a = (*a).max(n);
+        }
+        let db = Db::open(dir.path()).expect("reopen after crash");
+        check_invariants(&db, &acked);
+        // The next round continues from what survived, so ack numbers may repeat: reset to it.
+        for t in 0..CHILD_THREADS {
+            acked.insert(t, get_u64(&db, &format!("{t}/x")));
+        }
+        db.close().expect("close");
+    }
+}
+
+fn wal_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("wal-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Commits `n` single-key transactions `k<i> = v<i>` and closes; returns the WAL segment.
+fn ten_commits(dir: &Path, n: usize) -> PathBuf {
+    let db = Db::open(dir).expect("open");
+    for i in 0..n {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    db.close().unwrap();
+    wal_segments(dir)
+        .into_iter()
+        .rev()
+        .find(|p| fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+        .expect("a non-empty segment")
+}
+
+#[test]
+fn a_torn_wal_tail_is_dropped_and_the_rest_recovers() {
+    for cut in [1u64, 5, 17] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = ten_commits(dir.path(), 10);
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - cut)
+            .unwrap();
+        let db = Db::open(dir.path()).expect("open after torn tail");
+        assert_eq!(get(&db, "k9"), None, "the torn record is dropped");
+        assert_eq!(get(&db, "k8").as_deref(), Some("v8"));
+        assert!(db.stats().recovered_torn_tail_bytes > 0);
+        // New commits after recovery go on normally and survive another reopen.
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(b"after", b"1").unwrap();
+        tx.commit().unwrap();
+        db.close().unwrap();
+        let db = Db::open(dir.path()).expect("second reopen");
+        assert_eq!(get(&db, "after").as_deref(), Some("1"));
+        assert_eq!(get(&db, "k8").as_deref(), Some("v8"));
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = ten_commits(dir.path(), 10);
+    let mut b = fs::read(&seg).unwrap();
+    let last = b.len() - 2;
+    b[last] ^= 0x40;
+    fs::write(&seg, &b).unwrap();
+    let db = Db::open(dir.path()).expect("open");
+    assert_eq!(get(&db, "k9"), None);
+    assert_eq!(get(&db, "k8").as_deref(), Some("v8"));
+}
+
+#[test]
+fn a_flipped_byte_in_a_middle_record_is_reported_as_corruption() {
+    for at in [2usize, 6, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = ten_commits(dir.path(), 10);
+        let mut b = fs::read(&seg).unwrap();
+        b[at] ^= 0x01;
+        fs::write(&seg, &b).unwrap();
+        match Db::open(dir.path()) {
+            Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, 0),
+            other => panic!("expected Corrupt for flip at {at}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn checkpoints_truncate_the_wal_and_recovery_combines_checkpoint_and_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().checkpoint_wal_bytes(0);
+    let db = Db::open_with(dir.path(), opts.clone()).unwrap();
+    for i in 0..200 {
+        let mut tx = db.begin(Isolation::Serializable);
+        tx.put(format!("k{i:03}").as_bytes(), format!("a{i}").as_bytes())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut tx = db.begin(Isolation::Snapshot);
+    tx.delete(b"k000").unwrap();
+    tx.commit().unwrap();
+    let before = wal_segments(dir.path()).len();
+    let stamp = db.checkpoint().unwrap();
+    assert!(stamp >= 201);
+    let segs = wal_segments(dir.path());
+    assert_eq!(segs.len(), 1, "covered segments deleted (had {before})");
+    for i in 100..150 {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{i:03}").as_bytes(), format!("b{i}").as_bytes())
+            .unwrap();
+        tx.delete(format!("k{:03}", i + 50).as_bytes()).unwrap();
+        tx.commit().unwrap();
+    }
+    db.close().unwrap();
+    let db = Db::open_with(dir.path(), opts).unwrap();
+    assert_eq!(get(&db, "k000"), None);
+    assert_eq!(get(&db, "k050").as_deref(), Some("a50"));
+    assert_eq!(get(&db, "k120").as_deref(), Some("b120"));
+    assert_eq!(get(&db, "k170"), None);
+    assert_eq!(get(&db, "k199"), None);
+    assert_eq!(get(&db, "k149").as_deref(), Some("b149"));
+    let all = db
+        .begin(Isolation::Snapshot)
+        .scan(b"", b"", usize::MAX)
+        .unwrap();
+    assert_eq!(all.len(), 199 - 50);
+    // Stamps keep increasing across restarts.
+    let mut tx = db.begin(Isolation::Snapshot);
+    tx.put(b"z", b"1").unwrap();
+    assert!(tx.commit().unwrap() > stamp);
+}
+
+#[test]
+fn automatic_checkpoints_keep_the_wal_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = periodic()
+        .checkpoint_wal_bytes(16 << 10)
+        .maintenance_interval(Duration::from_millis(5));
+    let db = Db::open_with(dir.path(), opts.clone()).unwrap();
+    for i in 0..3000u32 {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{}", i % 300).as_bytes(), &[i as u8; 200])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.stats().checkpoints == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(db.stats().checkpoints > 0);
+    db.close().unwrap();
+    let written = db.stats().wal_bytes;
+    let wal_bytes: u64 = wal_segments(dir.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        wal_bytes < written / 2,
+        "WAL is {wal_bytes} of {written} bytes written"
+    );
+    let db = Db::open_with(dir.path(), opts).unwrap();
+    let mut tx = db.begin(Isolation::Snapshot);
+    assert_eq!(tx.get(b"k299").unwrap(), Some(vec![2999u32 as u8; 200]));
+}
+
+#[test]
+fn fsync_mode_shares_fsyncs_between_concurrent_committers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let mut tx = db.begin(Isolation::Snapshot);
+                    tx.put(format!("{t}/{i}").as_bytes(), b"v").unwrap();
+                    tx.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = db.stats();
+    assert_eq!(st.committed, 400);
+    assert!(st.wal_fsyncs > 0 && st.wal_fsyncs <= 400);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(
+        db.begin(Isolation::Snapshot)
+            .scan(b"", b"", usize::MAX)
+            .unwrap()
+            .len(),
+        400
+    );
+}
+
+#[test]
+fn periodic_mode_acknowledges_without_waiting_and_flushes_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(
+        dir.path(),
+        Options::default().durability(Durability::Periodic(Duration::from_secs(3600))),
+    )
+    .unwrap();
+    for i in 0..500 {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        tx.commit().unwrap();
+    }
+    // An hour-long interval: nothing has been fsynced yet.
+    assert_eq!(db.stats().wal_fsyncs, 0);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(
+        db.begin(Isolation::Snapshot)
+            .scan(b"", b"", usize::MAX)
+            .unwrap()
+            .len(),
+        500
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert!(matches!(Db::open(dir.path()), Err(Error::Locked(_))));
+    db.close().unwrap();
+    Db::open(dir.path()).expect("open after close");
+}
+
+#[test]
+fn version_chains_stay_short_under_100k_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), periodic()).unwrap();
+    let mut max_live = 0;
+    for i in 0..100_000u32 {
+        let mut tx = db.begin(Isolation::Serializable);
+        let k = [b'k', (i % 4) as u8];
+        let _ = tx.get(&k).unwrap();
+        tx.put(&k, &i.to_le_bytes()).unwrap();
+        tx.commit().unwrap();
+        if i % 1000 == 0 {
+            max_live = max_live.max(db.stats().live_versions);
+        }
+    }
+    let st = db.stats();
+    assert!(max_live <= 12, "live versions grew to {max_live}");
+    assert!(st.live_versions <= 12, "{st:?}");
+    assert!(st.gc_pruned_versions >= 99_000);
+}
+
+#[test]
+fn an_open_snapshot_pins_versions_until_it_ends_and_dead_tombstones_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), periodic()).unwrap();
+    let mut w = db.begin(Isolation::Snapshot);
+    w.put(b"k", b"0").unwrap();
+    w.commit().unwrap();
+    let mut old = db.begin(Isolation::Snapshot);
+    for i in 1..=100u32 {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(b"k", &i.to_le_bytes()).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(db.stats().live_versions >= 100);
+    assert_eq!(old.get(b"k").unwrap(), Some(b"0".to_vec()));
+    drop(old);
+    db.gc();
+    assert_eq!(db.stats().live_versions, 1);
+
+    let mut tx = db.begin(Isolation::Snapshot);
+    for i in 0..50u32 {
+        tx.put(&i.to_le_bytes(), b"x").unwrap();
+    }
+    tx.commit().unwrap();
+    let mut tx = db.begin(Isolation::Snapshot);
+    for i in 0..50u32 {
+        tx.delete(&i.to_le_bytes()).unwrap();
+    }
+    tx.commit().unwrap();
+    db.gc();
+    let st = db.stats();
+    assert_eq!(st.keys, 1, "only k is left: {st:?}");
+    assert_eq!(st.live_versions, 1);
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what building and testing ledge needs on a machine that has only the Rust
+# toolchain (rustup, cargo) and python3: the wasm32-wasip2 target, and componentize-py in a
+# virtualenv under target/ (used by the tests to build a Python component).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2 >/dev/null
+
+if [ ! -x target/pyenv/bin/componentize-py ]; then
+  mkdir -p target
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+fi

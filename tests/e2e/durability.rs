@@ -1,0 +1,71 @@
+//! Deployed functions survive restarts and crashes, and precompiled code is reused only
+//! when it is intact.
+
+use crate::harness::{Server, client, guest};
+
+#[tokio::test]
+async fn functions_survive_a_restart_without_recompiling() {
+    let mut server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    assert_eq!(server.terminate().code(), Some(0));
+    server.restart();
+    let response = client()
+        .get(server.fn_url("hello", "/again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello from ledge! You asked for /again\n"
+    );
+    let log = server.log();
+    assert!(log.contains("loaded precompiled artifact"), "{log}");
+    assert!(!log.contains("recompiling function"), "{log}");
+}
+
+#[tokio::test]
+async fn an_acknowledged_deploy_survives_sigkill() {
+    let mut server = Server::start();
+    server.deploy("echo", &guest("echo"));
+    server.kill();
+    server.restart();
+    let response = client()
+        .post(server.fn_url("echo", "/"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "still here");
+}
+
+#[tokio::test]
+async fn a_tampered_artifact_is_detected_and_recompiled() {
+    let mut server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    server.kill();
+    let code = server.data_dir.join("functions/hello/v1/code.cwasm");
+    let mut bytes = std::fs::read(&code).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&code, bytes).unwrap();
+    server.restart();
+    let response = client()
+        .get(server.fn_url("hello", "/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(server.log().contains("recompiling function"));
+    // The rewritten artifact is trusted again on the next start.
+    server.restart();
+    assert_eq!(
+        client()
+            .get(server.fn_url("hello", "/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(server.log().matches("recompiling function").count(), 1);
+}

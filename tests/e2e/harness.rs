@@ -1,0 +1,247 @@
+//! What every end-to-end test stands on: guests built once per run for wasm32-wasip2, and a
+//! real `ledge serve` process on an ephemeral loopback port with its own data dir.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds a guest workspace for wasm32-wasip2 (once per test run; cargo makes reruns cheap).
+fn build_workspace(dir: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir)
+        // The host build's flags are not the guests'.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo for the guests");
+    assert!(
+        status.success(),
+        "building the guests in {} failed",
+        dir.display()
+    );
+    dir.join("target/wasm32-wasip2/release")
+}
+
+/// The path of a compiled guest: an example from `functions/` or a test guest from
+/// `tests/guests/` (crate name with `-` as `_`).
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let (examples, test_guests) = BUILT.get_or_init(|| {
+        (
+            build_workspace(&repo_root().join("functions")),
+            build_workspace(&repo_root().join("tests/guests")),
+        )
+    });
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    [examples, test_guests]
+        .iter()
+        .map(|dir| dir.join(&file))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no guest named {name}"))
+}
+
+/// The Python component, built with componentize-py (installed by scripts/test.sh).
+pub fn python_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let source = repo_root().join("tests/guests/py-hello");
+            let output = repo_root().join("tests/guests/target/py-hello.wasm");
+            let venv_tool = repo_root().join("target/pyenv/bin/componentize-py");
+            let tool = if venv_tool.exists() {
+                venv_tool
+            } else {
+                PathBuf::from("componentize-py")
+            };
+            let status = Command::new(&tool)
+                .args(["-d", "wit", "-w", "hello", "componentize", "app", "-o"])
+                .arg(&output)
+                .current_dir(&source)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "running {} (scripts/test.sh installs it): {e}",
+                        tool.display()
+                    )
+                });
+            assert!(status.success(), "componentize-py failed");
+            output
+        })
+        .clone()
+}
+
+/// A running `ledge serve`. Killed (SIGKILL) on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh data dir.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// A server on a fresh data dir with extra `ledge serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Server {
+            child: None,
+            url: String::new(),
+            log: temp.path().join("ledge.log"),
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _temp: Some(temp),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let policies = self.data_dir.with_file_name("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        let mut child = Command::new(LEDGE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--policies")
+            .arg(&policies)
+            .args(&self.extra)
+            .env("LEDGE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning ledge serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("ledge listening on ") {
+                    let _ = sender.send(url.to_string());
+                }
+            }
+        });
+        self.url = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "ledge did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash, no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ledge") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledge did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data dir (after `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs a client command of the `ledge` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(LEDGE)
+            .args(args)
+            .env("LEDGE_SERVER", &self.url)
+            .output()
+            .expect("running the ledge CLI")
+    }
+
+    /// `ledge deploy NAME FILE`, asserting success.
+    pub fn deploy(&self, name: &str, file: &Path) {
+        let output = self.cli(&["deploy", name, file.to_str().expect("utf-8 path")]);
+        assert!(
+            output.status.success(),
+            "deploy {name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn fn_url(&self, name: &str, rest: &str) -> String {
+        format!("{}/fn/{name}{rest}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// Parses a problem+json response, checking its content type and status field.
+pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.expect("problem+json body");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["type"].is_string());
+    body
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: a real `ledge serve` on loopback, real components, a real HTTP client.
+
+mod harness;
+
+mod deploy;
+mod durability;
+mod invoke;

@@ -1,0 +1,48 @@
+//! A guest that misbehaves on request, to show the host survives it:
+//! `/trap` panics, `/spin` never returns, `/hog` allocates without end,
+//! `/outbound?url=...` makes an outgoing request and reports what happened,
+//! anything else answers `fine`.
+use ledge_sdk::http::{Request, Response};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+
+fn handle(req: Request) -> Response {
+    match req.path() {
+        "/trap" => panic!("asked to trap"),
+        "/spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "/hog" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "/outbound" => outbound(req.query_param("authority").unwrap_or("example.com"), req.query_param("path").unwrap_or("/")),
+        _ => Response::text("fine\n"),
+    }
+}
+
+fn outbound(authority: &str, path: &str) -> Response {
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    match outgoing_handler::handle(request, None) {
+        Err(code) => Response::text(format!("refused: {code:?}\n")),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => Response::text(format!("status {}\n", response.status())),
+                Some(Ok(Err(code))) => Response::text(format!("refused: {code:?}\n")),
+                other => Response::text(format!("failed: {other:?}\n")),
+            }
+        }
+    }
+}
+
+ledge_sdk::http_handler!(handle);

@@ -1,0 +1,22 @@
+//! A wasi:http component written against the plain `wasi` crate (wasi 0.2.4), with no ledge
+//! SDK: ledge must run it unmodified.
+use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+
+struct Component;
+
+impl wasi::exports::http::incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap();
+        let response = OutgoingResponse::new(headers);
+        response.set_status_code(203).unwrap();
+        let body = response.body().unwrap();
+        ResponseOutparam::set(out, Ok(response));
+        let path = request.path_with_query().unwrap_or_default();
+        let stream = body.write().unwrap();
+        stream.blocking_write_and_flush(format!("plain wasi saw {path}\n").as_bytes()).unwrap();
+        drop(stream);
+        OutgoingBody::finish(body, None).unwrap();
+    }
+}
+
+wasi::http::proxy::export!(Component);
