@@ -58,6 +58,20 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
         }
     }
 
+    // Every open starts a fresh segment; ones that never got a record are noise. Drop them so
+    // that "the last segment" below means the last one written to.
+    let next_segment = segs.last().map_or(1, |s| s + 1);
+    let mut written = Vec::with_capacity(segs.len());
+    for seq in segs {
+        let path = wal::segment_path(dir, seq);
+        if fs::metadata(&path)?.len() == 0 {
+            fs::remove_file(&path)?;
+        } else {
+            written.push(seq);
+        }
+    }
+    let segs = written;
+
     let mut last_stamp = ckpt_stamp;
     let mut log_stamp = 0;
     let mut truncated_bytes = 0;
@@ -112,7 +126,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     Ok(Recovered {
         store,
         last_stamp,
-        next_segment: segs.last().map_or(1, |s| s + 1),
+        next_segment,
         truncated_bytes,
     })
 }

@@ -208,8 +208,9 @@ struct WalState {
     durable: u64,
     /// Sequence number of the segment the flusher is writing.
     segment: u64,
-    /// Set by a checkpoint: switch segments after writing the current `pending`.
-    rotate: bool,
+    /// Set by a checkpoint: switch segments after the first `cut` bytes of `pending` (the
+    /// records at or below the checkpoint stamp; later ones go to the new segment).
+    rotate: Option<usize>,
     shutdown: bool,
     failed: Option<Arc<io::Error>>,
 }
@@ -279,7 +280,7 @@ impl Wal {
     /// sequence number that segment will have. Cheap: call it under the commit lock.
     pub(crate) fn request_rotate(&self) -> u64 {
         let mut st = self.state.lock();
-        st.rotate = true;
+        st.rotate = Some(st.pending.len());
         self.work.notify_one();
         st.segment + 1
     }
@@ -318,14 +319,14 @@ impl Wal {
         loop {
             match durability {
                 Durability::Fsync => {
-                    while st.pending.is_empty() && !st.rotate && !st.shutdown {
+                    while st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
                         self.work.wait(&mut st);
                     }
                 }
                 Durability::Periodic(every) => {
                     // Let commits accumulate for one interval (a rotation or shutdown cuts it short).
                     let deadline = Instant::now() + every;
-                    while !st.rotate && !st.shutdown && Instant::now() < deadline {
+                    while st.rotate.is_none() && !st.shutdown && Instant::now() < deadline {
                         self.work.wait_until(&mut st, deadline);
                     }
                 }
@@ -334,28 +335,34 @@ impl Wal {
                 return;
             }
             let shutdown = st.shutdown;
-            let rotate = st.rotate;
+            let rotate = st.rotate.take();
+            let next_seq = st.segment + 1;
             std::mem::swap(&mut st.pending, &mut spare);
             let last = st.pending_last;
             drop(st);
 
-            let res = self.write_batch(&mut file, &spare, counters);
-            let res = res.and_then(|()| {
-                if rotate {
-                    let seq = self.state.lock().segment + 1;
-                    file = create_segment(dir, seq)?;
+            let res = match rotate {
+                None => self.write_batch(&mut file, &spare, counters),
+                Some(cut) => {
+                    // Everything up to the checkpoint's cut stays in the old segment, which the
+                    // checkpoint will delete; the rest starts the new one.
+                    let (old, new) = spare.split_at(cut.min(spare.len()));
+                    self.write_batch(&mut file, old, counters)
+                        .and_then(|()| create_segment(dir, next_seq))
+                        .and_then(|f| {
+                            file = f;
+                            self.write_batch(&mut file, new, counters)
+                        })
                 }
-                Ok(())
-            });
+            };
             spare.clear();
 
             st = self.state.lock();
             match res {
                 Ok(()) => {
                     st.durable = st.durable.max(last);
-                    if rotate {
-                        st.segment += 1;
-                        st.rotate = false;
+                    if rotate.is_some() {
+                        st.segment = next_seq;
                     }
                 }
                 Err(e) => st.failed = Some(Arc::new(e)),

@@ -243,6 +243,13 @@ fn serializable_histories_have_no_dependency_cycle_and_match_a_serial_model() {
         }
         check_model(&db, &txs);
         let st = db.stats();
+        eprintln!(
+            "seed {seed}: {} committed, aborts: {} ww, {} ssn, {} phantom",
+            txs.len(),
+            st.aborted_write_conflict,
+            st.aborted_ssn,
+            st.aborted_phantom
+        );
         assert!(
             st.aborted_ssn + st.aborted_write_conflict + st.aborted_phantom > 0
                 || txs.len() == 1600
@@ -259,7 +266,8 @@ fn the_checker_finds_a_cycle_in_snapshot_histories() {
     for seed in 0..40 {
         let (db, txs, _d) = run_history(Isolation::Snapshot, seed, 4, 400, 6);
         check_model(&db, &txs);
-        if find_cycle(&txs).is_some() {
+        if let Some(c) = find_cycle(&txs) {
+            eprintln!("seed {seed}: cycle of {} transactions under Snapshot: {c:x?}", c.len());
             return;
         }
     }
