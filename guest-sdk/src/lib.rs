@@ -19,10 +19,54 @@
 //! The handler may also return `Result<Response, E>` for any `E: Display`: an `Err` becomes a
 //! `500` with the error's text, so `?` works inside handlers.
 
+//!
+//! ## Pre-initialization
+//!
+//! Expensive setup (building tables, parsing embedded data) can run once, at deploy, instead
+//! of on every request: export it with [`init!`]. ledge runs it at deploy and snapshots the
+//! result; every request starts from that state.
+//!
+//! ```no_run
+//! use std::sync::OnceLock;
+//! static SQUARES: OnceLock<Vec<u64>> = OnceLock::new();
+//!
+//! fn build() {
+//!     SQUARES.get_or_init(|| (0..100_000).map(|n| n * n).collect());
+//! }
+//! ledge_sdk::init!(build);
+//! ```
+
 pub mod http;
 
-/// Re-exports the `http_handler!` macro needs; not part of the public API.
+/// Re-exports the macros need; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
     pub use wasip2;
+
+    pub mod init_bindings {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "ledge:sdk/preinit",
+            pub_export_macro: true,
+            export_macro_name: "__export_preinit",
+            default_bindings_module: "ledge_sdk::__private::init_bindings",
+        });
+    }
+}
+
+/// Exports `init` (a `fn()`) as the component's pre-initialization function: ledge runs it
+/// once at deploy and snapshots the state it leaves (see the crate docs).
+#[macro_export]
+macro_rules! init {
+    ($init:path) => {
+        struct __LedgeInit;
+
+        impl $crate::__private::init_bindings::Guest for __LedgeInit {
+            fn init() {
+                $init()
+            }
+        }
+
+        $crate::__private::init_bindings::__export_preinit!(__LedgeInit with_types_in $crate::__private::init_bindings);
+    };
 }

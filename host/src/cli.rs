@@ -10,16 +10,13 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::routes::App;
 use crate::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ledge",
-    version,
-    about = "WebAssembly edge functions with serializable transactions"
-)]
+#[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,10 +95,7 @@ pub struct ServerArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ledge: cannot start the async runtime: {error}");
@@ -111,12 +105,9 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Deploy {
-                name,
-                file,
-                policy,
-                server,
-            } => crate::client::deploy(&server, &name, &file, policy.as_deref()).await,
+            Command::Deploy { name, file, policy, server } => {
+                crate::client::deploy(&server, &name, &file, policy.as_deref()).await
+            }
             Command::Functions { server } => crate::client::functions(&server).await,
             Command::Rm { name, server } => crate::client::remove(&server, &name).await,
         }
@@ -133,33 +124,23 @@ pub fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     crate::storage::create_private_dir(&args.data_dir)?;
-    let runtime = Arc::new(Runtime::new(&RuntimeOptions {
-        pooling: !args.no_pooling,
-        max_instances: args.max_instances,
-        ..RuntimeOptions::default()
-    })?);
+    let metrics = Arc::new(Metrics::new());
+    let options =
+        RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances, ..RuntimeOptions::default() };
+    let runtime = Arc::new(Runtime::new(&options, metrics.clone())?);
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let (registry, report) = {
-        let (data_dir, policies, runtime) = (
-            args.data_dir.clone(),
-            policies.map(PathBuf::from),
-            runtime.clone(),
-        );
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime))
-            .await??
+        let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
+        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime)).await??
     };
-    tracing::info!(
-        precompiled = report.precompiled,
-        recompiled = report.recompiled,
-        "functions loaded"
-    );
+    tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
+    let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
+    for (outcome, count) in loads {
+        metrics.artifact_loads.get_or_create(&ArtifactLabels { outcome }).inc_by(count as u64);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
-    let app = Arc::new(App {
-        registry,
-        runtime,
-        max_upload: args.max_upload,
-    });
+    let app = Arc::new(App { registry, runtime, metrics, max_upload: args.max_upload });
     // Tests and scripts wait for this line to learn the port.
     println!("ledge listening on http://{address}");
     crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
@@ -170,9 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -28,14 +28,9 @@ fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> reqwest:
 }
 
 /// Sends the request; a non-2xx answer becomes an error carrying the problem's detail.
-async fn send(
-    builder: reqwest::RequestBuilder,
-    server: &ServerArgs,
-) -> anyhow::Result<reqwest::Response> {
-    let response = builder
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the ledge server at {}", server.server))?;
+async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::Result<reqwest::Response> {
+    let response =
+        builder.send().await.with_context(|| format!("cannot reach the ledge server at {}", server.server))?;
     if response.status().is_success() {
         return Ok(response);
     }
@@ -47,62 +42,29 @@ async fn send(
     }
 }
 
-pub async fn deploy(
-    server: &ServerArgs,
-    name: &str,
-    file: &Path,
-    policy: Option<&Path>,
-) -> anyhow::Result<()> {
-    let bytes = tokio::fs::read(file)
-        .await
-        .with_context(|| format!("cannot read {}", file.display()))?;
+pub async fn deploy(server: &ServerArgs, name: &str, file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
     if let Some(policy) = policy {
-        let text = tokio::fs::read(policy)
+        let text = tokio::fs::read(policy).await.with_context(|| format!("cannot read {}", policy.display()))?;
+        send(request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}/policy")).body(text), server)
             .await
-            .with_context(|| format!("cannot read {}", policy.display()))?;
-        send(
-            request(
-                server,
-                reqwest::Method::PUT,
-                &format!("/v1/functions/{name}/policy"),
-            )
-            .body(text),
-            server,
-        )
-        .await
-        .context("the policy was refused")?;
+            .context("the policy was refused")?;
     }
     let response = send(
-        request(
-            server,
-            reqwest::Method::PUT,
-            &format!("/v1/functions/{name}"),
-        )
-        .header("content-type", "application/wasm")
-        .body(bytes),
+        request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}"))
+            .header("content-type", "application/wasm")
+            .body(bytes),
         server,
     )
     .await?;
     let meta: FunctionMeta = response.json().await?;
-    println!(
-        "deployed {} version {} ({} bytes, sha256 {})",
-        meta.name, meta.version, meta.size, meta.sha256
-    );
+    println!("deployed {} version {} ({} bytes, sha256 {})", meta.name, meta.version, meta.size, meta.sha256);
     Ok(())
 }
 
 pub async fn functions(server: &ServerArgs) -> anyhow::Result<()> {
-    let reply: ListReply = send(
-        request(server, reqwest::Method::GET, "/v1/functions"),
-        server,
-    )
-    .await?
-    .json()
-    .await?;
-    println!(
-        "{:<24} {:>8} {:>10}  {:<20}  SHA256",
-        "NAME", "VERSION", "SIZE", "DEPLOYED"
-    );
+    let reply: ListReply = send(request(server, reqwest::Method::GET, "/v1/functions"), server).await?.json().await?;
+    println!("{:<24} {:>8} {:>10}  {:<20}  SHA256", "NAME", "VERSION", "SIZE", "DEPLOYED");
     for meta in reply.functions {
         println!(
             "{:<24} {:>8} {:>10}  {:<20}  {}",
@@ -117,15 +79,7 @@ pub async fn functions(server: &ServerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn remove(server: &ServerArgs, name: &str) -> anyhow::Result<()> {
-    send(
-        request(
-            server,
-            reqwest::Method::DELETE,
-            &format!("/v1/functions/{name}"),
-        ),
-        server,
-    )
-    .await?;
+    send(request(server, reqwest::Method::DELETE, &format!("/v1/functions/{name}")), server).await?;
     println!("removed {name}");
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
 //! - [`outbound`]: the outbound HTTP allow-list;
 //! - [`registry`]: deployed functions, durable in the data dir, swapped atomically;
+//! - [`preinit`]: pre-initialized snapshots of components that export `init`;
+//! - [`metrics`]: Prometheus metrics;
 //! - [`policy`]: policy files;
 //! - [`routes`] and [`server`]: the HTTP API and the server around it;
 //! - [`problem`]: the single mapping from errors to problem+json responses;
@@ -13,8 +15,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod preinit;
 pub mod problem;
 pub mod registry;
 pub mod routes;

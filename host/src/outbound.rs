@@ -6,15 +6,8 @@
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 type ResponseFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), Error>> + Send>,
-                ),
-                Error,
-            >,
-        > + Send,
+    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
+        + Send,
 >;
 
 /// The wasi-http hooks of one request: the allow-list of its function's policy.
@@ -28,9 +21,7 @@ impl OutboundHooks {
     }
 
     fn allows(&self, host: &str) -> bool {
-        self.allow
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        self.allow.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
     }
 }
 
@@ -50,10 +41,7 @@ impl WasiHttpHooks for OutboundHooks {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }

@@ -75,11 +75,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             public: false,
-            rate: RateQuota {
-                quota: 100,
-                window: Duration::from_secs(60),
-                burst: 100,
-            },
+            rate: RateQuota { quota: 100, window: Duration::from_secs(60), burst: 100 },
             timeout: Duration::from_secs(10),
             memory: 64 << 20,
             max_body: 1 << 20,
@@ -102,18 +98,10 @@ impl PolicyFile {
         let limits = self.limits.clone().unwrap_or_default();
         let quota = rate.quota.map_or(base.rate.quota, |q| q.0);
         // burst = quota unless set, so a file that raises the quota raises the burst with it.
-        let burst = rate
-            .burst
-            .map(|b| b.0)
-            .or(rate.quota.map(|q| q.0))
-            .unwrap_or(base.rate.burst);
+        let burst = rate.burst.map(|b| b.0).or(rate.quota.map(|q| q.0)).unwrap_or(base.rate.burst);
         Policy {
             public: self.public.unwrap_or(base.public),
-            rate: RateQuota {
-                quota,
-                window: rate.window.map_or(base.rate.window, |w| w.0),
-                burst,
-            },
+            rate: RateQuota { quota, window: rate.window.map_or(base.rate.window, |w| w.0), burst },
             timeout: limits.timeout.map_or(base.timeout, |t| t.0),
             memory: limits.memory.map_or(base.memory, |m| m.0),
             max_body: limits.max_body.map_or(base.max_body, |m| m.0),
@@ -123,11 +111,7 @@ impl PolicyFile {
                 .as_ref()
                 .and_then(|o| o.allow.clone())
                 .unwrap_or_else(|| base.outbound_allow.clone()),
-            kv_stores: self
-                .kv
-                .as_ref()
-                .and_then(|k| k.stores.clone())
-                .unwrap_or_else(|| base.kv_stores.clone()),
+            kv_stores: self.kv.as_ref().and_then(|k| k.stores.clone()).unwrap_or_else(|| base.kv_stores.clone()),
         }
     }
 }
@@ -141,9 +125,7 @@ impl<'de> Deserialize<'de> for Positive {
         let value = i64::deserialize(d)?;
         match u32::try_from(value) {
             Ok(v) if v > 0 => Ok(Positive(v)),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected a positive integer, got {value}"
-            ))),
+            _ => Err(serde::de::Error::custom(format!("expected a positive integer, got {value}"))),
         }
     }
 }
@@ -155,9 +137,7 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -177,11 +157,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(number.saturating_mul(3600)),
         _ => return Err(bad()),
     };
-    if duration.is_zero() {
-        Err(bad())
-    } else {
-        Ok(duration)
-    }
+    if duration.is_zero() { Err(bad()) } else { Ok(duration) }
 }
 
 /// A byte size written as `512KiB`, `64MiB`, `1GiB` or a plain number of bytes.
@@ -199,18 +175,14 @@ impl<'de> Deserialize<'de> for ByteSize {
         match Raw::deserialize(d)? {
             Raw::Bytes(0) => Err(serde::de::Error::custom("a size must be greater than zero")),
             Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
-            Raw::Text(text) => parse_size(&text)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
+            Raw::Text(text) => parse_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("invalid size `{text}`: expected e.g. \"512KiB\", \"64MiB\", \"1GiB\"");
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let shift = match unit {
@@ -228,11 +200,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 impl fmt::Display for RateQuota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} per {:?} (burst {})",
-            self.quota, self.window, self.burst
-        )
+        write!(f, "{} per {:?} (burst {})", self.quota, self.window, self.burst)
     }
 }
 
@@ -242,36 +210,20 @@ mod tests {
 
     #[test]
     fn fields_fall_back_to_the_base_policy() {
-        let base = PolicyFile::parse("public = true\n[limits]\ntimeout = \"2s\"\n")
-            .unwrap()
-            .resolve(&Policy::default());
-        let own = PolicyFile::parse("[rate]\nquota = 5\nwindow = \"1s\"\n")
-            .unwrap()
-            .resolve(&base);
+        let base =
+            PolicyFile::parse("public = true\n[limits]\ntimeout = \"2s\"\n").unwrap().resolve(&Policy::default());
+        let own = PolicyFile::parse("[rate]\nquota = 5\nwindow = \"1s\"\n").unwrap().resolve(&base);
         assert!(own.public);
         assert_eq!(own.timeout, Duration::from_secs(2));
-        assert_eq!(
-            own.rate,
-            RateQuota {
-                quota: 5,
-                window: Duration::from_secs(1),
-                burst: 5
-            }
-        );
+        assert_eq!(own.rate, RateQuota { quota: 5, window: Duration::from_secs(1), burst: 5 });
     }
 
     #[test]
     fn unknown_fields_and_bad_values_name_the_field_and_line() {
         let unknown = PolicyFile::parse("public = true\n[limits]\ntimeuot = \"2s\"\n").unwrap_err();
-        assert!(
-            unknown.contains("timeuot") && unknown.contains("line 3"),
-            "{unknown}"
-        );
+        assert!(unknown.contains("timeuot") && unknown.contains("line 3"), "{unknown}");
         let bad = PolicyFile::parse("[limits]\nmemory = \"lots\"\n").unwrap_err();
-        assert!(
-            bad.contains("memory") && bad.contains("line 2") && bad.contains("lots"),
-            "{bad}"
-        );
+        assert!(bad.contains("memory") && bad.contains("line 2") && bad.contains("lots"), "{bad}");
         let zero = PolicyFile::parse("[rate]\nquota = 0\n").unwrap_err();
         assert!(zero.contains("quota"), "{zero}");
     }

@@ -37,28 +37,19 @@ impl Problem {
     /// The HTTP response carrying this problem.
     pub fn into_response(self) -> http::Response<ResponseBody> {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        full(
-            status,
-            "application/problem+json",
-            serde_json::to_vec(&self).unwrap_or_default(),
-        )
+        full(status, "application/problem+json", serde_json::to_vec(&self).unwrap_or_default())
     }
 
     fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%context, error = %error, "internal error");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error while {context}; see the server log"),
-        )
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error while {context}; see the server log"))
     }
 }
 
 impl From<DeployError> for Problem {
     fn from(error: DeployError) -> Self {
         match error {
-            DeployError::TooLarge { .. } => {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
-            }
+            DeployError::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
             DeployError::Registry(registry) => registry.into(),
             DeployError::Upload(_) | DeployError::Invalid(_) => {
                 Problem::new(StatusCode::BAD_REQUEST, error.to_string())
@@ -71,9 +62,7 @@ impl From<RegistryError> for Problem {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, error.to_string()),
-            RegistryError::InvalidName(_) => {
-                Problem::new(StatusCode::BAD_REQUEST, error.to_string())
-            }
+            RegistryError::InvalidName(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
             RegistryError::Io(io) => Problem::internal("updating the registry", &io),
         }
     }
@@ -91,9 +80,7 @@ impl From<PolicyError> for Problem {
 impl From<InvokeError> for Problem {
     fn from(error: InvokeError) -> Self {
         match &error {
-            InvokeError::BodyTooLarge { .. } => {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
-            }
+            InvokeError::BodyTooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
             InvokeError::Timeout(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
                 tracing::warn!(error = %error, "guest failed");

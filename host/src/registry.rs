@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -28,6 +29,7 @@ use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::policy::{Policy, PolicyFile};
+use crate::preinit;
 use crate::runtime::{GuestState, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir, write_durably};
 
@@ -42,6 +44,9 @@ pub struct FunctionMeta {
     /// SHA-256 of the precompiled code, checked before it is loaded.
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub code_sha256: String,
+    /// SHA-256 of the pre-initialized snapshot, when the component exports `init`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snapshot_sha256: Option<String>,
 }
 
 /// A live function version, ready to instantiate.
@@ -49,15 +54,26 @@ pub struct Deployment {
     pub meta: FunctionMeta,
     pub pre: ProxyPre<GuestState>,
     pub policy: Arc<Policy>,
+    /// No instance of this version has been started yet.
+    unstarted: AtomicBool,
+}
+
+impl Deployment {
+    fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>) -> Self {
+        Deployment { meta, pre, policy, unstarted: AtomicBool::new(true) }
+    }
+
+    /// True exactly once per version: for its first instance (a cold start).
+    pub fn take_cold_start(&self) -> bool {
+        self.unstarted.load(Ordering::Relaxed) && self.unstarted.swap(false, Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Error)]
 pub enum RegistryError {
     #[error("no function named `{0}` is deployed")]
     NotFound(String),
-    #[error(
-        "invalid function name `{0}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
-    )]
+    #[error("invalid function name `{0}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
     InvalidName(String),
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -110,14 +126,8 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     let bytes = name.as_bytes();
     let valid = matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
         && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidName(name.to_string()))
-    }
+        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if valid { Ok(()) } else { Err(RegistryError::InvalidName(name.to_string())) }
 }
 
 impl Registry {
@@ -168,10 +178,7 @@ impl Registry {
     /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
     fn policy_for(&self, name: &str) -> anyhow::Result<Policy> {
         let uploaded = self.function_dir(name).join("policy.toml");
-        let file = self
-            .policies_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{name}.toml")));
+        let file = self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")));
         for path in [Some(uploaded), file].into_iter().flatten() {
             if path.exists() {
                 return Ok(read_policy_file(&path)?.resolve(&self.default_policy));
@@ -181,12 +188,7 @@ impl Registry {
     }
 
     /// Loads the version `meta.json` names, removing debris of interrupted deploys.
-    fn load(
-        &self,
-        name: &str,
-        policy: Arc<Policy>,
-        report: &mut LoadReport,
-    ) -> anyhow::Result<Option<Deployment>> {
+    fn load(&self, name: &str, policy: Arc<Policy>, report: &mut LoadReport) -> anyhow::Result<Option<Deployment>> {
         let dir = self.function_dir(name);
         let meta: Option<FunctionMeta> = match fs::read(dir.join("meta.json")) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
@@ -208,24 +210,22 @@ impl Registry {
         let component = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
                 report.precompiled += 1;
-                tracing::info!(
-                    function = name,
-                    version = meta.version,
-                    "loaded precompiled artifact"
-                );
+                tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
                 component
             }
             Err(reason) => {
                 tracing::warn!(function = name, version = meta.version, %reason, "recompiling function");
-                let bytes = fs::read(version_dir.join("component.wasm"))?;
+                let (file, expected) = match &meta.snapshot_sha256 {
+                    Some(snapshot) => ("snapshot.wasm", snapshot),
+                    None => ("component.wasm", &meta.sha256),
+                };
+                let bytes = fs::read(version_dir.join(file))?;
                 anyhow::ensure!(
-                    sha256_hex(&bytes) == meta.sha256,
-                    "component of function `{name}` does not match its recorded SHA-256; redeploy it"
+                    &sha256_hex(&bytes) == expected,
+                    "{file} of function `{name}` does not match its recorded SHA-256; redeploy it"
                 );
                 let component = self.runtime.compile(&bytes)?;
-                let code = component
-                    .serialize()
-                    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                let code = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 write_durably(&version_dir.join("code.cwasm"), &code)?;
                 meta.code_sha256 = sha256_hex(&code);
                 write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta)?)?;
@@ -234,14 +234,10 @@ impl Registry {
             }
         };
         let pre = self.runtime.prepare(&component)?;
-        Ok(Some(Deployment { meta, pre, policy }))
+        Ok(Some(Deployment::new(meta, pre, policy)))
     }
 
-    fn load_precompiled(
-        &self,
-        version_dir: &Path,
-        meta: &FunctionMeta,
-    ) -> Result<Component, String> {
+    fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
         let path = version_dir.join("code.cwasm");
         let bytes = fs::read(&path).map_err(|e| format!("precompiled code unreadable: {e}"))?;
         if sha256_hex(&bytes) != meta.code_sha256 {
@@ -255,11 +251,7 @@ impl Registry {
     }
 
     pub fn lookup(&self, name: &str) -> Option<Arc<Deployment>> {
-        self.live
-            .read()
-            .expect("registry lock poisoned")
-            .get(name)
-            .cloned()
+        self.live.read().expect("registry lock poisoned").get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<FunctionMeta> {
@@ -274,16 +266,16 @@ impl Registry {
         validate_name(name)?;
         let _change = self.changes.lock().await;
         let runtime = self.runtime.clone();
-        let (bytes, pre, code) = tokio::task::spawn_blocking(move || {
-            let component = runtime.compile(&bytes)?;
-            let pre = runtime.prepare(&component)?;
-            let code = component.serialize().map_err(|e| {
-                ValidateError::Invalid(format!("cannot serialize compiled code: {e:#}"))
-            })?;
-            Ok::<_, ValidateError>((bytes, pre, code))
+        let handle = tokio::runtime::Handle::current();
+        // Compiling (and pre-initializing) is CPU-bound for up to seconds: keep it off the
+        // workers that serve requests.
+        let (bytes, artifacts) = tokio::task::spawn_blocking(move || {
+            let artifacts = build_artifacts(&runtime, &handle, &bytes);
+            (bytes, artifacts)
         })
         .await
-        .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))??;
+        .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))?;
+        let Artifacts { snapshot, pre, code } = artifacts?;
 
         let previous = self.lookup(name);
         let meta = FunctionMeta {
@@ -293,49 +285,34 @@ impl Registry {
             size: bytes.len() as u64,
             deployed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             code_sha256: sha256_hex(&code),
+            snapshot_sha256: snapshot.as_deref().map(sha256_hex),
         };
         let dir = self.function_dir(name);
         let stored = meta.clone();
-        tokio::task::spawn_blocking(move || store_version(&dir, &stored, &bytes, &code))
-            .await
-            .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))?
-            .map_err(RegistryError::Io)?;
+        tokio::task::spawn_blocking(move || {
+            let files =
+                [("component.wasm", Some(&bytes)), ("snapshot.wasm", snapshot.as_ref()), ("code.cwasm", Some(&code))];
+            store_version(&dir, &stored, &files)
+        })
+        .await
+        .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))?
+        .map_err(RegistryError::Io)?;
 
         let policy = match &previous {
             Some(previous) => previous.policy.clone(),
-            None => Arc::new(
-                self.policy_for(name)
-                    .map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?,
-            ),
+            None => Arc::new(self.policy_for(name).map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?),
         };
-        let deployment = Arc::new(Deployment {
-            meta: meta.clone(),
-            pre,
-            policy,
-        });
-        self.live
-            .write()
-            .expect("registry lock poisoned")
-            .insert(name.to_string(), deployment);
+        let deployment = Arc::new(Deployment::new(meta.clone(), pre, policy));
+        self.live.write().expect("registry lock poisoned").insert(name.to_string(), deployment);
         if let Some(previous) = previous {
             // In-flight requests keep the old code alive through their `Arc`; the files go now.
-            let old = self
-                .function_dir(name)
-                .join(version_dir_name(previous.meta.version));
+            let old = self.function_dir(name).join(version_dir_name(previous.meta.version));
             if let Err(error) = fs::remove_dir_all(&old) {
                 tracing::warn!(function = name, %error, "could not remove the previous version's files");
             }
         }
-        tracing::info!(
-            function = name,
-            version = meta.version,
-            size = meta.size,
-            "deployed"
-        );
-        Ok(Deployed {
-            created: meta.version == 1,
-            meta,
-        })
+        tracing::info!(function = name, version = meta.version, size = meta.size, "deployed");
+        Ok(Deployed { created: meta.version == 1, meta })
     }
 
     /// Removes a function: first its commit point, then its files.
@@ -348,10 +325,7 @@ impl Registry {
         let dir = self.function_dir(name);
         fs::remove_file(dir.join("meta.json"))?;
         sync_dir(&dir)?;
-        self.live
-            .write()
-            .expect("registry lock poisoned")
-            .remove(name);
+        self.live.write().expect("registry lock poisoned").remove(name);
         fs::remove_dir_all(&dir)?;
         sync_dir(&self.functions_dir)?;
         tracing::info!(function = name, "removed");
@@ -369,11 +343,7 @@ impl Registry {
         write_durably(&dir.join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
         let mut live = self.live.write().expect("registry lock poisoned");
         if let Some(current) = live.get(name).cloned() {
-            let updated = Deployment {
-                meta: current.meta.clone(),
-                pre: current.pre.clone(),
-                policy: Arc::new(policy.clone()),
-            };
+            let updated = Deployment::new(current.meta.clone(), current.pre.clone(), Arc::new(policy.clone()));
             live.insert(name.to_string(), Arc::new(updated));
         }
         Ok(policy)
@@ -384,16 +354,46 @@ fn version_dir_name(version: u64) -> String {
     format!("v{version}")
 }
 
+/// What a deploy produces from the uploaded bytes.
+struct Artifacts {
+    /// The pre-initialized component, when the upload exports `init`.
+    snapshot: Option<Vec<u8>>,
+    pre: ProxyPre<GuestState>,
+    code: Vec<u8>,
+}
+
+/// Validates, pre-initializes when asked, compiles and serializes (blocking).
+fn build_artifacts(
+    runtime: &Runtime,
+    handle: &tokio::runtime::Handle,
+    bytes: &[u8],
+) -> Result<Artifacts, ValidateError> {
+    let mut component = runtime.compile(bytes)?;
+    let mut pre = runtime.prepare(&component)?;
+    let snapshot = if preinit::wants_preinit(&component)? {
+        let snapshot = handle.block_on(preinit::snapshot(runtime, bytes))?;
+        component = runtime.compile(&snapshot)?;
+        pre = runtime.prepare(&component)?;
+        Some(snapshot)
+    } else {
+        None
+    };
+    let code =
+        component.serialize().map_err(|e| ValidateError::Invalid(format!("cannot serialize compiled code: {e:#}")))?;
+    Ok(Artifacts { snapshot, pre, code })
+}
+
 /// Writes a version directory under a temp name, fsyncs it, renames it into place, then
 /// commits with `meta.json`.
-fn store_version(dir: &Path, meta: &FunctionMeta, component: &[u8], code: &[u8]) -> io::Result<()> {
+fn store_version(dir: &Path, meta: &FunctionMeta, files: &[(&str, Option<&Vec<u8>>)]) -> io::Result<()> {
     create_private_dir(dir)?;
     let staging = dir.join(format!("{}.staging", version_dir_name(meta.version)));
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
     create_private_dir(&staging)?;
-    for (file, bytes) in [("component.wasm", component), ("code.cwasm", code)] {
+    for (file, bytes) in files {
+        let Some(bytes) = bytes else { continue };
         let path = staging.join(file);
         fs::write(&path, bytes)?;
         fs::File::open(&path)?.sync_all()?;
@@ -405,10 +405,7 @@ fn store_version(dir: &Path, meta: &FunctionMeta, component: &[u8], code: &[u8])
     }
     fs::rename(&staging, &final_dir)?;
     sync_dir(dir)?;
-    write_durably(
-        &dir.join("meta.json"),
-        &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?,
-    )
+    write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?)
 }
 
 fn read_policy_file(path: &Path) -> anyhow::Result<PolicyFile> {

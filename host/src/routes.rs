@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -19,25 +20,23 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::metrics::Metrics;
 use crate::problem::Problem;
-use crate::registry::{DeployError, FunctionMeta, Registry};
-use crate::runtime::Runtime;
+use crate::registry::{DeployError, FunctionMeta, Registry, RegistryError};
+use crate::runtime::{Invocation, Runtime};
 use crate::server::{BoxError, ResponseBody, full};
 
 /// Shared state of the server.
 pub struct App {
     pub registry: Registry,
     pub runtime: Arc<Runtime>,
+    pub metrics: Arc<Metrics>,
     /// Largest component accepted by `PUT /v1/functions/{name}`.
     pub max_upload: u64,
 }
 
 impl App {
-    pub async fn route(
-        &self,
-        request: http::Request<Incoming>,
-        _peer: SocketAddr,
-    ) -> http::Response<ResponseBody> {
+    pub async fn route(&self, request: http::Request<Incoming>, _peer: SocketAddr) -> http::Response<ResponseBody> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         let result = if let Some(rest) = path.strip_prefix("/fn/") {
@@ -47,11 +46,13 @@ impl App {
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-                (_, "/healthz") => Err(method_not_allowed("GET")),
-                _ => Err(Problem::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no route for `{path}`"),
+                (Method::GET, "/metrics") => Ok(full(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.render(),
                 )),
+                (_, "/healthz" | "/metrics") => Err(method_not_allowed("GET")),
+                _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
             }
         };
         result.unwrap_or_else(Problem::into_response)
@@ -64,29 +65,27 @@ impl App {
         after_prefix: &str,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
-        let deployment = self.registry.lookup(name).ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("no function named `{name}` is deployed"),
-            )
-        })?;
+        let Some(deployment) = self.registry.lookup(name) else {
+            return Err(RegistryError::NotFound(name.to_string()).into());
+        };
         let path_and_query = match request.uri().query() {
             Some(query) => format!("/{rest}?{query}"),
             None => format!("/{rest}"),
         };
-        let response = self
-            .runtime
-            .invoke(
-                &deployment.pre,
-                &deployment.policy,
-                request,
-                &path_and_query,
-            )
-            .await?;
-        Ok(response.map(|body| {
-            body.map_err(|error| Box::new(error) as BoxError)
-                .boxed_unsync()
-        }))
+        let started = Instant::now();
+        let invocation = Invocation {
+            function: name,
+            pre: &deployment.pre,
+            policy: &deployment.policy,
+            cold: deployment.take_cold_start(),
+        };
+        let result = self.runtime.invoke(invocation, request, &path_and_query).await;
+        let result = result
+            .map(|response| response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()))
+            .map_err(Problem::from);
+        let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
+        self.metrics.observe_request(name, status, started.elapsed());
+        result
     }
 
     async fn admin(
@@ -97,27 +96,16 @@ impl App {
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
-            (&Method::GET, [""]) => Ok(json(
-                StatusCode::OK,
-                &ListReply {
-                    functions: self.registry.list(),
-                },
-            )),
+            (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
             (_, [""]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name]) => {
-                let deployment = self.registry.lookup(name).ok_or_else(|| {
-                    Problem::from(crate::registry::RegistryError::NotFound(name.to_string()))
-                })?;
+                let deployment = self.registry.lookup(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
                 Ok(json(StatusCode::OK, &deployment.meta))
             }
             (&Method::PUT, [name]) => {
                 let bytes = read_upload(request.into_body(), self.max_upload).await?;
                 let deployed = self.registry.deploy(name, bytes).await?;
-                let status = if deployed.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
+                let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
                 Ok(json(status, &deployed.meta))
             }
             (&Method::DELETE, [name]) => {
@@ -127,17 +115,13 @@ impl App {
             (_, [_]) => Err(method_not_allowed("GET, PUT, DELETE")),
             (&Method::PUT, [name, "policy"]) => {
                 let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text")
-                })?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text"))?;
                 self.registry.set_policy(name, &text).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
-            _ => Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("no route for `/v1/functions{rest}`"),
-            )),
+            _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `/v1/functions{rest}`"))),
         }
     }
 }
@@ -189,10 +173,7 @@ async fn drain_briefly(mut body: Incoming) {
 }
 
 fn method_not_allowed(allow: &'static str) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("this route accepts {allow}"),
-    )
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, format!("this route accepts {allow}"))
 }
 
 fn text(status: StatusCode, body: &'static str) -> http::Response<ResponseBody> {
@@ -200,19 +181,11 @@ fn text(status: StatusCode, body: &'static str) -> http::Response<ResponseBody> 
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> http::Response<ResponseBody> {
-    full(
-        status,
-        "application/json",
-        serde_json::to_vec_pretty(value).unwrap_or_default(),
-    )
+    full(status, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
 }
 
 fn empty(status: StatusCode) -> http::Response<ResponseBody> {
-    let mut response = http::Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = http::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response
 }

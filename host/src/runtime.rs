@@ -9,22 +9,21 @@
 //!   capped by the policy, and a trap or a missing response becomes an [`InvokeError`];
 //! - outbound HTTP is denied unless the function's policy lists the host.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::metrics::Metrics;
 use crate::outbound::OutboundHooks;
 use crate::policy::Policy;
 
@@ -88,11 +87,7 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions {
-            pooling: true,
-            max_instances: 256,
-            max_memory: 1 << 30,
-        }
+        RuntimeOptions { pooling: true, max_instances: 256, max_memory: 1 << 30 }
     }
 }
 
@@ -101,6 +96,16 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     allocator: Allocator,
+    metrics: Arc<Metrics>,
+}
+
+/// One request's view of a deployed version.
+pub struct Invocation<'a> {
+    pub function: &'a str,
+    pub pre: &'a ProxyPre<GuestState>,
+    pub policy: &'a Policy,
+    /// This is the version's first instance since deploy or start (a cold start).
+    pub cold: bool,
 }
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -120,10 +125,10 @@ pub enum ValidateError {
     MissingImports(Vec<String>),
     #[error("the component's imports cannot be satisfied: {0}")]
     Unlinkable(String),
-    #[error(
-        "the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}"
-    )]
+    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
     NotHttpProxy(String),
+    #[error("pre-initialization failed: {0}")]
+    BadInit(String),
 }
 
 /// Why an invocation failed.
@@ -148,35 +153,27 @@ pub enum InvokeError {
 impl Runtime {
     /// Builds the engine (pooling when the address-space reservation succeeds) and the linker,
     /// and starts the epoch ticker.
-    pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
+    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let (engine, allocator) = if options.pooling {
             match Engine::new(&Self::config(options, Allocator::Pooling)) {
                 Ok(engine) => (engine, Allocator::Pooling),
                 Err(error) => {
                     tracing::warn!(error = %error, "pooling allocator unavailable (address-space reservation failed); using on-demand allocation");
                     (
-                        Engine::new(&Self::config(options, Allocator::OnDemand))
-                            .map_err(anyhow_from)?,
+                        Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?,
                         Allocator::OnDemand,
                     )
                 }
             }
         } else {
-            (
-                Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?,
-                Allocator::OnDemand,
-            )
+            (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
         };
         tracing::info!(allocator = ?allocator, "wasm engine ready");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime {
-            engine,
-            linker,
-            allocator,
-        })
+        Ok(Runtime { engine, linker, allocator, metrics })
     }
 
     fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
@@ -206,6 +203,22 @@ impl Runtime {
         &self.engine
     }
 
+    /// The linker with everything ledge provides to guests.
+    pub fn linker(&self) -> &Linker<GuestState> {
+        &self.linker
+    }
+
+    /// A fresh store for one guest run under `policy`: memory capped, and yielding to the
+    /// executor at every epoch tick so a spinning guest shares its worker thread and can be
+    /// cancelled by a timeout at the next tick.
+    pub fn guest_store(&self, policy: &Policy) -> Store<GuestState> {
+        let mut store = Store::new(&self.engine, GuestState::new(policy));
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
     /// Which allocator the probe settled on.
     pub fn allocator(&self) -> Allocator {
         self.allocator
@@ -219,8 +232,7 @@ impl Runtime {
             Some([0, b'a', b's', b'm', ..]) => return Err(ValidateError::UnknownBinaryVersion),
             _ => return Err(ValidateError::NotWasm),
         }
-        Component::new(&self.engine, bytes)
-            .map_err(|error| ValidateError::Invalid(format!("{error:#}")))
+        Component::new(&self.engine, bytes).map_err(|error| ValidateError::Invalid(format!("{error:#}")))
     }
 
     /// Resolves the component's imports once, so requests only instantiate.
@@ -234,46 +246,38 @@ impl Runtime {
         if !missing.is_empty() {
             return Err(ValidateError::MissingImports(missing));
         }
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|error| ValidateError::Unlinkable(format!("{error:#}")))?;
+        let pre =
+            self.linker.instantiate_pre(component).map_err(|error| ValidateError::Unlinkable(format!("{error:#}")))?;
         ProxyPre::new(pre).map_err(|error| ValidateError::NotHttpProxy(format!("{error:#}")))
     }
 
-    /// Runs one request on a fresh instance of `pre`. `path_and_query` is what the guest sees.
+    /// Runs one request on a fresh instance. `path_and_query` is what the guest sees.
     pub async fn invoke(
         &self,
-        pre: &ProxyPre<GuestState>,
-        policy: &Policy,
+        invocation: Invocation<'_>,
         request: http::Request<Incoming>,
         path_and_query: &str,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+        let policy = invocation.policy;
         let request = guest_request(request, path_and_query, policy.max_body)?;
-        let mut store = Store::new(&self.engine, GuestState::new(policy));
-        store.limiter(|state| &mut state.memory);
-        // Yield to the executor at every epoch tick: a spinning guest shares its worker thread,
-        // and the timeout below can cancel it at the next tick.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-
+        let mut store = self.guest_store(policy);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
-        let guest_request = http
-            .new_incoming_request(Scheme::Http, request)
-            .map_err(host_error)?;
+        let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
         let outparam = http.new_response_outparam(sender).map_err(host_error)?;
-        let pre = pre.clone();
+        let pre = invocation.pre.clone();
         let timeout = policy.timeout;
+        let metrics = self.metrics.clone();
+        let (function, cold) = (invocation.function.to_string(), invocation.cold);
         // The guest runs in its own task so it can keep streaming the body after the response
         // head is sent; the timeout bounds the whole run, body included.
         let task = tokio::spawn(async move {
+            let _live = LiveInstance::new(&metrics);
             let run = async {
+                let started = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, guest_request, outparam)
-                    .await
+                metrics.observe_instantiation(&function, cold, started.elapsed());
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
             };
             let outcome = tokio::time::timeout(timeout, run).await;
             (outcome, store.data().memory.hit)
@@ -281,25 +285,35 @@ impl Runtime {
 
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(InvokeError::Trap(format!(
-                "the function answered with error code {code:?}"
-            ))),
+            Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
             Err(_) => {
-                let (outcome, hit_memory_limit) = task
-                    .await
-                    .map_err(|join| InvokeError::Host(join.to_string()))?;
+                let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
                 if hit_memory_limit {
-                    return Err(InvokeError::MemoryLimit {
-                        limit: policy.memory,
-                    });
+                    return Err(InvokeError::MemoryLimit { limit: policy.memory });
                 }
                 match outcome {
                     Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
                     Ok(Ok(())) => Err(InvokeError::NoResponse),
-                    Ok(Err(error)) => Err(describe_guest_failure(&error)),
+                    Ok(Err(error)) => Err(InvokeError::Trap(describe_failure(&error))),
                 }
             }
         }
+    }
+}
+
+/// Counts an instance in the `live_instances` gauge for as long as it lives.
+struct LiveInstance<'a>(&'a Metrics);
+
+impl<'a> LiveInstance<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.live_instances.inc();
+        LiveInstance(metrics)
+    }
+}
+
+impl Drop for LiveInstance<'_> {
+    fn drop(&mut self) {
+        self.0.live_instances.dec();
     }
 }
 
@@ -322,11 +336,13 @@ fn semver_compatible_prefix(version: &str) -> &str {
     }
 }
 
-fn describe_guest_failure(error: &wasmtime::Error) -> InvokeError {
+/// What a guest failure was, for the caller: the trap if there is one, else the error's
+/// outermost message (the full chain goes to the debug log).
+pub fn describe_failure(error: &wasmtime::Error) -> String {
     tracing::debug!(error = ?error, "guest failure");
     match error.downcast_ref::<Trap>() {
-        Some(trap) => InvokeError::Trap(trap.to_string()),
-        None => InvokeError::Trap(format!("{error}")),
+        Some(trap) => trap.to_string(),
+        None => error.to_string(),
     }
 }
 
@@ -345,9 +361,7 @@ fn guest_request(
     path_and_query: &str,
     max_body: u64,
 ) -> Result<
-    http::Request<
-        impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>,
-    >,
+    http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>,
     InvokeError,
 > {
     let declared = request
@@ -363,13 +377,7 @@ fn guest_request(
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
         .unwrap_or_else(|| "localhost".to_string());
     parts.uri = http::Uri::builder()
         .scheme("http")
@@ -418,30 +426,20 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone()),
-            memory: MemoryCap {
-                limit: usize::try_from(policy.memory).unwrap_or(usize::MAX),
-                hit: false,
-            },
+            memory: MemoryCap { limit: usize::try_from(policy.memory).unwrap_or(usize::MAX), hit: false },
         }
     }
 }
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.outbound,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
     }
 }
 
@@ -456,12 +454,7 @@ struct MemoryCap {
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -469,12 +462,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -496,22 +484,9 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        let runtime = Runtime::new(&RuntimeOptions {
-            pooling: false,
-            ..Default::default()
-        })
-        .unwrap();
-        assert!(matches!(
-            runtime.compile(b"garbage!"),
-            Err(ValidateError::NotWasm)
-        ));
-        assert!(matches!(
-            runtime.compile(b"\0asm\x01\0\0\0"),
-            Err(ValidateError::CoreModule)
-        ));
-        assert!(matches!(
-            runtime.compile(b"\0asm\x0d\0\x01\0\xff"),
-            Err(ValidateError::Invalid(_))
-        ));
+        let runtime = Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }, Arc::default()).unwrap();
+        assert!(matches!(runtime.compile(b"garbage!"), Err(ValidateError::NotWasm)));
+        assert!(matches!(runtime.compile(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
+        assert!(matches!(runtime.compile(b"\0asm\x0d\0\x01\0\xff"), Err(ValidateError::Invalid(_))));
     }
 }

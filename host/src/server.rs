@@ -34,16 +34,9 @@ pub fn full(
     body: impl Into<Bytes>,
 ) -> http::Response<ResponseBody> {
     use http_body_util::{BodyExt, Full};
-    let mut response = http::Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = http::Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -51,11 +44,7 @@ pub fn full(
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let request_ids = Arc::new(RequestIds::new());
@@ -91,10 +80,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");
     }
     Ok(())
@@ -131,10 +117,7 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        RequestIds {
-            nonce: rand_nonce(),
-            counter: AtomicU64::new(0),
-        }
+        RequestIds { nonce: rand_nonce(), counter: AtomicU64::new(0) }
     }
 
     fn next_for<B>(&self, request: &http::Request<B>) -> HeaderValue {
@@ -145,8 +128,7 @@ impl RequestIds {
             return given.clone();
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.nonce))
-            .expect("hex is a valid header value")
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.nonce)).expect("hex is a valid header value")
     }
 }
 
@@ -161,10 +143,7 @@ fn rand_nonce() -> u32 {
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; shut down with SIGKILL");
         return std::future::pending().await;
     };

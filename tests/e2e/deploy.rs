@@ -7,12 +7,7 @@ async fn deploy_reports_metadata_and_redeploy_bumps_the_version() {
     let server = Server::start();
     let http = client();
     let bytes = std::fs::read(guest("hello")).unwrap();
-    let first = http
-        .put(format!("{}/v1/functions/hello", server.url))
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
+    let first = http.put(format!("{}/v1/functions/hello", server.url)).body(bytes.clone()).send().await.unwrap();
     assert_eq!(first.status(), 201);
     let meta: serde_json::Value = first.json().await.unwrap();
     assert_eq!(meta["name"], "hello");
@@ -25,33 +20,16 @@ async fn deploy_reports_metadata_and_redeploy_bumps_the_version() {
     assert_eq!(meta["sha256"], expected_sha);
     assert!(meta["deployed_at"].as_str().unwrap().ends_with('Z'));
 
-    let second = http
-        .put(format!("{}/v1/functions/hello", server.url))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let second = http.put(format!("{}/v1/functions/hello", server.url)).body(bytes).send().await.unwrap();
     assert_eq!(second.status(), 200);
     let meta: serde_json::Value = second.json().await.unwrap();
     assert_eq!(meta["version"], 2);
 
-    let one: serde_json::Value = http
-        .get(format!("{}/v1/functions/hello", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: serde_json::Value =
+        http.get(format!("{}/v1/functions/hello", server.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(one["version"], 2);
-    let all: serde_json::Value = http
-        .get(format!("{}/v1/functions", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: serde_json::Value =
+        http.get(format!("{}/v1/functions", server.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(all["functions"].as_array().unwrap().len(), 1);
 }
 
@@ -63,22 +41,11 @@ async fn cli_deploys_lists_and_removes() {
     let listed = server.cli(&["functions"]);
     assert!(listed.status.success());
     let listed = String::from_utf8(listed.stdout).unwrap();
-    assert!(
-        listed.contains("hello") && listed.contains("echo"),
-        "{listed}"
-    );
+    assert!(listed.contains("hello") && listed.contains("echo"), "{listed}");
 
     let removed = server.cli(&["rm", "echo"]);
-    assert!(
-        removed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
-    let gone = client()
-        .get(server.fn_url("echo", "/"))
-        .send()
-        .await
-        .unwrap();
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let gone = client().get(server.fn_url("echo", "/")).send().await.unwrap();
     problem(gone, 404).await;
     let again = server.cli(&["rm", "echo"]);
     assert_eq!(again.status.code(), Some(1));
@@ -87,10 +54,7 @@ async fn cli_deploys_lists_and_removes() {
 
 #[tokio::test]
 async fn cli_reports_usage_errors_and_unreachable_servers() {
-    let usage = std::process::Command::new(crate::harness::LEDGE)
-        .args(["deploy"])
-        .output()
-        .unwrap();
+    let usage = std::process::Command::new(crate::harness::LEDGE).args(["deploy"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
     let unreachable = std::process::Command::new(crate::harness::LEDGE)
         .args(["functions", "--server", "http://127.0.0.1:9"])
@@ -105,81 +69,33 @@ async fn bad_uploads_get_400_naming_the_reason_and_leave_nothing_behind() {
     let server = Server::start();
     let http = client();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "garbage",
-            b"definitely not wasm".to_vec(),
-            "not a WebAssembly binary",
-        ),
-        (
-            "core",
-            b"\0asm\x01\0\0\0".to_vec(),
-            "core WebAssembly module, not a component",
-        ),
-        (
-            "truncated",
-            b"\0asm\x0d\0\x01\0\x07\x05".to_vec(),
-            "component is invalid",
-        ),
-        (
-            "unknown-import",
-            std::fs::read(guest("unknown-import")).unwrap(),
-            "acme:test/missing",
-        ),
+        ("garbage", b"definitely not wasm".to_vec(), "not a WebAssembly binary"),
+        ("core", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module, not a component"),
+        ("truncated", b"\0asm\x0d\0\x01\0\x07\x05".to_vec(), "component is invalid"),
+        ("unknown-import", std::fs::read(guest("unknown-import")).unwrap(), "acme:test/missing"),
     ];
     for (name, bytes, expected) in cases {
-        let response = http
-            .put(format!("{}/v1/functions/{name}", server.url))
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
+        let response = http.put(format!("{}/v1/functions/{name}", server.url)).body(bytes).send().await.unwrap();
         let body = problem(response, 400).await;
         let detail = body["detail"].as_str().unwrap();
         assert!(detail.contains(expected), "{name}: {detail}");
-        let lookup = http
-            .get(format!("{}/v1/functions/{name}", server.url))
-            .send()
-            .await
-            .unwrap();
+        let lookup = http.get(format!("{}/v1/functions/{name}", server.url)).send().await.unwrap();
         problem(lookup, 404).await;
     }
     let functions_dir = server.data_dir.join("functions");
     let leftovers: Vec<_> = std::fs::read_dir(functions_dir).unwrap().collect();
-    assert!(
-        leftovers.is_empty(),
-        "refused deploys left files: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "refused deploys left files: {leftovers:?}");
 
-    let bad_name = http
-        .put(format!("{}/v1/functions/Bad_Name", server.url))
-        .body(vec![0u8])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        problem(bad_name, 400).await["detail"]
-            .as_str()
-            .unwrap()
-            .contains("invalid function name")
-    );
+    let bad_name = http.put(format!("{}/v1/functions/Bad_Name", server.url)).body(vec![0u8]).send().await.unwrap();
+    assert!(problem(bad_name, 400).await["detail"].as_str().unwrap().contains("invalid function name"));
 }
 
 #[tokio::test]
 async fn uploads_over_the_cap_get_413_without_being_read_whole() {
     let server = Server::start_with(&["--max-upload", "100000"]);
     let http = client();
-    let declared = http
-        .put(format!("{}/v1/functions/big", server.url))
-        .body(vec![0u8; 200_000])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        problem(declared, 413).await["detail"]
-            .as_str()
-            .unwrap()
-            .contains("100000")
-    );
+    let declared = http.put(format!("{}/v1/functions/big", server.url)).body(vec![0u8; 200_000]).send().await.unwrap();
+    assert!(problem(declared, 413).await["detail"].as_str().unwrap().contains("100000"));
 
     // A chunked upload declares no length: it is cut off once it passes the cap.
     let chunks = futures::stream::iter((0..15).map(|_| Ok::<_, std::io::Error>(vec![0u8; 10_000])));
@@ -190,14 +106,7 @@ async fn uploads_over_the_cap_get_413_without_being_read_whole() {
         .await
         .unwrap();
     problem(streamed, 413).await;
-    problem(
-        http.get(format!("{}/v1/functions/big", server.url))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    problem(http.get(format!("{}/v1/functions/big", server.url)).send().await.unwrap(), 404).await;
 }
 
 #[tokio::test]
@@ -216,11 +125,7 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let response = http
-                    .get(&url)
-                    .send()
-                    .await
-                    .expect("request failed during redeploy");
+                let response = http.get(&url).send().await.expect("request failed during redeploy");
                 assert_eq!(response.status(), 200, "a request failed during redeploy");
                 let from_echo = response.headers().contains_key("x-echo-method");
                 let _ = response.bytes().await.expect("body failed during redeploy");
@@ -240,10 +145,7 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
         hello += h;
         echo += e;
     }
-    assert!(
-        hello > 0 && echo > 0,
-        "both versions served: hello {hello}, echo {echo}"
-    );
+    assert!(hello > 0 && echo > 0, "both versions served: hello {hello}, echo {echo}");
     // After the swap every new request gets the new version.
     let after = client().get(&url).send().await.unwrap();
     assert!(after.headers().contains_key("x-echo-method"));

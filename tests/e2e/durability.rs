@@ -1,7 +1,7 @@
 //! Deployed functions survive restarts and crashes, and precompiled code is reused only
 //! when it is intact.
 
-use crate::harness::{Server, client, guest};
+use crate::harness::{Server, client, guest, metric};
 
 #[tokio::test]
 async fn functions_survive_a_restart_without_recompiling() {
@@ -9,15 +9,8 @@ async fn functions_survive_a_restart_without_recompiling() {
     server.deploy("hello", &guest("hello"));
     assert_eq!(server.terminate().code(), Some(0));
     server.restart();
-    let response = client()
-        .get(server.fn_url("hello", "/again"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.text().await.unwrap(),
-        "Hello from ledge! You asked for /again\n"
-    );
+    let response = client().get(server.fn_url("hello", "/again")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /again\n");
     let log = server.log();
     assert!(log.contains("loaded precompiled artifact"), "{log}");
     assert!(!log.contains("recompiling function"), "{log}");
@@ -29,12 +22,7 @@ async fn an_acknowledged_deploy_survives_sigkill() {
     server.deploy("echo", &guest("echo"));
     server.kill();
     server.restart();
-    let response = client()
-        .post(server.fn_url("echo", "/"))
-        .body("still here")
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(server.fn_url("echo", "/")).body("still here").send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "still here");
 }
 
@@ -49,23 +37,12 @@ async fn a_tampered_artifact_is_detected_and_recompiled() {
     bytes[middle] ^= 0xff;
     std::fs::write(&code, bytes).unwrap();
     server.restart();
-    let response = client()
-        .get(server.fn_url("hello", "/x"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.fn_url("hello", "/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(server.log().contains("recompiling function"));
+    assert_eq!(metric(&server, "ledge_artifact_loads_total{outcome=\"recompiled\"}").await, 1.0);
     // The rewritten artifact is trusted again on the next start.
     server.restart();
-    assert_eq!(
-        client()
-            .get(server.fn_url("hello", "/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(server.fn_url("hello", "/x")).send().await.unwrap().status(), 200);
     assert_eq!(server.log().matches("recompiling function").count(), 1);
 }

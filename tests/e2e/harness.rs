@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 pub const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
 /// Builds a guest workspace for wasm32-wasip2 (once per test run; cargo makes reruns cheap).
@@ -28,11 +25,7 @@ fn build_workspace(dir: &Path) -> PathBuf {
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("running cargo for the guests");
-    assert!(
-        status.success(),
-        "building the guests in {} failed",
-        dir.display()
-    );
+    assert!(status.success(), "building the guests in {} failed", dir.display());
     dir.join("target/wasm32-wasip2/release")
 }
 
@@ -41,10 +34,7 @@ fn build_workspace(dir: &Path) -> PathBuf {
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     let (examples, test_guests) = BUILT.get_or_init(|| {
-        (
-            build_workspace(&repo_root().join("functions")),
-            build_workspace(&repo_root().join("tests/guests")),
-        )
+        (build_workspace(&repo_root().join("functions")), build_workspace(&repo_root().join("tests/guests")))
     });
     let file = format!("{}.wasm", name.replace('-', "_"));
     [examples, test_guests]
@@ -62,22 +52,13 @@ pub fn python_guest() -> PathBuf {
             let source = repo_root().join("tests/guests/py-hello");
             let output = repo_root().join("tests/guests/target/py-hello.wasm");
             let venv_tool = repo_root().join("target/pyenv/bin/componentize-py");
-            let tool = if venv_tool.exists() {
-                venv_tool
-            } else {
-                PathBuf::from("componentize-py")
-            };
+            let tool = if venv_tool.exists() { venv_tool } else { PathBuf::from("componentize-py") };
             let status = Command::new(&tool)
                 .args(["-d", "wit", "-w", "hello", "componentize", "app", "-o"])
                 .arg(&output)
                 .current_dir(&source)
                 .status()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "running {} (scripts/test.sh installs it): {e}",
-                        tool.display()
-                    )
-                });
+                .unwrap_or_else(|e| panic!("running {} (scripts/test.sh installs it): {e}", tool.display()));
             assert!(status.success(), "componentize-py failed");
             output
         })
@@ -117,11 +98,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let policies = self.data_dir.with_file_name("policies");
         std::fs::create_dir_all(&policies).expect("policies dir");
         let mut child = Command::new(LEDGE)
@@ -145,14 +122,9 @@ impl Server {
                 }
             }
         });
-        self.url = receiver
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "ledge did not start; log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                )
-            });
+        self.url = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!("ledge did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+        });
         self.child = Some(child);
     }
 
@@ -179,10 +151,7 @@ impl Server {
             if let Some(status) = child.try_wait().expect("waiting for ledge") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ledge did not exit after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "ledge did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -195,21 +164,13 @@ impl Server {
 
     /// Runs a client command of the `ledge` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(LEDGE)
-            .args(args)
-            .env("LEDGE_SERVER", &self.url)
-            .output()
-            .expect("running the ledge CLI")
+        Command::new(LEDGE).args(args).env("LEDGE_SERVER", &self.url).output().expect("running the ledge CLI")
     }
 
     /// `ledge deploy NAME FILE`, asserting success.
     pub fn deploy(&self, name: &str, file: &Path) {
         let output = self.cli(&["deploy", name, file.to_str().expect("utf-8 path")]);
-        assert!(
-            output.status.success(),
-            "deploy {name} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "deploy {name} failed: {}", String::from_utf8_lossy(&output.stderr));
     }
 
     pub fn fn_url(&self, name: &str, rest: &str) -> String {
@@ -224,24 +185,25 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
 }
 
 /// Parses a problem+json response, checking its content type and status field.
 pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     assert_eq!(content_type, "application/problem+json");
     let body: serde_json::Value = response.json().await.expect("problem+json body");
     assert_eq!(body["status"], status);
     assert!(body["title"].is_string() && body["type"].is_string());
     body
+}
+
+/// The value of one sample in the server's `/metrics`, e.g.
+/// `metric(&server, "ledge_artifact_loads_total{outcome=\"recompiled\"}")`; 0 when absent.
+pub async fn metric(server: &Server, sample: &str) -> f64 {
+    let text = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
 }

@@ -6,30 +6,13 @@ use crate::harness::{Server, client, guest, problem, python_guest};
 async fn hello_greets_with_the_path() {
     let server = Server::start();
     server.deploy("hello", &guest("hello"));
-    let response = client()
-        .get(server.fn_url("hello", "/world/42"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.fn_url("hello", "/world/42")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/plain; charset=utf-8"
-    );
+    assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
     assert!(response.headers().contains_key("x-request-id"));
-    assert_eq!(
-        response.text().await.unwrap(),
-        "Hello from ledge! You asked for /world/42\n"
-    );
-    let bare = client()
-        .get(server.fn_url("hello", ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        bare.text().await.unwrap(),
-        "Hello from ledge! You asked for /\n"
-    );
+    assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /world/42\n");
+    let bare = client().get(server.fn_url("hello", "")).send().await.unwrap();
+    assert_eq!(bare.text().await.unwrap(), "Hello from ledge! You asked for /\n");
 }
 
 #[tokio::test]
@@ -59,39 +42,11 @@ async fn echo_sees_method_path_query_headers_and_body() {
 async fn unknown_functions_and_routes_get_404_problems() {
     let server = Server::start();
     let http = client();
-    let missing = problem(
-        http.get(server.fn_url("nobody", "/x"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    let missing = problem(http.get(server.fn_url("nobody", "/x")).send().await.unwrap(), 404).await;
     assert!(missing["detail"].as_str().unwrap().contains("nobody"));
-    problem(
-        http.get(format!("{}/nowhere", server.url))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    problem(
-        http.post(format!("{}/v1/functions", server.url))
-            .send()
-            .await
-            .unwrap(),
-        405,
-    )
-    .await;
-    assert_eq!(
-        http.get(format!("{}/healthz", server.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    problem(http.get(format!("{}/nowhere", server.url)).send().await.unwrap(), 404).await;
+    problem(http.post(format!("{}/v1/functions", server.url)).send().await.unwrap(), 405).await;
+    assert_eq!(http.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -100,25 +55,11 @@ async fn a_trapping_guest_gets_500_and_the_server_keeps_serving() {
     server.deploy("misbehave", &guest("misbehave"));
     server.deploy("hello", &guest("hello"));
     let http = client();
-    let trapped = problem(
-        http.get(server.fn_url("misbehave", "/trap"))
-            .send()
-            .await
-            .unwrap(),
-        500,
-    )
-    .await;
-    assert!(
-        trapped["detail"].as_str().unwrap().contains("trapped"),
-        "{trapped}"
-    );
+    let trapped = problem(http.get(server.fn_url("misbehave", "/trap")).send().await.unwrap(), 500).await;
+    assert!(trapped["detail"].as_str().unwrap().contains("trapped"), "{trapped}");
     let healthy = http.get(server.fn_url("hello", "/")).send().await.unwrap();
     assert_eq!(healthy.status(), 200);
-    let same_guest = http
-        .get(server.fn_url("misbehave", "/fine"))
-        .send()
-        .await
-        .unwrap();
+    let same_guest = http.get(server.fn_url("misbehave", "/fine")).send().await.unwrap();
     assert_eq!(same_guest.text().await.unwrap(), "fine\n");
 }
 
@@ -127,18 +68,8 @@ async fn outbound_http_is_denied_unless_the_policy_lists_the_host() {
     let server = Server::start();
     server.deploy("misbehave", &guest("misbehave"));
     let authority = server.url.trim_start_matches("http://").to_string();
-    let url = server.fn_url(
-        "misbehave",
-        &format!("/outbound?authority={authority}&path=/healthz"),
-    );
-    let denied = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let url = server.fn_url("misbehave", &format!("/outbound?authority={authority}&path=/healthz"));
+    let denied = client().get(&url).send().await.unwrap().text().await.unwrap();
     assert_eq!(denied, "refused: ErrorCode::HttpRequestDenied\n");
 
     let policy = client()
@@ -148,14 +79,7 @@ async fn outbound_http_is_denied_unless_the_policy_lists_the_host() {
         .await
         .unwrap();
     assert_eq!(policy.status(), 204);
-    let allowed = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let allowed = client().get(&url).send().await.unwrap().text().await.unwrap();
     assert_eq!(allowed, "status 200\n");
 }
 
@@ -163,11 +87,7 @@ async fn outbound_http_is_denied_unless_the_policy_lists_the_host() {
 async fn a_component_built_with_the_plain_wasi_crate_runs_unmodified() {
     let server = Server::start();
     server.deploy("plain", &guest("plain-wasi"));
-    let response = client()
-        .get(server.fn_url("plain", "/p?q=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.fn_url("plain", "/p?q=1")).send().await.unwrap();
     assert_eq!(response.status(), 203);
     assert_eq!(response.text().await.unwrap(), "plain wasi saw /p?q=1\n");
 }
@@ -176,14 +96,7 @@ async fn a_component_built_with_the_plain_wasi_crate_runs_unmodified() {
 async fn a_python_component_built_with_componentize_py_runs_unmodified() {
     let server = Server::start();
     server.deploy("py", &python_guest());
-    let response = client()
-        .get(server.fn_url("py", "/snake?x=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(server.fn_url("py", "/snake?x=1")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.text().await.unwrap(),
-        "hello from python at /snake?x=1\n"
-    );
+    assert_eq!(response.text().await.unwrap(), "hello from python at /snake?x=1\n");
 }

@@ -5,3 +5,4 @@ mod harness;
 mod deploy;
 mod durability;
 mod invoke;
+mod preinit;

@@ -3,7 +3,9 @@
 //!
 //! Environment: `KVBENCH_SECS` (seconds per cell, default 2), `KVBENCH_ACCOUNTS` (SmallBank
 //! accounts, default 10000), `KVBENCH_KEYS` (YCSB keys, default 100000), `KVBENCH_DIR` (where the
-//! databases go; default the target tmp dir, which is on the same disk as the build).
+//! databases go; default the target tmp dir, which is on the same disk as the build),
+//! `KVBENCH_ONLY` (comma list of `sb`, `sbfsync`, `ycsb`, `group`; default all),
+//! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`; default all).
 //!
 //! Durability in the comparison tables: "relaxed" = ledge-kv `Periodic(10ms)` vs redb
 //! `Durability::None` (neither fsyncs per commit); "fsync" = ledge-kv `Fsync` (group commit) vs
@@ -24,10 +26,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -74,10 +73,7 @@ impl Ops for RedbOps<'_> {
     }
 }
 
-struct RedbRead<'a>(
-    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    std::marker::PhantomData<&'a ()>,
-);
+struct RedbRead<'a>(redb::ReadOnlyTable<&'static [u8], &'static [u8]>, std::marker::PhantomData<&'a ()>);
 
 impl Ops for RedbRead<'_> {
     fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
@@ -171,8 +167,7 @@ impl Engine {
 }
 
 fn i64v(v: Option<Vec<u8>>) -> i64 {
-    v.and_then(|b| b.try_into().ok())
-        .map_or(0, i64::from_le_bytes)
+    v.and_then(|b| b.try_into().ok()).map_or(0, i64::from_le_bytes)
 }
 
 fn ck(a: u64) -> Vec<u8> {
@@ -186,11 +181,7 @@ fn sk(a: u64) -> Vec<u8> {
 /// Runs one SmallBank transaction; returns the retryable aborts it took.
 fn smallbank_tx(e: &Engine, rng: &mut SmallRng, accounts: u64) -> u64 {
     let acct = |rng: &mut SmallRng| {
-        if rng.random_bool(0.25) {
-            rng.random_range(0..100)
-        } else {
-            rng.random_range(0..accounts)
-        }
+        if rng.random_bool(0.25) { rng.random_range(0..100) } else { rng.random_range(0..accounts) }
     };
     let a = acct(rng);
     let mut b = acct(rng);
@@ -292,11 +283,7 @@ struct Cell {
     secs: f64,
 }
 
-fn run_threads(
-    threads: usize,
-    secs: f64,
-    f: impl Fn(usize, &AtomicBool) -> (u64, u64) + Sync,
-) -> Cell {
+fn run_threads(threads: usize, secs: f64, f: impl Fn(usize, &AtomicBool) -> (u64, u64) + Sync) -> Cell {
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let (txs, aborts) = std::thread::scope(|s| {
@@ -309,15 +296,15 @@ fn run_threads(
             .collect();
         std::thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
-        hs.into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        hs.into_iter().map(|h| h.join().expect("bench thread")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
-    Cell {
-        txs,
-        aborts,
-        secs: start.elapsed().as_secs_f64(),
-    }
+    Cell { txs, aborts, secs: start.elapsed().as_secs_f64() }
+}
+
+fn engine_wanted(kind: usize) -> bool {
+    let only = std::env::var("KVBENCH_ENGINES").unwrap_or_default();
+    let name = ["si", "ssn", "redb"][kind];
+    only.is_empty() || only.split(',').any(|p| p == name)
 }
 
 fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
@@ -330,10 +317,7 @@ fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
     let opts = Options::default().durability(ledge_dur);
     match kind {
         0 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Snapshot),
-        1 => Engine::Ledge(
-            Db::open_with(dir, opts).expect("open"),
-            Isolation::Serializable,
-        ),
+        1 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Serializable),
         _ => Engine::Redb(redb::Database::create(dir.join("redb")).expect("redb"), dur),
     }
 }
@@ -341,19 +325,12 @@ fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
 fn row(workload: &str, dur: &str, e: &Engine, threads: usize, c: &Cell) {
     let tps = c.txs as f64 / c.secs;
     let rate = 100.0 * c.aborts as f64 / (c.txs + c.aborts).max(1) as f64;
-    println!(
-        "| {workload:<9} | {dur:<7} | {:<12} | {threads:>7} | {tps:>12.0} | {rate:>6.2}% |",
-        e.name()
-    );
+    println!("| {workload:<9} | {dur:<7} | {:<12} | {threads:>7} | {tps:>12.0} | {rate:>5.2}% |", e.name());
 }
 
 fn measure_fsync(dir: &Path, n: u32) -> Duration {
     let p = dir.join("fsync-probe");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p)
-        .expect("probe");
+    let mut f = OpenOptions::new().create(true).append(true).open(&p).expect("probe");
     let start = Instant::now();
     for _ in 0..n {
         f.write_all(&[7u8; 64]).expect("write");
@@ -372,25 +349,26 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kvbench"));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "kvbench: {secs}s per cell, {cpus} CPUs, dir {}",
-        base.display()
-    );
+    println!("kvbench: {secs}s per cell, {cpus} CPUs, dir {}", base.display());
     println!(
         "SmallBank: {accounts} accounts, 25% of picks from 100 hot accounts; YCSB-A: {keys} keys, 100-byte values, 50/50 read/update, zipfian 0.99"
     );
     println!();
     println!("| workload  | durable | engine       | threads |       txns/s | aborts |");
     println!("|-----------|---------|--------------|---------|--------------|--------|");
+    let only = std::env::var("KVBENCH_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     for (dur, dname) in [(Dur::Relaxed, "relaxed"), (Dur::Fsync, "fsync")] {
-        for kind in 0..3 {
+        if !want(if dur == Dur::Relaxed { "sb" } else { "sbfsync" }) {
+            continue;
+        }
+        for kind in (0..3).filter(|&k| engine_wanted(k)) {
             let e = open_engine(kind, &base.join(format!("sb{kind}")), dur);
-            e.load((0..accounts).flat_map(|a| {
-                [
-                    (ck(a), 10_000i64.to_le_bytes().to_vec()),
-                    (sk(a), 10_000i64.to_le_bytes().to_vec()),
-                ]
-            }));
+            e.load(
+                (0..accounts).flat_map(|a| {
+                    [(ck(a), 10_000i64.to_le_bytes().to_vec()), (sk(a), 10_000i64.to_le_bytes().to_vec())]
+                }),
+            );
             for threads in [1, 2] {
                 let c = run_threads(threads, secs, |t, stop| {
                     let mut rng = SmallRng::seed_from_u64(t as u64 + 1);
@@ -406,7 +384,10 @@ fn main() {
         }
     }
     let zipf = Arc::new(Zipf::new(keys));
-    for kind in 0..3 {
+    for kind in (0..3).filter(|&k| engine_wanted(k)) {
+        if !want("ycsb") {
+            break;
+        }
         let e = open_engine(kind, &base.join(format!("y{kind}")), Dur::Relaxed);
         e.load((0..keys).map(|i| (yk(i), vec![b'v'; 100])));
         for threads in [1, 2] {
@@ -443,14 +424,16 @@ fn main() {
     println!("| committers | durable commits/s | commits per fsync | vs one-fsync-per-commit |");
     println!("|------------|-------------------|-------------------|-------------------------|");
     for committers in [1usize, 8, 64] {
+        if !want("group") {
+            break;
+        }
         let d = dir.join(format!("c{committers}"));
         let db = Db::open(&d).expect("open");
         let c = run_threads(committers, secs, |t, stop| {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let mut tx = db.begin(Isolation::Snapshot);
-                tx.put(format!("w{t}/{}", n % 16).as_bytes(), &[1u8; 32])
-                    .expect("put");
+                tx.put(format!("w{t}/{}", n % 16).as_bytes(), &[1u8; 32]).expect("put");
                 tx.commit().expect("commit");
                 n += 1;
             }

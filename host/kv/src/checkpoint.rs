@@ -27,10 +27,7 @@ pub(crate) fn checkpoint_path(dir: &Path, stamp: u64) -> PathBuf {
 
 /// Parses a checkpoint file name back into its stamp.
 pub(crate) fn parse_checkpoint_name(name: &str) -> Option<u64> {
-    name.strip_prefix("ckpt-")?
-        .strip_suffix(".ckpt")?
-        .parse()
-        .ok()
+    name.strip_prefix("ckpt-")?.strip_suffix(".ckpt")?.parse().ok()
 }
 
 /// Writes a CRC-covered stream.
@@ -54,10 +51,7 @@ pub(crate) fn write(
 ) -> io::Result<PathBuf> {
     let tmp = dir.join(format!("ckpt-{stamp:020}.tmp"));
     let file = File::create(&tmp)?;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: 0,
-    };
+    let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: 0 };
     w.put(MAGIC)?;
     w.put(&stamp.to_le_bytes())?;
     let mut count = 0u64;
@@ -100,12 +94,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, Error> {
         return Err(corrupt(0, "bad checkpoint header"));
     }
     let body_end = b.len() - 4;
-    let want = u32::from_le_bytes([
-        b[body_end],
-        b[body_end + 1],
-        b[body_end + 2],
-        b[body_end + 3],
-    ]);
+    let want = u32::from_le_bytes([b[body_end], b[body_end + 1], b[body_end + 2], b[body_end + 3]]);
     if crc32c::crc32c(&b[..body_end]) != want {
         return Err(corrupt(body_end, "checkpoint checksum mismatch"));
     }
@@ -113,14 +102,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, Error> {
     if &b[end..end + 8] != END_MAGIC {
         return Err(corrupt(end, "bad checkpoint trailer"));
     }
-    let rd_u64 = |at: usize| {
-        b.get(at..at + 8)
-            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
-    };
-    let rd_u32 = |at: usize| {
-        b.get(at..at + 4)
-            .map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])) as usize)
-    };
+    let rd_u64 = |at: usize| b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])));
+    let rd_u32 = |at: usize| b.get(at..at + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])) as usize);
     let stamp = rd_u64(8).ok_or_else(|| corrupt(8, "short"))?;
     let count = rd_u64(end + 8).ok_or_else(|| corrupt(end + 8, "short"))?;
     let mut at = 16;

@@ -95,10 +95,7 @@ impl Db {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             store: rec.store,
-            commit: Mutex::new(CommitState {
-                next_stamp: last + 1,
-                scans: ScanLog::default(),
-            }),
+            commit: Mutex::new(CommitState { next_stamp: last + 1, scans: ScanLog::default() }),
             visible: AtomicU64::new(last),
             snapshots: Snapshots::new(last),
             tombstones: Tombstones::default(),
@@ -109,22 +106,14 @@ impl Db {
             maint: (Mutex::new(false), Condvar::new()),
             opts,
         });
-        Counters::bump(
-            &shared.counters.recovered_torn_tail_bytes,
-            rec.truncated_bytes,
-        );
+        Counters::bump(&shared.counters.recovered_torn_tail_bytes, rec.truncated_bytes);
         let s = shared.clone();
         let dir_owned = dir.to_path_buf();
         let flusher = std::thread::Builder::new()
             .name("ledge-kv-wal".into())
-            .spawn(move || {
-                s.wal
-                    .run_flusher(&dir_owned, file, s.opts.durability, &s.counters)
-            })?;
+            .spawn(move || s.wal.run_flusher(&dir_owned, file, s.opts.durability, &s.counters))?;
         let s = shared.clone();
-        let maint = std::thread::Builder::new()
-            .name("ledge-kv-maint".into())
-            .spawn(move || maintenance(&s))?;
+        let maint = std::thread::Builder::new().name("ledge-kv-maint".into()).spawn(move || maintenance(&s))?;
         Ok(Db {
             handle: Arc::new(Handle {
                 shared,
@@ -142,11 +131,7 @@ impl Db {
     /// Counters for metrics.
     pub fn stats(&self) -> Stats {
         let s = &self.handle.shared;
-        s.counters.snapshot(
-            s.store.live_versions(),
-            s.store.key_count() as u64,
-            s.snapshots.active() as u64,
-        )
+        s.counters.snapshot(s.store.live_versions(), s.store.key_count() as u64, s.snapshots.active() as u64)
     }
 
     /// The directory this database lives in.
@@ -198,11 +183,7 @@ fn close_handle(h: &Handle) {
 /// Takes an exclusive `flock` on `dir/LOCK` so two opens cannot write one WAL.
 fn lock_dir(dir: &Path) -> Result<File, Error> {
     use std::os::fd::AsRawFd;
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))?;
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
     // SAFETY: flock on a valid, open descriptor owned by `f`; no memory is involved.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -231,7 +212,7 @@ fn maintenance(s: &Shared) {
             let _ = checkpoint_now(s);
         }
         collect_tombstones(s);
-        if ticks % 40 == 0 {
+        if ticks.is_multiple_of(40) {
             full_gc(s);
         }
     }

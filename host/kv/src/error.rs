@@ -96,12 +96,7 @@ pub enum TxError {
 impl TxError {
     /// True for conflicts and certification failures: running the transaction again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            TxError::WriteConflict { .. }
-                | TxError::Unserializable { .. }
-                | TxError::Phantom { .. }
-        )
+        matches!(self, TxError::WriteConflict { .. } | TxError::Unserializable { .. } | TxError::Phantom { .. })
     }
 
     /// A short stable name for the abort reason, for metrics labels.

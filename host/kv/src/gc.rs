@@ -25,10 +25,7 @@ pub(crate) struct Snapshots {
 
 impl Snapshots {
     pub(crate) fn new(start: u64) -> Snapshots {
-        Snapshots {
-            active: Mutex::default(),
-            horizon: AtomicU64::new(start),
-        }
+        Snapshots { active: Mutex::default(), horizon: AtomicU64::new(start) }
     }
 
     /// Registers a snapshot at the current visible stamp and returns it.

@@ -38,12 +38,7 @@ pub(crate) struct Version {
 
 impl Version {
     pub(crate) fn new(cstamp: u64, value: Option<Box<[u8]>>) -> Arc<Version> {
-        Arc::new(Version {
-            cstamp,
-            value,
-            pstamp: AtomicU64::new(cstamp),
-            sstamp: AtomicU64::new(INF),
-        })
+        Arc::new(Version { cstamp, value, pstamp: AtomicU64::new(cstamp), sstamp: AtomicU64::new(INF) })
     }
 }
 
@@ -141,8 +136,7 @@ impl Store {
             None => self.map.get_or_insert_with(key.to_vec(), Chain::default),
         };
         let pruned = entry.value().install(v, horizon);
-        self.live_versions
-            .fetch_add(1 - pruned as i64, Ordering::Relaxed);
+        self.live_versions.fetch_add(1 - pruned as i64, Ordering::Relaxed);
         pruned
     }
 
@@ -161,13 +155,11 @@ impl Store {
         let before = e.value().len();
         if e.value().take_dead(horizon) {
             e.remove();
-            self.live_versions
-                .fetch_sub(before as i64, Ordering::Relaxed);
+            self.live_versions.fetch_sub(before as i64, Ordering::Relaxed);
             true
         } else {
             let after = e.value().len();
-            self.live_versions
-                .fetch_sub(before as i64 - after as i64, Ordering::Relaxed);
+            self.live_versions.fetch_sub(before as i64 - after as i64, Ordering::Relaxed);
             false
         }
     }

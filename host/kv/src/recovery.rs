@@ -80,11 +80,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
         let bytes = fs::read(&path)?;
         let scan = wal::scan_segment(&bytes, log_stamp);
         if let Some((offset, reason)) = scan.corrupt_at {
-            return Err(Error::Corrupt {
-                file: path,
-                offset: offset as u64,
-                reason: reason.to_string(),
-            });
+            return Err(Error::Corrupt { file: path, offset: offset as u64, reason: reason.to_string() });
         }
         if scan.valid_len < bytes.len() {
             if i + 1 != segs.len() {
@@ -123,10 +119,5 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
         store.remove_if_dead(&k, last_stamp);
     }
 
-    Ok(Recovered {
-        store,
-        last_stamp,
-        next_segment,
-        truncated_bytes,
-    })
+    Ok(Recovered { store, last_stamp, next_segment, truncated_bytes })
 }

@@ -25,6 +25,9 @@ use crate::ssn::ReadRange;
 use crate::stats::Counters;
 use crate::wal;
 
+/// A key and its value, as returned by [`Tx::scan`].
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A transaction. Dropping it without committing aborts it.
 #[derive(Debug)]
 pub struct Tx {
@@ -70,10 +73,7 @@ impl Tx {
     fn check_key(&self, key: &[u8]) -> Result<(), TxError> {
         let max = self.shared.opts.max_key_len;
         if key.is_empty() || key.len() > max {
-            return Err(TxError::KeyTooLarge {
-                len: key.len(),
-                max,
-            });
+            return Err(TxError::KeyTooLarge { len: key.len(), max });
         }
         Ok(())
     }
@@ -91,11 +91,7 @@ impl Tx {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
-        let found = self
-            .shared
-            .store
-            .get(key)
-            .and_then(|e| e.value().visible(self.snapshot));
+        let found = self.shared.store.get(key).and_then(|e| e.value().visible(self.snapshot));
         let value = match &found {
             Some(v) => {
                 self.track(v);
@@ -106,10 +102,7 @@ impl Tx {
         if value.is_none() && self.iso == Isolation::Serializable {
             // Absence is a predicate read: an insert of this key by a concurrent committer is
             // an r:w edge that no version records.
-            self.ranges.push(ReadRange {
-                start: key.to_vec(),
-                end: Bound::Included(key.to_vec()),
-            });
+            self.ranges.push(ReadRange { start: key.to_vec(), end: Bound::Included(key.to_vec()) });
         }
         Ok(value)
     }
@@ -119,10 +112,7 @@ impl Tx {
         self.check_key(key)?;
         let max = self.shared.opts.max_value_len;
         if value.len() > max {
-            return Err(TxError::ValueTooLarge {
-                len: value.len(),
-                max,
-            });
+            return Err(TxError::ValueTooLarge { len: value.len(), max });
         }
         self.writes.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
@@ -136,18 +126,9 @@ impl Tx {
     }
 
     /// Keys in `[start, end)` in key order, at most `limit`; an empty `end` means unbounded.
-    pub fn scan(
-        &mut self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TxError> {
-        let end_b: Bound<&[u8]> = if end.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(end)
-        };
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    pub fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, TxError> {
+        let end_b: Bound<&[u8]> = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        let mut out: Vec<KeyValue> = Vec::new();
         if limit == 0 || (!end.is_empty() && start >= end) {
             return Ok(out);
         }
@@ -160,10 +141,7 @@ impl Tx {
                 Some((e.key().clone(), v))
             })
             .peekable();
-        let mut own = self
-            .writes
-            .range::<[u8], _>((Bound::Included(start), end_b))
-            .peekable();
+        let mut own = self.writes.range::<[u8], _>((Bound::Included(start), end_b)).peekable();
         let mut tracked = Vec::new();
         // Merge the snapshot with our own writes; own writes shadow stored versions.
         while out.len() < limit {
@@ -200,10 +178,7 @@ impl Tx {
                 Some((k, _)) if out.len() == limit => Bound::Included(k.clone()),
                 _ => end_b.map(<[u8]>::to_vec),
             };
-            self.ranges.push(ReadRange {
-                start: start.to_vec(),
-                end,
-            });
+            self.ranges.push(ReadRange { start: start.to_vec(), end });
         }
         Ok(out)
     }
@@ -276,13 +251,9 @@ impl Tx {
                     if l.cstamp <= self.snapshot {
                         continue;
                     }
-                    let before = chain
-                        .visible(self.snapshot)
-                        .is_some_and(|v| v.value.is_some());
+                    let before = chain.visible(self.snapshot).is_some_and(|v| v.value.is_some());
                     if before != l.value.is_some() {
-                        return Err(TxError::Phantom {
-                            start: r.start.clone(),
-                        });
+                        return Err(TxError::Phantom { start: r.start.clone() });
                     }
                 }
             }
@@ -306,8 +277,7 @@ impl Tx {
                 v.pstamp.fetch_max(cstamp, Ordering::AcqRel);
             }
             if !self.ranges.is_empty() {
-                st.scans
-                    .push(cstamp, std::mem::take(&mut self.ranges).into());
+                st.scans.push(cstamp, std::mem::take(&mut self.ranges).into());
             }
         }
 
@@ -326,11 +296,7 @@ impl Tx {
             Counters::bump(&s.counters.gc_pruned_versions, pruned as u64);
             let writes = &self.writes;
             s.wal.append(cstamp, |buf| {
-                wal::encode(
-                    buf,
-                    cstamp,
-                    writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
-                )
+                wal::encode(buf, cstamp, writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
             });
             s.visible.store(cstamp, Ordering::Release);
         }
@@ -338,11 +304,7 @@ impl Tx {
         st.scans.prune(horizon);
         drop(st);
 
-        let durable_needed = if self.writes.is_empty() {
-            self.snapshot
-        } else {
-            cstamp
-        };
+        let durable_needed = if self.writes.is_empty() { self.snapshot } else { cstamp };
         self.wait_durable(durable_needed)?;
         Ok(cstamp)
     }
@@ -360,8 +322,6 @@ impl Drop for Tx {
         if !self.finished {
             Counters::bump(&self.shared.counters.aborted_by_caller, 1);
         }
-        self.shared
-            .snapshots
-            .release(self.snapshot, &self.shared.visible);
+        self.shared.snapshots.release(self.snapshot, &self.shared.visible);
     }
 }

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -31,6 +31,10 @@ const HEADER: usize = 8;
 const MIN_PAYLOAD: usize = 12;
 /// Largest accepted frame payload; larger lengths are treated as damage.
 pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
+/// Longest a flusher waits to grow a group commit.
+const MAX_GATHER: Duration = Duration::from_micros(500);
+/// In periodic mode, a buffer this large is flushed without waiting for the interval.
+const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
 const TAG_PUT: u8 = 0;
 const TAG_DEL: u8 = 1;
 
@@ -150,24 +154,12 @@ pub(crate) fn scan_segment(b: &[u8], mut last_stamp: u64) -> SegmentScan {
                 // valid frame (the length field itself may be the damaged part).
                 let later = (at + 1..b.len().saturating_sub(HEADER + MIN_PAYLOAD - 1))
                     .any(|q| frame_at(b, q, last_stamp).is_some());
-                let reason = if later {
-                    "bad frame followed by a valid one"
-                } else {
-                    ""
-                };
-                return SegmentScan {
-                    records,
-                    valid_len: at,
-                    corrupt_at: later.then_some((at, reason)),
-                };
+                let reason = if later { "bad frame followed by a valid one" } else { "" };
+                return SegmentScan { records, valid_len: at, corrupt_at: later.then_some((at, reason)) };
             }
         }
     }
-    SegmentScan {
-        records,
-        valid_len: at,
-        corrupt_at: None,
-    }
+    SegmentScan { records, valid_len: at, corrupt_at: None }
 }
 
 /// Path of WAL segment `seq` in `dir`.
@@ -177,10 +169,7 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 
 /// Parses a segment file name back into its sequence number.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("wal-")?
-        .strip_suffix(".log")?
-        .parse()
-        .ok()
+    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
 }
 
 /// Fsyncs a directory so that creates, renames and deletes in it are durable.
@@ -190,10 +179,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates a new, empty segment and makes its directory entry durable.
 pub(crate) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, seq))?;
+    let f = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, seq))?;
     sync_dir(dir)?;
     Ok(f)
 }
@@ -212,6 +198,11 @@ struct WalState {
     /// records at or below the checkpoint stamp; later ones go to the new segment).
     rotate: Option<usize>,
     shutdown: bool,
+    /// Records in `pending`.
+    pending_records: usize,
+    /// When nonzero, the flusher sleeps until `pending_records` reaches it (1 = idle, waiting
+    /// for anything; more = gathering a group commit).
+    flusher_wants: usize,
     failed: Option<Arc<io::Error>>,
 }
 
@@ -230,12 +221,7 @@ pub(crate) struct Wal {
 impl Wal {
     pub(crate) fn new(durable: u64, segment: u64) -> Wal {
         Wal {
-            state: Mutex::new(WalState {
-                durable,
-                pending_last: durable,
-                segment,
-                ..WalState::default()
-            }),
+            state: Mutex::new(WalState { durable, pending_last: durable, segment, ..WalState::default() }),
             work: Condvar::new(),
             flushed: Condvar::new(),
             bytes_since_checkpoint: AtomicU64::new(0),
@@ -247,8 +233,15 @@ impl Wal {
         let mut st = self.state.lock();
         frame_writer(&mut st.pending);
         st.pending_last = cstamp;
+        st.pending_records += 1;
+        // Wake the flusher only when what it waits for has arrived, or a periodic buffer grew
+        // large: a wakeup per commit would cost a context switch per commit.
+        let wake = (st.flusher_wants > 0 && st.pending_records >= st.flusher_wants)
+            || st.pending.len() >= PERIODIC_FLUSH_BYTES;
         drop(st);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
     }
 
     /// Blocks until every commit up to `stamp` is durable.
@@ -263,9 +256,7 @@ impl Wal {
             }
             if st.shutdown && st.pending.is_empty() && st.pending_last <= st.durable {
                 // The flusher has exited: nothing will ever make `stamp` durable.
-                return Err(Arc::new(io::Error::other(
-                    "WAL closed before commit was durable",
-                )));
+                return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
             }
             self.flushed.wait(&mut st);
         }
@@ -307,26 +298,42 @@ impl Wal {
     }
 
     /// The flusher thread's body. Owns the open segment file.
-    pub(crate) fn run_flusher(
-        &self,
-        dir: &Path,
-        mut file: File,
-        durability: Durability,
-        counters: &Counters,
-    ) {
+    pub(crate) fn run_flusher(&self, dir: &Path, mut file: File, durability: Durability, counters: &Counters) {
         let mut spare = Vec::new();
+        let mut batch_target = 0;
+        let mut gather_for = Duration::ZERO;
         let mut st = self.state.lock();
         loop {
             match durability {
                 Durability::Fsync => {
                     while st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
+                        st.flusher_wants = 1;
                         self.work.wait(&mut st);
+                        st.flusher_wants = 0;
+                    }
+                    // Group commit: the committers of the last batch plus those that queued
+                    // during its fsync are likely to commit again soon; give them a fraction of
+                    // an fsync to join this batch instead of paying for the next one.
+                    let deadline = Instant::now() + gather_for;
+                    while batch_target > 1
+                        && st.pending_records < batch_target
+                        && st.rotate.is_none()
+                        && !st.shutdown
+                        && Instant::now() < deadline
+                    {
+                        st.flusher_wants = batch_target;
+                        self.work.wait_until(&mut st, deadline);
+                        st.flusher_wants = 0;
                     }
                 }
                 Durability::Periodic(every) => {
                     // Let commits accumulate for one interval (a rotation or shutdown cuts it short).
                     let deadline = Instant::now() + every;
-                    while st.rotate.is_none() && !st.shutdown && Instant::now() < deadline {
+                    while st.rotate.is_none()
+                        && !st.shutdown
+                        && st.pending.len() < PERIODIC_FLUSH_BYTES
+                        && Instant::now() < deadline
+                    {
                         self.work.wait_until(&mut st, deadline);
                     }
                 }
@@ -339,7 +346,9 @@ impl Wal {
             let next_seq = st.segment + 1;
             std::mem::swap(&mut st.pending, &mut spare);
             let last = st.pending_last;
+            let batch_records = std::mem::take(&mut st.pending_records);
             drop(st);
+            let started = Instant::now();
 
             let res = match rotate {
                 None => self.write_batch(&mut file, &spare, counters),
@@ -347,17 +356,19 @@ impl Wal {
                     // Everything up to the checkpoint's cut stays in the old segment, which the
                     // checkpoint will delete; the rest starts the new one.
                     let (old, new) = spare.split_at(cut.min(spare.len()));
-                    self.write_batch(&mut file, old, counters)
-                        .and_then(|()| create_segment(dir, next_seq))
-                        .and_then(|f| {
+                    self.write_batch(&mut file, old, counters).and_then(|()| create_segment(dir, next_seq)).and_then(
+                        |f| {
                             file = f;
                             self.write_batch(&mut file, new, counters)
-                        })
+                        },
+                    )
                 }
             };
             spare.clear();
 
             st = self.state.lock();
+            batch_target = batch_records + st.pending_records;
+            gather_for = (started.elapsed() / 4).min(MAX_GATHER);
             match res {
                 Ok(()) => {
                     st.durable = st.durable.max(last);
@@ -387,8 +398,7 @@ impl Wal {
         Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
         Counters::bump(&counters.wal_fsyncs, 1);
         Counters::bump(&counters.wal_bytes, batch.len() as u64);
-        self.bytes_since_checkpoint
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.bytes_since_checkpoint.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -171,26 +171,14 @@ fn predicate_skew(iso: Isolation) -> (Result<u64, TxError>, Result<u64, TxError>
 fn write_skew_through_scans_is_admitted_by_snapshot_and_prevented_by_serializable() {
     let (r1, r2, db, _d) = predicate_skew(Snapshot);
     assert!(r1.is_ok() && r2.is_ok(), "SI admits predicate write skew");
-    assert_eq!(
-        db.begin(Snapshot)
-            .scan(b"room1/a", b"room1/z", 10)
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(db.begin(Snapshot).scan(b"room1/a", b"room1/z", 10).unwrap().len(), 2);
 
     let (r1, r2, db, _d) = predicate_skew(Serializable);
     assert!(r1.is_ok());
     let e = r2.unwrap_err();
     assert!(matches!(e, TxError::Phantom { .. }), "{e}");
     assert!(e.is_retryable());
-    assert_eq!(
-        db.begin(Snapshot)
-            .scan(b"room1/a", b"room1/z", 10)
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(db.begin(Snapshot).scan(b"room1/a", b"room1/z", 10).unwrap().len(), 1);
 }
 
 #[test]
@@ -230,18 +218,13 @@ fn reading_an_absent_key_is_protected_against_a_later_insert() {
     assert!(e.is_retryable(), "{e}");
 }
 
+/// Outcomes of T1, T2, T3 and what T3 saw.
+type ReadOnlyOutcome = (Result<u64, TxError>, Result<u64, TxError>, Result<u64, TxError>, (i64, i64));
+
 /// Fekete, O'Neil, O'Neil (2004): checking X and savings Y start at 0. T2 withdraws 10 from
 /// X with an overdraft penalty of 1 if X + Y would go negative; T1 deposits 20 into Y; read-only
 /// T3 reports both after T1 commits and before T2 does.
-fn read_only_anomaly(
-    iso: Isolation,
-    t3_first: bool,
-) -> (
-    Result<u64, TxError>,
-    Result<u64, TxError>,
-    Result<u64, TxError>,
-    (i64, i64),
-) {
+fn read_only_anomaly(iso: Isolation, t3_first: bool) -> ReadOnlyOutcome {
     let (_d, db) = open();
     put_all(&db, &[(b"X", b"0"), (b"Y", b"0")]);
     let mut t2 = db.begin(iso);
@@ -275,10 +258,7 @@ fn the_read_only_anomaly_is_admitted_by_snapshot_and_prevented_by_serializable()
         let (r1, r2, r3, _) = read_only_anomaly(Serializable, t3_first);
         assert!(r1.is_ok());
         let aborted = [&r2, &r3].iter().filter(|r| r.is_err()).count();
-        assert_eq!(
-            aborted, 1,
-            "exactly one of T2 / T3 must abort (t3_first={t3_first})"
-        );
+        assert_eq!(aborted, 1, "exactly one of T2 / T3 must abort (t3_first={t3_first})");
         for r in [r2, r3] {
             if let Err(e) = r {
                 assert!(matches!(e, TxError::Unserializable { .. }), "{e}");
@@ -290,10 +270,7 @@ fn the_read_only_anomaly_is_admitted_by_snapshot_and_prevented_by_serializable()
 #[test]
 fn transactions_read_their_own_writes_in_gets_and_scans() {
     let (_d, db) = open();
-    put_all(
-        &db,
-        &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")],
-    );
+    put_all(&db, &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]);
     let mut tx = db.begin(Serializable);
     tx.put(b"b", b"20").unwrap();
     tx.delete(b"c").unwrap();

@@ -20,6 +20,9 @@ use rand::rngs::StdRng;
 
 const INITIAL: u64 = 0;
 
+/// (key, id of the writer of the version read or written).
+type Accesses = Vec<(Vec<u8>, u64)>;
+
 #[derive(Debug, Clone)]
 struct Committed {
     id: u64,
@@ -33,9 +36,7 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 fn decode(v: Option<Vec<u8>>) -> u64 {
-    v.map_or(INITIAL, |b| {
-        u64::from_le_bytes(b.try_into().expect("8-byte id"))
-    })
+    v.map_or(INITIAL, |b| u64::from_le_bytes(b.try_into().expect("8-byte id")))
 }
 
 /// Runs one transaction's body; returns its reads and writes.
@@ -45,7 +46,7 @@ fn body(
     id: u64,
     nkeys: usize,
     scans: bool,
-) -> Result<(Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>), ledge_kv::TxError> {
+) -> Result<(Accesses, Accesses), ledge_kv::TxError> {
     let mut reads = Vec::new();
     let mut writes = Vec::new();
     // Read two keys, write one of them or a third: the write-skew shape.
@@ -58,22 +59,15 @@ fn body(
     if scans && rng.random_bool(0.3) {
         let lo = rng.random_range(0..nkeys);
         let hi = (lo + 3).min(nkeys);
-        let got: BTreeMap<Vec<u8>, u64> = tx
-            .scan(&key(lo), &key(hi), usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| (k, decode(Some(v))))
-            .collect();
+        let got: BTreeMap<Vec<u8>, u64> =
+            tx.scan(&key(lo), &key(hi), usize::MAX)?.into_iter().map(|(k, v)| (k, decode(Some(v)))).collect();
         for i in lo..hi {
             reads.push((key(i), got.get(&key(i)).copied().unwrap_or(INITIAL)));
         }
     }
     std::thread::yield_now();
     if rng.random_bool(0.85) {
-        let w = if rng.random_bool(0.5) {
-            a
-        } else {
-            rng.random_range(0..nkeys)
-        };
+        let w = if rng.random_bool(0.5) { a } else { rng.random_range(0..nkeys) };
         tx.put(&key(w), &id.to_le_bytes())?;
         writes.push((key(w), id));
     }
@@ -105,12 +99,7 @@ fn run_history(
                         continue;
                     };
                     if let Ok(cstamp) = tx.commit() {
-                        log.lock().expect("log").push(Committed {
-                            id,
-                            cstamp,
-                            reads,
-                            writes,
-                        });
+                        log.lock().expect("log").push(Committed { id, cstamp, reads, writes });
                     }
                 }
             })
@@ -144,9 +133,7 @@ fn find_cycle(txs: &[Committed]) -> Option<Vec<u64>> {
         let own: Vec<&[u8]> = t.writes.iter().map(|(k, _)| k.as_slice()).collect();
         for (k, seen) in &t.reads {
             if *seen != INITIAL {
-                let w = *idx
-                    .get(seen)
-                    .expect("read a version of a committed transaction");
+                let w = *idx.get(seen).expect("read a version of a committed transaction");
                 if w != i {
                     edges[w].push(i); // w:r
                 }
@@ -158,16 +145,14 @@ fn find_cycle(txs: &[Committed]) -> Option<Vec<u64>> {
             let next = if *seen == INITIAL {
                 ws.first()
             } else {
-                let pos = ws
-                    .iter()
-                    .position(|&(_, w)| txs[w].id == *seen)
-                    .expect("writer");
+                let pos = ws.iter().position(|&(_, w)| txs[w].id == *seen).expect("writer");
                 ws.get(pos + 1)
             };
-            if let Some(&(_, n)) = next {
-                if n != i && !own.contains(&k.as_slice()) {
-                    edges[i].push(n);
-                }
+            if let Some(&(_, n)) = next
+                && n != i
+                && !own.contains(&k.as_slice())
+            {
+                edges[i].push(n);
             }
         }
     }
@@ -211,10 +196,7 @@ fn check_model(db: &Db, txs: &[Committed]) {
     let mut sorted: Vec<&Committed> = txs.iter().filter(|t| !t.writes.is_empty()).collect();
     sorted.sort_by_key(|t| t.cstamp);
     for w in sorted.windows(2) {
-        assert!(
-            w[0].cstamp < w[1].cstamp,
-            "commit stamps of writers are unique"
-        );
+        assert!(w[0].cstamp < w[1].cstamp, "commit stamps of writers are unique");
     }
     let mut model = BTreeMap::new();
     for t in sorted {
@@ -250,15 +232,9 @@ fn serializable_histories_have_no_dependency_cycle_and_match_a_serial_model() {
             st.aborted_ssn,
             st.aborted_phantom
         );
-        assert!(
-            st.aborted_ssn + st.aborted_write_conflict + st.aborted_phantom > 0
-                || txs.len() == 1600
-        );
+        assert!(st.aborted_ssn + st.aborted_write_conflict + st.aborted_phantom > 0 || txs.len() == 1600);
     }
-    assert!(
-        committed > 1000,
-        "enough transactions committed to mean something: {committed}"
-    );
+    assert!(committed > 1000, "enough transactions committed to mean something: {committed}");
 }
 
 #[test]

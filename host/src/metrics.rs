@@ -1,0 +1,113 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+//!
+//! Invariant: label values are bounded: function names come from the registry (validated
+//! names of deployed functions), status codes and reasons from fixed sets, so a caller cannot
+//! mint new series.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub function: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstantiationLabels {
+    pub function: String,
+    /// `cold` for a version's first instance since deploy or start, else `warm`.
+    pub start: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArtifactLabels {
+    /// `precompiled` (code reused as it was) or `recompiled` (stale, tampered or missing).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<FunctionLabels, Histogram>,
+    pub instantiation_seconds: Family<InstantiationLabels, Histogram>,
+    pub live_instances: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub artifact_loads: Family<ArtifactLabels, Counter<u64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ledge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Function invocations by function and status", requests.clone());
+        let request_seconds = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by function",
+            request_seconds.clone(),
+        );
+        let instantiation_seconds = Family::<InstantiationLabels, Histogram>::new_with_constructor(|| {
+            // Fine buckets in the microseconds: pooled, copy-on-write instantiation lives there.
+            Histogram::new([
+                5e-6, 10e-6, 20e-6, 30e-6, 40e-6, 50e-6, 75e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2.5e-3,
+                5e-3, 10e-3, 50e-3, 0.25, 1.0,
+            ])
+        });
+        registry.register(
+            "instantiation_duration_seconds",
+            "Time to instantiate a function for one request; start=cold for a version's first instance",
+            instantiation_seconds.clone(),
+        );
+        let live_instances = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register("live_instances", "Function instances alive now", live_instances.clone());
+        let artifact_loads = Family::<ArtifactLabels, Counter>::default();
+        registry.register(
+            "artifact_loads",
+            "Functions loaded at start: precompiled code reused, or recompiled",
+            artifact_loads.clone(),
+        );
+        Metrics { registry, requests, request_seconds, instantiation_seconds, live_instances, artifact_loads }
+    }
+
+    pub fn observe_instantiation(&self, function: &str, cold: bool, elapsed: Duration) {
+        let start = if cold { "cold" } else { "warm" };
+        self.instantiation_seconds
+            .get_or_create(&InstantiationLabels { function: function.to_string(), start })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_request(&self, function: &str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { function: function.to_string(), status }).inc();
+        self.request_seconds
+            .get_or_create(&FunctionLabels { function: function.to_string() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The registry in OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
