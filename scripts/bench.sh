@@ -40,17 +40,35 @@ run_wrk() { # label url
 ratio() { awk -v a="$(cat "$work/$1.rps")" -v b="$(cat "$work/$2.rps")" 'BEGIN {printf "%.2f", a/b}'; }
 
 hello=functions/target/wasm32-wasip2/release/hello.wasm
+python=target/py-hello.wasm
+(cd tests/guests/py-hello && ../../../target/pyenv/bin/componentize-py -d wit -w hello componentize app -o ../../../$python >/dev/null)
+
 ./target/release/ledge serve --listen 127.0.0.1:18080 --data-dir "$work/ledge" --policies ./policies >/dev/null 2>"$work/ledge.log" &
 pids+=($!)
 wait_http http://127.0.0.1:18080/healthz
-LEDGE_SERVER=http://127.0.0.1:18080 ./target/release/ledge deploy hello "$hello" >/dev/null
+deploy_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 hello "$hello")
+deploy_py_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 py "$python")
 
 "$wasmtime" serve -S cli --addr 127.0.0.1:18081 "$hello" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
+"$wasmtime" serve -S cli --addr 127.0.0.1:18082 "$python" >/dev/null 2>"$work/wasmtime-py.log" &
+pids+=($!)
 wait_http http://127.0.0.1:18081/
+wait_http http://127.0.0.1:18082/
 
 echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serve $("$wasmtime" --version | awk '{print $2}')"
 printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
 run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
 run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
-echo "ledge / wasmtime serve (hello): $(ratio ledge_hello wasmtime-serve_hello)x"
+run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
+run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
+echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x"
+echo
+echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:"
+echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics hello)"
+echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics py)"
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+echo "cold starts (ms):"
+echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}"
+echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py)"
+echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$hello"), python $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$python")"

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Component instances that may be live at once (sizes the pooling allocator).
     #[arg(long, default_value_t = RuntimeOptions::default().max_instances)]
     max_instances: u32,
+    /// Bytes of each pooled linear memory kept resident and reset in place between requests.
+    #[arg(long, default_value_t = RuntimeOptions::default().keep_resident)]
+    keep_resident: usize,
     /// Never use the pooling allocator (always allocate instance memory on demand).
     #[arg(long)]
     no_pooling: bool,

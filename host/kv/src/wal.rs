@@ -31,6 +31,8 @@ const HEADER: usize = 8;
 const MIN_PAYLOAD: usize = 12;
 /// Largest accepted frame payload; larger lengths are treated as damage.
 pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
+/// How many parked committers each woken one wakes in turn.
+const WAKE_FANOUT: usize = 2;
 /// Longest a flusher waits to grow a group commit.
 const MAX_GATHER: Duration = Duration::from_micros(500);
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
@@ -204,6 +206,10 @@ struct WalState {
     /// for anything; more = gathering a group commit).
     flusher_wants: usize,
     failed: Option<Arc<io::Error>>,
+    /// The flusher thread has returned.
+    exited: bool,
+    /// Committers parked until the given stamp is durable.
+    waiters: Vec<(u64, std::thread::Thread)>,
 }
 
 /// The WAL's shared state between committers, the flusher and checkpoints.
@@ -216,6 +222,10 @@ pub(crate) struct Wal {
     flushed: Condvar,
     /// Bytes written since the last checkpoint (the checkpoint trigger).
     pub bytes_since_checkpoint: AtomicU64,
+    /// Mirror of `WalState::durable` for the lock-free fast path of committers.
+    durable: AtomicU64,
+    /// Committers whose commits are durable, still to be unparked.
+    to_wake: Mutex<Vec<std::thread::Thread>>,
 }
 
 impl Wal {
@@ -225,6 +235,8 @@ impl Wal {
             work: Condvar::new(),
             flushed: Condvar::new(),
             bytes_since_checkpoint: AtomicU64::new(0),
+            durable: AtomicU64::new(durable),
+            to_wake: Mutex::new(Vec::new()),
         }
     }
 
@@ -246,19 +258,60 @@ impl Wal {
 
     /// Blocks until every commit up to `stamp` is durable.
     pub(crate) fn wait_durable(&self, stamp: u64) -> Result<(), Arc<io::Error>> {
-        let mut st = self.state.lock();
+        if self.durable.load(Ordering::Acquire) >= stamp {
+            return Ok(());
+        }
+        // Park rather than wait on a condvar: a condvar wakeup needs the state mutex again, so
+        // 64 woken committers would file through it one context switch at a time. Unparked
+        // threads need no lock and run in parallel.
+        let me = std::thread::current();
+        let mut registered = false;
         loop {
-            if let Some(e) = &st.failed {
-                return Err(e.clone());
+            {
+                let mut st = self.state.lock();
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                if st.durable >= stamp {
+                    return Ok(());
+                }
+                if st.exited {
+                    // The flusher is gone: nothing will ever make `stamp` durable.
+                    return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
+                }
+                if !registered {
+                    st.waiters.push((stamp, me.clone()));
+                    registered = true;
+                }
             }
-            if st.durable >= stamp {
+            std::thread::park();
+            if self.durable.load(Ordering::Acquire) >= stamp {
+                self.help_wake();
                 return Ok(());
             }
-            if st.shutdown && st.pending.is_empty() && st.pending_last <= st.durable {
-                // The flusher has exited: nothing will ever make `stamp` durable.
-                return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
-            }
-            self.flushed.wait(&mut st);
+        }
+    }
+
+    /// Wakes up to [`WAKE_FANOUT`] committers whose commits are durable. The flusher starts the
+    /// wake-up and every woken committer continues it, so a group of N wakes in about
+    /// log(N) rounds spread over all cores instead of N sequential unparks by the flusher.
+    fn help_wake(&self) {
+        let batch: Vec<std::thread::Thread> = {
+            let mut q = self.to_wake.lock();
+            let n = q.len().min(WAKE_FANOUT);
+            q.drain(..n).collect()
+        };
+        for t in batch {
+            t.unpark();
+        }
+    }
+
+    /// Wakes every queued committer (before the flusher sleeps, or when it exits), so that a
+    /// wake-up chain broken by a committer that left early strands nobody.
+    fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.to_wake.lock());
+        for t in all {
+            t.unpark();
         }
     }
 
@@ -306,6 +359,11 @@ impl Wal {
         loop {
             match durability {
                 Durability::Fsync => {
+                    if st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
+                        drop(st);
+                        self.wake_all();
+                        st = self.state.lock();
+                    }
                     while st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
                         st.flusher_wants = 1;
                         self.work.wait(&mut st);
@@ -378,12 +436,38 @@ impl Wal {
                 }
                 Err(e) => st.failed = Some(Arc::new(e)),
             }
-            self.flushed.notify_all();
-            if st.failed.is_some() || (shutdown && st.pending.is_empty()) {
+            self.durable.store(st.durable, Ordering::Release);
+            let exit = st.failed.is_some() || (shutdown && st.pending.is_empty());
+            if exit {
                 st.shutdown = true;
+                st.exited = true;
+            }
+            let durable = st.durable;
+            let mut ready = Vec::new();
+            st.waiters.retain(|(s, t)| {
+                let go = exit || *s <= durable;
+                if go {
+                    ready.push(t.clone());
+                }
+                !go
+            });
+            drop(st);
+            if exit {
+                self.to_wake.lock().extend(ready);
+                self.wake_all();
                 self.flushed.notify_all();
                 return;
             }
+            // Anyone still queued from the previous round had its chain broken by a committer
+            // that left early: wake those directly, so nobody waits more than one extra round.
+            let stale = std::mem::replace(&mut *self.to_wake.lock(), ready);
+            for t in stale {
+                t.unpark();
+            }
+            self.help_wake();
+            // Checkpoints waiting for a rotation use the condvar.
+            self.flushed.notify_all();
+            st = self.state.lock();
         }
     }
 

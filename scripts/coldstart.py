@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Cold-start timings for scripts/bench.sh (standard library only).
+
+  coldstart.py restart LEDGE DATA_DIR FUNCTION   time from `ledge serve` start to the first
+                                                  200 from an already deployed FUNCTION
+  coldstart.py deploy SERVER_URL NAME FILE        time from the start of the upload to the
+                                                  first 200 from the new function
+  coldstart.py wasmtime WASMTIME FILE             time from `wasmtime serve FILE` start to its
+                                                  first 200
+  coldstart.py quantiles METRICS_URL FUNCTION     p50/p99 of warm instantiation (µs) from the
+                                                  ledge_instantiation_duration_seconds histogram
+Prints one number (milliseconds) or "p50 p99" (microseconds).
+"""
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def first_ok(host, port, path, deadline_s=60.0):
+    """Polls GET path every millisecond until it answers 200; returns the monotonic time."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.001)
+    raise SystemExit(f"no 200 from {host}:{port}{path} within {deadline_s}s")
+
+
+def restart(ledge, data_dir, function):
+    port = 18090
+    started = time.monotonic()
+    proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = first_ok("127.0.0.1", port, f"/fn/{function}/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    print(f"{(ready - started) * 1000:.1f}")
+
+
+def deploy(server, name, path):
+    body = open(path, "rb").read()
+    host, port = server.removeprefix("http://").split(":")
+    started = time.monotonic()
+    request = urllib.request.Request(f"{server}/v1/functions/{name}", data=body, method="PUT")
+    urllib.request.urlopen(request).read()
+    ready = first_ok(host, int(port), f"/fn/{name}/")
+    print(f"{(ready - started) * 1000:.1f}")
+
+
+def wasmtime(binary, path):
+    port = 18091
+    started = time.monotonic()
+    proc = subprocess.Popen([binary, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = first_ok("127.0.0.1", port, "/")
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"{(ready - started) * 1000:.1f}")
+
+
+def quantiles(metrics_url, function):
+    text = urllib.request.urlopen(metrics_url).read().decode()
+    pattern = re.compile(
+        r'^ledge_instantiation_duration_seconds_bucket\{le="([^"]+)",function="%s",start="warm"\} (\S+)$'
+        % re.escape(function))
+    buckets = [(float("inf") if le == "+Inf" else float(le), float(n))
+               for le, n in (m.groups() for m in map(pattern.match, text.splitlines()) if m)]
+    total = buckets[-1][1]
+
+    def quantile(q):
+        rank, lower, below = q * total, 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                if upper == float("inf"):
+                    return lower
+                # Linear interpolation inside the bucket, as Prometheus' histogram_quantile.
+                return lower + (upper - lower) * (rank - below) / max(count - below, 1)
+            lower, below = upper, count
+        return lower
+
+    print(f"{quantile(0.5) * 1e6:.1f} {quantile(0.99) * 1e6:.1f}")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"restart": restart, "deploy": deploy, "wasmtime": wasmtime, "quantiles": quantiles}[command](*args)
