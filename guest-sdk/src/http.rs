@@ -133,11 +133,12 @@ impl Response {
             .with_body(body.into().into_bytes())
     }
 
-    /// `200` with an `application/json` body (already serialized).
-    pub fn json(body: impl Into<String>) -> Self {
-        Response::new(200)
-            .with_header("content-type", "application/json")
-            .with_body(body.into().into_bytes())
+    /// `200` with `value` serialized as an `application/json` body.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::new(200).with_header("content-type", "application/json").with_body(body),
+            Err(error) => Response::text(format!("cannot serialize the response: {error}\n")).with_status(500),
+        }
     }
 
     /// A redirect (`302 Found` unless changed with [`Response::with_status`]) to `location`.

@@ -20,6 +20,11 @@
 //! `500` with the error's text, so `?` works inside handlers.
 
 //!
+//! ## Transactions
+//!
+//! [`kv::transaction`] gives a function serializable transactions on its own keyspace, retried
+//! automatically on conflict; see [`kv`].
+//!
 //! ## Pre-initialization
 //!
 //! Expensive setup (building tables, parsing embedded data) can run once, at deploy, instead
@@ -37,16 +42,26 @@
 //! ```
 
 pub mod http;
+pub mod kv;
+
+/// 64 random bits from the host's cryptographically secure source.
+pub fn random_u64() -> u64 {
+    wasip2::random::random::get_random_u64()
+}
 
 /// Re-exports the macros need; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
     pub use wasip2;
 
+    pub mod platform {
+        wit_bindgen::generate!({ path: "wit", world: "ledge:platform/platform-imports" });
+    }
+
     pub mod init_bindings {
         wit_bindgen::generate!({
             path: "wit",
-            world: "ledge:sdk/preinit",
+            world: "ledge:platform/preinit",
             pub_export_macro: true,
             export_macro_name: "__export_preinit",
             default_bindings_module: "ledge_sdk::__private::init_bindings",

@@ -130,7 +130,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let options =
         RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances, ..RuntimeOptions::default() };
-    let runtime = Arc::new(Runtime::new(&options, metrics.clone())?);
+    let db = {
+        let dir = args.data_dir.join("kv");
+        tokio::task::spawn_blocking(move || ledge_kv::Db::open(&dir)).await??
+    };
+    let runtime = Arc::new(Runtime::new(&options, metrics.clone(), db.clone())?);
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let (registry, report) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
@@ -147,6 +151,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts wait for this line to learn the port.
     println!("ledge listening on http://{address}");
     crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
+    // Every request has finished (or the drain deadline passed): flush and close the engine.
+    tokio::task::spawn_blocking(move || db.close()).await??;
     tracing::info!("stopped");
     Ok(())
 }

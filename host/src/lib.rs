@@ -4,6 +4,8 @@
 //! request in a fresh sandboxed instance. The modules, one per capability:
 //!
 //! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
+//! - [`kv`] and [`keyvalue`]: guest access to the transactional store (`ledge:platform`,
+//!   `wasi:keyvalue`);
 //! - [`outbound`]: the outbound HTTP allow-list;
 //! - [`registry`]: deployed functions, durable in the data dir, swapped atomically;
 //! - [`preinit`]: pre-initialized snapshots of components that export `init`;
@@ -15,6 +17,8 @@
 
 pub mod cli;
 pub mod client;
+pub mod keyvalue;
+pub mod kv;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

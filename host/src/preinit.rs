@@ -14,6 +14,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
+use crate::kv::KvAccess;
 use crate::policy::Policy;
 use crate::runtime::{Runtime, ValidateError};
 
@@ -44,7 +45,7 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
         .map_err(|e| ValidateError::BadInit(format!("cannot instrument the component: {e:#}")))?;
     let component =
         Component::new(runtime.engine(), &instrumented).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
-    let mut store = runtime.guest_store(&Policy { timeout: INIT_TIMEOUT, ..Policy::default() });
+    let mut store = runtime.guest_store(&Policy { timeout: INIT_TIMEOUT, ..Policy::default() }, KvAccess::none());
     let run = async {
         let instance = runtime
             .linker()

@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::kv::CallerScope;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::registry::{DeployError, FunctionMeta, Registry, RegistryError};
@@ -78,6 +79,7 @@ impl App {
             pre: &deployment.pre,
             policy: &deployment.policy,
             cold: deployment.take_cold_start(),
+            caller: CallerScope::default(),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
         let result = result

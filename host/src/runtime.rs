@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use ledge_kv::Db;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
@@ -25,6 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::kv::{CallerScope, KvAccess, KvBinding, KvCtx};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHooks;
 use crate::policy::Policy;
@@ -65,6 +67,10 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:sockets/ip-name-lookup@0.2",
     "wasi:http/types@0.2",
     "wasi:http/outgoing-handler@0.2",
+    "wasi:keyvalue/store@0.2.0-draft2",
+    "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
+    "ledge:platform/transactions@0.1",
 ];
 
 /// How instances get their memory.
@@ -101,6 +107,7 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     allocator: Allocator,
     metrics: Arc<Metrics>,
+    db: Db,
 }
 
 /// One request's view of a deployed version.
@@ -110,6 +117,8 @@ pub struct Invocation<'a> {
     pub policy: &'a Policy,
     /// This is the version's first instance since deploy or start (a cold start).
     pub cold: bool,
+    /// What the caller's token allows on top of the policy.
+    pub caller: CallerScope,
 }
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -157,7 +166,7 @@ pub enum InvokeError {
 impl Runtime {
     /// Builds the engine (pooling when the address-space reservation succeeds) and the linker,
     /// and starts the epoch ticker.
-    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>, db: Db) -> anyhow::Result<Self> {
         let (engine, allocator) = if options.pooling {
             match Engine::new(&Self::config(options, Allocator::Pooling)) {
                 Ok(engine) => (engine, Allocator::Pooling),
@@ -176,8 +185,10 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        crate::kv::bindings::Storage::add_to_linker::<GuestState, KvBinding>(&mut linker, GuestState::kv)
+            .map_err(anyhow_from)?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker, allocator, metrics })
+        Ok(Runtime { engine, linker, allocator, metrics, db })
     }
 
     fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
@@ -218,8 +229,8 @@ impl Runtime {
     /// A fresh store for one guest run under `policy`: memory capped, and yielding to the
     /// executor at every epoch tick so a spinning guest shares its worker thread and can be
     /// cancelled by a timeout at the next tick.
-    pub fn guest_store(&self, policy: &Policy) -> Store<GuestState> {
-        let mut store = Store::new(&self.engine, GuestState::new(policy));
+    pub fn guest_store(&self, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
+        let mut store = Store::new(&self.engine, GuestState::new(policy, kv));
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
@@ -267,7 +278,8 @@ impl Runtime {
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
         let policy = invocation.policy;
         let request = guest_request(request, path_and_query, policy.max_body)?;
-        let mut store = self.guest_store(policy);
+        let kv = KvAccess::new(self.db.clone(), invocation.function, policy, invocation.caller.clone());
+        let mut store = self.guest_store(policy, kv);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
@@ -337,6 +349,8 @@ fn is_provided(import: &str) -> bool {
 fn semver_compatible_prefix(version: &str) -> &str {
     let parts: Vec<&str> = version.split('.').collect();
     match parts.as_slice() {
+        // Pre-releases (`0.2.0-draft2`) match only themselves.
+        _ if version.contains('-') => version,
         [major, ..] if *major != "0" => major,
         ["0", minor, ..] if *minor != "0" => &version[..2 + minor.len()],
         _ => version,
@@ -424,17 +438,23 @@ pub struct GuestState {
     table: ResourceTable,
     outbound: OutboundHooks,
     memory: MemoryCap,
+    kv: KvAccess,
 }
 
 impl GuestState {
-    fn new(policy: &Policy) -> Self {
+    fn new(policy: &Policy, kv: KvAccess) -> Self {
         GuestState {
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone()),
             memory: MemoryCap { limit: usize::try_from(policy.memory).unwrap_or(usize::MAX), hit: false },
+            kv,
         }
+    }
+
+    fn kv(&mut self) -> KvCtx<'_> {
+        KvCtx { table: &mut self.table, access: &mut self.kv }
     }
 }
 
@@ -483,6 +503,8 @@ mod tests {
         assert!(is_provided("wasi:http/types@0.2.0"));
         assert!(is_provided("wasi:http/types@0.2.12"));
         assert!(!is_provided("wasi:http/types@0.3.0-rc-2025-09-16"));
+        assert!(is_provided("wasi:keyvalue/store@0.2.0-draft2"));
+        assert!(!is_provided("wasi:keyvalue/store@0.2.0-draft"));
         assert!(!is_provided("acme:thing/store@1.0.0"));
         assert_eq!(semver_compatible_prefix("1.4.0"), "1");
         assert_eq!(semver_compatible_prefix("0.2.3"), "0.2");
@@ -491,7 +513,10 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        let runtime = Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }, Arc::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let runtime =
+            Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }, Arc::default(), db).unwrap();
         assert!(matches!(runtime.compile(b"garbage!"), Err(ValidateError::NotWasm)));
         assert!(matches!(runtime.compile(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
         assert!(matches!(runtime.compile(b"\0asm\x0d\0\x01\0\xff"), Err(ValidateError::Invalid(_))));

@@ -5,7 +5,8 @@
 //! accounts, default 10000), `KVBENCH_KEYS` (YCSB keys, default 100000), `KVBENCH_DIR` (where the
 //! databases go; default the target tmp dir, which is on the same disk as the build),
 //! `KVBENCH_ONLY` (comma list of `sb`, `sbfsync`, `ycsb`, `group`; default all),
-//! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`; default all).
+//! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`; default all), `KVBENCH_ROUNDS`
+//! (each cell's time is split into this many slices alternating between engines; default 5).
 //!
 //! Durability in the comparison tables: "relaxed" = ledge-kv `Periodic(10ms)` vs redb
 //! `Durability::None` (neither fsyncs per commit); "fsync" = ledge-kv `Fsync` (group commit) vs
@@ -14,7 +15,6 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -283,6 +283,35 @@ struct Cell {
     secs: f64,
 }
 
+/// Runs every engine for `secs` in total, in `rounds` alternating slices, so that load from
+/// elsewhere on a shared machine hits all engines alike.
+fn interleaved(
+    engines: &[Engine],
+    threads: usize,
+    secs: f64,
+    rounds: u64,
+    tx: impl Fn(&Engine, &mut SmallRng) -> u64 + Sync,
+) -> Vec<Cell> {
+    let mut cells: Vec<Cell> = engines.iter().map(|_| Cell { txs: 0, aborts: 0, secs: 0.0 }).collect();
+    for round in 0..rounds {
+        for (e, cell) in engines.iter().zip(cells.iter_mut()) {
+            let c = run_threads(threads, secs / rounds as f64, |t, stop| {
+                let mut rng = SmallRng::seed_from_u64(round * 1000 + t as u64 + 1);
+                let (mut n, mut ab) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    ab += tx(e, &mut rng);
+                    n += 1;
+                }
+                (n, ab)
+            });
+            cell.txs += c.txs;
+            cell.aborts += c.aborts;
+            cell.secs += c.secs;
+        }
+    }
+    cells
+}
+
 fn run_threads(threads: usize, secs: f64, f: impl Fn(usize, &AtomicBool) -> (u64, u64) + Sync) -> Cell {
     let stop = AtomicBool::new(false);
     let start = Instant::now();
@@ -367,55 +396,51 @@ fn main() {
     println!("|-----------|---------|--------------|---------|--------------|--------|");
     let only = std::env::var("KVBENCH_ONLY").unwrap_or_default();
     let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    let rounds = env_u64("KVBENCH_ROUNDS", 5).max(1);
     for (dur, dname) in [(Dur::Relaxed, "relaxed"), (Dur::Fsync, "fsync")] {
         if !want(if dur == Dur::Relaxed { "sb" } else { "sbfsync" }) {
             continue;
         }
-        for kind in (0..3).filter(|&k| engine_wanted(k)) {
-            let e = open_engine(kind, &base.join(format!("sb{kind}")), dur);
-            e.load(
-                (0..accounts).flat_map(|a| {
+        let engines: Vec<Engine> = (0..3)
+            .filter(|&k| engine_wanted(k))
+            .map(|kind| {
+                let e = open_engine(kind, &base.join(format!("sb{kind}")), dur);
+                e.load((0..accounts).flat_map(|a| {
                     [(ck(a), 10_000i64.to_le_bytes().to_vec()), (sk(a), 10_000i64.to_le_bytes().to_vec())]
-                }),
-            );
-            for threads in [1, 2] {
-                let c = run_threads(threads, secs, |t, stop| {
-                    let mut rng = SmallRng::seed_from_u64(t as u64 + 1);
-                    let (mut n, mut ab) = (0, 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        ab += smallbank_tx(&e, &mut rng, accounts);
-                        n += 1;
-                    }
-                    (n, ab)
-                });
-                row("SmallBank", dname, &e, threads, &c);
+                }));
+                e
+            })
+            .collect();
+        for threads in [1, 2] {
+            let cells = interleaved(&engines, threads, secs, rounds, |e, rng| smallbank_tx(e, rng, accounts));
+            for (e, c) in engines.iter().zip(&cells) {
+                row("SmallBank", dname, e, threads, c);
             }
         }
     }
-    let zipf = Arc::new(Zipf::new(keys));
-    for kind in (0..3).filter(|&k| engine_wanted(k)) {
-        if !want("ycsb") {
-            break;
-        }
-        let e = open_engine(kind, &base.join(format!("y{kind}")), Dur::Relaxed);
-        e.load((0..keys).map(|i| (yk(i), vec![b'v'; 100])));
+    if want("ycsb") {
+        let zipf = Zipf::new(keys);
+        let engines: Vec<Engine> = (0..3)
+            .filter(|&k| engine_wanted(k))
+            .map(|kind| {
+                let e = open_engine(kind, &base.join(format!("y{kind}")), Dur::Relaxed);
+                e.load((0..keys).map(|i| (yk(i), vec![b'v'; 100])));
+                e
+            })
+            .collect();
         for threads in [1, 2] {
-            let c = run_threads(threads, secs, |t, stop| {
-                let mut rng = SmallRng::seed_from_u64(t as u64 + 100);
-                let (mut n, mut ab) = (0, 0);
-                while !stop.load(Ordering::Relaxed) {
-                    let k = yk(zipf.next(&mut rng).min(keys - 1));
-                    if rng.random_bool(0.5) {
-                        ab += e.exec(true, &mut |o| o.get(&k).map(|_| ()));
-                    } else {
-                        let v = [rng.random::<u8>(); 100];
-                        ab += e.exec(false, &mut |o| o.put(&k, &v));
-                    }
-                    n += 1;
+            let cells = interleaved(&engines, threads, secs, rounds, |e, rng| {
+                let k = yk(zipf.next(rng).min(keys - 1));
+                if rng.random_bool(0.5) {
+                    e.exec(true, &mut |o| o.get(&k).map(|_| ()))
+                } else {
+                    let v = [rng.random::<u8>(); 100];
+                    e.exec(false, &mut |o| o.put(&k, &v))
                 }
-                (n, ab)
             });
-            row("YCSB-A", "relaxed", &e, threads, &c);
+            for (e, c) in engines.iter().zip(&cells) {
+                row("YCSB-A", "relaxed", e, threads, c);
+            }
         }
     }
 
@@ -436,6 +461,7 @@ fn group_commit(dir: &Path, secs: f64) {
     let before = measure_fsync(dir, 300);
     let mut rows = Vec::new();
     for committers in [1usize, 8, 64] {
+        // Blocking API: one OS thread per committer, each parked for its fsync.
         let db = Db::open(&dir.join(format!("c{committers}"))).expect("open");
         let c = run_threads(committers, secs, |t, stop| {
             let mut n = 0;
@@ -450,6 +476,40 @@ fn group_commit(dir: &Path, secs: f64) {
         let st = db.stats();
         db.close().expect("close");
         rows.push((
+            "threads",
+            committers,
+            c.txs as f64 / c.secs,
+            c.txs as f64 / st.wal_fsyncs.max(1) as f64,
+            st.wal_fsync_nanos as f64 / st.wal_fsyncs.max(1) as f64 / 1e3,
+        ));
+    }
+    for committers in [1usize, 8, 64] {
+        // Async API (how the host's tokio tasks commit): committers are tasks spread over
+        // at most 2 OS threads, each awaiting its CommitTicket.
+        let db = Db::open(&dir.join(format!("a{committers}"))).expect("open");
+        let threads = committers.min(2);
+        let per_thread = committers / threads;
+        let c = run_threads(threads, secs, |t, stop| {
+            let tasks = (0..per_thread).map(|i| {
+                let db = &db;
+                async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut tx = db.begin(Isolation::Snapshot);
+                        tx.put(format!("w{t}.{i}/{}", n % 16).as_bytes(), &[1u8; 32]).expect("put");
+                        tx.commit_async().expect("commit").await.expect("durable");
+                        n += 1;
+                    }
+                    n
+                }
+            });
+            let n: u64 = futures::executor::block_on(futures::future::join_all(tasks)).into_iter().sum();
+            (n, 0)
+        });
+        let st = db.stats();
+        db.close().expect("close");
+        rows.push((
+            "tasks",
             committers,
             c.txs as f64 / c.secs,
             c.txs as f64 / st.wal_fsyncs.max(1) as f64,
@@ -469,15 +529,15 @@ fn group_commit(dir: &Path, secs: f64) {
     println!("one fsync per commit allows {ceiling:.0} commits/s (from the faster mean)");
     println!();
     println!(
-        "| committers | durable commits/s | commits per fsync | WAL fsync avg | vs raw-fsync ceiling | vs 1 committer |"
+        "| committers | as      | durable commits/s | commits per fsync | WAL fsync avg | vs raw-fsync ceiling | vs 1 committer |"
     );
     println!(
-        "|------------|-------------------|-------------------|---------------|----------------------|----------------|"
+        "|------------|---------|-------------------|-------------------|---------------|----------------------|----------------|"
     );
-    let single = rows.first().map_or(1.0, |r| r.1);
-    for (committers, cps, per_fsync, fsync_us) in rows {
+    let single = rows.first().map_or(1.0, |r| r.2);
+    for (kind, committers, cps, per_fsync, fsync_us) in rows {
         println!(
-            "| {committers:>10} | {cps:>17.0} | {per_fsync:>17.1} | {fsync_us:>10.1} us | {:>19.1}x | {:>13.1}x |",
+            "| {committers:>10} | {kind:<7} | {cps:>17.0} | {per_fsync:>17.1} | {fsync_us:>10.1} us | {:>19.1}x | {:>13.1}x |",
             cps / ceiling,
             cps / single
         );

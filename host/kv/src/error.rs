@@ -84,6 +84,14 @@ pub enum TxError {
         /// The configured limit.
         max: usize,
     },
+    /// The transaction's writes would make a WAL record larger than the format allows.
+    #[error("transaction writes {bytes} bytes; a commit may write at most {max}")]
+    TooLarge {
+        /// Encoded size of the writes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The database was closed before this transaction committed.
     #[error("database is closed")]
     Closed,
@@ -107,6 +115,7 @@ impl TxError {
             TxError::Phantom { .. } => "phantom",
             TxError::KeyTooLarge { .. } => "key_too_large",
             TxError::ValueTooLarge { .. } => "value_too_large",
+            TxError::TooLarge { .. } => "tx_too_large",
             TxError::Closed => "closed",
             TxError::Wal(_) => "wal",
         }

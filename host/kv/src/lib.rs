@@ -49,7 +49,7 @@ pub use db::Db;
 pub use error::{Error, TxError};
 pub use options::{Durability, Isolation, Options};
 pub use stats::Stats;
-pub use tx::{KeyValue, Tx};
+pub use tx::{CommitTicket, KeyValue, Tx};
 
 #[cfg(test)]
 mod tests {

@@ -128,9 +128,11 @@ impl Store {
         self.map.range::<[u8], _>((start, end))
     }
 
-    /// Installs a committed version. Caller holds the commit lock.
-    pub(crate) fn install(&self, key: &[u8], v: Arc<Version>, horizon: u64) -> usize {
-        let entry = match self.map.get(key) {
+    /// Installs a committed version into `entry` (the key's index entry if the caller already
+    /// looked it up under the same commit lock; `None` looks it up or creates it). Caller holds
+    /// the commit lock.
+    pub(crate) fn install(&self, entry: Option<EntryRef<'_>>, key: &[u8], v: Arc<Version>, horizon: u64) -> usize {
+        let entry = match entry.or_else(|| self.map.get(key)) {
             Some(e) => e,
             // Only committers insert keys and they are serialised, so no insert race here.
             None => self.map.get_or_insert_with(key.to_vec(), Chain::default),

@@ -54,7 +54,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
         let loaded = checkpoint::load(&checkpoint::checkpoint_path(dir, s))?;
         ckpt_stamp = loaded.stamp;
         for (cstamp, k, v) in loaded.entries {
-            store.install(&k, Version::new(cstamp, Some(v.into_boxed_slice())), cstamp);
+            store.install(None, &k, Version::new(cstamp, Some(v.into_boxed_slice())), cstamp);
         }
     }
 
@@ -103,7 +103,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
             }
             for op in rec.ops {
                 let v = Version::new(rec.cstamp, op.value.map(Vec::into_boxed_slice));
-                store.install(&op.key, v, rec.cstamp);
+                store.install(None, &op.key, v, rec.cstamp);
             }
             last_stamp = rec.cstamp;
         }

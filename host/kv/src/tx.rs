@@ -187,31 +187,44 @@ impl Tx {
     pub fn abort(self) {}
 
     /// Commits; returns the commit stamp (for a read-only transaction, its snapshot stamp or,
-    /// if it had to be certified, a fresh stamp).
-    pub fn commit(mut self) -> Result<u64, TxError> {
-        self.finished = true;
-        let res = self.commit_inner();
-        if let Err(e) = &res {
-            let c = &self.shared.counters;
-            match e {
-                TxError::WriteConflict { .. } => Counters::bump(&c.aborted_write_conflict, 1),
-                TxError::Unserializable { .. } => Counters::bump(&c.aborted_ssn, 1),
-                TxError::Phantom { .. } => Counters::bump(&c.aborted_phantom, 1),
-                _ => {}
-            }
-        } else {
-            Counters::bump(&self.shared.counters.committed, 1);
-        }
-        res
+    /// if it had to be certified, a fresh stamp). In [`Durability::Fsync`] mode this blocks
+    /// until the commit is durable (about one fsync); async callers use [`Tx::commit_async`].
+    pub fn commit(self) -> Result<u64, TxError> {
+        self.commit_async()?.wait()
     }
 
-    fn commit_inner(&mut self) -> Result<u64, TxError> {
+    /// Certifies and installs the commit without waiting for durability; the returned
+    /// [`CommitTicket`] resolves (as a `Future`, or with [`CommitTicket::wait`]) once the
+    /// commit is durable. Conflicts are reported here, before any waiting. The commit is
+    /// acknowledged only when the ticket resolves to `Ok`.
+    pub fn commit_async(mut self) -> Result<CommitTicket, TxError> {
+        self.finished = true;
+        let res = self.commit_inner();
+        let c = &self.shared.counters;
+        match &res {
+            Ok(_) => Counters::bump(&c.committed, 1),
+            Err(TxError::WriteConflict { .. }) => Counters::bump(&c.aborted_write_conflict, 1),
+            Err(TxError::Unserializable { .. }) => Counters::bump(&c.aborted_ssn, 1),
+            Err(TxError::Phantom { .. }) => Counters::bump(&c.aborted_phantom, 1),
+            Err(_) => {}
+        }
+        let (cstamp, durable_needed) = res?;
+        let needs_wait = matches!(self.shared.opts.durability, Durability::Fsync);
+        Ok(CommitTicket { shared: needs_wait.then(|| self.shared.clone()), cstamp, durable_needed })
+    }
+
+    /// The serial commit section. Returns (the stamp to report, the stamp that must be durable).
+    fn commit_inner(&mut self) -> Result<(u64, u64), TxError> {
         let s = self.shared.clone();
         let serializable = self.iso == Isolation::Serializable;
         let certify = serializable && !(self.reads.is_empty() && self.ranges.is_empty());
         if self.writes.is_empty() && !certify {
-            self.wait_durable(self.snapshot)?;
-            return Ok(self.snapshot);
+            return Ok((self.snapshot, self.snapshot));
+        }
+        let bytes: usize =
+            12 + self.writes.iter().map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        if bytes > wal::MAX_PAYLOAD {
+            return Err(TxError::TooLarge { bytes, max: wal::MAX_PAYLOAD });
         }
         let horizon = s.snapshots.horizon();
         let mut st = s.commit.lock();
@@ -225,8 +238,12 @@ impl Tx {
         // First-committer-wins: the newest committed version must be the one we saw.
         let mut overwritten = Vec::with_capacity(self.writes.len());
         let mut existence_changed = Vec::new();
+        // One index lookup per written key, reused for the install below.
+        let mut entries = Vec::with_capacity(self.writes.len());
         for (k, w) in &self.writes {
-            let latest = s.store.get(k).and_then(|e| e.value().latest());
+            let entry = s.store.get(k);
+            let latest = entry.as_ref().and_then(|e| e.value().latest());
+            entries.push(entry);
             let existed = match &latest {
                 Some(l) if l.cstamp > self.snapshot => {
                     return Err(TxError::WriteConflict { key: k.clone() });
@@ -286,9 +303,9 @@ impl Tx {
                 v.sstamp.store(sstamp, Ordering::Release);
             }
             let mut pruned = 0;
-            for (k, w) in &self.writes {
+            for ((k, w), entry) in self.writes.iter().zip(entries) {
                 let v = Version::new(cstamp, w.as_deref().map(Box::from));
-                pruned += s.store.install(k, v, horizon);
+                pruned += s.store.install(entry, k, v, horizon);
                 if w.is_none() {
                     s.tombstones.push(k.clone(), cstamp);
                 }
@@ -305,14 +322,47 @@ impl Tx {
         drop(st);
 
         let durable_needed = if self.writes.is_empty() { self.snapshot } else { cstamp };
-        self.wait_durable(durable_needed)?;
-        Ok(cstamp)
+        Ok((cstamp, durable_needed))
+    }
+}
+
+/// A commit that is installed and waits to become durable. Await it (it is a `Future` that
+/// needs no particular runtime: the WAL flusher wakes it) or call [`CommitTicket::wait`].
+/// Dropping it does not undo the commit; it only gives up waiting for the acknowledgement.
+#[derive(Debug)]
+#[must_use = "a commit is acknowledged only when its ticket resolves"]
+pub struct CommitTicket {
+    /// `None` when nothing needs waiting for (periodic durability).
+    shared: Option<Arc<Shared>>,
+    cstamp: u64,
+    durable_needed: u64,
+}
+
+impl CommitTicket {
+    /// The commit stamp this commit will report.
+    pub fn stamp(&self) -> u64 {
+        self.cstamp
     }
 
-    fn wait_durable(&self, stamp: u64) -> Result<(), TxError> {
-        match self.shared.opts.durability {
-            Durability::Fsync => self.shared.wal.wait_durable(stamp).map_err(TxError::Wal),
-            Durability::Periodic(_) => Ok(()),
+    /// Blocks the calling thread until the commit is durable.
+    pub fn wait(self) -> Result<u64, TxError> {
+        match &self.shared {
+            Some(s) => s.wal.wait_durable(self.durable_needed).map_err(TxError::Wal).map(|()| self.cstamp),
+            None => Ok(self.cstamp),
+        }
+    }
+}
+
+impl std::future::Future for CommitTicket {
+    type Output = Result<u64, TxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        match &this.shared {
+            Some(s) => {
+                s.wal.poll_durable(this.durable_needed, cx).map(|r| r.map_err(TxError::Wal).map(|()| this.cstamp))
+            }
+            None => std::task::Poll::Ready(Ok(this.cstamp)),
         }
     }
 }

@@ -186,6 +186,24 @@ pub(crate) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
     Ok(f)
 }
 
+/// Someone waiting for a stamp to become durable.
+#[derive(Debug)]
+enum Waiter {
+    /// A thread blocked in [`Wal::wait_durable`].
+    Thread(std::thread::Thread),
+    /// A task awaiting a [`crate::CommitTicket`].
+    Task(std::task::Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Task(w) => w.wake(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct WalState {
     /// Frames appended by committers and not yet taken by the flusher.
@@ -209,7 +227,7 @@ struct WalState {
     /// The flusher thread has returned.
     exited: bool,
     /// Committers parked until the given stamp is durable.
-    waiters: Vec<(u64, std::thread::Thread)>,
+    waiters: Vec<(u64, Waiter)>,
 }
 
 /// The WAL's shared state between committers, the flusher and checkpoints.
@@ -225,7 +243,7 @@ pub(crate) struct Wal {
     /// Mirror of `WalState::durable` for the lock-free fast path of committers.
     durable: AtomicU64,
     /// Committers whose commits are durable, still to be unparked.
-    to_wake: Mutex<Vec<std::thread::Thread>>,
+    to_wake: Mutex<Vec<Waiter>>,
 }
 
 impl Wal {
@@ -280,7 +298,7 @@ impl Wal {
                     return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
                 }
                 if !registered {
-                    st.waiters.push((stamp, me.clone()));
+                    st.waiters.push((stamp, Waiter::Thread(me.clone())));
                     registered = true;
                 }
             }
@@ -292,17 +310,42 @@ impl Wal {
         }
     }
 
+    /// Polls for `stamp` being durable, registering the task's waker if it is not yet.
+    pub(crate) fn poll_durable(
+        &self,
+        stamp: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Arc<io::Error>>> {
+        use std::task::Poll;
+        if self.durable.load(Ordering::Acquire) >= stamp {
+            self.help_wake();
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = self.state.lock();
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if st.durable >= stamp {
+            return Poll::Ready(Ok(()));
+        }
+        if st.exited {
+            return Poll::Ready(Err(Arc::new(io::Error::other("WAL closed before commit was durable"))));
+        }
+        st.waiters.push((stamp, Waiter::Task(cx.waker().clone())));
+        Poll::Pending
+    }
+
     /// Wakes up to [`WAKE_FANOUT`] committers whose commits are durable. The flusher starts the
     /// wake-up and every woken committer continues it, so a group of N wakes in about
     /// log(N) rounds spread over all cores instead of N sequential unparks by the flusher.
     fn help_wake(&self) {
-        let batch: Vec<std::thread::Thread> = {
+        let batch: Vec<Waiter> = {
             let mut q = self.to_wake.lock();
             let n = q.len().min(WAKE_FANOUT);
             q.drain(..n).collect()
         };
         for t in batch {
-            t.unpark();
+            t.wake();
         }
     }
 
@@ -311,7 +354,7 @@ impl Wal {
     fn wake_all(&self) {
         let all = std::mem::take(&mut *self.to_wake.lock());
         for t in all {
-            t.unpark();
+            t.wake();
         }
     }
 
@@ -444,13 +487,10 @@ impl Wal {
             }
             let durable = st.durable;
             let mut ready = Vec::new();
-            st.waiters.retain(|(s, t)| {
-                let go = exit || *s <= durable;
-                if go {
-                    ready.push(t.clone());
-                }
-                !go
-            });
+            let (go, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut st.waiters).into_iter().partition(|(s, _)| exit || *s <= durable);
+            st.waiters = keep;
+            ready.extend(go.into_iter().map(|(_, w)| w));
             drop(st);
             if exit {
                 self.to_wake.lock().extend(ready);
@@ -462,7 +502,7 @@ impl Wal {
             // that left early: wake those directly, so nobody waits more than one extra round.
             let stale = std::mem::replace(&mut *self.to_wake.lock(), ready);
             for t in stale {
-                t.unpark();
+                t.wake();
             }
             self.help_wake();
             // Checkpoints waiting for a rotation use the condvar.

@@ -406,3 +406,28 @@ fn an_open_snapshot_pins_versions_until_it_ends_and_dead_tombstones_are_collecte
     assert_eq!(st.keys, 1, "only k is left: {st:?}");
     assert_eq!(st.live_versions, 1);
 }
+
+#[test]
+fn async_commits_share_fsyncs_and_resolve_only_when_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let tasks = (0..32u32).map(|t| {
+        let db = db.clone();
+        async move {
+            for i in 0..10u32 {
+                let mut tx = db.begin(Isolation::Serializable);
+                tx.put(format!("{t}/{i}").as_bytes(), b"v").unwrap();
+                let ticket = tx.commit_async().unwrap();
+                let stamp = ticket.stamp();
+                assert_eq!(ticket.await.unwrap(), stamp);
+            }
+        }
+    });
+    futures::executor::block_on(futures::future::join_all(tasks));
+    let st = db.stats();
+    assert_eq!(st.committed, 320);
+    assert!(st.wal_fsyncs < 320, "32 concurrent tasks shared fsyncs: {st:?}");
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 320);
+}
