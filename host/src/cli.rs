@@ -127,13 +127,13 @@ pub fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     crate::storage::create_private_dir(&args.data_dir)?;
-    let metrics = Arc::new(Metrics::new());
     let options =
         RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances, ..RuntimeOptions::default() };
     let db = {
         let dir = args.data_dir.join("kv");
         tokio::task::spawn_blocking(move || ledge_kv::Db::open(&dir)).await??
     };
+    let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
     let runtime = Arc::new(Runtime::new(&options, metrics.clone(), db.clone())?);
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let (registry, report) = {

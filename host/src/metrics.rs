@@ -7,9 +7,13 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -103,11 +107,78 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Adds the engine's counters and gauges, read from [`ledge_kv::Db::stats`] at each scrape.
+    pub fn with_kv(mut self, db: ledge_kv::Db) -> Self {
+        self.registry.register_collector(Box::new(KvCollector(db)));
+        self
+    }
+
     /// The registry in OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Exports [`ledge_kv::Stats`]: a collector, because the engine keeps its own counters.
+struct KvCollector(ledge_kv::Db);
+
+impl std::fmt::Debug for KvCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+impl Collector for KvCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let counters: [(&str, &str, u64); 3] = [
+            ("kv_transactions_committed", "Transactions committed", stats.committed),
+            ("kv_wal_fsyncs", "WAL fsyncs (one per commit group)", stats.wal_fsyncs),
+            ("kv_checkpoints", "Checkpoints written", stats.checkpoints),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        let fsync_seconds = ConstCounter::new(stats.wal_fsync_nanos as f64 / 1e9);
+        fsync_seconds.encode(encoder.encode_descriptor(
+            "kv_wal_fsync_seconds",
+            "Time spent in WAL fsyncs; divide by kv_wal_fsyncs for the mean latency",
+            None,
+            fsync_seconds.metric_type(),
+        )?)?;
+        let aborts = [
+            ("write_conflict", stats.aborted_write_conflict),
+            ("ssn", stats.aborted_ssn),
+            ("phantom", stats.aborted_phantom),
+            ("caller", stats.aborted_by_caller),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "kv_transactions_aborted",
+            "Transactions aborted, by reason (caller: rolled back or dropped without commit)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in aborts {
+            ConstCounter::new(value).encode(family.encode_family(&ReasonLabels { reason })?)?;
+        }
+        let gauges: [(&str, &str, u64); 3] = [
+            ("kv_active_transactions", "Transactions (and checkpoints) holding a snapshot now", stats.active_snapshots),
+            ("kv_live_versions", "Versions in memory", stats.live_versions),
+            ("kv_keys", "Keys in the index", stats.keys),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }

@@ -5,4 +5,5 @@ mod harness;
 mod deploy;
 mod durability;
 mod invoke;
+mod kv;
 mod preinit;
