@@ -48,6 +48,7 @@ pids+=($!)
 wait_http http://127.0.0.1:18080/healthz
 deploy_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 hello "$hello")
 deploy_py_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 py "$python")
+LEDGE_SERVER=http://127.0.0.1:18080 ./target/release/ledge deploy counter functions/target/wasm32-wasip2/release/counter.wasm >/dev/null
 
 "$wasmtime" serve -S cli --addr 127.0.0.1:18081 "$hello" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
@@ -60,9 +61,11 @@ echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serv
 printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
 run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
 run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
+run_wrk "ledge counter" http://127.0.0.1:18080/fn/counter/
 run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
 run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
 echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x"
+echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
 echo
 echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:"
 echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics hello)"

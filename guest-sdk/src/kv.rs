@@ -106,7 +106,7 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { isolation: Isolation::Serializable, store: None, max_attempts: 16 }
+        Options { isolation: Isolation::Serializable, store: None, max_attempts: 64 }
     }
 }
 
@@ -133,9 +133,9 @@ pub fn transaction_with<T>(options: Options<'_>, mut body: impl FnMut(&mut Tx) -
     }
 }
 
-/// Sleeps 2^attempt milliseconds (capped at 64), jittered, so competing retries spread out.
+/// Sleeps up to 2^attempt milliseconds (capped at 32), jittered, so competing retries spread out.
 fn backoff(attempt: u32) {
-    let ceiling_ms = 1u64 << attempt.min(6);
+    let ceiling_ms = 1u64 << attempt.min(5);
     let jitter = wasip2::random::insecure::get_insecure_random_u64() % (ceiling_ms * 1_000_000);
     wasip2::clocks::monotonic_clock::subscribe_duration(jitter).block();
 }
