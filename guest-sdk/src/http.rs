@@ -6,8 +6,7 @@
 use std::fmt::Display;
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 /// An incoming HTTP request, as the function sees it: the path is the part after
@@ -53,10 +52,7 @@ impl Request {
 
     /// The first value of header `name` (case-insensitive) if it is valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The body bytes.
@@ -128,9 +124,7 @@ impl Response {
 
     /// `200` with a `text/plain; charset=utf-8` body.
     pub fn text(body: impl Into<String>) -> Self {
-        Response::new(200)
-            .with_header("content-type", "text/plain; charset=utf-8")
-            .with_body(body.into().into_bytes())
+        Response::new(200).with_header("content-type", "text/plain; charset=utf-8").with_body(body.into().into_bytes())
     }
 
     /// `200` with `value` serialized as an `application/json` body.
@@ -241,11 +235,7 @@ impl<T: IntoResponse, E: Display> IntoResponse for Result<T, E> {
 
 /// Runs `handler` for one `wasi:http/incoming-handler.handle` call. Used by [`http_handler!`].
 #[doc(hidden)]
-pub fn serve<R: IntoResponse>(
-    request: IncomingRequest,
-    out: ResponseOutparam,
-    handler: impl FnOnce(Request) -> R,
-) {
+pub fn serve<R: IntoResponse>(request: IncomingRequest, out: ResponseOutparam, handler: impl FnOnce(Request) -> R) {
     let response = match Request::from_wasi(&request) {
         Ok(request) => handler(request).into_response(),
         Err(error) => Response::text(format!("{error}\n")).with_status(400),

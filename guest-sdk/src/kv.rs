@@ -117,7 +117,10 @@ pub fn transaction<T>(body: impl FnMut(&mut Tx) -> Result<T, Error>) -> Result<T
 }
 
 /// [`transaction`] with explicit [`Options`].
-pub fn transaction_with<T>(options: Options<'_>, mut body: impl FnMut(&mut Tx) -> Result<T, Error>) -> Result<T, Error> {
+pub fn transaction_with<T>(
+    options: Options<'_>,
+    mut body: impl FnMut(&mut Tx) -> Result<T, Error>,
+) -> Result<T, Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -188,7 +191,9 @@ impl Tx {
     where
         T::Err: fmt::Display,
     {
-        self.get_string(key)?.map(|text| text.trim().parse().map_err(|e: T::Err| Error::Decode(e.to_string()))).transpose()
+        self.get_string(key)?
+            .map(|text| text.trim().parse().map_err(|e: T::Err| Error::Decode(e.to_string())))
+            .transpose()
     }
 
     /// Stores `value` under `key`: bytes as they are, strings as UTF-8, integers as decimal text.
@@ -207,7 +212,12 @@ impl Tx {
     }
 
     /// Keys in `[start, end)` in order, at most `limit`; an empty `end` means unbounded.
-    pub fn scan(&mut self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn scan(
+        &mut self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
         Ok(self.inner.scan(start.as_ref(), end.as_ref(), limit)?)
     }
 

@@ -44,6 +44,33 @@
 pub mod http;
 pub mod kv;
 
+/// The verified token the request came with: its id and caveats, e.g. to know which user a
+/// request acts for from its `kv-prefix` caveat.
+pub mod caller {
+    use crate::__private::platform::ledge::platform::caller as wit;
+
+    /// A verified caller token.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Token {
+        pub id: String,
+        /// First-party caveats as written, e.g. `kv-prefix = user/42/`.
+        pub caveats: Vec<String>,
+    }
+
+    impl Token {
+        /// The value of the first caveat `key = value` with this key, e.g.
+        /// `token.caveat("kv-prefix")` → `Some("user/42/")`.
+        pub fn caveat(&self, key: &str) -> Option<&str> {
+            self.caveats.iter().find_map(|c| c.strip_prefix(key)?.trim_start().strip_prefix('=').map(str::trim))
+        }
+    }
+
+    /// The caller's token; `None` for an anonymous call to a public function.
+    pub fn token() -> Option<Token> {
+        wit::get_token().map(|t| Token { id: t.id, caveats: t.caveats })
+    }
+}
+
 /// 64 random bits from the host's cryptographically secure source.
 pub fn random_u64() -> u64 {
     wasip2::random::random::get_random_u64()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::{self, Authority};
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::routes::App;
@@ -46,6 +47,37 @@ enum Command {
     /// Remove function NAME.
     Rm {
         name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Mint, attenuate, inspect and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token from the root key in a local data dir (no server needed).
+    Mint {
+        /// The data dir of the server the token is for.
+        #[arg(long, default_value = "./ledge-data")]
+        data_dir: PathBuf,
+        /// A first-party caveat, e.g. "fn = hello" or "time < 2026-12-31T00:00:00Z"; repeatable.
+        #[arg(long = "caveat")]
+        caveats: Vec<String>,
+    },
+    /// Narrow a token with more caveats; needs no key, only the token.
+    Attenuate {
+        token: String,
+        /// A first-party caveat to add; repeatable.
+        #[arg(long = "caveat")]
+        caveats: Vec<String>,
+    },
+    /// Print a token's id, key id and caveats (never its signature).
+    Inspect { token: String },
+    /// Revoke a token (and every token attenuated from it) on a server, by token or token id.
+    Revoke {
+        token_or_id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -113,6 +145,7 @@ pub fn main() -> ExitCode {
             }
             Command::Functions { server } => crate::client::functions(&server).await,
             Command::Rm { name, server } => crate::client::remove(&server, &name).await,
+            Command::Token(command) => token(command).await,
         }
     });
     match result {
@@ -135,6 +168,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
     let runtime = Arc::new(Runtime::new(&options, metrics.clone(), db.clone())?);
+    let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
+    let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let (registry, report) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
@@ -147,13 +182,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
-    let app = Arc::new(App { registry, runtime, metrics, max_upload: args.max_upload });
+    let app = Arc::new(App { registry, authority, runtime, metrics, max_upload: args.max_upload });
     // Tests and scripts wait for this line to learn the port.
+    println!("admin token in {}", admin_token.display());
     println!("ledge listening on http://{address}");
     crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
     // Every request has finished (or the drain deadline passed): flush and close the engine.
     tokio::task::spawn_blocking(move || db.close()).await??;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let output = match command {
+        TokenCommand::Mint { data_dir, caveats } => {
+            crate::storage::create_private_dir(&data_dir)?;
+            Authority::open(&data_dir)?.mint(&caveats).map_err(anyhow::Error::msg)?
+        }
+        TokenCommand::Attenuate { token, caveats } => auth::attenuate(&token, &caveats).map_err(anyhow::Error::msg)?,
+        TokenCommand::Inspect { token } => auth::inspect(&token).map_err(anyhow::Error::msg)?,
+        TokenCommand::Revoke { token_or_id, server } => {
+            let id = auth::token_id_of(&token_or_id).map_err(anyhow::Error::msg)?;
+            crate::client::revoke(&server, &id).await?;
+            format!("revoked {id}")
+        }
+    };
+    println!("{output}");
     Ok(())
 }
 

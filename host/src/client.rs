@@ -83,3 +83,8 @@ pub async fn remove(server: &ServerArgs, name: &str) -> anyhow::Result<()> {
     println!("removed {name}");
     Ok(())
 }
+
+pub async fn revoke(server: &ServerArgs, token_id: &str) -> anyhow::Result<()> {
+    send(request(server, reqwest::Method::POST, "/v1/tokens/revoke").body(token_id.to_string()), server).await?;
+    Ok(())
+}

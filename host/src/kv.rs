@@ -10,17 +10,17 @@
 //!   at call time and fail with a guest-visible `denied`, never a trap;
 //! - a transaction left open when the request ends is rolled back: it lives in the request's
 //!   resource table and `Drop` of [`ledge_kv::Tx`] aborts it;
-//! - commits wait for their WAL fsync on a blocking thread, never on a request worker.
+//! - commits await their group fsync without blocking a request worker.
 
 use ledge_kv::{Db, Isolation, Tx, TxError};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
-use crate::policy::Policy;
+use crate::policy::{Policy, RateQuota};
 
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../guest-sdk/wit",
-        world: "ledge:platform/storage",
+        world: "ledge:platform/platform-host",
         imports: { default: async | trappable },
         with: {
             "ledge:platform/transactions.transaction": crate::kv::OpenTransaction,
@@ -37,13 +37,30 @@ const MAX_OPEN_TRANSACTIONS: usize = 16;
 /// Most entries one scan may return.
 const MAX_SCAN_LIMIT: u32 = 10_000;
 
-/// What the caller's token allows, on top of the function's policy.
+/// The verified caller: its token's facts (readable by the guest) and what its caveats allow
+/// on top of the function's policy. The default is an anonymous caller of a public function.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CallerScope {
-    /// Only keys starting with this prefix (`kv-prefix` caveat).
-    pub key_prefix: Option<Vec<u8>>,
+pub struct Caller {
+    pub token_id: Option<String>,
+    /// Every first-party caveat of the token and its discharges, as written.
+    pub caveats: Vec<String>,
+    /// Keys must start with every one of these (`kv-prefix` caveats).
+    pub key_prefixes: Vec<Vec<u8>>,
     /// No writes (`kv = read` caveat).
     pub read_only: bool,
+    /// `rate` caveats, handed to the rate limiter.
+    pub rates: Vec<RateQuota>,
+}
+
+impl Caller {
+    /// The longest `kv-prefix`, when all of them agree (each a prefix of it); `Err` when two
+    /// contradict, which allows no key at all.
+    fn narrowest_prefix(&self) -> Result<Option<&[u8]>, ()> {
+        let Some(longest) = self.key_prefixes.iter().max_by_key(|p| p.len()) else {
+            return Ok(None);
+        };
+        if self.key_prefixes.iter().all(|p| longest.starts_with(p)) { Ok(Some(longest)) } else { Err(()) }
+    }
 }
 
 /// One request's key-value access: which engine, which keyspaces, which caller limits.
@@ -52,12 +69,12 @@ pub struct KvAccess {
     db: Option<Db>,
     function: String,
     shared_stores: Vec<String>,
-    caller: CallerScope,
+    caller: Caller,
     open_transactions: usize,
 }
 
 impl KvAccess {
-    pub fn new(db: Db, function: &str, policy: &Policy, caller: CallerScope) -> Self {
+    pub fn new(db: Db, function: &str, policy: &Policy, caller: Caller) -> Self {
         KvAccess {
             db: Some(db),
             function: function.to_string(),
@@ -73,7 +90,7 @@ impl KvAccess {
             db: None,
             function: String::new(),
             shared_stores: Vec::new(),
-            caller: CallerScope::default(),
+            caller: Caller::default(),
             open_transactions: 0,
         }
     }
@@ -114,15 +131,13 @@ pub struct Denied(pub String);
 #[derive(Debug, Clone)]
 pub struct Keyspace {
     prefix: Vec<u8>,
-    caller: CallerScope,
+    caller: Caller,
 }
 
 impl Keyspace {
     /// The engine key for a guest key the caller may read.
     pub fn read_key(&self, key: &[u8]) -> Result<Vec<u8>, Denied> {
-        if let Some(allowed) = &self.caller.key_prefix
-            && !key.starts_with(allowed)
-        {
+        if let Some(allowed) = self.caller.key_prefixes.iter().find(|allowed| !key.starts_with(allowed)) {
             return Err(Denied(format!(
                 "the token's kv-prefix caveat allows only keys starting with {:?}",
                 String::from_utf8_lossy(allowed)
@@ -140,13 +155,16 @@ impl Keyspace {
     }
 
     /// The engine range for the guest range `[start, end)` (empty `end`: unbounded), narrowed
-    /// to the keys the caller may see.
+    /// to the keys the caller may see (an empty range when its caveats contradict).
     pub fn range(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut start = start.to_vec();
         let mut end = if end.is_empty() { None } else { Some(end.to_vec()) };
-        if let Some(allowed) = &self.caller.key_prefix {
-            if start < *allowed {
-                start = allowed.clone();
+        let Ok(narrowest) = self.caller.narrowest_prefix() else {
+            return (self.prefix.clone(), self.prefix.clone());
+        };
+        if let Some(allowed) = narrowest {
+            if start.as_slice() < allowed {
+                start = allowed.to_vec();
             }
             let allowed_end = prefix_end(allowed);
             if !allowed_end.is_empty() && end.as_ref().is_none_or(|e| *e > allowed_end) {
@@ -201,7 +219,9 @@ impl HasData for KvBinding {
 fn tx_error(error: TxError) -> WitError {
     match error {
         retryable if retryable.is_retryable() => WitError::Conflict(retryable.to_string()),
-        TxError::KeyTooLarge { .. } | TxError::ValueTooLarge { .. } => WitError::Limit(error.to_string()),
+        TxError::KeyTooLarge { .. } | TxError::ValueTooLarge { .. } | TxError::TooLarge { .. } => {
+            WitError::Limit(error.to_string())
+        }
         other => WitError::Internal(other.to_string()),
     }
 }
@@ -310,7 +330,11 @@ impl wit::HostTransaction for KvCtx<'_> {
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
         let open = self.table.delete(this)?;
         self.access.close_transaction();
-        let outcome = tokio::task::spawn_blocking(move || open.tx.commit()).await?;
+        // Conflicts come back at once; only the wait for the group fsync is awaited.
+        let outcome = match open.tx.commit_async() {
+            Ok(ticket) => ticket.await,
+            Err(error) => Err(error),
+        };
         Ok(outcome.map_err(tx_error))
     }
 
@@ -326,17 +350,27 @@ impl wit::HostTransaction for KvCtx<'_> {
     }
 }
 
+impl bindings::ledge::platform::caller::Host for KvCtx<'_> {
+    async fn get_token(&mut self) -> wasmtime::Result<Option<bindings::ledge::platform::caller::Token>> {
+        let caller = &self.access.caller;
+        Ok(caller
+            .token_id
+            .as_ref()
+            .map(|id| bindings::ledge::platform::caller::Token { id: id.clone(), caveats: caller.caveats.clone() }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn keyspace(caller: CallerScope) -> Keyspace {
+    fn keyspace(caller: Caller) -> Keyspace {
         Keyspace { prefix: b"f/app/".to_vec(), caller }
     }
 
     #[test]
     fn keys_are_confined_to_the_functions_prefix() {
-        let space = keyspace(CallerScope::default());
+        let space = keyspace(Caller::default());
         assert_eq!(space.read_key(b"x").unwrap(), b"f/app/x");
         assert_eq!(space.range(b"", b""), (b"f/app/".to_vec(), b"f/app0".to_vec()));
         assert_eq!(space.guest_key(b"f/app/k"), b"k");
@@ -344,7 +378,8 @@ mod tests {
 
     #[test]
     fn a_caller_prefix_narrows_keys_and_ranges() {
-        let space = keyspace(CallerScope { key_prefix: Some(b"user/42/".to_vec()), read_only: false });
+        let space =
+            keyspace(Caller { key_prefixes: vec![b"user/".to_vec(), b"user/42/".to_vec()], ..Caller::default() });
         assert!(space.read_key(b"user/42/cart").is_ok());
         assert!(space.read_key(b"user/43/cart").is_err());
         assert_eq!(space.range(b"", b""), (b"f/app/user/42/".to_vec(), b"f/app/user/420".to_vec()));
@@ -352,8 +387,16 @@ mod tests {
     }
 
     #[test]
+    fn contradicting_prefixes_allow_nothing() {
+        let space = keyspace(Caller { key_prefixes: vec![b"a/".to_vec(), b"b/".to_vec()], ..Caller::default() });
+        assert!(space.read_key(b"a/x").is_err() && space.read_key(b"b/x").is_err());
+        let (start, end) = space.range(b"", b"");
+        assert_eq!(start, end);
+    }
+
+    #[test]
     fn a_read_only_caller_cannot_write() {
-        let space = keyspace(CallerScope { key_prefix: None, read_only: true });
+        let space = keyspace(Caller { read_only: true, ..Caller::default() });
         assert!(space.read_key(b"k").is_ok());
         assert!(space.write_key(b"k").is_err());
     }

@@ -3,6 +3,7 @@
 //! One `ledge` process per node accepts WebAssembly components over HTTP and runs every
 //! request in a fresh sandboxed instance. The modules, one per capability:
 //!
+//! - [`auth`]: macaroon tokens: minting, verification, revocation;
 //! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
 //! - [`kv`] and [`keyvalue`]: guest access to the transactional store (`ledge:platform`,
 //!   `wasi:keyvalue`);
@@ -15,10 +16,12 @@
 //! - [`problem`]: the single mapping from errors to problem+json responses;
 //! - [`cli`] and [`client`]: the command line.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod keyvalue;
 pub mod kv;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

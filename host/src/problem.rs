@@ -8,6 +8,7 @@
 use http::StatusCode;
 use serde::Serialize;
 
+use crate::auth::AuthError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
 use crate::server::{ResponseBody, full};
@@ -20,6 +21,9 @@ pub struct Problem {
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// Headers the response carries besides the body (`WWW-Authenticate`, `Retry-After`, ...).
+    #[serde(skip)]
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Problem {
@@ -31,13 +35,26 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// The HTTP response carrying this problem.
     pub fn into_response(self) -> http::Response<ResponseBody> {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        full(status, "application/problem+json", serde_json::to_vec(&self).unwrap_or_default())
+        let mut response = full(status, "application/problem+json", serde_json::to_vec(&self).unwrap_or_default());
+        for (name, value) in self.headers {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
     }
 
     fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
@@ -73,6 +90,17 @@ impl From<PolicyError> for Problem {
         match error {
             PolicyError::Registry(registry) => registry.into(),
             PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(error: AuthError) -> Self {
+        if error.is_forbidden() {
+            Problem::new(StatusCode::FORBIDDEN, error.to_string())
+        } else {
+            Problem::new(StatusCode::UNAUTHORIZED, error.to_string())
+                .with_header("www-authenticate", "Bearer realm=\"ledge\"")
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -20,7 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::kv::CallerScope;
+use crate::auth::{self, Authority, Op};
+use crate::kv::Caller;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::registry::{DeployError, FunctionMeta, Registry, RegistryError};
@@ -30,6 +31,7 @@ use crate::server::{BoxError, ResponseBody, full};
 /// Shared state of the server.
 pub struct App {
     pub registry: Registry,
+    pub authority: Arc<Authority>,
     pub runtime: Arc<Runtime>,
     pub metrics: Arc<Metrics>,
     /// Largest component accepted by `PUT /v1/functions/{name}`.
@@ -44,6 +46,8 @@ impl App {
             self.invoke(request, rest).await
         } else if let Some(rest) = path.strip_prefix("/v1/functions") {
             self.admin(request, &method, rest).await
+        } else if path == "/v1/tokens/revoke" {
+            self.revoke(request, &method).await
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
@@ -69,9 +73,23 @@ impl App {
         let Some(deployment) = self.registry.lookup(name) else {
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
+        let guest_path = format!("/{rest}");
+        let facts = auth::Request {
+            op: Op::Invoke,
+            function: Some(name),
+            method: request.method().as_str(),
+            path: &guest_path,
+            now: SystemTime::now(),
+        };
+        let authorization = authorization(&request);
+        let caller = match authorization {
+            // A public function needs no token; a token sent anyway is verified and binds.
+            None if deployment.policy.public => Caller::default(),
+            _ => self.authority.verify(authorization, &facts)?,
+        };
         let path_and_query = match request.uri().query() {
-            Some(query) => format!("/{rest}?{query}"),
-            None => format!("/{rest}"),
+            Some(query) => format!("{guest_path}?{query}"),
+            None => guest_path.clone(),
         };
         let started = Instant::now();
         let invocation = Invocation {
@@ -79,7 +97,7 @@ impl App {
             pre: &deployment.pre,
             policy: &deployment.policy,
             cold: deployment.take_cold_start(),
-            caller: CallerScope::default(),
+            caller,
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
         let result = result
@@ -97,6 +115,13 @@ impl App {
         rest: &str,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        let (op, function) = match (method, segments.as_slice()) {
+            (_, [""]) => (Op::Manage, None),
+            (&Method::PUT, [name]) => (Op::Deploy, Some(*name)),
+            (_, [name, ..]) => (Op::Manage, Some(*name)),
+            _ => (Op::Manage, None),
+        };
+        self.authorize(&request, op, function)?;
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
             (_, [""]) => Err(method_not_allowed("GET")),
@@ -126,6 +151,50 @@ impl App {
             _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `/v1/functions{rest}`"))),
         }
     }
+}
+
+impl App {
+    /// Checks the request's token for an admin operation.
+    fn authorize(&self, request: &http::Request<Incoming>, op: Op, function: Option<&str>) -> Result<Caller, Problem> {
+        let facts = auth::Request {
+            op,
+            function,
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            now: SystemTime::now(),
+        };
+        Ok(self.authority.verify(authorization(request), &facts)?)
+    }
+
+    /// `POST /v1/tokens/revoke` with a token id (or a whole token) as the body.
+    async fn revoke(
+        &self,
+        request: http::Request<Incoming>,
+        method: &Method,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
+        if method != Method::POST {
+            return Err(method_not_allowed("POST"));
+        }
+        self.authorize(&request, Op::Manage, None)?;
+        let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let token_id =
+            auth::token_id_of(text.trim()).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
+        let authority = self.authority.clone();
+        let id = token_id.clone();
+        // The revocation commit waits for its fsync.
+        tokio::task::spawn_blocking(move || authority.revoke(&id))
+            .await
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
+        tracing::info!(token_id = %token_id, "token revoked");
+        Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": token_id })))
+    }
+}
+
+/// The `Authorization` header, if it is text.
+fn authorization<B>(request: &http::Request<B>) -> Option<&str> {
+    request.headers().get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
 /// Policies are small text files; anything larger is a mistake.

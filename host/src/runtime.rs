@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::kv::{CallerScope, KvAccess, KvBinding, KvCtx};
+use crate::kv::{Caller, KvAccess, KvBinding, KvCtx};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHooks;
 use crate::policy::Policy;
@@ -71,6 +71,7 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:keyvalue/atomics@0.2.0-draft2",
     "wasi:keyvalue/batch@0.2.0-draft2",
     "ledge:platform/transactions@0.1",
+    "ledge:platform/caller@0.1",
 ];
 
 /// How instances get their memory.
@@ -118,7 +119,7 @@ pub struct Invocation<'a> {
     /// This is the version's first instance since deploy or start (a cold start).
     pub cold: bool,
     /// What the caller's token allows on top of the policy.
-    pub caller: CallerScope,
+    pub caller: Caller,
 }
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -185,7 +186,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
-        crate::kv::bindings::Storage::add_to_linker::<GuestState, KvBinding>(&mut linker, GuestState::kv)
+        crate::kv::bindings::PlatformHost::add_to_linker::<GuestState, KvBinding>(&mut linker, GuestState::kv)
             .map_err(anyhow_from)?;
         spawn_epoch_ticker(&engine);
         Ok(Runtime { engine, linker, allocator, metrics, db })

@@ -5,7 +5,7 @@ use crate::harness::{Server, client, guest, problem};
 #[tokio::test]
 async fn deploy_reports_metadata_and_redeploy_bumps_the_version() {
     let server = Server::start();
-    let http = client();
+    let http = server.admin();
     let bytes = std::fs::read(guest("hello")).unwrap();
     let first = http.put(format!("{}/v1/functions/hello", server.url)).body(bytes.clone()).send().await.unwrap();
     assert_eq!(first.status(), 201);
@@ -67,7 +67,7 @@ async fn cli_reports_usage_errors_and_unreachable_servers() {
 #[tokio::test]
 async fn bad_uploads_get_400_naming_the_reason_and_leave_nothing_behind() {
     let server = Server::start();
-    let http = client();
+    let http = server.admin();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("garbage", b"definitely not wasm".to_vec(), "not a WebAssembly binary"),
         ("core", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module, not a component"),
@@ -93,7 +93,7 @@ async fn bad_uploads_get_400_naming_the_reason_and_leave_nothing_behind() {
 #[tokio::test]
 async fn uploads_over_the_cap_get_413_without_being_read_whole() {
     let server = Server::start_with(&["--max-upload", "100000"]);
-    let http = client();
+    let http = server.admin();
     let declared = http.put(format!("{}/v1/functions/big", server.url)).body(vec![0u8; 200_000]).send().await.unwrap();
     assert!(problem(declared, 413).await["detail"].as_str().unwrap().contains("100000"));
 

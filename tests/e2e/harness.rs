@@ -72,6 +72,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// The admin token the server wrote on first start.
+    pub admin_token: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -91,6 +93,7 @@ impl Server {
             log: temp.path().join("ledge.log"),
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            admin_token: String::new(),
             _temp: Some(temp),
         };
         server.spawn();
@@ -101,6 +104,12 @@ impl Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let policies = self.data_dir.with_file_name("policies");
         std::fs::create_dir_all(&policies).expect("policies dir");
+        // Functions are public in these tests unless a test says otherwise; the token tests
+        // make theirs private with a policy.
+        let default_policy = policies.join("default.toml");
+        if !default_policy.exists() {
+            std::fs::write(&default_policy, "public = true\n").expect("default policy");
+        }
         let mut child = Command::new(LEDGE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
@@ -126,6 +135,16 @@ impl Server {
             panic!("ledge did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
         });
         self.child = Some(child);
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token written at start");
+        self.admin_token = token.trim().to_string();
+    }
+
+    /// An HTTP client that sends the admin token.
+    pub fn admin(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {}", self.admin_token);
+        headers.insert(reqwest::header::AUTHORIZATION, value.parse().expect("header value"));
+        reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(60)).build().expect("client")
     }
 
     /// Everything the server logged so far.
@@ -164,7 +183,12 @@ impl Server {
 
     /// Runs a client command of the `ledge` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(LEDGE).args(args).env("LEDGE_SERVER", &self.url).output().expect("running the ledge CLI")
+        Command::new(LEDGE)
+            .args(args)
+            .env("LEDGE_SERVER", &self.url)
+            .env("LEDGE_TOKEN", &self.admin_token)
+            .output()
+            .expect("running the ledge CLI")
     }
 
     /// `ledge deploy NAME FILE`, asserting success.
@@ -206,4 +230,23 @@ pub async fn metric(server: &Server, sample: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
+}
+
+/// `ledge token attenuate TOKEN --caveat CAVEAT`.
+pub fn attenuate(token: &str, caveat: &str) -> String {
+    let output = Command::new(LEDGE).args(["token", "attenuate", token, "--caveat", caveat]).output().expect("ledge");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8").trim().to_string()
+}
+
+/// Runs tests/interop/pymacaroons_peer.py with the virtualenv's python (scripts/setup.sh).
+pub fn pymacaroons(args: &[&str]) -> String {
+    let python = repo_root().join("target/pyenv/bin/python");
+    let output = Command::new(python)
+        .arg(repo_root().join("tests/interop/pymacaroons_peer.py"))
+        .args(args)
+        .output()
+        .expect("running pymacaroons (scripts/setup.sh installs it)");
+    assert!(output.status.success(), "pymacaroons failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
 }

@@ -41,7 +41,7 @@ async fn echo_sees_method_path_query_headers_and_body() {
 #[tokio::test]
 async fn unknown_functions_and_routes_get_404_problems() {
     let server = Server::start();
-    let http = client();
+    let http = server.admin();
     let missing = problem(http.get(server.fn_url("nobody", "/x")).send().await.unwrap(), 404).await;
     assert!(missing["detail"].as_str().unwrap().contains("nobody"));
     problem(http.get(format!("{}/nowhere", server.url)).send().await.unwrap(), 404).await;
@@ -54,7 +54,7 @@ async fn a_trapping_guest_gets_500_and_the_server_keeps_serving() {
     let server = Server::start();
     server.deploy("misbehave", &guest("misbehave"));
     server.deploy("hello", &guest("hello"));
-    let http = client();
+    let http = server.admin();
     let trapped = problem(http.get(server.fn_url("misbehave", "/trap")).send().await.unwrap(), 500).await;
     assert!(trapped["detail"].as_str().unwrap().contains("trapped"), "{trapped}");
     let healthy = http.get(server.fn_url("hello", "/")).send().await.unwrap();
@@ -72,7 +72,8 @@ async fn outbound_http_is_denied_unless_the_policy_lists_the_host() {
     let denied = client().get(&url).send().await.unwrap().text().await.unwrap();
     assert_eq!(denied, "refused: ErrorCode::HttpRequestDenied\n");
 
-    let policy = client()
+    let policy = server
+        .admin()
         .put(format!("{}/v1/functions/misbehave/policy", server.url))
         .body("[outbound]\nallow = [\"127.0.0.1\"]\n")
         .send()

@@ -32,7 +32,7 @@ async fn two_hundred_concurrent_increments_count_exactly_two_hundred() {
 async fn concurrent_random_transfers_keep_the_total_and_never_overdraw() {
     let server = Server::start();
     server.deploy("bank", &guest("bank"));
-    let http = client();
+    let http = server.admin();
     let accounts = ["a", "b", "c", "d", "e"];
     for account in accounts {
         let created =
@@ -164,7 +164,7 @@ async fn shared_stores_are_shared_only_where_the_policy_grants_them() {
     let policy = "[kv]\nstores = [\"shared\"]\n";
     for name in ["writer", "reader"] {
         let response =
-            client().put(format!("{}/v1/functions/{name}/policy", server.url)).body(policy).send().await.unwrap();
+            server.admin().put(format!("{}/v1/functions/{name}/policy", server.url)).body(policy).send().await.unwrap();
         assert_eq!(response.status(), 204);
     }
     assert_eq!(text(server.fn_url("writer", "/set?bucket=shared&key=k&value=v")).await.1, "ok\n");

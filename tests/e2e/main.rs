@@ -7,3 +7,4 @@ mod durability;
 mod invoke;
 mod kv;
 mod preinit;
+mod tokens;

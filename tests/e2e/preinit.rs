@@ -7,7 +7,7 @@ use crate::harness::{Server, client, guest, metric, problem};
 async fn an_expensive_init_runs_once_at_deploy_and_requests_start_from_its_snapshot() {
     let server = Server::start();
     server.deploy("pre", &guest("preinit"));
-    let http = client();
+    let http = server.admin();
     for index in [0u64, 7, 1_999_999] {
         let body = http.get(server.fn_url("pre", &format!("/{index}"))).send().await.unwrap().text().await.unwrap();
         let expected = index.wrapping_mul(index) ^ (index >> 3);
@@ -30,7 +30,7 @@ async fn an_expensive_init_runs_once_at_deploy_and_requests_start_from_its_snaps
 async fn a_failing_init_refuses_the_deploy() {
     let server = Server::start();
     let bytes = std::fs::read(guest("bad-init")).unwrap();
-    let response = client().put(format!("{}/v1/functions/bad", server.url)).body(bytes).send().await.unwrap();
+    let response = server.admin().put(format!("{}/v1/functions/bad", server.url)).body(bytes).send().await.unwrap();
     let body = problem(response, 400).await;
     assert!(body["detail"].as_str().unwrap().contains("`init` failed"), "{body}");
     problem(client().get(server.fn_url("bad", "/")).send().await.unwrap(), 404).await;

@@ -32,9 +32,11 @@ fn handle(req: Request) -> Result<Response, kv::Error> {
             })
         }
         ("POST", ["transfer"]) => {
-            let (Some(from), Some(to), Some(amount)) =
-                (req.query_param("from"), req.query_param("to"), req.query_param("amount").and_then(|a| a.parse().ok()))
-            else {
+            let (Some(from), Some(to), Some(amount)) = (
+                req.query_param("from"),
+                req.query_param("to"),
+                req.query_param("amount").and_then(|a| a.parse().ok()),
+            ) else {
                 return Ok(Response::text("need from, to and amount\n").with_status(400));
             };
             transfer(from, to, amount)
@@ -82,7 +84,9 @@ fn transfer(from: &str, to: &str, amount: u64) -> Result<Response, kv::Error> {
     });
     match outcome {
         Ok(left) => Ok(Response::text(format!("{left}\n"))),
-        Err(kv::Error::Aborted(reason)) if reason == INSUFFICIENT => Ok(Response::text(format!("{reason}\n")).with_status(409)),
+        Err(kv::Error::Aborted(reason)) if reason == INSUFFICIENT => {
+            Ok(Response::text(format!("{reason}\n")).with_status(409))
+        }
         Err(kv::Error::Aborted(reason)) => Ok(Response::text(format!("{reason}\n")).with_status(404)),
         Err(other) => Err(other),
     }

@@ -4,7 +4,7 @@
 //! Environment: `KVBENCH_SECS` (seconds per cell, default 2), `KVBENCH_ACCOUNTS` (SmallBank
 //! accounts, default 10000), `KVBENCH_KEYS` (YCSB keys, default 100000), `KVBENCH_DIR` (where the
 //! databases go; default the target tmp dir, which is on the same disk as the build),
-//! `KVBENCH_ONLY` (comma list of `sb`, `sbfsync`, `ycsb`, `group`; default all),
+//! `KVBENCH_ONLY` (comma list of `sb`, `sbfsync`, `sbhot`, `ycsb`, `group`; default all),
 //! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`; default all), `KVBENCH_ROUNDS`
 //! (each cell's time is split into this many slices alternating between engines; default 5).
 //!
@@ -22,6 +22,9 @@ use ledge_kv::{Db, Durability, Isolation, Options};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Size of SmallBank's hotspot.
+const HOT_ACCOUNTS: u64 = 10;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -91,6 +94,13 @@ enum Engine {
 }
 
 impl Engine {
+    fn ssn_aborts(&self) -> u64 {
+        match self {
+            Engine::Ledge(db, _) => db.stats().aborted_ssn,
+            Engine::Redb(..) => 0,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Engine::Ledge(_, Isolation::Snapshot) => "ledge-kv SI",
@@ -179,9 +189,9 @@ fn sk(a: u64) -> Vec<u8> {
 }
 
 /// Runs one SmallBank transaction; returns the retryable aborts it took.
-fn smallbank_tx(e: &Engine, rng: &mut SmallRng, accounts: u64) -> u64 {
+fn smallbank_tx(e: &Engine, rng: &mut SmallRng, accounts: u64, hot: f64) -> u64 {
     let acct = |rng: &mut SmallRng| {
-        if rng.random_bool(0.25) { rng.random_range(0..100) } else { rng.random_range(0..accounts) }
+        if rng.random_bool(hot) { rng.random_range(0..HOT_ACCOUNTS) } else { rng.random_range(0..accounts) }
     };
     let a = acct(rng);
     let mut b = acct(rng);
@@ -280,6 +290,8 @@ fn yk(i: u64) -> Vec<u8> {
 struct Cell {
     txs: u64,
     aborts: u64,
+    /// Of the aborts, those by the SSN exclusion test (ledge-kv only).
+    ssn_aborts: u64,
     secs: f64,
 }
 
@@ -292,9 +304,10 @@ fn interleaved(
     rounds: u64,
     tx: impl Fn(&Engine, &mut SmallRng) -> u64 + Sync,
 ) -> Vec<Cell> {
-    let mut cells: Vec<Cell> = engines.iter().map(|_| Cell { txs: 0, aborts: 0, secs: 0.0 }).collect();
+    let mut cells: Vec<Cell> = engines.iter().map(|_| Cell { txs: 0, aborts: 0, ssn_aborts: 0, secs: 0.0 }).collect();
     for round in 0..rounds {
         for (e, cell) in engines.iter().zip(cells.iter_mut()) {
+            let ssn_before = e.ssn_aborts();
             let c = run_threads(threads, secs / rounds as f64, |t, stop| {
                 let mut rng = SmallRng::seed_from_u64(round * 1000 + t as u64 + 1);
                 let (mut n, mut ab) = (0, 0);
@@ -306,6 +319,7 @@ fn interleaved(
             });
             cell.txs += c.txs;
             cell.aborts += c.aborts;
+            cell.ssn_aborts += e.ssn_aborts() - ssn_before;
             cell.secs += c.secs;
         }
     }
@@ -327,7 +341,7 @@ fn run_threads(threads: usize, secs: f64, f: impl Fn(usize, &AtomicBool) -> (u64
         stop.store(true, Ordering::Relaxed);
         hs.into_iter().map(|h| h.join().expect("bench thread")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
-    Cell { txs, aborts, secs: start.elapsed().as_secs_f64() }
+    Cell { txs, aborts, ssn_aborts: 0, secs: start.elapsed().as_secs_f64() }
 }
 
 fn engine_wanted(kind: usize) -> bool {
@@ -353,8 +367,13 @@ fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
 
 fn row(workload: &str, dur: &str, e: &Engine, threads: usize, c: &Cell) {
     let tps = c.txs as f64 / c.secs;
-    let rate = 100.0 * c.aborts as f64 / (c.txs + c.aborts).max(1) as f64;
-    println!("| {workload:<9} | {dur:<7} | {:<12} | {threads:>7} | {tps:>12.0} | {rate:>5.2}% |", e.name());
+    let attempts = (c.txs + c.aborts).max(1) as f64;
+    let rate = 100.0 * c.aborts as f64 / attempts;
+    let ssn = 100.0 * c.ssn_aborts as f64 / attempts;
+    println!(
+        "| {workload:<9} | {dur:<7} | {:<12} | {threads:>7} | {tps:>12.0} | {rate:>5.2}% | {ssn:>9.3}% |",
+        e.name()
+    );
 }
 
 /// Appends 64 bytes and fdatasyncs, `n` times; returns (mean, median) latency.
@@ -389,16 +408,22 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("kvbench: {secs}s per cell, {cpus} CPUs, dir {}", base.display());
     println!(
-        "SmallBank: {accounts} accounts, 25% of picks from 100 hot accounts; YCSB-A: {keys} keys, 100-byte values, 50/50 read/update, zipfian 0.99"
+        "SmallBank: {accounts} accounts, 25% of account picks from {HOT_ACCOUNTS} hot accounts (SB-hot: 90%); YCSB-A: {keys} keys, 100-byte values, 50/50 read/update, zipfian 0.99"
     );
     println!();
-    println!("| workload  | durable | engine       | threads |       txns/s | aborts |");
-    println!("|-----------|---------|--------------|---------|--------------|--------|");
+    println!("| workload  | durable | engine       | threads |       txns/s | aborts | SSN aborts |");
+    println!("|-----------|---------|--------------|---------|--------------|--------|------------|");
     let only = std::env::var("KVBENCH_ONLY").unwrap_or_default();
     let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let rounds = env_u64("KVBENCH_ROUNDS", 5).max(1);
-    for (dur, dname) in [(Dur::Relaxed, "relaxed"), (Dur::Fsync, "fsync")] {
-        if !want(if dur == Dur::Relaxed { "sb" } else { "sbfsync" }) {
+    // (workload label, durability, probability that an account pick is one of the hot accounts)
+    let smallbanks = [
+        ("SmallBank", Dur::Relaxed, "relaxed", "sb", 0.25),
+        ("SmallBank", Dur::Fsync, "fsync", "sbfsync", 0.25),
+        ("SB-hot", Dur::Relaxed, "relaxed", "sbhot", 0.9),
+    ];
+    for (label, dur, dname, part, hot) in smallbanks {
+        if !want(part) {
             continue;
         }
         let engines: Vec<Engine> = (0..3)
@@ -412,9 +437,9 @@ fn main() {
             })
             .collect();
         for threads in [1, 2] {
-            let cells = interleaved(&engines, threads, secs, rounds, |e, rng| smallbank_tx(e, rng, accounts));
+            let cells = interleaved(&engines, threads, secs, rounds, |e, rng| smallbank_tx(e, rng, accounts, hot));
             for (e, c) in engines.iter().zip(&cells) {
-                row("SmallBank", dname, e, threads, c);
+                row(label, dname, e, threads, c);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! - [`Isolation::Snapshot`]: snapshot isolation with first-committer-wins.
 //! - [`Isolation::Serializable`]: snapshot isolation certified by the Serial Safety Net (SSN) and
 //!   scanned-range validation, so committed Serializable transactions are serializable
-//!   (see [`ssn`](crate::ssn) for the protocol and its invariants).
+//!   (the `ssn` module documents the protocol and its invariants).
 //!
 //! ```no_run
 //! use ledge_kv::{Db, Isolation};
@@ -27,10 +27,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`db`](crate::db) (handle, threads, checkpoints), [`tx`](crate::tx) (operations,
-//! commit), [`mvcc`](crate::mvcc) (versions), [`ssn`](crate::ssn) (certification),
-//! [`wal`](crate::wal), [`checkpoint`](crate::checkpoint), [`recovery`](crate::recovery),
-//! [`gc`](crate::gc), [`error`](crate::error).
+//! Durability: with [`Durability::Fsync`] (the default) [`Tx::commit`] returns once the commit's
+//! WAL record is fsynced, concurrent committers sharing one fsync. Async callers (tokio tasks)
+//! should use [`Tx::commit_async`] and await the [`CommitTicket`]: the conflict check happens
+//! at once and only the fsync wait is asynchronous, so no executor thread blocks on the disk.
+//!
+//! Module map: `db` (handle, threads, checkpoints), `tx` (operations, commit), `mvcc` (versions),
+//! `ssn` (certification), `wal` (group-commit flusher; `wal::frame` the format), `checkpoint`,
+//! `recovery`, `gc`, `error`. Each module's docs state its invariants.
 #![deny(missing_docs)]
 
 mod checkpoint;

@@ -23,7 +23,9 @@ fn run(path: &str, query: &str) -> Result<String, String> {
     let fail = |e: store::Error| format!("{e:?}");
     match path {
         "/set" => bucket.set(&key, param(query, "value").as_bytes()).map(|()| "ok".into()),
-        "/get" => bucket.get(&key).map(|v| v.map_or_else(|| "none".to_string(), |v| String::from_utf8_lossy(&v).into_owned())),
+        "/get" => {
+            bucket.get(&key).map(|v| v.map_or_else(|| "none".to_string(), |v| String::from_utf8_lossy(&v).into_owned()))
+        }
         "/incr" => atomics::increment(&bucket, &key, param(query, "by").parse().unwrap_or(1)).map(|n| n.to_string()),
         "/cas" => {
             let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("cas: {e:?}"))?;
@@ -39,7 +41,8 @@ fn run(path: &str, query: &str) -> Result<String, String> {
         "/batch" => {
             let entries = vec![("b1".to_string(), b"one".to_vec()), ("b2".to_string(), b"two".to_vec())];
             batch::set_many(&bucket, &entries).map_err(fail)?;
-            let got = batch::get_many(&bucket, &["b1".to_string(), "b2".to_string(), "b3".to_string()]).map_err(fail)?;
+            let got =
+                batch::get_many(&bucket, &["b1".to_string(), "b2".to_string(), "b3".to_string()]).map_err(fail)?;
             batch::delete_many(&bucket, &["b1".to_string()]).map_err(fail)?;
             let after = bucket.exists("b1").map_err(fail)?;
             Ok(format!("{got:?} b1-exists-after-delete={after}"))

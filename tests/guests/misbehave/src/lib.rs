@@ -1,7 +1,7 @@
 //! A guest that misbehaves on request, to show the host survives it:
 //! `/trap` panics, `/spin` never returns, `/hog` allocates without end,
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
-//! `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
+//! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
 //! anything else answers `fine`.
 use ledge_sdk::http::{Request, Response};
 use wasip2::http::outgoing_handler;
@@ -34,11 +34,25 @@ fn handle(req: Request) -> Response {
             let value = ledge_sdk::kv::transaction(|tx| tx.get_string("leaked")).unwrap();
             Response::text(format!("{value:?}\n"))
         }
-        "/other-store" => match ledge_sdk::kv::begin(ledge_sdk::kv::Isolation::Serializable, Some(req.query_param("store").unwrap_or("x"))) {
+        "/other-store" => match ledge_sdk::kv::begin(
+            ledge_sdk::kv::Isolation::Serializable,
+            Some(req.query_param("store").unwrap_or("x")),
+        ) {
             Ok(_) => Response::text("opened\n"),
             Err(error) => Response::text(format!("{error}\n")).with_status(403),
         },
-        "/outbound" => outbound(req.query_param("authority").unwrap_or("example.com"), req.query_param("path").unwrap_or("/")),
+        "/whoami" => match ledge_sdk::caller::token() {
+            Some(token) => Response::text(format!(
+                "id={} kv-prefix={:?} caveats={}\n",
+                token.id,
+                token.caveat("kv-prefix"),
+                token.caveats.join(";")
+            )),
+            None => Response::text("anonymous\n"),
+        },
+        "/outbound" => {
+            outbound(req.query_param("authority").unwrap_or("example.com"), req.query_param("path").unwrap_or("/"))
+        }
         _ => Response::text("fine\n"),
     }
 }

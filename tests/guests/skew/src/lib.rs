@@ -22,14 +22,22 @@ fn handle(req: Request) -> Result<Response, kv::Error> {
         "/oncall" => {
             let on = kv::transaction(|tx| {
                 let entries = tx.scan_prefix("oncall/", 10)?;
-                Ok(entries.into_iter().filter(|(_, v)| v == b"yes").map(|(k, _)| String::from_utf8_lossy(&k[7..]).into_owned()).collect::<Vec<_>>())
+                Ok(entries
+                    .into_iter()
+                    .filter(|(_, v)| v == b"yes")
+                    .map(|(k, _)| String::from_utf8_lossy(&k[7..]).into_owned())
+                    .collect::<Vec<_>>())
             })?;
             Ok(Response::text(format!("{}\n", on.join(","))))
         }
         "/leave" => {
             let me = req.query_param("doctor").unwrap_or("alice").to_string();
             let other = if me == "alice" { "bob" } else { "alice" };
-            let isolation = if req.query_param("isolation") == Some("snapshot") { Isolation::Snapshot } else { Isolation::Serializable };
+            let isolation = if req.query_param("isolation") == Some("snapshot") {
+                Isolation::Snapshot
+            } else {
+                Isolation::Serializable
+            };
             let pause_ms = req.query_param("pause_ms").and_then(|p| p.parse().ok()).unwrap_or(0);
             let left = kv::transaction_with(Options { isolation, ..Options::default() }, |tx| {
                 let mine = tx.get_string(format!("oncall/{me}"))?;

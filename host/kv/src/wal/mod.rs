@@ -1,0 +1,374 @@
+//! Write-ahead log: the group-commit flusher (format in [`frame`]).
+//!
+//! Invariants:
+//! - Records are appended to the shared buffer inside the commit lock, so buffer order (and hence
+//!   file order) equals cstamp order, and stamps strictly increase along the log.
+//! - The flusher thread owns the segment file. It takes the whole buffer, writes it, fsyncs, then
+//!   publishes `durable = last stamp in that buffer`: every commit with a stamp at or below
+//!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
+//! - A rotation request (from a checkpoint) cuts the pending buffer at its current length: the
+//!   records up to the checkpoint stamp go to the old segment, later ones to the new one.
+
+mod frame;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+pub(crate) use frame::{MAX_PAYLOAD, create_segment, encode, parse_segment_name, scan_segment, segment_path, sync_dir};
+
+use crate::options::Durability;
+use crate::stats::Counters;
+
+/// How many parked committers each woken one wakes in turn.
+const WAKE_FANOUT: usize = 2;
+/// Longest a flusher waits to grow a group commit.
+const MAX_GATHER: Duration = Duration::from_micros(500);
+/// In periodic mode, a buffer this large is flushed without waiting for the interval.
+const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
+
+/// Someone waiting for a stamp to become durable.
+#[derive(Debug)]
+enum Waiter {
+    /// A thread blocked in [`Wal::wait_durable`].
+    Thread(std::thread::Thread),
+    /// A task awaiting a [`crate::CommitTicket`].
+    Task(std::task::Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Task(w) => w.wake(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WalState {
+    /// Frames appended by committers and not yet taken by the flusher.
+    pending: Vec<u8>,
+    /// Stamp of the last record in `pending`.
+    pending_last: u64,
+    /// Every commit with a stamp at or below this is durable.
+    durable: u64,
+    /// Sequence number of the segment the flusher is writing.
+    segment: u64,
+    /// Set by a checkpoint: switch segments after the first `cut` bytes of `pending` (the
+    /// records at or below the checkpoint stamp; later ones go to the new segment).
+    rotate: Option<usize>,
+    shutdown: bool,
+    /// Records in `pending`.
+    pending_records: usize,
+    /// When nonzero, the flusher sleeps until `pending_records` reaches it (1 = idle, waiting
+    /// for anything; more = gathering a group commit).
+    flusher_wants: usize,
+    failed: Option<Arc<io::Error>>,
+    /// The flusher thread has returned.
+    exited: bool,
+    /// Committers parked until the given stamp is durable.
+    waiters: Vec<(u64, Waiter)>,
+}
+
+/// The WAL's shared state between committers, the flusher and checkpoints.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    state: Mutex<WalState>,
+    /// Wakes the flusher.
+    work: Condvar,
+    /// Wakes committers waiting for durability (and checkpoints waiting for a rotation).
+    flushed: Condvar,
+    /// Bytes written since the last checkpoint (the checkpoint trigger).
+    pub bytes_since_checkpoint: AtomicU64,
+    /// Mirror of `WalState::durable` for the lock-free fast path of committers.
+    durable: AtomicU64,
+    /// Committers whose commits are durable, still to be unparked.
+    to_wake: Mutex<Vec<Waiter>>,
+}
+
+impl Wal {
+    pub(crate) fn new(durable: u64, segment: u64) -> Wal {
+        Wal {
+            state: Mutex::new(WalState { durable, pending_last: durable, segment, ..WalState::default() }),
+            work: Condvar::new(),
+            flushed: Condvar::new(),
+            bytes_since_checkpoint: AtomicU64::new(0),
+            durable: AtomicU64::new(durable),
+            to_wake: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Appends one encoded commit. Must be called with the commit lock held (stamp order).
+    pub(crate) fn append(&self, cstamp: u64, frame_writer: impl FnOnce(&mut Vec<u8>)) {
+        let mut st = self.state.lock();
+        frame_writer(&mut st.pending);
+        st.pending_last = cstamp;
+        st.pending_records += 1;
+        // Wake the flusher only when what it waits for has arrived, or a periodic buffer grew
+        // large: a wakeup per commit would cost a context switch per commit.
+        let wake = (st.flusher_wants > 0 && st.pending_records >= st.flusher_wants)
+            || st.pending.len() >= PERIODIC_FLUSH_BYTES;
+        drop(st);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Blocks until every commit up to `stamp` is durable.
+    pub(crate) fn wait_durable(&self, stamp: u64) -> Result<(), Arc<io::Error>> {
+        if self.durable.load(Ordering::Acquire) >= stamp {
+            return Ok(());
+        }
+        // Park rather than wait on a condvar: a condvar wakeup needs the state mutex again, so
+        // 64 woken committers would file through it one context switch at a time. Unparked
+        // threads need no lock and run in parallel.
+        let me = std::thread::current();
+        let mut registered = false;
+        loop {
+            {
+                let mut st = self.state.lock();
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                if st.durable >= stamp {
+                    return Ok(());
+                }
+                if st.exited {
+                    // The flusher is gone: nothing will ever make `stamp` durable.
+                    return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
+                }
+                if !registered {
+                    st.waiters.push((stamp, Waiter::Thread(me.clone())));
+                    registered = true;
+                }
+            }
+            std::thread::park();
+            if self.durable.load(Ordering::Acquire) >= stamp {
+                self.help_wake();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Polls for `stamp` being durable, registering the task's waker if it is not yet.
+    pub(crate) fn poll_durable(
+        &self,
+        stamp: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Arc<io::Error>>> {
+        use std::task::Poll;
+        if self.durable.load(Ordering::Acquire) >= stamp {
+            self.help_wake();
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = self.state.lock();
+        if let Some(e) = &st.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if st.durable >= stamp {
+            return Poll::Ready(Ok(()));
+        }
+        if st.exited {
+            return Poll::Ready(Err(Arc::new(io::Error::other("WAL closed before commit was durable"))));
+        }
+        st.waiters.push((stamp, Waiter::Task(cx.waker().clone())));
+        Poll::Pending
+    }
+
+    /// Wakes up to [`WAKE_FANOUT`] committers whose commits are durable. The flusher starts the
+    /// wake-up and every woken committer continues it, so a group of N wakes in about
+    /// log(N) rounds spread over all cores instead of N sequential unparks by the flusher.
+    fn help_wake(&self) {
+        let batch: Vec<Waiter> = {
+            let mut q = self.to_wake.lock();
+            let n = q.len().min(WAKE_FANOUT);
+            q.drain(..n).collect()
+        };
+        for t in batch {
+            t.wake();
+        }
+    }
+
+    /// Wakes every queued committer (before the flusher sleeps, or when it exits), so that a
+    /// wake-up chain broken by a committer that left early strands nobody.
+    fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.to_wake.lock());
+        for t in all {
+            t.wake();
+        }
+    }
+
+    /// The failure that stopped the flusher, if any.
+    pub(crate) fn failure(&self) -> Option<Arc<io::Error>> {
+        self.state.lock().failed.clone()
+    }
+
+    /// Asks the flusher to start a new segment after the records pending now; returns the
+    /// sequence number that segment will have. Cheap: call it under the commit lock.
+    pub(crate) fn request_rotate(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.rotate = Some(st.pending.len());
+        self.work.notify_one();
+        st.segment + 1
+    }
+
+    /// Waits until the flusher writes to segment `target` (or later).
+    pub(crate) fn wait_segment(&self, target: u64) -> Result<(), Arc<io::Error>> {
+        let mut st = self.state.lock();
+        while st.segment < target {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.shutdown {
+                return Err(Arc::new(io::Error::other("WAL closed during rotation")));
+            }
+            self.flushed.wait(&mut st);
+        }
+        Ok(())
+    }
+
+    /// Tells the flusher to write what is pending and exit.
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.work.notify_all();
+    }
+
+    /// The flusher thread's body. Owns the open segment file.
+    pub(crate) fn run_flusher(&self, dir: &Path, mut file: File, durability: Durability, counters: &Counters) {
+        let mut spare = Vec::new();
+        let mut batch_target = 0;
+        let mut gather_for = Duration::ZERO;
+        let mut st = self.state.lock();
+        loop {
+            match durability {
+                Durability::Fsync => {
+                    if st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
+                        drop(st);
+                        self.wake_all();
+                        st = self.state.lock();
+                    }
+                    while st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
+                        st.flusher_wants = 1;
+                        self.work.wait(&mut st);
+                        st.flusher_wants = 0;
+                    }
+                    // Group commit: the committers of the last batch plus those that queued
+                    // during its fsync are likely to commit again soon; give them a fraction of
+                    // an fsync to join this batch instead of paying for the next one.
+                    let deadline = Instant::now() + gather_for;
+                    while batch_target > 1
+                        && st.pending_records < batch_target
+                        && st.rotate.is_none()
+                        && !st.shutdown
+                        && Instant::now() < deadline
+                    {
+                        st.flusher_wants = batch_target;
+                        self.work.wait_until(&mut st, deadline);
+                        st.flusher_wants = 0;
+                    }
+                }
+                Durability::Periodic(every) => {
+                    // Let commits accumulate for one interval (a rotation or shutdown cuts it short).
+                    let deadline = Instant::now() + every;
+                    while st.rotate.is_none()
+                        && !st.shutdown
+                        && st.pending.len() < PERIODIC_FLUSH_BYTES
+                        && Instant::now() < deadline
+                    {
+                        self.work.wait_until(&mut st, deadline);
+                    }
+                }
+            }
+            if st.failed.is_some() {
+                return;
+            }
+            let shutdown = st.shutdown;
+            let rotate = st.rotate.take();
+            let next_seq = st.segment + 1;
+            std::mem::swap(&mut st.pending, &mut spare);
+            let last = st.pending_last;
+            let batch_records = std::mem::take(&mut st.pending_records);
+            drop(st);
+            let started = Instant::now();
+
+            let res = match rotate {
+                None => self.write_batch(&mut file, &spare, counters),
+                Some(cut) => {
+                    // Everything up to the checkpoint's cut stays in the old segment, which the
+                    // checkpoint will delete; the rest starts the new one.
+                    let (old, new) = spare.split_at(cut.min(spare.len()));
+                    self.write_batch(&mut file, old, counters).and_then(|()| create_segment(dir, next_seq)).and_then(
+                        |f| {
+                            file = f;
+                            self.write_batch(&mut file, new, counters)
+                        },
+                    )
+                }
+            };
+            spare.clear();
+
+            st = self.state.lock();
+            batch_target = batch_records + st.pending_records;
+            gather_for = (started.elapsed() / 4).min(MAX_GATHER);
+            match res {
+                Ok(()) => {
+                    st.durable = st.durable.max(last);
+                    if rotate.is_some() {
+                        st.segment = next_seq;
+                    }
+                }
+                Err(e) => st.failed = Some(Arc::new(e)),
+            }
+            self.durable.store(st.durable, Ordering::Release);
+            let exit = st.failed.is_some() || (shutdown && st.pending.is_empty());
+            if exit {
+                st.shutdown = true;
+                st.exited = true;
+            }
+            let durable = st.durable;
+            let mut ready = Vec::new();
+            let (go, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut st.waiters).into_iter().partition(|(s, _)| exit || *s <= durable);
+            st.waiters = keep;
+            ready.extend(go.into_iter().map(|(_, w)| w));
+            drop(st);
+            if exit {
+                self.to_wake.lock().extend(ready);
+                self.wake_all();
+                self.flushed.notify_all();
+                return;
+            }
+            // Anyone still queued from the previous round had its chain broken by a committer
+            // that left early: wake those directly, so nobody waits more than one extra round.
+            let stale = std::mem::replace(&mut *self.to_wake.lock(), ready);
+            for t in stale {
+                t.wake();
+            }
+            self.help_wake();
+            // Checkpoints waiting for a rotation use the condvar.
+            self.flushed.notify_all();
+            st = self.state.lock();
+        }
+    }
+
+    fn write_batch(&self, file: &mut File, batch: &[u8], counters: &Counters) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        file.write_all(batch)?;
+        let t = Instant::now();
+        // fdatasync: the file's size is data for this purpose, so appended frames are covered.
+        file.sync_data()?;
+        Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
+        Counters::bump(&counters.wal_fsyncs, 1);
+        Counters::bump(&counters.wal_bytes, batch.len() as u64);
+        self.bytes_since_checkpoint.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,414 @@
+//! Attenuable macaroon tokens: root keys, minting, verification, revocation.
+//!
+//! A token is a libmacaroons V2 macaroon, base64url without padding, sent as
+//! `Authorization: Bearer <token>[,<discharge>...]`. Its identifier is
+//! `ledge1 <key-id> <token-id>`: the key id names the root key (so keys can be rotated: every
+//! key in `<data-dir>/keys/` verifies, the newest mints), the token id is what revocation names.
+//!
+//! Verification has two steps, in this order:
+//! 1. the signature chain (libmacaroon, constant-time comparison): first-party caveats are
+//!    chained, third-party caveats need a discharge bound to the presented token;
+//! 2. every first-party caveat of the token and of its discharges is parsed and evaluated
+//!    against the request ([`Request`]). Unknown or malformed caveats refuse (fail closed).
+//!
+//! Invariants: a failure in step 1 (or an unknown key, a revoked id) is a 401 that says what
+//! was wrong without echoing any key material; a failure in step 2 is a 403 naming the caveat.
+//! Root keys and the admin token are files of mode 0600.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use libmacaroon::{Caveat as RawCaveat, Format, Macaroon, MacaroonKey, Verifier};
+use thiserror::Error;
+
+use crate::kv::Caller;
+use crate::policy::RateQuota;
+use crate::storage::{create_private_dir, write_durably};
+
+const IDENTIFIER_VERSION: &str = "ledge1";
+/// Where revoked token ids live in the engine (outside every guest keyspace).
+pub const REVOKED_PREFIX: &[u8] = b"sys/revoked/";
+
+/// What a request asks to do; `op` caveats name these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Deploy,
+    Invoke,
+    Manage,
+}
+
+impl Op {
+    fn parse(text: &str) -> Option<Op> {
+        match text {
+            "deploy" => Some(Op::Deploy),
+            "invoke" => Some(Op::Invoke),
+            "manage" => Some(Op::Manage),
+            _ => None,
+        }
+    }
+}
+
+/// The facts caveats are evaluated against.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub op: Op,
+    /// The function the request is about, if any (`GET /v1/functions` has none).
+    pub function: Option<&'a str>,
+    pub method: &'a str,
+    /// For invocations the path the function sees; else the request path.
+    pub path: &'a str,
+    pub now: SystemTime,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum AuthError {
+    #[error("this request needs a token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    #[error("the token was not issued by this server (unknown key id `{0}`)")]
+    UnknownKey(String),
+    #[error("the token's signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("the token's caveat `{caveat}` refuses this request: {reason}")]
+    Refused { caveat: String, reason: String },
+}
+
+impl AuthError {
+    /// 401 for an unusable token, 403 for a valid one whose caveats refuse.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, AuthError::Refused { .. })
+    }
+}
+
+/// One parsed first-party caveat.
+#[derive(Debug, Clone, PartialEq)]
+enum Caveat {
+    TimeBefore(SystemTime),
+    Functions(Vec<String>),
+    Ops(Vec<Op>),
+    Methods(Vec<String>),
+    PathPrefix(String),
+    KvPrefix(String),
+    KvRead,
+    Rate(RateQuota),
+}
+
+/// Parses `key op value`; `=` and `in` (comma-separated list) both work for list caveats.
+fn parse_caveat(text: &str) -> Result<Caveat, String> {
+    let mut parts = text.trim().splitn(3, ' ');
+    let (Some(key), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected `key operator value`".into());
+    };
+    let value = value.trim();
+    let list = || value.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect::<Vec<_>>();
+    let is_list_op = op == "=" || op == "in";
+    match (key, op) {
+        ("time", "<") => humantime::parse_rfc3339(value)
+            .map(Caveat::TimeBefore)
+            .map_err(|e| format!("`{value}` is not an RFC 3339 time: {e}")),
+        ("fn", _) if is_list_op => Ok(Caveat::Functions(list())),
+        ("op", _) if is_list_op => list()
+            .iter()
+            .map(|op| Op::parse(op).ok_or_else(|| format!("unknown operation `{op}` (deploy, invoke, manage)")))
+            .collect::<Result<_, _>>()
+            .map(Caveat::Ops),
+        ("method", _) if is_list_op => {
+            Ok(Caveat::Methods(list().into_iter().map(|m| m.to_ascii_uppercase()).collect()))
+        }
+        ("path-prefix", "=") if value.starts_with('/') => Ok(Caveat::PathPrefix(value.to_string())),
+        ("kv-prefix", "=") => Ok(Caveat::KvPrefix(value.to_string())),
+        ("kv", "=") if value == "read" => Ok(Caveat::KvRead),
+        ("rate", "=") => parse_rate(value).map(Caveat::Rate),
+        _ => Err("unknown caveat".into()),
+    }
+}
+
+/// Parses a `rate` caveat value, `N/s`, `N/m` or `N/h` (burst N).
+pub fn parse_rate(text: &str) -> Result<RateQuota, String> {
+    let bad = || format!("`{text}` is not a rate: expected e.g. `10/s`, `100/m` or `1000/h`");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let quota: u32 = count.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    Ok(RateQuota { quota, window: std::time::Duration::from_secs(seconds), burst: quota })
+}
+
+impl Caveat {
+    /// Whether this caveat allows `request`; the reason when it does not.
+    fn check(&self, request: &Request<'_>) -> Result<(), String> {
+        match self {
+            Caveat::TimeBefore(deadline) if request.now < *deadline => Ok(()),
+            Caveat::TimeBefore(_) => Err("the token has expired".into()),
+            Caveat::Functions(names) => match request.function {
+                Some(function) if names.iter().any(|n| n == function) => Ok(()),
+                Some(function) => Err(format!("function `{function}` is not allowed")),
+                None => Err("the request is not about one function".into()),
+            },
+            Caveat::Ops(ops) if ops.contains(&request.op) => Ok(()),
+            Caveat::Ops(_) => Err(format!("operation `{:?}` is not allowed", request.op).to_lowercase()),
+            Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
+            Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
+            Caveat::PathPrefix(prefix) if request.path.starts_with(prefix.as_str()) => Ok(()),
+            Caveat::PathPrefix(_) => Err(format!("path `{}` is outside the allowed prefix", request.path)),
+            // Key-value and rate caveats narrow what the request may do, not whether it runs.
+            Caveat::KvPrefix(_) | Caveat::KvRead | Caveat::Rate(_) => Ok(()),
+        }
+    }
+}
+
+/// A root key: the id tokens name, and the secret.
+struct RootKey {
+    id: String,
+    key: MacaroonKey,
+}
+
+/// The server's token authority: its root keys and the revocation list's engine.
+pub struct Authority {
+    /// Newest last.
+    keys: Vec<RootKey>,
+    revoked: Option<ledge_kv::Db>,
+}
+
+impl Authority {
+    /// Loads the root keys under `<data_dir>/keys`, creating the first one if there is none.
+    pub fn open(data_dir: &Path) -> io::Result<Authority> {
+        let dir = keys_dir(data_dir);
+        create_private_dir(&dir)?;
+        let mut keys = load_keys(&dir)?;
+        if keys.is_empty() {
+            keys.push(create_key(&dir)?);
+        }
+        Ok(Authority { keys, revoked: None })
+    }
+
+    /// Checks revocations against `db` from now on.
+    pub fn with_revocations(mut self, db: ledge_kv::Db) -> Self {
+        self.revoked = Some(db);
+        self
+    }
+
+    /// Writes `<data_dir>/admin.token` (0600) unless it exists; returns its path.
+    pub fn ensure_admin_token(&self, data_dir: &Path) -> io::Result<PathBuf> {
+        let path = data_dir.join("admin.token");
+        if !path.exists() {
+            let token = self.mint(&[]).map_err(io::Error::other)?;
+            write_durably(&path, format!("{token}\n").as_bytes())?;
+        }
+        Ok(path)
+    }
+
+    /// A new token from the newest root key, with first-party `caveats` (each checked here so
+    /// a typo fails at mint time, not at use).
+    pub fn mint(&self, caveats: &[String]) -> Result<String, String> {
+        let root = self.keys.last().ok_or("no root key")?;
+        let token_id = random_hex(16).map_err(|e| e.to_string())?;
+        let identifier = format!("{IDENTIFIER_VERSION} {} {token_id}", root.id);
+        let mut macaroon = Macaroon::create(Some("ledge"), &root.key, identifier).map_err(|e| e.to_string())?;
+        for caveat in caveats {
+            parse_caveat(caveat).map_err(|reason| format!("caveat `{caveat}`: {reason}"))?;
+            macaroon.add_first_party_caveat(caveat.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        encode(&macaroon)
+    }
+
+    /// Verifies the `Authorization` header value for `request`; the verified caller on success.
+    pub fn verify(&self, authorization: Option<&str>, request: &Request<'_>) -> Result<Caller, AuthError> {
+        let credentials = authorization
+            .ok_or(AuthError::Missing)?
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| AuthError::Malformed("expected `Authorization: Bearer <token>`".into()))?;
+        let mut parts = credentials.split(',').map(str::trim);
+        let token = decode(parts.next().unwrap_or_default())?;
+        let discharges = parts.map(decode).collect::<Result<Vec<_>, _>>()?;
+        let (key_id, token_id) = parse_identifier(token.identifier())?;
+        let root = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| AuthError::UnknownKey(key_id.clone()))?;
+
+        // Step 1: the signature chain only; every first-party predicate passes here.
+        let mut chain = Verifier::default();
+        chain.satisfy_general(|_| true);
+        chain.verify(&token, &root.key, &discharges).map_err(|e| AuthError::BadSignature(e.to_string()))?;
+
+        if self.is_revoked(&token_id) {
+            return Err(AuthError::Revoked);
+        }
+
+        // Step 2: every caveat, of the token and of its discharges, against the request.
+        let mut caller = Caller { token_id: Some(token_id), ..Caller::default() };
+        for raw in std::iter::once(&token).chain(&discharges).flat_map(|m| m.caveats()) {
+            let RawCaveat::FirstParty(first_party) = raw else {
+                continue; // Third-party caveats were discharged in step 1.
+            };
+            let text = String::from_utf8_lossy(first_party.predicate()).into_owned();
+            let refuse = |reason: String| AuthError::Refused { caveat: text.clone(), reason };
+            let caveat = parse_caveat(&text).map_err(refuse)?;
+            caveat.check(request).map_err(refuse)?;
+            match caveat {
+                Caveat::KvPrefix(prefix) => caller.key_prefixes.push(prefix.into_bytes()),
+                Caveat::KvRead => caller.read_only = true,
+                Caveat::Rate(quota) => caller.rates.push(quota),
+                _ => {}
+            }
+            caller.caveats.push(text);
+        }
+        Ok(caller)
+    }
+
+    fn is_revoked(&self, token_id: &str) -> bool {
+        let Some(db) = &self.revoked else { return false };
+        let key = [REVOKED_PREFIX, token_id.as_bytes()].concat();
+        // A read error fails closed.
+        db.begin(ledge_kv::Isolation::Snapshot).get(&key).map_or(true, |value| value.is_some())
+    }
+
+    /// Records `token_id` as revoked, durably.
+    pub fn revoke(&self, token_id: &str) -> Result<(), String> {
+        let db = self.revoked.as_ref().ok_or("revocation needs the engine")?;
+        if token_id.is_empty() || token_id.len() > 64 || !token_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("`{token_id}` is not a token id"));
+        }
+        let mut tx = db.begin(ledge_kv::Isolation::Serializable);
+        let key = [REVOKED_PREFIX, token_id.as_bytes()].concat();
+        tx.put(&key, b"revoked").map_err(|e| e.to_string())?;
+        tx.commit().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Adds first-party caveats to a token: needs no key, only the token.
+pub fn attenuate(token: &str, caveats: &[String]) -> Result<String, String> {
+    let mut macaroon = decode(token).map_err(|e| e.to_string())?;
+    for caveat in caveats {
+        parse_caveat(caveat).map_err(|reason| format!("caveat `{caveat}`: {reason}"))?;
+        macaroon.add_first_party_caveat(caveat.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    encode(&macaroon)
+}
+
+/// What `ledge token inspect` prints: identifiers and caveats, never the signature.
+pub fn inspect(token: &str) -> Result<String, String> {
+    let macaroon = decode(token).map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    match parse_identifier(macaroon.identifier()) {
+        Ok((key_id, token_id)) => lines.push(format!("token id: {token_id}\nkey id:   {key_id}")),
+        Err(_) => lines.push(format!("identifier: {}", String::from_utf8_lossy(macaroon.identifier()))),
+    }
+    if let Some(location) = macaroon.location() {
+        lines.push(format!("location: {location}"));
+    }
+    lines.push(format!("caveats:  {}", macaroon.caveats().len()));
+    for caveat in macaroon.caveats() {
+        match caveat {
+            RawCaveat::FirstParty(fp) => lines.push(format!("  {}", String::from_utf8_lossy(fp.predicate()))),
+            RawCaveat::ThirdParty(tp) => {
+                lines.push(format!("  third-party at {} (id {})", tp.location(), String::from_utf8_lossy(tp.id())))
+            }
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+/// The token id of a token, or the argument itself when it already is one.
+pub fn token_id_of(token_or_id: &str) -> Result<String, String> {
+    if token_or_id.len() <= 64 && token_or_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(token_or_id.to_string());
+    }
+    let macaroon = decode(token_or_id).map_err(|e| e.to_string())?;
+    parse_identifier(macaroon.identifier()).map(|(_, id)| id).map_err(|e| e.to_string())
+}
+
+fn parse_identifier(identifier: &[u8]) -> Result<(String, String), AuthError> {
+    let text = std::str::from_utf8(identifier).map_err(|_| AuthError::Malformed("identifier is not text".into()))?;
+    match text.split(' ').collect::<Vec<_>>().as_slice() {
+        [IDENTIFIER_VERSION, key_id, token_id] => Ok((key_id.to_string(), token_id.to_string())),
+        _ => Err(AuthError::Malformed("not a ledge token identifier".into())),
+    }
+}
+
+fn encode(macaroon: &Macaroon) -> Result<String, String> {
+    macaroon.serialize(Format::V2).map(|text| text.trim_end_matches('=').to_string()).map_err(|e| e.to_string())
+}
+
+fn decode(text: &str) -> Result<Macaroon, AuthError> {
+    if text.is_empty() || text.len() > 64 << 10 {
+        return Err(AuthError::Malformed("empty or oversized token".into()));
+    }
+    Macaroon::deserialize(text.as_bytes()).map_err(|e| AuthError::Malformed(e.to_string()))
+}
+
+fn keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+/// Root keys are `root-<id>.key` files holding a hex secret; ids sort by creation.
+fn load_keys(dir: &Path) -> io::Result<Vec<RootKey>> {
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("root-").and_then(|n| n.strip_suffix(".key")) else { continue };
+        let secret = fs::read_to_string(dir.join(&name))?;
+        let secret = hex::decode(secret.trim()).map_err(|_| io::Error::other(format!("{name} is not a hex key")))?;
+        // libmacaroons and pymacaroons derive the HMAC key from the secret the same way.
+        keys.push(RootKey { id: id.to_string(), key: MacaroonKey::generate(&secret) });
+    }
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(keys)
+}
+
+/// Creates a new root key (it becomes the one that mints).
+fn create_key(dir: &Path) -> io::Result<RootKey> {
+    let seconds = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let id = format!("{seconds:012x}{}", random_hex(2)?);
+    let secret = random_hex(32)?;
+    write_durably(&dir.join(format!("root-{id}.key")), format!("{secret}\n").as_bytes())?;
+    let secret = hex::decode(&secret).map_err(io::Error::other)?;
+    Ok(RootKey { id, key: MacaroonKey::generate(&secret) })
+}
+
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(hex::encode(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(op: Op, function: Option<&'static str>, method: &'static str, path: &'static str) -> Request<'static> {
+        Request { op, function, method, path, now: SystemTime::now() }
+    }
+
+    #[test]
+    fn caveats_parse_or_refuse() {
+        assert_eq!(parse_caveat("fn = hello"), Ok(Caveat::Functions(vec!["hello".into()])));
+        assert_eq!(parse_caveat("op in deploy, invoke"), Ok(Caveat::Ops(vec![Op::Deploy, Op::Invoke])));
+        assert_eq!(parse_caveat("method in get,HEAD"), Ok(Caveat::Methods(vec!["GET".into(), "HEAD".into()])));
+        assert_eq!(parse_caveat("kv = read"), Ok(Caveat::KvRead));
+        assert!(parse_caveat("colour = blue").is_err());
+        assert!(parse_caveat("op in fly").is_err());
+        assert!(parse_caveat("time < tomorrow").is_err());
+        assert!(parse_caveat("path-prefix = api").is_err());
+        assert!(parse_caveat("kv = write").is_err());
+    }
+
+    #[test]
+    fn caveats_check_the_request() {
+        let invoke = request(Op::Invoke, Some("hello"), "GET", "/api/x");
+        assert!(parse_caveat("fn in echo,hello").unwrap().check(&invoke).is_ok());
+        assert!(parse_caveat("fn = echo").unwrap().check(&invoke).is_err());
+        assert!(parse_caveat("op = deploy").unwrap().check(&invoke).is_err());
+        assert!(parse_caveat("path-prefix = /api/").unwrap().check(&invoke).is_ok());
+        assert!(parse_caveat("path-prefix = /admin/").unwrap().check(&invoke).is_err());
+        assert!(parse_caveat("method = POST").unwrap().check(&invoke).is_err());
+        assert!(parse_caveat("time < 2000-01-01T00:00:00Z").unwrap().check(&invoke).is_err());
+        assert!(parse_caveat("time < 2999-01-01T00:00:00Z").unwrap().check(&invoke).is_ok());
+    }
+}

@@ -1,0 +1,828 @@
+//! Rate limits: one process-wide GCRA limiter (the `governor` crate) keyed by scope and caller,
+//! and the IETF `RateLimit-Policy` / `RateLimit` headers that advertise it.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ledge::limits::RateLimiter;
+//! use ledge::policy::RateQuota;
+//!
+//! let limiter = RateLimiter::new(100_000);
+//! let policy = RateQuota { quota: 100, window: Duration::from_secs(60), burst: 100 };
+//! let token = ledge::limits::parse_rate("10/s").unwrap();
+//! let decision = limiter.check("hello", "token-id-or-client-ip", &[policy, token]);
+//! for (name, value) in decision.headers() {
+//!     println!("{name}: {value}"); // ratelimit-policy: "hello";q=100;w=60 ...
+//! }
+//! ```
+//!
+//! # Design
+//!
+//! - **One governor limiter per distinct quota.** A governor keyed limiter has a single quota, but
+//!   callers of one function may be under different quotas (a token's `rate` caveat, a policy
+//!   replaced at run time). So each distinct [`RateQuota`] gets its own keyed limiter, created on
+//!   first use and cached; at most [`MAX_QUOTAS`] are kept (the one tracking the fewest callers is
+//!   dropped to make room, and its callers start over with fresh buckets). A caller whose quota
+//!   changes therefore also starts with a fresh bucket under the new quota.
+//! - **Keys.** The key is a 64-bit keyed SipHash of `(scope, caller)` (random key per process), so
+//!   a tracked caller costs 16 bytes of table (key and theoretical arrival time) however long its
+//!   name. Two callers collide with probability about n²/2⁶⁵ (3·10⁻¹⁰ for 100,000 callers), and
+//!   then share one budget; the random key stops anyone from choosing colliding names.
+//! - **Memory bound.** governor's own stores grow without bound unless pruned, and its
+//!   `retain_recent` only drops keys whose bucket is full again. The state store here is this
+//!   module's own (it implements governor's `StateStore`, so governor still does all the GCRA
+//!   arithmetic) and counts keys across every quota's limiter:
+//!   - once [`RateLimiter::tracked_keys`] reaches 7/8 of `max_keys`, the request that sees it runs
+//!     a sweep: governor's `retain_recent` on every limiter, then, if still above 3/4 of
+//!     `max_keys`, eviction of the keys whose bucket would refill soonest (smallest debt
+//!     `tat - now`) down to 3/4. Evicting a key with debt d gives that caller at most d/T requests
+//!     early (T = emission interval), so the least valuable state goes first;
+//!   - a new key is never stored beyond `max_keys` (requests racing a sweep): such a caller is
+//!     checked as a fresh caller and not remembered until the sweep has made room. This fails
+//!     open for new callers for the length of one sweep, never for tracked ones, and keeps
+//!     [`RateLimiter::tracked_keys`] `<= max_keys` at all times.
+//!
+//!   Sweeps cost O(`max_keys`) and happen at most once per `max_keys / 8` new keys: amortised a
+//!   handful of operations per new key.
+//!
+//! # Header arithmetic (shared/notes/anchors.md, "RateLimit headers from GCRA")
+//!
+//! T = emission interval = window / quota, B = burst, tat = theoretical arrival time.
+//! - `RateLimit-Policy: "<id>";q=B;w=<window in seconds, rounded up>`.
+//! - Allowed: `r` = governor's `remaining_burst_capacity()` = floor(B - (tat - now) / T), and `t` =
+//!   seconds until the bucket is full again = tat - now. governor keeps `tat` private, but from
+//!   the formula for `r`, tat - now <= (B - r)·T; `t` is ceil((B - r)·T): at most one T late,
+//!   never early (a client that waits `t` seconds finds the bucket full). `t` = 0 only when r = B.
+//! - Refused: `r` = 0 and `t` = `Retry-After` = ceil(governor's `NotUntil::wait_time_from(now)`),
+//!   at least 1.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use governor::Quota;
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+
+use crate::policy::{Policy, RateQuota};
+
+/// The most distinct quotas (policies and token caveats) with a limiter of their own.
+pub const MAX_QUOTAS: usize = 64;
+
+/// Shards of one quota's key table (each behind its own mutex); a power of two.
+const SHARDS: usize = 16;
+
+/// The largest RFC 9651 sf-integer (15 digits).
+const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+
+/// Process-wide GCRA limiter (governor), keyed by (scope, caller).
+///
+/// `Send + Sync`: share it with an `Arc`. Invariant: [`RateLimiter::tracked_keys`] never exceeds
+/// the `max_keys` given to [`RateLimiter::new`] (see the module docs for how).
+pub struct RateLimiter {
+    inner: Limiter<MonotonicClock>,
+}
+
+impl RateLimiter {
+    /// A limiter that tracks at most `max_keys` (scope, caller) keys across all quotas (the
+    /// server uses 100,000; at least 1).
+    pub fn new(max_keys: usize) -> Self {
+        RateLimiter { inner: Limiter::with_clock(max_keys, MonotonicClock) }
+    }
+
+    /// Checks one request. `scope` is e.g. the function name or "admin"; `caller` is the token id
+    /// or the client IP as a string. `quotas` are the applicable quotas (the policy's and, if
+    /// present, the token's `rate` caveat); the stricter (lower sustained rate; on ties lower
+    /// burst) is applied and advertised. With no quota at all, the built-in default policy's
+    /// applies. Returns the decision with everything needed for the headers.
+    pub fn check(&self, scope: &str, caller: &str, quotas: &[RateQuota]) -> RateDecision {
+        self.inner.check(scope, caller, quotas)
+    }
+
+    /// Number of keys currently tracked (for tests/metrics).
+    pub fn tracked_keys(&self) -> usize {
+        self.inner.tracked_keys()
+    }
+}
+
+/// The outcome of [`RateLimiter::check`], with everything needed for the headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateDecision {
+    /// Whether the request may go ahead; if not, answer 429 and do not run the guest.
+    pub allowed: bool,
+    /// The policy's name in the headers: the scope ("admin" or the function name).
+    pub policy_id: String,
+    /// The quota that was applied (advertised as q = burst, w = window in seconds).
+    pub quota: RateQuota,
+    /// `r`: requests left in the burst after this one (0 when refused).
+    pub remaining: u32,
+    /// `t`: when allowed, ceil(seconds until the bucket is full again), 0 if it is full; when
+    /// refused, the same as `retry_after_seconds`.
+    pub reset_seconds: u64,
+    /// `Retry-After` in seconds when refused (ceil of the wait, at least 1, and equal to
+    /// `reset_seconds`, so never earlier than `t`); `None` when allowed.
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl RateDecision {
+    /// The two IETF headers as (name, value) pairs, RFC 9651 structured fields per
+    /// draft-ietf-httpapi-ratelimit-headers, e.g. ("ratelimit-policy", "\"fn\";q=100;w=60") and
+    /// ("ratelimit", "\"fn\";r=42;t=3"), plus ("retry-after", "N") when refused.
+    ///
+    /// The policy id is an sf-string: `"` and `\` are escaped, and characters outside printable
+    /// ASCII (which an sf-string cannot hold) become `_`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let id = sf_string(&self.policy_id);
+        let window = ceil_seconds(self.quota.window).max(1);
+        let mut headers = vec![
+            ("ratelimit-policy", format!("{id};q={};w={window}", self.quota.burst)),
+            ("ratelimit", format!("{id};r={};t={}", self.remaining, self.reset_seconds.min(SF_INTEGER_MAX))),
+        ];
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.push(("retry-after", seconds.to_string()));
+        }
+        headers
+    }
+}
+
+/// Parses a token `rate` caveat value "N/s" | "N/m" | "N/h" into a RateQuota (burst = N).
+pub fn parse_rate(text: &str) -> Result<RateQuota, String> {
+    let bad = || format!("invalid rate `{text}`: expected N/s, N/m or N/h with N a positive integer, e.g. \"10/s\"");
+    let (number, unit) = text.split_once('/').ok_or_else(bad)?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let quota: u32 = number.parse().map_err(|_| bad())?;
+    let window = match unit {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if quota == 0 {
+        return Err(bad());
+    }
+    Ok(RateQuota { quota, window, burst: quota })
+}
+
+/// The stricter of `quotas`: lower sustained rate (quota / window), on ties lower burst.
+fn stricter(quotas: &[RateQuota]) -> RateQuota {
+    quotas
+        .iter()
+        .map(|q| QuotaKey::from(*q))
+        .reduce(|a, b| if b.is_stricter_than(&a) { b } else { a })
+        .map_or_else(|| QuotaKey::from(Policy::default().rate).into(), RateQuota::from)
+}
+
+/// A [`RateQuota`], normalised (quota, burst >= 1; window >= 1ns) and hashable: the cache key
+/// of the governor limiter for that quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct QuotaKey {
+    quota: u32,
+    window: Duration,
+    burst: u32,
+}
+
+impl From<RateQuota> for QuotaKey {
+    fn from(q: RateQuota) -> Self {
+        QuotaKey { quota: q.quota.max(1), window: q.window.max(Duration::from_nanos(1)), burst: q.burst.max(1) }
+    }
+}
+
+impl From<QuotaKey> for RateQuota {
+    fn from(q: QuotaKey) -> Self {
+        RateQuota { quota: q.quota, window: q.window, burst: q.burst }
+    }
+}
+
+impl QuotaKey {
+    /// quota_a / window_a < quota_b / window_b, compared as quota_a · window_b < quota_b ·
+    /// window_a (u32 × u128 nanoseconds cannot overflow); on equal rates the lower burst.
+    fn is_stricter_than(&self, other: &QuotaKey) -> bool {
+        let own = u128::from(self.quota) * other.window.as_nanos();
+        let theirs = u128::from(other.quota) * self.window.as_nanos();
+        own < theirs || (own == theirs && self.burst < other.burst)
+    }
+
+    /// T, the emission interval: window / quota, at least 1ns.
+    fn period(&self) -> Duration {
+        (self.window / self.quota).max(Duration::from_nanos(1))
+    }
+
+    fn governor_quota(&self) -> Quota {
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        // `with_period` is `None` only for a zero period, and `period()` is at least 1ns.
+        Quota::with_period(self.period()).unwrap_or(Quota::per_second(NonZeroU32::MIN)).allow_burst(burst)
+    }
+}
+
+/// The limiter, generic over governor's clock so that tests can move time by hand.
+struct Limiter<C: Clock> {
+    buckets: RwLock<HashMap<QuotaKey, Arc<Bucket<C>>>>,
+    shared: Arc<Shared>,
+    /// Keys the (scope, caller) hash; random per process.
+    hasher: RandomState,
+    clock: C,
+    /// Held by the one request running a sweep.
+    sweeping: Mutex<()>,
+    /// Sweep once this many keys are tracked (7/8 of `max_keys`)...
+    sweep_at: usize,
+    /// ...down to at most this many (3/4 of `max_keys`).
+    keep: usize,
+}
+
+/// Counts shared by every quota's key table.
+struct Shared {
+    /// Keys tracked across all tables; never above `max_keys`.
+    total: AtomicUsize,
+    max_keys: usize,
+}
+
+impl Shared {
+    /// Counts one more key, unless that would exceed `max_keys`.
+    fn try_reserve(&self) -> bool {
+        self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_keys).then_some(n + 1)).is_ok()
+    }
+}
+
+impl<C: Clock + Clone> Limiter<C> {
+    fn with_clock(max_keys: usize, clock: C) -> Self {
+        let max_keys = max_keys.max(1);
+        Limiter {
+            buckets: RwLock::new(HashMap::new()),
+            shared: Arc::new(Shared { total: AtomicUsize::new(0), max_keys }),
+            hasher: RandomState::new(),
+            clock,
+            sweeping: Mutex::new(()),
+            sweep_at: (max_keys - max_keys / 8).max(1),
+            keep: max_keys - max_keys / 4,
+        }
+    }
+
+    fn check(&self, scope: &str, caller: &str, quotas: &[RateQuota]) -> RateDecision {
+        let quota = QuotaKey::from(stricter(quotas));
+        let key = self.hasher.hash_one((scope, caller));
+        let (allowed, remaining, reset_seconds) = self.with_bucket(quota, |bucket| bucket.decide(key));
+        if self.shared.total.load(Ordering::Relaxed) >= self.sweep_at {
+            self.sweep();
+        }
+        RateDecision {
+            allowed,
+            policy_id: scope.to_owned(),
+            quota: quota.into(),
+            remaining,
+            reset_seconds,
+            retry_after_seconds: (!allowed).then_some(reset_seconds),
+        }
+    }
+
+    fn tracked_keys(&self) -> usize {
+        self.shared.total.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the limiter for `quota`, creating it if needed (and dropping the one with the
+    /// fewest tracked callers when [`MAX_QUOTAS`] are already cached).
+    fn with_bucket<R>(&self, quota: QuotaKey, f: impl FnOnce(&Bucket<C>) -> R) -> R {
+        if let Some(bucket) = read(&self.buckets).get(&quota) {
+            return f(bucket);
+        }
+        let bucket = {
+            let mut buckets = write(&self.buckets);
+            match buckets.get(&quota) {
+                Some(bucket) => Arc::clone(bucket),
+                None => {
+                    if buckets.len() >= MAX_QUOTAS {
+                        let victim = buckets.iter().min_by_key(|(_, b)| b.shards.len.load(Ordering::Relaxed));
+                        if let Some(victim) = victim.map(|(key, _)| *key) {
+                            buckets.remove(&victim);
+                        }
+                    }
+                    let bucket = Arc::new(Bucket::new(quota, &self.shared, self.clock.clone()));
+                    buckets.insert(quota, Arc::clone(&bucket));
+                    bucket
+                }
+            }
+        };
+        f(&bucket)
+    }
+
+    /// Brings the tracked keys down to `keep`: governor's `retain_recent` first (keys whose
+    /// bucket is full again), then the keys with the smallest debt. One sweep at a time; a
+    /// request that finds one running goes on without waiting.
+    fn sweep(&self) {
+        let Ok(_sweeping) = self.sweeping.try_lock() else { return };
+        if self.shared.total.load(Ordering::Acquire) < self.sweep_at {
+            return; // another request swept meanwhile
+        }
+        let buckets: Vec<Arc<Bucket<C>>> = read(&self.buckets).values().cloned().collect();
+        for bucket in &buckets {
+            bucket.limiter.retain_recent();
+        }
+        let total = self.shared.total.load(Ordering::Acquire);
+        if total <= self.keep {
+            return;
+        }
+        // debt = tat - (time at which the bucket is full), in each limiter's own time frame.
+        let mut debts = Vec::with_capacity(total);
+        for bucket in &buckets {
+            let full_at = bucket.full_at();
+            bucket.shards.for_each(|tat| debts.push(tat.saturating_sub(full_at)));
+        }
+        let excess = (total - self.keep).min(debts.len());
+        if excess == 0 {
+            return;
+        }
+        let (below, threshold, _) = debts.select_nth_unstable(excess - 1);
+        let threshold = *threshold;
+        // Keys strictly below the threshold all go; of those at it, only as many as needed.
+        let mut at_threshold = excess - below.iter().filter(|&&debt| debt < threshold).count();
+        for bucket in &buckets {
+            let full_at = bucket.full_at();
+            bucket.shards.remove_where(|tat| {
+                let debt = tat.saturating_sub(full_at);
+                if debt < threshold {
+                    true
+                } else if debt == threshold && at_threshold > 0 {
+                    at_threshold -= 1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+/// One quota's governor limiter and its key table.
+struct Bucket<C: Clock> {
+    limiter: governor::RateLimiter<u64, Store, C, StateInformationMiddleware>,
+    shards: Arc<Shards>,
+    /// T in nanoseconds.
+    period: Duration,
+    burst: u32,
+}
+
+impl<C: Clock> Bucket<C> {
+    fn new(quota: QuotaKey, shared: &Arc<Shared>, clock: C) -> Self {
+        let shards = Arc::new(Shards {
+            maps: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+            len: AtomicUsize::new(0),
+            shared: Arc::clone(shared),
+            drop_below: AtomicU64::new(0),
+        });
+        Bucket {
+            limiter: governor::RateLimiter::new(quota.governor_quota(), Store(Arc::clone(&shards)), clock),
+            shards,
+            period: quota.period(),
+            burst: quota.burst,
+        }
+    }
+
+    /// (allowed, r, t) for one request of the caller whose key is `key`.
+    fn decide(&self, key: u64) -> (bool, u32, u64) {
+        match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity().min(self.burst);
+                // tat - now <= (B - r)·T: see the module docs.
+                let until_full = self.period.saturating_mul(self.burst - remaining);
+                (true, remaining, ceil_seconds(until_full))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                (false, 0, ceil_seconds(wait).max(1))
+            }
+        }
+    }
+
+    /// The arrival time (in this limiter's frame, as of the last `retain_recent`) at or below
+    /// which a key's bucket is full: governor's `drop_below` (now - T) plus T.
+    fn full_at(&self) -> u64 {
+        self.shards.drop_below.load(Ordering::Acquire).saturating_add(self.period.as_nanos() as u64)
+    }
+}
+
+/// Identity hasher: keys are already SipHash values.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Key hash → theoretical arrival time (nanoseconds since the limiter's start).
+type Map = HashMap<u64, u64, BuildHasherDefault<KeyHasher>>;
+
+/// One quota's key table. Invariant: `len` is the sum of the shards' lengths, and each of those
+/// keys is counted once in `shared.total` (given back on removal and on drop).
+struct Shards {
+    maps: Box<[Mutex<Map>]>,
+    len: AtomicUsize,
+    shared: Arc<Shared>,
+    /// governor's `drop_below` (its now - T) at the last `retain_recent`.
+    drop_below: AtomicU64,
+}
+
+impl Shards {
+    fn shard(&self, key: u64) -> MutexGuard<'_, Map> {
+        // The top bits pick the shard; the map's buckets use the low ones.
+        let index = (key >> (u64::BITS - SHARDS.trailing_zeros())) as usize % self.maps.len();
+        lock(&self.maps[index])
+    }
+
+    fn for_each(&self, mut f: impl FnMut(u64)) {
+        for map in &self.maps {
+            lock(map).values().for_each(|&tat| f(tat));
+        }
+    }
+
+    /// Removes the keys whose arrival time satisfies `drop`, and gives back memory that a
+    /// shrunken shard no longer needs.
+    fn remove_where(&self, mut drop: impl FnMut(u64) -> bool) {
+        for map in &self.maps {
+            let mut map = lock(map);
+            let before = map.len();
+            map.retain(|_, tat| !drop(*tat));
+            let removed = before - map.len();
+            if removed > 0 {
+                self.len.fetch_sub(removed, Ordering::AcqRel);
+                self.shared.total.fetch_sub(removed, Ordering::AcqRel);
+            }
+            if map.capacity() > 4 * map.len().max(256) {
+                let keep = 2 * map.len();
+                map.shrink_to(keep);
+            }
+        }
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.shared.total.fetch_sub(*self.len.get_mut(), Ordering::AcqRel);
+    }
+}
+
+/// governor's view of a [`Shards`]: the limiter owns this, the sweep keeps the other `Arc`.
+struct Store(Arc<Shards>);
+
+impl StateStore for Store {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.0.shard(*key);
+        match map.entry(*key) {
+            Entry::Occupied(mut entry) => {
+                let (outcome, tat) = f(Some(Nanos::from(*entry.get())))?;
+                entry.insert(tat.as_u64());
+                Ok(outcome)
+            }
+            Entry::Vacant(entry) => {
+                let (outcome, tat) = f(None)?;
+                // At `max_keys`, a new caller is checked as fresh but not remembered until a
+                // sweep makes room (see the module docs).
+                if self.0.shared.try_reserve() {
+                    entry.insert(tat.as_u64());
+                    self.0.len.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(outcome)
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = drop_below.as_u64();
+        self.0.drop_below.store(drop_below, Ordering::Release);
+        self.0.remove_where(|tat| tat <= drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        for map in &self.0.maps {
+            lock(map).shrink_to_fit();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len.load(Ordering::Acquire)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rounds up to whole seconds, capped at the largest sf-integer.
+fn ceil_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).min(SF_INTEGER_MAX)
+}
+
+/// `text` as an RFC 9651 sf-string.
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+// The maps behind these locks hold plain integers and stay consistent whatever a panicking
+// holder was doing, so a poisoned lock is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn per(quota: u32, window_secs: u64) -> RateQuota {
+        RateQuota { quota, window: Duration::from_secs(window_secs), burst: quota }
+    }
+
+    fn fake(max_keys: usize) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (Limiter::with_clock(max_keys, clock.clone()), clock)
+    }
+
+    /// Resident set size of this process in bytes (VmRSS in /proc/self/status).
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    fn the_limiter_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<RateLimiter>();
+        shared::<RateDecision>();
+    }
+
+    #[test]
+    fn a_burst_beyond_the_quota_is_refused_with_retry_after_at_least_t_and_at_least_one() {
+        let (limiter, _clock) = fake(1000);
+        let quota = per(10, 60); // T = 6s
+        for _ in 0..10 {
+            assert!(limiter.check("fn", "alice", &[quota]).allowed);
+        }
+        let refused = limiter.check("fn", "alice", &[quota]);
+        assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 0);
+        let retry = refused.retry_after_seconds.unwrap();
+        assert!(retry >= refused.reset_seconds && refused.reset_seconds >= 1, "{refused:?}");
+        assert_eq!(retry, 6);
+        // A real clock: the same holds.
+        let real = RateLimiter::new(1000);
+        let quota = per(3, 1);
+        let decisions: Vec<_> = (0..4).map(|_| real.check("fn", "bob", &[quota])).collect();
+        assert!(decisions[..3].iter().all(|d| d.allowed));
+        let refused = &decisions[3];
+        assert!(!refused.allowed);
+        assert!(refused.retry_after_seconds.unwrap() >= refused.reset_seconds && refused.reset_seconds >= 1);
+    }
+
+    #[test]
+    fn remaining_counts_down_and_t_counts_up_to_a_full_window() {
+        let (limiter, _clock) = fake(1000);
+        let quota = per(100, 60); // T = 0.6s
+        let first = limiter.check("fn", "alice", &[quota]);
+        assert_eq!((first.remaining, first.reset_seconds), (99, 1));
+        let second = limiter.check("fn", "alice", &[quota]);
+        assert_eq!((second.remaining, second.reset_seconds), (98, 2)); // ceil(1.2)
+        for _ in 0..97 {
+            limiter.check("fn", "alice", &[quota]);
+        }
+        let last = limiter.check("fn", "alice", &[quota]);
+        assert!(last.allowed);
+        assert_eq!((last.remaining, last.reset_seconds), (0, 60));
+        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
+    }
+
+    #[test]
+    fn waiting_t_seconds_finds_the_bucket_full_again() {
+        let (limiter, clock) = fake(1000);
+        let quota = per(5, 10); // T = 2s
+        let mut last = None;
+        for _ in 0..3 {
+            last = Some(limiter.check("fn", "alice", &[quota]));
+        }
+        let last = last.unwrap();
+        assert_eq!((last.remaining, last.reset_seconds), (2, 6));
+        clock.advance(Duration::from_secs(last.reset_seconds));
+        let after = limiter.check("fn", "alice", &[quota]);
+        assert_eq!(after.remaining, 4, "{after:?}");
+    }
+
+    #[test]
+    fn after_retry_after_seconds_the_caller_is_allowed_again() {
+        let (limiter, clock) = fake(1000);
+        let quota = per(2, 5); // T = 2.5s
+        limiter.check("fn", "alice", &[quota]);
+        limiter.check("fn", "alice", &[quota]);
+        let refused = limiter.check("fn", "alice", &[quota]);
+        assert_eq!(refused.retry_after_seconds, Some(3));
+        clock.advance(Duration::from_secs(2));
+        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.check("fn", "alice", &[quota]).allowed);
+    }
+
+    #[test]
+    fn two_callers_have_independent_budgets() {
+        let (limiter, _clock) = fake(1000);
+        let quota = per(2, 60);
+        assert!(limiter.check("fn", "alice", &[quota]).allowed);
+        assert!(limiter.check("fn", "alice", &[quota]).allowed);
+        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
+        let bob = limiter.check("fn", "bob", &[quota]);
+        assert!(bob.allowed);
+        assert_eq!(bob.remaining, 1);
+        // The same caller in another scope has its own budget too.
+        assert!(limiter.check("other", "alice", &[quota]).allowed);
+        assert_eq!(limiter.tracked_keys(), 3);
+    }
+
+    #[test]
+    fn the_stricter_of_two_quotas_applies_and_is_advertised() {
+        let (limiter, _clock) = fake(1000);
+        let policy = per(100, 60);
+        let token = parse_rate("10/m").unwrap();
+        let decision = limiter.check("fn", "alice", &[policy, token]);
+        assert_eq!(decision.quota, token);
+        assert_eq!(decision.remaining, 9);
+        // Order does not matter; a looser token does not widen the policy.
+        assert_eq!(limiter.check("fn", "bob", &[token, policy]).quota, token);
+        assert_eq!(limiter.check("fn", "carol", &[policy, parse_rate("5/s").unwrap()]).quota, policy);
+        // Equal sustained rates: the lower burst wins.
+        let small_burst = RateQuota { burst: 10, ..policy };
+        assert_eq!(limiter.check("fn", "dave", &[policy, small_burst]).quota, small_burst);
+        // 1/s and 60/m have the same rate; 1/s has the lower burst.
+        let one = parse_rate("1/s").unwrap();
+        assert_eq!(limiter.check("fn", "erin", &[parse_rate("60/m").unwrap(), one]).quota, one);
+        // No quota at all: the built-in default.
+        assert_eq!(limiter.check("fn", "frank", &[]).quota, Policy::default().rate);
+    }
+
+    #[test]
+    fn parse_rate_accepts_n_per_second_minute_or_hour_and_rejects_the_rest() {
+        assert_eq!(parse_rate("10/s"), Ok(RateQuota { quota: 10, window: Duration::from_secs(1), burst: 10 }));
+        assert_eq!(parse_rate("5/m"), Ok(per(5, 60)));
+        assert_eq!(parse_rate("1000/h"), Ok(per(1000, 3600)));
+        for bad in ["", "10", "/s", "0/s", "-1/s", "+1/s", "1.5/s", "10/d", "10/ s", " 10/s", "10/sec", "99999999999/s"]
+        {
+            let error = parse_rate(bad).unwrap_err();
+            assert!(error.contains("invalid rate"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn headers_are_valid_structured_fields() {
+        let (limiter, _clock) = fake(1000);
+        let quota = per(2, 60);
+        let allowed = limiter.check("fn", "alice", &[quota]);
+        let headers = allowed.headers();
+        assert_eq!(
+            headers,
+            vec![("ratelimit-policy", "\"fn\";q=2;w=60".to_string()), ("ratelimit", "\"fn\";r=1;t=30".to_string())]
+        );
+        limiter.check("fn", "alice", &[quota]);
+        let refused = limiter.check("fn", "alice", &[quota]);
+        let headers = refused.headers();
+        assert_eq!(headers[2], ("retry-after", "30".to_string()));
+        // Awkward ids and sub-second windows still give valid fields.
+        let odd = RateQuota { quota: 5, window: Duration::from_millis(500), burst: 7 };
+        let awkward = limiter.check("a \"quoted\" \\ naïve fn", "alice", &[odd]);
+        for decision in [&allowed, &refused, &awkward] {
+            let headers = decision.headers();
+            for (name, value) in &headers[..2] {
+                let list: sfv::List =
+                    sfv::Parser::new(value).parse().unwrap_or_else(|e| panic!("{name}: {value}: {e}"));
+                let [sfv::ListEntry::Item(item)] = list.as_slice() else { panic!("{name}: {value}") };
+                let sfv::BareItem::String(id) = &item.bare_item else { panic!("{name}: {value}") };
+                let expected_id: String = decision
+                    .policy_id
+                    .chars()
+                    .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '_' })
+                    .collect();
+                assert_eq!(id.as_str(), expected_id);
+                let int = |key: &str| match item.params.get(key) {
+                    Some(sfv::BareItem::Integer(n)) => i64::from(*n),
+                    other => panic!("{name}: {value}: {key} = {other:?}"),
+                };
+                if *name == "ratelimit-policy" {
+                    assert_eq!(int("q"), i64::from(decision.quota.burst));
+                    assert!(int("w") >= 1);
+                } else {
+                    assert_eq!(int("r"), i64::from(decision.remaining));
+                    assert_eq!(int("t"), decision.reset_seconds as i64);
+                }
+            }
+        }
+        assert!(awkward.headers()[0].1.ends_with(";q=7;w=1"), "{:?}", awkward.headers());
+    }
+
+    #[test]
+    fn tracked_keys_stay_within_max_keys_after_200k_distinct_callers() {
+        let (limiter, clock) = fake(10_000);
+        let quota = per(100, 60);
+        // A busy caller keeps its state through the sweeps: its debt is the largest.
+        for _ in 0..50 {
+            limiter.check("fn", "busy", &[quota]);
+        }
+        for i in 0..200_000u32 {
+            limiter.check("fn", &i.to_string(), &[quota]);
+            assert!(limiter.tracked_keys() <= 10_000);
+            if i % 1000 == 0 {
+                clock.advance(Duration::from_millis(10));
+            }
+        }
+        assert!(limiter.tracked_keys() >= 7_500, "{}", limiter.tracked_keys());
+        assert!(limiter.check("fn", "busy", &[quota]).remaining < 99);
+    }
+
+    #[test]
+    fn idle_keys_go_first_and_full_buckets_are_forgotten() {
+        let (limiter, clock) = fake(1000);
+        let quota = per(10, 1); // T = 100ms, full again 1s after a burst
+        for i in 0..800 {
+            limiter.check("fn", &i.to_string(), &[quota]);
+        }
+        assert_eq!(limiter.tracked_keys(), 800);
+        clock.advance(Duration::from_secs(5));
+        for i in 0..100 {
+            limiter.check("fn", &format!("new-{i}"), &[quota]);
+        }
+        // The 875th key started a sweep, which dropped every key whose bucket was full again.
+        assert!(limiter.tracked_keys() <= 100, "{}", limiter.tracked_keys());
+    }
+
+    #[test]
+    fn at_most_max_quotas_limiters_are_kept() {
+        let (limiter, _clock) = fake(1000);
+        for quota in 1..=(MAX_QUOTAS as u32 + 20) {
+            assert!(limiter.check("fn", "alice", &[per(quota, 60)]).allowed);
+        }
+        assert!(read(&limiter.buckets).len() <= MAX_QUOTAS);
+        assert!(limiter.tracked_keys() <= MAX_QUOTAS);
+    }
+
+    /// 1,000,000 distinct callers with max_keys = 100,000: at most 100,000 keys tracked and the
+    /// resident set grows by less than 64 MiB.
+    #[test]
+    fn one_million_distinct_callers_stay_under_max_keys_and_grow_rss_by_less_than_64_mib() {
+        const CAP: u64 = 64 << 20;
+        let limiter = RateLimiter::new(100_000);
+        let quota = per(100, 60);
+        let before = rss_bytes();
+        let mut caller = String::new();
+        for i in 0..1_000_000u32 {
+            use std::fmt::Write;
+            caller.clear();
+            write!(caller, "{i}").unwrap();
+            limiter.check("fn", &caller, &[quota]);
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(limiter.tracked_keys() <= 100_000);
+        assert!(grown < CAP, "RSS grew by {grown} bytes");
+    }
+}

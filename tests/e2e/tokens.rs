@@ -1,0 +1,268 @@
+//! Attenuable macaroon tokens gate deploy, invoke and key-value access.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use libmacaroon::{Format, Macaroon, MacaroonKey};
+
+use crate::harness::{LEDGE, Server, client, guest, problem};
+
+/// A server with `misbehave` and `kv-wasi` deployed as private functions.
+async fn private_server() -> Server {
+    let server = Server::start();
+    for (name, file) in [("private", "misbehave"), ("kv", "kv-wasi")] {
+        server.deploy(name, &guest(file));
+        let policy = server.admin().put(format!("{}/v1/functions/{name}/policy", server.url)).body("public = false\n");
+        assert_eq!(policy.send().await.unwrap().status(), 204);
+    }
+    server
+}
+
+fn mint(server: &Server, caveats: &[&str]) -> String {
+    let mut command = Command::new(LEDGE);
+    command.args(["token", "mint", "--data-dir"]).arg(&server.data_dir);
+    for caveat in caveats {
+        command.args(["--caveat", caveat]);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+async fn call(url: String, method: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = client().request(method.parse().unwrap(), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn body(response: reqwest::Response) -> (u16, String) {
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn missing_or_invalid_tokens_get_401_and_refusing_caveats_403() {
+    let server = private_server().await;
+    let missing = call(server.fn_url("private", "/fine"), "GET", None).await;
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer realm=\"ledge\"");
+    assert!(problem(missing, 401).await["detail"].as_str().unwrap().contains("needs a token"));
+    problem(call(server.fn_url("private", "/fine"), "GET", Some("garbage")).await, 401).await;
+    problem(call(format!("{}/v1/functions", server.url), "GET", None).await, 401).await;
+    let refused =
+        problem(call(server.fn_url("private", "/fine"), "GET", Some(&mint(&server, &["fn = other"]))).await, 403).await;
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(detail.contains("`fn = other`") && detail.contains("`private` is not allowed"), "{detail}");
+    assert_eq!(
+        body(call(server.fn_url("private", "/fine"), "GET", Some(&server.admin_token)).await).await,
+        (200, "fine\n".into())
+    );
+}
+
+#[tokio::test]
+async fn each_caveat_kind_allows_and_refuses() {
+    let server = private_server().await;
+    let cases: [(&str, &str, &str, u16); 12] = [
+        ("fn in private,kv", "GET", "/fine", 200),
+        ("fn = kv", "GET", "/fine", 403),
+        ("op = invoke", "GET", "/fine", 200),
+        ("op in deploy,manage", "GET", "/fine", 403),
+        ("method in GET,HEAD", "GET", "/fine", 200),
+        ("method = GET", "POST", "/fine", 403),
+        ("path-prefix = /fi", "GET", "/fine", 200),
+        ("path-prefix = /api/", "GET", "/fine", 403),
+        ("time < 2999-01-01T00:00:00Z", "GET", "/fine", 200),
+        ("time < 2001-01-01T00:00:00Z", "GET", "/fine", 403),
+        ("colour = blue", "GET", "/fine", 403),
+        ("fn", "GET", "/fine", 403),
+    ];
+    for (caveat, method, path, expected) in cases {
+        // Added with libmacaroon directly: `ledge token mint` itself refuses unknown caveats.
+        let mut token = Macaroon::deserialize(mint(&server, &[])).unwrap();
+        token.add_first_party_caveat(caveat).unwrap();
+        let token = token.serialize(Format::V2).unwrap();
+        let response = call(server.fn_url("private", path), method, Some(&token)).await;
+        assert_eq!(response.status().as_u16(), expected, "caveat `{caveat}` with {method} {path}");
+    }
+    let typo = Command::new(LEDGE)
+        .args(["token", "mint", "--caveat", "colour = blue", "--data-dir"])
+        .arg(&server.data_dir)
+        .output();
+    assert_eq!(typo.unwrap().status.code(), Some(1));
+    // The admin API: `op` decides deploy versus manage.
+    let deployer = mint(&server, &["op = deploy", "fn = hello"]);
+    let wasm = std::fs::read(guest("hello")).unwrap();
+    let deploy = client().put(format!("{}/v1/functions/hello", server.url)).bearer_auth(&deployer).body(wasm.clone());
+    assert_eq!(deploy.send().await.unwrap().status(), 201);
+    let elsewhere = client().put(format!("{}/v1/functions/echo", server.url)).bearer_auth(&deployer).body(wasm);
+    problem(elsewhere.send().await.unwrap(), 403).await;
+    problem(call(format!("{}/v1/functions/hello", server.url), "DELETE", Some(&deployer)).await, 403).await;
+    let expired = mint(&server, &["time < 2001-01-01T00:00:00Z"]);
+    let refused = problem(call(format!("{}/v1/functions", server.url), "GET", Some(&expired)).await, 403).await;
+    assert!(refused["detail"].as_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn kv_caveats_confine_the_guest() {
+    let server = private_server().await;
+    let user = mint(&server, &["kv-prefix = user/42/"]);
+    let kv = |route: &str, token: &str| {
+        let url = server.fn_url("kv", route);
+        let token = token.to_string();
+        async move { body(call(url, "GET", Some(&token)).await).await }
+    };
+    assert_eq!(kv("/set?key=user/42/cart&value=3", &user).await, (200, "ok\n".into()));
+    assert_eq!(kv("/get?key=user/42/cart", &user).await, (200, "3\n".into()));
+    assert_eq!(kv("/set?key=user/43/cart&value=9", &user).await, (500, "Error::AccessDenied\n".into()));
+    assert_eq!(kv("/get?key=user/43/cart", &user).await, (500, "Error::AccessDenied\n".into()));
+    assert_eq!(kv("/set?key=user/43/cart&value=1", &server.admin_token).await, (200, "ok\n".into()));
+    // Listing shows only the caller's own prefix.
+    assert_eq!(kv("/list", &user).await, (200, "user/42/cart\n".into()));
+    let reader = mint(&server, &["kv = read"]);
+    assert_eq!(kv("/get?key=user/43/cart", &reader).await, (200, "1\n".into()));
+    assert_eq!(kv("/set?key=user/43/cart&value=2", &reader).await, (500, "Error::AccessDenied\n".into()));
+}
+
+#[tokio::test]
+async fn the_guest_reads_the_verified_caller() {
+    let server = private_server().await;
+    let token = mint(&server, &["kv-prefix = user/42/", "fn = private"]);
+    let inspect = Command::new(LEDGE).args(["token", "inspect", &token]).output().unwrap();
+    let printed = String::from_utf8(inspect.stdout).unwrap();
+    let id = printed.lines().find_map(|l| l.strip_prefix("token id: ")).unwrap().trim().to_string();
+    let (status, whoami) = body(call(server.fn_url("private", "/whoami"), "GET", Some(&token)).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(whoami, format!("id={id} kv-prefix=Some(\"user/42/\") caveats=kv-prefix = user/42/;fn = private\n"));
+}
+
+#[tokio::test]
+async fn a_holder_attenuates_without_the_key_and_cannot_undo_it() {
+    let server = private_server().await;
+    let token = mint(&server, &[]);
+    let output =
+        Command::new(LEDGE).args(["token", "attenuate", &token, "--caveat", "method = POST"]).output().unwrap();
+    assert!(output.status.success());
+    let narrowed = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(!narrowed.contains('='), "base64url without padding");
+    problem(call(server.fn_url("private", "/fine"), "GET", Some(&narrowed)).await, 403).await;
+    assert_eq!(call(server.fn_url("private", "/fine"), "POST", Some(&narrowed)).await.status(), 200);
+    let inspected = Command::new(LEDGE).args(["token", "inspect", &narrowed]).output().unwrap();
+    let inspected = String::from_utf8(inspected.stdout).unwrap();
+    assert!(inspected.contains("method = POST") && inspected.contains("token id: "));
+    let bad = Command::new(LEDGE).args(["token", "attenuate", &token, "--caveat", "colour = blue"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+/// Splits a V2 binary macaroon into its header, caveat sections and trailer (the end of the
+/// caveat list and the signature). Fields are `type, varint length, data`; every section ends
+/// with a 0 byte; the fields here are all shorter than 128 bytes, so lengths are one byte.
+fn sections(token: &str) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap();
+    let skip_section = |mut at: usize| {
+        while bytes[at] != 0 {
+            at += 2 + bytes[at + 1] as usize;
+        }
+        at + 1
+    };
+    let header_end = skip_section(1);
+    let mut at = header_end;
+    let mut caveats = Vec::new();
+    while bytes[at] != 0 {
+        let end = skip_section(at);
+        caveats.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    (bytes[..header_end].to_vec(), caveats, bytes[at..].to_vec())
+}
+
+fn assemble(header: &[u8], caveats: &[Vec<u8>], trailer: &[u8]) -> String {
+    let bytes = [header.to_vec(), caveats.concat(), trailer.to_vec()].concat();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn a_token_with_a_caveat_removed_or_reordered_fails() {
+    let server = private_server().await;
+    let token = mint(&server, &["method = GET", "fn = private"]);
+    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await.status(), 200);
+    let (header, caveats, trailer) = sections(&token);
+    assert_eq!(caveats.len(), 2);
+    let removed = assemble(&header, &caveats[1..], &trailer);
+    let reordered = assemble(&header, &[caveats[1].clone(), caveats[0].clone()], &trailer);
+    assert_eq!(Macaroon::deserialize(&reordered).unwrap().caveats().len(), 2, "still a well-formed macaroon");
+    for forged in [removed, reordered] {
+        let detail = problem(call(server.fn_url("private", "/fine"), "GET", Some(&forged)).await, 401).await;
+        assert!(detail["detail"].as_str().unwrap().contains("signature"), "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn revoked_tokens_stay_revoked_across_restarts() {
+    let mut server = private_server().await;
+    let token = mint(&server, &["fn = private"]);
+    let attenuated = crate::harness::attenuate(&token, "method = GET");
+    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await.status(), 200);
+    let revoke = server.cli(&["token", "revoke", &token]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    for revoked in [&token, &attenuated] {
+        let detail = problem(call(server.fn_url("private", "/fine"), "GET", Some(revoked)).await, 401).await;
+        assert!(detail["detail"].as_str().unwrap().contains("revoked"));
+    }
+    server.kill();
+    server.restart();
+    problem(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await, 401).await;
+    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&mint(&server, &[]))).await.status(), 200);
+}
+
+#[tokio::test]
+async fn third_party_caveats_need_a_bound_discharge() {
+    let server = private_server().await;
+    let caveat_key = MacaroonKey::generate(b"shared between ledge's user and the auth service");
+    let mut token = Macaroon::deserialize(mint(&server, &["fn = private"])).unwrap();
+    token.add_third_party_caveat("https://auth.example", &caveat_key, "user = alice").unwrap();
+    let mut discharge = Macaroon::create(Some("https://auth.example"), &caveat_key, "user = alice").unwrap();
+    discharge.add_first_party_caveat("time < 2999-01-01T00:00:00Z").unwrap();
+    let unbound = discharge.clone();
+    token.bind(&mut discharge);
+    let encode = |m: &Macaroon| m.serialize(Format::V2).unwrap().trim_end_matches('=').to_string();
+    let (token, discharge, unbound) = (encode(&token), encode(&discharge), encode(&unbound));
+
+    let with_discharge = format!("{token},{discharge}");
+    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&with_discharge)).await.status(), 200);
+    problem(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await, 401).await;
+    problem(call(server.fn_url("private", "/fine"), "GET", Some(&format!("{token},{unbound}"))).await, 401).await;
+    // The discharge's own caveats bind too.
+    let mut strict = Macaroon::deserialize(&discharge).unwrap();
+    strict.add_first_party_caveat("method = POST").unwrap();
+    let refused = format!("{token},{}", encode(&strict));
+    assert!(matches!(
+        call(server.fn_url("private", "/fine"), "GET", Some(&refused)).await.status().as_u16(),
+        401 | 403
+    ));
+}
+
+#[tokio::test]
+async fn tokens_interoperate_with_pymacaroons() {
+    let server = private_server().await;
+    let token = mint(&server, &["fn = private", "method in GET,POST"]);
+    let keys_dir = server.data_dir.join("keys");
+    let key_file = std::fs::read_dir(&keys_dir).unwrap().next().unwrap().unwrap().path();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(server.data_dir.join("admin.token")).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&key_file).unwrap();
+
+    // pymacaroons verifies a ledge token with the root secret and sees its caveats.
+    let verified = crate::harness::pymacaroons(&["verify", secret.trim(), &token]);
+    let lines: Vec<&str> = verified.lines().collect();
+    assert!(lines[0].starts_with("ledge1 "), "{verified}");
+    assert_eq!(&lines[1..], ["fn = private", "method in GET,POST"]);
+
+    // A token attenuated by pymacaroons is accepted or refused by ledge as its caveats say.
+    let narrowed = crate::harness::pymacaroons(&["attenuate", &token, "method = POST"]).trim().to_string();
+    assert_eq!(call(server.fn_url("private", "/fine"), "POST", Some(&narrowed)).await.status(), 200);
+    problem(call(server.fn_url("private", "/fine"), "GET", Some(&narrowed)).await, 403).await;
+    // And pymacaroons verifies what ledge attenuated.
+    let ours = crate::harness::attenuate(&narrowed, "path-prefix = /fine");
+    assert_eq!(crate::harness::pymacaroons(&["verify", secret.trim(), &ours]).lines().count(), 5);
+}
