@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null
 
-if [ ! -x target/pyenv/bin/componentize-py ] || ! target/pyenv/bin/python -c "import pymacaroons" 2>/dev/null; then
+if [ ! -x target/pyenv/bin/componentize-py ] || ! target/pyenv/bin/python -c "import pymacaroons, prometheus_client" 2>/dev/null; then
   mkdir -p target
   python3 -m venv target/pyenv
-  target/pyenv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1 pymacaroons==0.13.0
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1 pymacaroons==0.13.0 prometheus-client==0.21.1
 fi

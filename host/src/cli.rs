@@ -14,6 +14,8 @@ use crate::auth::{self, Authority};
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::routes::App;
+use crate::server::ConnectionLimits;
+use crate::tls::{CertSource, Tls};
 use crate::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, Parser)]
@@ -106,6 +108,18 @@ pub struct ServeArgs {
     /// Never use the pooling allocator (always allocate instance memory on demand).
     #[arg(long)]
     no_pooling: bool,
+    /// PEM certificate chain for TLS (with --tls-key); reloaded on SIGHUP or when it changes.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a self-signed certificate kept in <data-dir>/tls/ (development only).
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Seconds a client has to send its request head (slow-client protection).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -185,8 +199,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(App { registry, authority, runtime, metrics, max_upload: args.max_upload });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());
-    println!("ledge listening on http://{address}");
-    crate::server::serve(listener, app, crate::server::shutdown_signal()).await?;
+    let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), _) => Some(CertSource::Files { cert, key }),
+        (_, _, true) => Some(CertSource::SelfSigned { data_dir: args.data_dir.clone() }),
+        _ => None,
+    }
+    .map(|source| Tls::new(&source).map(Arc::new))
+    .transpose()?;
+    if let Some(tls) = &tls {
+        tls.spawn_reloader();
+    }
+    let limits = ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        ..ConnectionLimits::default()
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("ledge listening on {scheme}://{address}");
+    crate::server::serve(listener, app, tls, limits, crate::server::shutdown_signal()).await?;
     // Every request has finished (or the drain deadline passed): flush and close the engine.
     tokio::task::spawn_blocking(move || db.close()).await??;
     tracing::info!("stopped");

@@ -7,6 +7,7 @@
 //! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
 //! - [`kv`] and [`keyvalue`]: guest access to the transactional store (`ledge:platform`,
 //!   `wasi:keyvalue`);
+//! - [`guestlog`]: guest stdout/stderr into the log;
 //! - [`outbound`]: the outbound HTTP allow-list;
 //! - [`registry`]: deployed functions, durable in the data dir, swapped atomically;
 //! - [`preinit`]: pre-initialized snapshots of components that export `init`;
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod guestlog;
 pub mod keyvalue;
 pub mod kv;
 pub mod limits;
@@ -32,3 +34,4 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod tls;

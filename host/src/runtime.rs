@@ -10,6 +10,7 @@
 //! - outbound HTTP is denied unless the function's policy lists the host.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
@@ -26,6 +27,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::guestlog::GuestLog;
 use crate::kv::{Caller, KvAccess, KvBinding, KvCtx};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHooks;
@@ -230,8 +232,8 @@ impl Runtime {
     /// A fresh store for one guest run under `policy`: memory capped, and yielding to the
     /// executor at every epoch tick so a spinning guest shares its worker thread and can be
     /// cancelled by a timeout at the next tick.
-    pub fn guest_store(&self, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
-        let mut store = Store::new(&self.engine, GuestState::new(policy, kv));
+    pub fn guest_store(&self, function: &str, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
+        let mut store = Store::new(&self.engine, GuestState::new(function, policy, kv));
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
@@ -278,9 +280,12 @@ impl Runtime {
         path_and_query: &str,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
         let policy = invocation.policy;
-        let request = guest_request(request, path_and_query, policy.max_body)?;
+        // A body without a declared length is cut off at the cap; whatever the guest answers
+        // then, the client gets a 413.
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let request = guest_request(request, path_and_query, policy.max_body, overflowed.clone())?;
         let kv = KvAccess::new(self.db.clone(), invocation.function, policy, invocation.caller.clone());
-        let mut store = self.guest_store(policy, kv);
+        let mut store = self.guest_store(invocation.function, policy, kv);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
@@ -303,11 +308,18 @@ impl Runtime {
             (outcome, store.data().memory.hit)
         });
 
-        match receiver.await {
+        let outcome = receiver.await;
+        if overflowed.load(Ordering::Relaxed) {
+            return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
+        }
+        match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
             Err(_) => {
                 let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
+                if overflowed.load(Ordering::Relaxed) {
+                    return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
+                }
                 if hit_memory_limit {
                     return Err(InvokeError::MemoryLimit { limit: policy.memory });
                 }
@@ -382,6 +394,7 @@ fn guest_request(
     request: http::Request<Incoming>,
     path_and_query: &str,
     max_body: u64,
+    overflowed: Arc<AtomicBool>,
 ) -> Result<
     http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>,
     InvokeError,
@@ -410,6 +423,7 @@ fn guest_request(
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let body = Limited::new(body, limit).map_err(move |error| {
         if error.is::<http_body_util::LengthLimitError>() {
+            overflowed.store(true, Ordering::Relaxed);
             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
         } else {
             wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
@@ -443,9 +457,12 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    fn new(policy: &Policy, kv: KvAccess) -> Self {
+    fn new(function: &str, policy: &Policy, kv: KvAccess) -> Self {
         GuestState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(GuestLog::new(function, "stdout"))
+                .stderr(GuestLog::new(function, "stderr"))
+                .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone()),

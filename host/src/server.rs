@@ -15,12 +15,13 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::routes::App;
+use crate::tls::Tls;
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,9 +44,48 @@ pub fn full(
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+/// Limits on what a client may send before its request reaches a handler.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A client must send its whole request head within this time (slow-client protection).
+    pub header_read_timeout: Duration,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Most bytes of request head (HTTP/1.1 read buffer; HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// A TLS handshake must finish within this time.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 << 10,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
+/// drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let request_ids = Arc::new(RequestIds::new());
     tokio::pin!(shutdown);
@@ -70,10 +110,20 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let id = request_ids.next_for(&request);
             async move { Ok::<_, Infallible>(handle(app, request, peer, id).await) }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let outcome = match tls {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
+                Some(tls) => match tokio::time::timeout(limits.handshake_timeout, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            };
+            if let Err(error) = outcome {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }
         });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
@@ -147,6 +147,43 @@ impl Server {
         reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(60)).build().expect("client")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Waits for the server to exit by itself (after a signal the test sent).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ledge") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ledge did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `PUT /v1/functions/{name}/policy`, asserting it is accepted.
+    pub async fn set_policy(&self, name: &str, policy: &str) {
+        let response = self.admin().put(format!("{}/v1/functions/{name}/policy", self.url)).body(policy.to_string()).send().await;
+        assert_eq!(response.expect("policy upload").status(), 204);
+    }
+
+    /// `ledge deploy` against a TLS server with a self-signed certificate (the CLI trusts
+    /// nothing it was not told to, so this deploys over the API with verification off).
+    pub fn deploy_insecure(&self, name: &str, file: &Path) {
+        let output = Command::new("curl")
+            .args(["-sSf", "-k", "-X", "PUT", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .args(["-H", &format!("authorization: Bearer {}", self.admin_token)])
+            .arg(format!("{}/v1/functions/{name}", self.url))
+            .output()
+            .expect("curl");
+        assert!(output.status.success(), "deploy over TLS failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -162,17 +199,9 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server is running");
         // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for ledge") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ledge did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        self.wait_exit()
     }
 
     /// Starts the server again on the same data dir (after `kill` or `terminate`).

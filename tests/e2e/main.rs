@@ -7,4 +7,5 @@ mod durability;
 mod invoke;
 mod kv;
 mod preinit;
+mod production;
 mod tokens;

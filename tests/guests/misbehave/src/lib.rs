@@ -1,6 +1,7 @@
 //! A guest that misbehaves on request, to show the host survives it:
 //! `/trap` panics, `/spin` never returns, `/hog` allocates without end,
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
+//! `/print` writes to stdout and stderr, `/slow-write?ms=N` sleeps then commits a write,
 //! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
 //! anything else answers `fine`.
 use ledge_sdk::http::{Request, Response};
@@ -41,6 +42,22 @@ fn handle(req: Request) -> Response {
             Ok(_) => Response::text("opened\n"),
             Err(error) => Response::text(format!("{error}\n")).with_status(403),
         },
+        "/print" => {
+            println!("hello from the guest's stdout");
+            eprintln!("and from its stderr");
+            Response::text("printed\n")
+        }
+        "/slow-write" => {
+            // Sleeps, then commits a write: a request in flight when the server is told to stop.
+            let ms: u64 = req.query_param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            ledge_sdk::kv::transaction(|tx| tx.put("slow", "done")).unwrap();
+            Response::text("written\n")
+        }
+        "/read-slow" => {
+            let value = ledge_sdk::kv::transaction(|tx| tx.get_string("slow")).unwrap();
+            Response::text(format!("{value:?}\n"))
+        }
         "/whoami" => match ledge_sdk::caller::token() {
             Some(token) => Response::text(format!(
                 "id={} kv-prefix={:?} caveats={}\n",
