@@ -43,12 +43,16 @@ hello=functions/target/wasm32-wasip2/release/hello.wasm
 python=target/py-hello.wasm
 (cd tests/guests/py-hello && ../../../target/pyenv/bin/componentize-py -d wit -w hello componentize app -o ../../../$python >/dev/null)
 
-./target/release/ledge serve --listen 127.0.0.1:18080 --data-dir "$work/ledge" --policies ./policies >/dev/null 2>"$work/ledge.log" &
+# Public functions and a quota the load cannot reach: this measures serving, not refusing.
+mkdir -p "$work/policies"
+printf 'public = true\n[rate]\nquota = 1000000000\nwindow = "1s"\n' >"$work/policies/default.toml"
+./target/release/ledge serve --listen 127.0.0.1:18080 --data-dir "$work/ledge" --policies "$work/policies" >/dev/null 2>"$work/ledge.log" &
 pids+=($!)
 wait_http http://127.0.0.1:18080/healthz
-deploy_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 hello "$hello")
-deploy_py_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 py "$python")
-LEDGE_SERVER=http://127.0.0.1:18080 ./target/release/ledge deploy counter functions/target/wasm32-wasip2/release/counter.wasm >/dev/null
+token="$work/ledge/admin.token"
+deploy_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 hello "$hello" "$token")
+deploy_py_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 py "$python" "$token")
+LEDGE_SERVER=http://127.0.0.1:18080 LEDGE_TOKEN=$(cat "$token") ./target/release/ledge deploy counter functions/target/wasm32-wasip2/release/counter.wasm >/dev/null
 
 "$wasmtime" serve -S cli --addr 127.0.0.1:18081 "$hello" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
@@ -73,5 +77,5 @@ echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 echo "cold starts (ms):"
 echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}"
-echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py)"
+echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello "$work/policies"), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py "$work/policies")"
 echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$hello"), python $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$python")"

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Cold-start timings for scripts/bench.sh (standard library only).
 
-  coldstart.py restart LEDGE DATA_DIR FUNCTION   time from `ledge serve` start to the first
+  coldstart.py restart LEDGE DATA_DIR FUNCTION POLICIES_DIR
+                                                  time from `ledge serve` start to the first
                                                   200 from an already deployed FUNCTION
-  coldstart.py deploy SERVER_URL NAME FILE        time from the start of the upload to the
+  coldstart.py deploy SERVER_URL NAME FILE TOKEN_FILE
+                                                  time from the start of the upload to the
                                                   first 200 from the new function
   coldstart.py wasmtime WASMTIME FILE             time from `wasmtime serve FILE` start to its
                                                   first 200
@@ -37,10 +39,11 @@ def first_ok(host, port, path, deadline_s=60.0):
     raise SystemExit(f"no 200 from {host}:{port}{path} within {deadline_s}s")
 
 
-def restart(ledge, data_dir, function):
+def restart(ledge, data_dir, function, policies):
     port = 18090
     started = time.monotonic()
-    proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
+    proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                             "--policies", policies],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ready = first_ok("127.0.0.1", port, f"/fn/{function}/")
@@ -50,11 +53,13 @@ def restart(ledge, data_dir, function):
     print(f"{(ready - started) * 1000:.1f}")
 
 
-def deploy(server, name, path):
+def deploy(server, name, path, token_file):
     body = open(path, "rb").read()
+    token = open(token_file).read().strip()
     host, port = server.removeprefix("http://").split(":")
     started = time.monotonic()
-    request = urllib.request.Request(f"{server}/v1/functions/{name}", data=body, method="PUT")
+    request = urllib.request.Request(f"{server}/v1/functions/{name}", data=body, method="PUT",
+                                     headers={"authorization": f"Bearer {token}"})
     urllib.request.urlopen(request).read()
     ready = first_ok(host, int(port), f"/fn/{name}/")
     print(f"{(ready - started) * 1000:.1f}")

@@ -20,9 +20,13 @@ for _ in $(seq 100); do
   curl -fsS "$LEDGE_SERVER/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
+# The server wrote its admin token on first start; deploys need it.
+LEDGE_TOKEN=$(cat "$data_dir/admin.token")
+export LEDGE_TOKEN
 for wasm in functions/target/wasm32-wasip2/release/*.wasm; do
   name=$(basename "$wasm" .wasm | tr '_' '-')
   ./target/release/ledge deploy "$name" "$wasm"
 done
 echo "ledge is serving the examples on $LEDGE_SERVER (try: curl $LEDGE_SERVER/fn/hello/world)"
+echo "admin token: $data_dir/admin.token"
 wait $server

@@ -123,23 +123,9 @@ fn parse_caveat(text: &str) -> Result<Caveat, String> {
         ("path-prefix", "=") if value.starts_with('/') => Ok(Caveat::PathPrefix(value.to_string())),
         ("kv-prefix", "=") => Ok(Caveat::KvPrefix(value.to_string())),
         ("kv", "=") if value == "read" => Ok(Caveat::KvRead),
-        ("rate", "=") => parse_rate(value).map(Caveat::Rate),
+        ("rate", "=") => crate::limits::parse_rate(value).map(Caveat::Rate),
         _ => Err("unknown caveat".into()),
     }
-}
-
-/// Parses a `rate` caveat value, `N/s`, `N/m` or `N/h` (burst N).
-pub fn parse_rate(text: &str) -> Result<RateQuota, String> {
-    let bad = || format!("`{text}` is not a rate: expected e.g. `10/s`, `100/m` or `1000/h`");
-    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-    let quota: u32 = count.trim().parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
-    let seconds = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(bad()),
-    };
-    Ok(RateQuota { quota, window: std::time::Duration::from_secs(seconds), burst: quota })
 }
 
 impl Caveat {

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{self, Authority};
+use crate::limits::RateLimiter;
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::routes::App;
+use crate::runtime::{Runtime, RuntimeOptions};
 use crate::server::ConnectionLimits;
 use crate::tls::{CertSource, Tls};
-use crate::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
@@ -142,6 +143,9 @@ pub struct ServerArgs {
     pub token: Option<String>,
 }
 
+/// Callers the rate limiter tracks at most (see `limits` for the memory this bounds).
+const RATE_LIMITER_KEYS: usize = 100_000;
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -196,7 +200,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
-    let app = Arc::new(App { registry, authority, runtime, metrics, max_upload: args.max_upload });
+    let registry = Arc::new(registry);
+    registry.spawn_policy_watcher();
+    let limiter = RateLimiter::new(RATE_LIMITER_KEYS);
+    let app = Arc::new(App { registry, authority, limiter, runtime, metrics, max_upload: args.max_upload });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());
     let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {

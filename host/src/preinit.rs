@@ -45,7 +45,11 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
         .map_err(|e| ValidateError::BadInit(format!("cannot instrument the component: {e:#}")))?;
     let component =
         Component::new(runtime.engine(), &instrumented).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
-    let mut store = runtime.guest_store("(init at deploy)", &Policy { timeout: INIT_TIMEOUT, ..Policy::default() }, KvAccess::none());
+    let mut store = runtime.guest_store(
+        "(init at deploy)",
+        &Policy { timeout: INIT_TIMEOUT, ..Policy::default() },
+        KvAccess::none(),
+    );
     let run = async {
         let instance = runtime
             .linker()

@@ -25,6 +25,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -54,13 +55,34 @@ pub struct Deployment {
     pub meta: FunctionMeta,
     pub pre: ProxyPre<GuestState>,
     pub policy: Arc<Policy>,
+    /// Permits for live instances (`limits.max_concurrency`).
+    pub concurrency: Arc<Semaphore>,
     /// No instance of this version has been started yet.
     unstarted: AtomicBool,
 }
 
 impl Deployment {
     fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>) -> Self {
-        Deployment { meta, pre, policy, unstarted: AtomicBool::new(true) }
+        let concurrency = Arc::new(Semaphore::new(policy.max_concurrency as usize));
+        Deployment { meta, pre, policy, concurrency, unstarted: AtomicBool::new(true) }
+    }
+
+    /// The same version under another policy (its cold-start state carried over).
+    fn with_policy(&self, policy: Policy) -> Deployment {
+        // Instances running now hold permits of the old semaphore; a new limit applies to new
+        // requests, as every policy change does.
+        let concurrency = if policy.max_concurrency == self.policy.max_concurrency {
+            self.concurrency.clone()
+        } else {
+            Arc::new(Semaphore::new(policy.max_concurrency as usize))
+        };
+        Deployment {
+            meta: self.meta.clone(),
+            pre: self.pre.clone(),
+            policy: Arc::new(policy),
+            concurrency,
+            unstarted: AtomicBool::new(self.unstarted.load(Ordering::Relaxed)),
+        }
     }
 
     /// True exactly once per version: for its first instance (a cold start).
@@ -109,7 +131,7 @@ pub struct Deployed {
 pub struct Registry {
     functions_dir: PathBuf,
     policies_dir: Option<PathBuf>,
-    default_policy: Policy,
+    default_policy: RwLock<Policy>,
     runtime: Arc<Runtime>,
     live: RwLock<HashMap<String, Arc<Deployment>>>,
     changes: tokio::sync::Mutex<()>,
@@ -148,7 +170,7 @@ impl Registry {
         let registry = Registry {
             functions_dir,
             policies_dir: policies_dir.map(Path::to_path_buf),
-            default_policy,
+            default_policy: RwLock::new(default_policy),
             runtime,
             live: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
@@ -176,15 +198,67 @@ impl Registry {
     }
 
     /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
+    fn default_policy(&self) -> Policy {
+        self.default_policy.read().expect("policy lock poisoned").clone()
+    }
+
+    /// Reads the policy files again and applies what changed to new requests. A file that does
+    /// not parse is reported and ignored: the policy it would have replaced stays in force.
+    pub async fn reload_policies(&self) {
+        let _change = self.changes.lock().await;
+        if let Some(path) = self.policies_dir.as_ref().map(|dir| dir.join("default.toml")) {
+            let parsed = if path.exists() {
+                read_policy_file(&path).map(|f| f.resolve(&Policy::default()))
+            } else {
+                Ok(Policy::default())
+            };
+            match parsed {
+                Ok(policy) => *self.default_policy.write().expect("policy lock poisoned") = policy,
+                Err(error) => return tracing::error!(%error, "policy file refused; keeping the policies in force"),
+            }
+        }
+        let mut live = self.live.write().expect("registry lock poisoned");
+        for (name, deployment) in live.iter_mut() {
+            match self.policy_for(name) {
+                Ok(policy) if policy != *deployment.policy => {
+                    tracing::info!(function = %name, "policy changed");
+                    *deployment = Arc::new(deployment.with_policy(policy));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(function = %name, %error, "policy file refused; keeping the function's policy")
+                }
+            }
+        }
+    }
+
+    /// Reloads policies whenever a file in the policies directory changes.
+    pub fn spawn_policy_watcher(self: &Arc<Self>) {
+        let Some(dir) = self.policies_dir.clone() else { return };
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen = policy_files_state(&dir);
+            loop {
+                tokio::time::sleep(POLICY_WATCH_INTERVAL).await;
+                let Some(registry) = registry.upgrade() else { return };
+                let now = policy_files_state(&dir);
+                if now != seen {
+                    seen = now;
+                    registry.reload_policies().await;
+                }
+            }
+        });
+    }
+
     fn policy_for(&self, name: &str) -> anyhow::Result<Policy> {
         let uploaded = self.function_dir(name).join("policy.toml");
         let file = self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")));
         for path in [Some(uploaded), file].into_iter().flatten() {
             if path.exists() {
-                return Ok(read_policy_file(&path)?.resolve(&self.default_policy));
+                return Ok(read_policy_file(&path)?.resolve(&self.default_policy()));
             }
         }
-        Ok(self.default_policy.clone())
+        Ok(self.default_policy())
     }
 
     /// Loads the version `meta.json` names, removing debris of interrupted deploys.
@@ -336,15 +410,14 @@ impl Registry {
     pub async fn set_policy(&self, name: &str, text: &str) -> Result<Policy, PolicyError> {
         validate_name(name)?;
         let file = PolicyFile::parse(text).map_err(PolicyError::Invalid)?;
-        let policy = file.resolve(&self.default_policy);
+        let policy = file.resolve(&self.default_policy());
         let _change = self.changes.lock().await;
         let dir = self.function_dir(name);
         create_private_dir(&dir).map_err(RegistryError::Io)?;
         write_durably(&dir.join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
         let mut live = self.live.write().expect("registry lock poisoned");
         if let Some(current) = live.get(name).cloned() {
-            let updated = Deployment::new(current.meta.clone(), current.pre.clone(), Arc::new(policy.clone()));
-            live.insert(name.to_string(), Arc::new(updated));
+            live.insert(name.to_string(), Arc::new(current.with_policy(policy.clone())));
         }
         Ok(policy)
     }
@@ -406,6 +479,24 @@ fn store_version(dir: &Path, meta: &FunctionMeta, files: &[(&str, Option<&Vec<u8
     fs::rename(&staging, &final_dir)?;
     sync_dir(dir)?;
     write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?)
+}
+
+/// How often the policies directory is checked for changes.
+const POLICY_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Names, sizes and modification times of the policy files: what the watcher compares.
+fn policy_files_state(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<SystemTime>)> {
+    let mut state: Vec<_> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let metadata = entry.metadata().ok()?;
+            Some((entry.file_name(), metadata.len(), metadata.modified().ok()))
+        })
+        .collect();
+    state.sort();
+    state
 }
 
 fn read_policy_file(path: &Path) -> anyhow::Result<PolicyFile> {

@@ -22,16 +22,19 @@ use serde::Serialize;
 
 use crate::auth::{self, Authority, Op};
 use crate::kv::Caller;
+use crate::limits::{RateDecision, RateLimiter};
 use crate::metrics::Metrics;
+use crate::policy::RateQuota;
 use crate::problem::Problem;
-use crate::registry::{DeployError, FunctionMeta, Registry, RegistryError};
+use crate::registry::{DeployError, Deployment, FunctionMeta, Registry, RegistryError};
 use crate::runtime::{Invocation, Runtime};
 use crate::server::{BoxError, ResponseBody, full};
 
 /// Shared state of the server.
 pub struct App {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub authority: Arc<Authority>,
+    pub limiter: RateLimiter,
     pub runtime: Arc<Runtime>,
     pub metrics: Arc<Metrics>,
     /// Largest component accepted by `PUT /v1/functions/{name}`.
@@ -39,11 +42,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn route(&self, request: http::Request<Incoming>, _peer: SocketAddr) -> http::Response<ResponseBody> {
+    pub async fn route(&self, request: http::Request<Incoming>, peer: SocketAddr) -> http::Response<ResponseBody> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         let result = if let Some(rest) = path.strip_prefix("/fn/") {
-            self.invoke(request, rest).await
+            self.invoke(request, rest, peer).await
         } else if let Some(rest) = path.strip_prefix("/v1/functions") {
             self.admin(request, &method, rest).await
         } else if path == "/v1/tokens/revoke" {
@@ -63,16 +66,33 @@ impl App {
         result.unwrap_or_else(Problem::into_response)
     }
 
-    /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` plus the original query.
+    /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` plus the original query. Every
+    /// outcome, refusals included, is counted by function and status.
     async fn invoke(
         &self,
         request: http::Request<Incoming>,
         after_prefix: &str,
+        peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
         let Some(deployment) = self.registry.lookup(name) else {
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
+        let started = Instant::now();
+        let result = self.invoke_deployed(request, name, rest, &deployment, peer).await;
+        let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
+        self.metrics.observe_request(name, status, started.elapsed());
+        result
+    }
+
+    async fn invoke_deployed(
+        &self,
+        request: http::Request<Incoming>,
+        name: &str,
+        rest: &str,
+        deployment: &Deployment,
+        peer: SocketAddr,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
         let guest_path = format!("/{rest}");
         let facts = auth::Request {
             op: Op::Invoke,
@@ -87,25 +107,52 @@ impl App {
             None if deployment.policy.public => Caller::default(),
             _ => self.authority.verify(authorization, &facts)?,
         };
+
+        // Rate: keyed by function and caller (token id, else client address); the policy's
+        // quota and the token's `rate` caveats apply together, the stricter wins.
+        let caller_key = caller.token_id.clone().unwrap_or_else(|| peer.ip().to_string());
+        let quotas: Vec<RateQuota> =
+            std::iter::once(deployment.policy.rate).chain(caller.rates.iter().copied()).collect();
+        let decision = self.limiter.check(name, &caller_key, &quotas);
+        if !decision.allowed {
+            let problem = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit of {} reached; retry later", decision.quota),
+            );
+            return Err(with_rate_headers(problem, &decision));
+        }
+        let Ok(permit) = deployment.concurrency.clone().try_acquire_owned() else {
+            let detail =
+                format!("all {} instances of `{name}` are busy; retry shortly", deployment.policy.max_concurrency);
+            return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), &decision));
+        };
+
         let path_and_query = match request.uri().query() {
             Some(query) => format!("{guest_path}?{query}"),
             None => guest_path.clone(),
         };
-        let started = Instant::now();
         let invocation = Invocation {
             function: name,
             pre: &deployment.pre,
             policy: &deployment.policy,
             cold: deployment.take_cold_start(),
             caller,
+            permit,
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
-        let result = result
-            .map(|response| response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync()))
-            .map_err(Problem::from);
-        let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
-        self.metrics.observe_request(name, status, started.elapsed());
-        result
+        match result {
+            Ok(response) => {
+                let mut response =
+                    response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync());
+                for (header, value) in decision.headers() {
+                    if let Ok(value) = http::HeaderValue::from_str(&value) {
+                        response.headers_mut().insert(header, value);
+                    }
+                }
+                Ok(response)
+            }
+            Err(error) => Err(with_rate_headers(Problem::from(error), &decision)),
+        }
     }
 
     async fn admin(
@@ -121,7 +168,13 @@ impl App {
             (_, [name, ..]) => (Op::Manage, Some(*name)),
             _ => (Op::Manage, None),
         };
-        self.authorize(&request, op, function)?;
+        let caller = self.authorize(&request, op, function)?;
+        let caller_key = caller.token_id.unwrap_or_default();
+        let decision = self.limiter.check("admin", &caller_key, &[ADMIN_QUOTA]);
+        if !decision.allowed {
+            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
+            return Err(with_rate_headers(problem, &decision));
+        }
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
             (_, [""]) => Err(method_not_allowed("GET")),
@@ -190,6 +243,16 @@ impl App {
         tracing::info!(token_id = %token_id, "token revoked");
         Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": token_id })))
     }
+}
+
+/// What one token may do to the admin API: generous for deploy scripts, bounded for a leaked
+/// token in a loop.
+const ADMIN_QUOTA: RateQuota = RateQuota { quota: 50, window: std::time::Duration::from_secs(1), burst: 100 };
+
+/// Adds the rate-limit headers (and `Retry-After` on refusals) to a problem response.
+fn with_rate_headers(mut problem: Problem, decision: &RateDecision) -> Problem {
+    problem.headers.extend(decision.headers());
+    problem
 }
 
 /// The `Authorization` header, if it is text.

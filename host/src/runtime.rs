@@ -122,6 +122,8 @@ pub struct Invocation<'a> {
     pub cold: bool,
     /// What the caller's token allows on top of the policy.
     pub caller: Caller,
+    /// The function's concurrency permit, held until the instance is gone.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -296,7 +298,9 @@ impl Runtime {
         let (function, cold) = (invocation.function.to_string(), invocation.cold);
         // The guest runs in its own task so it can keep streaming the body after the response
         // head is sent; the timeout bounds the whole run, body included.
+        let permit = invocation.permit;
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let _live = LiveInstance::new(&metrics);
             let run = async {
                 let started = Instant::now();

@@ -113,15 +113,21 @@ pub async fn serve(
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             let outcome = match tls {
-                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
-                Some(tls) => match tokio::time::timeout(limits.handshake_timeout, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+                None => {
+                    watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
+                        .await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(limits.handshake_timeout, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                }
             };
             if let Err(error) = outcome {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");

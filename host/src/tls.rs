@@ -26,9 +26,14 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Where the certificate comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Generated once into `<data-dir>/tls/` for `localhost` and `127.0.0.1`.
-    SelfSigned { data_dir: PathBuf },
+    SelfSigned {
+        data_dir: PathBuf,
+    },
 }
 
 /// The certificate handshakes get; swapped on reload.
@@ -119,8 +124,10 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("cannot read the private key from {}: {e}", key.display()))?;
-    let signing_key = any_supported_type(&key_der).map_err(|e| anyhow::anyhow!("unsupported private key in {}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("cannot read the private key from {}: {e}", key.display()))?;
+    let signing_key = any_supported_type(&key_der)
+        .map_err(|e| anyhow::anyhow!("unsupported private key in {}: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| anyhow::anyhow!("{} does not match {}: {e}", key.display(), cert.display()))?;
     Ok(certified)

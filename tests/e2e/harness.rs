@@ -108,7 +108,9 @@ impl Server {
         // make theirs private with a policy.
         let default_policy = policies.join("default.toml");
         if !default_policy.exists() {
-            std::fs::write(&default_policy, "public = true\n").expect("default policy");
+            // Load tests must not meet the rate limiter; the rate tests set their own quotas.
+            let policy = "public = true\n[rate]\nquota = 1000000\nwindow = \"1s\"\n[limits]\nmax_concurrency = 250\n";
+            std::fs::write(&default_policy, policy).expect("default policy");
         }
         let mut child = Command::new(LEDGE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -167,7 +169,8 @@ impl Server {
 
     /// `PUT /v1/functions/{name}/policy`, asserting it is accepted.
     pub async fn set_policy(&self, name: &str, policy: &str) {
-        let response = self.admin().put(format!("{}/v1/functions/{name}/policy", self.url)).body(policy.to_string()).send().await;
+        let response =
+            self.admin().put(format!("{}/v1/functions/{name}/policy", self.url)).body(policy.to_string()).send().await;
         assert_eq!(response.expect("policy upload").status(), 204);
     }
 

@@ -42,7 +42,10 @@ fn certificate(name: &str) -> (String, String) {
 }
 
 /// A TLS connection trusting only `ca_pem`.
-fn tls_connect(address: &str, ca_pem: &str) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+fn tls_connect(
+    address: &str,
+    ca_pem: &str,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
@@ -51,8 +54,9 @@ fn tls_connect(address: &str, ca_pem: &str) -> std::io::Result<rustls::StreamOwn
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connection = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap().to_owned())
-        .map_err(std::io::Error::other)?;
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap().to_owned())
+            .map_err(std::io::Error::other)?;
     let mut stream = rustls::StreamOwned::new(connection, TcpStream::connect(address)?);
     stream.flush()?;
     stream.conn.complete_io(&mut stream.sock)?;
@@ -76,7 +80,8 @@ async fn a_certificate_swap_is_picked_up_and_keeps_existing_connections() {
     let (first_cert, first_key) = certificate("first");
     std::fs::write(&cert_path, &first_cert).unwrap();
     std::fs::write(&key_path, &first_key).unwrap();
-    let server = Server::start_with(&["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
+    let server =
+        Server::start_with(&["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
     let address = server.url.trim_start_matches("https://").to_string();
     let mut kept = tls_connect(&address, &first_cert).expect("first certificate served");
     assert!(healthz_over(&mut kept).starts_with("HTTP/1.1 200"));
@@ -148,7 +153,8 @@ async fn oversized_bodies_get_413_declared_or_streamed() {
     let declared = client().post(server.fn_url("echo", "/")).body(vec![b'x'; 2048]).send().await.unwrap();
     assert!(problem(declared, 413).await["detail"].as_str().unwrap().contains("1024 bytes"));
     let chunks = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 600])));
-    let streamed = client().post(server.fn_url("echo", "/")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let streamed =
+        client().post(server.fn_url("echo", "/")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     problem(streamed, 413).await;
     let fits = client().post(server.fn_url("echo", "/")).body(vec![b'x'; 1000]).send().await.unwrap();
     assert_eq!(fits.text().await.unwrap().len(), 1000);
@@ -214,7 +220,11 @@ async fn metrics_parse_as_openmetrics_and_count_the_requests_made() {
         .arg(format!("{}/metrics", server.url))
         .output()
         .expect("python");
-    assert!(output.status.success(), "the reference parser refused /metrics: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the reference parser refused /metrics: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let samples = String::from_utf8(output.stdout).unwrap();
     let value = |sample: &str| {
         samples.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')).map(|v| v.parse::<f64>().unwrap())
