@@ -8,4 +8,5 @@ mod invoke;
 mod kv;
 mod preinit;
 mod production;
+mod rate;
 mod tokens;
