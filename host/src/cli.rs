@@ -15,7 +15,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::routes::App;
-use crate::runtime::{Runtime, RuntimeOptions};
+use crate::runtime::{Profile, Runtime, RuntimeOptions};
 use crate::server::ConnectionLimits;
 use crate::tls::{CertSource, Tls};
 
@@ -53,9 +53,40 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Compile a component ahead of time for another node (e.g. an ARM64 board), which then
+    /// deploys the artifact without compiling (it must run with --trust-precompiled).
+    Compile {
+        /// The component (.wasm) to compile.
+        file: PathBuf,
+        /// The node's architecture: aarch64 or x86_64 (Linux).
+        #[arg(long, value_enum, default_value_t = Arch::Aarch64)]
+        target: Arch,
+        /// The node's `ledge serve --profile`.
+        #[arg(long, value_enum, default_value_t = Profile::Standard)]
+        profile: Profile,
+        /// Where to write the artifact (default: FILE with the extension .cwasm).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Mint, attenuate, inspect and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Arch {
+    Aarch64,
+    #[value(name = "x86_64")]
+    X86_64,
+}
+
+impl Arch {
+    fn triple(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,12 +131,22 @@ pub struct ServeArgs {
     /// Largest component accepted by deploy, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_upload: u64,
-    /// Component instances that may be live at once (sizes the pooling allocator).
-    #[arg(long, default_value_t = RuntimeOptions::default().max_instances)]
-    max_instances: u32,
-    /// Bytes of each pooled linear memory kept resident and reset in place between requests.
-    #[arg(long, default_value_t = RuntimeOptions::default().keep_resident)]
-    keep_resident: usize,
+    /// Memory and address-space sizing: `standard` for servers, `small` for ARM64 boards
+    /// (39-bit address space, 1 GB RAM).
+    #[arg(long, value_enum, default_value_t = Profile::Standard)]
+    profile: Profile,
+    /// Component instances that may be live at once (sizes the pooling allocator; default
+    /// from the profile: 256 standard, 32 small).
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Bytes of each pooled linear memory kept resident and reset in place between requests
+    /// (default from the profile: 16 MiB standard, 1 MiB small).
+    #[arg(long)]
+    keep_resident: Option<usize>,
+    /// Accept precompiled artifacts from `ledge compile` at deploy. They are native code that
+    /// runs unchecked: only for deployers you trust as much as the node itself.
+    #[arg(long)]
+    trust_precompiled: bool,
     /// Never use the pooling allocator (always allocate instance memory on demand).
     #[arg(long)]
     no_pooling: bool,
@@ -164,6 +205,7 @@ pub fn main() -> ExitCode {
             Command::Functions { server } => crate::client::functions(&server).await,
             Command::Rm { name, server } => crate::client::remove(&server, &name).await,
             Command::Token(command) => token(command).await,
+            Command::Compile { file, target, profile, output } => compile(&file, target, profile, output).await,
         }
     });
     match result {
@@ -178,14 +220,20 @@ pub fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     crate::storage::create_private_dir(&args.data_dir)?;
-    let options =
-        RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances, ..RuntimeOptions::default() };
+    let defaults = RuntimeOptions::for_profile(args.profile);
+    let options = RuntimeOptions {
+        pooling: !args.no_pooling,
+        max_instances: args.max_instances.unwrap_or(defaults.max_instances),
+        keep_resident: args.keep_resident.unwrap_or(defaults.keep_resident),
+        trust_precompiled: args.trust_precompiled,
+        ..defaults
+    };
     let db = {
         let dir = args.data_dir.join("kv");
         tokio::task::spawn_blocking(move || ledge_kv::Db::open(&dir)).await??
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
-    let runtime = Arc::new(Runtime::new(&options, metrics.clone(), db.clone())?);
+    let runtime = Arc::new(Runtime::new(&options, metrics.clone(), Some(db.clone()))?);
     let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
@@ -229,6 +277,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn compile(
+    file: &std::path::Path,
+    target: Arch,
+    profile: Profile,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let options = RuntimeOptions { pooling: false, ..RuntimeOptions::for_profile(profile) };
+    // The host runtime validates and runs `init`; the artifact is compiled for the target.
+    let host = Runtime::new(&options, Arc::default(), None)?;
+    let artifact = host.compile_for(&bytes, target.triple(), &options).await?;
+    let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
+    crate::storage::write_durably(&output, &artifact)?;
+    println!(
+        "compiled {} for {} ({:?} profile): {} ({} bytes)",
+        file.display(),
+        target.triple(),
+        profile,
+        output.display(),
+        artifact.len()
+    );
+    Ok(())
+}
+
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
     let output = match command {
         TokenCommand::Mint { data_dir, caveats } => {
@@ -250,7 +322,9 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never into files or journald.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -110,6 +110,7 @@ impl From<InvokeError> for Problem {
         match &error {
             InvokeError::BodyTooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
             InvokeError::Timeout(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            InvokeError::PoolExhausted => Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
                 tracing::warn!(error = %error, "guest failed");
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())

@@ -19,7 +19,8 @@ use ledge_kv::Db;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -96,11 +97,50 @@ pub struct RuntimeOptions {
     pub max_memory: u64,
     /// Bytes of each pooled memory kept resident between requests (reset in place).
     pub keep_resident: usize,
+    /// Accept precompiled artifacts at deploy (`--trust-precompiled`).
+    pub trust_precompiled: bool,
+    /// Virtual address space reserved per linear memory; `None` is wasmtime's default (4 GiB +
+    /// guard on 64-bit hosts, bounds checks elided). Smaller reservations add bounds checks but
+    /// fit small address spaces.
+    pub memory_reservation: Option<u64>,
+}
+
+/// Memory and address-space sizing presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Servers: 256 pooled instances, 4 GiB reservations, 16 MiB kept resident per slot.
+    Standard,
+    /// ARM64 boards (39-bit address space, 1 GB RAM): 32 pooled instances, 128 MiB memories
+    /// reserved exactly, 1 MiB kept resident. About 9 GiB of address space in all.
+    Small,
+}
+
+impl RuntimeOptions {
+    pub fn for_profile(profile: Profile) -> Self {
+        match profile {
+            Profile::Standard => RuntimeOptions {
+                pooling: true,
+                max_instances: 256,
+                max_memory: 1 << 30,
+                keep_resident: 16 << 20,
+                memory_reservation: None,
+                trust_precompiled: false,
+            },
+            Profile::Small => RuntimeOptions {
+                pooling: true,
+                max_instances: 32,
+                max_memory: 128 << 20,
+                keep_resident: 1 << 20,
+                memory_reservation: Some(128 << 20),
+                trust_precompiled: false,
+            },
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { pooling: true, max_instances: 256, max_memory: 1 << 30, keep_resident: 16 << 20 }
+        Self::for_profile(Profile::Standard)
     }
 }
 
@@ -110,7 +150,12 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     allocator: Allocator,
     metrics: Arc<Metrics>,
-    db: Db,
+    /// `None` for a runtime that only compiles (`ledge compile`): guests get no key-value access.
+    db: Option<Db>,
+    /// Accept precompiled artifacts (native code) at deploy.
+    trust_precompiled: bool,
+    /// The largest linear memory the engine is configured for.
+    max_memory: u64,
 }
 
 /// One request's view of a deployed version.
@@ -147,6 +192,8 @@ pub enum ValidateError {
     NotHttpProxy(String),
     #[error("pre-initialization failed: {0}")]
     BadInit(String),
+    #[error("{0}")]
+    Precompiled(String),
 }
 
 /// Why an invocation failed.
@@ -160,6 +207,8 @@ pub enum InvokeError {
     MemoryLimit { limit: u64 },
     #[error("the function trapped: {0}")]
     Trap(String),
+    #[error("every instance slot of this server is in use; retry shortly")]
+    PoolExhausted,
     #[error("the function returned without sending a response")]
     NoResponse,
     #[error("the request cannot be passed to the function: {0}")]
@@ -171,7 +220,7 @@ pub enum InvokeError {
 impl Runtime {
     /// Builds the engine (pooling when the address-space reservation succeeds) and the linker,
     /// and starts the epoch ticker.
-    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>, db: Db) -> anyhow::Result<Self> {
+    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>, db: Option<Db>) -> anyhow::Result<Self> {
         let (engine, allocator) = if options.pooling {
             match Engine::new(&Self::config(options, Allocator::Pooling)) {
                 Ok(engine) => (engine, Allocator::Pooling),
@@ -193,13 +242,24 @@ impl Runtime {
         crate::kv::bindings::PlatformHost::add_to_linker::<GuestState, KvBinding>(&mut linker, GuestState::kv)
             .map_err(anyhow_from)?;
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker, allocator, metrics, db })
+        Ok(Runtime {
+            engine,
+            linker,
+            allocator,
+            metrics,
+            db,
+            trust_precompiled: options.trust_precompiled,
+            max_memory: options.max_memory,
+        })
     }
 
     fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.memory_init_cow(true);
+        if let Some(reservation) = options.memory_reservation {
+            config.memory_reservation(reservation).memory_guard_size(64 << 10).memory_reservation_for_growth(0);
+        }
         if allocator == Allocator::Pooling {
             let instances = options.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::default();
@@ -235,11 +295,16 @@ impl Runtime {
     /// executor at every epoch tick so a spinning guest shares its worker thread and can be
     /// cancelled by a timeout at the next tick.
     pub fn guest_store(&self, function: &str, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
-        let mut store = Store::new(&self.engine, GuestState::new(function, policy, kv));
+        let mut store = Store::new(&self.engine, GuestState::new(function, policy, self.memory_cap(policy), kv));
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
+    }
+
+    /// A policy's memory limit, capped by what this engine can give (the profile's maximum).
+    fn memory_cap(&self, policy: &Policy) -> u64 {
+        policy.memory.min(self.max_memory)
     }
 
     /// Which allocator the probe settled on.
@@ -249,6 +314,9 @@ impl Runtime {
 
     /// Checks the binary's header and compiles it (CPU-heavy: call from a blocking thread).
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, ValidateError> {
+        if bytes.starts_with(b"\x7fELF") {
+            return self.load_precompiled(bytes);
+        }
         match bytes.get(0..8) {
             Some([0, b'a', b's', b'm', 0x01, 0, 0, 0]) => return Err(ValidateError::CoreModule),
             Some([0, b'a', b's', b'm', 0x0d, 0, 0x01, 0]) => {}
@@ -256,6 +324,37 @@ impl Runtime {
             _ => return Err(ValidateError::NotWasm),
         }
         Component::new(&self.engine, bytes).map_err(|error| ValidateError::Invalid(format!("{error:#}")))
+    }
+
+    /// A component precompiled elsewhere (`ledge compile`): native code, so only accepted from
+    /// operators who said they trust their deployers with it (`--trust-precompiled`).
+    fn load_precompiled(&self, bytes: &[u8]) -> Result<Component, ValidateError> {
+        if !self.trust_precompiled {
+            return Err(ValidateError::Precompiled(
+                "this server does not accept precompiled artifacts (start it with --trust-precompiled); deploy the .wasm component instead".into(),
+            ));
+        }
+        // SAFETY: the operator opted in to running deployers' native code; wasmtime still
+        // refuses artifacts for another target, wasmtime build or engine configuration.
+        unsafe { Component::deserialize(&self.engine, bytes) }.map_err(|error| {
+            ValidateError::Precompiled(format!("the artifact was not compiled for this node (target, wasmtime version and profile must match): {error:#}"))
+        })
+    }
+
+    /// Compiles `bytes` (pre-initializing it when it exports `init`) for another node's
+    /// `target` triple and profile; returns the artifact a node of that kind deploys as it is.
+    pub async fn compile_for(&self, bytes: &[u8], target: &str, options: &RuntimeOptions) -> anyhow::Result<Vec<u8>> {
+        let component = self.compile(bytes)?;
+        self.prepare(&component)?;
+        let initialized = if crate::preinit::wants_preinit(&component)? {
+            crate::preinit::snapshot(self, bytes).await?
+        } else {
+            bytes.to_vec()
+        };
+        let mut config = Self::config(options, Allocator::OnDemand);
+        config.target(target).map_err(anyhow_from)?;
+        let engine = Engine::new(&config).map_err(anyhow_from)?;
+        engine.precompile_component(&initialized).map_err(anyhow_from)
     }
 
     /// Resolves the component's imports once, so requests only instantiate.
@@ -286,7 +385,10 @@ impl Runtime {
         // then, the client gets a 413.
         let overflowed = Arc::new(AtomicBool::new(false));
         let request = guest_request(request, path_and_query, policy.max_body, overflowed.clone())?;
-        let kv = KvAccess::new(self.db.clone(), invocation.function, policy, invocation.caller.clone());
+        let kv = match &self.db {
+            Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
+            None => KvAccess::none(),
+        };
         let mut store = self.guest_store(invocation.function, policy, kv);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
@@ -325,11 +427,14 @@ impl Runtime {
                     return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
                 }
                 if hit_memory_limit {
-                    return Err(InvokeError::MemoryLimit { limit: policy.memory });
+                    return Err(InvokeError::MemoryLimit { limit: self.memory_cap(policy) });
                 }
                 match outcome {
                     Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
                     Ok(Ok(())) => Err(InvokeError::NoResponse),
+                    Ok(Err(error)) if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                        Err(InvokeError::PoolExhausted)
+                    }
                     Ok(Err(error)) => Err(InvokeError::Trap(describe_failure(&error))),
                 }
             }
@@ -461,7 +566,7 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    fn new(function: &str, policy: &Policy, kv: KvAccess) -> Self {
+    fn new(function: &str, policy: &Policy, memory_cap: u64, kv: KvAccess) -> Self {
         GuestState {
             wasi: WasiCtx::builder()
                 .stdout(GuestLog::new(function, "stdout"))
@@ -470,7 +575,7 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone()),
-            memory: MemoryCap { limit: usize::try_from(policy.memory).unwrap_or(usize::MAX), hit: false },
+            memory: MemoryCap { limit: usize::try_from(memory_cap).unwrap_or(usize::MAX), hit: false },
             kv,
         }
     }
@@ -538,7 +643,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let runtime =
-            Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }, Arc::default(), db).unwrap();
+            Runtime::new(&RuntimeOptions { pooling: false, ..Default::default() }, Arc::default(), Some(db)).unwrap();
         assert!(matches!(runtime.compile(b"garbage!"), Err(ValidateError::NotWasm)));
         assert!(matches!(runtime.compile(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
         assert!(matches!(runtime.compile(b"\0asm\x0d\0\x01\0\xff"), Err(ValidateError::Invalid(_))));

@@ -54,12 +54,9 @@ async fn cli_deploys_lists_and_removes() {
 
 #[tokio::test]
 async fn cli_reports_usage_errors_and_unreachable_servers() {
-    let usage = std::process::Command::new(crate::harness::LEDGE).args(["deploy"]).output().unwrap();
+    let usage = crate::harness::ledge().args(["deploy"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
-    let unreachable = std::process::Command::new(crate::harness::LEDGE)
-        .args(["functions", "--server", "http://127.0.0.1:9"])
-        .output()
-        .unwrap();
+    let unreachable = crate::harness::ledge().args(["functions", "--server", "http://127.0.0.1:9"]).output().unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the ledge server"));
 }

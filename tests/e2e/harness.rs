@@ -7,7 +7,21 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
+const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
+
+/// A command running the `ledge` binary; under `LEDGE_RUNNER` (e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`) when the binary is for another architecture than the machine.
+pub fn ledge() -> Command {
+    match std::env::var("LEDGE_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut command = Command::new(parts.next().expect("runner program"));
+            command.args(parts).arg(LEDGE);
+            command
+        }
+        None => Command::new(LEDGE),
+    }
+}
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
@@ -112,12 +126,14 @@ impl Server {
             let policy = "public = true\n[rate]\nquota = 1000000\nwindow = \"1s\"\n[limits]\nmax_concurrency = 250\n";
             std::fs::write(&default_policy, policy).expect("default policy");
         }
-        let mut child = Command::new(LEDGE)
+        let mut child = ledge()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--policies")
             .arg(&policies)
             .args(&self.extra)
+            // Extra arguments for every server of a run, e.g. `--profile small` under emulation.
+            .args(std::env::var("LEDGE_TEST_SERVE_ARGS").unwrap_or_default().split_whitespace())
             .env("LEDGE_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -215,7 +231,7 @@ impl Server {
 
     /// Runs a client command of the `ledge` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(LEDGE)
+        ledge()
             .args(args)
             .env("LEDGE_SERVER", &self.url)
             .env("LEDGE_TOKEN", &self.admin_token)
@@ -266,7 +282,7 @@ pub async fn metric(server: &Server, sample: &str) -> f64 {
 
 /// `ledge token attenuate TOKEN --caveat CAVEAT`.
 pub fn attenuate(token: &str, caveat: &str) -> String {
-    let output = Command::new(LEDGE).args(["token", "attenuate", token, "--caveat", caveat]).output().expect("ledge");
+    let output = ledge().args(["token", "attenuate", token, "--caveat", caveat]).output().expect("ledge");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8").trim().to_string()
 }

@@ -4,6 +4,7 @@ mod harness;
 
 mod deploy;
 mod durability;
+mod edge;
 mod invoke;
 mod kv;
 mod preinit;

@@ -1,12 +1,11 @@
 //! GCRA rate limits advertised with the IETF RateLimit headers, concurrency limits, and the
 //! policy files that set them.
 
-use std::process::Command;
 use std::time::Duration;
 
 use sfv::{BareItem, Parser};
 
-use crate::harness::{LEDGE, Server, client, guest, problem};
+use crate::harness::{Server, client, guest, problem};
 
 /// `(policy id, params)` of a RateLimit-Policy or RateLimit header, parsed as an RFC 9651 list.
 fn structured(response: &reqwest::Response, header: &str) -> (String, Vec<(String, i64)>) {
@@ -85,7 +84,7 @@ async fn the_budget_recovers_at_the_configured_rate() {
 }
 
 fn mint(server: &Server, caveats: &[&str]) -> String {
-    let mut command = Command::new(LEDGE);
+    let mut command = crate::harness::ledge();
     command.args(["token", "mint", "--data-dir"]).arg(&server.data_dir);
     for caveat in caveats {
         command.args(["--caveat", caveat]);

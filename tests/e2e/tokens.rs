@@ -1,11 +1,9 @@
 //! Attenuable macaroon tokens gate deploy, invoke and key-value access.
 
-use std::process::Command;
-
 use base64::Engine as _;
 use libmacaroon::{Format, Macaroon, MacaroonKey};
 
-use crate::harness::{LEDGE, Server, client, guest, problem};
+use crate::harness::{Server, client, guest, problem};
 
 /// A server with `misbehave` and `kv-wasi` deployed as private functions.
 async fn private_server() -> Server {
@@ -19,7 +17,7 @@ async fn private_server() -> Server {
 }
 
 fn mint(server: &Server, caveats: &[&str]) -> String {
-    let mut command = Command::new(LEDGE);
+    let mut command = crate::harness::ledge();
     command.args(["token", "mint", "--data-dir"]).arg(&server.data_dir);
     for caveat in caveats {
         command.args(["--caveat", caveat]);
@@ -84,7 +82,7 @@ async fn each_caveat_kind_allows_and_refuses() {
         let response = call(server.fn_url("private", path), method, Some(&token)).await;
         assert_eq!(response.status().as_u16(), expected, "caveat `{caveat}` with {method} {path}");
     }
-    let typo = Command::new(LEDGE)
+    let typo = crate::harness::ledge()
         .args(["token", "mint", "--caveat", "colour = blue", "--data-dir"])
         .arg(&server.data_dir)
         .output();
@@ -127,7 +125,7 @@ async fn kv_caveats_confine_the_guest() {
 async fn the_guest_reads_the_verified_caller() {
     let server = private_server().await;
     let token = mint(&server, &["kv-prefix = user/42/", "fn = private"]);
-    let inspect = Command::new(LEDGE).args(["token", "inspect", &token]).output().unwrap();
+    let inspect = crate::harness::ledge().args(["token", "inspect", &token]).output().unwrap();
     let printed = String::from_utf8(inspect.stdout).unwrap();
     let id = printed.lines().find_map(|l| l.strip_prefix("token id: ")).unwrap().trim().to_string();
     let (status, whoami) = body(call(server.fn_url("private", "/whoami"), "GET", Some(&token)).await).await;
@@ -140,16 +138,17 @@ async fn a_holder_attenuates_without_the_key_and_cannot_undo_it() {
     let server = private_server().await;
     let token = mint(&server, &[]);
     let output =
-        Command::new(LEDGE).args(["token", "attenuate", &token, "--caveat", "method = POST"]).output().unwrap();
+        crate::harness::ledge().args(["token", "attenuate", &token, "--caveat", "method = POST"]).output().unwrap();
     assert!(output.status.success());
     let narrowed = String::from_utf8(output.stdout).unwrap().trim().to_string();
     assert!(!narrowed.contains('='), "base64url without padding");
     problem(call(server.fn_url("private", "/fine"), "GET", Some(&narrowed)).await, 403).await;
     assert_eq!(call(server.fn_url("private", "/fine"), "POST", Some(&narrowed)).await.status(), 200);
-    let inspected = Command::new(LEDGE).args(["token", "inspect", &narrowed]).output().unwrap();
+    let inspected = crate::harness::ledge().args(["token", "inspect", &narrowed]).output().unwrap();
     let inspected = String::from_utf8(inspected.stdout).unwrap();
     assert!(inspected.contains("method = POST") && inspected.contains("token id: "));
-    let bad = Command::new(LEDGE).args(["token", "attenuate", &token, "--caveat", "colour = blue"]).output().unwrap();
+    let bad =
+        crate::harness::ledge().args(["token", "attenuate", &token, "--caveat", "colour = blue"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
 
