@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building and testing ledge needs on a machine that has only the Rust
-# toolchain (rustup, cargo) and python3: the wasm32-wasip2 target, and componentize-py in a
+# toolchain (rustup, cargo) and python3: the wasm32-wasip2 and aarch64 targets, the Debian
+# packages for cross-building and emulating ARM64, and componentize-py in a
 # virtualenv under target/ (the tests build a Python component with it, and check token
 # interop against pymacaroons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup target add wasm32-wasip2 >/dev/null
+rustup target add wasm32-wasip2 aarch64-unknown-linux-gnu >/dev/null
+
+# The ARM64 build and its emulated test run: Debian's cross gcc and sysroot, and qemu-user.
+# curl for the TLS tests (scripts/bench.sh installs wrk and h2load itself).
+missing=()
+for tool in aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user curl:curl; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+[ -d /usr/aarch64-linux-gnu/lib ] || missing+=(libc6-dev-arm64-cross)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo_if_needed apt-get update -qq
+  $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 if [ ! -x target/pyenv/bin/componentize-py ] || ! target/pyenv/bin/python -c "import pymacaroons, prometheus_client" 2>/dev/null; then
   mkdir -p target

@@ -133,7 +133,7 @@ pub struct ServeArgs {
     max_upload: u64,
     /// Memory and address-space sizing: `standard` for servers, `small` for ARM64 boards
     /// (39-bit address space, 1 GB RAM).
-    #[arg(long, value_enum, default_value_t = Profile::Standard)]
+    #[arg(long, value_enum, default_value_t = Profile::Standard, overrides_with = "profile")]
     profile: Profile,
     /// Component instances that may be live at once (sizes the pooling allocator; default
     /// from the profile: 256 standard, 32 small).
@@ -147,6 +147,9 @@ pub struct ServeArgs {
     /// runs unchecked: only for deployers you trust as much as the node itself.
     #[arg(long)]
     trust_precompiled: bool,
+    /// Turn rate limiting off (benchmarks, or a node behind a gateway that limits already).
+    #[arg(long)]
+    no_rate_limit: bool,
     /// Never use the pooling allocator (always allocate instance memory on demand).
     #[arg(long)]
     no_pooling: bool,
@@ -250,7 +253,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let registry = Arc::new(registry);
     registry.spawn_policy_watcher();
-    let limiter = RateLimiter::new(RATE_LIMITER_KEYS);
+    let limiter = (!args.no_rate_limit).then(|| RateLimiter::new(RATE_LIMITER_KEYS));
     let app = Arc::new(App { registry, authority, limiter, runtime, metrics, max_upload: args.max_upload });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());

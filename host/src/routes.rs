@@ -34,7 +34,8 @@ use crate::server::{BoxError, ResponseBody, full};
 pub struct App {
     pub registry: Arc<Registry>,
     pub authority: Arc<Authority>,
-    pub limiter: RateLimiter,
+    /// `None` when rate limiting is off (`--no-rate-limit`).
+    pub limiter: Option<RateLimiter>,
     pub runtime: Arc<Runtime>,
     pub metrics: Arc<Metrics>,
     /// Largest component accepted by `PUT /v1/functions/{name}`.
@@ -113,18 +114,18 @@ impl App {
         let caller_key = caller.token_id.clone().unwrap_or_else(|| peer.ip().to_string());
         let quotas: Vec<RateQuota> =
             std::iter::once(deployment.policy.rate).chain(caller.rates.iter().copied()).collect();
-        let decision = self.limiter.check(name, &caller_key, &quotas);
-        if !decision.allowed {
+        let decision = self.limiter.as_ref().map(|limiter| limiter.check(name, &caller_key, &quotas));
+        if let Some(decision) = decision.as_ref().filter(|d| !d.allowed) {
             let problem = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("rate limit of {} reached; retry later", decision.quota),
             );
-            return Err(with_rate_headers(problem, &decision));
+            return Err(with_rate_headers(problem, Some(decision)));
         }
         let Ok(permit) = deployment.concurrency.clone().try_acquire_owned() else {
             let detail =
                 format!("all {} instances of `{name}` are busy; retry shortly", deployment.policy.max_concurrency);
-            return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), &decision));
+            return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), decision.as_ref()));
         };
 
         let path_and_query = match request.uri().query() {
@@ -144,14 +145,14 @@ impl App {
             Ok(response) => {
                 let mut response =
                     response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync());
-                for (header, value) in decision.headers() {
+                for (header, value) in decision.iter().flat_map(RateDecision::headers) {
                     if let Ok(value) = http::HeaderValue::from_str(&value) {
                         response.headers_mut().insert(header, value);
                     }
                 }
                 Ok(response)
             }
-            Err(error) => Err(with_rate_headers(Problem::from(error), &decision)),
+            Err(error) => Err(with_rate_headers(Problem::from(error), decision.as_ref())),
         }
     }
 
@@ -170,10 +171,10 @@ impl App {
         };
         let caller = self.authorize(&request, op, function)?;
         let caller_key = caller.token_id.unwrap_or_default();
-        let decision = self.limiter.check("admin", &caller_key, &[ADMIN_QUOTA]);
-        if !decision.allowed {
+        let decision = self.limiter.as_ref().map(|limiter| limiter.check("admin", &caller_key, &[ADMIN_QUOTA]));
+        if let Some(decision) = decision.filter(|d| !d.allowed) {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
-            return Err(with_rate_headers(problem, &decision));
+            return Err(with_rate_headers(problem, Some(&decision)));
         }
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
@@ -250,8 +251,8 @@ impl App {
 const ADMIN_QUOTA: RateQuota = RateQuota { quota: 50, window: std::time::Duration::from_secs(1), burst: 100 };
 
 /// Adds the rate-limit headers (and `Retry-After` on refusals) to a problem response.
-fn with_rate_headers(mut problem: Problem, decision: &RateDecision) -> Problem {
-    problem.headers.extend(decision.headers());
+fn with_rate_headers(mut problem: Problem, decision: Option<&RateDecision>) -> Problem {
+    problem.headers.extend(decision.iter().flat_map(|d| d.headers()));
     problem
 }
 
