@@ -75,6 +75,16 @@ echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:
 echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics hello)"
 echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics py)"
 echo
+echo "rate limiting (wrk as above, hello; the limiter on, with a quota the load never reaches, vs --no-rate-limit):"
+./target/release/ledge serve --listen 127.0.0.1:18084 --no-rate-limit --data-dir "$work/ledge-nolimit" --policies "$work/policies" >/dev/null 2>"$work/ledge-nolimit.log" &
+pids+=($!)
+wait_http http://127.0.0.1:18084/healthz
+curl -fsS -X PUT -H "authorization: Bearer $(cat "$work/ledge-nolimit/admin.token")" --data-binary @"$hello" http://127.0.0.1:18084/v1/functions/hello >/dev/null
+run_wrk "ledge hello, limiter on" http://127.0.0.1:18080/fn/hello/
+run_wrk "ledge hello, limiter off" http://127.0.0.1:18084/fn/hello/
+echo "limiter on / off: $(ratio ledge_hello,_limiter_on ledge_hello,_limiter_off)x (per-check cost: cargo bench -p ledge --bench limiter)"
+
+echo
 echo "TLS (h2load -c32 -m1 -D${duration}, hello; self-signed certificate, same process as plain):"
 ./target/release/ledge serve --listen 127.0.0.1:18083 --tls-self-signed --data-dir "$work/ledge-tls" --policies "$work/policies" >/dev/null 2>"$work/ledge-tls.log" &
 pids+=($!)
