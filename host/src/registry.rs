@@ -184,10 +184,17 @@ impl Registry {
                 continue;
             }
             let policy = Arc::new(registry.policy_for(&name)?);
-            let Some(deployment) = registry.load(&name, policy, &mut report)? else {
-                continue;
-            };
-            live.insert(name, Arc::new(deployment));
+            // One function that cannot be loaded (a damaged component, an artifact this build
+            // cannot run) must not keep the others down: it is reported and left undeployed.
+            match registry.load(&name, policy, &mut report) {
+                Ok(Some(deployment)) => {
+                    live.insert(name, Arc::new(deployment));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(function = %name, error = %format!("{error:#}"), "cannot load function; redeploy it")
+                }
+            }
         }
         *registry.live.write().expect("registry lock poisoned") = live;
         Ok((registry, report))
