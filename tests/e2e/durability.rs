@@ -46,3 +46,19 @@ async fn a_tampered_artifact_is_detected_and_recompiled() {
     assert_eq!(client().get(server.fn_url("hello", "/x")).send().await.unwrap().status(), 200);
     assert_eq!(server.log().matches("recompiling function").count(), 1);
 }
+
+#[tokio::test]
+async fn a_function_that_cannot_be_loaded_does_not_keep_the_others_down() {
+    let mut server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    server.deploy("echo", &guest("echo"));
+    server.kill();
+    let version = server.data_dir.join("functions/echo/v1");
+    for file in ["code.cwasm", "component.wasm"] {
+        std::fs::write(version.join(file), b"damaged").unwrap();
+    }
+    server.restart();
+    assert_eq!(client().get(server.fn_url("hello", "/")).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(server.fn_url("echo", "/")).send().await.unwrap().status(), 404);
+    assert!(server.log().contains("cannot load function; redeploy it"));
+}
