@@ -125,7 +125,12 @@ async fn concurrent_instances_beyond_the_limit_get_503_with_headers() {
     structured(&refused, "ratelimit");
     assert!(problem(refused, 503).await["detail"].as_str().unwrap().contains("busy"));
     assert_eq!(busy.await.unwrap().unwrap().status(), 200);
-    assert_eq!(client().get(server.fn_url("misbehave", "/fine")).send().await.unwrap().status(), 200);
+    // The slot frees when the busy instance is torn down, just after its response ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client().get(server.fn_url("misbehave", "/fine")).send().await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
