@@ -157,6 +157,18 @@ impl Server {
         self.admin_token = token.trim().to_string();
     }
 
+    /// `ledge token mint` from this server's data dir with `caveats`, asserting success.
+    pub fn mint(&self, caveats: &[&str]) -> String {
+        let mut command = ledge();
+        command.args(["token", "mint", "--data-dir"]).arg(&self.data_dir);
+        for caveat in caveats {
+            command.args(["--caveat", caveat]);
+        }
+        let output = command.output().expect("ledge token mint");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_string()
+    }
+
     /// An HTTP client that sends the admin token.
     pub fn admin(&self) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();

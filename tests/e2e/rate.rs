@@ -83,19 +83,10 @@ async fn the_budget_recovers_at_the_configured_rate() {
     assert_eq!(param(&structured(&response, "ratelimit").1, "r"), 1, "a full bucket again, less this request");
 }
 
-fn mint(server: &Server, caveats: &[&str]) -> String {
-    let mut command = crate::harness::ledge();
-    command.args(["token", "mint", "--data-dir"]).arg(&server.data_dir);
-    for caveat in caveats {
-        command.args(["--caveat", caveat]);
-    }
-    String::from_utf8(command.output().unwrap().stdout).unwrap().trim().to_string()
-}
-
 #[tokio::test]
 async fn two_callers_have_independent_budgets_and_a_token_rate_narrows_the_policy() {
     let server = hello_server("[rate]\nquota = 2\nwindow = \"60s\"\n").await;
-    let (alice, bob) = (mint(&server, &[]), mint(&server, &[]));
+    let (alice, bob) = (server.mint(&[]), server.mint(&[]));
     for token in [&alice, &alice] {
         assert_eq!(client().get(server.fn_url("hello", "/")).bearer_auth(token).send().await.unwrap().status(), 200);
     }
@@ -103,7 +94,7 @@ async fn two_callers_have_independent_budgets_and_a_token_rate_narrows_the_polic
     assert_eq!(client().get(server.fn_url("hello", "/")).bearer_auth(&bob).send().await.unwrap().status(), 200);
 
     server.set_policy("hello", "[rate]\nquota = 1000\nwindow = \"1s\"\n").await;
-    let narrow = mint(&server, &["rate = 1/m"]);
+    let narrow = server.mint(&["rate = 1/m"]);
     let first = client().get(server.fn_url("hello", "/")).bearer_auth(&narrow).send().await.unwrap();
     assert_eq!(first.status(), 200);
     let (_, policy) = structured(&first, "ratelimit-policy");

@@ -16,17 +16,6 @@ async fn private_server() -> Server {
     server
 }
 
-fn mint(server: &Server, caveats: &[&str]) -> String {
-    let mut command = crate::harness::ledge();
-    command.args(["token", "mint", "--data-dir"]).arg(&server.data_dir);
-    for caveat in caveats {
-        command.args(["--caveat", caveat]);
-    }
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
 async fn call(url: String, method: &str, token: Option<&str>) -> reqwest::Response {
     let mut request = client().request(method.parse().unwrap(), url);
     if let Some(token) = token {
@@ -48,7 +37,7 @@ async fn missing_or_invalid_tokens_get_401_and_refusing_caveats_403() {
     problem(call(server.fn_url("private", "/fine"), "GET", Some("garbage")).await, 401).await;
     problem(call(format!("{}/v1/functions", server.url), "GET", None).await, 401).await;
     let refused =
-        problem(call(server.fn_url("private", "/fine"), "GET", Some(&mint(&server, &["fn = other"]))).await, 403).await;
+        problem(call(server.fn_url("private", "/fine"), "GET", Some(&server.mint(&["fn = other"]))).await, 403).await;
     let detail = refused["detail"].as_str().unwrap();
     assert!(detail.contains("`fn = other`") && detail.contains("`private` is not allowed"), "{detail}");
     assert_eq!(
@@ -76,7 +65,7 @@ async fn each_caveat_kind_allows_and_refuses() {
     ];
     for (caveat, method, path, expected) in cases {
         // Added with libmacaroon directly: `ledge token mint` itself refuses unknown caveats.
-        let mut token = Macaroon::deserialize(mint(&server, &[])).unwrap();
+        let mut token = Macaroon::deserialize(server.mint(&[])).unwrap();
         token.add_first_party_caveat(caveat).unwrap();
         let token = token.serialize(Format::V2).unwrap();
         let response = call(server.fn_url("private", path), method, Some(&token)).await;
@@ -88,14 +77,14 @@ async fn each_caveat_kind_allows_and_refuses() {
         .output();
     assert_eq!(typo.unwrap().status.code(), Some(1));
     // The admin API: `op` decides deploy versus manage.
-    let deployer = mint(&server, &["op = deploy", "fn = hello"]);
+    let deployer = server.mint(&["op = deploy", "fn = hello"]);
     let wasm = std::fs::read(guest("hello")).unwrap();
     let deploy = client().put(format!("{}/v1/functions/hello", server.url)).bearer_auth(&deployer).body(wasm.clone());
     assert_eq!(deploy.send().await.unwrap().status(), 201);
     let elsewhere = client().put(format!("{}/v1/functions/echo", server.url)).bearer_auth(&deployer).body(wasm);
     problem(elsewhere.send().await.unwrap(), 403).await;
     problem(call(format!("{}/v1/functions/hello", server.url), "DELETE", Some(&deployer)).await, 403).await;
-    let expired = mint(&server, &["time < 2001-01-01T00:00:00Z"]);
+    let expired = server.mint(&["time < 2001-01-01T00:00:00Z"]);
     let refused = problem(call(format!("{}/v1/functions", server.url), "GET", Some(&expired)).await, 403).await;
     assert!(refused["detail"].as_str().unwrap().contains("expired"));
 }
@@ -103,7 +92,7 @@ async fn each_caveat_kind_allows_and_refuses() {
 #[tokio::test]
 async fn kv_caveats_confine_the_guest() {
     let server = private_server().await;
-    let user = mint(&server, &["kv-prefix = user/42/"]);
+    let user = server.mint(&["kv-prefix = user/42/"]);
     let kv = |route: &str, token: &str| {
         let url = server.fn_url("kv", route);
         let token = token.to_string();
@@ -116,7 +105,7 @@ async fn kv_caveats_confine_the_guest() {
     assert_eq!(kv("/set?key=user/43/cart&value=1", &server.admin_token).await, (200, "ok\n".into()));
     // Listing shows only the caller's own prefix.
     assert_eq!(kv("/list", &user).await, (200, "user/42/cart\n".into()));
-    let reader = mint(&server, &["kv = read"]);
+    let reader = server.mint(&["kv = read"]);
     assert_eq!(kv("/get?key=user/43/cart", &reader).await, (200, "1\n".into()));
     assert_eq!(kv("/set?key=user/43/cart&value=2", &reader).await, (500, "Error::AccessDenied\n".into()));
 }
@@ -124,7 +113,7 @@ async fn kv_caveats_confine_the_guest() {
 #[tokio::test]
 async fn the_guest_reads_the_verified_caller() {
     let server = private_server().await;
-    let token = mint(&server, &["kv-prefix = user/42/", "fn = private"]);
+    let token = server.mint(&["kv-prefix = user/42/", "fn = private"]);
     let inspect = crate::harness::ledge().args(["token", "inspect", &token]).output().unwrap();
     let printed = String::from_utf8(inspect.stdout).unwrap();
     let id = printed.lines().find_map(|l| l.strip_prefix("token id: ")).unwrap().trim().to_string();
@@ -136,7 +125,7 @@ async fn the_guest_reads_the_verified_caller() {
 #[tokio::test]
 async fn a_holder_attenuates_without_the_key_and_cannot_undo_it() {
     let server = private_server().await;
-    let token = mint(&server, &[]);
+    let token = server.mint(&[]);
     let output =
         crate::harness::ledge().args(["token", "attenuate", &token, "--caveat", "method = POST"]).output().unwrap();
     assert!(output.status.success());
@@ -182,7 +171,7 @@ fn assemble(header: &[u8], caveats: &[Vec<u8>], trailer: &[u8]) -> String {
 #[tokio::test]
 async fn a_token_with_a_caveat_removed_or_reordered_fails() {
     let server = private_server().await;
-    let token = mint(&server, &["method = GET", "fn = private"]);
+    let token = server.mint(&["method = GET", "fn = private"]);
     assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await.status(), 200);
     let (header, caveats, trailer) = sections(&token);
     assert_eq!(caveats.len(), 2);
@@ -198,7 +187,7 @@ async fn a_token_with_a_caveat_removed_or_reordered_fails() {
 #[tokio::test]
 async fn revoked_tokens_stay_revoked_across_restarts() {
     let mut server = private_server().await;
-    let token = mint(&server, &["fn = private"]);
+    let token = server.mint(&["fn = private"]);
     let attenuated = crate::harness::attenuate(&token, "method = GET");
     assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await.status(), 200);
     let revoke = server.cli(&["token", "revoke", &token]);
@@ -210,14 +199,14 @@ async fn revoked_tokens_stay_revoked_across_restarts() {
     server.kill();
     server.restart();
     problem(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await, 401).await;
-    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&mint(&server, &[]))).await.status(), 200);
+    assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&server.mint(&[]))).await.status(), 200);
 }
 
 #[tokio::test]
 async fn third_party_caveats_need_a_bound_discharge() {
     let server = private_server().await;
     let caveat_key = MacaroonKey::generate(b"shared between ledge's user and the auth service");
-    let mut token = Macaroon::deserialize(mint(&server, &["fn = private"])).unwrap();
+    let mut token = Macaroon::deserialize(server.mint(&["fn = private"])).unwrap();
     token.add_third_party_caveat("https://auth.example", &caveat_key, "user = alice").unwrap();
     let mut discharge = Macaroon::create(Some("https://auth.example"), &caveat_key, "user = alice").unwrap();
     discharge.add_first_party_caveat("time < 2999-01-01T00:00:00Z").unwrap();
@@ -243,7 +232,7 @@ async fn third_party_caveats_need_a_bound_discharge() {
 #[tokio::test]
 async fn tokens_interoperate_with_pymacaroons() {
     let server = private_server().await;
-    let token = mint(&server, &["fn = private", "method in GET,POST"]);
+    let token = server.mint(&["fn = private", "method in GET,POST"]);
     let keys_dir = server.data_dir.join("keys");
     let key_file = std::fs::read_dir(&keys_dir).unwrap().next().unwrap().unwrap().path();
     use std::os::unix::fs::PermissionsExt;
