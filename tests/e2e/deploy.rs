@@ -147,3 +147,27 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
     let after = client().get(&url).send().await.unwrap();
     assert!(after.headers().contains_key("x-echo-method"));
 }
+
+#[tokio::test]
+async fn cli_deploy_applies_a_policy_file_first_and_refuses_a_bad_one() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[rate]\nquota = \"lots\"\n").unwrap();
+    let refused = server.cli(&["deploy", "hello", guest("hello").to_str().unwrap(), "--policy", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("quota"), "{}", String::from_utf8_lossy(&refused.stderr));
+    problem(client().get(server.fn_url("hello", "/")).send().await.unwrap(), 404).await;
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "public = true\n[rate]\nquota = 1\nwindow = \"60s\"\n").unwrap();
+    let deployed =
+        server.cli(&["deploy", "hello", guest("hello").to_str().unwrap(), "--policy", good.to_str().unwrap()]);
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    assert_eq!(client().get(server.fn_url("hello", "/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(server.fn_url("hello", "/")).send().await.unwrap().status(),
+        429,
+        "the policy's quota applies"
+    );
+}
