@@ -149,7 +149,8 @@ impl Server {
                 }
             }
         });
-        self.url = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        // Generous: under qemu-user on a loaded 2-core machine one start took over 60 s.
+        self.url = receiver.recv_timeout(Duration::from_secs(180)).unwrap_or_else(|_| {
             panic!("ledge did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
         });
         self.child = Some(child);
