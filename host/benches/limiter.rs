@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ledge::limits::RateLimiter;
-use ledge::policy::RateQuota;
+use ledge::access::policy::RateQuota;
+use ledge::access::rate::RateLimiter;
 
 const QUOTA: RateQuota = RateQuota { quota: 100, window: Duration::from_secs(60), burst: 100 };
 

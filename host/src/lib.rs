@@ -1,37 +1,28 @@
 //! # ledge: a WebAssembly edge-function platform
 //!
 //! One `ledge` process per node accepts WebAssembly components over HTTP and runs every
-//! request in a fresh sandboxed instance. The modules, one per capability:
+//! request in a fresh sandboxed instance. The folders are the layers a request crosses, top
+//! to bottom; a module may use the layers below it, never one above:
 //!
-//! - [`auth`]: macaroon tokens: minting, verification, revocation;
-//! - [`runtime`]: wasmtime engine, validation, per-request instantiation and guest limits;
-//! - [`kv`] and [`keyvalue`]: guest access to the transactional store (`ledge:platform`,
-//!   `wasi:keyvalue`);
-//! - [`guestlog`]: guest stdout/stderr into the log;
-//! - [`outbound`]: the outbound HTTP allow-list;
-//! - [`registry`]: deployed functions, durable in the data dir, swapped atomically;
-//! - [`preinit`]: pre-initialized snapshots of components that export `init`;
-//! - [`metrics`]: Prometheus metrics;
-//! - [`policy`]: policy files;
-//! - [`routes`] and [`server`]: the HTTP API and the server around it;
-//! - [`problem`]: the single mapping from errors to problem+json responses;
-//! - [`cli`] and [`client`]: the command line.
+//! - [`cli`]: the command line: arguments, `ledge serve` (wiring everything together), the
+//!   client commands, `ledge compile`;
+//! - [`http`]: the HTTP edge: server and TLS, the router, the admin and invoke handlers, and
+//!   [`http::problem`], the one mapping from errors to problem+json responses;
+//! - [`registry`]: deployed functions: the live map, the on-disk layout, the deploy pipeline,
+//!   each function's effective policy;
+//! - [`runtime`]: the wasm engine: profiles, validation, per-request invocation, guest state
+//!   and limits, pre-initialization, guest output, outbound HTTP;
+//! - [`guest_kv`]: the key-value capabilities guests get (`ledge:platform`, `wasi:keyvalue`)
+//!   on the transactional engine (crate `ledge-kv`);
+//! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
+//! - [`storage`] and [`metrics`]: durable file writes and Prometheus metrics, used by every
+//!   layer above.
 
-pub mod auth;
+pub mod access;
 pub mod cli;
-pub mod client;
-pub mod guestlog;
-pub mod keyvalue;
-pub mod kv;
-pub mod limits;
+pub mod guest_kv;
+pub mod http;
 pub mod metrics;
-pub mod outbound;
-pub mod policy;
-pub mod preinit;
-pub mod problem;
 pub mod registry;
-pub mod routes;
 pub mod runtime;
-pub mod server;
 pub mod storage;
-pub mod tls;

@@ -9,7 +9,7 @@
 //! 1. the signature chain (libmacaroon, constant-time comparison): first-party caveats are
 //!    chained, third-party caveats need a discharge bound to the presented token;
 //! 2. every first-party caveat of the token and of its discharges is parsed and evaluated
-//!    against the request ([`Request`]). Unknown or malformed caveats refuse (fail closed).
+//!    against the request ([`Request`], see [`crate::access::caveats`]). Unknown or malformed caveats refuse (fail closed).
 //!
 //! Invariants: a failure in step 1 (or an unknown key, a revoked id) is a 401 that says what
 //! was wrong without echoing any key material; a failure in step 2 is a 403 naming the caveat.
@@ -23,43 +23,38 @@ use std::time::SystemTime;
 use libmacaroon::{Caveat as RawCaveat, Format, Macaroon, MacaroonKey, Verifier};
 use thiserror::Error;
 
-use crate::kv::Caller;
-use crate::policy::RateQuota;
+use crate::access::caveats::{Caveat, Request, parse_caveat};
+use crate::access::policy::RateQuota;
 use crate::storage::{create_private_dir, write_durably};
 
 const IDENTIFIER_VERSION: &str = "ledge1";
 /// Where revoked token ids live in the engine (outside every guest keyspace).
 pub const REVOKED_PREFIX: &[u8] = b"sys/revoked/";
 
-/// What a request asks to do; `op` caveats name these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Deploy,
-    Invoke,
-    Manage,
+/// The verified caller: its token's facts (readable by the guest) and what its caveats allow
+/// on top of the function's policy. The default is an anonymous caller of a public function.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Caller {
+    pub token_id: Option<String>,
+    /// Every first-party caveat of the token and its discharges, as written.
+    pub caveats: Vec<String>,
+    /// Keys must start with every one of these (`kv-prefix` caveats).
+    pub key_prefixes: Vec<Vec<u8>>,
+    /// No writes (`kv = read` caveat).
+    pub read_only: bool,
+    /// `rate` caveats, handed to the rate limiter.
+    pub rates: Vec<RateQuota>,
 }
 
-impl Op {
-    fn parse(text: &str) -> Option<Op> {
-        match text {
-            "deploy" => Some(Op::Deploy),
-            "invoke" => Some(Op::Invoke),
-            "manage" => Some(Op::Manage),
-            _ => None,
-        }
+impl Caller {
+    /// The longest `kv-prefix`, when all of them agree (each a prefix of it); `Err` when two
+    /// contradict, which allows no key at all.
+    pub(crate) fn narrowest_prefix(&self) -> Result<Option<&[u8]>, ()> {
+        let Some(longest) = self.key_prefixes.iter().max_by_key(|p| p.len()) else {
+            return Ok(None);
+        };
+        if self.key_prefixes.iter().all(|p| longest.starts_with(p)) { Ok(Some(longest)) } else { Err(()) }
     }
-}
-
-/// The facts caveats are evaluated against.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    pub op: Op,
-    /// The function the request is about, if any (`GET /v1/functions` has none).
-    pub function: Option<&'a str>,
-    pub method: &'a str,
-    /// For invocations the path the function sees; else the request path.
-    pub path: &'a str,
-    pub now: SystemTime,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -82,72 +77,6 @@ impl AuthError {
     /// 401 for an unusable token, 403 for a valid one whose caveats refuse.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, AuthError::Refused { .. })
-    }
-}
-
-/// One parsed first-party caveat.
-#[derive(Debug, Clone, PartialEq)]
-enum Caveat {
-    TimeBefore(SystemTime),
-    Functions(Vec<String>),
-    Ops(Vec<Op>),
-    Methods(Vec<String>),
-    PathPrefix(String),
-    KvPrefix(String),
-    KvRead,
-    Rate(RateQuota),
-}
-
-/// Parses `key op value`; `=` and `in` (comma-separated list) both work for list caveats.
-fn parse_caveat(text: &str) -> Result<Caveat, String> {
-    let mut parts = text.trim().splitn(3, ' ');
-    let (Some(key), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("expected `key operator value`".into());
-    };
-    let value = value.trim();
-    let list = || value.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect::<Vec<_>>();
-    let is_list_op = op == "=" || op == "in";
-    match (key, op) {
-        ("time", "<") => humantime::parse_rfc3339(value)
-            .map(Caveat::TimeBefore)
-            .map_err(|e| format!("`{value}` is not an RFC 3339 time: {e}")),
-        ("fn", _) if is_list_op => Ok(Caveat::Functions(list())),
-        ("op", _) if is_list_op => list()
-            .iter()
-            .map(|op| Op::parse(op).ok_or_else(|| format!("unknown operation `{op}` (deploy, invoke, manage)")))
-            .collect::<Result<_, _>>()
-            .map(Caveat::Ops),
-        ("method", _) if is_list_op => {
-            Ok(Caveat::Methods(list().into_iter().map(|m| m.to_ascii_uppercase()).collect()))
-        }
-        ("path-prefix", "=") if value.starts_with('/') => Ok(Caveat::PathPrefix(value.to_string())),
-        ("kv-prefix", "=") => Ok(Caveat::KvPrefix(value.to_string())),
-        ("kv", "=") if value == "read" => Ok(Caveat::KvRead),
-        ("rate", "=") => crate::limits::parse_rate(value).map(Caveat::Rate),
-        _ => Err("unknown caveat".into()),
-    }
-}
-
-impl Caveat {
-    /// Whether this caveat allows `request`; the reason when it does not.
-    fn check(&self, request: &Request<'_>) -> Result<(), String> {
-        match self {
-            Caveat::TimeBefore(deadline) if request.now < *deadline => Ok(()),
-            Caveat::TimeBefore(_) => Err("the token has expired".into()),
-            Caveat::Functions(names) => match request.function {
-                Some(function) if names.iter().any(|n| n == function) => Ok(()),
-                Some(function) => Err(format!("function `{function}` is not allowed")),
-                None => Err("the request is not about one function".into()),
-            },
-            Caveat::Ops(ops) if ops.contains(&request.op) => Ok(()),
-            Caveat::Ops(_) => Err(format!("operation `{:?}` is not allowed", request.op).to_lowercase()),
-            Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
-            Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
-            Caveat::PathPrefix(prefix) if request.path.starts_with(prefix.as_str()) => Ok(()),
-            Caveat::PathPrefix(_) => Err(format!("path `{}` is outside the allowed prefix", request.path)),
-            // Key-value and rate caveats narrow what the request may do, not whether it runs.
-            Caveat::KvPrefix(_) | Caveat::KvRead | Caveat::Rate(_) => Ok(()),
-        }
     }
 }
 
@@ -362,39 +291,4 @@ fn random_hex(bytes: usize) -> io::Result<String> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(hex::encode(buffer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(op: Op, function: Option<&'static str>, method: &'static str, path: &'static str) -> Request<'static> {
-        Request { op, function, method, path, now: SystemTime::now() }
-    }
-
-    #[test]
-    fn caveats_parse_or_refuse() {
-        assert_eq!(parse_caveat("fn = hello"), Ok(Caveat::Functions(vec!["hello".into()])));
-        assert_eq!(parse_caveat("op in deploy, invoke"), Ok(Caveat::Ops(vec![Op::Deploy, Op::Invoke])));
-        assert_eq!(parse_caveat("method in get,HEAD"), Ok(Caveat::Methods(vec!["GET".into(), "HEAD".into()])));
-        assert_eq!(parse_caveat("kv = read"), Ok(Caveat::KvRead));
-        assert!(parse_caveat("colour = blue").is_err());
-        assert!(parse_caveat("op in fly").is_err());
-        assert!(parse_caveat("time < tomorrow").is_err());
-        assert!(parse_caveat("path-prefix = api").is_err());
-        assert!(parse_caveat("kv = write").is_err());
-    }
-
-    #[test]
-    fn caveats_check_the_request() {
-        let invoke = request(Op::Invoke, Some("hello"), "GET", "/api/x");
-        assert!(parse_caveat("fn in echo,hello").unwrap().check(&invoke).is_ok());
-        assert!(parse_caveat("fn = echo").unwrap().check(&invoke).is_err());
-        assert!(parse_caveat("op = deploy").unwrap().check(&invoke).is_err());
-        assert!(parse_caveat("path-prefix = /api/").unwrap().check(&invoke).is_ok());
-        assert!(parse_caveat("path-prefix = /admin/").unwrap().check(&invoke).is_err());
-        assert!(parse_caveat("method = POST").unwrap().check(&invoke).is_err());
-        assert!(parse_caveat("time < 2000-01-01T00:00:00Z").unwrap().check(&invoke).is_err());
-        assert!(parse_caveat("time < 2999-01-01T00:00:00Z").unwrap().check(&invoke).is_ok());
-    }
 }

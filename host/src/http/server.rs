@@ -20,8 +20,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::routes::App;
-use crate::tls::Tls;
+use crate::http::App;
+use crate::http::tls::Tls;
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

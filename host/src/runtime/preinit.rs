@@ -14,8 +14,8 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use crate::kv::KvAccess;
-use crate::policy::Policy;
+use crate::access::policy::Policy;
+use crate::guest_kv::KvAccess;
 use crate::runtime::{Runtime, ValidateError};
 
 /// The export a component names to ask for pre-initialization.
@@ -57,7 +57,7 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
             .await
             .map_err(|e| format!("instantiating for init: {e:#}"))?;
         let init = instance.get_typed_func::<(), ()>(&mut store, INIT_EXPORT).map_err(|e| format!("{e:#}"))?;
-        init.call_async(&mut store, ()).await.map_err(|e| crate::runtime::describe_failure(&e))?;
+        init.call_async(&mut store, ()).await.map_err(|e| super::invoke::describe_failure(&e))?;
         Ok::<_, String>(instance)
     };
     let instance = match tokio::time::timeout(INIT_TIMEOUT, run).await {

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::cli::ServerArgs;
+use super::ServerArgs;
 use crate::registry::FunctionMeta;
 
 #[derive(Deserialize)]

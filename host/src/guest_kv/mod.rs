@@ -1,6 +1,9 @@
-//! Guest access to the key-value engine: `ledge:platform/transactions` (interactive
-//! transactions) here, `wasi:keyvalue` in [`crate::keyvalue`]; both on the one
-//! [`ledge_kv::Db`] of the process.
+//! Guest access to the key-value engine, the capabilities a function gets besides WASI:
+//! `ledge:platform/transactions` (interactive transactions, [`transactions`]) and
+//! `wasi:keyvalue` ([`keyvalue`]), both on the one [`ledge_kv::Db`] of the process.
+//!
+//! Layer: below the runtime (which links these bindings into every instance), above
+//! [`crate::access`] (the verified [`Caller`] and the [`Policy`] decide what a guest may touch).
 //!
 //! Invariants:
 //! - every key a guest names is confined to a [`Keyspace`]: the function's own
@@ -12,10 +15,14 @@
 //!   resource table and `Drop` of [`ledge_kv::Tx`] aborts it;
 //! - commits await their group fsync without blocking a request worker.
 
-use ledge_kv::{Db, Isolation, Tx, TxError};
-use wasmtime::component::{HasData, Resource, ResourceTable};
+use ledge_kv::Db;
+use wasmtime::component::{HasData, ResourceTable};
 
-use crate::policy::{Policy, RateQuota};
+use crate::access::policy::Policy;
+use crate::access::tokens::Caller;
+
+pub mod keyvalue;
+pub mod transactions;
 
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -23,45 +30,15 @@ pub mod bindings {
         world: "ledge:platform/platform-host",
         imports: { default: async | trappable },
         with: {
-            "ledge:platform/transactions.transaction": crate::kv::OpenTransaction,
-            "wasi:keyvalue/store.bucket": crate::keyvalue::Bucket,
-            "wasi:keyvalue/atomics.cas": crate::keyvalue::Cas,
+            "ledge:platform/transactions.transaction": crate::guest_kv::transactions::OpenTransaction,
+            "wasi:keyvalue/store.bucket": crate::guest_kv::keyvalue::Bucket,
+            "wasi:keyvalue/atomics.cas": crate::guest_kv::keyvalue::Cas,
         },
     });
 }
 
-use bindings::ledge::platform::transactions::{self as wit, Error as WitError};
-
 /// Transactions one instance may hold open at once.
 const MAX_OPEN_TRANSACTIONS: usize = 16;
-/// Most entries one scan may return.
-const MAX_SCAN_LIMIT: u32 = 10_000;
-
-/// The verified caller: its token's facts (readable by the guest) and what its caveats allow
-/// on top of the function's policy. The default is an anonymous caller of a public function.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Caller {
-    pub token_id: Option<String>,
-    /// Every first-party caveat of the token and its discharges, as written.
-    pub caveats: Vec<String>,
-    /// Keys must start with every one of these (`kv-prefix` caveats).
-    pub key_prefixes: Vec<Vec<u8>>,
-    /// No writes (`kv = read` caveat).
-    pub read_only: bool,
-    /// `rate` caveats, handed to the rate limiter.
-    pub rates: Vec<RateQuota>,
-}
-
-impl Caller {
-    /// The longest `kv-prefix`, when all of them agree (each a prefix of it); `Err` when two
-    /// contradict, which allows no key at all.
-    fn narrowest_prefix(&self) -> Result<Option<&[u8]>, ()> {
-        let Some(longest) = self.key_prefixes.iter().max_by_key(|p| p.len()) else {
-            return Ok(None);
-        };
-        if self.key_prefixes.iter().all(|p| longest.starts_with(p)) { Ok(Some(longest)) } else { Err(()) }
-    }
-}
 
 /// One request's key-value access: which engine, which keyspaces, which caller limits.
 pub struct KvAccess {
@@ -197,12 +174,6 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
-/// An open `ledge:platform/transactions.transaction`.
-pub struct OpenTransaction {
-    tx: Tx,
-    keyspace: Keyspace,
-}
-
 /// The host side of the binding: the request's resource table and key-value access.
 pub struct KvCtx<'a> {
     pub table: &'a mut ResourceTable,
@@ -214,150 +185,6 @@ pub struct KvBinding;
 
 impl HasData for KvBinding {
     type Data<'a> = KvCtx<'a>;
-}
-
-fn tx_error(error: TxError) -> WitError {
-    match error {
-        retryable if retryable.is_retryable() => WitError::Conflict(retryable.to_string()),
-        TxError::KeyTooLarge { .. } | TxError::ValueTooLarge { .. } | TxError::TooLarge { .. } => {
-            WitError::Limit(error.to_string())
-        }
-        other => WitError::Internal(other.to_string()),
-    }
-}
-
-impl From<Denied> for WitError {
-    fn from(denied: Denied) -> Self {
-        WitError::Denied(denied.0)
-    }
-}
-
-impl KvCtx<'_> {
-    fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
-        let keyspace = self.access.keyspace(store)?;
-        let db = self.access.db()?.clone();
-        self.access.open_transaction().map_err(WitError::Limit)?;
-        let isolation = match isolation {
-            wit::Isolation::Serializable => Isolation::Serializable,
-            wit::Isolation::Snapshot => Isolation::Snapshot,
-        };
-        Ok(OpenTransaction { tx: db.begin(isolation), keyspace })
-    }
-
-    fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
-        Ok(self.table.push(open)?)
-    }
-}
-
-impl wit::Host for KvCtx<'_> {
-    async fn begin(
-        &mut self,
-        isolation: wit::Isolation,
-    ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
-        match self.begin_in(None, isolation) {
-            Ok(open) => Ok(Ok(self.push(open)?)),
-            Err(error) => Ok(Err(error)),
-        }
-    }
-
-    async fn begin_in(
-        &mut self,
-        store: String,
-        isolation: wit::Isolation,
-    ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
-        match KvCtx::begin_in(self, Some(&store), isolation) {
-            Ok(open) => Ok(Ok(self.push(open)?)),
-            Err(error) => Ok(Err(error)),
-        }
-    }
-}
-
-impl wit::HostTransaction for KvCtx<'_> {
-    async fn get(
-        &mut self,
-        this: Resource<OpenTransaction>,
-        key: Vec<u8>,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
-        let open = self.table.get_mut(&this)?;
-        Ok(open.keyspace.read_key(&key).map_err(WitError::from).and_then(|key| open.tx.get(&key).map_err(tx_error)))
-    }
-
-    async fn put(
-        &mut self,
-        this: Resource<OpenTransaction>,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), WitError>> {
-        let open = self.table.get_mut(&this)?;
-        Ok(open
-            .keyspace
-            .write_key(&key)
-            .map_err(WitError::from)
-            .and_then(|key| open.tx.put(&key, &value).map_err(tx_error)))
-    }
-
-    async fn delete(
-        &mut self,
-        this: Resource<OpenTransaction>,
-        key: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), WitError>> {
-        let open = self.table.get_mut(&this)?;
-        Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key).map_err(tx_error)))
-    }
-
-    async fn scan(
-        &mut self,
-        this: Resource<OpenTransaction>,
-        start: Vec<u8>,
-        end: Vec<u8>,
-        limit: u32,
-    ) -> wasmtime::Result<Result<Vec<(Vec<u8>, Vec<u8>)>, WitError>> {
-        if limit > MAX_SCAN_LIMIT {
-            return Ok(Err(WitError::Limit(format!(
-                "a scan returns at most {MAX_SCAN_LIMIT} entries; page with a start key"
-            ))));
-        }
-        let open = self.table.get_mut(&this)?;
-        let (start, end) = open.keyspace.range(&start, &end);
-        if !end.is_empty() && start >= end {
-            return Ok(Ok(Vec::new()));
-        }
-        Ok(open.tx.scan(&start, &end, limit as usize).map_err(tx_error).map(|entries| {
-            entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
-        }))
-    }
-
-    async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
-        let open = self.table.delete(this)?;
-        self.access.close_transaction();
-        // Conflicts come back at once; only the wait for the group fsync is awaited.
-        let outcome = match open.tx.commit_async() {
-            Ok(ticket) => ticket.await,
-            Err(error) => Err(error),
-        };
-        Ok(outcome.map_err(tx_error))
-    }
-
-    async fn rollback(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
-        self.drop(this).await
-    }
-
-    async fn drop(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
-        // Dropping the engine transaction aborts it.
-        drop(self.table.delete(this)?);
-        self.access.close_transaction();
-        Ok(())
-    }
-}
-
-impl bindings::ledge::platform::caller::Host for KvCtx<'_> {
-    async fn get_token(&mut self) -> wasmtime::Result<Option<bindings::ledge::platform::caller::Token>> {
-        let caller = &self.access.caller;
-        Ok(caller
-            .token_id
-            .as_ref()
-            .map(|id| bindings::ledge::platform::caller::Token { id: id.clone(), caveats: caller.caveats.clone() }))
-    }
 }
 
 #[cfg(test)]

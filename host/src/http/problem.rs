@@ -8,10 +8,10 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::auth::AuthError;
+use crate::access::tokens::AuthError;
+use crate::http::server::{ResponseBody, full};
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
-use crate::server::{ResponseBody, full};
 
 /// One problem document.
 #[derive(Debug, Clone, Serialize)]

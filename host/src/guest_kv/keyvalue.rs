@@ -10,8 +10,8 @@
 use ledge_kv::{Db, Isolation, Tx, TxError};
 use wasmtime::component::Resource;
 
-use crate::kv::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::kv::{Denied, Keyspace, KvCtx};
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::{Denied, Keyspace, KvCtx};
 
 /// How often one operation is retried after a conflict before it reports failure.
 const MAX_ATTEMPTS: u32 = 32;

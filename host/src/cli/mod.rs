@@ -1,0 +1,168 @@
+//! The `ledge` command line (spec: "Command line"): [`serve`] runs a node, [`client`] holds the
+//! commands that talk to one over HTTP, [`compile`] builds artifacts for other nodes; token
+//! commands work on a local data dir or a token alone.
+//!
+//! Layer: the top; it wires every other layer together and nothing imports from it but
+//! `main.rs`.
+//!
+//! Exit codes: 0 ok; 1 the request was refused or failed (stderr names the reason); 2 usage
+//! error (clap's own exit code for bad arguments).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::access::tokens::{self, Authority};
+use crate::runtime::Profile;
+use compile::Arch;
+use serve::ServeArgs;
+
+pub mod client;
+pub mod compile;
+pub mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: deploy API, function invocation, metrics.
+    Serve(ServeArgs),
+    /// Upload a component as function NAME (creates it or deploys a new version).
+    Deploy {
+        /// Function name: 1-63 characters of a-z, 0-9 and '-'.
+        name: String,
+        /// The component (.wasm) to deploy.
+        file: PathBuf,
+        /// A policy file (TOML) to apply to the function before the component goes live.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List deployed functions.
+    Functions {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove function NAME.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Compile a component ahead of time for another node (e.g. an ARM64 board), which then
+    /// deploys the artifact without compiling (it must run with --trust-precompiled).
+    Compile {
+        /// The component (.wasm) to compile.
+        file: PathBuf,
+        /// The node's architecture: aarch64 or x86_64 (Linux).
+        #[arg(long, value_enum, default_value_t = Arch::Aarch64)]
+        target: Arch,
+        /// The node's `ledge serve --profile`.
+        #[arg(long, value_enum, default_value_t = Profile::Standard)]
+        profile: Profile,
+        /// Where to write the artifact (default: FILE with the extension .cwasm).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Mint, attenuate, inspect and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token from the root key in a local data dir (no server needed).
+    Mint {
+        /// The data dir of the server the token is for.
+        #[arg(long, default_value = "./ledge-data")]
+        data_dir: PathBuf,
+        /// A first-party caveat, e.g. "fn = hello" or "time < 2026-12-31T00:00:00Z"; repeatable.
+        #[arg(long = "caveat")]
+        caveats: Vec<String>,
+    },
+    /// Narrow a token with more caveats; needs no key, only the token.
+    Attenuate {
+        token: String,
+        /// A first-party caveat to add; repeatable.
+        #[arg(long = "caveat")]
+        caveats: Vec<String>,
+    },
+    /// Print a token's id, key id and caveats (never its signature).
+    Inspect { token: String },
+    /// Revoke a token (and every token attenuated from it) on a server, by token or token id.
+    Revoke {
+        token_or_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where client commands send their requests.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of the ledge server.
+    #[arg(long, env = "LEDGE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token for the request.
+    #[arg(long, env = "LEDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ledge: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Deploy { name, file, policy, server } => {
+                client::deploy(&server, &name, &file, policy.as_deref()).await
+            }
+            Command::Functions { server } => client::functions(&server).await,
+            Command::Rm { name, server } => client::remove(&server, &name).await,
+            Command::Token(command) => token(command).await,
+            Command::Compile { file, target, profile, output } => {
+                compile::compile(&file, target, profile, output).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ledge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let output = match command {
+        TokenCommand::Mint { data_dir, caveats } => {
+            crate::storage::create_private_dir(&data_dir)?;
+            Authority::open(&data_dir)?.mint(&caveats).map_err(anyhow::Error::msg)?
+        }
+        TokenCommand::Attenuate { token, caveats } => {
+            tokens::attenuate(&token, &caveats).map_err(anyhow::Error::msg)?
+        }
+        TokenCommand::Inspect { token } => tokens::inspect(&token).map_err(anyhow::Error::msg)?,
+        TokenCommand::Revoke { token_or_id, server } => {
+            let id = tokens::token_id_of(&token_or_id).map_err(anyhow::Error::msg)?;
+            client::revoke(&server, &id).await?;
+            format!("revoked {id}")
+        }
+    };
+    println!("{output}");
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `ledge:platform/transactions`: interactive transactions for guests (begin, get, put,
+//! delete, scan, commit, rollback), and `ledge:platform/caller`, the caller's token facts.
+//!
+//! Invariants: a denied key is a guest-visible `denied` error, an engine limit a `limit` error,
+//! a conflict a retryable `conflict`; only a broken host invariant (a stale resource handle)
+//! traps. A transaction lives in the request's resource table, so one left open is aborted
+//! when the instance goes away.
+
+use ledge_kv::{Isolation, Tx, TxError};
+use wasmtime::component::Resource;
+
+use super::bindings::ledge::platform::transactions::{self as wit, Error as WitError};
+use super::{Denied, Keyspace, KvCtx, bindings};
+
+/// Most entries one scan may return.
+const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// An open `ledge:platform/transactions.transaction`.
+pub struct OpenTransaction {
+    tx: Tx,
+    keyspace: Keyspace,
+}
+
+fn tx_error(error: TxError) -> WitError {
+    match error {
+        retryable if retryable.is_retryable() => WitError::Conflict(retryable.to_string()),
+        TxError::KeyTooLarge { .. } | TxError::ValueTooLarge { .. } | TxError::TooLarge { .. } => {
+            WitError::Limit(error.to_string())
+        }
+        other => WitError::Internal(other.to_string()),
+    }
+}
+
+impl From<Denied> for WitError {
+    fn from(denied: Denied) -> Self {
+        WitError::Denied(denied.0)
+    }
+}
+
+impl KvCtx<'_> {
+    fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
+        let keyspace = self.access.keyspace(store)?;
+        let db = self.access.db()?.clone();
+        self.access.open_transaction().map_err(WitError::Limit)?;
+        let isolation = match isolation {
+            wit::Isolation::Serializable => Isolation::Serializable,
+            wit::Isolation::Snapshot => Isolation::Snapshot,
+        };
+        Ok(OpenTransaction { tx: db.begin(isolation), keyspace })
+    }
+
+    fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
+        Ok(self.table.push(open)?)
+    }
+}
+
+impl wit::Host for KvCtx<'_> {
+    async fn begin(
+        &mut self,
+        isolation: wit::Isolation,
+    ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
+        match self.begin_in(None, isolation) {
+            Ok(open) => Ok(Ok(self.push(open)?)),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    async fn begin_in(
+        &mut self,
+        store: String,
+        isolation: wit::Isolation,
+    ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
+        match KvCtx::begin_in(self, Some(&store), isolation) {
+            Ok(open) => Ok(Ok(self.push(open)?)),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+}
+
+impl wit::HostTransaction for KvCtx<'_> {
+    async fn get(
+        &mut self,
+        this: Resource<OpenTransaction>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
+        let open = self.table.get_mut(&this)?;
+        Ok(open.keyspace.read_key(&key).map_err(WitError::from).and_then(|key| open.tx.get(&key).map_err(tx_error)))
+    }
+
+    async fn put(
+        &mut self,
+        this: Resource<OpenTransaction>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let open = self.table.get_mut(&this)?;
+        Ok(open
+            .keyspace
+            .write_key(&key)
+            .map_err(WitError::from)
+            .and_then(|key| open.tx.put(&key, &value).map_err(tx_error)))
+    }
+
+    async fn delete(
+        &mut self,
+        this: Resource<OpenTransaction>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let open = self.table.get_mut(&this)?;
+        Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key).map_err(tx_error)))
+    }
+
+    async fn scan(
+        &mut self,
+        this: Resource<OpenTransaction>,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<(Vec<u8>, Vec<u8>)>, WitError>> {
+        if limit > MAX_SCAN_LIMIT {
+            return Ok(Err(WitError::Limit(format!(
+                "a scan returns at most {MAX_SCAN_LIMIT} entries; page with a start key"
+            ))));
+        }
+        let open = self.table.get_mut(&this)?;
+        let (start, end) = open.keyspace.range(&start, &end);
+        if !end.is_empty() && start >= end {
+            return Ok(Ok(Vec::new()));
+        }
+        Ok(open.tx.scan(&start, &end, limit as usize).map_err(tx_error).map(|entries| {
+            entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
+        }))
+    }
+
+    async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
+        let open = self.table.delete(this)?;
+        self.access.close_transaction();
+        // Conflicts come back at once; only the wait for the group fsync is awaited.
+        let outcome = match open.tx.commit_async() {
+            Ok(ticket) => ticket.await,
+            Err(error) => Err(error),
+        };
+        Ok(outcome.map_err(tx_error))
+    }
+
+    async fn rollback(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
+        self.drop(this).await
+    }
+
+    async fn drop(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
+        // Dropping the engine transaction aborts it.
+        drop(self.table.delete(this)?);
+        self.access.close_transaction();
+        Ok(())
+    }
+}
+
+impl bindings::ledge::platform::caller::Host for KvCtx<'_> {
+    async fn get_token(&mut self) -> wasmtime::Result<Option<bindings::ledge::platform::caller::Token>> {
+        let caller = &self.access.caller;
+        Ok(caller
+            .token_id
+            .as_ref()
+            .map(|id| bindings::ledge::platform::caller::Token { id: id.clone(), caveats: caller.caveats.clone() }))
+    }
+}

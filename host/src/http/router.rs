@@ -1,0 +1,43 @@
+//! Routing (spec: "HTTP interface").
+//!
+//! | route | handler |
+//! |---|---|
+//! | `ANY /fn/{name}/{rest}` | invoke (`http/invoke.rs`) |
+//! | `GET /v1/functions` | list (`http/admin.rs`, as every route below but the open ones) |
+//! | `GET`/`PUT`/`DELETE /v1/functions/{name}` | metadata, deploy, remove |
+//! | `PUT /v1/functions/{name}/policy` | set the function's policy |
+//! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+
+use std::net::SocketAddr;
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+
+use super::{App, Problem, ResponseBody, full, method_not_allowed, text};
+
+impl App {
+    pub async fn route(&self, request: http::Request<Incoming>, peer: SocketAddr) -> http::Response<ResponseBody> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        let result = if let Some(rest) = path.strip_prefix("/fn/") {
+            self.invoke(request, rest, peer).await
+        } else if let Some(rest) = path.strip_prefix("/v1/functions") {
+            self.admin(request, &method, rest).await
+        } else if path == "/v1/tokens/revoke" {
+            self.revoke(request, &method).await
+        } else {
+            match (method, path.as_str()) {
+                (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+                (Method::GET, "/metrics") => Ok(full(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.render(),
+                )),
+                (_, "/healthz" | "/metrics") => Err(method_not_allowed("GET")),
+                _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
+            }
+        };
+        result.unwrap_or_else(Problem::into_response)
+    }
+}

@@ -1,0 +1,220 @@
+//! The function registry: deployed components, durable in the data dir, and the live version
+//! of each function. [`layout`] is the on-disk format, [`deploy`] the deploy pipeline,
+//! [`policies`] how each function's effective policy is found and kept current.
+//!
+//! Layer: below the HTTP edge (which calls it), above the runtime (which it asks to compile
+//! and prepare components) and storage. Never imports from `http` or `cli`.
+//!
+//! Invariants:
+//! - a deploy is visible only after its files and `meta.json` are fsynced; anything on disk not
+//!   named by a `meta.json` is debris of an interrupted deploy and is removed at start;
+//! - swapping the live version replaces one `Arc`: requests that already hold the old version
+//!   finish on it, new requests get the new one;
+//! - precompiled code is loaded only when its SHA-256 matches the one recorded at deploy, so a
+//!   tampered artifact is recompiled from the component instead of being trusted;
+//! - deploys, removals and policy changes are serialized by one lock; lookups never wait on it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::access::policy::Policy;
+use crate::runtime::{GuestState, Runtime, ValidateError};
+use crate::storage::{create_private_dir, sync_dir};
+
+pub mod deploy;
+pub mod layout;
+pub mod policies;
+
+pub use layout::{FunctionMeta, sha256_hex};
+use policies::read_policy_file;
+
+/// A live function version, ready to instantiate.
+pub struct Deployment {
+    pub meta: FunctionMeta,
+    pub pre: ProxyPre<GuestState>,
+    pub policy: Arc<Policy>,
+    /// Permits for live instances (`limits.max_concurrency`).
+    pub concurrency: Arc<Semaphore>,
+    /// No instance of this version has been started yet.
+    unstarted: AtomicBool,
+}
+
+impl Deployment {
+    fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>) -> Self {
+        let concurrency = Arc::new(Semaphore::new(policy.max_concurrency as usize));
+        Deployment { meta, pre, policy, concurrency, unstarted: AtomicBool::new(true) }
+    }
+
+    /// The same version under another policy (its cold-start state carried over).
+    fn with_policy(&self, policy: Policy) -> Deployment {
+        // Instances running now hold permits of the old semaphore; a new limit applies to new
+        // requests, as every policy change does.
+        let concurrency = if policy.max_concurrency == self.policy.max_concurrency {
+            self.concurrency.clone()
+        } else {
+            Arc::new(Semaphore::new(policy.max_concurrency as usize))
+        };
+        Deployment {
+            meta: self.meta.clone(),
+            pre: self.pre.clone(),
+            policy: Arc::new(policy),
+            concurrency,
+            unstarted: AtomicBool::new(self.unstarted.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// True exactly once per version: for its first instance (a cold start).
+    pub fn take_cold_start(&self) -> bool {
+        self.unstarted.load(Ordering::Relaxed) && self.unstarted.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("no function named `{0}` is deployed")]
+    NotFound(String),
+    #[error("invalid function name `{0}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
+    InvalidName(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Error)]
+pub enum DeployError {
+    #[error("the component is larger than the upload limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("reading the upload failed: {0}")]
+    Upload(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("invalid policy: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The result of a successful deploy.
+pub struct Deployed {
+    pub meta: FunctionMeta,
+    /// No earlier version existed.
+    pub created: bool,
+}
+
+pub struct Registry {
+    functions_dir: PathBuf,
+    policies_dir: Option<PathBuf>,
+    default_policy: RwLock<Policy>,
+    runtime: Arc<Runtime>,
+    live: RwLock<HashMap<String, Arc<Deployment>>>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// How the functions found at start were loaded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    pub precompiled: usize,
+    pub recompiled: usize,
+}
+
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let bytes = name.as_bytes();
+    let valid = matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if valid { Ok(()) } else { Err(RegistryError::InvalidName(name.to_string())) }
+}
+
+impl Registry {
+    /// Opens the registry under `data_dir`, loading every deployed function (blocking).
+    /// A policy file that does not parse stops the start: serving with a silently ignored
+    /// policy would be worse.
+    pub fn open(
+        data_dir: &Path,
+        policies_dir: Option<&Path>,
+        runtime: Arc<Runtime>,
+    ) -> anyhow::Result<(Registry, LoadReport)> {
+        let functions_dir = data_dir.join("functions");
+        create_private_dir(&functions_dir)?;
+        let default_policy = match policies_dir.map(|dir| dir.join("default.toml")) {
+            Some(path) if path.exists() => read_policy_file(&path)?.resolve(&Policy::default()),
+            _ => Policy::default(),
+        };
+        let registry = Registry {
+            functions_dir,
+            policies_dir: policies_dir.map(Path::to_path_buf),
+            default_policy: RwLock::new(default_policy),
+            runtime,
+            live: RwLock::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        let mut report = LoadReport::default();
+        let mut live = HashMap::new();
+        for entry in fs::read_dir(&registry.functions_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            let policy = Arc::new(registry.policy_for(&name)?);
+            // One function that cannot be loaded (a damaged component, an artifact this build
+            // cannot run) must not keep the others down: it is reported and left undeployed.
+            match registry.load(&name, policy, &mut report) {
+                Ok(Some(deployment)) => {
+                    live.insert(name, Arc::new(deployment));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(function = %name, error = %format!("{error:#}"), "cannot load function; redeploy it")
+                }
+            }
+        }
+        *registry.live.write().expect("registry lock poisoned") = live;
+        Ok((registry, report))
+    }
+
+    fn function_dir(&self, name: &str) -> PathBuf {
+        self.functions_dir.join(name)
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.live.read().expect("registry lock poisoned").get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<FunctionMeta> {
+        let live = self.live.read().expect("registry lock poisoned");
+        let mut metas: Vec<FunctionMeta> = live.values().map(|d| d.meta.clone()).collect();
+        metas.sort_by(|a, b| a.name.cmp(&b.name));
+        metas
+    }
+
+    /// Removes a function: first its commit point, then its files.
+    pub async fn remove(&self, name: &str) -> Result<(), RegistryError> {
+        validate_name(name)?;
+        let _change = self.changes.lock().await;
+        if self.lookup(name).is_none() {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        let dir = self.function_dir(name);
+        fs::remove_file(dir.join("meta.json"))?;
+        sync_dir(&dir)?;
+        self.live.write().expect("registry lock poisoned").remove(name);
+        fs::remove_dir_all(&dir)?;
+        sync_dir(&self.functions_dir)?;
+        tracing::info!(function = name, "removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! One request on a fresh instance: the guest's view of the request (path, authority, body
+//! capped at the policy's limit), the run under the policy's timeout, and the classification of
+//! every way it can fail into an [`InvokeError`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use thiserror::Error;
+use wasmtime::{PoolConcurrencyLimitError, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::{GuestState, Runtime};
+use crate::access::policy::Policy;
+use crate::access::tokens::Caller;
+use crate::guest_kv::KvAccess;
+use crate::metrics::Metrics;
+
+/// One request's view of a deployed version.
+pub struct Invocation<'a> {
+    pub function: &'a str,
+    pub pre: &'a ProxyPre<GuestState>,
+    pub policy: &'a Policy,
+    /// This is the version's first instance since deploy or start (a cold start).
+    pub cold: bool,
+    /// What the caller's token allows on top of the policy.
+    pub caller: Caller,
+    /// The function's concurrency permit, held until the instance is gone.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Error)]
+pub enum InvokeError {
+    #[error("the request body is larger than this function's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the function did not finish within its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("the function hit its memory limit of {limit} bytes")]
+    MemoryLimit { limit: u64 },
+    #[error("the function trapped: {0}")]
+    Trap(String),
+    #[error("every instance slot of this server is in use; retry shortly")]
+    PoolExhausted,
+    #[error("the function returned without sending a response")]
+    NoResponse,
+    #[error("the request cannot be passed to the function: {0}")]
+    BadRequest(String),
+    #[error("host failure while running the function: {0}")]
+    Host(String),
+}
+
+impl Runtime {
+    /// Runs one request on a fresh instance. `path_and_query` is what the guest sees.
+    pub async fn invoke(
+        &self,
+        invocation: Invocation<'_>,
+        request: http::Request<Incoming>,
+        path_and_query: &str,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+        let policy = invocation.policy;
+        // A body without a declared length is cut off at the cap; whatever the guest answers
+        // then, the client gets a 413.
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let request = guest_request(request, path_and_query, policy.max_body, overflowed.clone())?;
+        let kv = match &self.db {
+            Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
+            None => KvAccess::none(),
+        };
+        let mut store = self.guest_store(invocation.function, policy, kv);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut http = store.data_mut().http();
+        let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
+        let outparam = http.new_response_outparam(sender).map_err(host_error)?;
+        let pre = invocation.pre.clone();
+        let timeout = policy.timeout;
+        let metrics = self.metrics.clone();
+        let (function, cold) = (invocation.function.to_string(), invocation.cold);
+        // The guest runs in its own task so it can keep streaming the body after the response
+        // head is sent; the timeout bounds the whole run, body included.
+        let permit = invocation.permit;
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let _live = LiveInstance::new(&metrics);
+            let run = async {
+                let started = Instant::now();
+                let proxy = pre.instantiate_async(&mut store).await?;
+                metrics.observe_instantiation(&function, cold, started.elapsed());
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
+            };
+            let outcome = tokio::time::timeout(timeout, run).await;
+            (outcome, store.data().memory.hit)
+        });
+
+        let outcome = receiver.await;
+        if overflowed.load(Ordering::Relaxed) {
+            return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
+        }
+        match outcome {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
+            Err(_) => {
+                let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
+                if overflowed.load(Ordering::Relaxed) {
+                    return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
+                }
+                if hit_memory_limit {
+                    return Err(InvokeError::MemoryLimit { limit: self.memory_cap(policy) });
+                }
+                match outcome {
+                    Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+                    Ok(Ok(())) => Err(InvokeError::NoResponse),
+                    Ok(Err(error)) if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                        Err(InvokeError::PoolExhausted)
+                    }
+                    Ok(Err(error)) => Err(InvokeError::Trap(describe_failure(&error))),
+                }
+            }
+        }
+    }
+}
+
+/// Counts an instance in the `live_instances` gauge for as long as it lives.
+struct LiveInstance<'a>(&'a Metrics);
+
+impl<'a> LiveInstance<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.live_instances.inc();
+        LiveInstance(metrics)
+    }
+}
+
+impl Drop for LiveInstance<'_> {
+    fn drop(&mut self) {
+        self.0.live_instances.dec();
+    }
+}
+
+/// What a guest failure was, for the caller: the trap if there is one, else the error's
+/// outermost message (the full chain goes to the debug log).
+pub fn describe_failure(error: &wasmtime::Error) -> String {
+    tracing::debug!(error = ?error, "guest failure");
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.to_string(),
+    }
+}
+
+fn host_error(error: wasmtime::Error) -> InvokeError {
+    InvokeError::Host(format!("{error:#}"))
+}
+
+/// Rewrites the request to what the guest sees: `/{rest}?query` on the original authority,
+/// with the body capped at the policy's limit.
+fn guest_request(
+    request: http::Request<Incoming>,
+    path_and_query: &str,
+    max_body: u64,
+    overflowed: Arc<AtomicBool>,
+) -> Result<
+    http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>,
+    InvokeError,
+> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Err(InvokeError::BodyTooLarge { limit: max_body });
+    }
+    let (mut parts, body) = request.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| InvokeError::BadRequest(error.to_string()))?;
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = Limited::new(body, limit).map_err(move |error| {
+        if error.is::<http_body_util::LengthLimitError>() {
+            overflowed.store(true, Ordering::Relaxed);
+            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
+        } else {
+            wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
+        }
+    });
+    Ok(http::Request::from_parts(parts, body))
+}

@@ -1,0 +1,175 @@
+//! The wasm runtime: one [`Engine`] and [`Linker`] for the process, compilation and validation
+//! of deployed components ([`validate`]), per-request instantiation ([`invoke`]), and what a
+//! guest gets: its per-request state and limits ([`guest`]), its stdout/stderr in the log
+//! ([`guestlog`]), the outbound HTTP allow-list ([`outbound`]), pre-initialized snapshots
+//! ([`preinit`]).
+//!
+//! Layer: below the HTTP edge and the registry (which call it), above [`crate::guest_kv`] (the
+//! key-value capabilities it links into every instance) and [`crate::access`] (whose policy
+//! and verified caller it applies). Never imports from `http`, `registry` or `cli`.
+//!
+//! Invariants:
+//! - every request gets a fresh `Store` and instance from the deployed version's `ProxyPre`
+//!   (imports resolved once at deploy); nothing a guest does survives its request;
+//! - a guest can only hurt itself: wall-clock time is bounded (one epoch ticker thread for the
+//!   engine; guests yield at every tick so a busy loop never pins a worker), linear memory is
+//!   capped by the policy, and a trap or a missing response becomes an [`InvokeError`];
+//! - outbound HTTP is denied unless the function's policy lists the host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledge_kv::Db;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::access::policy::Policy;
+use crate::guest_kv::KvAccess;
+use crate::metrics::Metrics;
+
+pub mod guest;
+pub mod guestlog;
+pub mod invoke;
+pub mod outbound;
+pub mod preinit;
+pub mod profile;
+pub mod validate;
+
+pub use guest::GuestState;
+pub use invoke::{Invocation, InvokeError};
+pub use profile::{Allocator, Profile, RuntimeOptions};
+pub use validate::ValidateError;
+
+/// How often the epoch ticker advances; the granularity of request timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process's wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    allocator: Allocator,
+    metrics: Arc<Metrics>,
+    /// `None` for a runtime that only compiles (`ledge compile`): guests get no key-value access.
+    db: Option<Db>,
+    /// Accept precompiled artifacts (native code) at deploy.
+    trust_precompiled: bool,
+    /// The largest linear memory the engine is configured for.
+    max_memory: u64,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling when the address-space reservation succeeds) and the linker,
+    /// and starts the epoch ticker.
+    pub fn new(options: &RuntimeOptions, metrics: Arc<Metrics>, db: Option<Db>) -> anyhow::Result<Self> {
+        let (engine, allocator) = if options.pooling {
+            match Engine::new(&Self::config(options, Allocator::Pooling)) {
+                Ok(engine) => (engine, Allocator::Pooling),
+                Err(error) => {
+                    tracing::warn!(error = %error, "pooling allocator unavailable (address-space reservation failed); using on-demand allocation");
+                    (
+                        Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?,
+                        Allocator::OnDemand,
+                    )
+                }
+            }
+        } else {
+            (Engine::new(&Self::config(options, Allocator::OnDemand)).map_err(anyhow_from)?, Allocator::OnDemand)
+        };
+        tracing::info!(allocator = ?allocator, "wasm engine ready");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        crate::guest_kv::bindings::PlatformHost::add_to_linker::<GuestState, crate::guest_kv::KvBinding>(
+            &mut linker,
+            GuestState::kv,
+        )
+        .map_err(anyhow_from)?;
+        spawn_epoch_ticker(&engine);
+        Ok(Runtime {
+            engine,
+            linker,
+            allocator,
+            metrics,
+            db,
+            trust_precompiled: options.trust_precompiled,
+            max_memory: options.max_memory,
+        })
+    }
+
+    fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.memory_init_cow(true);
+        if let Some(reservation) = options.memory_reservation {
+            config.memory_reservation(reservation).memory_guard_size(64 << 10).memory_reservation_for_growth(0);
+        }
+        if allocator == Allocator::Pooling {
+            let instances = options.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(16))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(4))
+                .total_stacks(instances)
+                .max_memory_size(usize::try_from(options.max_memory).unwrap_or(usize::MAX))
+                // Reset used slots in place instead of unmapping them: per-request
+                // madvise/refault (and the TLB-shootdown IPIs it causes) is what dominates
+                // `wasmtime serve`. With PAGEMAP_SCAN (Linux 6.7+) only the pages a request
+                // dirtied are reset, so a large resident budget costs nothing when unused.
+                .linear_memory_keep_resident(options.keep_resident)
+                .table_keep_resident(options.keep_resident.min(1 << 20))
+                .pagemap_scan(Enabled::Auto);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        config
+    }
+
+    /// The engine every component of this process is compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with everything ledge provides to guests.
+    pub fn linker(&self) -> &Linker<GuestState> {
+        &self.linker
+    }
+
+    /// A fresh store for one guest run under `policy`: memory capped, and yielding to the
+    /// executor at every epoch tick so a spinning guest shares its worker thread and can be
+    /// cancelled by a timeout at the next tick.
+    pub fn guest_store(&self, function: &str, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
+        let mut store = Store::new(&self.engine, GuestState::new(function, policy, self.memory_cap(policy), kv));
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// A policy's memory limit, capped by what this engine can give (the profile's maximum).
+    fn memory_cap(&self, policy: &Policy) -> u64 {
+        policy.memory.min(self.max_memory)
+    }
+
+    /// Which allocator the probe settled on.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+}
+
+pub(crate) fn anyhow_from(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error:#}")
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("ledge-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

@@ -1,0 +1,69 @@
+//! Engine-wide settings and the sizing presets (`--profile`): how many instances, how much
+//! linear memory, how much address space, and which allocator.
+
+/// How instances get their memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots, reused between requests (fast; needs a large address space).
+    Pooling,
+    /// mmap per instance: the fallback when the pool cannot be reserved.
+    OnDemand,
+}
+
+/// Engine-wide settings, fixed for the process lifetime.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Try the pooling allocator first (falls back when the reservation fails).
+    pub pooling: bool,
+    /// Component instances that can be live at once (pooling slots).
+    pub max_instances: u32,
+    /// Largest linear memory any policy may grant, in bytes.
+    pub max_memory: u64,
+    /// Bytes of each pooled memory kept resident between requests (reset in place).
+    pub keep_resident: usize,
+    /// Accept precompiled artifacts at deploy (`--trust-precompiled`).
+    pub trust_precompiled: bool,
+    /// Virtual address space reserved per linear memory; `None` is wasmtime's default (4 GiB +
+    /// guard on 64-bit hosts, bounds checks elided). Smaller reservations add bounds checks but
+    /// fit small address spaces.
+    pub memory_reservation: Option<u64>,
+}
+
+/// Memory and address-space sizing presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Servers: 256 pooled instances, 4 GiB reservations, 16 MiB kept resident per slot.
+    Standard,
+    /// ARM64 boards (39-bit address space, 1 GB RAM): 32 pooled instances, 128 MiB memories
+    /// reserved exactly, 1 MiB kept resident. About 9 GiB of address space in all.
+    Small,
+}
+
+impl RuntimeOptions {
+    pub fn for_profile(profile: Profile) -> Self {
+        match profile {
+            Profile::Standard => RuntimeOptions {
+                pooling: true,
+                max_instances: 256,
+                max_memory: 1 << 30,
+                keep_resident: 16 << 20,
+                memory_reservation: None,
+                trust_precompiled: false,
+            },
+            Profile::Small => RuntimeOptions {
+                pooling: true,
+                max_instances: 32,
+                max_memory: 128 << 20,
+                keep_resident: 1 << 20,
+                memory_reservation: Some(128 << 20),
+                trust_precompiled: false,
+            },
+        }
+    }
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self::for_profile(Profile::Standard)
+    }
+}
