@@ -23,6 +23,7 @@ use crate::gc::{Snapshots, Tombstones};
 use crate::mvcc::Store;
 use crate::options::{Isolation, Options};
 use crate::recovery;
+use crate::space::Usage;
 use crate::ssn::ScanLog;
 use crate::stats::{Counters, Stats};
 use crate::tx::Tx;
@@ -35,6 +36,8 @@ pub(crate) struct CommitState {
     pub next_stamp: u64,
     /// Ranges read by committed Serializable transactions.
     pub scans: ScanLog,
+    /// Live bytes per keyspace and in total.
+    pub usage: Usage,
 }
 
 /// Everything transactions and background threads share.
@@ -92,10 +95,11 @@ impl Db {
         let rec = recovery::recover(dir)?;
         let file = wal::create_segment(dir, rec.next_segment)?;
         let last = rec.last_stamp;
+        let usage = Usage::count(&rec.store, opts.keyspace_of);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             store: rec.store,
-            commit: Mutex::new(CommitState { next_stamp: last + 1, scans: ScanLog::default() }),
+            commit: Mutex::new(CommitState { next_stamp: last + 1, scans: ScanLog::default(), usage }),
             visible: AtomicU64::new(last),
             snapshots: Snapshots::new(last),
             tombstones: Tombstones::default(),
@@ -132,6 +136,22 @@ impl Db {
     pub fn stats(&self) -> Stats {
         let s = &self.handle.shared;
         s.counters.snapshot(s.store.live_versions(), s.store.key_count() as u64, s.snapshots.active() as u64)
+    }
+
+    /// Bytes of live data (keys plus values) per keyspace, in key order, as
+    /// [`Options::keyspace_of`] names them; keyspaces holding nothing are left out.
+    pub fn keyspace_bytes(&self) -> Vec<(Vec<u8>, u64)> {
+        self.handle.shared.commit.lock().usage.keyspaces()
+    }
+
+    /// Bytes of live data in one keyspace.
+    pub fn bytes_in(&self, keyspace: &[u8]) -> u64 {
+        self.handle.shared.commit.lock().usage.bytes(keyspace)
+    }
+
+    /// Bytes of live data in the whole database.
+    pub fn live_bytes(&self) -> u64 {
+        self.handle.shared.commit.lock().usage.total()
     }
 
     /// The directory this database lives in.

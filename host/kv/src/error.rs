@@ -84,13 +84,44 @@ pub enum TxError {
         /// The configured limit.
         max: usize,
     },
-    /// The transaction's writes would make a WAL record larger than the format allows.
+    /// The transaction's writes are more than [`crate::Options::max_tx_bytes`] (or would make a
+    /// WAL record larger than the format allows).
     #[error("transaction writes {bytes} bytes; a commit may write at most {max}")]
     TooLarge {
         /// Encoded size of the writes.
         bytes: usize,
         /// The limit.
         max: usize,
+    },
+    /// The transaction's read set is full ([`crate::Options::max_tx_reads`]).
+    #[error("a transaction may read at most {max} keys and ranges")]
+    TooManyReads {
+        /// The limit.
+        max: usize,
+    },
+    /// One scan would return more bytes than [`crate::Options::max_scan_bytes`].
+    #[error("the scan would return more than {max} bytes; ask for fewer entries")]
+    ScanTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The commit would grow a keyspace past the quota set with [`crate::Tx::limit_keyspace`].
+    #[error("keyspace {} would hold {would_hold} bytes; its quota is {max}", String::from_utf8_lossy(keyspace))]
+    QuotaExceeded {
+        /// The keyspace prefix.
+        keyspace: Vec<u8>,
+        /// Its live bytes had the commit gone through.
+        would_hold: u64,
+        /// Its quota.
+        max: u64,
+    },
+    /// The commit would grow the database's live data past [`crate::Options::max_live_bytes`].
+    #[error("the store would hold {would_hold} bytes of live data; its budget is {max}")]
+    OutOfSpace {
+        /// Live bytes had the commit gone through.
+        would_hold: u64,
+        /// The budget.
+        max: u64,
     },
     /// The database was closed before this transaction committed.
     #[error("database is closed")]
@@ -116,6 +147,10 @@ impl TxError {
             TxError::KeyTooLarge { .. } => "key_too_large",
             TxError::ValueTooLarge { .. } => "value_too_large",
             TxError::TooLarge { .. } => "tx_too_large",
+            TxError::TooManyReads { .. } => "too_many_reads",
+            TxError::ScanTooLarge { .. } => "scan_too_large",
+            TxError::QuotaExceeded { .. } => "quota",
+            TxError::OutOfSpace { .. } => "out_of_space",
             TxError::Closed => "closed",
             TxError::Wal(_) => "wal",
         }

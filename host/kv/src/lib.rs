@@ -44,6 +44,7 @@ mod gc;
 mod mvcc;
 mod options;
 mod recovery;
+mod space;
 mod ssn;
 mod stats;
 mod tx;
@@ -52,6 +53,7 @@ mod wal;
 pub use db::Db;
 pub use error::{Error, TxError};
 pub use options::{Durability, Isolation, Options};
+pub use space::KeyspaceOf;
 pub use stats::Stats;
 pub use tx::{CommitTicket, KeyValue, Tx};
 

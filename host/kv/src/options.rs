@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::space::KeyspaceOf;
+
 /// Isolation level of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isolation {
@@ -40,6 +42,19 @@ pub struct Options {
     pub max_value_len: usize,
     /// How often the maintenance thread looks at checkpoint and GC work. Default 50 ms.
     pub maintenance_interval: Duration,
+    /// Most bytes (keys plus values) one transaction may buffer for writing. Default 16 MiB.
+    pub max_tx_bytes: usize,
+    /// Most entries of one transaction's read set (versions read plus ranges and point misses
+    /// recorded for certification). Default 100,000.
+    pub max_tx_reads: usize,
+    /// Most bytes (keys plus values) one scan may return. Default 4 MiB.
+    pub max_scan_bytes: usize,
+    /// How keys map to keyspaces for space accounting (see [`crate::KeyspaceOf`]); `None`
+    /// counts only the total.
+    pub keyspace_of: Option<KeyspaceOf>,
+    /// Most bytes of live data the database may hold; commits that would grow past it fail
+    /// with [`crate::TxError::OutOfSpace`]. Default unlimited.
+    pub max_live_bytes: u64,
 }
 
 impl Default for Options {
@@ -50,6 +65,11 @@ impl Default for Options {
             max_key_len: 4 << 10,
             max_value_len: 1 << 20,
             maintenance_interval: Duration::from_millis(50),
+            max_tx_bytes: 16 << 20,
+            max_tx_reads: 100_000,
+            max_scan_bytes: 4 << 20,
+            keyspace_of: None,
+            max_live_bytes: u64::MAX,
         }
     }
 }
@@ -64,6 +84,26 @@ impl Options {
     /// Sets the checkpoint cadence in WAL bytes (`0` = never automatically).
     pub fn checkpoint_wal_bytes(mut self, n: u64) -> Self {
         self.checkpoint_wal_bytes = n;
+        self
+    }
+
+    /// Sets how keys map to keyspaces for space accounting.
+    pub fn keyspace_of(mut self, f: KeyspaceOf) -> Self {
+        self.keyspace_of = Some(f);
+        self
+    }
+
+    /// Sets the budget of live data in bytes.
+    pub fn max_live_bytes(mut self, n: u64) -> Self {
+        self.max_live_bytes = n;
+        self
+    }
+
+    /// Sets the per-transaction bounds: buffered write bytes, read-set entries, bytes per scan.
+    pub fn tx_limits(mut self, max_tx_bytes: usize, max_tx_reads: usize, max_scan_bytes: usize) -> Self {
+        self.max_tx_bytes = max_tx_bytes;
+        self.max_tx_reads = max_tx_reads;
+        self.max_scan_bytes = max_scan_bytes;
         self
     }
 

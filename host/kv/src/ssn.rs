@@ -20,7 +20,7 @@
 //! inserter sees its r:w predecessor; entries older than the GC horizon are folded into one
 //! conservative floor stamp.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ pub(crate) struct ReadRange {
 }
 
 impl ReadRange {
+    #[cfg(test)]
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice()
             && match &self.end {
@@ -50,43 +51,163 @@ impl ReadRange {
     }
 }
 
-/// Ranges read by recently committed Serializable transactions, with their cstamps.
+/// Ranges read by recently committed Serializable transactions, as the function "largest
+/// cstamp of a committed scanner whose range covers this key".
+///
+/// Commits are serial, so every range pushed carries a larger cstamp than all before it: a push
+/// simply assigns its cstamp over its range. The function is kept piecewise constant in a
+/// `BTreeMap` from the start of each piece to its value, so a push and a lookup cost
+/// O(log pieces) (plus the pieces a push covers, each removed once): a long-running
+/// transaction that pins the horizon makes the log longer, never the commit section slower
+/// per lookup. Entries older than the GC horizon are folded into one conservative floor stamp.
 #[derive(Debug, Default)]
 pub(crate) struct ScanLog {
-    entries: VecDeque<(u64, Arc<[ReadRange]>)>,
-    /// The largest cstamp among entries already folded away.
+    /// Piece start → cstamp over `[start, next start)`; keys before the first piece are 0.
+    pieces: BTreeMap<Vec<u8>, u64>,
+    /// The cstamps pushed and not yet folded, oldest first.
+    live: VecDeque<u64>,
+    /// The largest cstamp among pushes already folded away.
     floor: u64,
+    /// Pieces after the last clean-up: the next one runs when the map has doubled.
+    pieces_after_sweep: usize,
+}
+
+/// Where a range's end falls among keys: `Some(k)` = just before `k`, `None` = past every key.
+fn end_position(end: &Bound<Vec<u8>>) -> Option<Vec<u8>> {
+    match end {
+        Bound::Unbounded => None,
+        Bound::Excluded(e) => Some(e.clone()),
+        // The smallest key after `e` is `e` followed by a zero byte.
+        Bound::Included(e) => Some([e.as_slice(), &[0]].concat()),
+    }
 }
 
 impl ScanLog {
     pub(crate) fn push(&mut self, cstamp: u64, ranges: Arc<[ReadRange]>) {
-        self.entries.push_back((cstamp, ranges));
+        for range in ranges.iter() {
+            self.assign(&range.start, end_position(&range.end), cstamp);
+        }
+        self.live.push_back(cstamp);
+    }
+
+    /// Sets the function to `value` over `[start, end)`.
+    fn assign(&mut self, start: &[u8], end: Option<Vec<u8>>, value: u64) {
+        if end.as_deref().is_some_and(|end| end <= start) {
+            return;
+        }
+        let after = end.as_ref().map(|end| (end.clone(), self.value_at(end)));
+        let covered: Vec<Vec<u8>> = match &end {
+            Some(end) => self.pieces.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end.as_slice()))),
+            None => self.pieces.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)),
+        }
+        .map(|(key, _)| key.clone())
+        .collect();
+        for key in covered {
+            self.pieces.remove(&key);
+        }
+        self.pieces.insert(start.to_vec(), value);
+        if let Some((end, previous)) = after {
+            self.pieces.entry(end).or_insert(previous);
+        }
+    }
+
+    fn value_at(&self, key: &[u8]) -> u64 {
+        self.pieces.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map_or(0, |(_, v)| *v)
     }
 
     /// The largest cstamp of a committed scanner that may have read the absence or presence of
     /// `key` (a lower bound on nothing, an upper bound on the truth: conservative).
     pub(crate) fn max_covering(&self, key: &[u8]) -> u64 {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(_, rs)| rs.iter().any(|r| r.contains(key)))
-            .map_or(self.floor, |(c, _)| (*c).max(self.floor))
+        self.value_at(key).max(self.floor)
     }
 
     /// Folds entries below the horizon into the floor. Every active transaction's snapshot is at
     /// or above the horizon, so the floor only matters to one whose sstamp fell below its own
     /// snapshot, where being conservative costs an occasional extra abort.
     pub(crate) fn prune(&mut self, horizon: u64) {
-        while let Some((c, _)) = self.entries.front() {
-            if *c >= horizon {
+        while let Some(&c) = self.live.front() {
+            if c >= horizon {
                 break;
             }
-            self.floor = self.floor.max(*c);
-            self.entries.pop_front();
+            self.floor = self.floor.max(c);
+            self.live.pop_front();
+        }
+        if self.pieces.len() > 2 * self.pieces_after_sweep + 64 {
+            self.sweep();
         }
     }
 
+    /// Drops what the floor makes redundant: pieces at or below it read as the floor anyway, so
+    /// they become 0 and merge with their neighbours. Amortised O(1) per push: it runs when the
+    /// map has doubled since the last sweep.
+    fn sweep(&mut self) {
+        let floor = self.floor;
+        let mut previous = 0;
+        self.pieces.retain(|_, value| {
+            if *value <= floor {
+                *value = 0;
+            }
+            let keep = *value != previous;
+            previous = *value;
+            keep
+        });
+        self.pieces_after_sweep = self.pieces.len();
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.floor == 0
+        self.pieces.is_empty() && self.floor == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition the piecewise map must agree with: newest covering range, or the floor.
+    struct Naive(Vec<(u64, ReadRange)>, u64);
+
+    impl Naive {
+        fn max_covering(&self, key: &[u8]) -> u64 {
+            self.0.iter().rev().find(|(_, r)| r.contains(key)).map_or(self.1, |(c, _)| (*c).max(self.1))
+        }
+    }
+
+    #[test]
+    fn the_piecewise_log_agrees_with_the_definition() {
+        // A small deterministic generator: keys from a tiny alphabet make overlaps common.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let key =
+            |next: &mut dyn FnMut(u64) -> u64| -> Vec<u8> { (0..=next(3)).map(|_| b"abc"[next(3) as usize]).collect() };
+        let mut log = ScanLog::default();
+        let mut naive = Naive(Vec::new(), 0);
+        for cstamp in 1..=3000u64 {
+            let start = key(&mut next);
+            let end = match next(4) {
+                0 => Bound::Unbounded,
+                1 => Bound::Included(start.clone()),
+                2 => Bound::Included(key(&mut next)),
+                _ => Bound::Excluded(key(&mut next)),
+            };
+            let range = ReadRange { start, end };
+            log.push(cstamp, Arc::from(vec![range.clone()]));
+            naive.0.push((cstamp, range));
+            if cstamp % 7 == 0 {
+                let horizon = cstamp.saturating_sub(next(50));
+                log.prune(horizon);
+                naive.1 = naive.0.iter().map(|(c, _)| *c).filter(|c| *c < horizon).max().unwrap_or(0).max(naive.1);
+                naive.0.retain(|(c, _)| *c >= horizon);
+            }
+            for _ in 0..4 {
+                let probe = key(&mut next);
+                assert_eq!(log.max_covering(&probe), naive.max_covering(&probe), "key {probe:?} at {cstamp}");
+            }
+        }
+        assert!(log.pieces.len() <= 2 * log.pieces_after_sweep + 64, "swept: {}", log.pieces.len());
     }
 }

@@ -14,7 +14,8 @@ pub struct Stats {
     pub aborted_ssn: u64,
     /// Aborts by scanned-range (phantom) validation.
     pub aborted_phantom: u64,
-    /// Transactions dropped or aborted by the caller without committing.
+    /// Transactions with buffered writes dropped or aborted by the caller without committing
+    /// (a read-only transaction that ends without a commit is not counted).
     pub aborted_by_caller: u64,
     /// WAL fsyncs performed.
     pub wal_fsyncs: u64,

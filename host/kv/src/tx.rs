@@ -21,6 +21,7 @@ use crate::db::Shared;
 use crate::error::TxError;
 use crate::mvcc::Version;
 use crate::options::{Durability, Isolation};
+use crate::space::{Delta, entry_bytes};
 use crate::ssn::ReadRange;
 use crate::stats::Counters;
 use crate::wal;
@@ -42,6 +43,10 @@ pub struct Tx {
     ranges: Vec<ReadRange>,
     /// max cstamp of versions read: the w:r part of η(T).
     read_pstamp: u64,
+    /// Bytes of keys and values in `writes`.
+    write_bytes: usize,
+    /// Keyspace quotas this commit is held to ([`Tx::limit_keyspace`]).
+    quotas: Vec<(Vec<u8>, u64)>,
     finished: bool,
 }
 
@@ -56,6 +61,8 @@ impl Tx {
             reads: Vec::new(),
             ranges: Vec::new(),
             read_pstamp: 0,
+            write_bytes: 0,
+            quotas: Vec::new(),
             finished: false,
         }
     }
@@ -78,6 +85,37 @@ impl Tx {
         Ok(())
     }
 
+    /// Holds this transaction's commit to at most `max_bytes` of live data in the keyspace
+    /// `prefix` (as [`crate::Options::keyspace_of`] names it): a commit that would grow it past
+    /// that fails with [`TxError::QuotaExceeded`]; one that shrinks or keeps it goes through.
+    pub fn limit_keyspace(&mut self, prefix: &[u8], max_bytes: u64) {
+        self.quotas.retain(|(k, _)| k != prefix);
+        self.quotas.push((prefix.to_vec(), max_bytes));
+    }
+
+    /// Refuses to grow the read set past [`crate::Options::max_tx_reads`] by `more` entries.
+    fn check_reads(&self, more: usize) -> Result<(), TxError> {
+        let max = self.shared.opts.max_tx_reads;
+        if self.iso == Isolation::Serializable && self.reads.len() + self.ranges.len() + more > max {
+            return Err(TxError::TooManyReads { max });
+        }
+        Ok(())
+    }
+
+    /// Buffers one write, keeping the buffered bytes within [`crate::Options::max_tx_bytes`].
+    fn buffer(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), TxError> {
+        let size = |v: &Option<Vec<u8>>| key.len() + v.as_ref().map_or(0, Vec::len);
+        let replaced = self.writes.get(key).map_or(0, size);
+        let bytes = self.write_bytes - replaced + size(&value);
+        let max = self.shared.opts.max_tx_bytes;
+        if bytes > max {
+            return Err(TxError::TooLarge { bytes, max });
+        }
+        self.write_bytes = bytes;
+        self.writes.insert(key.to_vec(), value);
+        Ok(())
+    }
+
     fn track(&mut self, v: &Arc<Version>) {
         if self.iso == Isolation::Serializable {
             self.read_pstamp = self.read_pstamp.max(v.cstamp);
@@ -91,6 +129,7 @@ impl Tx {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
+        self.check_reads(1)?;
         let found = self.shared.store.get(key).and_then(|e| e.value().visible(self.snapshot));
         let value = match &found {
             Some(v) => {
@@ -114,15 +153,13 @@ impl Tx {
         if value.len() > max {
             return Err(TxError::ValueTooLarge { len: value.len(), max });
         }
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
+        self.buffer(key, Some(value.to_vec()))
     }
 
     /// Buffers a delete of `key` (deleting an absent key is not an error).
     pub fn delete(&mut self, key: &[u8]) -> Result<(), TxError> {
         self.check_key(key)?;
-        self.writes.insert(key.to_vec(), None);
-        Ok(())
+        self.buffer(key, None)
     }
 
     /// Keys in `[start, end)` in key order, at most `limit`; an empty `end` means unbounded.
@@ -143,8 +180,12 @@ impl Tx {
             .peekable();
         let mut own = self.writes.range::<[u8], _>((Bound::Included(start), end_b)).peekable();
         let mut tracked = Vec::new();
+        let (max_bytes, mut bytes) = (self.shared.opts.max_scan_bytes, 0);
         // Merge the snapshot with our own writes; own writes shadow stored versions.
         while out.len() < limit {
+            if bytes > max_bytes {
+                return Err(TxError::ScanTooLarge { max: max_bytes });
+            }
             let take_own = match (stored.peek(), own.peek()) {
                 (None, None) => break,
                 (Some(_), None) => false,
@@ -157,11 +198,13 @@ impl Tx {
                     stored.next();
                 }
                 if let Some(v) = w {
+                    bytes += k.len() + v.len();
                     out.push((k.clone(), v.clone()));
                 }
             } else {
                 let Some((k, v)) = stored.next() else { break };
                 if let Some(val) = &v.value {
+                    bytes += k.len() + val.len();
                     out.push((k, val.to_vec()));
                 }
                 tracked.push(v);
@@ -169,6 +212,10 @@ impl Tx {
         }
         drop(stored);
         drop(own);
+        if bytes > max_bytes {
+            return Err(TxError::ScanTooLarge { max: max_bytes });
+        }
+        self.check_reads(tracked.len() + 1)?;
         if self.iso == Isolation::Serializable {
             for v in &tracked {
                 self.track(v);
@@ -237,6 +284,7 @@ impl Tx {
 
         // First-committer-wins: the newest committed version must be the one we saw.
         let mut overwritten = Vec::with_capacity(self.writes.len());
+        let mut space = Delta::default();
         let mut existence_changed = Vec::new();
         // One index lookup per written key, reused for the install below.
         let mut entries = Vec::with_capacity(self.writes.len());
@@ -254,8 +302,11 @@ impl Tx {
             if existed != w.is_some() {
                 existence_changed.push(k.as_slice());
             }
+            let old = latest.as_ref().map_or(0, |l| entry_bytes(k, l.value.as_deref()));
+            space.add(s.opts.keyspace_of, k, old, entry_bytes(k, w.as_deref()));
             overwritten.extend(latest);
         }
+        st.usage.check(&space, &self.quotas, s.opts.max_live_bytes)?;
 
         let cstamp = st.next_stamp;
         let mut sstamp = cstamp;
@@ -316,6 +367,7 @@ impl Tx {
                 wal::encode(buf, cstamp, writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
             });
             s.visible.store(cstamp, Ordering::Release);
+            st.usage.apply(&space);
         }
         st.next_stamp += 1;
         st.scans.prune(horizon);
@@ -369,7 +421,8 @@ impl std::future::Future for CommitTicket {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if !self.finished {
+        // A transaction that wrote nothing has nothing to abort: dropping a read is not an abort.
+        if !self.finished && !self.writes.is_empty() {
             Counters::bump(&self.shared.counters.aborted_by_caller, 1);
         }
         self.shared.snapshots.release(self.snapshot, &self.shared.visible);

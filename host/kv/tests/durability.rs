@@ -37,13 +37,13 @@ fn child_commit(db: &Db, t: u64, n: u64) -> Result<u64, ledge_kv::TxError> {
     tx.commit()
 }
 
-/// Not a test on its own: the body of the child process the crash test SIGKILLs. It commits
-/// from several threads forever and prints `ack <thread> <n>` after each acknowledged commit.
+/// Not a test on its own: the body of the child process the crash test SIGKILLs (it runs it
+/// with `--ignored`). It commits from several threads forever and prints `ack <thread> <n>`
+/// after each acknowledged commit.
 #[test]
+#[ignore = "the crash test's child process; run only by crash_rounds"]
 fn crash_child_process_entry() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+    let dir = std::env::var(CHILD_ENV).expect("run by crash_rounds, which names the data dir");
     let mut opts = Options::default().checkpoint_wal_bytes(32 << 10);
     if std::env::var(CHILD_MODE_ENV).as_deref() == Ok("periodic") {
         opts = opts.durability(Durability::Periodic(Duration::from_millis(20)));
@@ -106,7 +106,7 @@ fn crash_rounds(periodic: bool) {
     let mut rng = rand::rng();
     for round in 0..4 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_process_entry", "--nocapture", "--test-threads=1"])
+            .args(["--exact", "crash_child_process_entry", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env(CHILD_MODE_ENV, if periodic { "periodic" } else { "fsync" })
             .stdout(Stdio::piped())
@@ -319,7 +319,9 @@ fn fsync_mode_shares_fsyncs_between_concurrent_committers() {
     }
     let st = db.stats();
     assert_eq!(st.committed, 400);
-    assert!(st.wal_fsyncs > 0 && st.wal_fsyncs <= 400);
+    // 16 committers at once: group commit must share fsyncs (on average at least two commits per
+    // fsync); one fsync per commit would be 400.
+    assert!(st.wal_fsyncs > 0 && st.wal_fsyncs < 200, "fsyncs were not shared: {st:?}");
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 400);
