@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 aarch64-unknown-linux-gnu >/dev/null
 
 # The ARM64 build and its emulated test run: Debian's cross gcc and sysroot, and qemu-user.
-# curl for the TLS tests (scripts/bench.sh installs wrk and h2load itself).
+# curl for the TLS tests, strace for the test that watches directory fsyncs (scripts/bench.sh
+# installs wrk and h2load itself).
 missing=()
-for tool in aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user curl:curl; do
+for tool in aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user curl:curl strace:strace; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 [ -d /usr/aarch64-linux-gnu/lib ] || missing+=(libc6-dev-arm64-cross)

@@ -36,7 +36,7 @@ fn rss_report(names: &[String]) {
     let limiter = RateLimiter::new(100_000);
     let start = Instant::now();
     for name in names {
-        black_box(limiter.check("fn", name, &[QUOTA]));
+        black_box(limiter.check("fn", name, QUOTA, &[]));
     }
     let elapsed = start.elapsed();
     let after = rss_bytes();
@@ -57,8 +57,8 @@ fn bench(c: &mut Criterion) {
 
     let hot = RateLimiter::new(100_000);
     let loose = RateQuota { quota: u32::MAX, window: Duration::from_secs(1), burst: u32::MAX };
-    c.bench_function("check/hot_key_allowed", |b| b.iter(|| hot.check("fn", "10.0.0.1", black_box(&[loose]))));
-    c.bench_function("check/hot_key_refused", |b| b.iter(|| hot.check("fn", "10.0.0.2", black_box(&[QUOTA]))));
+    c.bench_function("check/hot_key_allowed", |b| b.iter(|| hot.check("fn", "10.0.0.1", black_box(loose), &[])));
+    c.bench_function("check/hot_key_refused", |b| b.iter(|| hot.check("fn", "10.0.0.2", black_box(QUOTA), &[])));
 
     let limiter = RateLimiter::new(200_000);
     let names = &million[..100_000];
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("check/100k_keys_round_robin", |b| {
         b.iter(|| {
             i = (i + 1) % names.len();
-            limiter.check("fn", &names[i], black_box(&[QUOTA]))
+            limiter.check("fn", &names[i], black_box(QUOTA), &[])
         })
     });
     println!("100k case: tracked {} keys", limiter.tracked_keys());
@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("check/1m_keys_round_robin_max_keys_100k", |b| {
         b.iter(|| {
             i = (i + 1) % million.len();
-            limiter.check("fn", &million[i], black_box(&[QUOTA]))
+            limiter.check("fn", &million[i], black_box(QUOTA), &[])
         })
     });
     println!("1M case: tracked {} keys", limiter.tracked_keys());

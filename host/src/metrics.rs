@@ -132,6 +132,11 @@ impl std::fmt::Debug for KvCollector {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyspaceLabels {
+    keyspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -163,14 +168,25 @@ impl Collector for KvCollector {
         ];
         let mut family = encoder.encode_descriptor(
             "kv_transactions_aborted",
-            "Transactions aborted, by reason (caller: rolled back or dropped without commit)",
+            "Transactions aborted, by reason (caller: a transaction with writes rolled back or dropped without commit)",
             None,
             MetricType::Counter,
         )?;
         for (reason, value) in aborts {
             ConstCounter::new(value).encode(family.encode_family(&ReasonLabels { reason })?)?;
         }
-        let gauges: [(&str, &str, u64); 3] = [
+        let mut keyspaces = encoder.encode_descriptor(
+            "kv_keyspace_bytes",
+            "Live key-value data (keys plus values) per keyspace: f/NAME/ is a function's own, s/STORE/ a shared store",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (keyspace, bytes) in self.0.keyspace_bytes() {
+            let labels = KeyspaceLabels { keyspace: String::from_utf8_lossy(&keyspace).into_owned() };
+            ConstGauge::new(bytes as i64).encode(keyspaces.encode_family(&labels)?)?;
+        }
+        let gauges: [(&str, &str, u64); 4] = [
+            ("kv_live_bytes", "Live key-value data in all keyspaces, held to --kv-max-bytes", self.0.live_bytes()),
             ("kv_active_transactions", "Transactions (and checkpoints) holding a snapshot now", stats.active_snapshots),
             ("kv_live_versions", "Versions in memory", stats.live_versions),
             ("kv_keys", "Keys in the index", stats.keys),

@@ -21,7 +21,20 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates `dir` (and parents) with mode 0700: everything under the data dir is ledge's own.
+/// Each directory it creates is made durable in its parent, so a crash cannot lose a folder
+/// whose files were already fsynced.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(path) = next.filter(|path| !path.as_os_str().is_empty() && !path.exists()) {
+        missing.push(path);
+        next = path.parent();
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for created in missing.iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
 }

@@ -45,7 +45,7 @@ async fn cli_deploys_lists_and_removes() {
 
     let removed = server.cli(&["rm", "echo"]);
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
-    let gone = client().get(server.fn_url("echo", "/")).send().await.unwrap();
+    let gone = server.admin().get(server.fn_url("echo", "/")).send().await.unwrap();
     problem(gone, 404).await;
     let again = server.cli(&["rm", "echo"]);
     assert_eq!(again.status.code(), Some(1));
@@ -149,7 +149,7 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
 }
 
 #[tokio::test]
-async fn cli_deploy_applies_a_policy_file_first_and_refuses_a_bad_one() {
+async fn cli_deploy_applies_a_policy_file_with_the_component_and_refuses_a_bad_one() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -157,7 +157,7 @@ async fn cli_deploy_applies_a_policy_file_first_and_refuses_a_bad_one() {
     let refused = server.cli(&["deploy", "hello", guest("hello").to_str().unwrap(), "--policy", bad.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("quota"), "{}", String::from_utf8_lossy(&refused.stderr));
-    problem(client().get(server.fn_url("hello", "/")).send().await.unwrap(), 404).await;
+    problem(server.admin().get(server.fn_url("hello", "/")).send().await.unwrap(), 404).await;
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "public = true\n[rate]\nquota = 1\nwindow = \"60s\"\n").unwrap();

@@ -59,6 +59,6 @@ async fn a_function_that_cannot_be_loaded_does_not_keep_the_others_down() {
     }
     server.restart();
     assert_eq!(client().get(server.fn_url("hello", "/")).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(server.fn_url("echo", "/")).send().await.unwrap().status(), 404);
+    assert_eq!(server.admin().get(server.fn_url("echo", "/")).send().await.unwrap().status(), 404);
     assert!(server.log().contains("cannot load function; redeploy it"));
 }

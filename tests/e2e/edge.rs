@@ -60,5 +60,14 @@ async fn the_small_profile_serves_within_its_memory_cap() {
     let hog = problem(client().get(server.fn_url("misbehave", "/hog")).send().await.unwrap(), 500).await;
     assert!(hog["detail"].as_str().unwrap().contains("memory limit"), "{hog}");
     assert_eq!(client().get(server.fn_url("misbehave", "/fine")).send().await.unwrap().status(), 200);
-    assert!(server.log().contains("allocator=Pooling") || server.log().contains("on-demand allocation"));
+    // The small profile exists so that the pool fits a board's address space: natively it must.
+    // Under qemu-user the emulator's own address-space layout decides, so there either allocator
+    // is fine as long as the server says which one it runs (the memory cap held above).
+    let log = server.log();
+    let emulated = std::env::var("LEDGE_RUNNER").is_ok_and(|runner| !runner.trim().is_empty());
+    if emulated {
+        assert!(log.contains("allocator=Pooling") || log.contains("allocator=OnDemand"), "{log}");
+    } else {
+        assert!(log.contains("allocator=Pooling"), "the small profile fell back to on-demand allocation:\n{log}");
+    }
 }

@@ -88,6 +88,8 @@ pub struct Server {
     extra: Vec<String>,
     /// The admin token the server wrote on first start.
     pub admin_token: String,
+    /// Every line the server printed on stdout.
+    printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -108,6 +110,7 @@ impl Server {
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             admin_token: String::new(),
+            printed: Default::default(),
             _temp: Some(temp),
         };
         server.spawn();
@@ -141,12 +144,14 @@ impl Server {
             .expect("spawning ledge serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, receiver) = std::sync::mpsc::channel();
+        let printed = self.printed.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(url) = line.strip_prefix("ledge listening on ") {
                     let _ = sender.send(url.to_string());
                 }
+                printed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
             }
         });
         // Generous: under qemu-user on a loaded 2-core machine one start took over 60 s.
@@ -214,6 +219,11 @@ impl Server {
             .output()
             .expect("curl");
         assert!(output.status.success(), "deploy over TLS failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Everything the server printed on stdout so far.
+    pub fn printed(&self) -> Vec<String> {
+        self.printed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Everything the server logged so far.
@@ -284,13 +294,39 @@ pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Va
     body
 }
 
-/// The value of one sample in the server's `/metrics`, e.g.
-/// `metric(&server, "ledge_artifact_loads_total{outcome=\"recompiled\"}")`; 0 when absent.
+/// The value of one sample in the server's `/metrics` (read with the admin token), e.g.
+/// `metric(&server, "ledge_artifact_loads_total{outcome=\"recompiled\"}")`. A series that is
+/// not there fails the test: a metric that disappeared must not read as zero.
 pub async fn metric(server: &Server, sample: &str) -> f64 {
-    let text = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    let response = server.admin().get(format!("{}/metrics", server.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "/metrics with the admin token");
+    let text = response.text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
+        .unwrap_or_else(|| panic!("no sample `{sample}` in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("numeric sample")
+}
+
+/// One HTTP/1.1 request written byte for byte (no client-side normalisation of the path, as a
+/// URL library would do): returns the status and the whole response as text.
+pub fn raw_request(server: &Server, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    (status, text)
 }
 
 /// `ledge token attenuate TOKEN --caveat CAVEAT`.

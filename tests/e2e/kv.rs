@@ -182,7 +182,7 @@ async fn a_transaction_left_open_is_rolled_back_when_the_request_ends() {
         assert_eq!(text(server.fn_url("misbehave", "/leak-tx")).await.1, "leaked\n");
     }
     assert_eq!(text(server.fn_url("misbehave", "/read-leaked")).await.1, "None\n");
-    let metrics = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = server.admin().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
     let active = metrics
         .lines()
         .find_map(|line| line.strip_prefix("ledge_kv_active_transactions "))

@@ -2,11 +2,14 @@
 
 mod harness;
 
+mod access;
+mod containment;
 mod deploy;
 mod durability;
 mod edge;
 mod invoke;
 mod kv;
+mod lifecycle;
 mod preinit;
 mod production;
 mod rate;

@@ -33,7 +33,7 @@ async fn a_failing_init_refuses_the_deploy() {
     let response = server.admin().put(format!("{}/v1/functions/bad", server.url)).body(bytes).send().await.unwrap();
     let body = problem(response, 400).await;
     assert!(body["detail"].as_str().unwrap().contains("`init` failed"), "{body}");
-    problem(client().get(server.fn_url("bad", "/")).send().await.unwrap(), 404).await;
+    problem(server.admin().get(server.fn_url("bad", "/")).send().await.unwrap(), 404).await;
 }
 
 #[tokio::test]

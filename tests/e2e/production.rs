@@ -168,9 +168,17 @@ async fn request_heads_are_bounded_in_size_count_and_time() {
         request = request.header(format!("x-h{i}"), "v");
     }
     let status = request.send().await.map(|r| r.status().as_u16());
-    assert!(matches!(status, Ok(431) | Err(_)), "too many headers must be refused: {status:?}");
+    assert_eq!(status.ok(), Some(431), "150 header fields must be refused with 431");
+    // A 100 KB header: the server answers 431 and closes, possibly before reading all of it,
+    // so the client may see a reset instead of the answer; but never success, and never a
+    // hang (a timeout is a failure here).
+    let started = Instant::now();
     let huge = client().get(format!("{}/healthz", server.url)).header("x-big", "v".repeat(100_000)).send().await;
-    assert!(matches!(huge.map(|r| r.status().as_u16()), Ok(431) | Err(_)));
+    match huge {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(error) => assert!(!error.is_timeout() && error.is_request(), "{error:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     // A client that trickles its request head is cut off.
     let mut slow = TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
@@ -218,6 +226,7 @@ async fn metrics_parse_as_openmetrics_and_count_the_requests_made() {
     let output = Command::new(repo_root().join("target/pyenv/bin/python"))
         .arg(repo_root().join("tests/interop/parse_metrics.py"))
         .arg(format!("{}/metrics", server.url))
+        .arg(&server.admin_token)
         .output()
         .expect("python");
     assert!(

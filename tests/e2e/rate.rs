@@ -58,7 +58,7 @@ async fn a_burst_beyond_the_quota_gets_429_with_headers_and_the_guest_does_not_r
     assert_eq!(param(&state, "r"), 0);
     assert!(retry_after >= param(&state, "t") && retry_after >= 1, "Retry-After {retry_after} before t");
     problem(refused, 429).await;
-    let metrics = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = server.admin().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ledge_requests_total{function=\"hello\",status=\"429\"} 1"));
     assert!(
         metrics.contains("ledge_instantiation_duration_seconds_count{function=\"hello\",start=\"warm\"} 2"),

@@ -206,27 +206,31 @@ async fn revoked_tokens_stay_revoked_across_restarts() {
 async fn third_party_caveats_need_a_bound_discharge() {
     let server = private_server().await;
     let caveat_key = MacaroonKey::generate(b"shared between ledge's user and the auth service");
-    let mut token = Macaroon::deserialize(server.mint(&["fn = private"])).unwrap();
-    token.add_third_party_caveat("https://auth.example", &caveat_key, "user = alice").unwrap();
-    let mut discharge = Macaroon::create(Some("https://auth.example"), &caveat_key, "user = alice").unwrap();
-    discharge.add_first_party_caveat("time < 2999-01-01T00:00:00Z").unwrap();
+    let mut macaroon = Macaroon::deserialize(server.mint(&["fn = private"])).unwrap();
+    macaroon.add_third_party_caveat("https://auth.example", &caveat_key, "user = alice").unwrap();
+    let discharge_with = |caveat: &str| {
+        let mut discharge = Macaroon::create(Some("https://auth.example"), &caveat_key, "user = alice").unwrap();
+        discharge.add_first_party_caveat(caveat.as_bytes()).unwrap();
+        discharge
+    };
+    let mut discharge = discharge_with("time < 2999-01-01T00:00:00Z");
     let unbound = discharge.clone();
-    token.bind(&mut discharge);
+    macaroon.bind(&mut discharge);
     let encode = |m: &Macaroon| m.serialize(Format::V2).unwrap().trim_end_matches('=').to_string();
-    let (token, discharge, unbound) = (encode(&token), encode(&discharge), encode(&unbound));
+    let (token, bound, unbound) = (encode(&macaroon), encode(&discharge), encode(&unbound));
 
-    let with_discharge = format!("{token},{discharge}");
+    let with_discharge = format!("{token},{bound}");
     assert_eq!(call(server.fn_url("private", "/fine"), "GET", Some(&with_discharge)).await.status(), 200);
     problem(call(server.fn_url("private", "/fine"), "GET", Some(&token)).await, 401).await;
     problem(call(server.fn_url("private", "/fine"), "GET", Some(&format!("{token},{unbound}"))).await, 401).await;
-    // The discharge's own caveats bind too.
-    let mut strict = Macaroon::deserialize(&discharge).unwrap();
-    strict.add_first_party_caveat("method = POST").unwrap();
-    let refused = format!("{token},{}", encode(&strict));
-    assert!(matches!(
-        call(server.fn_url("private", "/fine"), "GET", Some(&refused)).await.status().as_u16(),
-        401 | 403
-    ));
+    // A discharge's own first-party caveats bind too: a properly bound discharge that allows
+    // only POST verifies, and then refuses a GET by that caveat.
+    let mut strict = discharge_with("method = POST");
+    macaroon.bind(&mut strict);
+    let strict = format!("{token},{}", encode(&strict));
+    let refused = problem(call(server.fn_url("private", "/fine"), "GET", Some(&strict)).await, 403).await;
+    assert!(refused["detail"].as_str().unwrap().contains("method = POST"), "{refused}");
+    assert_eq!(call(server.fn_url("private", "/fine"), "POST", Some(&strict)).await.status(), 200);
 }
 
 #[tokio::test]

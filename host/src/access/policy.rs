@@ -47,7 +47,8 @@ pub struct OutboundSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvSection {
-    pub stores: Option<Vec<String>>,
+    pub stores: Option<Vec<StoreName>>,
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// A complete, resolved policy.
@@ -61,6 +62,8 @@ pub struct Policy {
     pub max_concurrency: u32,
     pub outbound_allow: Vec<String>,
     pub kv_stores: Vec<String>,
+    /// Storage quota of the function's keyspace, and of each shared store it writes to.
+    pub kv_max_bytes: u64,
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
@@ -82,6 +85,7 @@ impl Default for Policy {
             max_concurrency: 64,
             outbound_allow: Vec::new(),
             kv_stores: Vec::new(),
+            kv_max_bytes: 64 << 20,
         }
     }
 }
@@ -111,8 +115,94 @@ impl PolicyFile {
                 .as_ref()
                 .and_then(|o| o.allow.clone())
                 .unwrap_or_else(|| base.outbound_allow.clone()),
-            kv_stores: self.kv.as_ref().and_then(|k| k.stores.clone()).unwrap_or_else(|| base.kv_stores.clone()),
+            kv_stores: self
+                .kv
+                .as_ref()
+                .and_then(|k| k.stores.as_ref())
+                .map_or_else(|| base.kv_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
+            kv_max_bytes: self.kv.as_ref().and_then(|k| k.max_bytes).map_or(base.kv_max_bytes, |m| m.0),
         }
+    }
+}
+
+/// Function and store names: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter
+/// or digit. No name contains `/`, which is what keeps keyspaces apart (see `guest_kv`).
+pub fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+}
+
+/// A shared store's name, held to the function-name rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreName(pub String);
+
+impl<'de> Deserialize<'de> for StoreName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if is_valid_name(&name) {
+            Ok(StoreName(name))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid store name `{name}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            )))
+        }
+    }
+}
+
+/// Server-wide ceilings no policy may exceed, whoever writes it (`ledge serve --max-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ceilings {
+    /// The longest wall-clock time any request may run.
+    pub max_timeout: Duration,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Ceilings { max_timeout: Duration::from_secs(300) }
+    }
+}
+
+impl Policy {
+    /// This policy with its built-in values brought under `ceilings` (the built-in 10 s timeout
+    /// on a server started with `--max-timeout 2s` becomes 2 s): only values someone wrote are
+    /// refused for exceeding a ceiling.
+    pub fn within(mut self, ceilings: &Ceilings) -> Policy {
+        self.timeout = self.timeout.min(ceilings.max_timeout);
+        self
+    }
+
+    /// Refuses a policy past the server's ceilings; the message names the field and the flag.
+    pub fn check_ceilings(&self, ceilings: &Ceilings) -> Result<(), String> {
+        if self.timeout > ceilings.max_timeout {
+            return Err(format!(
+                "limits.timeout of {:?} is above this server's ceiling of {:?} (ledge serve --max-timeout)",
+                self.timeout, ceilings.max_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fields of `proposed` that let the function or its callers do more than `self`
+    /// allows, as written in a policy file. Empty when `proposed` only tightens or keeps.
+    pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
+        let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
+        let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
+        let checks: [(&'static str, bool); 10] = [
+            ("public", proposed.public && !self.public),
+            // quota / window compared without rounding: q' * w > q * w'.
+            ("rate.quota", theirs.0 * own.1 > own.0 * theirs.1),
+            ("rate.burst", proposed.rate.burst > self.rate.burst),
+            ("limits.timeout", proposed.timeout > self.timeout),
+            ("limits.memory", proposed.memory > self.memory),
+            ("limits.max_body", proposed.max_body > self.max_body),
+            ("limits.max_concurrency", proposed.max_concurrency > self.max_concurrency),
+            ("outbound.allow", proposed.outbound_allow.iter().any(|h| !self.outbound_allow.contains(h))),
+            ("kv.stores", proposed.kv_stores.iter().any(|s| !self.kv_stores.contains(s))),
+            ("kv.max_bytes", proposed.kv_max_bytes > self.kv_max_bytes),
+        ];
+        checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
     }
 }
 

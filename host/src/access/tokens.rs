@@ -44,6 +44,8 @@ pub struct Caller {
     pub read_only: bool,
     /// `rate` caveats, handed to the rate limiter.
     pub rates: Vec<RateQuota>,
+    /// The token carries an `fn` caveat: it may tighten its functions' policies, never widen.
+    pub function_scoped: bool,
 }
 
 impl Caller {
@@ -170,6 +172,7 @@ impl Authority {
                 Caveat::KvPrefix(prefix) => caller.key_prefixes.push(prefix.into_bytes()),
                 Caveat::KvRead => caller.read_only = true,
                 Caveat::Rate(quota) => caller.rates.push(quota),
+                Caveat::Functions(_) => caller.function_scoped = true,
                 _ => {}
             }
             caller.caveats.push(text);
@@ -195,6 +198,15 @@ impl Authority {
         tx.put(&key, b"revoked").map_err(|e| e.to_string())?;
         tx.commit().map(|_| ()).map_err(|e| e.to_string())
     }
+}
+
+/// Whether an `Authorization` value carries a ledge token (`Bearer` and a macaroon whose
+/// identifier is ours), as opposed to a credential meant for the function (a JWT, a webhook
+/// signature). Costs a decode, no signature check.
+pub fn is_ledge_token(authorization: &str) -> bool {
+    let Some(credentials) = authorization.strip_prefix("Bearer ") else { return false };
+    let first = credentials.split(',').next().unwrap_or_default().trim();
+    decode(first).is_ok_and(|macaroon| parse_identifier(macaroon.identifier()).is_ok())
 }
 
 /// Adds first-party caveats to a token: needs no key, only the token.

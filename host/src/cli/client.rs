@@ -18,19 +18,43 @@ struct ListReply {
     functions: Vec<FunctionMeta>,
 }
 
-fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+/// An HTTP client for `server`: HTTPS trusts the system's roots plus `--ca-cert`.
+fn client(server: &ServerArgs) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(path) = &server.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+        anyhow::ensure!(!certificates.is_empty(), "{} holds no PEM certificate", path.display());
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().context("cannot set up the HTTP client")
+}
+
+fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
-    let builder = reqwest::Client::new().request(method, url);
-    match &server.token {
+    let builder = client(server)?.request(method, url);
+    Ok(match &server.token {
         Some(token) => builder.bearer_auth(token),
         None => builder,
-    }
+    })
 }
 
 /// Sends the request; a non-2xx answer becomes an error carrying the problem's detail.
 async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::Result<reqwest::Response> {
-    let response =
-        builder.send().await.with_context(|| format!("cannot reach the ledge server at {}", server.server))?;
+    let response = builder.send().await.map_err(|error| {
+        // reqwest's top-level message hides the cause (an untrusted certificate, a refused
+        // connection): say all of it.
+        let mut message = format!("cannot reach the ledge server at {}", server.server);
+        let mut cause: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(error) = cause {
+            message.push_str(&format!(": {error}"));
+            cause = error.source();
+        }
+        anyhow::anyhow!(message)
+    })?;
     if response.status().is_success() {
         return Ok(response);
     }
@@ -42,28 +66,30 @@ async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::
     }
 }
 
+/// Deploys `file`; with a policy, both go in one multipart request that the server applies
+/// together or not at all.
 pub async fn deploy(server: &ServerArgs, name: &str, file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
-    if let Some(policy) = policy {
-        let text = tokio::fs::read(policy).await.with_context(|| format!("cannot read {}", policy.display()))?;
-        send(request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}/policy")).body(text), server)
-            .await
-            .context("the policy was refused")?;
-    }
-    let response = send(
-        request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}"))
-            .header("content-type", "application/wasm")
-            .body(bytes),
-        server,
-    )
-    .await?;
+    let builder = request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}"))?;
+    let builder = match policy {
+        Some(policy) => {
+            let text =
+                tokio::fs::read_to_string(policy).await.with_context(|| format!("cannot read {}", policy.display()))?;
+            let form = reqwest::multipart::Form::new()
+                .part("component", reqwest::multipart::Part::bytes(bytes).mime_str("application/wasm")?)
+                .part("policy", reqwest::multipart::Part::text(text).mime_str("application/toml")?);
+            builder.multipart(form)
+        }
+        None => builder.header("content-type", "application/wasm").body(bytes),
+    };
+    let response = send(builder, server).await?;
     let meta: FunctionMeta = response.json().await?;
     println!("deployed {} version {} ({} bytes, sha256 {})", meta.name, meta.version, meta.size, meta.sha256);
     Ok(())
 }
 
 pub async fn functions(server: &ServerArgs) -> anyhow::Result<()> {
-    let reply: ListReply = send(request(server, reqwest::Method::GET, "/v1/functions"), server).await?.json().await?;
+    let reply: ListReply = send(request(server, reqwest::Method::GET, "/v1/functions")?, server).await?.json().await?;
     println!("{:<24} {:>8} {:>10}  {:<20}  SHA256", "NAME", "VERSION", "SIZE", "DEPLOYED");
     for meta in reply.functions {
         println!(
@@ -78,13 +104,19 @@ pub async fn functions(server: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn remove(server: &ServerArgs, name: &str) -> anyhow::Result<()> {
-    send(request(server, reqwest::Method::DELETE, &format!("/v1/functions/{name}")), server).await?;
-    println!("removed {name}");
+/// Removes a function and, unless `keep_data`, its keyspace.
+pub async fn remove(server: &ServerArgs, name: &str, keep_data: bool) -> anyhow::Result<()> {
+    let query = if keep_data { "?keep-data=true" } else { "" };
+    send(request(server, reqwest::Method::DELETE, &format!("/v1/functions/{name}{query}"))?, server).await?;
+    if keep_data {
+        println!("removed {name}; its key-value data was kept and a function deployed as {name} later will see it");
+    } else {
+        println!("removed {name} and its key-value data");
+    }
     Ok(())
 }
 
 pub async fn revoke(server: &ServerArgs, token_id: &str) -> anyhow::Result<()> {
-    send(request(server, reqwest::Method::POST, "/v1/tokens/revoke").body(token_id.to_string()), server).await?;
+    send(request(server, reqwest::Method::POST, "/v1/tokens/revoke")?.body(token_id.to_string()), server).await?;
     Ok(())
 }

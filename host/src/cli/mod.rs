@@ -39,7 +39,7 @@ enum Command {
         name: String,
         /// The component (.wasm) to deploy.
         file: PathBuf,
-        /// A policy file (TOML) to apply to the function before the component goes live.
+        /// A policy file (TOML) applied together with the component: both or neither.
         #[arg(long)]
         policy: Option<PathBuf>,
         #[command(flatten)]
@@ -50,9 +50,12 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Remove function NAME.
+    /// Remove function NAME and its key-value data.
     Rm {
         name: String,
+        /// Keep the function's key-value data (a later deploy of NAME sees it again).
+        #[arg(long)]
+        keep_data: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -113,6 +116,10 @@ pub struct ServerArgs {
     /// Bearer token for the request.
     #[arg(long, env = "LEDGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM certificate (or bundle) to trust besides the system's roots, e.g. the one
+    /// `ledge serve --tls-self-signed` prints.
+    #[arg(long, env = "LEDGE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -131,7 +138,7 @@ pub fn main() -> ExitCode {
                 client::deploy(&server, &name, &file, policy.as_deref()).await
             }
             Command::Functions { server } => client::functions(&server).await,
-            Command::Rm { name, server } => client::remove(&server, &name).await,
+            Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Token(command) => token(command).await,
             Command::Compile { file, target, profile, output } => {
                 compile::compile(&file, target, profile, output).await

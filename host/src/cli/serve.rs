@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
+use crate::access::policy::Ceilings;
 use crate::access::rate::RateLimiter;
 use crate::access::tokens::Authority;
+use crate::guest_kv::keyspace_of;
 use crate::http::App;
 use crate::http::server::ConnectionLimits;
 use crate::http::tls::{CertSource, Tls};
@@ -65,6 +67,26 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request head (slow-client protection).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Seconds a connection may stay open with no request in flight and no bytes moving.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Open connections in all; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); more are closed at accept.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// The longest `limits.timeout` any policy may set, e.g. "5m"; longer policies are refused.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    max_timeout: std::time::Duration,
+    /// Bytes of key-value data (keys plus values) the node may hold in memory; writes past it
+    /// fail with a `limit` error. Default: a quarter of the machine's memory.
+    #[arg(long)]
+    kv_max_bytes: Option<u64>,
+    /// Also serve `GET /metrics` without a token on this address (keep it private: metrics name
+    /// every function). On the main address, metrics need a manage token without `fn` caveat.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -90,18 +112,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trust_precompiled: args.trust_precompiled,
         ..defaults
     };
+    let kv_max_bytes = args.kv_max_bytes.unwrap_or_else(default_kv_budget);
     let db = {
         let dir = args.data_dir.join("kv");
-        tokio::task::spawn_blocking(move || ledge_kv::Db::open(&dir)).await??
+        let options = ledge_kv::Options::default().keyspace_of(keyspace_of).max_live_bytes(kv_max_bytes);
+        tokio::task::spawn_blocking(move || ledge_kv::Db::open_with(&dir, options)).await??
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
-    let runtime = Arc::new(Runtime::new(&options, metrics.clone(), Some(db.clone()))?);
+    let own_addresses = crate::runtime::outbound::own_addresses(args.listen.ip());
+    let runtime =
+        Arc::new(Runtime::new(&options, metrics.clone(), Some(db.clone()))?.with_own_addresses(own_addresses));
     let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
+    let ceilings = Ceilings { max_timeout: args.max_timeout };
     let (registry, report) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), runtime)).await??
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), ceilings, runtime, Some(db)))
+            .await??
     };
     tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
     let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
@@ -113,9 +142,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     registry.spawn_policy_watcher();
     let limiter = (!args.no_rate_limit).then(|| RateLimiter::new(RATE_LIMITER_KEYS));
-    let app = Arc::new(App { registry, authority, limiter, runtime, metrics, max_upload: args.max_upload });
-    // Tests and scripts wait for this line to learn the port.
-    println!("admin token in {}", admin_token.display());
     let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => Some(CertSource::Files { cert, key }),
         (_, _, true) => Some(CertSource::SelfSigned { data_dir: args.data_dir.clone() }),
@@ -125,9 +151,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .transpose()?;
     if let Some(tls) = &tls {
         tls.spawn_reloader();
+        if args.tls_self_signed {
+            println!("self-signed certificate in {} (client commands: --ca-cert FILE)", tls.certificate().display());
+        }
     }
+    if let Some(address) = args.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(address).await?;
+        println!("metrics on http://{}/metrics", metrics_listener.local_addr()?);
+        tokio::spawn(crate::http::server::serve_metrics(metrics_listener, metrics.clone()));
+    }
+    let auth_failures = RateLimiter::new(RATE_LIMITER_KEYS);
+    let app = Arc::new(App {
+        registry,
+        authority,
+        limiter,
+        runtime,
+        metrics,
+        max_upload: args.max_upload,
+        auth_failures,
+        tls: tls.is_some(),
+    });
+    // Tests and scripts wait for this line to learn the port.
+    println!("admin token in {}", admin_token.display());
     let limits = ConnectionLimits {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
+        max_connections: args.max_connections.max(1),
+        max_connections_per_address: args.max_connections_per_ip.max(1),
         ..ConnectionLimits::default()
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -137,6 +187,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || db.close()).await??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A quarter of the machine's memory (`/proc/meminfo`), or 1 GiB where that cannot be read.
+fn default_kv_budget() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    total_kib.map_or(1 << 30, |kib| kib * 1024 / 4)
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
 }
 
 fn init_logging(format: LogFormat) {

@@ -11,7 +11,7 @@ use ledge_kv::{Db, Isolation, Tx, TxError};
 use wasmtime::component::Resource;
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
-use super::{Denied, Keyspace, KvCtx};
+use super::{Denied, Keyspace, KvCtx, Quota};
 
 /// How often one operation is retried after a conflict before it reports failure.
 const MAX_ATTEMPTS: u32 = 32;
@@ -32,6 +32,7 @@ pub struct Cas {
     key: Vec<u8>,
     current: Option<Vec<u8>>,
     db: Db,
+    quota: Quota,
 }
 
 /// Why one operation failed, before it is told to the guest.
@@ -69,6 +70,7 @@ impl From<OpError> for store::Error {
 /// retrying conflicts.
 async fn transact<T: Send + 'static>(
     db: &Db,
+    quota: Quota,
     mut body: impl FnMut(&mut Tx) -> Result<T, OpError> + Send + 'static,
 ) -> wasmtime::Result<Result<T, store::Error>> {
     let db = db.clone();
@@ -76,7 +78,7 @@ async fn transact<T: Send + 'static>(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = db.begin(Isolation::Serializable);
+            let mut tx = quota.begin(&db, Isolation::Serializable);
             let result = body(&mut tx).and_then(|value| Ok(tx.commit().map(|_| value)?));
             match result {
                 Err(OpError::Tx(error)) if error.is_retryable() && attempt < MAX_ATTEMPTS => continue,
@@ -102,6 +104,9 @@ impl store::Host for KvCtx<'_> {
             return Ok(Err(store::Error::AccessDenied));
         };
         let bucket = Bucket { keyspace, db: db.clone() };
+        if let Err(limit) = self.access.open_handle() {
+            return Ok(Err(store::Error::Other(limit)));
+        }
         Ok(Ok(self.table.push(bucket)?))
     }
 }
@@ -113,7 +118,7 @@ impl store::HostBucket for KvCtx<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?)).await
+        transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?)).await
     }
 
     async fn set(
@@ -123,17 +128,17 @@ impl store::HostBucket for KvCtx<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, &value)?)).await
+        transact(&db, keyspace.quota(), move |tx| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, &value)?)).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?)).await
+        transact(&db, keyspace.quota(), move |tx| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?)).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?.is_some())).await
+        transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?.is_some())).await
     }
 
     async fn list_keys(
@@ -142,7 +147,7 @@ impl store::HostBucket for KvCtx<'_> {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| {
+        transact(&db, keyspace.quota(), move |tx| {
             // The cursor is the last key of the previous page; this page starts right after it.
             let start = cursor.as_ref().map(|c| [c.as_bytes(), &[0]].concat()).unwrap_or_default();
             let (start, end) = keyspace.range(&start, b"");
@@ -162,6 +167,7 @@ impl store::HostBucket for KvCtx<'_> {
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         self.table.delete(bucket)?;
+        self.access.close_handle();
         Ok(())
     }
 }
@@ -174,7 +180,7 @@ impl atomics::Host for KvCtx<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| {
+        transact(&db, keyspace.quota(), move |tx| {
             let key = keyspace.write_key(key.as_bytes())?;
             let current = match tx.get(&key)? {
                 None => 0,
@@ -191,7 +197,8 @@ impl atomics::Host for KvCtx<'_> {
     }
 
     async fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> wasmtime::Result<Result<(), atomics::CasError>> {
-        let Cas { mut tx, key, db, .. } = self.table.delete(cas)?;
+        let Cas { mut tx, key, db, quota, .. } = self.table.delete(cas)?;
+        self.access.close_handle();
         let written = key.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             tx.put(&written, &value)?;
@@ -201,7 +208,7 @@ impl atomics::Host for KvCtx<'_> {
         match outcome {
             Ok(_) => Ok(Ok(())),
             // Someone wrote the key since `new`: hand back a fresh CAS on its current value.
-            Err(error) if error.is_retryable() => match self.new_cas(db, key)? {
+            Err(error) if error.is_retryable() => match self.new_cas(db, key, quota)? {
                 Ok(fresh) => Ok(Err(atomics::CasError::CasFailed(fresh))),
                 Err(error) => Ok(Err(atomics::CasError::StoreError(error))),
             },
@@ -211,13 +218,25 @@ impl atomics::Host for KvCtx<'_> {
 }
 
 impl KvCtx<'_> {
-    fn new_cas(&mut self, db: Db, engine_key: Vec<u8>) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
-        let mut tx = db.begin(Isolation::Serializable);
+    /// A CAS handle holds an open transaction: it counts against the instance's handles.
+    fn new_cas(
+        &mut self,
+        db: Db,
+        engine_key: Vec<u8>,
+        quota: Quota,
+    ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
+        if let Err(limit) = self.access.open_handle() {
+            return Ok(Err(store::Error::Other(limit)));
+        }
+        let mut tx = quota.begin(&db, Isolation::Serializable);
         let current = match tx.get(&engine_key) {
             Ok(current) => current,
-            Err(error) => return Ok(Err(store::Error::Other(error.to_string()))),
+            Err(error) => {
+                self.access.close_handle();
+                return Ok(Err(store::Error::Other(error.to_string())));
+            }
         };
-        Ok(Ok(self.table.push(Cas { tx, key: engine_key, current, db })?))
+        Ok(Ok(self.table.push(Cas { tx, key: engine_key, current, db, quota })?))
     }
 }
 
@@ -229,7 +248,7 @@ impl atomics::HostCas for KvCtx<'_> {
     ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
         match keyspace.write_key(key.as_bytes()) {
-            Ok(engine_key) => self.new_cas(db, engine_key),
+            Ok(engine_key) => self.new_cas(db, engine_key, keyspace.quota()),
             Err(_) => Ok(Err(store::Error::AccessDenied)),
         }
     }
@@ -240,6 +259,7 @@ impl atomics::HostCas for KvCtx<'_> {
 
     async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
         self.table.delete(cas)?;
+        self.access.close_handle();
         Ok(())
     }
 }
@@ -251,7 +271,7 @@ impl batch::Host for KvCtx<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| {
+        transact(&db, keyspace.quota(), move |tx| {
             keys.iter().map(|key| Ok((key.clone(), tx.get(&keyspace.read_key(key.as_bytes())?)?))).collect()
         })
         .await
@@ -263,7 +283,7 @@ impl batch::Host for KvCtx<'_> {
         entries: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| {
+        transact(&db, keyspace.quota(), move |tx| {
             entries.iter().try_for_each(|(key, value)| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, value)?))
         })
         .await
@@ -275,7 +295,9 @@ impl batch::Host for KvCtx<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, move |tx| keys.iter().try_for_each(|key| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?)))
-            .await
+        transact(&db, keyspace.quota(), move |tx| {
+            keys.iter().try_for_each(|key| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?))
+        })
+        .await
     }
 }

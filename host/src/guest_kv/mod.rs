@@ -15,7 +15,7 @@
 //!   resource table and `Drop` of [`ledge_kv::Tx`] aborts it;
 //! - commits await their group fsync without blocking a request worker.
 
-use ledge_kv::Db;
+use ledge_kv::{Db, Isolation, Tx, TxError};
 use wasmtime::component::{HasData, ResourceTable};
 
 use crate::access::policy::Policy;
@@ -37,8 +37,9 @@ pub mod bindings {
     });
 }
 
-/// Transactions one instance may hold open at once.
-const MAX_OPEN_TRANSACTIONS: usize = 16;
+/// Handles one instance may hold open at once: transactions, `wasi:keyvalue` buckets and CAS
+/// handles (each CAS holds a transaction). A full table is a guest-visible `limit` error.
+const MAX_OPEN_HANDLES: usize = 32;
 
 /// One request's key-value access: which engine, which keyspaces, which caller limits.
 pub struct KvAccess {
@@ -46,8 +47,10 @@ pub struct KvAccess {
     db: Option<Db>,
     function: String,
     shared_stores: Vec<String>,
+    /// Storage quota of each keyspace this function writes to (`[kv] max_bytes`).
+    max_bytes: u64,
     caller: Caller,
-    open_transactions: usize,
+    open_handles: usize,
 }
 
 impl KvAccess {
@@ -56,8 +59,9 @@ impl KvAccess {
             db: Some(db),
             function: function.to_string(),
             shared_stores: policy.kv_stores.clone(),
+            max_bytes: policy.kv_max_bytes,
             caller,
-            open_transactions: 0,
+            open_handles: 0,
         }
     }
 
@@ -67,8 +71,9 @@ impl KvAccess {
             db: None,
             function: String::new(),
             shared_stores: Vec::new(),
+            max_bytes: 0,
             caller: Caller::default(),
-            open_transactions: 0,
+            open_handles: 0,
         }
     }
 
@@ -83,20 +88,20 @@ impl KvAccess {
             Some(name) if self.shared_stores.iter().any(|granted| granted == name) => format!("s/{name}/"),
             Some(name) => return Err(Denied(format!("the function's policy does not grant store `{name}`"))),
         };
-        Ok(Keyspace { prefix: prefix.into_bytes(), caller: self.caller.clone() })
+        Ok(Keyspace { prefix: prefix.into_bytes(), caller: self.caller.clone(), max_bytes: self.max_bytes })
     }
 
-    /// Counts a transaction against the per-instance cap.
-    pub fn open_transaction(&mut self) -> Result<(), String> {
-        if self.open_transactions >= MAX_OPEN_TRANSACTIONS {
-            return Err(format!("at most {MAX_OPEN_TRANSACTIONS} transactions may be open at once"));
+    /// Counts a handle against the per-instance cap.
+    pub fn open_handle(&mut self) -> Result<(), String> {
+        if self.open_handles >= MAX_OPEN_HANDLES {
+            return Err(format!("at most {MAX_OPEN_HANDLES} transactions and key-value handles may be open at once"));
         }
-        self.open_transactions += 1;
+        self.open_handles += 1;
         Ok(())
     }
 
-    pub fn close_transaction(&mut self) {
-        self.open_transactions = self.open_transactions.saturating_sub(1);
+    pub fn close_handle(&mut self) {
+        self.open_handles = self.open_handles.saturating_sub(1);
     }
 }
 
@@ -109,9 +114,31 @@ pub struct Denied(pub String);
 pub struct Keyspace {
     prefix: Vec<u8>,
     caller: Caller,
+    max_bytes: u64,
+}
+
+/// A keyspace's storage quota, applied to every transaction that writes to it.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    prefix: Vec<u8>,
+    max_bytes: u64,
+}
+
+impl Quota {
+    /// A transaction on `db` held to this quota.
+    pub fn begin(&self, db: &Db, isolation: Isolation) -> Tx {
+        let mut tx = db.begin(isolation);
+        tx.limit_keyspace(&self.prefix, self.max_bytes);
+        tx
+    }
 }
 
 impl Keyspace {
+    /// This keyspace's storage quota.
+    pub fn quota(&self) -> Quota {
+        Quota { prefix: self.prefix.clone(), max_bytes: self.max_bytes }
+    }
+
     /// The engine key for a guest key the caller may read.
     pub fn read_key(&self, key: &[u8]) -> Result<Vec<u8>, Denied> {
         if let Some(allowed) = self.caller.key_prefixes.iter().find(|allowed| !key.starts_with(allowed)) {
@@ -162,6 +189,39 @@ impl Keyspace {
     }
 }
 
+/// The engine's accounting unit for a key: its keyspace, `f/NAME/`, `s/STORE/` or a system
+/// prefix such as `sys/revoked/` (the first two `/`-separated segments). Names never contain
+/// `/`, so no keyspace is a prefix of another.
+pub fn keyspace_of(key: &[u8]) -> Option<usize> {
+    let first = key.iter().position(|&b| b == b'/')?;
+    let second = key[first + 1..].iter().position(|&b| b == b'/')?;
+    Some(first + second + 2)
+}
+
+/// Deletes every key of function `name`'s own keyspace, in transactions of at most
+/// [`DELETE_BATCH`] keys; returns how many were deleted.
+pub fn delete_function_data(db: &Db, name: &str) -> Result<u64, TxError> {
+    let start = format!("f/{name}/").into_bytes();
+    let end = prefix_end(&start);
+    let mut deleted = 0;
+    loop {
+        let mut tx = db.begin(Isolation::Snapshot);
+        let keys = tx.scan(&start, &end, DELETE_BATCH)?;
+        if keys.is_empty() {
+            return Ok(deleted);
+        }
+        for (key, _) in &keys {
+            tx.delete(key)?;
+        }
+        tx.commit()?;
+        deleted += keys.len() as u64;
+    }
+}
+
+/// Keys deleted per transaction when a function's keyspace is removed: small enough for the
+/// engine's per-transaction and per-scan bounds whatever the values hold.
+const DELETE_BATCH: usize = 1000;
+
 /// The smallest key greater than every key starting with `prefix` (empty when none is).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -192,7 +252,7 @@ mod tests {
     use super::*;
 
     fn keyspace(caller: Caller) -> Keyspace {
-        Keyspace { prefix: b"f/app/".to_vec(), caller }
+        Keyspace { prefix: b"f/app/".to_vec(), caller, max_bytes: 1 << 20 }
     }
 
     #[test]

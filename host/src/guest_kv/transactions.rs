@@ -24,9 +24,13 @@ pub struct OpenTransaction {
 fn tx_error(error: TxError) -> WitError {
     match error {
         retryable if retryable.is_retryable() => WitError::Conflict(retryable.to_string()),
-        TxError::KeyTooLarge { .. } | TxError::ValueTooLarge { .. } | TxError::TooLarge { .. } => {
-            WitError::Limit(error.to_string())
-        }
+        TxError::KeyTooLarge { .. }
+        | TxError::ValueTooLarge { .. }
+        | TxError::TooLarge { .. }
+        | TxError::TooManyReads { .. }
+        | TxError::ScanTooLarge { .. }
+        | TxError::QuotaExceeded { .. }
+        | TxError::OutOfSpace { .. } => WitError::Limit(error.to_string()),
         other => WitError::Internal(other.to_string()),
     }
 }
@@ -41,12 +45,12 @@ impl KvCtx<'_> {
     fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
         let keyspace = self.access.keyspace(store)?;
         let db = self.access.db()?.clone();
-        self.access.open_transaction().map_err(WitError::Limit)?;
+        self.access.open_handle().map_err(WitError::Limit)?;
         let isolation = match isolation {
             wit::Isolation::Serializable => Isolation::Serializable,
             wit::Isolation::Snapshot => Isolation::Snapshot,
         };
-        Ok(OpenTransaction { tx: db.begin(isolation), keyspace })
+        Ok(OpenTransaction { tx: keyspace.quota().begin(&db, isolation), keyspace })
     }
 
     fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
@@ -134,7 +138,7 @@ impl wit::HostTransaction for KvCtx<'_> {
 
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
         let open = self.table.delete(this)?;
-        self.access.close_transaction();
+        self.access.close_handle();
         // Conflicts come back at once; only the wait for the group fsync is awaited.
         let outcome = match open.tx.commit_async() {
             Ok(ticket) => ticket.await,
@@ -150,7 +154,7 @@ impl wit::HostTransaction for KvCtx<'_> {
     async fn drop(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
         // Dropping the engine transaction aborts it.
         drop(self.table.delete(this)?);
-        self.access.close_transaction();
+        self.access.close_handle();
         Ok(())
     }
 }

@@ -1,9 +1,16 @@
 //! The admin API under `/v1/`: function metadata, deploy, remove, policies, revocation.
 //! Every route needs a token (`op deploy` for `PUT /v1/functions/{name}`, `op manage` for the
 //! rest) and is rate limited per token.
+//!
+//! Invariants: every change (deploy, removal, policy, revocation) is written to the audit log
+//! (target `ledge::audit`) with the token's id, never the token, and its outcome; a token
+//! confined to some functions (`fn` caveat) may tighten their policies but not widen them; a
+//! deploy with a policy applies both or neither.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -14,14 +21,16 @@ use super::{App, Problem, ResponseBody, authorization, empty, json, method_not_a
 use crate::access::caveats::{self, Op};
 use crate::access::rate::ADMIN_QUOTA;
 use crate::access::tokens::{self, Caller};
-use crate::registry::{DeployError, FunctionMeta, RegistryError};
+use crate::registry::{DeployError, FunctionMeta, PolicyChange, RegistryError};
 
 impl App {
+    /// `/v1/functions` and below; `rest` is what follows `/v1/functions` (empty or `/...`).
     pub(super) async fn admin(
         &self,
         request: http::Request<Incoming>,
         method: &Method,
         rest: &str,
+        peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         let (op, function) = match (method, segments.as_slice()) {
@@ -30,13 +39,16 @@ impl App {
             (_, [name, ..]) => (Op::Manage, Some(*name)),
             _ => (Op::Manage, None),
         };
-        let caller = self.authorize(&request, op, function)?;
-        let caller_key = caller.token_id.unwrap_or_default();
-        let decision = self.limiter.as_ref().map(|limiter| limiter.check("admin", &caller_key, &[ADMIN_QUOTA]));
+        let caller = self.authorize(&request, op, function, peer)?;
+        let decision = self
+            .limiter
+            .as_ref()
+            .map(|limiter| limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &[]));
         if let Some(decision) = decision.filter(|d| !d.allowed) {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
             return Err(with_rate_headers(problem, Some(&decision)));
         }
+        let who = if caller.function_scoped { PolicyChange::OnlyTighten } else { PolicyChange::Any };
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
             (_, [""]) => Err(method_not_allowed("GET")),
@@ -45,13 +57,25 @@ impl App {
                 Ok(json(StatusCode::OK, &deployment.meta))
             }
             (&Method::PUT, [name]) => {
+                let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
                 let bytes = read_upload(request.into_body(), self.max_upload).await?;
-                let deployed = self.registry.deploy(name, bytes).await?;
+                let upload = Upload::parse(content_type.as_ref(), bytes).await?;
+                let outcome = self.registry.deploy(name, upload.component, upload.policy.as_deref(), who).await;
+                audit("deploy", name, &caller, outcome.as_ref().map(|d| format!("version {}", d.meta.version)));
+                let deployed = outcome?;
                 let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
                 Ok(json(status, &deployed.meta))
             }
             (&Method::DELETE, [name]) => {
-                self.registry.remove(name).await?;
+                let keep_data = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "keep-data=true"));
+                let outcome = self.registry.remove(name, keep_data).await;
+                audit(
+                    "remove",
+                    name,
+                    &caller,
+                    outcome.as_ref().map(|keys| format!("{keys} keys deleted, keep-data={keep_data}")),
+                );
+                outcome?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_]) => Err(method_not_allowed("GET, PUT, DELETE")),
@@ -59,7 +83,9 @@ impl App {
                 let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text"))?;
-                self.registry.set_policy(name, &text).await?;
+                let outcome = self.registry.set_policy(name, &text, who).await;
+                audit("policy", name, &caller, outcome.as_ref().map(|_| "applied".to_string()));
+                outcome?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
@@ -68,7 +94,13 @@ impl App {
     }
 
     /// Checks the request's token for an admin operation.
-    fn authorize(&self, request: &http::Request<Incoming>, op: Op, function: Option<&str>) -> Result<Caller, Problem> {
+    pub(super) fn authorize<B>(
+        &self,
+        request: &http::Request<B>,
+        op: Op,
+        function: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<Caller, Problem> {
         let facts = caveats::Request {
             op,
             function,
@@ -76,7 +108,7 @@ impl App {
             path: request.uri().path(),
             now: SystemTime::now(),
         };
-        Ok(self.authority.verify(authorization(request), &facts)?)
+        self.authenticate(authorization(request), &facts, peer)
     }
 
     /// `POST /v1/tokens/revoke` with a token id (or a whole token) as the body.
@@ -84,11 +116,12 @@ impl App {
         &self,
         request: http::Request<Incoming>,
         method: &Method,
+        peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         if method != Method::POST {
             return Err(method_not_allowed("POST"));
         }
-        self.authorize(&request, Op::Manage, None)?;
+        let caller = self.authorize(&request, Op::Manage, None, peer)?;
         let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
         let text = String::from_utf8_lossy(&bytes);
         let token_id =
@@ -96,12 +129,28 @@ impl App {
         let authority = self.authority.clone();
         let id = token_id.clone();
         // The revocation commit waits for its fsync.
-        tokio::task::spawn_blocking(move || authority.revoke(&id))
+        let outcome = tokio::task::spawn_blocking(move || authority.revoke(&id))
             .await
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
-        tracing::info!(token_id = %token_id, "token revoked");
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        audit("revoke", &token_id, &caller, outcome.as_ref().map(|()| "revoked".to_string()));
+        outcome.map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
         Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": token_id })))
+    }
+}
+
+/// One line in the audit log per admin change: who (token id), what, on what, and how it ended.
+fn audit<T, E: std::fmt::Display>(action: &str, target: &str, caller: &Caller, outcome: Result<T, E>)
+where
+    T: std::fmt::Display,
+{
+    let token_id = caller.token_id.as_deref().unwrap_or("-");
+    match outcome {
+        Ok(detail) => {
+            tracing::info!(target: "ledge::audit", action, target_name = target, token_id, outcome = "ok", %detail, "admin change")
+        }
+        Err(error) => {
+            tracing::warn!(target: "ledge::audit", action, target_name = target, token_id, outcome = "refused", %error, "admin change")
+        }
     }
 }
 
@@ -111,6 +160,45 @@ const MAX_POLICY_BYTES: u64 = 64 << 10;
 #[derive(Serialize)]
 struct ListReply {
     functions: Vec<FunctionMeta>,
+}
+
+/// A deploy's body: the component alone, or `multipart/form-data` with parts `component` and
+/// `policy` (spec: applied together or not at all).
+struct Upload {
+    component: Vec<u8>,
+    policy: Option<String>,
+}
+
+impl Upload {
+    async fn parse(content_type: Option<&http::HeaderValue>, bytes: Vec<u8>) -> Result<Upload, DeployError> {
+        let multipart = content_type.and_then(|v| v.to_str().ok()).and_then(|v| multer::parse_boundary(v).ok());
+        let Some(boundary) = multipart else {
+            return Ok(Upload { component: bytes, policy: None });
+        };
+        let body = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(bytes)) });
+        let mut form = multer::Multipart::new(body, boundary);
+        let (mut component, mut policy) = (None, None);
+        let bad = |error: multer::Error| DeployError::Upload(format!("the multipart body is malformed: {error}"));
+        while let Some(field) = form.next_field().await.map_err(bad)? {
+            match field.name() {
+                Some("component") if component.is_none() => {
+                    component = Some(field.bytes().await.map_err(bad)?.to_vec())
+                }
+                Some("policy") if policy.is_none() => {
+                    let text = field.text().await.map_err(bad)?;
+                    policy = Some(text);
+                }
+                other => {
+                    return Err(DeployError::Upload(format!(
+                        "unexpected or repeated part {other:?}: a deploy takes one `component` and at most one `policy`"
+                    )));
+                }
+            }
+        }
+        let component =
+            component.ok_or_else(|| DeployError::Upload("the multipart body has no `component` part".into()))?;
+        Ok(Upload { component, policy })
+    }
 }
 
 /// Reads a request body, refusing it (without buffering the rest) once it passes `limit`.

@@ -1,4 +1,9 @@
-//! `ANY /fn/{name}/{rest}`: authorize, rate-limit, take a concurrency permit, run the guest.
+//! `ANY /fn/{name}/{rest}`: authenticate, rate-limit, take a concurrency permit, run the guest.
+//!
+//! Invariants: the guest never sees a ledge token (the `Authorization` header carrying one is
+//! removed; a header that is not a ledge token reaches a public function untouched); a caller
+//! without a valid token cannot tell a private function from a missing one (both ask for a
+//! token); the path the token's `path-prefix` is checked against is the path the guest gets.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -7,18 +12,19 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::path::guest_path;
 use super::server::BoxError;
 use super::{App, Problem, ResponseBody, authorization};
 use crate::access::caveats::{self, Op};
-use crate::access::policy::RateQuota;
-use crate::access::rate::RateDecision;
-use crate::access::tokens::Caller;
+use crate::access::rate::{RateDecision, client_key};
+use crate::access::tokens::{Caller, is_ledge_token};
 use crate::registry::{Deployment, RegistryError};
 use crate::runtime::Invocation;
 
 impl App {
-    /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` plus the original query. Every
-    /// outcome, refusals included, is counted by function and status.
+    /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` (dot segments resolved) plus the
+    /// original query. Every outcome for a deployed function, refusals included, is counted by
+    /// function and status.
     pub(super) async fn invoke(
         &self,
         request: http::Request<Incoming>,
@@ -26,11 +32,14 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
+        let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
+            // Answer exactly as a private function would until the caller proves it may know.
+            self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
         let started = Instant::now();
-        let result = self.invoke_deployed(request, name, rest, &deployment, peer).await;
+        let result = self.invoke_deployed(request, name, &guest_path, &deployment, peer).await;
         let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
         self.metrics.observe_request(name, status, started.elapsed());
         result
@@ -38,33 +47,32 @@ impl App {
 
     async fn invoke_deployed(
         &self,
-        request: http::Request<Incoming>,
+        mut request: http::Request<Incoming>,
         name: &str,
-        rest: &str,
+        guest_path: &str,
         deployment: &Deployment,
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
-        let guest_path = format!("/{rest}");
-        let facts = caveats::Request {
-            op: Op::Invoke,
-            function: Some(name),
-            method: request.method().as_str(),
-            path: &guest_path,
-            now: SystemTime::now(),
-        };
         let authorization = authorization(&request);
-        let caller = match authorization {
-            // A public function needs no token; a token sent anyway is verified and binds.
-            None if deployment.policy.public => Caller::default(),
-            _ => self.authority.verify(authorization, &facts)?,
+        let ledge_token = authorization.is_some_and(is_ledge_token);
+        let caller = if deployment.policy.public && !ledge_token {
+            // No token of ours: an anonymous caller; its own `Authorization` (a JWT, a webhook
+            // signature) is the guest's business.
+            Caller::default()
+        } else {
+            self.authenticate(authorization, &invoke_facts(&request, name, guest_path), peer)?
         };
+        if ledge_token {
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+        }
 
         // Rate: keyed by function and caller (token id, else client address); the policy's
-        // quota and the token's `rate` caveats apply together, the stricter wins.
-        let caller_key = caller.token_id.clone().unwrap_or_else(|| peer.ip().to_string());
-        let quotas: Vec<RateQuota> =
-            std::iter::once(deployment.policy.rate).chain(caller.rates.iter().copied()).collect();
-        let decision = self.limiter.as_ref().map(|limiter| limiter.check(name, &caller_key, &quotas));
+        // quota and each of the token's `rate` caveats are all charged.
+        let caller_key = caller.token_id.clone().unwrap_or_else(|| client_key(peer.ip()));
+        let decision = self
+            .limiter
+            .as_ref()
+            .map(|limiter| limiter.check(name, &caller_key, deployment.policy.rate, &caller.rates));
         if let Some(decision) = decision.as_ref().filter(|d| !d.allowed) {
             let problem = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -72,15 +80,15 @@ impl App {
             );
             return Err(with_rate_headers(problem, Some(decision)));
         }
-        let Ok(permit) = deployment.concurrency.clone().try_acquire_owned() else {
+        let Some(permit) = deployment.concurrency.try_acquire() else {
             let detail =
-                format!("all {} instances of `{name}` are busy; retry shortly", deployment.policy.max_concurrency);
+                format!("all {} instances of `{name}` are busy; retry shortly", deployment.concurrency.limit());
             return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), decision.as_ref()));
         };
 
         let path_and_query = match request.uri().query() {
             Some(query) => format!("{guest_path}?{query}"),
-            None => guest_path.clone(),
+            None => guest_path.to_string(),
         };
         let invocation = Invocation {
             function: name,
@@ -89,6 +97,7 @@ impl App {
             cold: deployment.take_cold_start(),
             caller,
             permit,
+            tls: self.tls,
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
         match result {
@@ -104,6 +113,17 @@ impl App {
             }
             Err(error) => Err(with_rate_headers(Problem::from(error), decision.as_ref())),
         }
+    }
+}
+
+/// What an invocation's caveats are checked against.
+fn invoke_facts<'a, B>(request: &'a http::Request<B>, name: &'a str, guest_path: &'a str) -> caveats::Request<'a> {
+    caveats::Request {
+        op: Op::Invoke,
+        function: Some(name),
+        method: request.method().as_str(),
+        path: guest_path,
+        now: SystemTime::now(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! response by hand. Every request is authorized (or the route is open by the spec) before any
 //! body is read or any guest runs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,8 +17,9 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 
-use crate::access::rate::RateLimiter;
-use crate::access::tokens::Authority;
+use crate::access::caveats;
+use crate::access::rate::{AUTH_FAILURE_QUOTA, RateLimiter, client_key};
+use crate::access::tokens::{Authority, Caller};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -25,7 +27,9 @@ use problem::Problem;
 use server::{ResponseBody, full};
 
 mod admin;
+mod connections;
 mod invoke;
+mod path;
 pub mod problem;
 pub mod router;
 pub mod server;
@@ -41,11 +45,56 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Largest component accepted by `PUT /v1/functions/{name}`.
     pub max_upload: u64,
+    /// Failed authentications per client address ([`AUTH_FAILURE_QUOTA`]); on even when rate
+    /// limiting is off, since it bounds the work forged tokens cost.
+    pub auth_failures: RateLimiter,
+    /// Requests arrive over TLS (guests see scheme `https`).
+    pub tls: bool,
+}
+
+impl App {
+    /// Verifies the request's token for `facts`. Each failure of a presented credential (a 401)
+    /// is charged to the client's address; an address out of budget gets 429 before any
+    /// signature is computed. A request without any credential costs nothing to refuse and is
+    /// not charged.
+    fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        facts: &caveats::Request<'_>,
+        peer: SocketAddr,
+    ) -> Result<Caller, Problem> {
+        let address = client_key(peer.ip());
+        if let Some(wait) = self.auth_failures.exhausted("auth", &address, AUTH_FAILURE_QUOTA) {
+            return Err(too_many_failures(wait));
+        }
+        self.authority.verify(authorization, facts).map_err(|error| {
+            if !error.is_forbidden() && authorization.is_some() {
+                let charged = self.auth_failures.charge("auth", &address, AUTH_FAILURE_QUOTA);
+                if !charged.allowed {
+                    return too_many_failures(charged.reset_seconds);
+                }
+            }
+            error.into()
+        })
+    }
+}
+
+fn too_many_failures(wait: u64) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed authentications from this address; retry in {wait} s"),
+    )
+    .with_header("retry-after", wait.to_string())
 }
 
 /// The `Authorization` header, if it is text.
 fn authorization<B>(request: &http::Request<B>) -> Option<&str> {
     request.headers().get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+}
+
+/// The Prometheus text of `metrics`.
+pub fn metrics_response(metrics: &Metrics) -> http::Response<ResponseBody> {
+    full(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render())
 }
 
 fn method_not_allowed(allow: &'static str) -> Problem {

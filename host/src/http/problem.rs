@@ -68,6 +68,7 @@ impl From<DeployError> for Problem {
         match error {
             DeployError::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
             DeployError::Registry(registry) => registry.into(),
+            DeployError::Policy(policy) => policy.into(),
             DeployError::Upload(_) | DeployError::Invalid(_) => {
                 Problem::new(StatusCode::BAD_REQUEST, error.to_string())
             }
@@ -90,6 +91,7 @@ impl From<PolicyError> for Problem {
         match error {
             PolicyError::Registry(registry) => registry.into(),
             PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+            PolicyError::Widens(_) => Problem::new(StatusCode::FORBIDDEN, error.to_string()),
         }
     }
 }

@@ -7,33 +7,36 @@
 //! | `GET`/`PUT`/`DELETE /v1/functions/{name}` | metadata, deploy, remove |
 //! | `PUT /v1/functions/{name}/policy` | set the function's policy |
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
-//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//! | `GET /healthz` | liveness (open) |
+//! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
 
 use std::net::SocketAddr;
 
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 
-use super::{App, Problem, ResponseBody, full, method_not_allowed, text};
+use super::{App, Problem, ResponseBody, method_not_allowed, metrics_response, text};
+use crate::access::caveats::Op;
 
 impl App {
     pub async fn route(&self, request: http::Request<Incoming>, peer: SocketAddr) -> http::Response<ResponseBody> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
+        let admin = path.strip_prefix("/v1/functions").filter(|rest| rest.is_empty() || rest.starts_with('/'));
         let result = if let Some(rest) = path.strip_prefix("/fn/") {
             self.invoke(request, rest, peer).await
-        } else if let Some(rest) = path.strip_prefix("/v1/functions") {
-            self.admin(request, &method, rest).await
+        } else if let Some(rest) = admin {
+            self.admin(request, &method, rest, peer).await
         } else if path == "/v1/tokens/revoke" {
-            self.revoke(request, &method).await
+            self.revoke(request, &method, peer).await
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-                (Method::GET, "/metrics") => Ok(full(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    self.metrics.render(),
-                )),
+                // Metrics name every function: a manage token without `fn` caveat reads them here
+                // (or anyone on `--metrics-listen`).
+                (Method::GET, "/metrics") => {
+                    self.authorize(&request, Op::Manage, None, peer).map(|_| metrics_response(&self.metrics))
+                }
                 (_, "/healthz" | "/metrics") => Err(method_not_allowed("GET")),
                 _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
             }

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -17,9 +17,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::connections::{Activity, Admission, Tracked};
 use crate::http::App;
 use crate::http::tls::Tls;
 
@@ -55,6 +55,12 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// A TLS handshake must finish within this time.
     pub handshake_timeout: Duration,
+    /// A connection with nothing in flight and no bytes moving this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections in all (`--max-connections`).
+    pub max_connections: usize,
+    /// Open connections from one client address (`--max-connections-per-ip`).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -64,6 +70,9 @@ impl Default for ConnectionLimits {
             max_headers: 100,
             max_header_bytes: 64 << 10,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -86,7 +95,10 @@ pub async fn serve(
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_address);
+    // Every connection task holds a sender; draining waits until all are gone.
+    let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let request_ids = Arc::new(RequestIds::new());
     tokio::pin!(shutdown);
     loop {
@@ -102,27 +114,40 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: connection cap reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let stream = Tracked::new(stream, activity.clone());
         let app = app.clone();
         let request_ids = request_ids.clone();
+        let in_service = activity.clone();
         let service = hyper::service::service_fn(move |request| {
             let app = app.clone();
             let id = request_ids.next_for(&request);
-            async move { Ok::<_, Infallible>(handle(app, request, peer, id).await) }
+            let in_flight = in_service.request();
+            async move {
+                let response = handle(app, request, peer, id).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
         });
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let (builder, tls, draining, stopping) = (builder.clone(), tls.clone(), draining.clone(), stopping.clone());
         tokio::spawn(async move {
+            let _slot = slot;
+            let _draining = draining;
             let outcome = match tls {
                 None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                        .await
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    supervise(connection, &activity, limits.idle_timeout, stopping).await
                 }
                 Some(tls) => {
                     match tokio::time::timeout(limits.handshake_timeout, tls.acceptor().accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            watcher.watch(connection.into_owned()).await
+                            supervise(connection, &activity, limits.idle_timeout, stopping).await
                         }
                         Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
@@ -136,10 +161,71 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    drop(draining);
+    if tokio::time::timeout(DRAIN_DEADLINE, drained.recv()).await.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");
     }
     Ok(())
+}
+
+/// Serves `GET /metrics` (and nothing else) without a token on `listener`: for scrapers on a
+/// private address (`--metrics-listen`).
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (metrics, builder) = (metrics.clone(), builder.clone());
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let response = match (request.method(), request.uri().path()) {
+                (&http::Method::GET, "/metrics") => super::metrics_response(&metrics),
+                _ => super::problem::Problem::new(http::StatusCode::NOT_FOUND, "this address serves only GET /metrics")
+                    .into_response(),
+            };
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Drives one connection to its end, shutting it down gracefully when the server stops or the
+/// connection has been idle for `idle_timeout`.
+async fn supervise<I, S>(
+    connection: hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, TokioExecutor>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_at(idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
+        tokio::select! {
+            outcome = connection.as_mut() => return outcome,
+            _ = stopping.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                if activity.idle_at(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!("closing an idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }
 
 async fn handle(

@@ -71,6 +71,11 @@ impl Tls {
         Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), current, cert, key })
     }
 
+    /// The certificate file (what clients pass to `--ca-cert` for a self-signed one).
+    pub fn certificate(&self) -> &Path {
+        &self.cert
+    }
+
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }

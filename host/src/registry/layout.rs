@@ -50,17 +50,21 @@ impl Registry {
             Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => return Err(error.into()),
         };
-        let live_version = meta.as_ref().map(|m| version_dir_name(m.version));
+        let Some(mut meta) = meta else {
+            // Never committed: debris of a first deploy that did not finish, policy included (a
+            // later deploy of this name must not inherit it).
+            fs::remove_dir_all(&dir)?;
+            sync_dir(&self.functions_dir)?;
+            return Ok(None);
+        };
+        let live_version = version_dir_name(meta.version);
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type()?.is_dir() && Some(&file_name) != live_version.as_ref() {
+            if entry.file_type()?.is_dir() && file_name != live_version {
                 fs::remove_dir_all(entry.path())?;
             }
         }
-        let Some(mut meta) = meta else {
-            return Ok(None);
-        };
         let version_dir = dir.join(version_dir_name(meta.version));
         let component = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
@@ -89,7 +93,7 @@ impl Registry {
             }
         };
         let pre = self.runtime.prepare(&component)?;
-        Ok(Some(Deployment::new(meta, pre, policy)))
+        Ok(Some(Deployment::new(meta, pre, policy, None)))
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
@@ -110,9 +114,15 @@ pub(super) fn version_dir_name(version: u64) -> String {
     format!("v{version}")
 }
 
-/// Writes a version directory under a temp name, fsyncs it, renames it into place, then
-/// commits with `meta.json`.
-pub(super) fn store_version(dir: &Path, meta: &FunctionMeta, files: &[(&str, Option<&Vec<u8>>)]) -> io::Result<()> {
+/// Writes a version directory under a temp name, fsyncs it, renames it into place, writes the
+/// policy given with the deploy (if any), then commits with `meta.json`. If the commit fails,
+/// the policy file is put back as it was.
+pub(super) fn store_version(
+    dir: &Path,
+    meta: &FunctionMeta,
+    files: &[(&str, Option<&Vec<u8>>)],
+    policy: Option<&str>,
+) -> io::Result<()> {
     create_private_dir(dir)?;
     let staging = dir.join(format!("{}.staging", version_dir_name(meta.version)));
     if staging.exists() {
@@ -132,7 +142,28 @@ pub(super) fn store_version(dir: &Path, meta: &FunctionMeta, files: &[(&str, Opt
     }
     fs::rename(&staging, &final_dir)?;
     sync_dir(dir)?;
-    write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?)
+    let policy_path = dir.join("policy.toml");
+    let previous_policy = match policy {
+        Some(text) => {
+            let previous = fs::read(&policy_path).ok();
+            write_durably(&policy_path, text.as_bytes())?;
+            Some(previous)
+        }
+        None => None,
+    };
+    let committed = write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?);
+    if committed.is_err()
+        && let Some(previous) = previous_policy
+    {
+        let restored = match previous {
+            Some(bytes) => write_durably(&policy_path, &bytes),
+            None => fs::remove_file(&policy_path).and_then(|()| sync_dir(dir)),
+        };
+        if let Err(error) = restored {
+            tracing::error!(%error, dir = %dir.display(), "could not restore the policy after a failed deploy");
+        }
+    }
+    committed
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use ledge_kv::Db;
 use thiserror::Error;
-use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::access::policy::Policy;
+use crate::access::policy::{Ceilings, Policy, is_valid_name};
+use crate::guest_kv::delete_function_data;
+use crate::runtime::concurrency::ConcurrencyLimit;
 use crate::runtime::{GuestState, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir};
 
@@ -41,34 +43,32 @@ pub struct Deployment {
     pub meta: FunctionMeta,
     pub pre: ProxyPre<GuestState>,
     pub policy: Arc<Policy>,
-    /// Permits for live instances (`limits.max_concurrency`).
-    pub concurrency: Arc<Semaphore>,
+    /// Permits for live instances (`limits.max_concurrency`): one per function, shared by all
+    /// its versions, so a redeploy never lets twice the limit run.
+    pub concurrency: Arc<ConcurrencyLimit>,
     /// No instance of this version has been started yet.
     unstarted: AtomicBool,
 }
 
 impl Deployment {
-    fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>) -> Self {
-        let concurrency = Arc::new(Semaphore::new(policy.max_concurrency as usize));
+    /// A version under `policy`; `previous` is the function's live version, whose concurrency
+    /// limit it takes over (adjusted to the new policy).
+    fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>, previous: Option<&Deployment>) -> Self {
+        let concurrency = match previous {
+            Some(previous) => {
+                previous.concurrency.set(policy.max_concurrency);
+                previous.concurrency.clone()
+            }
+            None => ConcurrencyLimit::new(policy.max_concurrency),
+        };
         Deployment { meta, pre, policy, concurrency, unstarted: AtomicBool::new(true) }
     }
 
     /// The same version under another policy (its cold-start state carried over).
     fn with_policy(&self, policy: Policy) -> Deployment {
-        // Instances running now hold permits of the old semaphore; a new limit applies to new
-        // requests, as every policy change does.
-        let concurrency = if policy.max_concurrency == self.policy.max_concurrency {
-            self.concurrency.clone()
-        } else {
-            Arc::new(Semaphore::new(policy.max_concurrency as usize))
-        };
-        Deployment {
-            meta: self.meta.clone(),
-            pre: self.pre.clone(),
-            policy: Arc::new(policy),
-            concurrency,
-            unstarted: AtomicBool::new(self.unstarted.load(Ordering::Relaxed)),
-        }
+        let updated = Deployment::new(self.meta.clone(), self.pre.clone(), Arc::new(policy), Some(self));
+        updated.unstarted.store(self.unstarted.load(Ordering::Relaxed), Ordering::Relaxed);
+        updated
     }
 
     /// True exactly once per version: for its first instance (a cold start).
@@ -96,6 +96,8 @@ pub enum DeployError {
     #[error(transparent)]
     Invalid(#[from] ValidateError),
     #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
 }
 
@@ -103,6 +105,11 @@ pub enum DeployError {
 pub enum PolicyError {
     #[error("invalid policy: {0}")]
     Invalid(String),
+    #[error(
+        "this token is confined to some functions, so it may only tighten their policies; this policy widens {}: that needs a manage token without an `fn` caveat",
+        .0.iter().map(|field| format!("`{field}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Widens(Vec<&'static str>),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -114,11 +121,26 @@ pub struct Deployed {
     pub created: bool,
 }
 
+/// Who is changing a function's policy: anyone may tighten it, only an unconfined manage token
+/// may widen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A token without `fn` caveats.
+    Any,
+    /// A token confined to some functions: widening fields are refused.
+    OnlyTighten,
+}
+
 pub struct Registry {
     functions_dir: PathBuf,
     policies_dir: Option<PathBuf>,
     default_policy: RwLock<Policy>,
+    /// What no policy may exceed (`--max-timeout`).
+    ceilings: Ceilings,
     runtime: Arc<Runtime>,
+    /// The engine holding the functions' keyspaces (removed with them); `None` in tests of the
+    /// registry alone.
+    db: Option<Db>,
     live: RwLock<HashMap<String, Arc<Deployment>>>,
     changes: tokio::sync::Mutex<()>,
 }
@@ -131,11 +153,7 @@ pub struct LoadReport {
 }
 
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
-    let bytes = name.as_bytes();
-    let valid = matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-    if valid { Ok(()) } else { Err(RegistryError::InvalidName(name.to_string())) }
+    if is_valid_name(name) { Ok(()) } else { Err(RegistryError::InvalidName(name.to_string())) }
 }
 
 impl Registry {
@@ -145,19 +163,23 @@ impl Registry {
     pub fn open(
         data_dir: &Path,
         policies_dir: Option<&Path>,
+        ceilings: Ceilings,
         runtime: Arc<Runtime>,
+        db: Option<Db>,
     ) -> anyhow::Result<(Registry, LoadReport)> {
         let functions_dir = data_dir.join("functions");
         create_private_dir(&functions_dir)?;
         let default_policy = match policies_dir.map(|dir| dir.join("default.toml")) {
-            Some(path) if path.exists() => read_policy_file(&path)?.resolve(&Policy::default()),
-            _ => Policy::default(),
+            Some(path) if path.exists() => read_policy_file(&path, &Policy::default().within(&ceilings), &ceilings)?,
+            _ => Policy::default().within(&ceilings),
         };
         let registry = Registry {
             functions_dir,
             policies_dir: policies_dir.map(Path::to_path_buf),
             default_policy: RwLock::new(default_policy),
+            ceilings,
             runtime,
+            db,
             live: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         };
@@ -201,8 +223,9 @@ impl Registry {
         metas
     }
 
-    /// Removes a function: first its commit point, then its files.
-    pub async fn remove(&self, name: &str) -> Result<(), RegistryError> {
+    /// Removes a function: first its commit point, then its files, then (unless `keep_data`)
+    /// its keyspace. Returns the number of keys deleted.
+    pub async fn remove(&self, name: &str, keep_data: bool) -> Result<u64, RegistryError> {
         validate_name(name)?;
         let _change = self.changes.lock().await;
         if self.lookup(name).is_none() {
@@ -214,7 +237,17 @@ impl Registry {
         self.live.write().expect("registry lock poisoned").remove(name);
         fs::remove_dir_all(&dir)?;
         sync_dir(&self.functions_dir)?;
-        tracing::info!(function = name, "removed");
-        Ok(())
+        let deleted = match (&self.db, keep_data) {
+            (Some(db), false) => {
+                let (db, name) = (db.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || delete_function_data(&db, &name))
+                    .await
+                    .map_err(|join| io::Error::other(join.to_string()))?
+                    .map_err(|error| io::Error::other(format!("deleting the keyspace: {error}")))?
+            }
+            _ => 0,
+        };
+        tracing::info!(function = name, keep_data, keys_deleted = deleted, "removed");
+        Ok(deleted)
     }
 }

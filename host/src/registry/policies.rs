@@ -9,42 +9,49 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{PolicyError, Registry, RegistryError, validate_name};
-use crate::access::policy::{Policy, PolicyFile};
-use crate::storage::{create_private_dir, write_durably};
+use super::{PolicyChange, PolicyError, Registry, RegistryError, validate_name};
+use crate::access::policy::{Ceilings, Policy, PolicyFile};
+use crate::storage::write_durably;
 
 impl Registry {
-    /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
+    /// The default policy (`policies/default.toml` over the built-in one).
     pub(super) fn default_policy(&self) -> Policy {
         self.default_policy.read().expect("policy lock poisoned").clone()
     }
 
     /// Reads the policy files again and applies what changed to new requests. A file that does
-    /// not parse is reported and ignored: the policy it would have replaced stays in force.
+    /// not parse (or exceeds a ceiling) is reported and ignored: the policy it would have
+    /// replaced stays in force. Files are read before the live map is locked, so requests never
+    /// wait on the file system.
     pub async fn reload_policies(&self) {
         let _change = self.changes.lock().await;
         if let Some(path) = self.policies_dir.as_ref().map(|dir| dir.join("default.toml")) {
             let parsed = if path.exists() {
-                read_policy_file(&path).map(|f| f.resolve(&Policy::default()))
+                read_policy_file(&path, &Policy::default().within(&self.ceilings), &self.ceilings)
             } else {
-                Ok(Policy::default())
+                Ok(Policy::default().within(&self.ceilings))
             };
             match parsed {
                 Ok(policy) => *self.default_policy.write().expect("policy lock poisoned") = policy,
                 Err(error) => return tracing::error!(%error, "policy file refused; keeping the policies in force"),
             }
         }
-        let mut live = self.live.write().expect("registry lock poisoned");
-        for (name, deployment) in live.iter_mut() {
-            match self.policy_for(name) {
-                Ok(policy) if policy != *deployment.policy => {
-                    tracing::info!(function = %name, "policy changed");
-                    *deployment = Arc::new(deployment.with_policy(policy));
-                }
-                Ok(_) => {}
+        let names: Vec<String> = self.live.read().expect("registry lock poisoned").keys().cloned().collect();
+        let mut changed = Vec::new();
+        for name in names {
+            match self.policy_for(&name) {
+                Ok(policy) => changed.push((name, policy)),
                 Err(error) => {
                     tracing::error!(function = %name, %error, "policy file refused; keeping the function's policy")
                 }
+            }
+        }
+        let mut live = self.live.write().expect("registry lock poisoned");
+        for (name, policy) in changed {
+            let Some(deployment) = live.get_mut(&name) else { continue };
+            if policy != *deployment.policy {
+                tracing::info!(function = %name, "policy changed");
+                *deployment = Arc::new(deployment.with_policy(policy));
             }
         }
     }
@@ -67,30 +74,48 @@ impl Registry {
         });
     }
 
+    /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
     pub(super) fn policy_for(&self, name: &str) -> anyhow::Result<Policy> {
         let uploaded = self.function_dir(name).join("policy.toml");
         let file = self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")));
         for path in [Some(uploaded), file].into_iter().flatten() {
             if path.exists() {
-                return Ok(read_policy_file(&path)?.resolve(&self.default_policy()));
+                return read_policy_file(&path, &self.default_policy(), &self.ceilings);
             }
         }
         Ok(self.default_policy())
     }
 
-    /// Stores an uploaded policy and applies it to new requests at once.
-    pub async fn set_policy(&self, name: &str, text: &str) -> Result<Policy, PolicyError> {
-        validate_name(name)?;
-        let file = PolicyFile::parse(text).map_err(PolicyError::Invalid)?;
-        let policy = file.resolve(&self.default_policy());
-        let _change = self.changes.lock().await;
-        let dir = self.function_dir(name);
-        create_private_dir(&dir).map_err(RegistryError::Io)?;
-        write_durably(&dir.join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
-        let mut live = self.live.write().expect("registry lock poisoned");
-        if let Some(current) = live.get(name).cloned() {
-            live.insert(name.to_string(), Arc::new(current.with_policy(policy.clone())));
+    /// Parses an uploaded policy for `name`, holds it to the server's ceilings and, for a
+    /// confined token, refuses any field that widens what the function has now. Call with the
+    /// change lock held, so that "now" cannot move before the policy is applied.
+    pub(super) fn check_upload(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
+        let policy = PolicyFile::parse(text).map_err(PolicyError::Invalid)?.resolve(&self.default_policy());
+        policy.check_ceilings(&self.ceilings).map_err(PolicyError::Invalid)?;
+        if who == PolicyChange::OnlyTighten {
+            let current = match self.lookup(name) {
+                Some(deployment) => (*deployment.policy).clone(),
+                None => self.policy_for(name).map_err(|error| PolicyError::Invalid(format!("{error:#}")))?,
+            };
+            let widened = current.widened_by(&policy);
+            if !widened.is_empty() {
+                return Err(PolicyError::Widens(widened));
+            }
         }
+        Ok(policy)
+    }
+
+    /// Stores an uploaded policy for a deployed function and applies it to new requests at once.
+    pub async fn set_policy(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
+        validate_name(name)?;
+        let _change = self.changes.lock().await;
+        let Some(current) = self.lookup(name) else {
+            return Err(RegistryError::NotFound(name.to_string()).into());
+        };
+        let policy = self.check_upload(name, text, who)?;
+        write_durably(&self.function_dir(name).join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
+        let updated = Arc::new(current.with_policy(policy.clone()));
+        self.live.write().expect("registry lock poisoned").insert(name.to_string(), updated);
         Ok(policy)
     }
 }
@@ -113,7 +138,11 @@ fn policy_files_state(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<System
     state
 }
 
-pub(super) fn read_policy_file(path: &Path) -> anyhow::Result<PolicyFile> {
+/// Reads a policy file, resolves it over `base` and holds it to `ceilings`; errors name the file.
+pub(super) fn read_policy_file(path: &Path, base: &Policy, ceilings: &Ceilings) -> anyhow::Result<Policy> {
     let text = fs::read_to_string(path)?;
-    PolicyFile::parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+    let policy =
+        PolicyFile::parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?.resolve(base);
+    policy.check_ceilings(ceilings).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok(policy)
 }

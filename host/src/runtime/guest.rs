@@ -1,6 +1,9 @@
 //! Per-request store data: WASI, wasi-http with the outbound hooks, the resource table, the
 //! memory cap and the key-value access of one guest run.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -22,7 +25,13 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    pub(super) fn new(function: &str, policy: &Policy, memory_cap: u64, kv: KvAccess) -> Self {
+    pub(super) fn new(
+        function: &str,
+        policy: &Policy,
+        memory_cap: u64,
+        kv: KvAccess,
+        own_addresses: Arc<[IpAddr]>,
+    ) -> Self {
         GuestState {
             wasi: WasiCtx::builder()
                 .stdout(GuestLog::new(function, "stdout"))
@@ -30,8 +39,8 @@ impl GuestState {
                 .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound: OutboundHooks::new(policy.outbound_allow.clone()),
-            memory: MemoryCap { limit: usize::try_from(memory_cap).unwrap_or(usize::MAX), hit: false },
+            outbound: OutboundHooks::new(policy.outbound_allow.clone(), own_addresses),
+            memory: MemoryCap::new(usize::try_from(memory_cap).unwrap_or(usize::MAX)),
             kv,
         }
     }
@@ -53,26 +62,64 @@ impl WasiHttpView for GuestState {
     }
 }
 
-/// Caps linear memory per instance and remembers whether the cap was hit, so a trap caused by
-/// a refused `memory.grow` is reported as what it is.
+/// Caps what one instance may hold: linear memory in all its memories together (the policy's
+/// `memory`), table elements in all its tables together, and how many core instances, memories
+/// and tables it may create. Remembers whether the memory cap was hit, so a trap caused by a
+/// refused `memory.grow` is reported as what it is.
 pub(super) struct MemoryCap {
     limit: usize,
+    /// Bytes of linear memory the instance holds, over all its memories.
+    used: usize,
+    /// Table elements the instance holds, over all its tables.
+    table_elements: usize,
     pub(super) hit: bool,
+}
+
+impl MemoryCap {
+    pub(super) fn new(limit: usize) -> Self {
+        MemoryCap { limit, used: 0, table_elements: 0, hit: false }
+    }
 }
 
 /// Table elements one instance may hold; generous for real programs, bounded for hostile ones.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// Core instances, memories and tables one component instance may create. Real components
+/// stay far below (a Rust component: 1 memory, a few tables; componentize-py: see the deploy
+/// test); a crafted one would otherwise take many pool slots and many times the memory cap.
+pub const MAX_CORE_INSTANCES: usize = 32;
+pub const MAX_MEMORIES: usize = 2;
+pub const MAX_TABLES: usize = 16;
+
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
             self.hit = true;
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }

@@ -15,6 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::concurrency::Permit;
 use super::{GuestState, Runtime};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
@@ -31,7 +32,9 @@ pub struct Invocation<'a> {
     /// What the caller's token allows on top of the policy.
     pub caller: Caller,
     /// The function's concurrency permit, held until the instance is gone.
-    pub permit: tokio::sync::OwnedSemaphorePermit,
+    pub permit: Permit,
+    /// The request came over TLS: the guest sees scheme `https`.
+    pub tls: bool,
 }
 
 /// Why an invocation failed.
@@ -67,7 +70,8 @@ impl Runtime {
         // A body without a declared length is cut off at the cap; whatever the guest answers
         // then, the client gets a 413.
         let overflowed = Arc::new(AtomicBool::new(false));
-        let request = guest_request(request, path_and_query, policy.max_body, overflowed.clone())?;
+        let scheme = if invocation.tls { Scheme::Https } else { Scheme::Http };
+        let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone())?;
         let kv = match &self.db {
             Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
             None => KvAccess::none(),
@@ -75,7 +79,7 @@ impl Runtime {
         let mut store = self.guest_store(invocation.function, policy, kv);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
-        let guest_request = http.new_incoming_request(Scheme::Http, request).map_err(host_error)?;
+        let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;
         let outparam = http.new_response_outparam(sender).map_err(host_error)?;
         let pre = invocation.pre.clone();
         let timeout = policy.timeout;
@@ -159,6 +163,7 @@ fn host_error(error: wasmtime::Error) -> InvokeError {
 /// with the body capped at the policy's limit.
 fn guest_request(
     request: http::Request<Incoming>,
+    scheme: &Scheme,
     path_and_query: &str,
     max_body: u64,
     overflowed: Arc<AtomicBool>,
@@ -182,7 +187,10 @@ fn guest_request(
         .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
         .unwrap_or_else(|| "localhost".to_string());
     parts.uri = http::Uri::builder()
-        .scheme("http")
+        .scheme(match scheme {
+            Scheme::Https => "https",
+            _ => "http",
+        })
         .authority(authority.as_str())
         .path_and_query(path_and_query)
         .build()

@@ -16,6 +16,7 @@
 //!   capped by the policy, and a trap or a missing response becomes an [`InvokeError`];
 //! - outbound HTTP is denied unless the function's policy lists the host.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 use crate::metrics::Metrics;
 
+pub mod concurrency;
 pub mod guest;
 pub mod guestlog;
 pub mod invoke;
@@ -55,6 +57,8 @@ pub struct Runtime {
     trust_precompiled: bool,
     /// The largest linear memory the engine is configured for.
     max_memory: u64,
+    /// This node's addresses, which outbound requests never reach unless a policy names them.
+    own_addresses: Arc<[IpAddr]>,
 }
 
 impl Runtime {
@@ -93,7 +97,14 @@ impl Runtime {
             db,
             trust_precompiled: options.trust_precompiled,
             max_memory: options.max_memory,
+            own_addresses: Arc::from([]),
         })
+    }
+
+    /// Tells the runtime which addresses are this node's own (see [`outbound`]).
+    pub fn with_own_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
+        self.own_addresses = addresses.into();
+        self
     }
 
     fn config(options: &RuntimeOptions, allocator: Allocator) -> Config {
@@ -106,9 +117,14 @@ impl Runtime {
         if allocator == Allocator::Pooling {
             let instances = options.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::default();
+            // Per-component limits keep one component from taking more than its share of the
+            // slots below (the store's limiter enforces the same numbers without the pool).
             pool.total_component_instances(instances)
+                .max_core_instances_per_component(guest::MAX_CORE_INSTANCES as u32)
+                .max_memories_per_component(guest::MAX_MEMORIES as u32)
+                .max_tables_per_component(guest::MAX_TABLES as u32)
                 .total_core_instances(instances.saturating_mul(16))
-                .total_memories(instances.saturating_mul(2))
+                .total_memories(instances.saturating_mul(guest::MAX_MEMORIES as u32))
                 .total_tables(instances.saturating_mul(4))
                 .total_stacks(instances)
                 .max_memory_size(usize::try_from(options.max_memory).unwrap_or(usize::MAX))
@@ -138,7 +154,8 @@ impl Runtime {
     /// executor at every epoch tick so a spinning guest shares its worker thread and can be
     /// cancelled by a timeout at the next tick.
     pub fn guest_store(&self, function: &str, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
-        let mut store = Store::new(&self.engine, GuestState::new(function, policy, self.memory_cap(policy), kv));
+        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, self.own_addresses.clone());
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);

@@ -10,7 +10,14 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use super::guest::{MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES};
+use super::invoke::describe_failure;
 use super::{Allocator, GuestState, Runtime, RuntimeOptions, anyhow_from};
+use crate::access::policy::Policy;
+use crate::guest_kv::KvAccess;
+
+/// How long the deploy-time instantiation may take.
+const TRIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Interfaces ledge links, as `package/interface@compatible-version`. Deploy checks every import
 /// against this list first so that a refused component's error names *all* missing imports,
@@ -75,6 +82,8 @@ pub enum ValidateError {
     BadInit(String),
     #[error("{0}")]
     Precompiled(String),
+    #[error("the component exceeds a per-component limit: {0}")]
+    Limits(String),
 }
 
 impl Runtime {
@@ -121,6 +130,49 @@ impl Runtime {
         config.target(target).map_err(anyhow_from)?;
         let engine = Engine::new(&config).map_err(anyhow_from)?;
         engine.precompile_component(&initialized).map_err(anyhow_from)
+    }
+
+    /// Refuses a component that would take more than one instance's share of the pool: too many
+    /// linear memories or tables, counted statically before anything else is checked. (Core
+    /// instances are counted by the pool when compiling, and by [`Runtime::check_instantiation`].)
+    pub fn check_static_limits(&self, component: &Component) -> Result<(), ValidateError> {
+        let Some(needs) = component.resources_required() else {
+            return Err(ValidateError::Limits(
+                "it instantiates core modules it imports, so its needs cannot be bounded".into(),
+            ));
+        };
+        if needs.num_memories as usize > MAX_MEMORIES {
+            return Err(ValidateError::Limits(format!(
+                "it defines {} linear memories; at most {MAX_MEMORIES} are allowed",
+                needs.num_memories
+            )));
+        }
+        if needs.num_tables as usize > MAX_TABLES {
+            return Err(ValidateError::Limits(format!(
+                "it defines {} tables; at most {MAX_TABLES} are allowed",
+                needs.num_tables
+            )));
+        }
+        Ok(())
+    }
+
+    /// Instantiates the component once, under the same limits as a request: catches too many
+    /// core instances whatever the allocator, and a start function that traps or never returns.
+    pub async fn check_instantiation(&self, pre: &ProxyPre<GuestState>) -> Result<(), ValidateError> {
+        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none());
+        match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if format!("{error:#}").contains("count too high") => Err(ValidateError::Limits(format!(
+                "it creates more than {MAX_CORE_INSTANCES} core instances ({})",
+                describe_failure(&error)
+            ))),
+            Ok(Err(error)) => {
+                Err(ValidateError::Invalid(format!("instantiating it failed: {}", describe_failure(&error))))
+            }
+            Err(_) => Err(ValidateError::Invalid(format!(
+                "instantiating it did not finish within {TRIAL_TIMEOUT:?} (a start function that never returns?)"
+            ))),
+        }
     }
 
     /// Resolves the component's imports once, so requests only instantiate.

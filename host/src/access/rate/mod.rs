@@ -9,7 +9,7 @@
 //! let limiter = RateLimiter::new(100_000);
 //! let policy = RateQuota { quota: 100, window: Duration::from_secs(60), burst: 100 };
 //! let token = ledge::access::caveats::parse_rate("10/s").unwrap();
-//! let decision = limiter.check("hello", "token-id-or-client-ip", &[policy, token]);
+//! let decision = limiter.check("hello", "token-id-or-client-ip", policy, &[token]);
 //! for (name, value) in decision.headers() {
 //!     println!("{name}: {value}"); // ratelimit-policy: "hello";q=100;w=60 ...
 //! }
@@ -20,9 +20,16 @@
 //! - **One governor limiter per distinct quota.** A governor keyed limiter has a single quota, but
 //!   callers of one function may be under different quotas (a token's `rate` caveat, a policy
 //!   replaced at run time). So each distinct [`RateQuota`] gets its own keyed limiter, created on
-//!   first use and cached; at most [`MAX_QUOTAS`] are kept (the one tracking the fewest callers is
-//!   dropped to make room, and its callers start over with fresh buckets). A caller whose quota
-//!   changes therefore also starts with a fresh bucket under the new quota.
+//!   first use and cached; at most [`MAX_QUOTAS`] policy quotas and as many caveat quotas are
+//!   kept (the one tracking the fewest callers is dropped to make room, and its callers start
+//!   over with fresh buckets). A caller whose quota changes therefore also starts with a fresh
+//!   bucket under the new quota.
+//! - **Every quota is charged.** A request is charged against the policy's quota and against
+//!   each `rate` caveat of its token, each in its own bucket, and runs only if all allow it; a
+//!   caveat's burst is capped at the policy's. So attenuation only narrows: a caveat with a
+//!   higher rate changes nothing, and a caveat nobody used before brings no fresh budget (the
+//!   policy's bucket was charged all along). Caveat quotas, which token holders choose, can
+//!   only evict each other's limiters, never a policy's.
 //! - **Keys.** The key is a 64-bit keyed SipHash of `(scope, caller)` (random key per process), so
 //!   a tracked caller costs 16 bytes of table (key and theoretical arrival time) however long its
 //!   name. Two callers collide with probability about n²/2⁶⁵ (3·10⁻¹⁰ for 100,000 callers), and
@@ -55,13 +62,14 @@
 //! - Refused: `r` = 0 and `t` = `Retry-After` = ceil(governor's `NotUntil::wait_time_from(now)`),
 //!   at least 1.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::Quota;
 use governor::clock::MonotonicClock;
 
-use crate::access::policy::{Policy, RateQuota};
+use crate::access::policy::RateQuota;
 use table::Limiter;
 
 mod table;
@@ -70,8 +78,29 @@ mod table;
 /// token in a loop.
 pub const ADMIN_QUOTA: RateQuota = RateQuota { quota: 50, window: Duration::from_secs(1), burst: 100 };
 
+/// Failed authentications one client address (an IPv6 /64) may cause: 30 a minute, in bursts of
+/// up to 30. Past it the server answers 429 without verifying anything, so a stream of forged
+/// tokens cannot make it compute signatures without bound.
+pub const AUTH_FAILURE_QUOTA: RateQuota = RateQuota { quota: 30, window: Duration::from_secs(60), burst: 30 };
+
 /// The most distinct quotas (policies and token caveats) with a limiter of their own.
 pub const MAX_QUOTAS: usize = 64;
+
+/// The rate-limit key of an anonymous caller: its IPv4 address, or the /64 of its IPv6 address
+/// (one host usually holds a whole /64, so keying single IPv6 addresses would let it rotate
+/// through billions of fresh budgets).
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
 
 /// The largest RFC 9651 sf-integer (15 digits).
 const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
@@ -91,13 +120,27 @@ impl RateLimiter {
         RateLimiter { inner: Limiter::with_clock(max_keys, MonotonicClock) }
     }
 
-    /// Checks one request. `scope` is e.g. the function name or "admin"; `caller` is the token id
-    /// or the client IP as a string. `quotas` are the applicable quotas (the policy's and, if
-    /// present, the token's `rate` caveat); the stricter (lower sustained rate; on ties lower
-    /// burst) is applied and advertised. With no quota at all, the built-in default policy's
-    /// applies. Returns the decision with everything needed for the headers.
-    pub fn check(&self, scope: &str, caller: &str, quotas: &[RateQuota]) -> RateDecision {
-        self.inner.check(scope, caller, quotas)
+    /// Checks one request and charges it. `scope` is e.g. the function name or "admin";
+    /// `caller` is the token id or the client address. The request is charged against `policy`
+    /// and against each of `caveats` (the token's `rate` caveats), each in a bucket of its own;
+    /// a caveat's burst is capped at the policy's, so attenuation only ever narrows. It is
+    /// allowed only if every one allows it; the decision advertised is the quota that refuses
+    /// first (the refusing one with the longest wait, else the one with the fewest requests
+    /// left).
+    pub fn check(&self, scope: &str, caller: &str, policy: RateQuota, caveats: &[RateQuota]) -> RateDecision {
+        self.inner.check(scope, caller, policy, caveats)
+    }
+
+    /// Charges one failed attempt against `quota` (failed authentications per client address,
+    /// [`AUTH_FAILURE_QUOTA`]); the decision says whether it was still within budget.
+    pub fn charge(&self, scope: &str, caller: &str, quota: RateQuota) -> RateDecision {
+        self.inner.check(scope, caller, quota, &[])
+    }
+
+    /// `Some(seconds)` when `caller` has no budget left under `quota` right now; charges
+    /// nothing. Used before work that only failures pay for (verifying a token's signature).
+    pub fn exhausted(&self, scope: &str, caller: &str, quota: RateQuota) -> Option<u64> {
+        self.inner.peek(scope, caller, quota)
     }
 
     /// Number of keys currently tracked (for tests/metrics).
@@ -146,13 +189,12 @@ impl RateDecision {
     }
 }
 
-/// The stricter of `quotas`: lower sustained rate (quota / window), on ties lower burst.
-fn stricter(quotas: &[RateQuota]) -> RateQuota {
-    quotas
-        .iter()
-        .map(|q| QuotaKey::from(*q))
-        .reduce(|a, b| if b.is_stricter_than(&a) { b } else { a })
-        .map_or_else(|| QuotaKey::from(Policy::default().rate).into(), RateQuota::from)
+/// Of the decisions for one request, the one to act on and advertise: a refusal with the
+/// longest wait, else the allowance with the fewest requests left (on ties the later refill).
+fn first_to_refuse(decisions: Vec<RateDecision>) -> RateDecision {
+    let refusal = decisions.iter().filter(|d| !d.allowed).max_by_key(|d| d.reset_seconds);
+    let tightest = || decisions.iter().min_by_key(|d| (d.remaining, std::cmp::Reverse(d.reset_seconds)));
+    refusal.or_else(tightest).cloned().unwrap_or_else(|| unreachable!("the policy's quota is always checked"))
 }
 
 /// A [`RateQuota`], normalised (quota, burst >= 1; window >= 1ns) and hashable: the cache key
@@ -177,14 +219,6 @@ impl From<QuotaKey> for RateQuota {
 }
 
 impl QuotaKey {
-    /// quota_a / window_a < quota_b / window_b, compared as quota_a · window_b < quota_b ·
-    /// window_a (u32 × u128 nanoseconds cannot overflow); on equal rates the lower burst.
-    fn is_stricter_than(&self, other: &QuotaKey) -> bool {
-        let own = u128::from(self.quota) * other.window.as_nanos();
-        let theirs = u128::from(other.quota) * self.window.as_nanos();
-        own < theirs || (own == theirs && self.burst < other.burst)
-    }
-
     /// T, the emission interval: window / quota, at least 1ns.
     fn period(&self) -> Duration {
         (self.window / self.quota).max(Duration::from_nanos(1))
@@ -255,9 +289,9 @@ mod tests {
         let (limiter, _clock) = fake(1000);
         let quota = per(10, 60); // T = 6s
         for _ in 0..10 {
-            assert!(limiter.check("fn", "alice", &[quota]).allowed);
+            assert!(limiter.check("fn", "alice", quota, &[]).allowed);
         }
-        let refused = limiter.check("fn", "alice", &[quota]);
+        let refused = limiter.check("fn", "alice", quota, &[]);
         assert!(!refused.allowed);
         assert_eq!(refused.remaining, 0);
         let retry = refused.retry_after_seconds.unwrap();
@@ -266,7 +300,7 @@ mod tests {
         // A real clock: the same holds.
         let real = RateLimiter::new(1000);
         let quota = per(3, 1);
-        let decisions: Vec<_> = (0..4).map(|_| real.check("fn", "bob", &[quota])).collect();
+        let decisions: Vec<_> = (0..4).map(|_| real.check("fn", "bob", quota, &[])).collect();
         assert!(decisions[..3].iter().all(|d| d.allowed));
         let refused = &decisions[3];
         assert!(!refused.allowed);
@@ -277,17 +311,17 @@ mod tests {
     fn remaining_counts_down_and_t_counts_up_to_a_full_window() {
         let (limiter, _clock) = fake(1000);
         let quota = per(100, 60); // T = 0.6s
-        let first = limiter.check("fn", "alice", &[quota]);
+        let first = limiter.check("fn", "alice", quota, &[]);
         assert_eq!((first.remaining, first.reset_seconds), (99, 1));
-        let second = limiter.check("fn", "alice", &[quota]);
+        let second = limiter.check("fn", "alice", quota, &[]);
         assert_eq!((second.remaining, second.reset_seconds), (98, 2)); // ceil(1.2)
         for _ in 0..97 {
-            limiter.check("fn", "alice", &[quota]);
+            limiter.check("fn", "alice", quota, &[]);
         }
-        let last = limiter.check("fn", "alice", &[quota]);
+        let last = limiter.check("fn", "alice", quota, &[]);
         assert!(last.allowed);
         assert_eq!((last.remaining, last.reset_seconds), (0, 60));
-        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
+        assert!(!limiter.check("fn", "alice", quota, &[]).allowed);
     }
 
     #[test]
@@ -296,12 +330,12 @@ mod tests {
         let quota = per(5, 10); // T = 2s
         let mut last = None;
         for _ in 0..3 {
-            last = Some(limiter.check("fn", "alice", &[quota]));
+            last = Some(limiter.check("fn", "alice", quota, &[]));
         }
         let last = last.unwrap();
         assert_eq!((last.remaining, last.reset_seconds), (2, 6));
         clock.advance(Duration::from_secs(last.reset_seconds));
-        let after = limiter.check("fn", "alice", &[quota]);
+        let after = limiter.check("fn", "alice", quota, &[]);
         assert_eq!(after.remaining, 4, "{after:?}");
     }
 
@@ -309,50 +343,96 @@ mod tests {
     fn after_retry_after_seconds_the_caller_is_allowed_again() {
         let (limiter, clock) = fake(1000);
         let quota = per(2, 5); // T = 2.5s
-        limiter.check("fn", "alice", &[quota]);
-        limiter.check("fn", "alice", &[quota]);
-        let refused = limiter.check("fn", "alice", &[quota]);
+        limiter.check("fn", "alice", quota, &[]);
+        limiter.check("fn", "alice", quota, &[]);
+        let refused = limiter.check("fn", "alice", quota, &[]);
         assert_eq!(refused.retry_after_seconds, Some(3));
         clock.advance(Duration::from_secs(2));
-        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
+        assert!(!limiter.check("fn", "alice", quota, &[]).allowed);
         clock.advance(Duration::from_secs(1));
-        assert!(limiter.check("fn", "alice", &[quota]).allowed);
+        assert!(limiter.check("fn", "alice", quota, &[]).allowed);
     }
 
     #[test]
     fn two_callers_have_independent_budgets() {
         let (limiter, _clock) = fake(1000);
         let quota = per(2, 60);
-        assert!(limiter.check("fn", "alice", &[quota]).allowed);
-        assert!(limiter.check("fn", "alice", &[quota]).allowed);
-        assert!(!limiter.check("fn", "alice", &[quota]).allowed);
-        let bob = limiter.check("fn", "bob", &[quota]);
+        assert!(limiter.check("fn", "alice", quota, &[]).allowed);
+        assert!(limiter.check("fn", "alice", quota, &[]).allowed);
+        assert!(!limiter.check("fn", "alice", quota, &[]).allowed);
+        let bob = limiter.check("fn", "bob", quota, &[]);
         assert!(bob.allowed);
         assert_eq!(bob.remaining, 1);
         // The same caller in another scope has its own budget too.
-        assert!(limiter.check("other", "alice", &[quota]).allowed);
+        assert!(limiter.check("other", "alice", quota, &[]).allowed);
         assert_eq!(limiter.tracked_keys(), 3);
     }
 
     #[test]
-    fn the_stricter_of_two_quotas_applies_and_is_advertised() {
+    fn every_quota_is_charged_and_the_first_to_refuse_is_advertised() {
         let (limiter, _clock) = fake(1000);
         let policy = per(100, 60);
         let token = parse_rate("10/m").unwrap();
-        let decision = limiter.check("fn", "alice", &[policy, token]);
-        assert_eq!(decision.quota, token);
-        assert_eq!(decision.remaining, 9);
-        // Order does not matter; a looser token does not widen the policy.
-        assert_eq!(limiter.check("fn", "bob", &[token, policy]).quota, token);
-        assert_eq!(limiter.check("fn", "carol", &[policy, parse_rate("5/s").unwrap()]).quota, policy);
-        // Equal sustained rates: the lower burst wins.
-        let small_burst = RateQuota { burst: 10, ..policy };
-        assert_eq!(limiter.check("fn", "dave", &[policy, small_burst]).quota, small_burst);
-        // 1/s and 60/m have the same rate; 1/s has the lower burst.
-        let one = parse_rate("1/s").unwrap();
-        assert_eq!(limiter.check("fn", "erin", &[parse_rate("60/m").unwrap(), one]).quota, one);
-        // No quota at all: the built-in default.
-        assert_eq!(limiter.check("fn", "frank", &[]).quota, Policy::default().rate);
+        let decision = limiter.check("fn", "alice", policy, &[token]);
+        assert_eq!((decision.quota, decision.remaining), (token, 9));
+        // A caveat with a higher rate still may not burst past the policy's burst.
+        let wide = parse_rate("5999/h").unwrap();
+        let capped = limiter.check("fn", "bob", policy, &[wide]);
+        assert_eq!(capped.quota, policy, "the policy's 99 left is fewer than the caveat's");
+        for _ in 0..99 {
+            assert!(limiter.check("fn", "bob", policy, &[wide]).allowed);
+        }
+        let refused = limiter.check("fn", "bob", policy, &[wide]);
+        assert!(!refused.allowed && refused.quota.burst == 100, "{refused:?}");
+        // Fresh caveats give no fresh budget: the policy's bucket was charged every time.
+        for n in 1..=5 {
+            let other = parse_rate(&format!("{n}/h")).unwrap();
+            assert!(!limiter.check("fn", "bob", policy, &[other]).allowed);
+        }
+        // Two caveats: both are charged; the one refusing first is advertised.
+        let (one, two) = (parse_rate("2/m").unwrap(), parse_rate("3/h").unwrap());
+        assert_eq!(limiter.check("fn", "carol", policy, &[one, two]).quota, one);
+        assert!(limiter.check("fn", "carol", policy, &[one, two]).allowed);
+        let third = limiter.check("fn", "carol", policy, &[one, two]);
+        assert!(!third.allowed && third.quota == RateQuota { burst: 2, ..one }, "{third:?}");
+    }
+
+    #[test]
+    fn caveat_churn_never_evicts_a_policys_bucket() {
+        let (limiter, _clock) = fake(100_000);
+        let policy = per(3, 3600);
+        for _ in 0..3 {
+            assert!(limiter.check("fn", "mallory", policy, &[]).allowed);
+        }
+        for n in 1..=(MAX_QUOTAS as u32 * 2) {
+            let caveat = RateQuota { quota: n, window: Duration::from_secs(7200), burst: 1 };
+            assert!(!limiter.check("fn", "mallory", policy, &[caveat]).allowed, "caveat {n}");
+        }
+    }
+
+    #[test]
+    fn ipv6_callers_are_keyed_by_their_64() {
+        let key = |text: &str| client_key(text.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("10.0.0.1"), "10.0.0.1");
+    }
+
+    #[test]
+    fn peeking_at_a_budget_charges_nothing() {
+        let (limiter, clock) = fake(1000);
+        let quota = per(2, 60);
+        assert_eq!(limiter.peek("auth", "10.0.0.1", quota), None);
+        limiter.check("auth", "10.0.0.1", quota, &[]);
+        assert_eq!(limiter.peek("auth", "10.0.0.1", quota), None);
+        limiter.check("auth", "10.0.0.1", quota, &[]);
+        for _ in 0..5 {
+            assert_eq!(limiter.peek("auth", "10.0.0.1", quota), Some(30));
+        }
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(limiter.peek("auth", "10.0.0.1", quota), None);
+        assert!(limiter.check("auth", "10.0.0.1", quota, &[]).allowed);
     }
 
     #[test]
@@ -371,19 +451,19 @@ mod tests {
     fn headers_are_valid_structured_fields() {
         let (limiter, _clock) = fake(1000);
         let quota = per(2, 60);
-        let allowed = limiter.check("fn", "alice", &[quota]);
+        let allowed = limiter.check("fn", "alice", quota, &[]);
         let headers = allowed.headers();
         assert_eq!(
             headers,
             vec![("ratelimit-policy", "\"fn\";q=2;w=60".to_string()), ("ratelimit", "\"fn\";r=1;t=30".to_string())]
         );
-        limiter.check("fn", "alice", &[quota]);
-        let refused = limiter.check("fn", "alice", &[quota]);
+        limiter.check("fn", "alice", quota, &[]);
+        let refused = limiter.check("fn", "alice", quota, &[]);
         let headers = refused.headers();
         assert_eq!(headers[2], ("retry-after", "30".to_string()));
         // Awkward ids and sub-second windows still give valid fields.
         let odd = RateQuota { quota: 5, window: Duration::from_millis(500), burst: 7 };
-        let awkward = limiter.check("a \"quoted\" \\ naïve fn", "alice", &[odd]);
+        let awkward = limiter.check("a \"quoted\" \\ naïve fn", "alice", odd, &[]);
         for decision in [&allowed, &refused, &awkward] {
             let headers = decision.headers();
             for (name, value) in &headers[..2] {
@@ -419,17 +499,17 @@ mod tests {
         let quota = per(100, 60);
         // A busy caller keeps its state through the sweeps: its debt is the largest.
         for _ in 0..50 {
-            limiter.check("fn", "busy", &[quota]);
+            limiter.check("fn", "busy", quota, &[]);
         }
         for i in 0..200_000u32 {
-            limiter.check("fn", &i.to_string(), &[quota]);
+            limiter.check("fn", &i.to_string(), quota, &[]);
             assert!(limiter.tracked_keys() <= 10_000);
             if i % 1000 == 0 {
                 clock.advance(Duration::from_millis(10));
             }
         }
         assert!(limiter.tracked_keys() >= 7_500, "{}", limiter.tracked_keys());
-        assert!(limiter.check("fn", "busy", &[quota]).remaining < 99);
+        assert!(limiter.check("fn", "busy", quota, &[]).remaining < 99);
     }
 
     #[test]
@@ -437,12 +517,12 @@ mod tests {
         let (limiter, clock) = fake(1000);
         let quota = per(10, 1); // T = 100ms, full again 1s after a burst
         for i in 0..800 {
-            limiter.check("fn", &i.to_string(), &[quota]);
+            limiter.check("fn", &i.to_string(), quota, &[]);
         }
         assert_eq!(limiter.tracked_keys(), 800);
         clock.advance(Duration::from_secs(5));
         for i in 0..100 {
-            limiter.check("fn", &format!("new-{i}"), &[quota]);
+            limiter.check("fn", &format!("new-{i}"), quota, &[]);
         }
         // The 875th key started a sweep, which dropped every key whose bucket was full again.
         assert!(limiter.tracked_keys() <= 100, "{}", limiter.tracked_keys());
@@ -452,7 +532,7 @@ mod tests {
     fn at_most_max_quotas_limiters_are_kept() {
         let (limiter, _clock) = fake(1000);
         for quota in 1..=(MAX_QUOTAS as u32 + 20) {
-            assert!(limiter.check("fn", "alice", &[per(quota, 60)]).allowed);
+            assert!(limiter.check("fn", "alice", per(quota, 60), &[]).allowed);
         }
         assert!(limiter.quotas_cached() <= MAX_QUOTAS);
         assert!(limiter.tracked_keys() <= MAX_QUOTAS);
@@ -471,7 +551,7 @@ mod tests {
             use std::fmt::Write;
             caller.clear();
             write!(caller, "{i}").unwrap();
-            limiter.check("fn", &caller, &[quota]);
+            limiter.check("fn", &caller, quota, &[]);
         }
         let grown = rss_bytes().saturating_sub(before);
         assert!(limiter.tracked_keys() <= 100_000);

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use governor::clock::Clock;
+use governor::clock::{Clock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 
-use super::{MAX_QUOTAS, QuotaKey, RateDecision, ceil_seconds, stricter};
+use super::{MAX_QUOTAS, QuotaKey, RateDecision, ceil_seconds, first_to_refuse};
 use crate::access::policy::RateQuota;
 
 /// Shards of one quota's key table (each behind its own mutex); a power of two.
@@ -24,7 +24,7 @@ const SHARDS: usize = 16;
 
 /// The limiter, generic over governor's clock so that tests can move time by hand.
 pub(super) struct Limiter<C: Clock> {
-    buckets: RwLock<HashMap<QuotaKey, Arc<Bucket<C>>>>,
+    buckets: RwLock<Buckets<C>>,
     shared: Arc<Shared>,
     /// Keys the (scope, caller) hash; random per process.
     hasher: RandomState,
@@ -36,6 +36,18 @@ pub(super) struct Limiter<C: Clock> {
     /// ...down to at most this many (3/4 of `max_keys`).
     keep: usize,
 }
+
+/// Who chose a quota. Token holders choose caveat quotas freely, so a flood of distinct caveats
+/// may only ever evict other caveats' buckets, never a policy's: the policy's budget is the one
+/// every request is charged against, and evicting it would hand out fresh budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Class {
+    Policy,
+    Caveat,
+}
+
+/// Every quota's limiter, by who chose the quota.
+type Buckets<C> = HashMap<(Class, QuotaKey), Arc<Bucket<C>>>;
 
 /// Counts shared by every quota's key table.
 struct Shared {
@@ -65,21 +77,36 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
-    pub(super) fn check(&self, scope: &str, caller: &str, quotas: &[RateQuota]) -> RateDecision {
-        let quota = QuotaKey::from(stricter(quotas));
+    pub(super) fn check(&self, scope: &str, caller: &str, policy: RateQuota, caveats: &[RateQuota]) -> RateDecision {
+        let capped = caveats.iter().map(|c| (Class::Caveat, RateQuota { burst: c.burst.min(policy.burst), ..*c }));
+        let quotas: Vec<(Class, RateQuota)> = std::iter::once((Class::Policy, policy)).chain(capped).collect();
         let key = self.hasher.hash_one((scope, caller));
-        let (allowed, remaining, reset_seconds) = self.with_bucket(quota, |bucket| bucket.decide(key));
+        let decisions: Vec<RateDecision> = quotas
+            .iter()
+            .map(|&(class, quota)| {
+                let quota = QuotaKey::from(quota);
+                let (allowed, remaining, reset_seconds) = self.with_bucket(class, quota, |bucket| bucket.decide(key));
+                RateDecision {
+                    allowed,
+                    policy_id: scope.to_owned(),
+                    quota: quota.into(),
+                    remaining,
+                    reset_seconds,
+                    retry_after_seconds: (!allowed).then_some(reset_seconds),
+                }
+            })
+            .collect();
         if self.shared.total.load(Ordering::Relaxed) >= self.sweep_at {
             self.sweep();
         }
-        RateDecision {
-            allowed,
-            policy_id: scope.to_owned(),
-            quota: quota.into(),
-            remaining,
-            reset_seconds,
-            retry_after_seconds: (!allowed).then_some(reset_seconds),
-        }
+        first_to_refuse(decisions)
+    }
+
+    /// `Some(seconds to wait)` when one more request under `quota` would be refused now, without
+    /// charging anything: for budgets charged only after the fact (failed authentications).
+    pub(super) fn peek(&self, scope: &str, caller: &str, quota: RateQuota) -> Option<u64> {
+        let key = self.hasher.hash_one((scope, caller));
+        self.with_bucket(Class::Policy, QuotaKey::from(quota), |bucket| bucket.wait_before_next(key))
     }
 
     /// How many quotas have a limiter of their own now.
@@ -92,25 +119,26 @@ impl<C: Clock + Clone> Limiter<C> {
         self.shared.total.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the limiter for `quota`, creating it if needed (and dropping the one with the
-    /// fewest tracked callers when [`MAX_QUOTAS`] are already cached).
-    fn with_bucket<R>(&self, quota: QuotaKey, f: impl FnOnce(&Bucket<C>) -> R) -> R {
-        if let Some(bucket) = read(&self.buckets).get(&quota) {
+    /// Runs `f` on the limiter for `quota`, creating it if needed (and dropping the one of the
+    /// same class with the fewest tracked callers when [`MAX_QUOTAS`] of it are cached).
+    fn with_bucket<R>(&self, class: Class, quota: QuotaKey, f: impl FnOnce(&Bucket<C>) -> R) -> R {
+        if let Some(bucket) = read(&self.buckets).get(&(class, quota)) {
             return f(bucket);
         }
         let bucket = {
             let mut buckets = write(&self.buckets);
-            match buckets.get(&quota) {
+            match buckets.get(&(class, quota)) {
                 Some(bucket) => Arc::clone(bucket),
                 None => {
-                    if buckets.len() >= MAX_QUOTAS {
-                        let victim = buckets.iter().min_by_key(|(_, b)| b.shards.len.load(Ordering::Relaxed));
+                    let same_class = buckets.iter().filter(|((c, _), _)| *c == class);
+                    if same_class.clone().count() >= MAX_QUOTAS {
+                        let victim = same_class.min_by_key(|(_, b)| b.shards.len.load(Ordering::Relaxed));
                         if let Some(victim) = victim.map(|(key, _)| *key) {
                             buckets.remove(&victim);
                         }
                     }
                     let bucket = Arc::new(Bucket::new(quota, &self.shared, self.clock.clone()));
-                    buckets.insert(quota, Arc::clone(&bucket));
+                    buckets.insert((class, quota), Arc::clone(&bucket));
                     bucket
                 }
             }
@@ -172,6 +200,9 @@ struct Bucket<C: Clock> {
     /// T in nanoseconds.
     period: Duration,
     burst: u32,
+    /// The clock reading governor's time frame starts at (taken together with the limiter's own,
+    /// nanoseconds apart): where `peek` places "now" among the stored arrival times.
+    start: C::Instant,
 }
 
 impl<C: Clock> Bucket<C> {
@@ -182,11 +213,13 @@ impl<C: Clock> Bucket<C> {
             shared: Arc::clone(shared),
             drop_below: AtomicU64::new(0),
         });
+        let start = clock.now();
         Bucket {
             limiter: governor::RateLimiter::new(quota.governor_quota(), Store(Arc::clone(&shards)), clock),
             shards,
             period: quota.period(),
             burst: quota.burst,
+            start,
         }
     }
 
@@ -204,6 +237,16 @@ impl<C: Clock> Bucket<C> {
                 (false, 0, ceil_seconds(wait).max(1))
             }
         }
+    }
+
+    /// governor's test without the update: a request at `now` is allowed when
+    /// `now >= tat - tau`, with tau = T·(B - 1).
+    fn wait_before_next(&self, key: u64) -> Option<u64> {
+        let tat = *self.shards.shard(key).get(&key)?;
+        let now = self.limiter.clock().now().duration_since(self.start).as_u64();
+        let tau = self.period.saturating_mul(self.burst.saturating_sub(1)).as_nanos() as u64;
+        let earliest = tat.saturating_sub(tau);
+        (now < earliest).then(|| ceil_seconds(Duration::from_nanos(earliest - now)).max(1))
     }
 
     /// The arrival time (in this limiter's frame, as of the last `retain_recent`) at or below

@@ -1,7 +1,7 @@
 //! A guest written only against `wasi:keyvalue@0.2.0-draft2` (as a Spin or wasmCloud guest
 //! would be), with no ledge SDK. Routes, all on bucket `default` unless `?bucket=` says else:
 //! `/set?key=k&value=v`, `/get?key=k`, `/incr?key=k&by=n`, `/cas?key=k&from=a&to=b`,
-//! `/batch` (set-many, get-many, delete-many), `/list`.
+//! `/batch` (set-many, get-many, delete-many), `/list`, `/cas-hog?key=k` (CAS handles until refused).
 wit_bindgen::generate!({ world: "kv-wasi", path: "wit", generate_all });
 
 use wasi::keyvalue::{atomics, batch, store};
@@ -46,6 +46,19 @@ fn run(path: &str, query: &str) -> Result<String, String> {
             batch::delete_many(&bucket, &["b1".to_string()]).map_err(fail)?;
             let after = bucket.exists("b1").map_err(fail)?;
             Ok(format!("{got:?} b1-exists-after-delete={after}"))
+        }
+        "/cas-hog" => {
+            // Opens compare-and-swap handles (each holds a transaction) without releasing them.
+            let mut held = Vec::new();
+            loop {
+                match atomics::Cas::new(&bucket, &key) {
+                    Ok(cas) => held.push(cas),
+                    Err(e) => return Ok(format!("held {}, then: {e:?}", held.len())),
+                }
+                if held.len() > 10_000 {
+                    return Ok("never refused".into());
+                }
+            }
         }
         "/list" => {
             let mut keys = Vec::new();

@@ -3,6 +3,9 @@
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
 //! `/print` writes to stdout and stderr, `/slow-write?ms=N` sleeps then commits a write,
 //! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
+//! `/kv-hog` buffers 1 MiB writes in one transaction until refused, `/kv-fill?kib=N` commits
+//! N KiB values one transaction each until refused, `/kv-reads?n=N` reads N absent keys in one
+//! transaction, `/kv-scan?limit=N` scans its keyspace, `/kv-drop` deletes what `/kv-fill` wrote,
 //! anything else answers `fine`.
 use ledge_sdk::http::{Request, Response};
 use wasip2::http::outgoing_handler;
@@ -67,6 +70,52 @@ fn handle(req: Request) -> Response {
             )),
             None => Response::text("anonymous\n"),
         },
+        "/kv-hog" => {
+            let mut tx = ledge_sdk::kv::begin(ledge_sdk::kv::Isolation::Serializable, None).unwrap();
+            let value = vec![7u8; 1 << 20];
+            let mut written = 0;
+            let error = loop {
+                if let Err(error) = tx.put(format!("hog/{written}"), value.as_slice()) {
+                    break error;
+                }
+                written += 1;
+            };
+            Response::text(format!("buffered {written} MiB, then: {error}\n"))
+        }
+        "/kv-fill" => {
+            let kib: usize = req.query_param("kib").and_then(|v| v.parse().ok()).unwrap_or(64);
+            let value = vec![1u8; kib << 10];
+            let mut committed = 0;
+            let error = loop {
+                let outcome = ledge_sdk::kv::transaction(|tx| tx.put(format!("fill/{committed}"), value.as_slice()));
+                if let Err(error) = outcome {
+                    break error;
+                }
+                committed += 1;
+            };
+            Response::text(format!("committed {committed}, then: {error}\n"))
+        }
+        "/kv-drop" => {
+            let dropped = ledge_sdk::kv::transaction(|tx| {
+                let keys = tx.scan_prefix("fill/", 1000)?;
+                for (key, _) in &keys {
+                    tx.delete(key)?;
+                }
+                Ok(keys.len())
+            });
+            Response::text(format!("{dropped:?}\n"))
+        }
+        "/kv-reads" => {
+            let n: u32 = req.query_param("n").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let mut tx = ledge_sdk::kv::begin(ledge_sdk::kv::Isolation::Serializable, None).unwrap();
+            let outcome = (0..n).try_for_each(|i| tx.get(format!("absent/{i}")).map(drop));
+            Response::text(format!("{outcome:?}\n"))
+        }
+        "/kv-scan" => {
+            let limit: u32 = req.query_param("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+            let outcome = ledge_sdk::kv::transaction(|tx| tx.scan_prefix("", limit).map(|entries| entries.len()));
+            Response::text(format!("{outcome:?}\n"))
+        }
         "/outbound" => {
             outbound(req.query_param("authority").unwrap_or("example.com"), req.query_param("path").unwrap_or("/"))
         }

@@ -1,12 +1,22 @@
 //! A wasi:http component written against the plain `wasi` crate (wasi 0.2.4), with no ledge
-//! SDK: ledge must run it unmodified.
+//! SDK: ledge must run it unmodified. Answers with the path it saw, and the scheme in `x-scheme`.
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 struct Component;
 
 impl wasi::exports::http::incoming_handler::Guest for Component {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap();
+        let scheme = match request.scheme() {
+            Some(wasi::http::types::Scheme::Https) => "https".to_string(),
+            Some(wasi::http::types::Scheme::Http) => "http".to_string(),
+            Some(wasi::http::types::Scheme::Other(other)) => other,
+            None => "none".to_string(),
+        };
+        let headers = Fields::from_list(&[
+            ("content-type".to_string(), b"text/plain".to_vec()),
+            ("x-scheme".to_string(), scheme.into_bytes()),
+        ])
+        .unwrap();
         let response = OutgoingResponse::new(headers);
         response.set_status_code(203).unwrap();
         let body = response.body().unwrap();
