@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing ledge needs on a machine that has only the Rust
 # toolchain (rustup, cargo) and python3: the wasm32-wasip2 and aarch64 targets, the Debian
-# packages for cross-building and emulating ARM64, and componentize-py in a
-# virtualenv under target/ (the tests build a Python component with it, and check token
-# interop against pymacaroons).
+# packages for cross-building and emulating ARM64, componentize-py in a virtualenv under
+# target/ (the tests build Python components with it, and check token interop against
+# pymacaroons), and componentize-js under target/node (the tests build JavaScript ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo_if_needed apt-get update -qq
   $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# componentize-js (npm) for the JavaScript template's builds in the tests (node and npm come
+# from Debian where they are missing).
+if [ ! -x target/node/node_modules/.bin/componentize-js ]; then
+  if ! command -v npm >/dev/null; then
+    sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo_if_needed apt-get update -qq
+    $sudo_if_needed apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  mkdir -p target/node
+  npm install --prefix target/node --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@0.23.0 >/dev/null
 fi
 
 if [ ! -x target/pyenv/bin/componentize-py ] || ! target/pyenv/bin/python -c "import pymacaroons, prometheus_client" 2>/dev/null; then

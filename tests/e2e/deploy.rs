@@ -54,7 +54,7 @@ async fn cli_deploys_lists_and_removes() {
 
 #[tokio::test]
 async fn cli_reports_usage_errors_and_unreachable_servers() {
-    let usage = crate::harness::ledge().args(["deploy"]).output().unwrap();
+    let usage = crate::harness::ledge().args(["deploy", "name-without-file"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
     let unreachable = crate::harness::ledge().args(["functions", "--server", "http://127.0.0.1:9"]).output().unwrap();
     assert_eq!(unreachable.status.code(), Some(1));

@@ -3,6 +3,7 @@
 mod harness;
 
 mod access;
+mod author;
 mod containment;
 mod deploy;
 mod durability;

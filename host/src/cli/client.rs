@@ -70,11 +70,35 @@ async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::
 /// together or not at all.
 pub async fn deploy(server: &ServerArgs, name: &str, file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
+    let policy = match policy {
+        Some(path) => {
+            Some(tokio::fs::read_to_string(path).await.with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    deploy_bytes(server, name, bytes, policy).await
+}
+
+/// Deploys every function of the project in `dir`, building those whose component is stale.
+pub async fn deploy_project(server: &ServerArgs, dir: &Path) -> anyhow::Result<()> {
+    let project = super::project::Project::load(dir)?;
+    for spec in &project.functions {
+        if project.is_stale(spec) {
+            println!("building {}: {}", spec.name, spec.build);
+            let (builder, spec_owned) = (project.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || builder.build(&spec_owned)).await?.map_err(anyhow::Error::msg)?;
+        }
+        let path = project.component(spec);
+        let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        deploy_bytes(server, &spec.name, bytes, spec.policy_text()).await?;
+    }
+    Ok(())
+}
+
+async fn deploy_bytes(server: &ServerArgs, name: &str, bytes: Vec<u8>, policy: Option<String>) -> anyhow::Result<()> {
     let builder = request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}"))?;
     let builder = match policy {
-        Some(policy) => {
-            let text =
-                tokio::fs::read_to_string(policy).await.with_context(|| format!("cannot read {}", policy.display()))?;
+        Some(text) => {
             let form = reqwest::multipart::Form::new()
                 .part("component", reqwest::multipart::Part::bytes(bytes).mime_str("application/wasm")?)
                 .part("policy", reqwest::multipart::Part::text(text).mime_str("application/toml")?);

@@ -20,6 +20,9 @@ use serve::ServeArgs;
 
 pub mod client;
 pub mod compile;
+pub mod dev;
+pub mod new;
+pub mod project;
 pub mod serve;
 
 #[derive(Debug, Parser)]
@@ -33,17 +36,39 @@ pub struct Cli {
 enum Command {
     /// Run the server: deploy API, function invocation, metrics.
     Serve(ServeArgs),
-    /// Upload a component as function NAME (creates it or deploys a new version).
+    /// Upload a component as function NAME (creates it or deploys a new version). With no
+    /// arguments, inside a project made by `ledge new`: build if stale and deploy every
+    /// function as `ledge.toml` says.
     Deploy {
         /// Function name: 1-63 characters of a-z, 0-9 and '-'.
-        name: String,
+        #[arg(requires = "file")]
+        name: Option<String>,
         /// The component (.wasm) to deploy.
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// A policy file (TOML) applied together with the component: both or neither.
         #[arg(long)]
         policy: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Create a function project (sources, WIT, ledge.toml) in DIR/NAME.
+    New {
+        /// Function name: 1-63 characters of a-z, 0-9 and '-'.
+        name: String,
+        #[arg(long, value_enum, default_value_t = new::Lang::Rust)]
+        lang: new::Lang,
+        /// The folder to create the project in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build, serve and watch projects: every change to a function's sources rebuilds and
+    /// redeploys it. Requests from this machine need no token.
+    Dev {
+        /// Project folders (each with a ledge.toml); default the current one.
+        dirs: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// List deployed functions.
     Functions {
@@ -134,9 +159,17 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
-            Command::Deploy { name, file, policy, server } => {
+            Command::Deploy { name: Some(name), file: Some(file), policy, server } => {
                 client::deploy(&server, &name, &file, policy.as_deref()).await
             }
+            Command::Deploy { policy: Some(_), .. } => {
+                Err(anyhow::anyhow!("--policy goes with NAME FILE; a project's policies are in its ledge.toml"))
+            }
+            Command::Deploy { server, .. } => client::deploy_project(&server, std::path::Path::new(".")).await,
+            Command::New { name, lang, dir } => {
+                new::create(&name, lang, &dir).map(|root| println!("{}", new::next_steps(&root, lang)))
+            }
+            Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Token(command) => token(command).await,

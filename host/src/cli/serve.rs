@@ -93,7 +93,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
+pub(super) enum LogFormat {
     Human,
     Json,
 }
@@ -101,8 +101,64 @@ enum LogFormat {
 /// Callers the rate limiter tracks at most (see `access::rate` for the memory this bounds).
 const RATE_LIMITER_KEYS: usize = 100_000;
 
+impl ServeArgs {
+    /// What `ledge serve --listen LISTEN --data-dir DATA_DIR` would use, everything else at its
+    /// default (no policy files: `DATA_DIR/policies` is read only if someone creates it).
+    pub fn defaults(listen: SocketAddr, data_dir: &std::path::Path) -> ServeArgs {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let policies = data_dir.join("policies");
+        let argv = [
+            "serve".into(),
+            "--listen".into(),
+            listen.to_string().into(),
+            "--data-dir".into(),
+            data_dir.as_os_str().to_owned(),
+            "--policies".into(),
+            policies.into_os_string(),
+        ];
+        let matches: Vec<std::ffi::OsString> = argv.into_iter().collect();
+        Serve::from_arg_matches(&Serve::command().get_matches_from(matches)).expect("the defaults parse").args
+    }
+}
+
+/// A node with everything opened and its listener bound, ready to serve.
+pub struct Node {
+    pub app: Arc<App>,
+    pub address: SocketAddr,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<Tls>>,
+    limits: ConnectionLimits,
+    db: ledge_kv::Db,
+}
+
+impl Node {
+    /// Serves until `shutdown`, drains, then flushes and closes the engine.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        crate::http::server::serve(self.listener, self.app, self.tls, self.limits, shutdown).await?;
+        // Every request has finished (or the drain deadline passed): flush and close the engine.
+        let db = self.db;
+        tokio::task::spawn_blocking(move || db.close()).await??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let node = start(args, false).await?;
+    let scheme = if node.app.tls { "https" } else { "http" };
+    println!("ledge listening on {scheme}://{}", node.address);
+    node.run(crate::http::server::shutdown_signal()).await
+}
+
+/// Opens the data dir, the engine, the runtime and the registry, and binds the listener.
+/// `dev`: requests from this machine need no token (`ledge dev`).
+pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     crate::storage::create_private_dir(&args.data_dir)?;
     let defaults = RuntimeOptions::for_profile(args.profile);
     let options = RuntimeOptions {
@@ -170,6 +226,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_upload: args.max_upload,
         auth_failures,
         tls: tls.is_some(),
+        dev,
     });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());
@@ -180,13 +237,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address: args.max_connections_per_ip.max(1),
         ..ConnectionLimits::default()
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("ledge listening on {scheme}://{address}");
-    crate::http::server::serve(listener, app, tls, limits, crate::http::server::shutdown_signal()).await?;
-    // Every request has finished (or the drain deadline passed): flush and close the engine.
-    tokio::task::spawn_blocking(move || db.close()).await??;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Node { app, address, listener, tls, limits, db })
 }
 
 /// A quarter of the machine's memory (`/proc/meminfo`), or 1 GiB where that cannot be read.
@@ -202,7 +253,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
 }
 
-fn init_logging(format: LogFormat) {
+pub(super) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
     // Colours only for a person at a terminal, never into files or journald.

@@ -55,9 +55,10 @@ impl App {
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let authorization = authorization(&request);
         let ledge_token = authorization.is_some_and(is_ledge_token);
-        let caller = if deployment.policy.public && !ledge_token {
-            // No token of ours: an anonymous caller; its own `Authorization` (a JWT, a webhook
-            // signature) is the guest's business.
+        let caller = if (deployment.policy.public || self.is_local(&request, peer)) && !ledge_token {
+            // No token of ours (on a public function, or from this machine under `ledge dev`): an
+            // anonymous caller; its own `Authorization` (a JWT, a webhook signature) is the
+            // guest's business.
             Caller::default()
         } else {
             self.authenticate(authorization, &invoke_facts(&request, name, guest_path), peer)?

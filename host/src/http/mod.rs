@@ -50,6 +50,8 @@ pub struct App {
     pub auth_failures: RateLimiter,
     /// Requests arrive over TLS (guests see scheme `https`).
     pub tls: bool,
+    /// `ledge dev`: invocations from this machine need no token (see [`App::is_local`]).
+    pub dev: bool,
 }
 
 impl App {
@@ -76,6 +78,29 @@ impl App {
             }
             error.into()
         })
+    }
+}
+
+impl App {
+    /// A `ledge dev` request from this machine: the peer is loopback *and* the `Host` names a
+    /// loopback address or `localhost`, so a web page cannot reach the dev server through a
+    /// DNS name it controls (DNS rebinding) and act without a token.
+    fn is_local<B>(&self, request: &http::Request<B>, peer: SocketAddr) -> bool {
+        if !self.dev || !peer.ip().is_loopback() {
+            return false;
+        }
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| request.headers().get(http::header::HOST)?.to_str().ok().map(str::to_string));
+        let Some(authority) = authority else { return false };
+        let host = match authority.parse::<http::uri::Authority>() {
+            Ok(parsed) => parsed.host().to_string(),
+            Err(_) => return false,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 

@@ -1,0 +1,225 @@
+//! The function author's loop: `ledge new` in Rust, Python and JavaScript, `ledge dev` with live
+//! reload, and `ledge deploy` from a project.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, client, ledge, repo_root};
+
+/// PATH with the tools the Python and JavaScript templates build with (scripts/setup.sh
+/// installs componentize-py in target/pyenv and componentize-js in target/node).
+fn tool_path() -> String {
+    let root = repo_root();
+    let tools = [root.join("target/pyenv/bin"), root.join("target/node/node_modules/.bin")];
+    let mut path: Vec<String> = tools.iter().map(|p| p.display().to_string()).collect();
+    path.push(std::env::var("PATH").unwrap_or_default());
+    path.join(":")
+}
+
+fn new_project(dir: &Path, name: &str, lang: &str) -> PathBuf {
+    let output = ledge().args(["new", name, "--lang", lang, "--dir"]).arg(dir).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ledge dev"));
+    dir.join(name)
+}
+
+/// A running `ledge dev`, its stdout line by line.
+struct Dev {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    url: String,
+}
+
+impl Dev {
+    fn start(projects: &[&Path]) -> Dev {
+        let mut child = ledge()
+            .arg("dev")
+            .args(projects)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("PATH", tool_path())
+            .env("LEDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ledge dev");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut dev = Dev { child, lines, seen: Vec::new(), url: String::new() };
+        let line = dev.wait_for(|l| l.starts_with("ledge dev listening on "), Duration::from_secs(60));
+        dev.url = line.split_whitespace().nth(4).unwrap().to_string();
+        dev
+    }
+
+    /// The next line matching `wanted`, failing with everything printed after `timeout`.
+    fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("ledge dev never printed the line expected; it printed:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits until each of `names` printed `NAME: version N live`, in any order.
+    fn wait_for_live(&mut self, names: &[&str], version: u64, timeout: Duration) {
+        let mut waiting: Vec<String> = names.iter().map(|name| format!("{name}: version {version} live")).collect();
+        while !waiting.is_empty() {
+            let line = self.wait_for(|l| waiting.iter().any(|w| l.starts_with(w.as_str())), timeout);
+            waiting.retain(|w| !line.starts_with(w.as_str()));
+        }
+    }
+
+    /// Everything printed since the last wait ended (for compiler messages).
+    fn drain(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut text = String::new();
+        while let Ok(line) = self.lines.try_recv() {
+            text.push_str(&line);
+            text.push('\n');
+            self.seen.push(line);
+        }
+        text
+    }
+
+    async fn get(&self, name: &str) -> String {
+        client().get(format!("{}/fn/{name}/", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn post(&self, name: &str) -> String {
+        client().post(format!("{}/fn/{name}/", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `from` with `to` in `file`; returns when the edit was saved.
+fn edit(file: &Path, from: &str, to: &str) -> Instant {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", file.display());
+    std::fs::write(file, text.replace(from, to)).unwrap();
+    Instant::now()
+}
+
+/// Waits for `name`'s next version to go live, then for the first response that shows `text`;
+/// returns (save → live, live → first new response).
+async fn reloaded(dev: &mut Dev, name: &str, saved: Instant, text: &str) -> (Duration, Duration) {
+    dev.wait_for(|l| l.starts_with(&format!("{name}: version ")) && l.contains("live"), Duration::from_secs(180));
+    let live = Instant::now();
+    loop {
+        if dev.get(name).await.contains(text) {
+            break;
+        }
+        assert!(live.elapsed() < Duration::from_secs(1), "the new build was not served within a second");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (live - saved, live.elapsed())
+}
+
+#[tokio::test]
+async fn a_rust_project_reloads_on_save_survives_a_syntax_error_and_deploys_as_its_manifest_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_project(dir.path(), "hello-rs", "rust");
+    let mut dev = Dev::start(&[&root]);
+    dev.wait_for(|l| l.starts_with("hello-rs: version 1 live"), Duration::from_secs(300));
+    assert_eq!(dev.get("hello-rs").await, "Hello from hello-rs! You asked for /\n");
+    assert_eq!(dev.post("hello-rs").await, "visit 1\n");
+    assert_eq!(dev.post("hello-rs").await, "visit 2\n");
+
+    let source = root.join("src/lib.rs");
+    let saved = edit(&source, "\"Hello from", "\"Hey from");
+    let timing = reloaded(&mut dev, "hello-rs", saved, "Hey from hello-rs").await;
+    println!("rust: save → live, live → served: {timing:?}");
+
+    // A syntax error: the compiler's message is shown and the last good version keeps serving.
+    edit(&source, "fn handle(", "fn handle((");
+    dev.wait_for(|l| l.starts_with("hello-rs: build failed; still serving version 2"), Duration::from_secs(180));
+    assert!(dev.drain().contains("error"), "the compiler's message was not shown");
+    assert_eq!(dev.get("hello-rs").await, "Hey from hello-rs! You asked for /\n");
+    let saved = edit(&source, "fn handle((", "fn handle(");
+    reloaded(&mut dev, "hello-rs", saved, "Hey from hello-rs").await;
+    // The data in .ledge/ outlives the dev server.
+    drop(dev);
+    let dev = Dev::start(&[&root]);
+    assert_eq!(dev.post("hello-rs").await, "visit 3\n");
+    drop(dev);
+
+    // `ledge deploy` with no arguments deploys the project to a server, with its policy.
+    let server = Server::start();
+    let deployed = ledge()
+        .arg("deploy")
+        .current_dir(&root)
+        .env("LEDGE_SERVER", &server.url)
+        .env("LEDGE_TOKEN", &server.admin_token)
+        .output()
+        .unwrap();
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    let greeting = client().get(server.fn_url("hello-rs", "/x")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(greeting, "Hey from hello-rs! You asked for /x\n");
+}
+
+#[tokio::test]
+async fn python_and_javascript_projects_run_together_under_one_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = new_project(dir.path(), "hello-py", "python");
+    let js = new_project(dir.path(), "hello-js", "js");
+    // The JavaScript one is private: only requests from this machine get through without a token.
+    let manifest = js.join("ledge.toml");
+    edit(&manifest, "public = true", "public = false");
+    let mut dev = Dev::start(&[&python, &js]);
+    dev.wait_for_live(&["hello-py", "hello-js"], 1, Duration::from_secs(300));
+    assert_eq!(dev.get("hello-py").await, "Hello from hello-py! You asked for /\n");
+    assert_eq!(dev.get("hello-js").await, "Hello from hello-js! You asked for /\n");
+    for expected in ["visit 1\n", "visit 2\n"] {
+        assert_eq!(dev.post("hello-py").await, expected);
+        assert_eq!(dev.post("hello-js").await, expected);
+    }
+    // A page on another origin that resolves its own name to 127.0.0.1 sends its own Host.
+    let rebinding =
+        client().get(format!("{}/fn/hello-js/", dev.url)).header("host", "attacker.example").send().await.unwrap();
+    assert_eq!(rebinding.status(), 401);
+
+    // Both edited at once: both rebuild (in parallel) and each serves its new text.
+    let saved = edit(&python.join("app.py"), "\"Hello from", "\"Howdy from");
+    edit(&js.join("app.js"), "'Hello from", "'Howdy from");
+    dev.wait_for_live(&["hello-py", "hello-js"], 2, Duration::from_secs(300));
+    println!("python and javascript, both edited: save → both live in {:?}", saved.elapsed());
+    assert_eq!(dev.get("hello-py").await, "Howdy from hello-py! You asked for /\n");
+    assert_eq!(dev.get("hello-js").await, "Howdy from hello-js! You asked for /\n");
+    assert_eq!(dev.post("hello-py").await, "visit 3\n");
+}
+
+#[test]
+fn a_project_manifest_that_is_wrong_is_refused_before_anything_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ledge.toml"),
+        "[[function]]\nname = \"Bad Name\"\nbuild = \"true\"\ncomponent = \"x.wasm\"\n",
+    )
+    .unwrap();
+    let output = ledge().arg("dev").arg(dir.path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid function name"));
+    let none = Command::new(env!("CARGO_BIN_EXE_ledge")).arg("deploy").current_dir(std::env::temp_dir()).output();
+    assert_eq!(none.unwrap().status.code(), Some(1));
+}
