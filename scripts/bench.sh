@@ -46,7 +46,7 @@ python=target/py-hello.wasm
 # Public functions and a quota the load cannot reach: this measures serving, not refusing.
 mkdir -p "$work/policies"
 printf 'public = true\n[rate]\nquota = 1000000000\nwindow = "1s"\n' >"$work/policies/default.toml"
-./target/release/ledge serve --listen 127.0.0.1:18080 --data-dir "$work/ledge" --policies "$work/policies" >/dev/null 2>"$work/ledge.log" &
+./target/release/ledge serve --listen 127.0.0.1:18080 --data-dir "$work/ledge" --policies "$work/policies" --metrics-listen 127.0.0.1:18089 >/dev/null 2>"$work/ledge.log" &
 pids+=($!)
 wait_http http://127.0.0.1:18080/healthz
 token="$work/ledge/admin.token"
@@ -72,8 +72,8 @@ echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, 
 echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
 echo
 echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:"
-echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics hello)"
-echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18080/metrics py)"
+echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18089/metrics hello)"
+echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18089/metrics py)"
 echo
 echo "rate limiting: two fresh servers with only hello, the limiter on (a quota the load never"
 echo "reaches) and off (--no-rate-limit), measured alternately 3 times; medians:"

@@ -200,8 +200,10 @@ async fn callers_without_a_valid_token_cannot_tell_private_from_missing_and_are_
         failures += 1;
         assert!(failures <= 40, "failed authentications are not limited");
     };
-    // Four failures were charged above (two bad tokens, twice each); none for missing tokens.
-    assert_eq!(failures, 26, "limited after {failures} more failures");
+    // Four failures were charged above (two bad tokens, twice each), none for missing tokens:
+    // 26 more fit in the burst of 30, plus one per 2 s the test took (the budget refills at
+    // 30 a minute), so a slow machine may see one or two more.
+    assert!((26..=28).contains(&failures), "limited after {failures} more failures");
     let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert!(problem(refused, 429).await["detail"].as_str().unwrap().contains("failed authentications"));

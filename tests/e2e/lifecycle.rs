@@ -118,7 +118,8 @@ async fn the_concurrency_limit_holds_across_redeploys_and_policy_changes() {
     let server = Server::start();
     server.deploy("misbehave", &guest("misbehave"));
     server.set_policy("misbehave", "[limits]\nmax_concurrency = 2\n").await;
-    let slow = || tokio::spawn(client().get(server.fn_url("misbehave", "/slow-write?ms=1500")).send());
+    // Long enough to outlast a redeploy (a compile) on a loaded machine.
+    let slow = || tokio::spawn(client().get(server.fn_url("misbehave", "/slow-write?ms=8000")).send());
     let running = [slow(), slow()];
     tokio::time::sleep(Duration::from_millis(400)).await;
     // A redeploy must not bring a fresh set of permits while the old version's instances run.
