@@ -72,6 +72,20 @@ async fn rm_deletes_the_functions_data_unless_told_to_keep_it() {
     assert_eq!(count().await, "2\n", "--keep-data kept the count");
 }
 
+#[tokio::test]
+async fn rm_waits_for_running_instances_so_no_write_outlives_the_keyspace() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    // Sleeps, then commits `slow`: in flight while the function is removed.
+    let writer = tokio::spawn(client().get(server.fn_url("misbehave", "/slow-write?ms=1500")).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.cli(&["rm", "misbehave"]).status.success());
+    assert_eq!(writer.await.unwrap().unwrap().status(), 200, "the running instance finished");
+    server.deploy("misbehave", &guest("misbehave"));
+    let read = client().get(server.fn_url("misbehave", "/read-slow")).send().await.unwrap();
+    assert_eq!(read.text().await.unwrap(), "None\n", "a write of the removed function survived rm");
+}
+
 #[test]
 fn every_new_folder_is_made_durable_in_its_parent() {
     let dir = tempfile::tempdir().unwrap();

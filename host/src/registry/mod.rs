@@ -234,7 +234,15 @@ impl Registry {
         let dir = self.function_dir(name);
         fs::remove_file(dir.join("meta.json"))?;
         sync_dir(&dir)?;
-        self.live.write().expect("registry lock poisoned").remove(name);
+        let removed = self.live.write().expect("registry lock poisoned").remove(name);
+        // Instances already running may still commit: let them finish (each is bounded by its
+        // timeout) so that nothing they write outlives the deleted keyspace.
+        if let Some(removed) = removed
+            && !keep_data
+            && tokio::time::timeout(self.ceilings.max_timeout, removed.concurrency.idle()).await.is_err()
+        {
+            tracing::warn!(function = name, "instances still running after the timeout ceiling; deleting anyway");
+        }
         fs::remove_dir_all(&dir)?;
         sync_dir(&self.functions_dir)?;
         let deleted = match (&self.db, keep_data) {

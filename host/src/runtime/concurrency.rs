@@ -7,14 +7,19 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Permits for the live instances of one function.
 #[derive(Debug)]
 pub struct ConcurrencyLimit {
     permits: Arc<Semaphore>,
     state: Mutex<Limit>,
+    /// Instances alive now, and a wake-up for whoever waits for none ([`ConcurrencyLimit::idle`]).
+    running: AtomicUsize,
+    stopped: Notify,
 }
 
 #[derive(Debug)]
@@ -36,18 +41,32 @@ impl ConcurrencyLimit {
         Arc::new(ConcurrencyLimit {
             permits: Arc::new(Semaphore::new(limit as usize)),
             state: Mutex::new(Limit { current: limit, owed: 0 }),
+            running: AtomicUsize::new(0),
+            stopped: Notify::new(),
         })
     }
 
     /// A permit if an instance may start now.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.running.fetch_add(1, Ordering::AcqRel);
         Some(Permit { permit: Some(permit), limit: self.clone() })
     }
 
     /// The limit in force.
     pub fn limit(&self) -> u32 {
         self.state.lock().current
+    }
+
+    /// Resolves once no instance is alive (for a removal that must not race in-flight writes).
+    pub async fn idle(&self) {
+        loop {
+            let stopped = self.stopped.notified();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            stopped.await;
+        }
     }
 
     /// Changes the limit for instances started from now on.
@@ -77,6 +96,10 @@ impl Drop for Permit {
             }
         }
         // Otherwise the permit goes back to the semaphore as it drops.
+        drop(state);
+        if self.limit.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.limit.stopped.notify_waiters();
+        }
     }
 }
 
