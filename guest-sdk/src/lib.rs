@@ -76,13 +76,29 @@ pub fn random_u64() -> u64 {
     wasip2::random::random::get_random_u64()
 }
 
+/// The function's configuration (`ledge config set FUNCTION KEY VALUE`), secrets included:
+/// read through `wasi:config/store`, current as of the request.
+pub mod config {
+    use crate::__private::platform::wasi::config::store;
+
+    /// The value of `key`, if the function has one.
+    pub fn get(key: &str) -> Option<String> {
+        store::get(key).ok().flatten()
+    }
+
+    /// Every key and value.
+    pub fn all() -> Vec<(String, String)> {
+        store::get_all().unwrap_or_default()
+    }
+}
+
 /// Re-exports the macros need; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
     pub use wasip2;
 
     pub mod platform {
-        wit_bindgen::generate!({ path: "wit", world: "ledge:platform/platform-imports" });
+        wit_bindgen::generate!({ path: "wit", world: "ledge:platform/platform-imports", generate_all });
     }
 
     pub mod init_bindings {

@@ -4,6 +4,7 @@ mod harness;
 
 mod access;
 mod author;
+mod config;
 mod containment;
 mod deploy;
 mod durability;

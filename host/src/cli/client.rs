@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::ServerArgs;
 use crate::registry::FunctionMeta;
+use crate::registry::config::ConfigListing;
 
 #[derive(Deserialize)]
 struct ProblemReply {
@@ -137,6 +138,38 @@ pub async fn remove(server: &ServerArgs, name: &str, keep_data: bool) -> anyhow:
     } else {
         println!("removed {name} and its key-value data");
     }
+    Ok(())
+}
+
+pub async fn set_config(
+    server: &ServerArgs,
+    function: &str,
+    key: &str,
+    value: String,
+    secret: bool,
+) -> anyhow::Result<()> {
+    let query = if secret { "?secret=true" } else { "" };
+    let path = format!("/v1/functions/{function}/config/{key}{query}");
+    send(request(server, reqwest::Method::PUT, &path)?.body(value), server).await?;
+    println!("{function}: {key} set{}", if secret { " (secret)" } else { "" });
+    Ok(())
+}
+
+pub async fn list_config(server: &ServerArgs, function: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/functions/{function}/config");
+    let listing: ConfigListing = send(request(server, reqwest::Method::GET, &path)?, server).await?.json().await?;
+    for (key, value) in &listing.values {
+        println!("{key}={value}");
+    }
+    for key in &listing.secrets {
+        println!("{key}=(secret)");
+    }
+    Ok(())
+}
+
+pub async fn remove_config(server: &ServerArgs, function: &str, key: &str) -> anyhow::Result<()> {
+    send(request(server, reqwest::Method::DELETE, &format!("/v1/functions/{function}/config/{key}"))?, server).await?;
+    println!("{function}: {key} removed");
     Ok(())
 }
 

@@ -102,6 +102,43 @@ enum Command {
     /// Mint, attenuate, inspect and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A function's configuration and secrets, read by its guests through wasi:config and the
+    /// environment; changes apply to new requests without a redeploy.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Set KEY of FUNCTION to VALUE (or to the contents of --from-file).
+    Set {
+        function: String,
+        /// Letters, digits and '_', not starting with a digit.
+        key: String,
+        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+        value: Option<String>,
+        /// Read the value from this file (UTF-8, at most 64 KiB).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Store it sealed; listings show only its name.
+        #[arg(long)]
+        secret: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List FUNCTION's configuration (secrets by name only).
+    List {
+        function: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove KEY from FUNCTION's configuration.
+    Rm {
+        function: String,
+        key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +210,19 @@ pub fn main() -> ExitCode {
             Command::Functions { server } => client::functions(&server).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Token(command) => token(command).await,
+            Command::Config(ConfigCommand::Set { function, key, value, from_file, secret, server }) => {
+                let value = match (value, from_file) {
+                    (Some(value), _) => value,
+                    (None, Some(path)) => std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                    (None, None) => unreachable!("clap requires one of them"),
+                };
+                client::set_config(&server, &function, &key, value, secret).await
+            }
+            Command::Config(ConfigCommand::List { function, server }) => client::list_config(&server, &function).await,
+            Command::Config(ConfigCommand::Rm { function, key, server }) => {
+                client::remove_config(&server, &function, &key).await
+            }
             Command::Compile { file, target, profile, output } => {
                 compile::compile(&file, target, profile, output).await
             }

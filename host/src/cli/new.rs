@@ -81,6 +81,8 @@ const WIT: Files = embed! {
     "deps/keyvalue/atomic.wit" => "../guest-sdk/wit/deps/keyvalue/atomic.wit",
     "deps/keyvalue/batch.wit" => "../guest-sdk/wit/deps/keyvalue/batch.wit",
     "deps/keyvalue/watch.wit" => "../guest-sdk/wit/deps/keyvalue/watch.wit",
+    "deps/config/store.wit" => "../guest-sdk/wit/deps/config/store.wit",
+    "deps/config/world.wit" => "../guest-sdk/wit/deps/config/world.wit",
 };
 
 /// The WASI version the SDK's WIT is at, and the one componentize-js 0.23 needs.

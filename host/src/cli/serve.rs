@@ -17,6 +17,7 @@ use crate::http::server::ConnectionLimits;
 use crate::http::tls::{CertSource, Tls};
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
+use crate::registry::config::SecretsKey;
 use crate::runtime::{Profile, Runtime, RuntimeOptions};
 
 #[derive(Debug, Args)]
@@ -83,6 +84,11 @@ pub struct ServeArgs {
     /// fail with a `limit` error. Default: a quarter of the machine's memory.
     #[arg(long)]
     kv_max_bytes: Option<u64>,
+    /// The key that seals functions' secrets (created, mode 0600, if missing). Default
+    /// `<data-dir>/keys/secrets.key`; keep it elsewhere so that the data dir alone does not
+    /// reveal secrets.
+    #[arg(long)]
+    secrets_key: Option<PathBuf>,
     /// Also serve `GET /metrics` without a token on this address (keep it private: metrics name
     /// every function). On the main address, metrics need a manage token without `fn` caveat.
     #[arg(long)]
@@ -182,11 +188,16 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let ceilings = Ceilings { max_timeout: args.max_timeout };
+    let secrets_path = args.secrets_key.clone().unwrap_or_else(|| args.data_dir.join("keys/secrets.key"));
+    let secrets =
+        SecretsKey::open(&secrets_path).map_err(|e| anyhow::anyhow!("secrets key {}: {e}", secrets_path.display()))?;
     let (registry, report) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
         let db = db.clone();
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, policies.as_deref(), ceilings, runtime, Some(db)))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            Registry::open(&data_dir, policies.as_deref(), ceilings, runtime, Some(db), secrets)
+        })
+        .await??
     };
     tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
     let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];

@@ -89,6 +89,27 @@ impl App {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
+            (&Method::GET, [name, "config"]) => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
+            (_, [_, "config"]) => Err(method_not_allowed("GET")),
+            (&Method::PUT, [name, "config", key]) => {
+                let secret = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "secret=true"));
+                let bytes = read_upload(request.into_body(), MAX_CONFIG_VALUE_BYTES).await?;
+                let value = String::from_utf8(bytes)
+                    .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "a config value must be UTF-8 text"))?;
+                let outcome = self.registry.set_config(name, key, &value, secret).await;
+                // The key and whether it is secret, never the value.
+                let what = format!("config {key} set{}", if secret { " (secret)" } else { "" });
+                audit("config", name, &caller, outcome.as_ref().map(|()| what));
+                outcome?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (&Method::DELETE, [name, "config", key]) => {
+                let outcome = self.registry.remove_config(name, key).await;
+                audit("config", name, &caller, outcome.as_ref().map(|()| format!("config {key} removed")));
+                outcome?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (_, [_, "config", _]) => Err(method_not_allowed("PUT, DELETE")),
             _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `/v1/functions{rest}`"))),
         }
     }
@@ -156,6 +177,9 @@ where
 
 /// Policies are small text files; anything larger is a mistake.
 const MAX_POLICY_BYTES: u64 = 64 << 10;
+
+/// The largest config value (the registry refuses more too).
+const MAX_CONFIG_VALUE_BYTES: u64 = crate::registry::config::MAX_VALUE as u64;
 
 #[derive(Serialize)]
 struct ListReply {

@@ -99,6 +99,7 @@ impl App {
             caller,
             permit,
             tls: self.tls,
+            config: deployment.config.clone(),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
         match result {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::access::tokens::AuthError;
 use crate::http::server::{ResponseBody, full};
+use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
 
@@ -92,6 +93,18 @@ impl From<PolicyError> for Problem {
             PolicyError::Registry(registry) => registry.into(),
             PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
             PolicyError::Widens(_) => Problem::new(StatusCode::FORBIDDEN, error.to_string()),
+        }
+    }
+}
+
+impl From<ConfigError> for Problem {
+    fn from(error: ConfigError) -> Self {
+        match error {
+            ConfigError::Registry(registry) => registry.into(),
+            ConfigError::NoSuchKey { .. } => Problem::new(StatusCode::NOT_FOUND, error.to_string()),
+            ConfigError::InvalidKey(_) | ConfigError::InvalidValue | ConfigError::TooManyKeys => {
+                Problem::new(StatusCode::BAD_REQUEST, error.to_string())
+            }
         }
     }
 }

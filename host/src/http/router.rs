@@ -6,6 +6,8 @@
 //! | `GET /v1/functions` | list (`http/admin.rs`, as every route below but the open ones) |
 //! | `GET`/`PUT`/`DELETE /v1/functions/{name}` | metadata, deploy, remove |
 //! | `PUT /v1/functions/{name}/policy` | set the function's policy |
+//! | `GET /v1/functions/{name}/config` | its config (secrets by name only) |
+//! | `PUT`/`DELETE /v1/functions/{name}/config/{key}` | set (`?secret=true`: sealed) or remove one |
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
 //! | `GET /healthz` | liveness (open) |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |

@@ -93,7 +93,7 @@ impl Registry {
             }
         };
         let pre = self.runtime.prepare(&component)?;
-        Ok(Some(Deployment::new(meta, pre, policy, None)))
+        Ok(Some(Deployment::new(meta, pre, policy, None).configured(self.load_config(name)?)))
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {

@@ -28,9 +28,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::access::policy::{Ceilings, Policy, is_valid_name};
 use crate::guest_kv::delete_function_data;
 use crate::runtime::concurrency::ConcurrencyLimit;
-use crate::runtime::{GuestState, Runtime, ValidateError};
+use crate::runtime::{GuestConfig, GuestState, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir};
+use config::SecretsKey;
 
+pub mod config;
 pub mod deploy;
 pub mod layout;
 pub mod policies;
@@ -46,6 +48,8 @@ pub struct Deployment {
     /// Permits for live instances (`limits.max_concurrency`): one per function, shared by all
     /// its versions, so a redeploy never lets twice the limit run.
     pub concurrency: Arc<ConcurrencyLimit>,
+    /// The function's configuration (`ledge config`), shared by its versions.
+    pub config: Arc<GuestConfig>,
     /// No instance of this version has been started yet.
     unstarted: AtomicBool,
 }
@@ -61,7 +65,26 @@ impl Deployment {
             }
             None => ConcurrencyLimit::new(policy.max_concurrency),
         };
-        Deployment { meta, pre, policy, concurrency, unstarted: AtomicBool::new(true) }
+        let config = previous.map(|p| p.config.clone()).unwrap_or_default();
+        Deployment { meta, pre, policy, concurrency, config, unstarted: AtomicBool::new(true) }
+    }
+
+    /// This deployment with `config`.
+    fn configured(mut self, config: Arc<GuestConfig>) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The same version under another configuration (its cold-start state carried over).
+    fn with_config(&self, config: Arc<GuestConfig>) -> Deployment {
+        Deployment {
+            meta: self.meta.clone(),
+            pre: self.pre.clone(),
+            policy: self.policy.clone(),
+            concurrency: self.concurrency.clone(),
+            config,
+            unstarted: AtomicBool::new(self.unstarted.load(Ordering::Relaxed)),
+        }
     }
 
     /// The same version under another policy (its cold-start state carried over).
@@ -89,7 +112,7 @@ pub enum RegistryError {
 
 #[derive(Debug, Error)]
 pub enum DeployError {
-    #[error("the component is larger than the upload limit of {limit} bytes")]
+    #[error("the request body is larger than the limit of {limit} bytes for this route")]
     TooLarge { limit: u64 },
     #[error("reading the upload failed: {0}")]
     Upload(String),
@@ -141,6 +164,8 @@ pub struct Registry {
     /// The engine holding the functions' keyspaces (removed with them); `None` in tests of the
     /// registry alone.
     db: Option<Db>,
+    /// Seals the functions' secrets.
+    secrets: SecretsKey,
     live: RwLock<HashMap<String, Arc<Deployment>>>,
     changes: tokio::sync::Mutex<()>,
 }
@@ -166,6 +191,7 @@ impl Registry {
         ceilings: Ceilings,
         runtime: Arc<Runtime>,
         db: Option<Db>,
+        secrets: SecretsKey,
     ) -> anyhow::Result<(Registry, LoadReport)> {
         let functions_dir = data_dir.join("functions");
         create_private_dir(&functions_dir)?;
@@ -180,6 +206,7 @@ impl Registry {
             ceilings,
             runtime,
             db,
+            secrets,
             live: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         };

@@ -7,12 +7,27 @@ use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::guestlog::GuestLog;
 use super::outbound::OutboundHooks;
 use crate::access::policy::Policy;
 use crate::guest_kv::{KvAccess, KvCtx};
+
+/// A function's configuration as its guests see it: `wasi:config/store` and the environment.
+#[derive(Default)]
+pub struct GuestConfig {
+    vars: WasiConfigVariables,
+    env: Vec<(String, String)>,
+}
+
+impl GuestConfig {
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        let vars = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        GuestConfig { vars, env: pairs }
+    }
+}
 
 /// Per-request store data.
 pub struct GuestState {
@@ -21,6 +36,7 @@ pub struct GuestState {
     table: ResourceTable,
     outbound: OutboundHooks,
     pub(super) memory: MemoryCap,
+    config: Arc<GuestConfig>,
     kv: KvAccess,
 }
 
@@ -31,18 +47,25 @@ impl GuestState {
         memory_cap: u64,
         kv: KvAccess,
         own_addresses: Arc<[IpAddr]>,
+        config: Arc<GuestConfig>,
     ) -> Self {
         GuestState {
             wasi: WasiCtx::builder()
                 .stdout(GuestLog::new(function, "stdout"))
                 .stderr(GuestLog::new(function, "stderr"))
+                .envs(&config.env)
                 .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundHooks::new(policy.outbound_allow.clone(), own_addresses),
             memory: MemoryCap::new(usize::try_from(memory_cap).unwrap_or(usize::MAX)),
+            config,
             kv,
         }
+    }
+
+    pub(super) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::from(&self.config.vars)
     }
 
     pub(super) fn kv(&mut self) -> KvCtx<'_> {

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::concurrency::Permit;
-use super::{GuestState, Runtime};
+use super::{GuestConfig, GuestState, Runtime};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 use crate::guest_kv::KvAccess;
@@ -35,6 +35,8 @@ pub struct Invocation<'a> {
     pub permit: Permit,
     /// The request came over TLS: the guest sees scheme `https`.
     pub tls: bool,
+    /// The function's configuration.
+    pub config: Arc<GuestConfig>,
 }
 
 /// Why an invocation failed.
@@ -76,7 +78,7 @@ impl Runtime {
             Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
             None => KvAccess::none(),
         };
-        let mut store = self.guest_store(invocation.function, policy, kv);
+        let mut store = self.guest_store(invocation.function, policy, kv, invocation.config.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;

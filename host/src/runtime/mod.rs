@@ -37,7 +37,7 @@ pub mod preinit;
 pub mod profile;
 pub mod validate;
 
-pub use guest::GuestState;
+pub use guest::{GuestConfig, GuestState};
 pub use invoke::{Invocation, InvokeError};
 pub use profile::{Allocator, Profile, RuntimeOptions};
 pub use validate::ValidateError;
@@ -83,6 +83,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, GuestState::config).map_err(anyhow_from)?;
         crate::guest_kv::bindings::PlatformHost::add_to_linker::<GuestState, crate::guest_kv::KvBinding>(
             &mut linker,
             GuestState::kv,
@@ -153,8 +154,15 @@ impl Runtime {
     /// A fresh store for one guest run under `policy`: memory capped, and yielding to the
     /// executor at every epoch tick so a spinning guest shares its worker thread and can be
     /// cancelled by a timeout at the next tick.
-    pub fn guest_store(&self, function: &str, policy: &Policy, kv: KvAccess) -> Store<GuestState> {
-        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, self.own_addresses.clone());
+    pub fn guest_store(
+        &self,
+        function: &str,
+        policy: &Policy,
+        kv: KvAccess,
+        config: Arc<GuestConfig>,
+    ) -> Store<GuestState> {
+        let own = self.own_addresses.clone();
+        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, own, config);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);

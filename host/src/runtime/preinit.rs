@@ -49,6 +49,7 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
         "(init at deploy)",
         &Policy { timeout: INIT_TIMEOUT, ..Policy::default() },
         KvAccess::none(),
+        Default::default(),
     );
     let run = async {
         let instance = runtime

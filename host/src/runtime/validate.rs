@@ -5,6 +5,8 @@
 //! Invariant: a refused component gets a [`ValidateError`] that is the uploader's to fix and
 //! names every missing import at once.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -52,6 +54,7 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:sockets/ip-name-lookup@0.2",
     "wasi:http/types@0.2",
     "wasi:http/outgoing-handler@0.2",
+    "wasi:config/store@0.2.0-rc.1",
     "wasi:keyvalue/store@0.2.0-draft2",
     "wasi:keyvalue/atomics@0.2.0-draft2",
     "wasi:keyvalue/batch@0.2.0-draft2",
@@ -159,7 +162,7 @@ impl Runtime {
     /// Instantiates the component once, under the same limits as a request: catches too many
     /// core instances whatever the allocator, and a start function that traps or never returns.
     pub async fn check_instantiation(&self, pre: &ProxyPre<GuestState>) -> Result<(), ValidateError> {
-        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none());
+        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none(), Arc::default());
         match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if format!("{error:#}").contains("count too high") => Err(ValidateError::Limits(format!(

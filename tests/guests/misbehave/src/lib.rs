@@ -6,7 +6,8 @@
 //! `/kv-hog` buffers 1 MiB writes in one transaction until refused, `/kv-fill?kib=N` commits
 //! N KiB values one transaction each until refused, `/kv-reads?n=N` reads N absent keys in one
 //! transaction, `/kv-scan?limit=N` scans its keyspace, `/kv-drop` deletes what `/kv-fill` wrote,
-//! anything else answers `fine`.
+//! `/config?key=K` reports K from wasi:config and from the environment, anything else answers
+//! `fine`.
 use ledge_sdk::http::{Request, Response};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
@@ -115,6 +116,10 @@ fn handle(req: Request) -> Response {
             let limit: u32 = req.query_param("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
             let outcome = ledge_sdk::kv::transaction(|tx| tx.scan_prefix("", limit).map(|entries| entries.len()));
             Response::text(format!("{outcome:?}\n"))
+        }
+        "/config" => {
+            let key = req.query_param("key").unwrap_or("GREETING");
+            Response::text(format!("wasi:config={:?} env={:?}\n", ledge_sdk::config::get(key), std::env::var(key).ok()))
         }
         "/outbound" => {
             outbound(req.query_param("authority").unwrap_or("example.com"), req.query_param("path").unwrap_or("/"))
