@@ -25,6 +25,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub function: String,
+    pub version: u64,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstantiationLabels {
     pub function: String,
     /// `cold` for a version's first instance since deploy or start, else `warm`.
@@ -45,6 +52,7 @@ pub struct FunctionLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub version_requests: Family<VersionLabels, Counter>,
     pub request_seconds: Family<FunctionLabels, Histogram>,
     pub instantiation_seconds: Family<InstantiationLabels, Histogram>,
     pub live_instances: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -62,6 +70,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ledge");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Function invocations by function and status", requests.clone());
+        let version_requests = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "version_requests",
+            "Invocations that ran a guest, by function, version and status (compare a canary with the live version)",
+            version_requests.clone(),
+        );
         let request_seconds = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
@@ -90,7 +104,15 @@ impl Metrics {
             "Functions loaded at start: precompiled code reused, or recompiled",
             artifact_loads.clone(),
         );
-        Metrics { registry, requests, request_seconds, instantiation_seconds, live_instances, artifact_loads }
+        Metrics {
+            registry,
+            requests,
+            version_requests,
+            request_seconds,
+            instantiation_seconds,
+            live_instances,
+            artifact_loads,
+        }
     }
 
     pub fn observe_instantiation(&self, function: &str, cold: bool, elapsed: Duration) {
@@ -98,6 +120,10 @@ impl Metrics {
         self.instantiation_seconds
             .get_or_create(&InstantiationLabels { function: function.to_string(), start })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_version(&self, function: &str, version: u64, status: u16) {
+        self.version_requests.get_or_create(&VersionLabels { function: function.to_string(), version, status }).inc();
     }
 
     pub fn observe_request(&self, function: &str, status: u16, elapsed: Duration) {

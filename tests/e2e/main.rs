@@ -16,3 +16,4 @@ mod preinit;
 mod production;
 mod rate;
 mod tokens;
+mod versions;

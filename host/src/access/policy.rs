@@ -19,6 +19,13 @@ pub struct PolicyFile {
     pub limits: Option<LimitsSection>,
     pub outbound: Option<OutboundSection>,
     pub kv: Option<KvSection>,
+    pub versions: Option<VersionsSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsSection {
+    pub keep: Option<Positive>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,6 +71,8 @@ pub struct Policy {
     pub kv_stores: Vec<String>,
     /// Storage quota of the function's keyspace, and of each shared store it writes to.
     pub kv_max_bytes: u64,
+    /// Deployed versions kept for rollback.
+    pub versions_keep: u32,
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
@@ -86,6 +95,7 @@ impl Default for Policy {
             outbound_allow: Vec::new(),
             kv_stores: Vec::new(),
             kv_max_bytes: 64 << 20,
+            versions_keep: 10,
         }
     }
 }
@@ -121,6 +131,7 @@ impl PolicyFile {
                 .and_then(|k| k.stores.as_ref())
                 .map_or_else(|| base.kv_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
             kv_max_bytes: self.kv.as_ref().and_then(|k| k.max_bytes).map_or(base.kv_max_bytes, |m| m.0),
+            versions_keep: self.versions.as_ref().and_then(|v| v.keep).map_or(base.versions_keep, |k| k.0),
         }
     }
 }

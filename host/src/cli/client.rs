@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::ServerArgs;
 use crate::registry::FunctionMeta;
 use crate::registry::config::ConfigListing;
+use crate::registry::versions::Versions;
 
 #[derive(Deserialize)]
 struct ProblemReply {
@@ -69,7 +70,13 @@ async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::
 
 /// Deploys `file`; with a policy, both go in one multipart request that the server applies
 /// together or not at all.
-pub async fn deploy(server: &ServerArgs, name: &str, file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
+pub async fn deploy(
+    server: &ServerArgs,
+    name: &str,
+    file: &Path,
+    policy: Option<&Path>,
+    canary: Option<&str>,
+) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
     let policy = match policy {
         Some(path) => {
@@ -77,7 +84,18 @@ pub async fn deploy(server: &ServerArgs, name: &str, file: &Path, policy: Option
         }
         None => None,
     };
-    deploy_bytes(server, name, bytes, policy).await
+    let canary = match canary {
+        Some(share) => Some(
+            share
+                .trim_end_matches('%')
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=99).contains(p))
+                .ok_or_else(|| anyhow::anyhow!("--canary {share}: give a share from 1% to 99%"))?,
+        ),
+        None => None,
+    };
+    deploy_bytes(server, name, bytes, policy, canary).await
 }
 
 /// Deploys every function of the project in `dir`, building those whose component is stale.
@@ -91,13 +109,20 @@ pub async fn deploy_project(server: &ServerArgs, dir: &Path) -> anyhow::Result<(
         }
         let path = project.component(spec);
         let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
-        deploy_bytes(server, &spec.name, bytes, spec.policy_text()).await?;
+        deploy_bytes(server, &spec.name, bytes, spec.policy_text(), None).await?;
     }
     Ok(())
 }
 
-async fn deploy_bytes(server: &ServerArgs, name: &str, bytes: Vec<u8>, policy: Option<String>) -> anyhow::Result<()> {
-    let builder = request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}"))?;
+async fn deploy_bytes(
+    server: &ServerArgs,
+    name: &str,
+    bytes: Vec<u8>,
+    policy: Option<String>,
+    canary: Option<u8>,
+) -> anyhow::Result<()> {
+    let query = canary.map(|percent| format!("?canary={percent}")).unwrap_or_default();
+    let builder = request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}{query}"))?;
     let builder = match policy {
         Some(text) => {
             let form = reqwest::multipart::Form::new()
@@ -139,6 +164,35 @@ pub async fn remove(server: &ServerArgs, name: &str, keep_data: bool) -> anyhow:
         println!("removed {name} and its key-value data");
     }
     Ok(())
+}
+
+pub async fn versions(server: &ServerArgs, name: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/functions/{name}/versions");
+    let versions: Versions = send(request(server, reqwest::Method::GET, &path)?, server).await?.json().await?;
+    print_versions(&versions);
+    Ok(())
+}
+
+/// `rollback` or `promote`, then the resulting versions.
+pub async fn change_version(server: &ServerArgs, name: &str, action: &str, version: Option<u64>) -> anyhow::Result<()> {
+    let body = version.map(|v| v.to_string()).unwrap_or_default();
+    let path = format!("/v1/functions/{name}/{action}");
+    let versions: Versions =
+        send(request(server, reqwest::Method::POST, &path)?.body(body), server).await?.json().await?;
+    print_versions(&versions);
+    Ok(())
+}
+
+fn print_versions(versions: &Versions) {
+    println!("{:>8}  {:<20}  {:>10}  STATE", "VERSION", "DEPLOYED", "SIZE");
+    for meta in &versions.kept {
+        let state = match versions.canary {
+            _ if meta.version == versions.live => "live".to_string(),
+            Some(canary) if canary.version == meta.version => format!("canary {}%", canary.percent),
+            _ => String::new(),
+        };
+        println!("{:>8}  {:<20}  {:>10}  {state}", meta.version, meta.deployed_at, meta.size);
+    }
 }
 
 pub async fn set_config(

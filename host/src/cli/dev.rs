@@ -97,7 +97,7 @@ async fn rebuild(app: &App, project: &Arc<Project>, spec: &FunctionSpec) {
         return;
     }
     let deploy_started = Instant::now();
-    match app.registry.deploy(&spec.name, bytes, policy.as_deref(), PolicyChange::Any).await {
+    match app.registry.deploy(&spec.name, bytes, policy.as_deref(), PolicyChange::Any, None).await {
         Ok(deployed) => println!(
             "{}: version {} live (build {:.1} s, deploy {} ms)",
             spec.name,

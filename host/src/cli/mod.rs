@@ -48,6 +48,10 @@ enum Command {
         /// A policy file (TOML) applied together with the component: both or neither.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Serve the new version to this share of callers only (e.g. 10%), each caller always
+        /// getting the same version, until `ledge promote` or `ledge rollback`.
+        #[arg(long, requires = "file")]
+        canary: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -69,6 +73,26 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// List the kept versions of function NAME, and which one is live (and the canary).
+    Versions {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Drop NAME's canary or, without one, make VERSION (default: the previous one) live again,
+    /// at once and without recompiling.
+    Rollback {
+        name: String,
+        version: Option<u64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make NAME's canary the live version.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// List deployed functions.
     Functions {
@@ -196,8 +220,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
-            Command::Deploy { name: Some(name), file: Some(file), policy, server } => {
-                client::deploy(&server, &name, &file, policy.as_deref()).await
+            Command::Deploy { name: Some(name), file: Some(file), policy, canary, server } => {
+                client::deploy(&server, &name, &file, policy.as_deref(), canary.as_deref()).await
             }
             Command::Deploy { policy: Some(_), .. } => {
                 Err(anyhow::anyhow!("--policy goes with NAME FILE; a project's policies are in its ledge.toml"))
@@ -208,6 +232,11 @@ pub fn main() -> ExitCode {
             }
             Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
+            Command::Versions { name, server } => client::versions(&server, &name).await,
+            Command::Rollback { name, version, server } => {
+                client::change_version(&server, &name, "rollback", version).await
+            }
+            Command::Promote { name, server } => client::change_version(&server, &name, "promote", None).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Token(command) => token(command).await,
             Command::Config(ConfigCommand::Set { function, key, value, from_file, secret, server }) => {

@@ -58,9 +58,11 @@ impl App {
             }
             (&Method::PUT, [name]) => {
                 let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
+                let canary = canary_percent(request.uri().query())?;
                 let bytes = read_upload(request.into_body(), self.max_upload).await?;
                 let upload = Upload::parse(content_type.as_ref(), bytes).await?;
-                let outcome = self.registry.deploy(name, upload.component, upload.policy.as_deref(), who).await;
+                let policy = upload.policy.as_deref();
+                let outcome = self.registry.deploy(name, upload.component, policy, who, canary).await;
                 audit("deploy", name, &caller, outcome.as_ref().map(|d| format!("version {}", d.meta.version)));
                 let deployed = outcome?;
                 let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -89,6 +91,27 @@ impl App {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
+            (&Method::GET, [name, "versions"]) => Ok(json(StatusCode::OK, &self.registry.versions(name)?)),
+            (&Method::POST, [name, "rollback"]) => {
+                let bytes = read_upload(request.into_body(), 64).await?;
+                let text = String::from_utf8_lossy(&bytes).trim().to_string();
+                let version = match text.as_str() {
+                    "" => None,
+                    number => Some(number.parse::<u64>().map_err(|_| {
+                        Problem::new(StatusCode::BAD_REQUEST, format!("`{number}` is not a version number"))
+                    })?),
+                };
+                let outcome = self.registry.rollback(name, version).await;
+                audit("rollback", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
+                Ok(json(StatusCode::OK, &outcome?))
+            }
+            (&Method::POST, [name, "promote"]) => {
+                let outcome = self.registry.promote(name).await;
+                audit("promote", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
+                Ok(json(StatusCode::OK, &outcome?))
+            }
+            (_, [_, "versions"]) => Err(method_not_allowed("GET")),
+            (_, [_, "rollback" | "promote"]) => Err(method_not_allowed("POST")),
             (&Method::GET, [name, "config"]) => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
             (_, [_, "config"]) => Err(method_not_allowed("GET")),
             (&Method::PUT, [name, "config", key]) => {
@@ -172,6 +195,18 @@ where
         Err(error) => {
             tracing::warn!(target: "ledge::audit", action, target_name = target, token_id, outcome = "refused", %error, "admin change")
         }
+    }
+}
+
+/// `?canary=P` (or `P%`) on a deploy: the share of callers the new version serves.
+fn canary_percent(query: Option<&str>) -> Result<Option<u8>, Problem> {
+    let Some(value) = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("canary="))) else {
+        return Ok(None);
+    };
+    let number = value.trim_end_matches("%25").trim_end_matches('%');
+    match number.parse::<u8>() {
+        Ok(percent) if (1..=99).contains(&percent) => Ok(Some(percent)),
+        _ => Err(Problem::new(StatusCode::BAD_REQUEST, format!("canary `{value}`: give a share from 1% to 99%"))),
     }
 }
 

@@ -91,18 +91,20 @@ impl App {
             Some(query) => format!("{guest_path}?{query}"),
             None => guest_path.to_string(),
         };
+        let chosen = deployment.choose(&caller_key);
+        let version = chosen.version;
         let invocation = Invocation {
             function: name,
-            pre: &deployment.pre,
+            pre: chosen.pre,
             policy: &deployment.policy,
-            cold: deployment.take_cold_start(),
+            cold: chosen.cold,
             caller,
             permit,
             tls: self.tls,
             config: deployment.config.clone(),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
-        match result {
+        let outcome = match result {
             Ok(response) => {
                 let mut response =
                     response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync());
@@ -111,10 +113,17 @@ impl App {
                         response.headers_mut().insert(header, value);
                     }
                 }
+                response.headers_mut().insert("ledge-version", http::HeaderValue::from(version));
                 Ok(response)
             }
-            Err(error) => Err(with_rate_headers(Problem::from(error), decision.as_ref())),
-        }
+            Err(error) => {
+                let problem = Problem::from(error).with_header("ledge-version", version.to_string());
+                Err(with_rate_headers(problem, decision.as_ref()))
+            }
+        };
+        let status = outcome.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
+        self.metrics.observe_version(name, version, status);
+        outcome
     }
 }
 

@@ -82,6 +82,7 @@ impl From<RegistryError> for Problem {
         match error {
             RegistryError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, error.to_string()),
             RegistryError::InvalidName(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+            RegistryError::Versions(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
             RegistryError::Io(io) => Problem::internal("updating the registry", &io),
         }
     }

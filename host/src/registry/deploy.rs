@@ -1,32 +1,42 @@
 //! The deploy pipeline: validate, pre-initialize when asked, compile, store durably, then
 //! swap the live version.
 
-use std::fs;
 use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::layout::{store_version, version_dir_name};
+use super::layout::{LoadedVersion, kept_versions, prune_versions, store_version};
 use super::{
-    DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, Registry, RegistryError, sha256_hex, validate_name,
+    CanarySplit, DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, Registry, RegistryError, sha256_hex,
+    validate_name,
 };
 use crate::runtime::{GuestState, Runtime, ValidateError, preinit};
 
 impl Registry {
     /// Validates, compiles, stores durably, then swaps the live version. A `policy` given with
-    /// the component is checked first and applied together with it, or not at all.
+    /// the component is checked first and applied together with it, or not at all. With
+    /// `canary` (a percentage), the new version serves that share of callers and the live one
+    /// the rest, until promoted or rolled back.
     pub async fn deploy(
         &self,
         name: &str,
         bytes: Vec<u8>,
         policy: Option<&str>,
         who: PolicyChange,
+        canary: Option<u8>,
     ) -> Result<Deployed, DeployError> {
         validate_name(name)?;
         let _change = self.changes.lock().await;
         let given_policy = policy.map(|text| self.check_upload(name, text, who)).transpose()?;
+        let previous = self.lookup(name);
+        if let Some(percent) = canary
+            && (previous.is_none() || !(1..=99).contains(&percent))
+        {
+            let why = if previous.is_none() { "a first deploy has nothing to split with" } else { "give 1% to 99%" };
+            return Err(RegistryError::Versions(format!("cannot deploy a canary of {percent}%: {why}")).into());
+        }
         let runtime = self.runtime.clone();
         let handle = tokio::runtime::Handle::current();
         // Compiling (and pre-initializing) is CPU-bound for up to seconds: keep it off the
@@ -39,23 +49,39 @@ impl Registry {
         .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))?;
         let Artifacts { snapshot, pre, code } = artifacts?;
 
-        let previous = self.lookup(name);
+        let dir = self.function_dir(name);
+        // After a rollback the live version is not the newest: number after every kept one.
+        let newest = match &previous {
+            Some(previous) => {
+                let kept = kept_versions(&dir).map_err(RegistryError::Io)?;
+                let canary = previous.canary.as_ref().map_or(0, |c| c.meta.version);
+                kept.into_iter().chain([previous.meta.version, canary]).max().unwrap_or(0)
+            }
+            None => 0,
+        };
         let meta = FunctionMeta {
             name: name.to_string(),
-            version: previous.as_ref().map_or(1, |p| p.meta.version + 1),
+            version: newest + 1,
             sha256: sha256_hex(&bytes),
             size: bytes.len() as u64,
             deployed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             code_sha256: sha256_hex(&code),
             snapshot_sha256: snapshot.as_deref().map(sha256_hex),
+            canary: None,
         };
-        let dir = self.function_dir(name);
+        // The commit point: the new version live, or the live one with the new one as canary.
+        let commit = match (canary, &previous) {
+            (Some(percent), Some(previous)) => {
+                FunctionMeta { canary: Some(CanarySplit { version: meta.version, percent }), ..previous.meta.clone() }
+            }
+            _ => meta.clone(),
+        };
         let stored = meta.clone();
         let policy_text = policy.map(str::to_string);
         tokio::task::spawn_blocking(move || {
             let files =
                 [("component.wasm", Some(&bytes)), ("snapshot.wasm", snapshot.as_ref()), ("code.cwasm", Some(&code))];
-            store_version(&dir, &stored, &files, policy_text.as_deref())
+            store_version(&dir, &stored, &files, policy_text.as_deref(), &commit)
         })
         .await
         .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))?
@@ -68,16 +94,24 @@ impl Registry {
                 Arc::new(self.policy_for(name).map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?)
             }
         };
-        let deployment = Arc::new(Deployment::new(meta.clone(), pre, policy, previous.as_deref()));
-        self.live.write().expect("registry lock poisoned").insert(name.to_string(), deployment);
-        if let Some(previous) = previous {
-            // In-flight requests keep the old code alive through their `Arc`; the files go now.
-            let old = self.function_dir(name).join(version_dir_name(previous.meta.version));
-            if let Err(error) = fs::remove_dir_all(&old) {
-                tracing::warn!(function = name, %error, "could not remove the previous version's files");
+        let deployment = match (canary, &previous) {
+            (Some(percent), Some(previous)) => {
+                let live = Deployment::new(previous.meta.clone(), previous.pre.clone(), policy, Some(previous));
+                live.with_canary(Some((LoadedVersion { meta: meta.clone(), pre }, percent)))
             }
+            _ => Deployment::new(meta.clone(), pre, policy, previous.as_deref()),
+        };
+        let needed: Vec<u64> = std::iter::once(deployment.meta.version)
+            .chain(deployment.canary.as_ref().map(|c| c.meta.version))
+            .collect();
+        let keep = deployment.policy.versions_keep;
+        self.live.write().expect("registry lock poisoned").insert(name.to_string(), Arc::new(deployment));
+        // In-flight requests keep older code alive through their `Arc`; only versions past
+        // `[versions] keep` lose their files.
+        if let Err(error) = prune_versions(&self.function_dir(name), keep, &needed) {
+            tracing::warn!(function = name, %error, "could not prune old versions");
         }
-        tracing::info!(function = name, version = meta.version, size = meta.size, "deployed");
+        tracing::info!(function = name, version = meta.version, size = meta.size, canary, "deployed");
         Ok(Deployed { created: meta.version == 1, meta })
     }
 }

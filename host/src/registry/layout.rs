@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
 use super::{Deployment, LoadReport, Registry};
 use crate::access::policy::Policy;
+use crate::runtime::GuestState;
 use crate::storage::{create_private_dir, sync_dir, write_durably};
 
 /// What `GET /v1/functions/{name}` reports.
@@ -34,10 +37,27 @@ pub struct FunctionMeta {
     /// SHA-256 of the pre-initialized snapshot, when the component exports `init`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub snapshot_sha256: Option<String>,
+    /// A newer version serving a share of callers (function-level `meta.json` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub canary: Option<CanarySplit>,
+}
+
+/// `ledge deploy --canary P%`: version `version` serves `percent` of callers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct CanarySplit {
+    pub version: u64,
+    pub percent: u8,
+}
+
+/// A version loaded and ready to instantiate.
+pub(super) struct LoadedVersion {
+    pub meta: FunctionMeta,
+    pub pre: ProxyPre<GuestState>,
 }
 
 impl Registry {
-    /// Loads the version `meta.json` names, removing debris of interrupted deploys.
+    /// Loads the version `meta.json` names (and its canary), removing debris of interrupted
+    /// deploys and versions past `[versions] keep`.
     pub(super) fn load(
         &self,
         name: &str,
@@ -50,22 +70,55 @@ impl Registry {
             Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => return Err(error.into()),
         };
-        let Some(mut meta) = meta else {
+        let Some(meta) = meta else {
             // Never committed: debris of a first deploy that did not finish, policy included (a
             // later deploy of this name must not inherit it).
             fs::remove_dir_all(&dir)?;
             sync_dir(&self.functions_dir)?;
             return Ok(None);
         };
-        let live_version = version_dir_name(meta.version);
+        let canary = meta.canary;
+        let needed: Vec<u64> = std::iter::once(meta.version).chain(canary.map(|c| c.version)).collect();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type()?.is_dir() && file_name != live_version {
+            let kept = version_of(&entry.file_name().to_string_lossy())
+                .is_some_and(|v| needed.contains(&v) || entry.path().join(VERSION_FILE).exists());
+            if entry.file_type()?.is_dir() && !kept {
                 fs::remove_dir_all(entry.path())?;
             }
         }
-        let version_dir = dir.join(version_dir_name(meta.version));
+        prune_versions(&dir, policy.versions_keep, &needed)?;
+        let live = self.load_version(name, meta, report)?;
+        let live_file = dir.join(version_dir_name(live.meta.version)).join(VERSION_FILE);
+        if !live_file.exists() {
+            // A data dir from before versions were kept: record the live one so it can be
+            // rolled back to.
+            write_durably(&live_file, &serde_json::to_vec_pretty(&live.meta)?)?;
+        }
+        let mut deployment = Deployment::new(live.meta, live.pre, policy, None).configured(self.load_config(name)?);
+        if let Some(split) = canary {
+            let meta = self.version_meta(name, split.version)?;
+            deployment = deployment.with_canary(Some((self.load_version(name, meta, report)?, split.percent)));
+        }
+        Ok(Some(deployment))
+    }
+
+    /// The recorded metadata of a kept version.
+    pub(super) fn version_meta(&self, name: &str, version: u64) -> anyhow::Result<FunctionMeta> {
+        let path = self.function_dir(name).join(version_dir_name(version)).join(VERSION_FILE);
+        let bytes = fs::read(&path).map_err(|e| anyhow::anyhow!("version {version} of `{name}` is not kept: {e}"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Loads one version: its precompiled code when the digest matches, else recompiled.
+    pub(super) fn load_version(
+        &self,
+        name: &str,
+        mut meta: FunctionMeta,
+        report: &mut LoadReport,
+    ) -> anyhow::Result<LoadedVersion> {
+        meta.canary = None;
+        let version_dir = self.function_dir(name).join(version_dir_name(meta.version));
         let component = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
                 report.precompiled += 1;
@@ -87,13 +140,13 @@ impl Registry {
                 let code = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 write_durably(&version_dir.join("code.cwasm"), &code)?;
                 meta.code_sha256 = sha256_hex(&code);
-                write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(&meta)?)?;
+                write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
                 report.recompiled += 1;
                 component
             }
         };
         let pre = self.runtime.prepare(&component)?;
-        Ok(Some(Deployment::new(meta, pre, policy, None).configured(self.load_config(name)?)))
+        Ok(LoadedVersion { meta, pre })
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
@@ -110,6 +163,39 @@ impl Registry {
     }
 }
 
+/// Makes `meta` (the live version, and the canary if any) the function's commit point.
+pub(super) fn commit_meta(dir: &Path, meta: &FunctionMeta) -> io::Result<()> {
+    write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?)
+}
+
+/// Each kept version's own metadata, inside its folder.
+const VERSION_FILE: &str = "version.json";
+
+fn version_of(dir_name: &str) -> Option<u64> {
+    dir_name.strip_prefix('v')?.parse().ok()
+}
+
+/// The versions kept in `dir`, oldest first.
+pub(super) fn kept_versions(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut versions: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join(VERSION_FILE).exists())
+        .filter_map(|entry| version_of(&entry.file_name().to_string_lossy()))
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Removes the oldest versions beyond `keep`, never one of `needed` (live, canary).
+pub(super) fn prune_versions(dir: &Path, keep: u32, needed: &[u64]) -> io::Result<()> {
+    let versions = kept_versions(dir)?;
+    let excess = versions.len().saturating_sub(keep.max(1) as usize);
+    for version in versions.into_iter().filter(|v| !needed.contains(v)).take(excess) {
+        fs::remove_dir_all(dir.join(version_dir_name(version)))?;
+    }
+    sync_dir(dir)
+}
+
 pub(super) fn version_dir_name(version: u64) -> String {
     format!("v{version}")
 }
@@ -122,6 +208,7 @@ pub(super) fn store_version(
     meta: &FunctionMeta,
     files: &[(&str, Option<&Vec<u8>>)],
     policy: Option<&str>,
+    commit: &FunctionMeta,
 ) -> io::Result<()> {
     create_private_dir(dir)?;
     let staging = dir.join(format!("{}.staging", version_dir_name(meta.version)));
@@ -135,6 +222,9 @@ pub(super) fn store_version(
         fs::write(&path, bytes)?;
         fs::File::open(&path)?.sync_all()?;
     }
+    let version_meta = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
+    fs::write(staging.join(VERSION_FILE), &version_meta)?;
+    fs::File::open(staging.join(VERSION_FILE))?.sync_all()?;
     sync_dir(&staging)?;
     let final_dir = dir.join(version_dir_name(meta.version));
     if final_dir.exists() {
@@ -151,7 +241,7 @@ pub(super) fn store_version(
         }
         None => None,
     };
-    let committed = write_durably(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta).map_err(io::Error::other)?);
+    let committed = commit_meta(dir, commit);
     if committed.is_err()
         && let Some(previous) = previous_policy
     {

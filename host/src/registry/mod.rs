@@ -36,8 +36,10 @@ pub mod config;
 pub mod deploy;
 pub mod layout;
 pub mod policies;
+pub mod versions;
 
-pub use layout::{FunctionMeta, sha256_hex};
+use layout::LoadedVersion;
+pub use layout::{CanarySplit, FunctionMeta, sha256_hex};
 use policies::read_policy_file;
 
 /// A live function version, ready to instantiate.
@@ -50,8 +52,26 @@ pub struct Deployment {
     pub concurrency: Arc<ConcurrencyLimit>,
     /// The function's configuration (`ledge config`), shared by its versions.
     pub config: Arc<GuestConfig>,
+    /// A newer version serving a share of callers (`ledge deploy --canary`).
+    pub canary: Option<Arc<Canary>>,
     /// No instance of this version has been started yet.
     unstarted: AtomicBool,
+}
+
+/// The canary of a deployment: its version, and the share of callers it serves.
+pub struct Canary {
+    pub meta: FunctionMeta,
+    pub pre: ProxyPre<GuestState>,
+    pub percent: u8,
+    unstarted: AtomicBool,
+}
+
+/// The version one request runs.
+pub struct Chosen<'a> {
+    pub version: u64,
+    pub pre: &'a ProxyPre<GuestState>,
+    /// This version's first instance (a cold start).
+    pub cold: bool,
 }
 
 impl Deployment {
@@ -66,7 +86,29 @@ impl Deployment {
             None => ConcurrencyLimit::new(policy.max_concurrency),
         };
         let config = previous.map(|p| p.config.clone()).unwrap_or_default();
-        Deployment { meta, pre, policy, concurrency, config, unstarted: AtomicBool::new(true) }
+        Deployment { meta, pre, policy, concurrency, config, canary: None, unstarted: AtomicBool::new(true) }
+    }
+
+    /// This deployment with `canary` (a loaded version and its share of callers), or none.
+    fn with_canary(mut self, canary: Option<(LoadedVersion, u8)>) -> Self {
+        self.canary = canary.map(|(version, percent)| {
+            Arc::new(Canary { meta: version.meta, pre: version.pre, percent, unstarted: AtomicBool::new(true) })
+        });
+        self
+    }
+
+    /// The version a caller gets: the canary for its share of callers (the same callers every
+    /// time: a fixed hash of the caller's key), else the live one.
+    pub fn choose(&self, caller_key: &str) -> Chosen<'_> {
+        if let Some(canary) = &self.canary {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(caller_key, &mut hasher);
+            if std::hash::Hasher::finish(&hasher) % 100 < u64::from(canary.percent) {
+                let cold = first_start(&canary.unstarted);
+                return Chosen { version: canary.meta.version, pre: &canary.pre, cold };
+            }
+        }
+        Chosen { version: self.meta.version, pre: &self.pre, cold: first_start(&self.unstarted) }
     }
 
     /// This deployment with `config`.
@@ -83,21 +125,23 @@ impl Deployment {
             policy: self.policy.clone(),
             concurrency: self.concurrency.clone(),
             config,
+            canary: self.canary.clone(),
             unstarted: AtomicBool::new(self.unstarted.load(Ordering::Relaxed)),
         }
     }
 
     /// The same version under another policy (its cold-start state carried over).
     fn with_policy(&self, policy: Policy) -> Deployment {
-        let updated = Deployment::new(self.meta.clone(), self.pre.clone(), Arc::new(policy), Some(self));
+        let mut updated = Deployment::new(self.meta.clone(), self.pre.clone(), Arc::new(policy), Some(self));
         updated.unstarted.store(self.unstarted.load(Ordering::Relaxed), Ordering::Relaxed);
+        updated.canary = self.canary.clone();
         updated
     }
+}
 
-    /// True exactly once per version: for its first instance (a cold start).
-    pub fn take_cold_start(&self) -> bool {
-        self.unstarted.load(Ordering::Relaxed) && self.unstarted.swap(false, Ordering::Relaxed)
-    }
+/// True exactly once per version: for its first instance (a cold start).
+fn first_start(unstarted: &AtomicBool) -> bool {
+    unstarted.load(Ordering::Relaxed) && unstarted.swap(false, Ordering::Relaxed)
 }
 
 #[derive(Debug, Error)]
@@ -106,6 +150,8 @@ pub enum RegistryError {
     NotFound(String),
     #[error("invalid function name `{0}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
     InvalidName(String),
+    #[error("{0}")]
+    Versions(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
