@@ -15,13 +15,14 @@
 //! - [`guest_kv`]: the key-value capabilities guests get (`ledge:platform`, `wasi:keyvalue`)
 //!   on the transactional engine (crate `ledge-kv`);
 //! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
-//! - [`storage`] and [`metrics`]: durable file writes and Prometheus metrics, used by every
-//!   layer above.
+//! - [`storage`], [`metrics`] and [`logs`]: durable file writes, Prometheus metrics and the
+//!   per-function live logs, used by every layer above.
 
 pub mod access;
 pub mod cli;
 pub mod guest_kv;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;

@@ -12,6 +12,7 @@ mod edge;
 mod invoke;
 mod kv;
 mod lifecycle;
+mod logs;
 mod preinit;
 mod production;
 mod rate;

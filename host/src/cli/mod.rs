@@ -94,6 +94,21 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show function NAME's recent guest output and request lines; --follow streams new ones.
+    Logs {
+        name: String,
+        /// Keep streaming new lines until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Only lines from this far back, e.g. 10m, 1h.
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON lines, as the server sends them.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List deployed functions.
     Functions {
         #[command(flatten)]
@@ -232,6 +247,9 @@ pub fn main() -> ExitCode {
             }
             Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
+            Command::Logs { name, follow, since, json, server } => {
+                client::logs(&server, &name, follow, since.as_deref(), json).await
+            }
             Command::Versions { name, server } => client::versions(&server, &name).await,
             Command::Rollback { name, version, server } => {
                 client::change_version(&server, &name, "rollback", version).await

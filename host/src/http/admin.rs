@@ -71,6 +71,9 @@ impl App {
             (&Method::DELETE, [name]) => {
                 let keep_data = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "keep-data=true"));
                 let outcome = self.registry.remove(name, keep_data).await;
+                if outcome.is_ok() {
+                    self.runtime.logs().forget(name);
+                }
                 audit(
                     "remove",
                     name,
@@ -91,6 +94,11 @@ impl App {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (_, [_, "policy"]) => Err(method_not_allowed("PUT")),
+            (&Method::GET, [name, "logs"]) => {
+                self.registry.lookup(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+                self.logs_response(name, request.uri().query())
+            }
+            (_, [_, "logs"]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name, "versions"]) => Ok(json(StatusCode::OK, &self.registry.versions(name)?)),
             (&Method::POST, [name, "rollback"]) => {
                 let bytes = read_upload(request.into_body(), 64).await?;

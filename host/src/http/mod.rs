@@ -29,6 +29,7 @@ use server::{ResponseBody, full};
 mod admin;
 mod connections;
 mod invoke;
+mod logs;
 mod path;
 pub mod problem;
 pub mod router;

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use super::connections::{Activity, Admission, Tracked};
 use crate::http::App;
 use crate::http::tls::Tls;
+use crate::logs::RequestLine;
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -238,14 +239,30 @@ async fn handle(
     let path = request.uri().path().to_string();
     let started = std::time::Instant::now();
     let mut response = app.route(request, peer).await;
+    let elapsed = started.elapsed();
+    let request_id = id.to_str().unwrap_or_default();
     tracing::info!(
-        request_id = id.to_str().unwrap_or_default(),
+        request_id,
         %method,
         %path,
         status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = elapsed.as_micros() as u64,
         "request"
     );
+    // A request that reached a function (it answered with its version) joins its live log.
+    let version = response.headers().get("ledge-version").and_then(|v| v.to_str().ok()?.parse().ok());
+    let function = path.strip_prefix("/fn/").map(|rest| rest.split('/').next().unwrap_or(rest));
+    if let (Some(version), Some(function)) = (version, function) {
+        let line = RequestLine {
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            version,
+            request_id,
+        };
+        app.runtime.logs().request(function, line);
+    }
     response.headers_mut().insert("x-request-id", id);
     response
 }

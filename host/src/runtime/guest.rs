@@ -14,6 +14,7 @@ use super::guestlog::GuestLog;
 use super::outbound::OutboundHooks;
 use crate::access::policy::Policy;
 use crate::guest_kv::{KvAccess, KvCtx};
+use crate::logs::Logs;
 
 /// A function's configuration as its guests see it: `wasi:config/store` and the environment.
 #[derive(Default)]
@@ -48,11 +49,12 @@ impl GuestState {
         kv: KvAccess,
         own_addresses: Arc<[IpAddr]>,
         config: Arc<GuestConfig>,
+        logs: Arc<Logs>,
     ) -> Self {
         GuestState {
             wasi: WasiCtx::builder()
-                .stdout(GuestLog::new(function, "stdout"))
-                .stderr(GuestLog::new(function, "stderr"))
+                .stdout(GuestLog::new(function, "stdout", logs.clone()))
+                .stderr(GuestLog::new(function, "stderr", logs))
                 .envs(&config.env)
                 .build(),
             http: WasiHttpCtx::new(),

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::logs::Logs;
+
 const MAX_LINE: usize = 4096;
 const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 
@@ -18,6 +20,8 @@ const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 #[derive(Clone)]
 pub struct GuestLog {
     function: Arc<str>,
+    /// The function's live log (`ledge logs`), besides the host's.
+    logs: Arc<Logs>,
     stream: &'static str,
     state: Arc<Mutex<LineBuffer>>,
 }
@@ -30,8 +34,8 @@ struct LineBuffer {
 }
 
 impl GuestLog {
-    pub fn new(function: &str, stream: &'static str) -> Self {
-        GuestLog { function: function.into(), stream, state: Arc::default() }
+    pub fn new(function: &str, stream: &'static str, logs: Arc<Logs>) -> Self {
+        GuestLog { function: function.into(), logs, stream, state: Arc::default() }
     }
 
     fn accept(&self, bytes: &[u8]) {
@@ -56,7 +60,9 @@ impl GuestLog {
             return;
         }
         state.logged += line.len();
-        tracing::info!(function = %self.function, stream = self.stream, "{}", String::from_utf8_lossy(line));
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(function = %self.function, stream = self.stream, "{text}");
+        self.logs.guest_line(&self.function, self.stream, &text);
     }
 }
 

@@ -26,6 +26,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
+use crate::logs::Logs;
 use crate::metrics::Metrics;
 
 pub mod concurrency;
@@ -59,6 +60,8 @@ pub struct Runtime {
     max_memory: u64,
     /// This node's addresses, which outbound requests never reach unless a policy names them.
     own_addresses: Arc<[IpAddr]>,
+    /// Where guest output goes besides the host's log (`ledge logs`).
+    logs: Arc<Logs>,
 }
 
 impl Runtime {
@@ -99,7 +102,13 @@ impl Runtime {
             trust_precompiled: options.trust_precompiled,
             max_memory: options.max_memory,
             own_addresses: Arc::from([]),
+            logs: Arc::default(),
         })
+    }
+
+    /// The functions' live logs.
+    pub fn logs(&self) -> &Arc<Logs> {
+        &self.logs
     }
 
     /// Tells the runtime which addresses are this node's own (see [`outbound`]).
@@ -162,7 +171,7 @@ impl Runtime {
         config: Arc<GuestConfig>,
     ) -> Store<GuestState> {
         let own = self.own_addresses.clone();
-        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, own, config);
+        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, own, config, self.logs.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);

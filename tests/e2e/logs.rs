@@ -1,0 +1,62 @@
+//! `ledge logs`: a function's guest output and request lines, recent or followed live.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, client, guest, problem};
+
+#[tokio::test]
+async fn logs_show_guest_output_and_request_lines_and_follow_them_live() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    let mut follower = crate::harness::ledge()
+        .args(["logs", "misbehave", "--follow"])
+        .env("LEDGE_SERVER", &server.url)
+        .env("LEDGE_TOKEN", &server.admin_token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sender, lines) = channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    let printed = client().get(server.fn_url("misbehave", "/print")).header("x-request-id", "trace-123").send().await;
+    assert_eq!(printed.unwrap().status(), 200);
+    let mut seen = Vec::new();
+    let (mut guest_line, mut request_line) = (None, None);
+    while guest_line.is_none() || request_line.is_none() {
+        let line = lines.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("followed: {seen:?}"));
+        if line.contains("stdout: hello from the guest's stdout") {
+            guest_line = Some(sent.elapsed());
+        }
+        if line.contains("GET /fn/misbehave/print -> 200") && line.contains("id trace-123") && line.contains("v1") {
+            request_line = Some(sent.elapsed());
+        }
+        seen.push(line);
+    }
+    assert!(guest_line.unwrap() < Duration::from_secs(1), "the guest's line took {guest_line:?}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    let recent = server.cli(&["logs", "misbehave", "--since", "10m", "--json"]);
+    assert!(recent.status.success());
+    let entries: Vec<serde_json::Value> =
+        String::from_utf8(recent.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(entries.iter().any(|e| e["kind"] == "stderr" && e["text"] == "and from its stderr"), "{entries:?}");
+    let request = entries.iter().find(|e| e["kind"] == "request").expect("a request line");
+    assert_eq!((request["status"].as_u64(), request["version"].as_u64()), (Some(200), Some(1)));
+    assert_eq!(request["request_id"], "trace-123");
+
+    // Only a manage token for the function reads its log.
+    let other = server.mint(&["fn = other", "op = manage"]);
+    let refused = client().get(format!("{}/v1/functions/misbehave/logs", server.url)).bearer_auth(other).send().await;
+    problem(refused.unwrap(), 403).await;
+    problem(server.admin().get(format!("{}/v1/functions/nothing/logs", server.url)).send().await.unwrap(), 404).await;
+}
