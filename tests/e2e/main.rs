@@ -16,5 +16,6 @@ mod logs;
 mod preinit;
 mod production;
 mod rate;
+mod schedule;
 mod tokens;
 mod versions;

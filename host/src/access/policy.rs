@@ -20,7 +20,50 @@ pub struct PolicyFile {
     pub outbound: Option<OutboundSection>,
     pub kv: Option<KvSection>,
     pub versions: Option<VersionsSection>,
+    pub schedule: Option<Vec<ScheduleEntry>>,
 }
+
+/// `[[schedule]]`: a synthetic `GET path` sent to the function on a cron schedule (UTC).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    pub cron: CronPattern,
+    pub path: SchedulePath,
+}
+
+/// A cron pattern: the standard 5 fields (minute hour day month weekday), or 6 with seconds
+/// first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CronPattern(pub String);
+
+impl<'de> Deserialize<'de> for CronPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<croner::Cron>()
+            .map(|_| CronPattern(text.clone()))
+            .map_err(|e| serde::de::Error::custom(format!("invalid cron pattern `{text}`: {e}")))
+    }
+}
+
+/// The path a scheduled run requests: absolute, at most 1 KiB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulePath(pub String);
+
+impl<'de> Deserialize<'de> for SchedulePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.starts_with('/') && text.len() <= 1024 && http::Uri::try_from(text.as_str()).is_ok() {
+            Ok(SchedulePath(text))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid schedule path `{text}`: give an absolute path, e.g. \"/tasks/cleanup\""
+            )))
+        }
+    }
+}
+
+/// Schedules one function may have.
+pub const MAX_SCHEDULES: usize = 16;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +116,8 @@ pub struct Policy {
     pub kv_max_bytes: u64,
     /// Deployed versions kept for rollback.
     pub versions_keep: u32,
+    /// `(cron, path)`: synthetic requests on a schedule.
+    pub schedules: Vec<(String, String)>,
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
@@ -96,6 +141,7 @@ impl Default for Policy {
             kv_stores: Vec::new(),
             kv_max_bytes: 64 << 20,
             versions_keep: 10,
+            schedules: Vec::new(),
         }
     }
 }
@@ -132,6 +178,10 @@ impl PolicyFile {
                 .map_or_else(|| base.kv_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
             kv_max_bytes: self.kv.as_ref().and_then(|k| k.max_bytes).map_or(base.kv_max_bytes, |m| m.0),
             versions_keep: self.versions.as_ref().and_then(|v| v.keep).map_or(base.versions_keep, |k| k.0),
+            schedules: self.schedule.as_ref().map_or_else(
+                || base.schedules.clone(),
+                |entries| entries.iter().map(|e| (e.cron.0.clone(), e.path.0.clone())).collect(),
+            ),
         }
     }
 }
@@ -186,6 +236,9 @@ impl Policy {
 
     /// Refuses a policy past the server's ceilings; the message names the field and the flag.
     pub fn check_ceilings(&self, ceilings: &Ceilings) -> Result<(), String> {
+        if self.schedules.len() > MAX_SCHEDULES {
+            return Err(format!("schedule: at most {MAX_SCHEDULES} entries per function"));
+        }
         if self.timeout > ceilings.max_timeout {
             return Err(format!(
                 "limits.timeout of {:?} is above this server's ceiling of {:?} (ledge serve --max-timeout)",
@@ -200,7 +253,8 @@ impl Policy {
     pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
         let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
-        let checks: [(&'static str, bool); 10] = [
+        let checks: [(&'static str, bool); 11] = [
+            ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
             // quota / window compared without rounding: q' * w > q * w'.
             ("rate.quota", theirs.0 * own.1 > own.0 * theirs.1),

@@ -208,6 +208,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let address = listener.local_addr()?;
     let registry = Arc::new(registry);
     registry.spawn_policy_watcher();
+    registry.spawn_scheduler();
     let limiter = (!args.no_rate_limit).then(|| RateLimiter::new(RATE_LIMITER_KEYS));
     let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => Some(CertSource::Files { cert, key }),

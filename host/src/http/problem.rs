@@ -123,16 +123,14 @@ impl From<AuthError> for Problem {
 
 impl From<InvokeError> for Problem {
     fn from(error: InvokeError) -> Self {
+        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         match &error {
-            InvokeError::BodyTooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
-            InvokeError::Timeout(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
-            InvokeError::PoolExhausted => Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+            InvokeError::Host(_) => Problem::internal("running the function", &error),
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
                 tracing::warn!(error = %error, "guest failed");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+                Problem::new(status, error.to_string())
             }
-            InvokeError::BadRequest(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
-            InvokeError::Host(_) => Problem::internal("running the function", &error),
+            _ => Problem::new(status, error.to_string()),
         }
     }
 }

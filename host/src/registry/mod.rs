@@ -36,6 +36,7 @@ pub mod config;
 pub mod deploy;
 pub mod layout;
 pub mod policies;
+pub mod schedule;
 pub mod versions;
 
 use layout::LoadedVersion;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use thiserror::Error;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::WasiHttpView;
@@ -60,14 +59,33 @@ pub enum InvokeError {
     Host(String),
 }
 
+impl InvokeError {
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::BodyTooLarge { .. } => 413,
+            InvokeError::Timeout(_) => 504,
+            InvokeError::PoolExhausted => 503,
+            InvokeError::BadRequest(_) => 400,
+            InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::Host(_) => {
+                500
+            }
+        }
+    }
+}
+
 impl Runtime {
     /// Runs one request on a fresh instance. `path_and_query` is what the guest sees.
-    pub async fn invoke(
+    pub async fn invoke<B>(
         &self,
         invocation: Invocation<'_>,
-        request: http::Request<Incoming>,
+        request: http::Request<B>,
         path_and_query: &str,
-    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let policy = invocation.policy;
         // A body without a declared length is cut off at the cap; whatever the guest answers
         // then, the client gets a 413.
@@ -163,16 +181,20 @@ fn host_error(error: wasmtime::Error) -> InvokeError {
 
 /// Rewrites the request to what the guest sees: `/{rest}?query` on the original authority,
 /// with the body capped at the policy's limit.
-fn guest_request(
-    request: http::Request<Incoming>,
+fn guest_request<B>(
+    request: http::Request<B>,
     scheme: &Scheme,
     path_and_query: &str,
     max_body: u64,
     overflowed: Arc<AtomicBool>,
 ) -> Result<
-    http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<>>,
+    http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<B>>,
     InvokeError,
-> {
+>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)

@@ -106,6 +106,11 @@ impl Runtime {
         })
     }
 
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The functions' live logs.
     pub fn logs(&self) -> &Arc<Logs> {
         &self.logs
