@@ -16,6 +16,7 @@ mod logs;
 mod preinit;
 mod production;
 mod rate;
+mod routes;
 mod schedule;
 mod tokens;
 mod versions;

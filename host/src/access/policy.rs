@@ -21,6 +21,72 @@ pub struct PolicyFile {
     pub kv: Option<KvSection>,
     pub versions: Option<VersionsSection>,
     pub schedule: Option<Vec<ScheduleEntry>>,
+    pub route: Option<Vec<RouteEntry>>,
+}
+
+/// `[[route]]`: requests for this host (exact, or `*.example.com` for any subdomain; omitted:
+/// any host) under this path prefix are served by the function without `/fn/NAME/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub host: Option<HostPattern>,
+    pub path: Option<RoutePrefix>,
+}
+
+/// A host name, or `*.` and a domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPattern(pub String);
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?.to_ascii_lowercase();
+        let name = text.strip_prefix("*.").unwrap_or(&text);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            Ok(HostPattern(text))
+        } else {
+            Err(serde::de::Error::custom(format!("invalid route host `{text}`: a host name, or `*.` and a domain")))
+        }
+    }
+}
+
+/// A path prefix that leaves ledge's own routes alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePrefix(pub String);
+
+/// Paths no route may take: ledge's own API and endpoints.
+pub const RESERVED_PREFIXES: &[&str] = &["/fn", "/v1", "/healthz", "/readyz", "/metrics"];
+
+impl<'de> Deserialize<'de> for RoutePrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let trimmed = if text.len() > 1 { text.trim_end_matches('/') } else { &text };
+        if !text.starts_with('/') || text.len() > 1024 || text.contains(['?', '#']) {
+            return Err(serde::de::Error::custom(format!("invalid route path `{text}`: an absolute path prefix")));
+        }
+        if let Some(reserved) =
+            RESERVED_PREFIXES.iter().find(|r| path_under(trimmed, r) || path_under(r, trimmed) && trimmed != "/")
+        {
+            return Err(serde::de::Error::custom(format!("route path `{text}` would shadow ledge's own `{reserved}`")));
+        }
+        Ok(RoutePrefix(trimmed.to_string()))
+    }
+}
+
+/// `path` is `prefix` or below it, by whole segments (`/api` covers `/api/x`, not `/apix`).
+pub fn path_under(path: &str, prefix: &str) -> bool {
+    prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A resolved route: host pattern (`None`: any) and path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path: String,
 }
 
 /// `[[schedule]]`: a synthetic `GET path` sent to the function on a cron schedule (UTC).
@@ -118,6 +184,8 @@ pub struct Policy {
     pub versions_keep: u32,
     /// `(cron, path)`: synthetic requests on a schedule.
     pub schedules: Vec<(String, String)>,
+    /// Hosts and paths served without the `/fn/NAME/` prefix.
+    pub routes: Vec<Route>,
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
@@ -142,6 +210,7 @@ impl Default for Policy {
             kv_max_bytes: 64 << 20,
             versions_keep: 10,
             schedules: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -181,6 +250,18 @@ impl PolicyFile {
             schedules: self.schedule.as_ref().map_or_else(
                 || base.schedules.clone(),
                 |entries| entries.iter().map(|e| (e.cron.0.clone(), e.path.0.clone())).collect(),
+            ),
+            routes: self.route.as_ref().map_or_else(
+                || base.routes.clone(),
+                |entries| {
+                    entries
+                        .iter()
+                        .map(|e| Route {
+                            host: e.host.as_ref().map(|h| h.0.clone()),
+                            path: e.path.as_ref().map_or_else(|| "/".to_string(), |p| p.0.clone()),
+                        })
+                        .collect()
+                },
             ),
         }
     }
@@ -253,7 +334,8 @@ impl Policy {
     pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
         let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 12] = [
+            ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
             // quota / window compared without rounding: q' * w > q * w'.

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Serve TLS with a self-signed certificate kept in <data-dir>/tls/ (development only).
     #[arg(long)]
     tls_self_signed: bool,
+    /// A certificate per host name (SNI): `HOST.pem` with `HOST.key` in this folder, reloaded
+    /// when it changes; other host names get the default certificate, if any.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
     /// Seconds a client has to send its request head (slow-client protection).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
@@ -210,17 +214,19 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     registry.spawn_policy_watcher();
     registry.spawn_scheduler();
     let limiter = (!args.no_rate_limit).then(|| RateLimiter::new(RATE_LIMITER_KEYS));
-    let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
+    let source = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => Some(CertSource::Files { cert, key }),
         (_, _, true) => Some(CertSource::SelfSigned { data_dir: args.data_dir.clone() }),
         _ => None,
-    }
-    .map(|source| Tls::new(&source).map(Arc::new))
-    .transpose()?;
+    };
+    let tls = match (&source, &args.tls_dir) {
+        (None, None) => None,
+        (source, dir) => Some(Arc::new(Tls::new(source.as_ref(), dir.as_deref())?)),
+    };
     if let Some(tls) = &tls {
         tls.spawn_reloader();
-        if args.tls_self_signed {
-            println!("self-signed certificate in {} (client commands: --ca-cert FILE)", tls.certificate().display());
+        if let (true, Some(certificate)) = (args.tls_self_signed, tls.certificate()) {
+            println!("self-signed certificate in {} (client commands: --ca-cert FILE)", certificate.display());
         }
     }
     if let Some(address) = args.metrics_listen {

@@ -32,6 +32,18 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (name, rest) = after_prefix.split_once('/').unwrap_or((after_prefix, ""));
+        self.invoke_function(request, name, rest, peer).await
+    }
+
+    /// Invokes function `name` for a request whose path for the guest is `/{rest}`: the part
+    /// after `/fn/NAME/`, or the whole path when a `[[route]]` matched.
+    pub(super) async fn invoke_function(
+        &self,
+        request: http::Request<Incoming>,
+        name: &str,
+        rest: &str,
+        peer: SocketAddr,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
         let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
             // Answer exactly as a private function would until the caller proves it may know.

@@ -94,6 +94,7 @@ impl From<PolicyError> for Problem {
             PolicyError::Registry(registry) => registry.into(),
             PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
             PolicyError::Widens(_) => Problem::new(StatusCode::FORBIDDEN, error.to_string()),
+            PolicyError::Conflict(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! | `GET /v1/functions/{name}/config` | its config (secrets by name only) |
 //! | `PUT`/`DELETE /v1/functions/{name}/config/{key}` | set (`?secret=true`: sealed) or remove one |
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
-//! | `GET /healthz` | liveness (open) |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (open) |
+//! | anything else matching a policy's `[[route]]` | that function, with the path as it came |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
 
 use std::net::SocketAddr;
@@ -19,6 +20,15 @@ use hyper::body::Incoming;
 
 use super::{App, Problem, ResponseBody, method_not_allowed, metrics_response, text};
 use crate::access::caveats::Op;
+
+/// The request's host name (lower case, no port): the URI's authority (HTTP/2) or `Host`.
+fn request_host<B>(request: &http::Request<B>) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?.parse().ok()?,
+    };
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
+}
 
 impl App {
     pub async fn route(&self, request: http::Request<Incoming>, peer: SocketAddr) -> http::Response<ResponseBody> {
@@ -39,8 +49,13 @@ impl App {
                 (Method::GET, "/metrics") => {
                     self.authorize(&request, Op::Manage, None, peer).map(|_| metrics_response(&self.metrics))
                 }
-                (_, "/healthz" | "/metrics") => Err(method_not_allowed("GET")),
-                _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
+                // One node is ready as soon as it serves (cluster mode will add "in sync").
+                (Method::GET | Method::HEAD, "/readyz") => Ok(text(StatusCode::OK, "ready\n")),
+                (_, "/healthz" | "/readyz" | "/metrics") => Err(method_not_allowed("GET")),
+                _ => match self.registry.route_for(request_host(&request).as_deref(), &path) {
+                    Some(function) => self.invoke_function(request, &function, &path[1..], peer).await,
+                    None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
+                },
             }
         };
         result.unwrap_or_else(Problem::into_response)

@@ -5,6 +5,7 @@
 //! established keep theirs. A reload that fails (unreadable or mismatched files) keeps the old
 //! certificate and logs why.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -36,58 +37,90 @@ pub enum CertSource {
     },
 }
 
-/// The certificate handshakes get; swapped on reload.
-#[derive(Debug)]
-struct CurrentCert(RwLock<Arc<CertifiedKey>>);
+/// The certificates handshakes get: one per host name from `--tls-dir`, else the default;
+/// swapped on reload.
+#[derive(Debug, Default)]
+struct Certificates {
+    default: RwLock<Option<Arc<CertifiedKey>>>,
+    by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
 
-impl ResolvesServerCert for CurrentCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let by_host = self.by_host.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(certified) = by_host.get(&name.to_ascii_lowercase()) {
+                return Some(certified.clone());
+            }
+        }
+        self.default.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 }
 
-/// A TLS acceptor whose certificate can be reloaded.
+/// A TLS acceptor whose certificates can be reloaded.
 pub struct Tls {
     acceptor: TlsAcceptor,
-    current: Arc<CurrentCert>,
-    cert: PathBuf,
-    key: PathBuf,
+    current: Arc<Certificates>,
+    /// The default certificate and key files, if any.
+    default: Option<(PathBuf, PathBuf)>,
+    /// `--tls-dir`: `HOST.pem` with `HOST.key` per host name (SNI).
+    dir: Option<PathBuf>,
 }
 
 impl Tls {
-    pub fn new(source: &CertSource) -> anyhow::Result<Tls> {
-        let (cert, key) = match source {
-            CertSource::Files { cert, key } => (cert.clone(), key.clone()),
-            CertSource::SelfSigned { data_dir } => self_signed(data_dir)?,
+    /// TLS with the default certificate from `source` and per-host ones from `dir` (at least
+    /// one of them).
+    pub fn new(source: Option<&CertSource>, dir: Option<&Path>) -> anyhow::Result<Tls> {
+        let default = match source {
+            Some(CertSource::Files { cert, key }) => Some((cert.clone(), key.clone())),
+            Some(CertSource::SelfSigned { data_dir }) => Some(self_signed(data_dir)?),
+            None => None,
         };
-        let current = Arc::new(CurrentCert(RwLock::new(Arc::new(load(&cert, &key)?))));
+        let current = Arc::new(Certificates::default());
+        if let Some((cert, key)) = &default {
+            *current.default.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(load(cert, key)?));
+        }
+        if let Some(dir) = dir {
+            *current.by_host.write().unwrap_or_else(|p| p.into_inner()) = load_dir(dir)?;
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tracing::info!(cert = %cert.display(), "TLS enabled (ALPN h2, http/1.1)");
-        Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), current, cert, key })
+        tracing::info!(default = ?default.as_ref().map(|(cert, _)| cert), dir = ?dir, "TLS enabled (ALPN h2, http/1.1)");
+        Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), current, default, dir: dir.map(Path::to_path_buf) })
     }
 
-    /// The certificate file (what clients pass to `--ca-cert` for a self-signed one).
-    pub fn certificate(&self) -> &Path {
-        &self.cert
+    /// The default certificate file (what clients pass to `--ca-cert` for a self-signed one).
+    pub fn certificate(&self) -> Option<&Path> {
+        self.default.as_ref().map(|(cert, _)| cert.as_path())
     }
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 
-    /// Loads the files again; on failure the old certificate stays.
+    /// Loads the files again; what fails to load keeps its current certificate.
     pub fn reload(&self) {
-        match load(&self.cert, &self.key) {
-            Ok(certified) => {
-                *self.current.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(certified);
-                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+        if let Some((cert, key)) = &self.default {
+            match load(cert, key) {
+                Ok(certified) => {
+                    *self.current.default.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(certified));
+                    tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                }
+                Err(error) => tracing::error!(%error, "TLS certificate reload failed; keeping the current one"),
             }
-            Err(error) => tracing::error!(%error, "TLS certificate reload failed; keeping the current one"),
+        }
+        if let Some(dir) = &self.dir {
+            match load_dir(dir) {
+                Ok(by_host) => {
+                    tracing::info!(dir = %dir.display(), hosts = by_host.len(), "TLS certificates per host reloaded");
+                    *self.current.by_host.write().unwrap_or_else(|p| p.into_inner()) = by_host;
+                }
+                Err(error) => tracing::error!(%error, "TLS certificate reload failed; keeping the current ones"),
+            }
         }
     }
 
@@ -118,10 +151,31 @@ impl Tls {
         });
     }
 
-    fn modified(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+    fn modified(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
         let mtime = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        (mtime(&self.cert), mtime(&self.key))
+        let mut files: Vec<PathBuf> = self.default.iter().flat_map(|(c, k)| [c.clone(), k.clone()]).collect();
+        if let Some(dir) = &self.dir {
+            files.extend(std::fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()));
+        }
+        files.sort();
+        files.into_iter().map(|path| (path.clone(), mtime(&path))).collect()
     }
+}
+
+/// Every `HOST.pem` in `dir` with its `HOST.key`, by lower-case host name.
+fn load_dir(dir: &Path) -> anyhow::Result<HashMap<String, Arc<CertifiedKey>>> {
+    let mut by_host = HashMap::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read --tls-dir {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(host) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".pem")) else {
+            continue;
+        };
+        let key = dir.join(format!("{host}.key"));
+        by_host.insert(host.to_ascii_lowercase(), Arc::new(load(&path, &key)?));
+    }
+    Ok(by_host)
 }
 
 fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {

@@ -106,6 +106,7 @@ impl Registry {
             .collect();
         let keep = deployment.policy.versions_keep;
         self.live.write().expect("registry lock poisoned").insert(name.to_string(), Arc::new(deployment));
+        self.rebuild_routes();
         // In-flight requests keep older code alive through their `Arc`; only versions past
         // `[versions] keep` lose their files.
         if let Err(error) = prune_versions(&self.function_dir(name), keep, &needed) {

@@ -25,7 +25,7 @@ use ledge_kv::Db;
 use thiserror::Error;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::access::policy::{Ceilings, Policy, is_valid_name};
+use crate::access::policy::{Ceilings, Policy, Route, is_valid_name};
 use crate::guest_kv::delete_function_data;
 use crate::runtime::concurrency::ConcurrencyLimit;
 use crate::runtime::{GuestConfig, GuestState, Runtime, ValidateError};
@@ -36,6 +36,7 @@ pub mod config;
 pub mod deploy;
 pub mod layout;
 pub mod policies;
+pub mod routes;
 pub mod schedule;
 pub mod versions;
 
@@ -175,6 +176,8 @@ pub enum DeployError {
 pub enum PolicyError {
     #[error("invalid policy: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(
         "this token is confined to some functions, so it may only tighten their policies; this policy widens {}: that needs a manage token without an `fn` caveat",
         .0.iter().map(|field| format!("`{field}`")).collect::<Vec<_>>().join(", ")
@@ -214,6 +217,8 @@ pub struct Registry {
     /// Seals the functions' secrets.
     secrets: SecretsKey,
     live: RwLock<HashMap<String, Arc<Deployment>>>,
+    /// Every function's `[[route]]`s, most specific first (rebuilt when policies change).
+    routes: RwLock<Arc<Vec<(Route, String)>>>,
     changes: tokio::sync::Mutex<()>,
 }
 
@@ -255,6 +260,7 @@ impl Registry {
             db,
             secrets,
             live: RwLock::new(HashMap::new()),
+            routes: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
         };
         let mut report = LoadReport::default();
@@ -279,6 +285,7 @@ impl Registry {
             }
         }
         *registry.live.write().expect("registry lock poisoned") = live;
+        registry.rebuild_routes();
         Ok((registry, report))
     }
 
@@ -309,6 +316,7 @@ impl Registry {
         fs::remove_file(dir.join("meta.json"))?;
         sync_dir(&dir)?;
         let removed = self.live.write().expect("registry lock poisoned").remove(name);
+        self.rebuild_routes();
         // Instances already running may still commit: let them finish (each is bounded by its
         // timeout) so that nothing they write outlives the deleted keyspace.
         if let Some(removed) = removed

@@ -54,6 +54,8 @@ impl Registry {
                 *deployment = Arc::new(deployment.with_policy(policy));
             }
         }
+        drop(live);
+        self.rebuild_routes();
     }
 
     /// Reloads policies whenever a file in the policies directory changes.
@@ -92,6 +94,7 @@ impl Registry {
     pub(super) fn check_upload(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
         let policy = PolicyFile::parse(text).map_err(PolicyError::Invalid)?.resolve(&self.default_policy());
         policy.check_ceilings(&self.ceilings).map_err(PolicyError::Invalid)?;
+        self.check_routes(name, &policy.routes)?;
         if who == PolicyChange::OnlyTighten {
             let current = match self.lookup(name) {
                 Some(deployment) => (*deployment.policy).clone(),
@@ -116,6 +119,7 @@ impl Registry {
         write_durably(&self.function_dir(name).join("policy.toml"), text.as_bytes()).map_err(RegistryError::Io)?;
         let updated = Arc::new(current.with_policy(policy.clone()));
         self.live.write().expect("registry lock poisoned").insert(name.to_string(), updated);
+        self.rebuild_routes();
         Ok(policy)
     }
 }
