@@ -141,6 +141,15 @@ impl Registry {
                 write_durably(&version_dir.join("code.cwasm"), &code)?;
                 meta.code_sha256 = sha256_hex(&code);
                 write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
+                // The commit point records the live version's digest too: keep it current, or
+                // every start would recompile.
+                let commit_path = self.function_dir(name).join("meta.json");
+                let commit: Option<FunctionMeta> =
+                    fs::read(&commit_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(commit) = commit.filter(|commit| commit.version == meta.version) {
+                    let updated = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..commit };
+                    commit_meta(&self.function_dir(name), &updated)?;
+                }
                 report.recompiled += 1;
                 component
             }
