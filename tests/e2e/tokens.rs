@@ -238,7 +238,11 @@ async fn tokens_interoperate_with_pymacaroons() {
     let server = private_server().await;
     let token = server.mint(&["fn = private", "method in GET,POST"]);
     let keys_dir = server.data_dir.join("keys");
-    let key_file = std::fs::read_dir(&keys_dir).unwrap().next().unwrap().unwrap().path();
+    let key_file = std::fs::read_dir(&keys_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("root-"))
+        .expect("a root key");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::metadata(server.data_dir.join("admin.token")).unwrap().permissions().mode() & 0o777, 0o600);
