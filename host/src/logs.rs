@@ -23,9 +23,8 @@ const FOLLOW_BACKLOG: usize = 1024;
 /// One log entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
-    /// RFC 3339 with milliseconds.
-    pub time: String,
-    #[serde(skip)]
+    /// When it happened; written as RFC 3339 with milliseconds, only when someone reads it.
+    #[serde(rename = "time", serialize_with = "rfc3339_millis")]
     pub at: SystemTime,
     pub function: String,
     /// `stdout`, `stderr` (guest output) or `request`.
@@ -46,7 +45,6 @@ impl Entry {
     fn new(function: &str, kind: &'static str, text: String) -> Entry {
         let at = SystemTime::now();
         Entry {
-            time: humantime::format_rfc3339_millis(at).to_string(),
             at,
             function: function.to_string(),
             kind,
@@ -57,6 +55,10 @@ impl Entry {
             request_id: None,
         }
     }
+}
+
+fn rfc3339_millis<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
 }
 
 /// What one request contributes to its function's log.
@@ -73,6 +75,12 @@ struct Book {
     entries: VecDeque<Entry>,
     bytes: usize,
     followers: broadcast::Sender<Entry>,
+}
+
+impl Book {
+    fn new() -> Book {
+        Book { entries: VecDeque::new(), bytes: 0, followers: broadcast::channel(FOLLOW_BACKLOG).0 }
+    }
 }
 
 /// Every function's log.
@@ -97,12 +105,11 @@ impl Logs {
 
     fn record(&self, entry: Entry) {
         let mut books = self.books.lock();
-        let book = books.entry(entry.function.clone()).or_insert_with(|| Book {
-            entries: VecDeque::new(),
-            bytes: 0,
-            followers: broadcast::channel(FOLLOW_BACKLOG).0,
-        });
-        let _ = book.followers.send(entry.clone());
+        let book = books.entry(entry.function.clone()).or_insert_with(Book::new);
+        // Recording runs for every request: copy the entry only for someone following.
+        if book.followers.receiver_count() > 0 {
+            let _ = book.followers.send(entry.clone());
+        }
         book.bytes += entry.text.len();
         book.entries.push_back(entry);
         while book.entries.len() > MAX_ENTRIES || book.bytes > MAX_BYTES {
@@ -114,11 +121,7 @@ impl Logs {
     /// The entries of `function` since `since`, and (to follow) a receiver of every later one.
     pub fn read(&self, function: &str, since: SystemTime) -> (Vec<Entry>, broadcast::Receiver<Entry>) {
         let mut books = self.books.lock();
-        let book = books.entry(function.to_string()).or_insert_with(|| Book {
-            entries: VecDeque::new(),
-            bytes: 0,
-            followers: broadcast::channel(FOLLOW_BACKLOG).0,
-        });
+        let book = books.entry(function.to_string()).or_insert_with(Book::new);
         let past = book.entries.iter().filter(|entry| entry.at >= since).cloned().collect();
         (past, book.followers.subscribe())
     }

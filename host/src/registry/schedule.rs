@@ -34,13 +34,15 @@ impl Registry {
         tokio::spawn(async move {
             let mut checked = Utc::now().timestamp();
             let mut running: HashMap<(String, usize, String), Arc<AtomicBool>> = HashMap::new();
+            // Patterns were checked when their policy was parsed; parse each once, not every tick.
+            let mut patterns: HashMap<String, Option<croner::Cron>> = HashMap::new();
             loop {
                 tokio::time::sleep(TICK).await;
                 let Some(registry) = registry.upgrade() else { return };
                 let now = Utc::now().timestamp();
                 for second in (checked + 1).max(now - CATCH_UP)..=now {
                     let Some(at) = DateTime::<Utc>::from_timestamp(second, 0) else { continue };
-                    registry.fire(at, &mut running);
+                    registry.fire(at, &mut running, &mut patterns);
                 }
                 checked = checked.max(now);
             }
@@ -48,12 +50,17 @@ impl Registry {
     }
 
     /// Starts every entry whose pattern matches `at`.
-    fn fire(self: &Arc<Self>, at: DateTime<Utc>, running: &mut HashMap<(String, usize, String), Arc<AtomicBool>>) {
+    fn fire(
+        self: &Arc<Self>,
+        at: DateTime<Utc>,
+        running: &mut HashMap<(String, usize, String), Arc<AtomicBool>>,
+        patterns: &mut HashMap<String, Option<croner::Cron>>,
+    ) {
         let live: Vec<_> = self.live.read().expect("registry lock poisoned").values().cloned().collect();
         for deployment in live {
             for (index, (pattern, path)) in deployment.policy.schedules.iter().enumerate() {
-                let matches =
-                    pattern.parse::<croner::Cron>().is_ok_and(|cron| cron.is_time_matching(&at).unwrap_or(false));
+                let cron = patterns.entry(pattern.clone()).or_insert_with(|| pattern.parse().ok());
+                let matches = cron.as_ref().is_some_and(|cron| cron.is_time_matching(&at).unwrap_or(false));
                 if !matches {
                     continue;
                 }
