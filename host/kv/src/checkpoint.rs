@@ -10,11 +10,11 @@
 //! - The checkpoint at stamp S holds exactly the effects of commits with stamps <= S; WAL records
 //!   with stamps <= S are skipped on replay, later ones applied.
 
-use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::fs::Fs;
 
 const MAGIC: &[u8; 8] = b"LKVCKPT1";
 const END_MAGIC: &[u8; 8] = b"LKVEND01";
@@ -43,15 +43,13 @@ impl<W: Write> CrcWriter<W> {
     }
 }
 
-/// Writes a checkpoint of `entries` (key order, as of `stamp`) durably into `dir`.
-pub(crate) fn write(
-    dir: &Path,
+/// Writes the image of `entries` (key order, as of `stamp`) to `out`; returns `out`.
+pub(crate) fn write_image<W: Write>(
+    out: W,
     stamp: u64,
     entries: impl Iterator<Item = (u64, Vec<u8>, Box<[u8]>)>,
-) -> io::Result<PathBuf> {
-    let tmp = dir.join(format!("ckpt-{stamp:020}.tmp"));
-    let file = File::create(&tmp)?;
-    let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: 0 };
+) -> io::Result<W> {
+    let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, out), crc: 0 };
     w.put(MAGIC)?;
     w.put(&stamp.to_le_bytes())?;
     let mut count = 0u64;
@@ -67,13 +65,47 @@ pub(crate) fn write(
     w.put(&count.to_le_bytes())?;
     let crc = w.crc;
     w.inner.write_all(&crc.to_le_bytes())?;
-    let file = w.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
+    w.inner.into_inner().map_err(|e| e.into_error())
+}
+
+/// Writes a checkpoint of `entries` (key order, as of `stamp`) durably into `dir`. A failed
+/// write leaves no temporary file behind (a full disk must not fill up further).
+pub(crate) fn write(
+    fs: &dyn Fs,
+    dir: &Path,
+    stamp: u64,
+    entries: impl Iterator<Item = (u64, Vec<u8>, Box<[u8]>)>,
+) -> io::Result<PathBuf> {
+    let tmp = dir.join(format!("ckpt-{stamp:020}.tmp"));
     let path = checkpoint_path(dir, stamp);
-    fs::rename(&tmp, &path)?;
-    crate::wal::sync_dir(dir)?;
+    let written = fs.create(&tmp).and_then(|file| {
+        let mut file = write_image(file, stamp, entries)?;
+        file.sync()?;
+        drop(file);
+        fs.rename(&tmp, &path)?;
+        fs.sync_dir(dir)
+    });
+    if let Err(e) = written {
+        let _ = fs.remove(&tmp);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// Installs a checkpoint image as the only content of `dir`, durably (a restore).
+pub(crate) fn install_image(fs: &dyn Fs, dir: &Path, stamp: u64, image: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("ckpt-{stamp:020}.tmp"));
+    let mut file = fs.create(&tmp)?;
+    file.write_all(image)?;
+    file.sync()?;
+    drop(file);
+    fs.rename(&tmp, &checkpoint_path(dir, stamp))?;
+    fs.sync_dir(dir)
+}
+
+/// Reads and verifies the checkpoint file at `path`.
+pub(crate) fn load(fs: &dyn Fs, path: &Path) -> Result<Loaded, Error> {
+    parse(&fs.read(path)?, path)
 }
 
 /// A loaded checkpoint.
@@ -82,11 +114,10 @@ pub(crate) struct Loaded {
     pub entries: Vec<(u64, Vec<u8>, Vec<u8>)>,
 }
 
-/// Reads and verifies a checkpoint file.
-pub(crate) fn load(path: &Path) -> Result<Loaded, Error> {
-    let b = fs::read(path)?;
+/// Verifies and decodes a checkpoint image; `file` names it in errors.
+pub(crate) fn parse(b: &[u8], file: &Path) -> Result<Loaded, Error> {
     let corrupt = |offset: usize, reason: &str| Error::Corrupt {
-        file: path.to_path_buf(),
+        file: file.to_path_buf(),
         offset: offset as u64,
         reason: reason.to_string(),
     };

@@ -9,7 +9,7 @@
 //! Invariant: the commit lock serialises installs, WAL appends, stamp allocation, key unlinking
 //! and checkpoint cuts; nothing holds it across I/O except the in-memory WAL append.
 
-use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +19,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint;
 use crate::error::Error;
+use crate::fs::{DirLock, Fs, RealFs};
 use crate::gc::{Snapshots, Tombstones};
 use crate::mvcc::Store;
 use crate::options::{Isolation, Options};
@@ -64,8 +65,8 @@ pub(crate) struct Shared {
 struct Handle {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Holds the directory's `flock` until close.
-    lock_file: Mutex<Option<File>>,
+    /// Holds the directory's lock until close.
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Drop for Handle {
@@ -90,10 +91,11 @@ impl Db {
     /// Opens (creating if needed) the database in `dir`: recovers the latest checkpoint and
     /// replays the WAL, truncating a torn tail.
     pub fn open_with(dir: &Path, opts: Options) -> Result<Db, Error> {
-        fs::create_dir_all(dir)?;
-        let lock_file = lock_dir(dir)?;
-        let rec = recovery::recover(dir)?;
-        let file = wal::create_segment(dir, rec.next_segment)?;
+        let fs = opts.fs.clone();
+        fs.create_dir_all(dir)?;
+        let lock = fs.lock(dir)?;
+        let rec = recovery::recover(&*fs, dir)?;
+        let segment = wal::create_segment(&*fs, dir, rec.next_segment)?;
         let last = rec.last_stamp;
         let usage = Usage::count(&rec.store, opts.keyspace_of);
         let shared = Arc::new(Shared {
@@ -115,14 +117,14 @@ impl Db {
         let dir_owned = dir.to_path_buf();
         let flusher = std::thread::Builder::new()
             .name("ledge-kv-wal".into())
-            .spawn(move || s.wal.run_flusher(&dir_owned, file, s.opts.durability, &s.counters))?;
+            .spawn(move || s.wal.run_flusher(&*s.opts.fs, &dir_owned, segment, s.opts.durability, &s.counters))?;
         let s = shared.clone();
         let maint = std::thread::Builder::new().name("ledge-kv-maint".into()).spawn(move || maintenance(&s))?;
         Ok(Db {
             handle: Arc::new(Handle {
                 shared,
                 threads: Mutex::new(vec![flusher, maint]),
-                lock_file: Mutex::new(Some(lock_file)),
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -164,6 +166,47 @@ impl Db {
         checkpoint_now(&self.handle.shared)
     }
 
+    /// Makes every commit so far durable now, whatever the durability mode (in
+    /// [`crate::Durability::Periodic`] mode commits are otherwise written once per interval).
+    pub fn flush(&self) -> Result<(), Error> {
+        let s = &self.handle.shared;
+        let stamp = s.visible.load(Ordering::Acquire);
+        s.wal.request_flush();
+        s.wal.wait_durable(stamp).map_err(Error::WalFailed)
+    }
+
+    /// Writes a consistent image of the database (every commit up to one stamp, in the
+    /// checkpoint format) to `out` while commits go on; returns that stamp. Only durable commits
+    /// are in it. [`Db::restore`] makes a new database from it.
+    pub fn backup(&self, out: impl Write) -> Result<u64, Error> {
+        let s = &self.handle.shared;
+        let stamp = s.snapshots.register(&s.visible);
+        let written = s.wal.wait_durable(stamp).map_err(Error::WalFailed).and_then(|()| {
+            checkpoint::write_image(out, stamp, image_entries(s, stamp))?.flush()?;
+            Ok(stamp)
+        });
+        s.snapshots.release(stamp, &s.visible);
+        written
+    }
+
+    /// Makes `dir` a database holding exactly the image [`Db::backup`] wrote, after verifying
+    /// it; returns its stamp. Refuses a directory that already holds a database.
+    pub fn restore(dir: &Path, image: &[u8]) -> Result<u64, Error> {
+        let stamp = checkpoint::parse(image, Path::new("(backup image)"))?.stamp;
+        let fs = RealFs;
+        fs.create_dir_all(dir)?;
+        let _lock = fs.lock(dir)?;
+        let existing = fs.list(dir)?;
+        if existing
+            .iter()
+            .any(|n| wal::parse_segment_name(n).is_some() || checkpoint::parse_checkpoint_name(n).is_some())
+        {
+            return Err(Error::NotEmpty(dir.to_path_buf()));
+        }
+        checkpoint::install_image(&fs, dir, stamp, image)?;
+        Ok(stamp)
+    }
+
     /// Runs a full GC pass now: prunes every chain to the horizon and unlinks dead tombstones.
     /// Returns the number of versions removed.
     pub fn gc(&self) -> usize {
@@ -197,19 +240,7 @@ fn close_handle(h: &Handle) {
         // A panicked background thread has nothing left to clean up; keep closing.
         let _ = t.join();
     }
-    h.lock_file.lock().take();
-}
-
-/// Takes an exclusive `flock` on `dir/LOCK` so two opens cannot write one WAL.
-fn lock_dir(dir: &Path) -> Result<File, Error> {
-    use std::os::fd::AsRawFd;
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
-    // SAFETY: flock on a valid, open descriptor owned by `f`; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(Error::Locked(dir.to_path_buf()));
-    }
-    Ok(f)
+    h.lock.lock().take();
 }
 
 /// Background loop: checkpoints on WAL growth, tombstone collection, periodic full GC.
@@ -283,14 +314,9 @@ fn checkpoint_now(s: &Shared) -> Result<u64, Error> {
     };
     let res = (|| {
         s.wal.wait_segment(new_seg).map_err(Error::WalFailed)?;
-        let entries = s.store.iter().filter_map(|e| {
-            let v = e.value().visible(stamp)?;
-            let val = v.value.clone()?;
-            Some((v.cstamp, e.key().clone(), val))
-        });
-        checkpoint::write(&s.dir, stamp, entries)?;
+        checkpoint::write(&*s.opts.fs, &s.dir, stamp, image_entries(s, stamp))?;
         s.wal.bytes_since_checkpoint.store(0, Ordering::Relaxed);
-        delete_covered(&s.dir, stamp, new_seg)?;
+        delete_covered(&*s.opts.fs, &s.dir, stamp, new_seg)?;
         Counters::bump(&s.counters.checkpoints, 1);
         Ok(stamp)
     })();
@@ -298,18 +324,24 @@ fn checkpoint_now(s: &Shared) -> Result<u64, Error> {
     res
 }
 
+/// The live entries of the state at `stamp`, in key order, as a checkpoint stores them.
+fn image_entries(s: &Shared, stamp: u64) -> impl Iterator<Item = (u64, Vec<u8>, Box<[u8]>)> + '_ {
+    s.store.iter().filter_map(move |e| {
+        let v = e.value().visible(stamp)?;
+        let val = v.value.clone()?;
+        Some((v.cstamp, e.key().clone(), val))
+    })
+}
+
 /// Deletes segments older than `new_seg` and checkpoints older than `stamp`.
-fn delete_covered(dir: &Path, stamp: u64, new_seg: u64) -> Result<(), Error> {
-    for ent in fs::read_dir(dir)? {
-        let ent = ent?;
-        let name = ent.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let old_seg = wal::parse_segment_name(name).is_some_and(|q| q < new_seg);
-        let old_ckpt = checkpoint::parse_checkpoint_name(name).is_some_and(|q| q < stamp);
+fn delete_covered(fs: &dyn Fs, dir: &Path, stamp: u64, new_seg: u64) -> Result<(), Error> {
+    for name in fs.list(dir)? {
+        let old_seg = wal::parse_segment_name(&name).is_some_and(|q| q < new_seg);
+        let old_ckpt = checkpoint::parse_checkpoint_name(&name).is_some_and(|q| q < stamp);
         if old_seg || old_ckpt {
-            fs::remove_file(ent.path())?;
+            fs.remove(&dir.join(name))?;
         }
     }
-    wal::sync_dir(dir)?;
+    fs.sync_dir(dir)?;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub enum Error {
     /// because it can no longer tell what is durable.
     #[error("WAL writer failed: {0}")]
     WalFailed(Arc<io::Error>),
+    /// A restore was pointed at a directory that already holds a database.
+    #[error("{0} already holds a database; restore into a new, empty directory")]
+    NotEmpty(PathBuf),
 }
 
 /// Errors from a transaction's operations and its commit.
@@ -130,6 +133,10 @@ pub enum TxError {
     /// only in the sense that the database has stopped accepting commits.
     #[error("WAL write failed: {0}")]
     Wal(Arc<io::Error>),
+    /// The disk holding the WAL is full: the commit was refused before it changed anything.
+    /// Commits are accepted again as soon as the WAL can be written.
+    #[error("the disk is full ({0}); commits are refused until the WAL can be written again")]
+    DiskFull(Arc<io::Error>),
 }
 
 impl TxError {
@@ -153,6 +160,7 @@ impl TxError {
             TxError::OutOfSpace { .. } => "out_of_space",
             TxError::Closed => "closed",
             TxError::Wal(_) => "wal",
+            TxError::DiskFull(_) => "disk_full",
         }
     }
 }

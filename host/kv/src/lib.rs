@@ -40,10 +40,13 @@
 mod checkpoint;
 mod db;
 mod error;
+mod fs;
 mod gc;
 mod mvcc;
 mod options;
 mod recovery;
+#[cfg(test)]
+mod sim;
 mod space;
 mod ssn;
 mod stats;
@@ -56,6 +59,24 @@ pub use options::{Durability, Isolation, Options};
 pub use space::KeyspaceOf;
 pub use stats::Stats;
 pub use tx::{CommitTicket, KeyValue, Tx};
+
+/// Entry points for the fuzz targets in `fuzz/` and the tests that replay their corpora. Not an
+/// API: each takes arbitrary bytes and must return without panicking, whatever they hold.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Reads `bytes` as a WAL segment, as recovery does.
+    pub fn wal_segment(bytes: &[u8]) {
+        let scan = crate::wal::scan_segment(bytes, 0);
+        assert!(scan.valid_len <= bytes.len(), "the valid prefix lies inside the segment");
+    }
+
+    /// Reads `bytes` as a checkpoint file, as recovery does.
+    pub fn checkpoint(bytes: &[u8]) {
+        let _ = crate::checkpoint::parse(bytes, Path::new("fuzz.ckpt"));
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,9 @@
 //! Configuration: isolation levels, durability modes and limits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fs::{Fs, RealFs};
 use crate::space::KeyspaceOf;
 
 /// Isolation level of a transaction.
@@ -55,6 +57,8 @@ pub struct Options {
     /// Most bytes of live data the database may hold; commits that would grow past it fail
     /// with [`crate::TxError::OutOfSpace`]. Default unlimited.
     pub max_live_bytes: u64,
+    /// The file system the database lives on: the real one, or a test's simulated disk.
+    pub(crate) fs: Arc<dyn Fs>,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             max_scan_bytes: 4 << 20,
             keyspace_of: None,
             max_live_bytes: u64::MAX,
+            fs: Arc::new(RealFs),
         }
     }
 }

@@ -7,15 +7,16 @@
 //! - Segments are replayed in sequence order; stamps must strictly increase along the whole log.
 //!   Records at or below the checkpoint stamp are skipped (a crash between writing a checkpoint
 //!   and deleting the segments it covers leaves them behind).
-//! - A bad frame with no valid frame after it, in the last segment, is a torn tail from a crash:
-//!   it was never acknowledged (its fsync did not finish), so it is truncated away. Any other bad
-//!   frame is [`Error::Corrupt`].
+//! - A bad batch (format 1: frame) with no valid one after it, in the last segment, is a torn tail
+//!   from a crash: it was never acknowledged (its fsync did not finish), so it is truncated away,
+//!   durably, before anything new is written. Any other bad batch or frame is [`Error::Corrupt`].
+//! - Segments that never got a record (empty, or a header alone) are removed wherever they are.
 
-use std::fs::{self, OpenOptions};
 use std::path::Path;
 
 use crate::checkpoint;
 use crate::error::Error;
+use crate::fs::Fs;
 use crate::mvcc::{Store, Version};
 use crate::wal;
 
@@ -30,19 +31,16 @@ pub(crate) struct Recovered {
     pub truncated_bytes: u64,
 }
 
-pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
+pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let mut ckpts = Vec::new();
     let mut segs = Vec::new();
-    for ent in fs::read_dir(dir)? {
-        let ent = ent?;
-        let name = ent.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(s) = checkpoint::parse_checkpoint_name(name) {
+    for name in fs.list(dir)? {
+        if let Some(s) = checkpoint::parse_checkpoint_name(&name) {
             ckpts.push(s);
-        } else if let Some(s) = wal::parse_segment_name(name) {
+        } else if let Some(s) = wal::parse_segment_name(&name) {
             segs.push(s);
         } else if name.starts_with("ckpt-") && name.ends_with(".tmp") {
-            fs::remove_file(ent.path())?;
+            fs.remove(&dir.join(name))?;
         }
     }
     ckpts.sort_unstable();
@@ -51,7 +49,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let store = Store::default();
     let mut ckpt_stamp = 0;
     if let Some(&s) = ckpts.last() {
-        let loaded = checkpoint::load(&checkpoint::checkpoint_path(dir, s))?;
+        let loaded = checkpoint::load(fs, &checkpoint::checkpoint_path(dir, s))?;
         ckpt_stamp = loaded.stamp;
         for (cstamp, k, v) in loaded.entries {
             store.install(None, &k, Version::new(cstamp, Some(v.into_boxed_slice())), cstamp);
@@ -64,26 +62,25 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let mut written = Vec::with_capacity(segs.len());
     for seq in segs {
         let path = wal::segment_path(dir, seq);
-        if fs::metadata(&path)?.len() == 0 {
-            fs::remove_file(&path)?;
+        let bytes = fs.read(&path)?;
+        if wal::never_written(&bytes) {
+            fs.remove(&path)?;
         } else {
-            written.push(seq);
+            written.push((path, bytes));
         }
     }
-    let segs = written;
 
     let mut last_stamp = ckpt_stamp;
     let mut log_stamp = 0;
     let mut truncated_bytes = 0;
-    for (i, &seq) in segs.iter().enumerate() {
-        let path = wal::segment_path(dir, seq);
-        let bytes = fs::read(&path)?;
+    let segments = written.len();
+    for (i, (path, bytes)) in written.into_iter().enumerate() {
         let scan = wal::scan_segment(&bytes, log_stamp);
         if let Some((offset, reason)) = scan.corrupt_at {
             return Err(Error::Corrupt { file: path, offset: offset as u64, reason: reason.to_string() });
         }
         if scan.valid_len < bytes.len() {
-            if i + 1 != segs.len() {
+            if i + 1 != segments {
                 return Err(Error::Corrupt {
                     file: path,
                     offset: scan.valid_len as u64,
@@ -91,9 +88,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
                 });
             }
             // Torn tail: drop it so the next run never sees a half record.
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(scan.valid_len as u64)?;
-            f.sync_all()?;
+            fs.truncate(&path, scan.valid_len as u64)?;
             truncated_bytes = (bytes.len() - scan.valid_len) as u64;
         }
         for rec in scan.records {

@@ -278,8 +278,8 @@ impl Tx {
         if s.closed.load(Ordering::Acquire) {
             return Err(TxError::Closed);
         }
-        if let Some(e) = s.wal.failure() {
-            return Err(TxError::Wal(e));
+        if let Some(refused) = s.wal.refusal() {
+            return Err(refused);
         }
 
         // First-committer-wins: the newest committed version must be the one we saw.

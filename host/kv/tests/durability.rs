@@ -219,14 +219,15 @@ fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
 
 #[test]
 fn a_flipped_byte_in_a_middle_record_is_reported_as_corruption() {
-    for at in [2usize, 6, 20] {
+    // The segment header (20 bytes: magic, salt, checksum), then one batch per commit.
+    for (at, reported) in [(2usize, 0u64), (10, 0), (18, 0), (22, 20), (26, 20), (40, 20)] {
         let dir = tempfile::tempdir().unwrap();
         let seg = ten_commits(dir.path(), 10);
         let mut b = fs::read(&seg).unwrap();
         b[at] ^= 0x01;
         fs::write(&seg, &b).unwrap();
         match Db::open(dir.path()) {
-            Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, 0),
+            Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, reported, "flip at {at}"),
             other => panic!("expected Corrupt for flip at {at}, got {other:?}"),
         }
     }

@@ -8,10 +8,15 @@
 //!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
 //! - A rotation request (from a checkpoint) cuts the pending buffer at its current length: the
 //!   records up to the checkpoint stamp go to the old segment, later ones to the new one.
+//! - A full disk (ENOSPC, EDQUOT) does not kill the log: the flusher cuts the segment back to its
+//!   durable length, keeps the batch, and retries it every [`STALL_RETRY`] until it fits; while it
+//!   is stalled, new commits are refused before they install anything ([`Wal::refusal`]), and the
+//!   commits in the stalled batch wait (they are acknowledged only once the retry makes them
+//!   durable). Any other write or fsync error stops the log for good: after a failed fsync the
+//!   kernel may have dropped the dirty pages, so nothing written could be trusted.
 
 mod frame;
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +25,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-pub(crate) use frame::{MAX_PAYLOAD, create_segment, encode, parse_segment_name, scan_segment, segment_path, sync_dir};
+pub(crate) use frame::{
+    MAX_PAYLOAD, Segment, create_segment, encode, never_written, parse_segment_name, scan_segment, segment_path,
+};
 
+use crate::error::TxError;
+use crate::fs::{Fs, is_out_of_space};
 use crate::options::Durability;
 use crate::stats::Counters;
 
@@ -31,6 +40,8 @@ const WAKE_FANOUT: usize = 2;
 const MAX_GATHER: Duration = Duration::from_micros(500);
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
 const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
+/// How often a flusher stalled on a full disk tries its batch again.
+const STALL_RETRY: Duration = Duration::from_millis(100);
 
 /// Someone waiting for a stamp to become durable.
 #[derive(Debug)]
@@ -70,6 +81,10 @@ struct WalState {
     /// for anything; more = gathering a group commit).
     flusher_wants: usize,
     failed: Option<Arc<io::Error>>,
+    /// Set while the disk is full: the flusher retries, new commits are refused.
+    stalled: Option<Arc<io::Error>>,
+    /// Set by [`Wal::request_flush`]: write what is pending now, whatever the durability mode.
+    flush_now: bool,
     /// The flusher thread has returned.
     exited: bool,
     /// Committers parked until the given stamp is durable.
@@ -209,6 +224,23 @@ impl Wal {
         self.state.lock().failed.clone()
     }
 
+    /// Why a commit must be refused now, before it installs anything: the log failed for good,
+    /// or the disk is full.
+    pub(crate) fn refusal(&self) -> Option<TxError> {
+        let st = self.state.lock();
+        match (&st.failed, &st.stalled) {
+            (Some(e), _) => Some(TxError::Wal(e.clone())),
+            (None, Some(e)) => Some(TxError::DiskFull(e.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Asks the flusher to write and fsync what is pending now (periodic mode waits otherwise).
+    pub(crate) fn request_flush(&self) {
+        self.state.lock().flush_now = true;
+        self.work.notify_one();
+    }
+
     /// Asks the flusher to start a new segment after the records pending now; returns the
     /// sequence number that segment will have. Cheap: call it under the commit lock.
     pub(crate) fn request_rotate(&self) -> u64 {
@@ -240,7 +272,14 @@ impl Wal {
     }
 
     /// The flusher thread's body. Owns the open segment file.
-    pub(crate) fn run_flusher(&self, dir: &Path, mut file: File, durability: Durability, counters: &Counters) {
+    pub(crate) fn run_flusher(
+        &self,
+        fs: &dyn Fs,
+        dir: &Path,
+        mut segment: Segment,
+        durability: Durability,
+        counters: &Counters,
+    ) {
         let mut spare = Vec::new();
         let mut batch_target = 0;
         let mut gather_for = Duration::ZERO;
@@ -278,6 +317,7 @@ impl Wal {
                     let deadline = Instant::now() + every;
                     while st.rotate.is_none()
                         && !st.shutdown
+                        && !st.flush_now
                         && st.pending.len() < PERIODIC_FLUSH_BYTES
                         && Instant::now() < deadline
                     {
@@ -290,6 +330,7 @@ impl Wal {
             }
             let shutdown = st.shutdown;
             let rotate = st.rotate.take();
+            st.flush_now = false;
             let next_seq = st.segment + 1;
             std::mem::swap(&mut st.pending, &mut spare);
             let last = st.pending_last;
@@ -297,18 +338,26 @@ impl Wal {
             drop(st);
             let started = Instant::now();
 
-            let res = match rotate {
-                None => self.write_batch(&mut file, &spare, counters),
-                Some(cut) => {
-                    // Everything up to the checkpoint's cut stays in the old segment, which the
-                    // checkpoint will delete; the rest starts the new one.
-                    let (old, new) = spare.split_at(cut.min(spare.len()));
-                    self.write_batch(&mut file, old, counters).and_then(|()| create_segment(dir, next_seq)).and_then(
-                        |f| {
-                            file = f;
-                            self.write_batch(&mut file, new, counters)
-                        },
-                    )
+            let mut progress = Progress::default();
+            let res = loop {
+                match self.flush(
+                    fs,
+                    dir,
+                    &mut segment,
+                    &spare,
+                    rotate.map(|cut| (cut, next_seq)),
+                    &mut progress,
+                    counters,
+                ) {
+                    Err(e) if is_out_of_space(&e) => {
+                        let mut st = self.state.lock();
+                        if st.shutdown {
+                            break Err(e);
+                        }
+                        st.stalled = Some(Arc::new(e));
+                        self.work.wait_for(&mut st, STALL_RETRY);
+                    }
+                    res => break res,
                 }
             };
             spare.clear();
@@ -316,6 +365,7 @@ impl Wal {
             st = self.state.lock();
             batch_target = batch_records + st.pending_records;
             gather_for = (started.elapsed() / 4).min(MAX_GATHER);
+            st.stalled = None;
             match res {
                 Ok(()) => {
                     st.durable = st.durable.max(last);
@@ -357,18 +407,68 @@ impl Wal {
         }
     }
 
-    fn write_batch(&self, file: &mut File, batch: &[u8], counters: &Counters) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Writes the flusher's buffer, the part before `rotate`'s cut to the current segment and the
+    /// rest to a new one. Resumable: `progress` records what is durable, so a retry after a full
+    /// disk continues where the failure stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn flush(
+        &self,
+        fs: &dyn Fs,
+        dir: &Path,
+        segment: &mut Segment,
+        buffer: &[u8],
+        rotate: Option<(usize, u64)>,
+        progress: &mut Progress,
+        counters: &Counters,
+    ) -> io::Result<()> {
+        let cut = rotate.map_or(buffer.len(), |(cut, _)| cut.min(buffer.len()));
+        let (old, new) = buffer.split_at(cut);
+        self.write_batches(fs, segment, old, &mut progress.old, counters)?;
+        if let Some((_, seq)) = rotate {
+            if !progress.rotated {
+                *segment = create_segment(fs, dir, seq)?;
+                progress.rotated = true;
+            }
+            self.write_batches(fs, segment, new, &mut progress.new, counters)?;
         }
-        file.write_all(batch)?;
-        let t = Instant::now();
-        // fdatasync: the file's size is data for this purpose, so appended frames are covered.
-        file.sync_data()?;
-        Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
-        Counters::bump(&counters.wal_fsyncs, 1);
-        Counters::bump(&counters.wal_bytes, batch.len() as u64);
-        self.bytes_since_checkpoint.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Appends `frames[*done..]` as batches, each written and fsynced before the next.
+    fn write_batches(
+        &self,
+        fs: &dyn Fs,
+        segment: &mut Segment,
+        frames: &[u8],
+        done: &mut usize,
+        counters: &Counters,
+    ) -> io::Result<()> {
+        for batch in frame::batches(&frames[*done..]) {
+            let header = frame::batch_header(segment.salt, batch);
+            let t = Instant::now();
+            let written = segment.file.write_all(&header).and_then(|()| segment.file.write_all(batch));
+            if let Err(e) = written.and_then(|()| segment.file.sync()) {
+                // Back to the durable length, so that a retry rewrites the batch from memory
+                // rather than trusting whatever the failed write or fsync left in the file.
+                fs.truncate(&segment.path, segment.durable_len)?;
+                return Err(e);
+            }
+            let bytes = (header.len() + batch.len()) as u64;
+            segment.durable_len += bytes;
+            *done += batch.len();
+            Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
+            Counters::bump(&counters.wal_fsyncs, 1);
+            Counters::bump(&counters.wal_bytes, bytes);
+            self.bytes_since_checkpoint.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// How far a [`Wal::flush`] got: bytes of the old and the new segment's part made durable.
+#[derive(Debug, Default)]
+struct Progress {
+    old: usize,
+    rotated: bool,
+    new: usize,
 }

@@ -1,0 +1,120 @@
+//! The engine's file operations, behind one small trait so that tests can run the engine on a
+//! simulated disk that loses what a power failure loses (the `sim` test module).
+//!
+//! The contract the engine relies on, which the real disk gives and the simulation enforces:
+//! - bytes written to a file are durable only once [`FsFile::sync`] returned after them;
+//! - a created, renamed or removed name is durable only once [`Fs::sync_dir`] of its directory
+//!   returned after it;
+//! - [`Fs::truncate`] returns only when the new length is durable;
+//! - a crash may keep, drop or tear any write that was not synced, in any order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+use crate::error::Error;
+
+/// Held while a database has its directory open; dropping it releases the directory.
+pub(crate) type DirLock = Box<dyn std::any::Any + Send + Sync>;
+
+/// What the engine does to its directory.
+pub(crate) trait Fs: Send + Sync + std::fmt::Debug {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the directory's exclusive lock, held until the returned guard drops.
+    fn lock(&self, dir: &Path) -> Result<DirLock, Error>;
+    /// Names of the entries of `dir` (non-UTF-8 names are left out: the engine never makes them).
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole content of a file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates a file that must not exist yet, for appending.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// Creates a file, or empties an existing one.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// Cuts a file to `len` bytes, durably.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the creates, renames and removes in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open file the engine appends to.
+pub(crate) trait FsFile: Write + Send {
+    /// Makes everything written so far durable (fdatasync: the length counts as data).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default)]
+pub(crate) struct RealFs;
+
+impl FsFile for File {
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl Fs for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn lock(&self, dir: &Path) -> Result<DirLock, Error> {
+        use std::os::fd::AsRawFd;
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+        // SAFETY: flock on a valid, open descriptor owned by `f`; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(Error::Locked(dir.to_path_buf()));
+        }
+        Ok(Box::new(f))
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(OpenOptions::new().create_new(true).append(true).open(path)?))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(File::create(path)?))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// True for the errors a full disk gives: the write can be retried once space returns.
+pub(crate) fn is_out_of_space(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
+}
