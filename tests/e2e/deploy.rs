@@ -34,6 +34,24 @@ async fn deploy_reports_metadata_and_redeploy_bumps_the_version() {
 }
 
 #[tokio::test]
+async fn the_same_bytes_deployed_again_reuse_their_compiled_code_and_survive_a_restart() {
+    let mut server = Server::start();
+    server.deploy("first", &guest("preinit"));
+    server.deploy("second", &guest("preinit"));
+    server.deploy("second", &guest("preinit"));
+    let log = server.log();
+    assert_eq!(log.matches("reusing the code compiled for the same bytes").count(), 2, "{log}");
+    let first = client().get(server.fn_url("first", "/")).send().await.unwrap().text().await.unwrap();
+    let second = client().get(server.fn_url("second", "/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(first, second, "the reused pre-initialized snapshot answers alike");
+    assert_eq!(server.terminate().code(), Some(0));
+    server.restart();
+    let again = client().get(server.fn_url("second", "/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(again, first);
+    assert!(!server.log().contains("recompiling function"), "the reused code is stored with each version");
+}
+
+#[tokio::test]
 async fn cli_deploys_lists_and_removes() {
     let server = Server::start();
     server.deploy("hello", &guest("hello"));

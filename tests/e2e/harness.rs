@@ -101,8 +101,15 @@ impl Server {
 
     /// A server on a fresh data dir with extra `ledge serve` arguments.
     pub fn start_with(extra: &[&str]) -> Server {
+        Self::start_prepared(extra, |_| {})
+    }
+
+    /// A server on a data dir that `prepare` makes first (e.g. `ledge restore` into it; the
+    /// folder does not exist when it is called), with extra `ledge serve` arguments.
+    pub fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
+        prepare(&data_dir);
         let mut server = Server {
             child: None,
             url: String::new(),
@@ -226,8 +233,18 @@ impl Server {
         self.printed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// Everything the server logged so far.
+    /// Everything the server logged so far. A thread writes the server's log behind it, so
+    /// this first waits (at most half a second) until the file has stopped growing.
     pub fn log(&self) -> String {
+        let mut last = None;
+        for _ in 0..50 {
+            let size = std::fs::metadata(&self.log).map(|m| m.len()).ok();
+            if size.is_some() && size == last {
+                break;
+            }
+            last = size;
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

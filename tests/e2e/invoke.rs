@@ -10,9 +10,31 @@ async fn hello_greets_with_the_path() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
     assert!(response.headers().contains_key("x-request-id"));
+    // A body complete when the guest returns goes out whole, with its length.
+    assert_eq!(response.headers()["content-length"], "42");
+    assert!(!response.headers().contains_key("transfer-encoding"));
     assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /world/42\n");
     let bare = client().get(server.fn_url("hello", "")).send().await.unwrap();
     assert_eq!(bare.text().await.unwrap(), "Hello from ledge! You asked for /\n");
+}
+
+#[tokio::test]
+async fn a_body_written_while_the_guest_runs_is_streamed() {
+    let server = Server::start();
+    server.deploy("plain", &guest("plain-wasi"));
+    let started = std::time::Instant::now();
+    let mut response = client().get(server.fn_url("plain", "/stream")).send().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(400), "the head waits for nothing");
+    assert!(!response.headers().contains_key("content-length"));
+    let first = response.chunk().await.unwrap().expect("a first part");
+    assert!(started.elapsed() < std::time::Duration::from_millis(400), "the first part arrives at once");
+    assert_eq!(&first[..], b"plain wasi saw /stream\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"and then more\n");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ mod harness;
 
 mod access;
 mod author;
+mod backup;
 mod config;
 mod containment;
 mod deploy;

@@ -262,3 +262,21 @@ async fn tokens_interoperate_with_pymacaroons() {
     let ours = crate::harness::attenuate(&narrowed, "path-prefix = /fine");
     assert_eq!(crate::harness::pymacaroons(&["verify", secret.trim(), &ours]).lines().count(), 5);
 }
+
+#[tokio::test]
+async fn a_forged_key_id_is_refused_without_echoing_its_bytes() {
+    let server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    let key = MacaroonKey::generate(b"not this server's key");
+    for key_id in ["00000000deadbeef", "\u{0}\u{0}<script>\u{1b}[31m"] {
+        let forged = Macaroon::create(Some("ledge"), &key, format!("ledge1 {key_id} t1")).unwrap();
+        let token = forged.serialize(Format::V2).unwrap();
+        let response =
+            client().get(server.fn_url("hello", "/")).bearer_auth(token.trim_end_matches('=')).send().await.unwrap();
+        let detail = problem(response, 401).await["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains("not issued by this server"), "{detail}");
+        let well_formed = key_id.len() == 16;
+        assert_eq!(detail.contains(key_id), well_formed, "{detail}");
+        assert!(!detail.contains('\u{0}') && !detail.contains("<script>"), "{detail}");
+    }
+}

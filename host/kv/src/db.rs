@@ -30,6 +30,10 @@ use crate::stats::{Counters, Stats};
 use crate::tx::Tx;
 use crate::wal::{self, Wal};
 
+/// A database opened on this many WAL segments (left by as many runs since the last
+/// checkpoint) checkpoints right away, whatever their size.
+const CHECKPOINT_AFTER_SEGMENTS: usize = 16;
+
 /// State guarded by the commit lock.
 #[derive(Debug)]
 pub(crate) struct CommitState {
@@ -113,6 +117,12 @@ impl Db {
             opts,
         });
         Counters::bump(&shared.counters.recovered_torn_tail_bytes, rec.truncated_bytes);
+        // The log replayed now counts toward the next checkpoint, and many segments (every open
+        // starts one) call for one at once: a node that restarts often must not replay an
+        // ever longer log.
+        let limit = shared.opts.checkpoint_wal_bytes;
+        let due = limit > 0 && rec.wal_segments >= CHECKPOINT_AFTER_SEGMENTS;
+        shared.wal.bytes_since_checkpoint.store(if due { limit } else { rec.wal_bytes }, Ordering::Relaxed);
         let s = shared.clone();
         let dir_owned = dir.to_path_buf();
         let flusher = std::thread::Builder::new()

@@ -76,6 +76,21 @@ pub mod fuzzing {
     pub fn checkpoint(bytes: &[u8]) {
         let _ = crate::checkpoint::parse(bytes, Path::new("fuzz.ckpt"));
     }
+
+    /// Runs every file of a saved corpus (`fuzz/corpus/<target>/`) through `run`; panics on a
+    /// missing or empty corpus, so a test replaying it cannot pass by finding nothing.
+    pub fn replay_corpus(dir: &Path, run: impl Fn(&[u8])) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
+        let mut files = 0;
+        for entry in entries {
+            let path = entry.expect("a corpus entry").path();
+            if path.is_file() {
+                run(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+                files += 1;
+            }
+        }
+        assert!(files > 0, "no corpus files in {}", dir.display());
+    }
 }
 
 #[cfg(test)]

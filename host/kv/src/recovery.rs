@@ -29,6 +29,9 @@ pub(crate) struct Recovered {
     pub next_segment: u64,
     /// Torn tail bytes dropped from the last segment.
     pub truncated_bytes: u64,
+    /// WAL bytes replayed (every segment kept since the last checkpoint) and their segments.
+    pub wal_bytes: u64,
+    pub wal_segments: usize,
 }
 
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
@@ -74,6 +77,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let mut log_stamp = 0;
     let mut truncated_bytes = 0;
     let segments = written.len();
+    let wal_bytes = written.iter().map(|(_, bytes)| bytes.len() as u64).sum();
     for (i, (path, bytes)) in written.into_iter().enumerate() {
         let scan = wal::scan_segment(&bytes, log_stamp);
         if let Some((offset, reason)) = scan.corrupt_at {
@@ -114,5 +118,5 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
         store.remove_if_dead(&k, last_stamp);
     }
 
-    Ok(Recovered { store, last_stamp, next_segment, truncated_bytes })
+    Ok(Recovered { store, last_stamp, next_segment, truncated_bytes, wal_bytes, wal_segments: segments })
 }

@@ -434,3 +434,55 @@ fn async_commits_share_fsyncs_and_resolve_only_when_durable() {
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 320);
 }
+
+/// Waits (bounded) for the maintenance thread's first checkpoint.
+fn wait_for_checkpoint(db: &Db) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.stats().checkpoints == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_log_of_earlier_runs_counts_toward_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options::default().checkpoint_wal_bytes(16 << 10).maintenance_interval(Duration::from_millis(5));
+    let run = |from: usize| {
+        let db = Db::open_with(dir.path(), opts()).expect("open");
+        for i in from..from + 10 {
+            let mut tx = db.begin(Isolation::Snapshot);
+            tx.put(format!("k{i}").as_bytes(), &[7u8; 1000]).unwrap();
+            tx.commit().unwrap();
+        }
+        db
+    };
+    let first = run(0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(first.stats().checkpoints, 0, "10 KB of log is under the 16 KB cadence");
+    first.close().unwrap();
+    drop(first);
+    let second = run(10);
+    wait_for_checkpoint(&second);
+    second.close().unwrap();
+}
+
+#[test]
+fn a_node_that_restarts_often_checkpoints_instead_of_piling_up_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let db =
+            Db::open_with(dir.path(), Options::default().maintenance_interval(Duration::from_millis(5))).expect("open");
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        tx.commit().unwrap();
+        if wal_segments(dir.path()).len() > 16 {
+            wait_for_checkpoint(&db);
+        }
+        db.close().unwrap();
+    }
+    assert!(wal_segments(dir.path()).len() <= 17, "segments: {}", wal_segments(dir.path()).len());
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(get(&db, "k0").as_deref(), Some("v"));
+    assert_eq!(get(&db, "k19").as_deref(), Some("v"));
+}

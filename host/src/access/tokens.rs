@@ -147,7 +147,15 @@ impl Authority {
         let token = decode(parts.next().unwrap_or_default())?;
         let discharges = parts.map(decode).collect::<Result<Vec<_>, _>>()?;
         let (key_id, token_id) = parse_identifier(token.identifier())?;
-        let root = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| AuthError::UnknownKey(key_id.clone()))?;
+        let root = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
+            // Only a well-formed id goes back to the caller: never echo arbitrary bytes.
+            let shown = if key_id.len() == 16 && key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                key_id.clone()
+            } else {
+                "(malformed)".to_string()
+            };
+            AuthError::UnknownKey(shown)
+        })?;
 
         // Step 1: the signature chain only; every first-party predicate passes here.
         let mut chain = Verifier::default();

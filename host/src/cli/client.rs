@@ -1,4 +1,4 @@
-//! Client commands: `ledge deploy`, `functions`, `rm` talk to a server over HTTP.
+//! Client commands: `ledge deploy`, `functions`, `rm`, `backup`, ... talk to a server over HTTP.
 
 use std::path::Path;
 
@@ -287,5 +287,78 @@ pub async fn remove_config(server: &ServerArgs, function: &str, key: &str) -> an
 
 pub async fn revoke(server: &ServerArgs, token_id: &str) -> anyhow::Result<()> {
     send(request(server, reqwest::Method::POST, "/v1/tokens/revoke")?.body(token_id.to_string()), server).await?;
+    Ok(())
+}
+
+/// Removes a file when dropped, unless disarmed: a download that fails (or is interrupted)
+/// leaves nothing behind.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `ledge backup --out FILE`: downloads `GET /v1/backup` into `FILE.partial` beside it (mode
+/// 0600: the archive holds the root key and the secrets key), verifies it, fsyncs it and
+/// renames it to `FILE`. On any failure, or Ctrl-C, the partial file is removed.
+pub async fn backup(server: &ServerArgs, out: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use tokio::io::AsyncWriteExt;
+
+    let name = out.file_name().ok_or_else(|| anyhow::anyhow!("--out {}: name a file", out.display()))?;
+    let partial = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    // A partial file of an earlier, interrupted run is ours to replace.
+    match std::fs::remove_file(&partial) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            bail!("cannot replace {}: {error}", partial.display())
+        }
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut cleanup = RemoveOnDrop(Some(partial.clone()));
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", partial.display()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let download = async {
+        let mut response = send(request(server, reqwest::Method::GET, "/v1/backup")?, server).await?;
+        while let Some(chunk) = response.chunk().await.context("the download broke off")? {
+            file.write_all(&chunk).await.with_context(|| format!("cannot write {}", partial.display()))?;
+        }
+        file.flush().await?;
+        file.sync_all().await.with_context(|| format!("cannot sync {}", partial.display()))?;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = download => result?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; {} removed", partial.display()),
+    }
+    let checked = partial.clone();
+    let manifest = tokio::task::spawn_blocking(move || crate::backup::verify(&checked))
+        .await?
+        .map_err(|error| anyhow::anyhow!("the downloaded backup does not verify: {error}"))?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+    cleanup.0 = None;
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::storage::sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or_default();
+    println!(
+        "backup written to {}: kv stamp {}, {} functions, {size} bytes (mode 0600: it holds the node's keys)",
+        out.display(),
+        manifest.kv_stamp,
+        manifest.functions().len()
+    );
+    if !manifest.has_secrets_key() {
+        println!("note: the node keeps its secrets key outside its data dir (--secrets-key): back that file up too");
+    }
     Ok(())
 }

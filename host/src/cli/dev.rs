@@ -30,7 +30,7 @@ pub async fn dev(dirs: Vec<PathBuf>, listen: SocketAddr) -> anyhow::Result<()> {
     if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
         bail!("two projects define a function named `{}`", pair[0]);
     }
-    init_logging(LogFormat::Human);
+    let _log_writer = init_logging(LogFormat::Human);
     let data_dir = projects[0].dir.join(".ledge");
     let node = start(ServeArgs::defaults(listen, &data_dir), true).await?;
     println!("ledge dev listening on http://{} (data in {})", node.address, data_dir.display());

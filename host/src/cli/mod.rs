@@ -138,6 +138,29 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Download a consistent backup of the node to FILE (mode 0600: it holds the node's keys).
+    ///
+    /// The archive holds every function (versions, policies, config), the root keys, the
+    /// secrets key, the admin token and the key-value data as of one moment, taken while the
+    /// node serves. `ledge restore` makes a new data dir from it.
+    Backup {
+        /// Where to write the archive (a tar); written whole or not at all.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make DIR a new data dir from a `ledge backup` archive (offline, no server needed).
+    ///
+    /// The archive is verified whole first; DIR appears complete or not at all. A node started
+    /// on DIR is a copy of the original: same keys, so the original's tokens work on it.
+    Restore {
+        /// The archive `ledge backup` wrote.
+        file: PathBuf,
+        /// The data dir to create; it must not exist (or be empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Mint, attenuate, inspect and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -256,6 +279,8 @@ pub fn main() -> ExitCode {
             }
             Command::Promote { name, server } => client::change_version(&server, &name, "promote", None).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
+            Command::Backup { out, server } => client::backup(&server, &out).await,
+            Command::Restore { file, data_dir } => restore(file, data_dir).await,
             Command::Token(command) => token(command).await,
             Command::Config(ConfigCommand::Set { function, key, value, from_file, secret, server }) => {
                 let value = match (value, from_file) {
@@ -282,6 +307,32 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ledge restore FILE --data-dir DIR`: verifies the archive, then builds DIR from it.
+async fn restore(file: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
+    let (archive, target) = (file.clone(), data_dir.clone());
+    let manifest = tokio::task::spawn_blocking(move || crate::backup::restore(&archive, &target))
+        .await?
+        .map_err(|error| anyhow::anyhow!("cannot restore {}: {error}", file.display()))?;
+    println!(
+        "restored {} functions and the key-value data (stamp {}) from a backup made by ledge {} at {} into {}",
+        manifest.functions().len(),
+        manifest.kv_stamp,
+        manifest.ledge_version,
+        manifest.created_at,
+        data_dir.display()
+    );
+    println!(
+        "start it with `ledge serve --data-dir {}`: it is a copy of the node (same keys), so the original's tokens work on it",
+        data_dir.display()
+    );
+    if !manifest.has_secrets_key() {
+        println!(
+            "note: the backup holds no secrets key (the node kept it outside its data dir): start with the same --secrets-key FILE"
+        );
+    }
+    Ok(())
 }
 
 async fn token(command: TokenCommand) -> anyhow::Result<()> {

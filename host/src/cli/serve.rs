@@ -159,7 +159,7 @@ impl Node {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let _log_writer = init_logging(args.log_format);
     let node = start(args, false).await?;
     let scheme = if node.app.tls { "https" } else { "http" };
     println!("ledge listening on {scheme}://{}", node.address);
@@ -245,6 +245,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         auth_failures,
         tls: tls.is_some(),
         dev,
+        data_dir: args.data_dir.clone(),
+        db: db.clone(),
     });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());
@@ -271,14 +273,21 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
 }
 
-pub(super) fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a writer thread: a request's log line is queued (a buffer of
+/// 128,000 lines; beyond it lines are dropped, never waited for) and written in batches, so no
+/// worker ever blocks on the terminal or the journal. Keep the guard until exit: dropping it
+/// writes what is queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub(super) fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
     // Colours only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

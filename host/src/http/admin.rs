@@ -1,4 +1,5 @@
-//! The admin API under `/v1/`: function metadata, deploy, remove, policies, revocation.
+//! The admin API under `/v1/`: function metadata, deploy, remove, policies, revocation (the
+//! backup is in `backup.rs`).
 //! Every route needs a token (`op deploy` for `PUT /v1/functions/{name}`, `op manage` for the
 //! rest) and is rate limited per token.
 //!
@@ -40,14 +41,7 @@ impl App {
             _ => (Op::Manage, None),
         };
         let caller = self.authorize(&request, op, function, peer)?;
-        let decision = self
-            .limiter
-            .as_ref()
-            .map(|limiter| limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &[]));
-        if let Some(decision) = decision.filter(|d| !d.allowed) {
-            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
-            return Err(with_rate_headers(problem, Some(&decision)));
-        }
+        self.charge_admin(&caller)?;
         let who = if caller.function_scoped { PolicyChange::OnlyTighten } else { PolicyChange::Any };
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
@@ -145,6 +139,19 @@ impl App {
         }
     }
 
+    /// Charges an admin request to its token's admin quota (429 past it).
+    pub(super) fn charge_admin(&self, caller: &Caller) -> Result<(), Problem> {
+        let decision = self
+            .limiter
+            .as_ref()
+            .map(|limiter| limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &[]));
+        if let Some(decision) = decision.filter(|d| !d.allowed) {
+            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
+            return Err(with_rate_headers(problem, Some(&decision)));
+        }
+        Ok(())
+    }
+
     /// Checks the request's token for an admin operation.
     pub(super) fn authorize<B>(
         &self,
@@ -191,7 +198,7 @@ impl App {
 }
 
 /// One line in the audit log per admin change: who (token id), what, on what, and how it ended.
-fn audit<T, E: std::fmt::Display>(action: &str, target: &str, caller: &Caller, outcome: Result<T, E>)
+pub(super) fn audit<T, E: std::fmt::Display>(action: &str, target: &str, caller: &Caller, outcome: Result<T, E>)
 where
     T: std::fmt::Display,
 {

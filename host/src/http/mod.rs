@@ -10,6 +10,7 @@
 //! body is read or any guest runs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use problem::Problem;
 use server::{ResponseBody, full};
 
 mod admin;
+mod backup;
 mod connections;
 mod invoke;
 mod logs;
@@ -53,6 +55,10 @@ pub struct App {
     pub tls: bool,
     /// `ledge dev`: invocations from this machine need no token (see [`App::is_local`]).
     pub dev: bool,
+    /// `--data-dir`: what `GET /v1/backup` copies (and where it stages the archive).
+    pub data_dir: PathBuf,
+    /// The engine, whose image `GET /v1/backup` takes.
+    pub db: ledge_kv::Db,
 }
 
 impl App {

@@ -9,6 +9,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use crate::access::tokens::AuthError;
+use crate::backup::BackupError;
 use crate::http::server::{ResponseBody, full};
 use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
@@ -108,6 +109,13 @@ impl From<ConfigError> for Problem {
                 Problem::new(StatusCode::BAD_REQUEST, error.to_string())
             }
         }
+    }
+}
+
+impl From<BackupError> for Problem {
+    fn from(error: BackupError) -> Self {
+        // Every way writing a backup fails is the server's own (disk, engine).
+        Problem::internal("writing the backup", &error)
     }
 }
 

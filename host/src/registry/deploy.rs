@@ -2,12 +2,13 @@
 //! swap the live version.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::layout::{LoadedVersion, kept_versions, prune_versions, store_version};
+use super::layout::{LoadedVersion, kept_versions, prune_versions, store_version, version_dir_name};
 use super::{
     CanarySplit, DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, Registry, RegistryError, sha256_hex,
     validate_name,
@@ -39,10 +40,20 @@ impl Registry {
         }
         let runtime = self.runtime.clone();
         let handle = tokio::runtime::Handle::current();
+        let same_bytes = self.deployed_with(&sha256_hex(&bytes));
         // Compiling (and pre-initializing) is CPU-bound for up to seconds: keep it off the
-        // workers that serve requests.
+        // workers that serve requests. Bytes deployed already (under another name or as
+        // another version) reuse that version's artifacts.
         let (bytes, artifacts) = tokio::task::spawn_blocking(move || {
-            let artifacts = build_artifacts(&runtime, &handle, &bytes);
+            let reused = same_bytes.and_then(|(dir, meta, pre)| {
+                let artifacts = reuse_artifacts(&dir, &meta, pre)?;
+                tracing::info!(from = %meta.name, version = meta.version, "reusing the code compiled for the same bytes");
+                Some(artifacts)
+            });
+            let artifacts = match reused {
+                Some(artifacts) => Ok(artifacts),
+                None => build_artifacts(&runtime, &handle, &bytes),
+            };
             (bytes, artifacts)
         })
         .await
@@ -115,6 +126,34 @@ impl Registry {
         tracing::info!(function = name, version = meta.version, size = meta.size, canary, "deployed");
         Ok(Deployed { created: meta.version == 1, meta })
     }
+}
+
+impl Registry {
+    /// A live version (or canary) deployed from the component with this SHA-256: its folder,
+    /// metadata and instance template.
+    fn deployed_with(&self, sha256: &str) -> Option<(PathBuf, FunctionMeta, ProxyPre<GuestState>)> {
+        let live = self.live.read().expect("registry lock poisoned");
+        live.values().find_map(|deployment| {
+            let canary = deployment.canary.as_ref().map(|c| (&c.meta, &c.pre));
+            let (meta, pre) =
+                std::iter::once((&deployment.meta, &deployment.pre)).chain(canary).find(|(m, _)| m.sha256 == sha256)?;
+            let dir = self.function_dir(&meta.name).join(version_dir_name(meta.version));
+            Some((dir, meta.clone(), pre.clone()))
+        })
+    }
+}
+
+/// The artifacts of a version deployed from the same bytes, when its files are intact
+/// (blocking). Compiled code and pre-initialization depend only on the bytes and this engine.
+fn reuse_artifacts(dir: &Path, meta: &FunctionMeta, pre: ProxyPre<GuestState>) -> Option<Artifacts> {
+    let code = std::fs::read(dir.join("code.cwasm")).ok().filter(|code| sha256_hex(code) == meta.code_sha256)?;
+    let snapshot = match &meta.snapshot_sha256 {
+        Some(expected) => {
+            Some(std::fs::read(dir.join("snapshot.wasm")).ok().filter(|snapshot| &sha256_hex(snapshot) == expected)?)
+        }
+        None => None,
+    };
+    Some(Artifacts { snapshot, pre, code })
 }
 
 /// What a deploy produces from the uploaded bytes.

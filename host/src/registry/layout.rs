@@ -159,6 +159,16 @@ impl Registry {
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
+        // Many functions deployed from the same bytes share one verified, mapped copy.
+        let cached = self
+            .loaded_code
+            .lock()
+            .expect("code cache poisoned")
+            .as_ref()
+            .and_then(|c| c.get(&meta.code_sha256).cloned());
+        if let Some(component) = cached {
+            return Ok(component);
+        }
         let path = version_dir.join("code.cwasm");
         let bytes = fs::read(&path).map_err(|e| format!("precompiled code unreadable: {e}"))?;
         if sha256_hex(&bytes) != meta.code_sha256 {
@@ -167,8 +177,12 @@ impl Registry {
         drop(bytes);
         // SAFETY: the file is ledge's own output (its digest matches the one recorded when ledge
         // wrote it), and wasmtime itself rejects code from another wasmtime build or config.
-        unsafe { Component::deserialize_file(self.runtime.engine(), &path) }
-            .map_err(|e| format!("precompiled code is not valid for this engine: {e}"))
+        let component = unsafe { Component::deserialize_file(self.runtime.engine(), &path) }
+            .map_err(|e| format!("precompiled code is not valid for this engine: {e}"))?;
+        if let Some(cache) = self.loaded_code.lock().expect("code cache poisoned").as_mut() {
+            cache.insert(meta.code_sha256.clone(), component.clone());
+        }
+        Ok(component)
     }
 }
 

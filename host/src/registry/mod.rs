@@ -13,6 +13,8 @@
 //! - precompiled code is loaded only when its SHA-256 matches the one recorded at deploy, so a
 //!   tampered artifact is recompiled from the component instead of being trusted;
 //! - deploys, removals and policy changes are serialized by one lock; lookups never wait on it.
+//!   A backup holds the same lock while it copies the functions' files, so it never sees one
+//!   half changed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -219,7 +221,12 @@ pub struct Registry {
     live: RwLock<HashMap<String, Arc<Deployment>>>,
     /// Every function's `[[route]]`s, most specific first (rebuilt when policies change).
     routes: RwLock<Arc<Vec<(Route, String)>>>,
-    changes: tokio::sync::Mutex<()>,
+    /// Serializes every change to the functions' files (deploys, removals, policies, config,
+    /// rollbacks); [`Registry::while_unchanged`] holds it to read them whole.
+    changes: Arc<tokio::sync::Mutex<()>>,
+    /// Compiled code loaded while the registry opens, by SHA-256: functions deployed from the
+    /// same bytes share it. `None` once open, so removed functions' code is not kept alive.
+    loaded_code: std::sync::Mutex<Option<HashMap<String, wasmtime::component::Component>>>,
 }
 
 /// How the functions found at start were loaded.
@@ -261,7 +268,8 @@ impl Registry {
             secrets,
             live: RwLock::new(HashMap::new()),
             routes: RwLock::default(),
-            changes: tokio::sync::Mutex::new(()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
+            loaded_code: std::sync::Mutex::new(Some(HashMap::new())),
         };
         let mut report = LoadReport::default();
         let mut live = HashMap::new();
@@ -285,12 +293,29 @@ impl Registry {
             }
         }
         *registry.live.write().expect("registry lock poisoned") = live;
+        registry.loaded_code.lock().expect("code cache poisoned").take();
         registry.rebuild_routes();
         Ok((registry, report))
     }
 
     fn function_dir(&self, name: &str) -> PathBuf {
         self.functions_dir.join(name)
+    }
+
+    /// Runs `read` on a blocking thread while no change to the functions' files (deploy,
+    /// removal, policy, config, rollback) is under way, so it sees each function whole, as of
+    /// one moment (a backup copies them so). Changes wait until it returns; requests do not.
+    /// The lock goes with `read`: it is held until `read` returns even if the caller stops
+    /// waiting.
+    pub async fn while_unchanged<T: Send + 'static>(&self, read: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        let held = self.changes.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let result = read();
+            drop(held);
+            result
+        })
+        .await
+        .map_err(|join| io::Error::other(join.to_string()))
     }
 
     pub fn lookup(&self, name: &str) -> Option<Arc<Deployment>> {

@@ -14,6 +14,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use bytes::Bytes;
+use http_body_util::Full;
+
 use super::concurrency::Permit;
 use super::{GuestConfig, GuestState, Runtime};
 use crate::access::policy::Policy;
@@ -87,6 +90,7 @@ impl Runtime {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let policy = invocation.policy;
+        let head_only = request.method() == http::Method::HEAD;
         // A body without a declared length is cut off at the cap; whatever the guest answers
         // then, the client gets a 413.
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -105,10 +109,11 @@ impl Runtime {
         let timeout = policy.timeout;
         let metrics = self.metrics.clone();
         let (function, cold) = (invocation.function.to_string(), invocation.cold);
-        // The guest runs in its own task so it can keep streaming the body after the response
-        // head is sent; the timeout bounds the whole run, body included.
+        // The guest runs on the request's own task (no hop to another thread) until it sets its
+        // response; if it is still running then, it moves to a task of its own so it can keep
+        // streaming the body after the head is sent. The timeout bounds the whole run.
         let permit = invocation.permit;
-        let task = tokio::spawn(async move {
+        let mut run = Box::pin(async move {
             let _permit = permit;
             let _live = LiveInstance::new(&metrics);
             let run = async {
@@ -120,33 +125,92 @@ impl Runtime {
             let outcome = tokio::time::timeout(timeout, run).await;
             (outcome, store.data().memory.hit)
         });
-
-        let outcome = receiver.await;
+        let mut receiver = receiver;
+        let mut finished = None;
+        let outcome = tokio::select! {
+            outcome = &mut receiver => outcome,
+            ended = &mut run => {
+                finished = Some(ended);
+                (&mut receiver).await
+            }
+        };
         if overflowed.load(Ordering::Relaxed) {
             return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
         }
-        match outcome {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
+        let response = match outcome {
+            Ok(response) => response,
             Err(_) => {
-                let (outcome, hit_memory_limit) = task.await.map_err(|join| InvokeError::Host(join.to_string()))?;
+                let (outcome, hit_memory_limit) = match finished {
+                    Some(ended) => ended,
+                    None => run.await,
+                };
                 if overflowed.load(Ordering::Relaxed) {
                     return Err(InvokeError::BodyTooLarge { limit: policy.max_body });
                 }
                 if hit_memory_limit {
                     return Err(InvokeError::MemoryLimit { limit: self.memory_cap(policy) });
                 }
-                match outcome {
+                return match outcome {
                     Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
                     Ok(Ok(())) => Err(InvokeError::NoResponse),
                     Ok(Err(error)) if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
                         Err(InvokeError::PoolExhausted)
                     }
                     Ok(Err(error)) => Err(InvokeError::Trap(describe_failure(&error))),
-                }
+                };
             }
+        };
+        // Most functions return right after they set the response: give the guest a moment
+        // to finish here rather than on a task of its own.
+        if finished.is_none() && !head_only {
+            finished = tokio::time::timeout(FINISH_GRACE, &mut run).await.ok();
+        }
+        if finished.is_none() {
+            tokio::spawn(run);
+        }
+        match response {
+            Ok(response) if finished.is_some() && !head_only => whole(response).await,
+            Ok(response) => Ok(response),
+            Err(code) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
         }
     }
+}
+
+/// How long a response waits for its guest to return before its head goes out alone.
+const FINISH_GRACE: Duration = Duration::from_millis(1);
+
+/// The response of a guest that has returned, its body complete: it goes out with
+/// `content-length`, in the same write as the head (one syscall instead of a head, a chunk
+/// and a terminator). A body the guest left broken (it trapped while writing it) gets an error
+/// instead of a truncated answer, since no byte has gone out yet.
+async fn whole(response: http::Response<HyperOutgoingBody>) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+    if matches!(response.status().as_u16(), 100..=199 | 204 | 304) {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|code| InvokeError::Trap(format!("the function's response body failed: {code:?}")))?;
+    if collected.trailers().is_some() {
+        // Trailers need chunked encoding: send them as they came.
+        let frames = futures::stream::iter(collected_frames(collected));
+        return Ok(http::Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed_unsync()));
+    }
+    let bytes = collected.to_bytes();
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+    Ok(http::Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync()))
+}
+
+/// The frames of a collected body: its data, then its trailers.
+fn collected_frames(
+    collected: http_body_util::Collected<Bytes>,
+) -> Vec<Result<http_body::Frame<Bytes>, wasmtime_wasi_http::Error>> {
+    let trailers = collected.trailers().cloned();
+    let mut frames = vec![Ok(http_body::Frame::data(collected.to_bytes()))];
+    frames.extend(trailers.map(|t| Ok(http_body::Frame::trailers(t))));
+    frames
 }
 
 /// Counts an instance in the `live_instances` gauge for as long as it lives.

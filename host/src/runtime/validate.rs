@@ -195,7 +195,7 @@ impl Runtime {
     }
 }
 
-fn is_provided(import: &str) -> bool {
+pub(crate) fn is_provided(import: &str) -> bool {
     let (interface, version) = import.split_once('@').unwrap_or((import, ""));
     let compatible = semver_compatible_prefix(version);
     PROVIDED_INTERFACES.iter().any(|provided| {

@@ -6,13 +6,15 @@
 //! (tag 0 = put, 1 = delete; deletes carry no value). Stamps strictly increase along the log.
 //!
 //! Format 2 (every segment written now): `"LKVWAL02" | salt: u64 LE | crc32c(magic | salt): u32 LE`,
-//! then batches, each
-//! `len: u32 LE | crc32c(salt | len | frames): u32 LE | frames`. A batch is what the flusher
+//! then batches, each `len: u32 LE | crc32c(salt | len | frames): u32 LE |
+//! crc32c(salt | len | that crc): u32 LE | frames`. A batch is what the flusher
 //! writes with one write and makes durable with one fsync before it writes the next, so a
 //! crash can damage only the last batch of the last segment, in any way (lost, cut, or with
 //! sectors persisted out of order). Recovery therefore drops a bad last batch as a torn tail and
 //! calls any other bad batch damage. The per-segment random salt keeps a batch-shaped run of
-//! bytes inside a key or value (which guests choose) from ever passing for a batch.
+//! bytes inside a key or value (which guests choose) from ever passing for a batch. The header's
+//! own checksum lets recovery look for a valid batch after a damaged one in linear time: only a
+//! position whose 12 header bytes check out costs a pass over the frames.
 //!
 //! Format 1 (segments written by earlier versions): frames with no segment header or batches;
 //! still read, never written.
@@ -32,8 +34,8 @@ pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
 const SEGMENT_MAGIC: &[u8; 8] = b"LKVWAL02";
 /// Bytes before the first batch of a format-2 segment.
 pub(crate) const SEGMENT_HEADER: usize = 20;
-/// A batch's length and checksum.
-pub(crate) const BATCH_HEADER: usize = 8;
+/// A batch's length, its checksum, and the header's own checksum.
+pub(crate) const BATCH_HEADER: usize = 12;
 /// The flusher splits a larger buffer (at frame boundaries) into batches of at most this many
 /// bytes, each synced before the next is written. A single larger frame is a batch of its own.
 pub(crate) const MAX_BATCH: usize = 64 << 20;
@@ -142,7 +144,7 @@ pub(crate) struct SegmentScan {
 /// Reads a segment of either format (see the module docs).
 pub(crate) fn scan_segment(b: &[u8], last_stamp: u64) -> SegmentScan {
     if !b.starts_with(SEGMENT_MAGIC) {
-        return scan_frames(b, last_stamp);
+        return scan_frames(b, last_stamp, true);
     }
     // The header was synced before any batch was written: a bad one is damage, not a tear.
     match segment_salt(b) {
@@ -163,17 +165,20 @@ pub(crate) fn never_written(b: &[u8]) -> bool {
     b.len() <= SEGMENT_HEADER && b[..magic] == SEGMENT_MAGIC[..magic]
 }
 
-fn batch_crc(salt: u64, len: u32, frames: &[u8]) -> u32 {
+/// CRC32C of the salt and the length, then of `rest`.
+fn salted_crc(salt: u64, len: u32, rest: &[u8]) -> u32 {
     let crc = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &len.to_le_bytes());
-    crc32c::crc32c_append(crc, frames)
+    crc32c::crc32c_append(crc, rest)
 }
 
 /// The header of the batch holding `frames`.
 pub(crate) fn batch_header(salt: u64, frames: &[u8]) -> [u8; BATCH_HEADER] {
     let len = frames.len() as u32;
+    let crc = salted_crc(salt, len, frames).to_le_bytes();
     let mut h = [0u8; BATCH_HEADER];
     h[..4].copy_from_slice(&len.to_le_bytes());
-    h[4..].copy_from_slice(&batch_crc(salt, len, frames).to_le_bytes());
+    h[4..8].copy_from_slice(&crc);
+    h[8..].copy_from_slice(&salted_crc(salt, len, &crc).to_le_bytes());
     h
 }
 
@@ -181,13 +186,13 @@ pub(crate) fn batch_header(salt: u64, frames: &[u8]) -> [u8; BATCH_HEADER] {
 /// a matching checksum is there.
 fn batch_at(b: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize)> {
     let len = u32_at(b, at)?;
-    if (len as usize) < HEADER + MIN_PAYLOAD {
+    let crc = b.get(at + 4..at + 8)?;
+    if (len as usize) < HEADER + MIN_PAYLOAD || u32_at(b, at + 8)? != salted_crc(salt, len, crc) {
         return None;
     }
-    let crc = u32_at(b, at + 4)?;
     let start = at + BATCH_HEADER;
     let frames = b.get(start..start.checked_add(len as usize)?)?;
-    (batch_crc(salt, len, frames) == crc).then_some((frames, start + len as usize))
+    (salted_crc(salt, len, frames) == u32_at(crc, 0)?).then_some((frames, start + len as usize))
 }
 
 fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
@@ -201,7 +206,7 @@ fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
             let corrupt_at = later.then_some((at, "damaged batch followed by a valid one"));
             return SegmentScan { records, valid_len: at, corrupt_at };
         };
-        let inner = scan_frames(frames, last_stamp);
+        let inner = scan_frames(frames, last_stamp, false);
         if inner.valid_len != frames.len() {
             let corrupt_at = Some((at, "a batch with a valid checksum holds a malformed record"));
             return SegmentScan { records, valid_len: at, corrupt_at };
@@ -213,9 +218,10 @@ fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
     SegmentScan { records, valid_len: at, corrupt_at: None }
 }
 
-/// Reads frames, stopping at the first bad one. A bad frame counts as a torn tail only if no
-/// valid frame can be found anywhere after it.
-fn scan_frames(b: &[u8], mut last_stamp: u64) -> SegmentScan {
+/// Reads frames, stopping at the first bad one. With `search_later` (format 1), a bad frame counts
+/// as a torn tail only if no valid frame can be found anywhere after it; without (inside a
+/// batch whose checksum matched), the caller treats any bad frame as damage.
+fn scan_frames(b: &[u8], mut last_stamp: u64, search_later: bool) -> SegmentScan {
     let mut records = Vec::new();
     let mut at = 0;
     while at < b.len() {
@@ -228,8 +234,9 @@ fn scan_frames(b: &[u8], mut last_stamp: u64) -> SegmentScan {
             None => {
                 // A crash can only tear the end of the file. Search byte by byte for any later
                 // valid frame (the length field itself may be the damaged part).
-                let later = (at + 1..b.len().saturating_sub(HEADER + MIN_PAYLOAD - 1))
-                    .any(|q| frame_at(b, q, last_stamp).is_some());
+                let later = search_later
+                    && (at + 1..b.len().saturating_sub(HEADER + MIN_PAYLOAD - 1))
+                        .any(|q| frame_at(b, q, last_stamp).is_some());
                 let reason = if later { "bad frame followed by a valid one" } else { "" };
                 return SegmentScan { records, valid_len: at, corrupt_at: later.then_some((at, reason)) };
             }
@@ -420,7 +427,7 @@ mod tests {
         }
         let parts: Vec<&[u8]> = batches(&frames).collect();
         assert_eq!(parts.len(), 2);
-        assert!(parts.iter().all(|p| p.len() <= MAX_BATCH && scan_frames(p, 0).valid_len == p.len()));
+        assert!(parts.iter().all(|p| p.len() <= MAX_BATCH && scan_frames(p, 0, false).valid_len == p.len()));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A wasi:http component written against the plain `wasi` crate (wasi 0.2.4), with no ledge
-//! SDK: ledge must run it unmodified. Answers with the path it saw, and the scheme in `x-scheme`.
+//! SDK: ledge must run it unmodified. Answers with the path it saw, and the scheme in `x-scheme`;
+//! `/stream` answers in two parts, half a second apart (a body written while the guest runs).
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 struct Component;
@@ -24,6 +25,10 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
         let path = request.path_with_query().unwrap_or_default();
         let stream = body.write().unwrap();
         stream.blocking_write_and_flush(format!("plain wasi saw {path}\n").as_bytes()).unwrap();
+        if path == "/stream" {
+            wasi::clocks::monotonic_clock::subscribe_duration(500_000_000).block();
+            stream.blocking_write_and_flush(b"and then more\n").unwrap();
+        }
         drop(stream);
         OutgoingBody::finish(body, None).unwrap();
     }
