@@ -10,12 +10,21 @@ async fn hello_greets_with_the_path() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
     assert!(response.headers().contains_key("x-request-id"));
-    // A body complete when the guest returns goes out whole, with its length.
-    assert_eq!(response.headers()["content-length"], "42");
-    assert!(!response.headers().contains_key("transfer-encoding"));
     assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /world/42\n");
     let bare = client().get(server.fn_url("hello", "")).send().await.unwrap();
     assert_eq!(bare.text().await.unwrap(), "Hello from ledge! You asked for /\n");
+}
+
+/// Not in the emulated (qemu) run: there a guest may take longer than the grace to return, and
+/// then its body is streamed, which is right but not what this checks.
+#[tokio::test]
+async fn a_body_complete_when_the_guest_returns_goes_out_with_its_length() {
+    let server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    let response = client().get(server.fn_url("hello", "/world/42")).send().await.unwrap();
+    assert_eq!(response.headers()["content-length"], "42");
+    assert!(!response.headers().contains_key("transfer-encoding"));
+    assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /world/42\n");
 }
 
 #[tokio::test]

@@ -176,8 +176,10 @@ impl Runtime {
     }
 }
 
-/// How long a response waits for its guest to return before its head goes out alone.
-const FINISH_GRACE: Duration = Duration::from_millis(1);
+/// How long a response waits for its guest to return before its head goes out alone. A guest
+/// returns microseconds after it answers; the margin covers a busy machine. A guest that keeps
+/// writing its body pays this once, before its head.
+const FINISH_GRACE: Duration = Duration::from_millis(5);
 
 /// The response of a guest that has returned, its body complete: it goes out with
 /// `content-length`, in the same write as the head (one syscall instead of a head, a chunk
