@@ -135,3 +135,6 @@ for n in 5 1000; do
   kill "$pid"; wait "$pid" 2>/dev/null || true
   printf '  %-8s %10s %9s %14s %14s %8s\n' "$n" "$start_ms" "$rss" "$one" "$all" "$(awk -v a="$all" -v b="$one" 'BEGIN {printf "%.2f", a/b}')"
 done
+
+echo
+./scripts/bench-record.sh "$duration" 3

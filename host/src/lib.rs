@@ -29,6 +29,7 @@ pub mod guest_kv;
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod record;
 pub mod registry;
 pub mod runtime;
 pub mod storage;

@@ -17,6 +17,7 @@ mod logs;
 mod preinit;
 mod production;
 mod rate;
+mod replay;
 mod routes;
 mod schedule;
 mod tokens;

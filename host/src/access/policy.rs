@@ -20,6 +20,7 @@ pub struct PolicyFile {
     pub outbound: Option<OutboundSection>,
     pub kv: Option<KvSection>,
     pub versions: Option<VersionsSection>,
+    pub record: Option<RecordSection>,
     pub schedule: Option<Vec<ScheduleEntry>>,
     pub route: Option<Vec<RouteEntry>>,
 }
@@ -137,6 +138,31 @@ pub struct VersionsSection {
     pub keep: Option<Positive>,
 }
 
+/// `[record]`: which runs are kept for replay, and how many per function.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSection {
+    pub errors: Option<bool>,
+    pub sample: Option<Fraction>,
+    pub max_traces: Option<Positive>,
+    pub max_trace_bytes: Option<ByteSize>,
+}
+
+/// A number from 0.0 to 1.0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fraction(pub f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(d)?;
+        if (0.0..=1.0).contains(&value) {
+            Ok(Fraction(value))
+        } else {
+            Err(serde::de::Error::custom(format!("{value} is not a fraction from 0.0 to 1.0")))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateSection {
@@ -186,6 +212,25 @@ pub struct Policy {
     pub schedules: Vec<(String, String)>,
     /// Hosts and paths served without the `/fn/NAME/` prefix.
     pub routes: Vec<Route>,
+    /// Which runs are recorded for replay.
+    pub record: RecordPolicy,
+}
+
+/// `[record]`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordPolicy {
+    /// Keep every run that fails (5xx, trap, timeout).
+    pub errors: bool,
+    /// Keep this share of all runs.
+    pub sample: f64,
+    pub max_traces: u32,
+    pub max_trace_bytes: u64,
+}
+
+impl Default for RecordPolicy {
+    fn default() -> Self {
+        RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20 }
+    }
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
@@ -211,6 +256,7 @@ impl Default for Policy {
             versions_keep: 10,
             schedules: Vec::new(),
             routes: Vec::new(),
+            record: RecordPolicy::default(),
         }
     }
 }
@@ -251,6 +297,15 @@ impl PolicyFile {
                 || base.schedules.clone(),
                 |entries| entries.iter().map(|e| (e.cron.0.clone(), e.path.0.clone())).collect(),
             ),
+            record: {
+                let section = self.record.clone().unwrap_or_default();
+                RecordPolicy {
+                    errors: section.errors.unwrap_or(base.record.errors),
+                    sample: section.sample.map_or(base.record.sample, |f| f.0),
+                    max_traces: section.max_traces.map_or(base.record.max_traces, |n| n.0),
+                    max_trace_bytes: section.max_trace_bytes.map_or(base.record.max_trace_bytes, |b| b.0),
+                }
+            },
             routes: self.route.as_ref().map_or_else(
                 || base.routes.clone(),
                 |entries| {

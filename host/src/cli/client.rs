@@ -68,6 +68,11 @@ async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::
     }
 }
 
+/// `GET path`; a non-2xx answer becomes an error carrying the problem's detail.
+pub async fn get(server: &ServerArgs, path: &str) -> anyhow::Result<reqwest::Response> {
+    send(request(server, reqwest::Method::GET, path)?, server).await
+}
+
 /// Deploys `file`; with a policy, both go in one multipart request that the server applies
 /// together or not at all.
 pub async fn deploy(

@@ -23,6 +23,7 @@ pub mod compile;
 pub mod dev;
 pub mod new;
 pub mod project;
+pub mod replay;
 pub mod serve;
 
 #[derive(Debug, Parser)]
@@ -161,6 +162,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// List recorded runs (newest first), of FUNCTION or of every function.
+    Traces {
+        function: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Export a recorded run.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// Re-execute a recorded run offline and check that it reproduces: exit 0 same, 1 diverged
+    /// (the first divergence is printed), 2 no replay was possible.
+    Replay(replay::ReplayArgs),
     /// Mint, attenuate, inspect and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -168,6 +181,21 @@ enum Command {
     /// environment; changes apply to new requests without a redeploy.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCommand {
+    /// Write trace ID to FILE: self-contained but for the component, which --with-component
+    /// adds (else `ledge replay FILE` fetches it from the server).
+    Get {
+        id: String,
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        with_component: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +283,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cli = match cli.command {
+        // A replay has three outcomes (same, diverged, could not replay).
+        Command::Replay(args) => return runtime.block_on(replay::replay(args)),
+        command => Cli { command },
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
@@ -282,6 +315,11 @@ pub fn main() -> ExitCode {
             Command::Backup { out, server } => client::backup(&server, &out).await,
             Command::Restore { file, data_dir } => restore(file, data_dir).await,
             Command::Token(command) => token(command).await,
+            Command::Traces { function, server } => replay::list(&server, function.as_deref()).await,
+            Command::Trace(TraceCommand::Get { id, out, with_component, server }) => {
+                replay::get(&server, &id, &out, with_component).await
+            }
+            Command::Replay(_) => unreachable!("handled above"),
             Command::Config(ConfigCommand::Set { function, key, value, from_file, secret, server }) => {
                 let value = match (value, from_file) {
                     (Some(value), _) => value,

@@ -247,6 +247,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         dev,
         data_dir: args.data_dir.clone(),
         db: db.clone(),
+        traces: crate::record::Traces::start(db.clone())?,
     });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());

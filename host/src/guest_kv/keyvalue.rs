@@ -11,6 +11,7 @@ use ledge_kv::{Db, Isolation, Tx, TxError};
 use wasmtime::component::Resource;
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::taped::{RecordedError, described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, Quota};
 
 /// How often one operation is retried after a conflict before it reports failure.
@@ -99,15 +100,24 @@ impl KvCtx<'_> {
 
 impl store::Host for KvCtx<'_> {
     async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-        let store = (!identifier.is_empty() && identifier != DEFAULT_BUCKET).then_some(identifier.as_str());
+        let opened = self.open_bucket(&identifier);
+        observed(self.tape, "wasi:keyvalue/store.open", || format!("{identifier:?}"), &opened)?;
+        match opened {
+            Ok(bucket) => Ok(Ok(self.table.push(bucket)?)),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+}
+
+impl KvCtx<'_> {
+    fn open_bucket(&mut self, identifier: &str) -> Result<Bucket, store::Error> {
+        let store = (!identifier.is_empty() && identifier != DEFAULT_BUCKET).then_some(identifier);
         let (Ok(keyspace), Ok(db)) = (self.access.keyspace(store), self.access.db()) else {
-            return Ok(Err(store::Error::AccessDenied));
+            return Err(store::Error::AccessDenied);
         };
         let bucket = Bucket { keyspace, db: db.clone() };
-        if let Err(limit) = self.access.open_handle() {
-            return Ok(Err(store::Error::Other(limit)));
-        }
-        Ok(Ok(self.table.push(bucket)?))
+        self.access.open_handle().map_err(store::Error::Other)?;
+        Ok(bucket)
     }
 }
 
@@ -117,8 +127,10 @@ impl store::HostBucket for KvCtx<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?)).await
+        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?));
+        taped(self.tape, "wasi:keyvalue/store.bucket.get", args, live).await
     }
 
     async fn set(
@@ -127,18 +139,25 @@ impl store::HostBucket for KvCtx<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
+        let args = described(self.tape, || format!("{key:?}, {}", crate::record::tape::show_bytes(&value)));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, &value)?)).await
+        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, &value)?));
+        taped(self.tape, "wasi:keyvalue/store.bucket.set", args, live).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
+        let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?)).await
+        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?));
+        taped(self.tape, "wasi:keyvalue/store.bucket.delete", args, live).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
+        let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?.is_some())).await
+        let live =
+            transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?.is_some()));
+        taped(self.tape, "wasi:keyvalue/store.bucket.exists", args, live).await
     }
 
     async fn list_keys(
@@ -146,8 +165,9 @@ impl store::HostBucket for KvCtx<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let args = described(self.tape, || format!("{cursor:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| {
+        let live = transact(&db, keyspace.quota(), move |tx| {
             // The cursor is the last key of the previous page; this page starts right after it.
             let start = cursor.as_ref().map(|c| [c.as_bytes(), &[0]].concat()).unwrap_or_default();
             let (start, end) = keyspace.range(&start, b"");
@@ -160,9 +180,10 @@ impl store::HostBucket for KvCtx<'_> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| OpError::Other("the bucket holds a key that is not UTF-8".into()))?;
             let cursor = if more { keys.last().cloned() } else { None };
-            Ok(store::KeyResponse { keys, cursor })
-        })
-        .await
+            Ok((keys, cursor))
+        });
+        let listed = taped(self.tape, "wasi:keyvalue/store.bucket.list-keys", args, live).await?;
+        Ok(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -179,8 +200,9 @@ impl atomics::Host for KvCtx<'_> {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
+        let args = described(self.tape, || format!("{key:?}, {delta}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| {
+        let live = transact(&db, keyspace.quota(), move |tx| {
             let key = keyspace.write_key(key.as_bytes())?;
             let current = match tx.get(&key)? {
                 None => 0,
@@ -192,27 +214,36 @@ impl atomics::Host for KvCtx<'_> {
             let next = current.checked_add(delta).ok_or_else(|| OpError::Other("increment overflows i64".into()))?;
             tx.put(&key, next.to_string().as_bytes())?;
             Ok(next)
-        })
-        .await
+        });
+        taped(self.tape, "wasi:keyvalue/atomics.increment", args, live).await
     }
 
     async fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let args = described(self.tape, || crate::record::tape::show_bytes(&value));
         let Cas { mut tx, key, db, quota, .. } = self.table.delete(cas)?;
         self.access.close_handle();
         let written = key.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            tx.put(&written, &value)?;
-            tx.commit()
-        })
-        .await?;
-        match outcome {
-            Ok(_) => Ok(Ok(())),
+        // A failed swap is recorded as `conflict`: the fresh CAS handed back is made below.
+        let live = async move {
+            let outcome = tokio::task::spawn_blocking(move || {
+                tx.put(&written, &value)?;
+                tx.commit()
+            })
+            .await?;
+            Ok(match outcome {
+                Ok(_) => Ok(()),
+                Err(error) if error.is_retryable() => Err(RecordedError::Conflict(error.to_string())),
+                Err(error) => Err(RecordedError::Other(error.to_string())),
+            })
+        };
+        match taped(self.tape, "wasi:keyvalue/atomics.swap", args, live).await? {
+            Ok(()) => Ok(Ok(())),
             // Someone wrote the key since `new`: hand back a fresh CAS on its current value.
-            Err(error) if error.is_retryable() => match self.new_cas(db, key, quota)? {
+            Err(RecordedError::Conflict(_)) => match self.new_cas(db, key, quota)? {
                 Ok(fresh) => Ok(Err(atomics::CasError::CasFailed(fresh))),
                 Err(error) => Ok(Err(atomics::CasError::StoreError(error))),
             },
-            Err(error) => Ok(Err(atomics::CasError::StoreError(store::Error::Other(error.to_string())))),
+            Err(error) => Ok(Err(atomics::CasError::StoreError(error.into()))),
         }
     }
 }
@@ -247,14 +278,17 @@ impl atomics::HostCas for KvCtx<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
         let (keyspace, db) = self.bucket(&bucket)?;
-        match keyspace.write_key(key.as_bytes()) {
-            Ok(engine_key) => self.new_cas(db, engine_key, keyspace.quota()),
-            Err(_) => Ok(Err(store::Error::AccessDenied)),
-        }
+        let made = match keyspace.write_key(key.as_bytes()) {
+            Ok(engine_key) => self.new_cas(db, engine_key, keyspace.quota())?,
+            Err(_) => Err(store::Error::AccessDenied),
+        };
+        observed(self.tape, "wasi:keyvalue/atomics.cas.new", || format!("{key:?}"), &made)?;
+        Ok(made)
     }
 
     async fn current(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        Ok(Ok(self.table.get(&cas)?.current.clone()))
+        let current = self.table.get(&cas)?.current.clone();
+        taped(self.tape, "wasi:keyvalue/atomics.cas.current", String::new(), async { Ok(Ok(current)) }).await
     }
 
     async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
@@ -270,11 +304,12 @@ impl batch::Host for KvCtx<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
+        let args = described(self.tape, || format!("{keys:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| {
+        let live = transact(&db, keyspace.quota(), move |tx| {
             keys.iter().map(|key| Ok((key.clone(), tx.get(&keyspace.read_key(key.as_bytes())?)?))).collect()
-        })
-        .await
+        });
+        taped(self.tape, "wasi:keyvalue/batch.get-many", args, live).await
     }
 
     async fn set_many(
@@ -282,11 +317,16 @@ impl batch::Host for KvCtx<'_> {
         bucket: Resource<Bucket>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
+        let args = described(self.tape, || {
+            let shown: Vec<String> =
+                entries.iter().map(|(k, v)| format!("{k:?}={}", crate::record::tape::show_bytes(v))).collect();
+            shown.join(", ")
+        });
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| {
+        let live = transact(&db, keyspace.quota(), move |tx| {
             entries.iter().try_for_each(|(key, value)| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, value)?))
-        })
-        .await
+        });
+        taped(self.tape, "wasi:keyvalue/batch.set-many", args, live).await
     }
 
     async fn delete_many(
@@ -294,10 +334,11 @@ impl batch::Host for KvCtx<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
+        let args = described(self.tape, || format!("{keys:?}"));
         let (keyspace, db) = self.bucket(&bucket)?;
-        transact(&db, keyspace.quota(), move |tx| {
+        let live = transact(&db, keyspace.quota(), move |tx| {
             keys.iter().try_for_each(|key| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?))
-        })
-        .await
+        });
+        taped(self.tape, "wasi:keyvalue/batch.delete-many", args, live).await
     }
 }

@@ -22,6 +22,7 @@ use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 
 pub mod keyvalue;
+pub mod taped;
 pub mod transactions;
 
 pub mod bindings {
@@ -238,6 +239,8 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct KvCtx<'a> {
     pub table: &'a mut ResourceTable,
     pub access: &'a mut KvAccess,
+    /// The run's recording or replay.
+    pub tape: Option<&'a crate::record::Tape>,
 }
 
 /// [`HasData`] for the key-value interfaces.

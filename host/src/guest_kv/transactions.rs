@@ -10,7 +10,11 @@ use ledge_kv::{Isolation, Tx, TxError};
 use wasmtime::component::Resource;
 
 use super::bindings::ledge::platform::transactions::{self as wit, Error as WitError};
+use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
+use crate::record::tape::show_bytes;
+
+const API: &str = "ledge:platform/transactions";
 
 /// Most entries one scan may return.
 const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -63,7 +67,9 @@ impl wit::Host for KvCtx<'_> {
         &mut self,
         isolation: wit::Isolation,
     ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
-        match self.begin_in(None, isolation) {
+        let begun = self.begin_in(None, isolation);
+        observed(self.tape, &format!("{API}.begin"), || format!("{isolation:?}"), &begun)?;
+        match begun {
             Ok(open) => Ok(Ok(self.push(open)?)),
             Err(error) => Ok(Err(error)),
         }
@@ -74,7 +80,9 @@ impl wit::Host for KvCtx<'_> {
         store: String,
         isolation: wit::Isolation,
     ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
-        match KvCtx::begin_in(self, Some(&store), isolation) {
+        let begun = KvCtx::begin_in(self, Some(&store), isolation);
+        observed(self.tape, &format!("{API}.begin-in"), || format!("{store:?}, {isolation:?}"), &begun)?;
+        match begun {
             Ok(open) => Ok(Ok(self.push(open)?)),
             Err(error) => Ok(Err(error)),
         }
@@ -87,8 +95,12 @@ impl wit::HostTransaction for KvCtx<'_> {
         this: Resource<OpenTransaction>,
         key: Vec<u8>,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
+        let args = described(self.tape, || show_bytes(&key));
         let open = self.table.get_mut(&this)?;
-        Ok(open.keyspace.read_key(&key).map_err(WitError::from).and_then(|key| open.tx.get(&key).map_err(tx_error)))
+        taped(self.tape, "ledge:platform/transactions.get", args, async {
+            Ok(open.keyspace.read_key(&key).map_err(WitError::from).and_then(|key| open.tx.get(&key).map_err(tx_error)))
+        })
+        .await
     }
 
     async fn put(
@@ -97,12 +109,16 @@ impl wit::HostTransaction for KvCtx<'_> {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
+        let args = described(self.tape, || format!("{}, {}", show_bytes(&key), show_bytes(&value)));
         let open = self.table.get_mut(&this)?;
-        Ok(open
-            .keyspace
-            .write_key(&key)
-            .map_err(WitError::from)
-            .and_then(|key| open.tx.put(&key, &value).map_err(tx_error)))
+        taped(self.tape, "ledge:platform/transactions.put", args, async {
+            Ok(open
+                .keyspace
+                .write_key(&key)
+                .map_err(WitError::from)
+                .and_then(|key| open.tx.put(&key, &value).map_err(tx_error)))
+        })
+        .await
     }
 
     async fn delete(
@@ -110,8 +126,16 @@ impl wit::HostTransaction for KvCtx<'_> {
         this: Resource<OpenTransaction>,
         key: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
+        let args = described(self.tape, || show_bytes(&key));
         let open = self.table.get_mut(&this)?;
-        Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key).map_err(tx_error)))
+        taped(self.tape, "ledge:platform/transactions.delete", args, async {
+            Ok(open
+                .keyspace
+                .write_key(&key)
+                .map_err(WitError::from)
+                .and_then(|key| open.tx.delete(&key).map_err(tx_error)))
+        })
+        .await
     }
 
     async fn scan(
@@ -121,30 +145,37 @@ impl wit::HostTransaction for KvCtx<'_> {
         end: Vec<u8>,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<(Vec<u8>, Vec<u8>)>, WitError>> {
-        if limit > MAX_SCAN_LIMIT {
-            return Ok(Err(WitError::Limit(format!(
-                "a scan returns at most {MAX_SCAN_LIMIT} entries; page with a start key"
-            ))));
-        }
+        let args = described(self.tape, || format!("{}, {}, {limit}", show_bytes(&start), show_bytes(&end)));
         let open = self.table.get_mut(&this)?;
-        let (start, end) = open.keyspace.range(&start, &end);
-        if !end.is_empty() && start >= end {
-            return Ok(Ok(Vec::new()));
-        }
-        Ok(open.tx.scan(&start, &end, limit as usize).map_err(tx_error).map(|entries| {
-            entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
-        }))
+        taped(self.tape, "ledge:platform/transactions.scan", args, async {
+            if limit > MAX_SCAN_LIMIT {
+                return Ok(Err(WitError::Limit(format!(
+                    "a scan returns at most {MAX_SCAN_LIMIT} entries; page with a start key"
+                ))));
+            }
+            let (start, end) = open.keyspace.range(&start, &end);
+            if !end.is_empty() && start >= end {
+                return Ok(Ok(Vec::new()));
+            }
+            Ok(open.tx.scan(&start, &end, limit as usize).map_err(tx_error).map(|entries| {
+                entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
+            }))
+        })
+        .await
     }
 
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
         let open = self.table.delete(this)?;
         self.access.close_handle();
-        // Conflicts come back at once; only the wait for the group fsync is awaited.
-        let outcome = match open.tx.commit_async() {
-            Ok(ticket) => ticket.await,
-            Err(error) => Err(error),
-        };
-        Ok(outcome.map_err(tx_error))
+        taped(self.tape, "ledge:platform/transactions.commit", String::new(), async {
+            // Conflicts come back at once; only the wait for the group fsync is awaited.
+            let outcome = match open.tx.commit_async() {
+                Ok(ticket) => ticket.await,
+                Err(error) => Err(error),
+            };
+            Ok(outcome.map_err(tx_error))
+        })
+        .await
     }
 
     async fn rollback(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {
@@ -162,9 +193,13 @@ impl wit::HostTransaction for KvCtx<'_> {
 impl bindings::ledge::platform::caller::Host for KvCtx<'_> {
     async fn get_token(&mut self) -> wasmtime::Result<Option<bindings::ledge::platform::caller::Token>> {
         let caller = &self.access.caller;
-        Ok(caller
-            .token_id
-            .as_ref()
-            .map(|id| bindings::ledge::platform::caller::Token { id: id.clone(), caveats: caller.caveats.clone() }))
+        let live = || Ok(caller.token_id.as_ref().map(|id| (id.clone(), caller.caveats.clone())));
+        let token = match self.tape {
+            Some(tape) => {
+                tape.call("ledge:platform/caller.get-token", String::new, super::taped::Shown::shown, live)?
+            }
+            None => live()?,
+        };
+        Ok(token.map(|(id, caveats)| bindings::ledge::platform::caller::Token { id, caveats }))
     }
 }

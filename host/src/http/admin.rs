@@ -67,6 +67,7 @@ impl App {
                 let outcome = self.registry.remove(name, keep_data).await;
                 if outcome.is_ok() {
                     self.runtime.logs().forget(name);
+                    self.traces.forget(name).await;
                 }
                 audit(
                     "remove",

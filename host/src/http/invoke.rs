@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use super::path::guest_path;
 use super::server::BoxError;
+use super::traces::TRACE_HEADER;
 use super::{App, Problem, ResponseBody, authorization};
 use crate::access::caveats::{self, Op};
 use crate::access::rate::{RateDecision, client_key};
@@ -75,6 +76,8 @@ impl App {
         } else {
             self.authenticate(authorization, &invoke_facts(&request, name, guest_path), peer)?
         };
+        // Kept only while it may decide who reads a trace of this run.
+        let token = ledge_token.then(|| authorization.map(str::to_string)).flatten();
         if ledge_token {
             request.headers_mut().remove(http::header::AUTHORIZATION);
         }
@@ -105,6 +108,7 @@ impl App {
         };
         let chosen = deployment.choose(&caller_key);
         let version = chosen.version;
+        let recording = self.recording(&request, deployment, &chosen, &caller, token.as_deref(), &path_and_query);
         let invocation = Invocation {
             function: name,
             pre: chosen.pre,
@@ -114,8 +118,10 @@ impl App {
             permit,
             tls: self.tls,
             config: deployment.config.clone(),
+            tape: recording.as_ref().map(|recording| recording.tape.clone()),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
+        let trace = recording.and_then(|recording| self.trace_header(&recording, token.as_deref(), name));
         let outcome = match result {
             Ok(response) => {
                 let mut response =
@@ -126,10 +132,16 @@ impl App {
                     }
                 }
                 response.headers_mut().insert("ledge-version", http::HeaderValue::from(version));
+                if let Some(id) = trace.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
+                    response.headers_mut().insert(TRACE_HEADER, id);
+                }
                 Ok(response)
             }
             Err(error) => {
-                let problem = Problem::from(error).with_header("ledge-version", version.to_string());
+                let mut problem = Problem::from(error).with_header("ledge-version", version.to_string());
+                if let Some(id) = trace {
+                    problem = problem.with_header(TRACE_HEADER, id);
+                }
                 Err(with_rate_headers(problem, decision.as_ref()))
             }
         };

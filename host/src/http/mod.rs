@@ -37,6 +37,7 @@ pub mod problem;
 pub mod router;
 pub mod server;
 pub mod tls;
+mod traces;
 
 /// Shared state of the server.
 pub struct App {
@@ -59,6 +60,8 @@ pub struct App {
     pub data_dir: PathBuf,
     /// The engine, whose image `GET /v1/backup` takes.
     pub db: ledge_kv::Db,
+    /// Recorded runs kept for replay.
+    pub traces: Arc<crate::record::Traces>,
 }
 
 impl App {

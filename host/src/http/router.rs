@@ -9,6 +9,7 @@
 //! | `GET /v1/functions/{name}/config` | its config (secrets by name only) |
 //! | `PUT`/`DELETE /v1/functions/{name}/config/{key}` | set (`?secret=true`: sealed) or remove one |
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
+//! | `GET /v1/traces`, `GET /v1/traces/{id}[/component]` | recorded runs (`http/traces.rs`) |
 //! | `GET /v1/backup` | the node as a tar archive (`http/backup.rs`; a manage token without `fn` caveat) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (open) |
 //! | anything else matching a policy's `[[route]]` | that function, with the path as it came |
@@ -42,6 +43,8 @@ impl App {
             self.admin(request, &method, rest, peer).await
         } else if path == "/v1/tokens/revoke" {
             self.revoke(request, &method, peer).await
+        } else if let Some(rest) = path.strip_prefix("/v1/traces").filter(|r| r.is_empty() || r.starts_with('/')) {
+            self.traces(request, &method, rest, peer).await
         } else if path == "/v1/backup" {
             self.backup(request, &method, peer).await
         } else {

@@ -138,11 +138,13 @@ impl Registry {
     pub(super) fn load_config(&self, name: &str) -> io::Result<Arc<GuestConfig>> {
         let stored = read_stored(&self.function_dir(name))?;
         let mut pairs: Vec<(String, String)> = stored.values.into_iter().collect();
+        let mut secrets = Vec::with_capacity(stored.secrets.len());
         for (key, sealed) in stored.secrets {
             let value = self.secrets.open_sealed(name, &key, &sealed)?;
+            secrets.push(key.clone());
             pairs.push((key, value));
         }
-        Ok(Arc::new(GuestConfig::new(pairs)))
+        Ok(Arc::new(GuestConfig::new(pairs, secrets)))
     }
 
     /// Sets `key` of function `name` (sealed when `secret`); new requests see it at once.

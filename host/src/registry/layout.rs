@@ -110,6 +110,14 @@ impl Registry {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
+    /// The component version `version` of `name` runs: its pre-initialized snapshot when it
+    /// has one (what a replay must run), else the component as deployed.
+    pub fn runnable_component(&self, name: &str, version: u64) -> Result<Vec<u8>, super::RegistryError> {
+        let meta = self.version_meta(name, version).map_err(|e| super::RegistryError::Versions(format!("{e:#}")))?;
+        let file = if meta.snapshot_sha256.is_some() { "snapshot.wasm" } else { "component.wasm" };
+        Ok(fs::read(self.function_dir(name).join(version_dir_name(version)).join(file))?)
+    }
+
     /// Loads one version: its precompiled code when the digest matches, else recompiled.
     pub(super) fn load_version(
         &self,

@@ -73,6 +73,7 @@ pub struct Canary {
 /// The version one request runs.
 pub struct Chosen<'a> {
     pub version: u64,
+    pub meta: &'a FunctionMeta,
     pub pre: &'a ProxyPre<GuestState>,
     /// This version's first instance (a cold start).
     pub cold: bool,
@@ -109,10 +110,10 @@ impl Deployment {
             std::hash::Hash::hash(caller_key, &mut hasher);
             if std::hash::Hasher::finish(&hasher) % 100 < u64::from(canary.percent) {
                 let cold = first_start(&canary.unstarted);
-                return Chosen { version: canary.meta.version, pre: &canary.pre, cold };
+                return Chosen { version: canary.meta.version, meta: &canary.meta, pre: &canary.pre, cold };
             }
         }
-        Chosen { version: self.meta.version, pre: &self.pre, cold: first_start(&self.unstarted) }
+        Chosen { version: self.meta.version, meta: &self.meta, pre: &self.pre, cold: first_start(&self.unstarted) }
     }
 
     /// This deployment with `config`.

@@ -103,6 +103,7 @@ impl Registry {
                     permit,
                     tls: false,
                     config: deployment.config.clone(),
+                    tape: None,
                 };
                 match self.runtime.invoke(invocation, request, path).await {
                     Ok(response) => {

@@ -1,7 +1,6 @@
 //! Per-request store data: WASI, wasi-http with the outbound hooks, the resource table, the
 //! memory cap and the key-value access of one guest run.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
@@ -12,21 +11,32 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::guestlog::GuestLog;
 use super::outbound::OutboundHooks;
-use crate::access::policy::Policy;
 use crate::guest_kv::{KvAccess, KvCtx};
 use crate::logs::Logs;
+use crate::record::Tape;
+use crate::record::wasi::Taped;
 
 /// A function's configuration as its guests see it: `wasi:config/store` and the environment.
 #[derive(Default)]
 pub struct GuestConfig {
     vars: WasiConfigVariables,
     env: Vec<(String, String)>,
+    /// Keys whose values are secrets: a trace records their names, never their values.
+    secrets: Vec<String>,
 }
 
 impl GuestConfig {
-    pub fn new(pairs: Vec<(String, String)>) -> Self {
+    pub fn new(pairs: Vec<(String, String)>, secrets: Vec<String>) -> Self {
         let vars = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        GuestConfig { vars, env: pairs }
+        GuestConfig { vars, env: pairs, secrets }
+    }
+
+    /// The entries as a trace keeps them: secrets by name only (`None`).
+    pub fn recorded(&self) -> Vec<(String, Option<String>)> {
+        self.env
+            .iter()
+            .map(|(key, value)| (key.clone(), (!self.secrets.contains(key)).then(|| value.clone())))
+            .collect()
     }
 }
 
@@ -39,30 +49,33 @@ pub struct GuestState {
     pub(super) memory: MemoryCap,
     config: Arc<GuestConfig>,
     kv: KvAccess,
+    /// The run's recording or replay, if it has one.
+    tape: Option<Arc<Tape>>,
 }
 
 impl GuestState {
     pub(super) fn new(
         function: &str,
-        policy: &Policy,
+        outbound: OutboundHooks,
         memory_cap: u64,
         kv: KvAccess,
-        own_addresses: Arc<[IpAddr]>,
         config: Arc<GuestConfig>,
         logs: Arc<Logs>,
+        tape: Option<Arc<Tape>>,
     ) -> Self {
         GuestState {
             wasi: WasiCtx::builder()
-                .stdout(GuestLog::new(function, "stdout", logs.clone()))
-                .stderr(GuestLog::new(function, "stderr", logs))
+                .stdout(GuestLog::new(function, "stdout", logs.clone(), tape.clone()))
+                .stderr(GuestLog::new(function, "stderr", logs, tape.clone()))
                 .envs(&config.env)
                 .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound: OutboundHooks::new(policy.outbound_allow.clone(), own_addresses),
-            memory: MemoryCap::new(usize::try_from(memory_cap).unwrap_or(usize::MAX)),
+            outbound,
+            memory: MemoryCap::new(usize::try_from(memory_cap).unwrap_or(usize::MAX), tape.clone()),
             config,
             kv,
+            tape,
         }
     }
 
@@ -71,7 +84,16 @@ impl GuestState {
     }
 
     pub(super) fn kv(&mut self) -> KvCtx<'_> {
-        KvCtx { table: &mut self.table, access: &mut self.kv }
+        KvCtx { table: &mut self.table, access: &mut self.kv, tape: self.tape.as_deref() }
+    }
+
+    pub(super) fn taped_clocks(&mut self) -> Taped<'_, wasmtime_wasi::clocks::WasiClocksCtxView<'_>> {
+        let live = wasmtime_wasi::clocks::WasiClocksCtxView { ctx: self.wasi.clocks(), table: &mut self.table };
+        Taped { live, tape: self.tape.as_deref() }
+    }
+
+    pub(super) fn taped_random(&mut self) -> Taped<'_, &mut wasmtime_wasi::random::WasiRandomCtx> {
+        Taped { live: self.wasi.random(), tape: self.tape.as_deref() }
     }
 }
 
@@ -98,11 +120,13 @@ pub(super) struct MemoryCap {
     /// Table elements the instance holds, over all its tables.
     table_elements: usize,
     pub(super) hit: bool,
+    /// A replay reports the memory size where it stops.
+    tape: Option<Arc<Tape>>,
 }
 
 impl MemoryCap {
-    pub(super) fn new(limit: usize) -> Self {
-        MemoryCap { limit, used: 0, table_elements: 0, hit: false }
+    pub(super) fn new(limit: usize, tape: Option<Arc<Tape>>) -> Self {
+        MemoryCap { limit, used: 0, table_elements: 0, hit: false, tape: tape.filter(|tape| tape.is_replay()) }
     }
 }
 
@@ -124,6 +148,9 @@ impl ResourceLimiter for MemoryCap {
             return Ok(false);
         }
         self.used = total;
+        if let Some(tape) = &self.tape {
+            tape.memory(total as u64);
+        }
         Ok(true)
     }
 

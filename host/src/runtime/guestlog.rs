@@ -12,6 +12,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use crate::logs::Logs;
+use crate::record::Tape;
 
 const MAX_LINE: usize = 4096;
 const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
@@ -24,6 +25,8 @@ pub struct GuestLog {
     logs: Arc<Logs>,
     stream: &'static str,
     state: Arc<Mutex<LineBuffer>>,
+    /// The run's recording or replay: it gets the bytes as written.
+    tape: Option<Arc<Tape>>,
 }
 
 #[derive(Default)]
@@ -34,11 +37,18 @@ struct LineBuffer {
 }
 
 impl GuestLog {
-    pub fn new(function: &str, stream: &'static str, logs: Arc<Logs>) -> Self {
-        GuestLog { function: function.into(), logs, stream, state: Arc::default() }
+    pub fn new(function: &str, stream: &'static str, logs: Arc<Logs>, tape: Option<Arc<Tape>>) -> Self {
+        GuestLog { function: function.into(), logs, stream, state: Arc::default(), tape }
     }
 
     fn accept(&self, bytes: &[u8]) {
+        if let Some(tape) = &self.tape {
+            tape.log(self.stream, bytes);
+            if tape.is_replay() {
+                // A replay's output goes to its timeline, not to the host's log.
+                return;
+            }
+        }
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for &byte in bytes {
             if byte == b'\n' || state.pending.len() >= MAX_LINE {

@@ -23,6 +23,8 @@ use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 use crate::guest_kv::KvAccess;
 use crate::metrics::Metrics;
+use crate::record::Tape;
+use crate::record::trace::RecordedResponse;
 
 /// One request's view of a deployed version.
 pub struct Invocation<'a> {
@@ -39,6 +41,8 @@ pub struct Invocation<'a> {
     pub tls: bool,
     /// The function's configuration.
     pub config: Arc<GuestConfig>,
+    /// Record this run onto (or replay it from) this tape.
+    pub tape: Option<Arc<Tape>>,
 }
 
 /// Why an invocation failed.
@@ -63,6 +67,18 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// The failure's kind as a trace names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::BodyTooLarge { .. } => "body-too-large",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::MemoryLimit { .. } => "memory",
+            InvokeError::Trap(_) => "trap",
+            InvokeError::NoResponse => "no-response",
+            InvokeError::PoolExhausted | InvokeError::BadRequest(_) | InvokeError::Host(_) => "host",
+        }
+    }
+
     /// The HTTP status this failure answers with.
     pub fn status(&self) -> u16 {
         match self {
@@ -78,8 +94,42 @@ impl InvokeError {
 }
 
 impl Runtime {
-    /// Runs one request on a fresh instance. `path_and_query` is what the guest sees.
+    /// Runs one request on a fresh instance. `path_and_query` is what the guest sees. With a
+    /// tape, the run's response and failure go onto it too.
     pub async fn invoke<B>(
+        &self,
+        invocation: Invocation<'_>,
+        request: http::Request<B>,
+        path_and_query: &str,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(tape) = invocation.tape.clone() else { return self.run(invocation, request, path_and_query).await };
+        match self.run(invocation, request, path_and_query).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                tape.response(RecordedResponse {
+                    status: parts.status.as_u16(),
+                    headers: crate::record::headers(&parts.headers),
+                });
+                let body = body.map_frame(move |frame| {
+                    if let Some(chunk) = frame.data_ref() {
+                        tape.response_chunk(chunk);
+                    }
+                    frame
+                });
+                Ok(http::Response::from_parts(parts, body.boxed_unsync()))
+            }
+            Err(error) => {
+                tape.fail(error.kind(), &error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    async fn run<B>(
         &self,
         invocation: Invocation<'_>,
         request: http::Request<B>,
@@ -95,12 +145,14 @@ impl Runtime {
         // then, the client gets a 413.
         let overflowed = Arc::new(AtomicBool::new(false));
         let scheme = if invocation.tls { Scheme::Https } else { Scheme::Http };
-        let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone())?;
+        let recording = invocation.tape.clone().filter(|tape| !tape.is_replay());
+        let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone(), recording)?;
         let kv = match &self.db {
             Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
             None => KvAccess::none(),
         };
-        let mut store = self.guest_store(invocation.function, policy, kv, invocation.config.clone());
+        let mut store =
+            self.guest_store(invocation.function, policy, kv, invocation.config.clone(), invocation.tape.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;
@@ -166,7 +218,13 @@ impl Runtime {
             finished = tokio::time::timeout(FINISH_GRACE, &mut run).await.ok();
         }
         if finished.is_none() {
-            tokio::spawn(run);
+            let tape = invocation.tape.clone();
+            tokio::spawn(async move {
+                // The head is out: a failure now only shows in the trace.
+                if let ((Ok(Err(error)), _), Some(tape)) = (run.await, tape) {
+                    tape.fail("trap", &describe_failure(&error));
+                }
+            });
         }
         match response {
             Ok(response) if finished.is_some() && !head_only => whole(response).await,
@@ -253,6 +311,7 @@ fn guest_request<B>(
     path_and_query: &str,
     max_body: u64,
     overflowed: Arc<AtomicBool>,
+    recording: Option<Arc<Tape>>,
 ) -> Result<
     http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<B>>,
     InvokeError,
@@ -286,13 +345,24 @@ where
         .build()
         .map_err(|error| InvokeError::BadRequest(error.to_string()))?;
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit).map_err(move |error| {
-        if error.is::<http_body_util::LengthLimitError>() {
-            overflowed.store(true, Ordering::Relaxed);
-            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
-        } else {
-            wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
-        }
-    });
+    let failed = recording.clone();
+    let body = Limited::new(body, limit)
+        .map_err(move |error| {
+            if let Some(tape) = &failed {
+                tape.request_error(&error.to_string());
+            }
+            if error.is::<http_body_util::LengthLimitError>() {
+                overflowed.store(true, Ordering::Relaxed);
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
+            } else {
+                wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
+            }
+        })
+        .map_frame(move |frame| {
+            if let (Some(tape), Some(chunk)) = (&recording, frame.data_ref()) {
+                tape.request_chunk(chunk);
+            }
+            frame
+        });
     Ok(http::Request::from_parts(parts, body))
 }

@@ -28,6 +28,7 @@ use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 use crate::logs::Logs;
 use crate::metrics::Metrics;
+use crate::record::Tape;
 
 pub mod concurrency;
 pub mod guest;
@@ -92,6 +93,11 @@ impl Runtime {
             GuestState::kv,
         )
         .map_err(anyhow_from)?;
+        // Clocks and randomness go through the run's tape (record and replay).
+        linker.allow_shadowing(true);
+        crate::record::wasi::add_to_linker(&mut linker, GuestState::taped_clocks, GuestState::taped_random)
+            .map_err(anyhow_from)?;
+        linker.allow_shadowing(false);
         spawn_epoch_ticker(&engine);
         Ok(Runtime {
             engine,
@@ -174,9 +180,11 @@ impl Runtime {
         policy: &Policy,
         kv: KvAccess,
         config: Arc<GuestConfig>,
+        tape: Option<Arc<Tape>>,
     ) -> Store<GuestState> {
-        let own = self.own_addresses.clone();
-        let state = GuestState::new(function, policy, self.memory_cap(policy), kv, own, config, self.logs.clone());
+        let outbound =
+            outbound::OutboundHooks::new(policy.outbound_allow.clone(), self.own_addresses.clone(), tape.clone());
+        let state = GuestState::new(function, outbound, self.memory_cap(policy), kv, config, self.logs.clone(), tape);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
@@ -187,6 +195,11 @@ impl Runtime {
     /// A policy's memory limit, capped by what this engine can give (the profile's maximum).
     fn memory_cap(&self, policy: &Policy) -> u64 {
         policy.memory.min(self.max_memory)
+    }
+
+    /// The largest linear memory any guest of this engine gets.
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory
     }
 
     /// Which allocator the probe settled on.

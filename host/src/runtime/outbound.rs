@@ -26,10 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-type ResponseFuture = Box<
-    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
-        + Send,
->;
+use crate::record::Tape;
+use crate::record::outbound::ResponseFuture;
 
 /// Outbound requests one instance may have open at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -45,11 +43,13 @@ pub struct OutboundHooks {
     allow: Vec<String>,
     own_addresses: Arc<[IpAddr]>,
     in_flight: Arc<AtomicUsize>,
+    /// The run's recording (responses are recorded) or replay (responses come from the trace).
+    tape: Option<Arc<Tape>>,
 }
 
 impl OutboundHooks {
-    pub fn new(allow: Vec<String>, own_addresses: Arc<[IpAddr]>) -> Self {
-        OutboundHooks { allow, own_addresses, in_flight: Arc::default() }
+    pub fn new(allow: Vec<String>, own_addresses: Arc<[IpAddr]>, tape: Option<Arc<Tape>>) -> Self {
+        OutboundHooks { allow, own_addresses, in_flight: Arc::default(), tape }
     }
 
     fn allows(&self, host: &str) -> bool {
@@ -65,6 +65,16 @@ impl WasiHttpHooks for OutboundHooks {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         _ = fut;
+        match self.tape.clone() {
+            Some(tape) => crate::record::outbound::send(tape, request, |request| self.live(request, options)),
+            None => self.live(request, options),
+        }
+    }
+}
+
+impl OutboundHooks {
+    /// The request to the network, if the policy allows it.
+    fn live(&mut self, request: http::Request<WasiBody>, options: Option<RequestOptions>) -> ResponseFuture {
         let host = request.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
         if !self.allows(&host) {
             tracing::info!(%host, "outbound request denied by policy");

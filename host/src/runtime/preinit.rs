@@ -50,6 +50,7 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
         &Policy { timeout: INIT_TIMEOUT, ..Policy::default() },
         KvAccess::none(),
         Default::default(),
+        None,
     );
     let run = async {
         let instance = runtime

@@ -162,7 +162,7 @@ impl Runtime {
     /// Instantiates the component once, under the same limits as a request: catches too many
     /// core instances whatever the allocator, and a start function that traps or never returns.
     pub async fn check_instantiation(&self, pre: &ProxyPre<GuestState>) -> Result<(), ValidateError> {
-        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none(), Arc::default());
+        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none(), Arc::default(), None);
         match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if format!("{error:#}").contains("count too high") => Err(ValidateError::Limits(format!(

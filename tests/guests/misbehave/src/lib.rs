@@ -1,5 +1,5 @@
 //! A guest that misbehaves on request, to show the host survives it:
-//! `/trap` panics, `/spin` never returns, `/hog` allocates without end,
+//! `/trap` panics, `/count-then-trap` commits an increment and then panics, `/spin` never returns, `/hog` allocates without end,
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
 //! `/print` writes to stdout and stderr, `/slow-write?ms=N` sleeps then commits a write,
 //! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
@@ -15,6 +15,15 @@ use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
 fn handle(req: Request) -> Response {
     match req.path() {
         "/trap" => panic!("asked to trap"),
+        "/count-then-trap" => {
+            let hits = ledge_sdk::kv::transaction(|tx| {
+                let n = tx.get_u64("hits")?.unwrap_or(0) + 1;
+                tx.put("hits", n)?;
+                Ok(n)
+            })
+            .unwrap();
+            panic!("trapped after counting to {hits}");
+        }
         "/spin" => {
             let mut n: u64 = 0;
             loop {

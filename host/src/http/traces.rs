@@ -1,0 +1,263 @@
+//! Record and replay at the edge: which invocations are recorded (`[record]`, `ledge-record: 1`)
+//! and the trace API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/traces[?function=NAME][&limit=N]` | newest traces first (JSON) |
+//! | `GET /v1/traces/{id}[?component=true]` | one trace file (with the component that ran) |
+//! | `GET /v1/traces/{id}/component` | the component that ran |
+//!
+//! Invariants: traces hold request data and key-value contents, so every route needs a token
+//! allowed `op manage` on the trace's function (listing all functions' traces: a manage token
+//! without `fn` caveat); a trace id alone grants nothing. `ledge-trace` is only ever sent to a
+//! caller who may read that trace. `ledge-record: 1` from anyone else records nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::{App, Problem, ResponseBody, json, method_not_allowed};
+use crate::access::caveats::{self, Op};
+use crate::access::tokens::Caller;
+use crate::record::store::{MAX_LISTED, Retention, new_id};
+use crate::record::trace::{CallerFacts, GuestFacts, Reason, RecordedRequest, Trace};
+use crate::record::{Keep, Tape, TraceMeta, trace};
+use crate::registry::{Chosen, Deployment};
+
+/// The request header that asks for a recording.
+pub const RECORD_HEADER: &str = "ledge-record";
+/// The response header naming the trace of a recorded run.
+pub const TRACE_HEADER: &str = "ledge-trace";
+
+/// A run being recorded, and what the edge needs to know about it afterwards.
+pub(super) struct Recording {
+    pub tape: Arc<Tape>,
+    pub id: String,
+    /// The caller may read this function's traces (`None`: not checked yet).
+    may_read: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct ListReply {
+    traces: Vec<TraceMeta>,
+}
+
+impl App {
+    /// Starts recording this invocation when `[record]` or the caller asks for it.
+    /// `authorization` is the caller's ledge token, if it presented one.
+    pub(super) fn recording<B>(
+        &self,
+        request: &http::Request<B>,
+        deployment: &Deployment,
+        chosen: &Chosen<'_>,
+        caller: &Caller,
+        authorization: Option<&str>,
+        path_and_query: &str,
+    ) -> Option<Recording> {
+        let name = chosen.meta.name.as_str();
+        let policy = deployment.policy.record;
+        let asked = request.headers().get(RECORD_HEADER).is_some_and(|value| value.as_bytes() == b"1");
+        let may_read = asked.then(|| self.may_read_traces(authorization, name));
+        let (keep, reason) = if may_read == Some(true) {
+            (Keep::Always, Reason::Requested)
+        } else if policy.sample > 0.0 && rand::random::<f64>() < policy.sample {
+            (Keep::Always, Reason::Sampled)
+        } else if policy.errors {
+            (Keep::OnFailure, Reason::Error)
+        } else {
+            return None;
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let id = new_id(now.as_millis() as u64);
+        let trace = Trace {
+            id: id.clone(),
+            function: name.to_string(),
+            version: chosen.version,
+            component_sha256: chosen.meta.sha256.clone(),
+            runs_sha256: chosen.meta.snapshot_sha256.clone().unwrap_or_else(|| chosen.meta.sha256.clone()),
+            ledge_version: env!("CARGO_PKG_VERSION").to_string(),
+            recorded_at_ms: now.as_millis() as u64,
+            reason,
+            request: recorded_request(request, self.tls, path_and_query),
+            facts: GuestFacts {
+                caller: caller.token_id.as_ref().map(|_| CallerFacts {
+                    token_id: caller.token_id.clone(),
+                    caveats: caller.caveats.clone(),
+                    key_prefixes: caller.key_prefixes.clone(),
+                    read_only: caller.read_only,
+                }),
+                config: deployment.config.recorded(),
+                memory_limit: deployment.policy.memory.min(self.runtime.max_memory()),
+                timeout_ms: deployment.policy.timeout.as_millis() as u64,
+                max_body: deployment.policy.max_body,
+                kv_stores: deployment.policy.kv_stores.clone(),
+                kv_max_bytes: deployment.policy.kv_max_bytes,
+            },
+            ..Trace::default()
+        };
+        let retention = Retention { max_traces: policy.max_traces, max_bytes: policy.max_trace_bytes };
+        let tape = Tape::record(trace, keep, self.traces.sink(retention));
+        Some(Recording { tape, id, may_read })
+    }
+
+    /// The `ledge-trace` value for a finished run: its id, when the trace is kept and the caller
+    /// may read it.
+    pub(super) fn trace_header(
+        &self,
+        recording: &Recording,
+        authorization: Option<&str>,
+        name: &str,
+    ) -> Option<String> {
+        let may_read = || recording.may_read.unwrap_or_else(|| self.may_read_traces(authorization, name));
+        (recording.tape.keeps() && may_read()).then(|| recording.id.clone())
+    }
+
+    /// Whether `authorization` carries a token allowed `op manage` on `name`.
+    fn may_read_traces(&self, authorization: Option<&str>, name: &str) -> bool {
+        let facts = caveats::Request {
+            op: Op::Manage,
+            function: Some(name),
+            method: "GET",
+            path: "/v1/traces",
+            now: SystemTime::now(),
+        };
+        authorization.is_some() && self.authority.verify(authorization, &facts).is_ok()
+    }
+
+    /// `/v1/traces` and below; `rest` is what follows `/v1/traces`.
+    pub(super) async fn traces(
+        &self,
+        request: http::Request<Incoming>,
+        method: &Method,
+        rest: &str,
+        peer: SocketAddr,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
+        if method != Method::GET {
+            return Err(method_not_allowed("GET"));
+        }
+        let query = Query::parse(request.uri().query());
+        let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            [""] => {
+                let caller = self.authorize(&request, Op::Manage, query.function.as_deref(), peer)?;
+                self.charge_admin(&caller)?;
+                let (traces, function) = (self.traces.clone(), query.function.clone());
+                let limit = query.limit.unwrap_or(100).min(MAX_LISTED);
+                let listed = tokio::task::spawn_blocking(move || traces.list(function.as_deref(), limit))
+                    .await
+                    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing traces: {e}")))?;
+                Ok(json(StatusCode::OK, &ListReply { traces: listed }))
+            }
+            [id] => {
+                let (function, compressed, version) = self.trace_of(&request, id, peer).await?;
+                let component = if query.component { Some(self.component_of(&function, version, id)?) } else { None };
+                let file = trace::encode(&compressed, component.as_deref());
+                Ok(super::server::full(StatusCode::OK, "application/vnd.ledge.trace", file))
+            }
+            [id, "component"] => {
+                let (function, _, version) = self.trace_of(&request, id, peer).await?;
+                let component = self.component_of(&function, version, id)?;
+                Ok(super::server::full(StatusCode::OK, "application/wasm", component))
+            }
+            _ => Err(Problem::new(StatusCode::NOT_FOUND, "no such trace route")),
+        }
+    }
+
+    /// Trace `id` (its function, compressed bytes and version), for a caller who may read it.
+    async fn trace_of<B>(
+        &self,
+        request: &http::Request<B>,
+        id: &str,
+        peer: SocketAddr,
+    ) -> Result<(String, Vec<u8>, u64), Problem> {
+        // Prove a valid token before saying whether the trace exists.
+        let facts = caveats::Request {
+            op: Op::Manage,
+            function: None,
+            method: "GET",
+            path: request.uri().path(),
+            now: SystemTime::now(),
+        };
+        let checked = self.authenticate(super::authorization(request), &facts, peer);
+        if let Err(problem) = &checked
+            && problem.status == 401
+        {
+            return Err(checked.expect_err("checked above"));
+        }
+        let not_found = || Problem::new(StatusCode::NOT_FOUND, format!("no trace `{id}`"));
+        let traces = self.traces.clone();
+        let owned = id.to_string();
+        let function = tokio::task::spawn_blocking(move || traces.function_of(&owned))
+            .await
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading traces: {e}")))?
+            .ok_or_else(not_found)?;
+        let caller = self.authorize(request, Op::Manage, Some(&function), peer)?;
+        self.charge_admin(&caller)?;
+        let (traces, owned, name) = (self.traces.clone(), id.to_string(), function.clone());
+        let (meta, compressed) = tokio::task::spawn_blocking(move || traces.get(&name, &owned))
+            .await
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading traces: {e}")))?
+            .ok_or_else(not_found)?;
+        Ok((function, compressed, meta.version))
+    }
+
+    fn component_of(&self, function: &str, version: u64, id: &str) -> Result<Vec<u8>, Problem> {
+        self.registry.runnable_component(function, version).map_err(|_| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "version {version} of `{function}`, which trace `{id}` ran, is no longer kept; replay it with --against FILE.wasm"
+                ),
+            )
+        })
+    }
+}
+
+/// The request head as the guest sees it (the ledge token already removed).
+fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    RecordedRequest {
+        method: request.method().as_str().to_string(),
+        scheme: if tls { "https" } else { "http" }.to_string(),
+        authority,
+        path_and_query: path_and_query.to_string(),
+        headers: crate::record::headers(request.headers()),
+        body: Vec::new(),
+        body_error: None,
+    }
+}
+
+/// `?function=NAME&limit=N&component=true`.
+#[derive(Default)]
+struct Query {
+    function: Option<String>,
+    limit: Option<usize>,
+    component: bool,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut parsed = Query::default();
+        for pair in query.unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("function", name)) => parsed.function = Some(name.to_string()),
+                Some(("limit", n)) => parsed.limit = n.parse().ok(),
+                Some(("component", value)) => parsed.component = value == "true" || value == "1",
+                _ => {}
+            }
+        }
+        parsed
+    }
+}

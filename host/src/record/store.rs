@@ -1,0 +1,311 @@
+//! Kept traces, in the engine's system keyspace:
+//! `sys/trace/ID/NNNN` the compressed trace in chunks of at most [`CHUNK`] bytes,
+//! `sys/trace-list/FUNCTION/ID` its [`TraceMeta`] (JSON), `sys/trace-id/ID` its function.
+//!
+//! Invariants:
+//! - a trace's keys are written in one transaction, so it is listed only once it is whole;
+//! - ids sort by recording time, so retention drops the oldest first: per function at most
+//!   `[record] max_traces` traces and `max_trace_bytes` bytes;
+//! - one writer thread compresses, stores (what is waiting, in one commit) and prunes; recording only hands it a finished trace
+//!   through a bounded queue ([`QUEUE`]), so a flood of traces drops traces (counted), never
+//!   requests, and never grows memory without bound;
+//! - removing a function removes its traces, after every trace already queued for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use ledge_kv::{Db, Isolation, TxError};
+use serde::{Deserialize, Serialize};
+
+use super::trace::{self, Trace};
+use crate::guest_kv::prefix_end;
+
+/// Largest chunk of a stored trace (the engine's values are at most 1 MiB).
+const CHUNK: usize = 512 << 10;
+/// Finished traces waiting for the writer.
+const QUEUE: usize = 64;
+/// Most traces, and most bytes of them, stored in one transaction.
+const BATCH: usize = 32;
+const BATCH_BYTES: usize = 8 << 20;
+/// Most traces one listing returns (newest first).
+pub const MAX_LISTED: usize = 1000;
+
+/// What `ledge traces` shows of a trace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceMeta {
+    pub id: String,
+    pub function: String,
+    pub version: u64,
+    /// RFC 3339.
+    pub recorded_at: String,
+    pub status: u16,
+    pub duration_us: u64,
+    /// Bytes stored (compressed).
+    pub size: u64,
+    /// `error`, `sampled` or `requested`.
+    pub reason: String,
+    chunks: u32,
+}
+
+/// How many traces, and how many bytes of them, a function keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub max_traces: u32,
+    pub max_bytes: u64,
+}
+
+enum Job {
+    Store(Box<Trace>, Retention),
+    /// Delete every trace of the function, then answer.
+    Forget(String, std::sync::mpsc::Sender<()>),
+}
+
+/// The node's kept traces.
+pub struct Traces {
+    db: Db,
+    jobs: SyncSender<Job>,
+    /// Traces not kept because the writer was behind.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Traces {
+    /// Opens the store on `db` and starts its writer thread.
+    pub fn start(db: Db) -> std::io::Result<Arc<Traces>> {
+        let (jobs, queue) = sync_channel(QUEUE);
+        let writer = Writer { db: db.clone(), kept: HashMap::new() };
+        std::thread::Builder::new().name("ledge-traces".into()).spawn(move || writer.run(queue))?;
+        Ok(Arc::new(Traces { db, jobs, dropped: Arc::default() }))
+    }
+
+    /// Where a finished recording goes: the writer, unless it is [`QUEUE`] traces behind.
+    pub fn sink(&self, retention: Retention) -> Box<dyn FnOnce(Trace) + Send> {
+        let (jobs, dropped) = (self.jobs.clone(), self.dropped.clone());
+        Box::new(move |trace| match jobs.try_send(Job::Store(Box::new(trace), retention)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("trace writer behind; a trace was not kept");
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        })
+    }
+
+    /// Removes every trace of `function` (after those queued for it are written).
+    pub async fn forget(&self, function: &str) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let jobs = self.jobs.clone();
+        let job = Job::Forget(function.to_string(), done);
+        let _ = tokio::task::spawn_blocking(move || {
+            if jobs.send(job).is_ok() {
+                let _ = wait.recv();
+            }
+        })
+        .await;
+    }
+
+    /// The newest traces (of `function`, or of all), newest first, at most `limit`.
+    pub fn list(&self, function: Option<&str>, limit: usize) -> Result<Vec<TraceMeta>, TxError> {
+        let prefix = match function {
+            Some(name) => format!("sys/trace-list/{name}/"),
+            None => "sys/trace-list/".to_string(),
+        };
+        let mut tx = self.db.begin(Isolation::Snapshot);
+        let entries = tx.scan(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), usize::MAX)?;
+        let mut metas: Vec<TraceMeta> =
+            entries.iter().filter_map(|(_, value)| serde_json::from_slice(value).ok()).collect();
+        metas.sort_by(|a, b| b.id.cmp(&a.id));
+        metas.truncate(limit);
+        Ok(metas)
+    }
+
+    /// The function trace `id` belongs to.
+    pub fn function_of(&self, id: &str) -> Result<Option<String>, TxError> {
+        if !is_valid_id(id) {
+            return Ok(None);
+        }
+        let mut tx = self.db.begin(Isolation::Snapshot);
+        Ok(tx.get(format!("sys/trace-id/{id}").as_bytes())?.map(|f| String::from_utf8_lossy(&f).into_owned()))
+    }
+
+    /// Trace `id` of `function`: its metadata and its compressed bytes.
+    pub fn get(&self, function: &str, id: &str) -> Result<Option<(TraceMeta, Vec<u8>)>, TxError> {
+        let mut tx = self.db.begin(Isolation::Snapshot);
+        let Some(meta) = tx.get(format!("sys/trace-list/{function}/{id}").as_bytes())? else { return Ok(None) };
+        let Ok(meta) = serde_json::from_slice::<TraceMeta>(&meta) else { return Ok(None) };
+        let mut bytes = Vec::with_capacity(meta.size as usize);
+        for n in 0..meta.chunks {
+            bytes.extend(tx.get(chunk_key(id, n).as_bytes())?.unwrap_or_default());
+        }
+        Ok(Some((meta, bytes)))
+    }
+}
+
+fn chunk_key(id: &str, n: u32) -> String {
+    format!("sys/trace/{id}/{n:04}")
+}
+
+/// Trace ids: [`new_id`]'s 21 lowercase hex digits.
+pub fn is_valid_id(id: &str) -> bool {
+    id.len() == 21 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A new trace id: milliseconds since the epoch, then 40 random bits; ids sort by time.
+pub fn new_id(now_ms: u64) -> String {
+    let random: u64 = rand::random::<u64>() & ((1 << 40) - 1);
+    format!("{now_ms:011x}{random:010x}")
+}
+
+/// The writer thread's state: per function, its kept traces oldest first (loaded on first use).
+struct Writer {
+    db: Db,
+    kept: HashMap<String, Kept>,
+}
+
+/// One function's kept traces, oldest first, and their total size.
+#[derive(Default)]
+struct Kept {
+    traces: VecDeque<KeptTrace>,
+    bytes: u64,
+}
+
+struct KeptTrace {
+    id: String,
+    size: u64,
+    chunks: u32,
+}
+
+impl Kept {
+    fn push(&mut self, trace: KeptTrace) {
+        self.bytes += trace.size;
+        self.traces.push_back(trace);
+    }
+
+    /// Takes the oldest traces out until what is left is within `retention`.
+    fn over(&mut self, retention: Retention) -> Vec<KeptTrace> {
+        let mut victims = Vec::new();
+        while self.traces.len() > retention.max_traces as usize || self.bytes > retention.max_bytes {
+            let Some(oldest) = self.traces.pop_front() else { break };
+            self.bytes -= oldest.size;
+            victims.push(oldest);
+        }
+        victims
+    }
+}
+
+impl Writer {
+    fn run(mut self, queue: Receiver<Job>) {
+        while let Ok(job) = queue.recv() {
+            // Take what else is waiting too: one commit (one fsync) stores them all.
+            let mut batch = Vec::new();
+            let mut forget = None;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Store(trace, retention) => batch.push((trace, retention)),
+                    Job::Forget(function, done) => forget = Some((function, done)),
+                }
+                if forget.is_none() && batch.len() < BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if let Err(error) = self.store(&batch) {
+                tracing::warn!(%error, "storing traces");
+            }
+            if let Some((function, done)) = forget {
+                if let Err(error) = self.forget(&function) {
+                    tracing::warn!(%error, function, "removing traces");
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Stores the batch and prunes past each function's retention, in as few commits as the
+    /// transaction size allows. On failure the cached lists are dropped and read again.
+    fn store(&mut self, batch: &[(Box<Trace>, Retention)]) -> Result<(), TxError> {
+        let outcome = self.try_store(batch);
+        if outcome.is_err() {
+            self.kept.clear();
+        }
+        outcome
+    }
+
+    fn try_store(&mut self, batch: &[(Box<Trace>, Retention)]) -> Result<(), TxError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin(Isolation::Snapshot);
+        let mut buffered = 0;
+        for (trace, retention) in batch {
+            let compressed = trace::compress(trace);
+            if buffered + compressed.len() > BATCH_BYTES && buffered > 0 {
+                std::mem::replace(&mut tx, self.db.begin(Isolation::Snapshot)).commit()?;
+                buffered = 0;
+            }
+            buffered += compressed.len();
+            let meta = TraceMeta {
+                id: trace.id.clone(),
+                function: trace.function.clone(),
+                version: trace.version,
+                recorded_at: chrono::DateTime::from_timestamp_millis(trace.recorded_at_ms as i64)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default(),
+                status: trace.status(),
+                duration_us: trace.duration_us,
+                size: compressed.len() as u64,
+                reason: format!("{:?}", trace.reason).to_lowercase(),
+                chunks: compressed.chunks(CHUNK).count() as u32,
+            };
+            for (n, chunk) in compressed.chunks(CHUNK).enumerate() {
+                tx.put(chunk_key(&trace.id, n as u32).as_bytes(), chunk)?;
+            }
+            let meta_json = serde_json::to_vec(&meta).expect("metadata encodes");
+            tx.put(format!("sys/trace-list/{}/{}", trace.function, trace.id).as_bytes(), &meta_json)?;
+            tx.put(format!("sys/trace-id/{}", trace.id).as_bytes(), trace.function.as_bytes())?;
+            let kept = self.kept(&trace.function)?;
+            kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks });
+            for victim in kept.over(*retention) {
+                delete(&mut tx, &trace.function, &victim)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The function's kept traces (read from the engine on first use).
+    fn kept(&mut self, function: &str) -> Result<&mut Kept, TxError> {
+        if !self.kept.contains_key(function) {
+            let prefix = format!("sys/trace-list/{function}/");
+            let mut tx = self.db.begin(Isolation::Snapshot);
+            let entries = tx.scan(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), usize::MAX)?;
+            let mut kept = Kept::default();
+            for meta in entries.iter().filter_map(|(_, value)| serde_json::from_slice::<TraceMeta>(value).ok()) {
+                kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks });
+            }
+            self.kept.insert(function.to_string(), kept);
+        }
+        Ok(self.kept.get_mut(function).expect("inserted above"))
+    }
+
+    fn forget(&mut self, function: &str) -> Result<(), TxError> {
+        let kept = std::mem::take(self.kept(function)?);
+        self.kept.remove(function);
+        let mut tx = self.db.begin(Isolation::Snapshot);
+        for trace in &kept.traces {
+            delete(&mut tx, function, trace)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Deletes one trace's keys in `tx`.
+fn delete(tx: &mut ledge_kv::Tx, function: &str, trace: &KeptTrace) -> Result<(), TxError> {
+    for n in 0..trace.chunks {
+        tx.delete(chunk_key(&trace.id, n).as_bytes())?;
+    }
+    tx.delete(format!("sys/trace-list/{function}/{}", trace.id).as_bytes())?;
+    tx.delete(format!("sys/trace-id/{}", trace.id).as_bytes())
+}

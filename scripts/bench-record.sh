@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# What recording costs: hello and counter with recording off (`errors = false`, `sample = 0`),
+# with the default (`errors = true`: every run's inputs captured, kept only on failure), and with
+# every run recorded and kept (`sample = 1.0`), on one server, interleaved over ROUNDS rounds,
+# medians reported. Then the size of one kept trace of each. Run by scripts/bench.sh, or alone
+# after `cargo build --release --bin ledge` and `(cd functions && cargo build --release)`.
+#
+#   scripts/bench-record.sh [DURATION_SECONDS] [ROUNDS]     (default 5 s, 3 rounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${1:-5}"
+rounds="${2:-3}"
+ledge=./target/release/ledge
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+mkdir -p "$work/policies"
+printf 'public = true\n[rate]\nquota = 100000000\nwindow = "1s"\n[limits]\nmax_concurrency = 256\n' >"$work/policies/default.toml"
+for fn in hello counter; do
+  printf '[record]\nerrors = false\nsample = 0.0\n' >"$work/policies/$fn-off.toml"
+  printf '[record]\nsample = 1.0\n' >"$work/policies/$fn-all.toml"
+done
+"$ledge" serve --listen 127.0.0.1:18088 --data-dir "$work/data" --policies "$work/policies" >"$work/serve.out" 2>"$work/serve.log" &
+pid=$!
+for _ in $(seq 300); do [ -f "$work/data/admin.token" ] && curl -fsS -o /dev/null http://127.0.0.1:18088/healthz 2>/dev/null && break; sleep 0.1; done
+export LEDGE_SERVER=http://127.0.0.1:18088 LEDGE_TOKEN
+LEDGE_TOKEN=$(cat "$work/data/admin.token")
+for fn in hello counter; do
+  for mode in off default all; do
+    "$ledge" deploy "$fn-$mode" "functions/target/wasm32-wasip2/release/$fn.wasm" >/dev/null
+  done
+done
+
+for round in $(seq "$rounds"); do
+  for fn in hello counter; do
+    for mode in off default all; do
+      wrk -t1 -c32 -d"${duration}s" "http://127.0.0.1:18088/fn/$fn-$mode/" | awk '/^Requests\/sec/ {print $2}' >>"$work/$fn-$mode.rps"
+    done
+  done
+  echo "round $round of $rounds done" >&2
+done
+
+median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "recording: wrk -t1 -c32 -d${duration}s, median of $rounds interleaved rounds (requests/s, ratio to off)"
+printf '  %-8s %12s %12s %8s %12s %8s\n' "" off default ratio all ratio
+for fn in hello counter; do
+  off=$(median "$work/$fn-off.rps"); def=$(median "$work/$fn-default.rps"); all=$(median "$work/$fn-all.rps")
+  printf '  %-8s %12s %12s %8s %12s %8s\n' "$fn" "$off" "$def" "$(awk -v a="$def" -v b="$off" 'BEGIN {printf "%.2f", a/b}')" \
+    "$all" "$(awk -v a="$all" -v b="$off" 'BEGIN {printf "%.2f", a/b}')"
+done
+for fn in hello counter; do
+  "$ledge" traces "$fn-all" | awk -v fn="$fn" 'NR == 2 {print "  one kept " fn " trace: " $(NF-1) " bytes (compressed)"}'
+done
+kept=$("$ledge" traces | awk 'NR > 1' | wc -l)
+echo "  traces listed after the run (newest 100 shown by default): $kept"

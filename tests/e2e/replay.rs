@@ -1,0 +1,383 @@
+//! Record and replay: runs are recorded at the host boundary (on request, on failure, by
+//! sampling), kept per function with retention, readable only with a manage token, and
+//! `ledge replay` re-executes them offline (exit 0 same, 1 diverged, 2 could not replay).
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, client, guest, ledge};
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `ledge replay ARGS` against `server` with its admin token.
+fn replay(server: &Server, args: &[&str]) -> Output {
+    let mut all = vec!["replay"];
+    all.extend_from_slice(args);
+    server.cli(&all)
+}
+
+/// `request` with the admin token and `ledge-record: 1`; returns (status, body, ledge-trace).
+async fn recorded(server: &Server, request: reqwest::RequestBuilder) -> (u16, String, Option<String>) {
+    let response = request
+        .bearer_auth(&server.admin_token)
+        .header("ledge-record", "1")
+        .send()
+        .await
+        .expect("request reaches the server");
+    let trace = response.headers().get("ledge-trace").map(|v| v.to_str().unwrap().to_string());
+    (response.status().as_u16(), response.text().await.unwrap(), trace)
+}
+
+/// The function's traces as `GET /v1/traces` lists them (newest first), once the writer has
+/// stored `count` of them (bounded wait: traces are written after the response).
+async fn traces(server: &Server, function: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("{}/v1/traces?function={function}", server.url);
+        let listed: serde_json::Value = server.admin().get(url).send().await.unwrap().json().await.unwrap();
+        let listed = listed["traces"].as_array().expect("a list").clone();
+        if listed.len() >= count || Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(output), stderr(output)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_counter_increment_replays_offline_to_the_same_response_and_changes_nothing() {
+    let server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    let (status, body, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
+    assert_eq!((status, body.as_str()), (200, "1\n"));
+    let id = trace.expect("a recorded response names its trace");
+    traces(&server, "counter", 1).await;
+
+    // By id: the trace and its component come from the server.
+    let output = replay(&server, &[&id]);
+    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
+    let timeline = stdout(&output);
+    assert!(timeline.contains("#2    ledge:platform/transactions.get(\"hits\") -> none"), "{timeline}");
+    assert!(timeline.contains("#4    ledge:platform/transactions.commit() -> "), "{timeline}");
+    assert!(timeline.contains("same: the replay reproduced the recorded run (4 host calls)"), "{timeline}");
+
+    // Exported with its component, it replays with no server at all.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("counter.trace");
+    let export = server.cli(&["trace", "get", &id, "-o", file.to_str().unwrap(), "--with-component"]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    let offline = ledge()
+        .args(["replay", file.to_str().unwrap(), "--json"])
+        .env("LEDGE_SERVER", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(0), "{}", stderr(&offline));
+    let report = json(&offline);
+    assert_eq!(report["verdict"], "same");
+    assert_eq!(report["replayed"]["body"], "1\n");
+    assert_eq!(report["replayed"]["status"], 200);
+
+    // Replaying wrote nothing: the live count is still 1, and the next increment makes 2.
+    let peek = client().get(server.fn_url("counter", "/peek")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(peek, "1\n");
+
+    // Stepping: stop after host call 2 and show what the guest had read and buffered.
+    let stepped = ledge().args(["replay", file.to_str().unwrap(), "--until", "3"]).output().unwrap();
+    assert_eq!(stepped.status.code(), Some(0), "{}", stderr(&stepped));
+    let state = stdout(&stepped);
+    assert!(state.contains("stopped after host call 3:"), "{state}");
+    assert!(state.contains("key-value reads: get(\"hits\") = none"), "{state}");
+    assert!(state.contains("buffered writes: put(\"hits\", \"1\")"), "{state}");
+    assert!(state.contains("response: not set yet"), "{state}");
+    assert!(!state.contains("#4"), "the replay stops before host call 4: {state}");
+
+    // A caller who may not read traces asks for a recording: nothing is recorded or named.
+    let anonymous = client().post(server.fn_url("counter", "/")).header("ledge-record", "1").send().await.unwrap();
+    assert_eq!(anonymous.status(), 200);
+    assert!(anonymous.headers().get("ledge-trace").is_none());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(traces(&server, "counter", 2).await.len(), 1);
+
+    // Removing the function removes its traces.
+    assert!(server.cli(&["rm", "counter"]).status.success());
+    assert_eq!(traces(&server, "counter", 0).await.len(), 0);
+    let gone = replay(&server, &[&id]);
+    assert_eq!(gone.status.code(), Some(2), "{}", stderr(&gone));
+    assert!(stderr(&gone).contains("404"), "{}", stderr(&gone));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_called_an_outbound_host_replays_with_that_host_down() {
+    let target = Server::start();
+    let target_authority = target.url.trim_start_matches("http://").to_string();
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    server.set_policy("misbehave", "[outbound]\nallow = [\"127.0.0.1\"]\n").await;
+    let url = server.fn_url("misbehave", &format!("/outbound?authority={target_authority}&path=/healthz"));
+    let (status, body, trace) = recorded(&server, client().get(url)).await;
+    assert_eq!((status, body.as_str()), (200, "status 200\n"));
+    let id = trace.expect("a trace id");
+    traces(&server, "misbehave", 1).await;
+    drop(target);
+
+    let output = replay(&server, &[&id]);
+    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
+    let timeline = stdout(&output);
+    assert!(
+        timeline.contains(&format!("wasi:http/outgoing-handler.handle(GET http://{target_authority}/healthz) -> 200")),
+        "{timeline}"
+    );
+    // Live, the host is down now: the same request fails, the replay did not.
+    let live = client()
+        .get(server.fn_url("misbehave", &format!("/outbound?authority={target_authority}&path=/healthz")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(live.starts_with("refused"), "{live}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_is_recorded_without_asking_and_the_replay_traps_at_the_same_host_call() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    // Anonymous: recorded (the default `[record] errors = true`), but not named to the caller.
+    let anonymous = client().get(server.fn_url("misbehave", "/count-then-trap")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 500);
+    assert!(anonymous.headers().get("ledge-trace").is_none());
+    // A caller who may manage the function is told which trace it is.
+    let managed = client()
+        .get(server.fn_url("misbehave", "/count-then-trap"))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(managed.status(), 500);
+    let id = managed.headers().get("ledge-trace").expect("the trace is named").to_str().unwrap().to_string();
+    let listed = traces(&server, "misbehave", 2).await;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|t| t["status"] == 500 && t["reason"] == "error"), "{listed:?}");
+    // A successful request is not kept.
+    client().get(server.fn_url("misbehave", "/")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(traces(&server, "misbehave", 3).await.len(), 2);
+
+    let output = replay(&server, &[&id, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!(report["verdict"], "same");
+    let failure = report["replayed"]["failure"].as_str().expect("the replay trapped");
+    assert!(failure.starts_with("trap at host call 4: "), "{failure}");
+    assert_eq!(report["replayed"]["failure"], report["recorded"]["failure"]);
+    let logs = report["logs"].to_string();
+    assert!(logs.contains("trapped after counting to 2"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaying_against_a_changed_build_reports_the_divergence_and_the_response_diff() {
+    let server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
+    let id = trace.expect("a trace id");
+    traces(&server, "counter", 1).await;
+    let hello = guest("hello");
+    let output = replay(&server, &[&id, "--against", hello.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}{}", stdout(&output), stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("diverged at host call 1:"), "{report}");
+    assert!(report.contains("the trace has: 4 more host calls (ledge:platform/transactions.begin next)"), "{report}");
+    assert!(report.contains("recorded response: Some(200) 1"), "{report}");
+    assert!(report.contains("replayed response: Some(200) Hello"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_traces_within_count_and_bytes() {
+    let server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    server.set_policy("counter", "[record]\nsample = 1.0\nmax_traces = 3\n").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let response =
+            client().post(server.fn_url("counter", "/")).bearer_auth(&server.admin_token).send().await.unwrap();
+        ids.push(response.headers().get("ledge-trace").expect("sampled runs are named").to_str().unwrap().to_string());
+        // Ids are per millisecond: keep their order unambiguous.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The writer stores in order; wait until the fifth is in, then only three are kept.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = traces(&server, "counter", 1).await;
+        if listed.first().is_some_and(|t| t["id"] == ids[4].as_str()) || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let kept: Vec<&str> = listed.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(kept, vec![ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
+    assert!(listed.iter().all(|t| t["reason"] == "sampled"));
+
+    // Bytes: each counter trace is a few hundred bytes, so 1000 bytes keep at most three and at
+    // least one.
+    server.set_policy("counter", "[record]\nsample = 1.0\nmax_traces = 100\nmax_trace_bytes = 1000\n").await;
+    for _ in 0..6 {
+        client().post(server.fn_url("counter", "/")).send().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = traces(&server, "counter", 1).await;
+    let bytes: u64 = listed.iter().map(|t| t["size"].as_u64().unwrap()).sum();
+    assert!(bytes <= 1000 && !listed.is_empty(), "{} traces, {bytes} bytes", listed.len());
+
+    // A run too large to record whole (over 8 MiB of body) is not kept.
+    server.deploy("echo", &guest("echo"));
+    server.set_policy("echo", "[limits]\nmax_body = \"16MiB\"\n").await;
+    let big = vec![b'x'; 9 << 20];
+    let (status, _, trace) = recorded(&server, client().post(server.fn_url("echo", "/")).body(big)).await;
+    assert_eq!(status, 200);
+    assert_eq!(trace, None, "an incomplete recording is not named");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(traces(&server, "echo", 1).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_traces_needs_a_manage_token_for_their_function() {
+    let server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    server.deploy("hello", &guest("hello"));
+    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
+    let id = trace.expect("a trace id");
+    traces(&server, "counter", 1).await;
+    let invoke_only = server.mint(&["op in invoke"]);
+    let other_function = server.mint(&["fn = hello"]);
+    let url = |path: &str| format!("{}{path}", server.url);
+
+    let none = client().get(url("/v1/traces")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let none = client().get(url(&format!("/v1/traces/{id}"))).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    for token in [&invoke_only, &other_function] {
+        let listing = client().get(url("/v1/traces?function=counter")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(listing.status(), 403);
+        for path in [format!("/v1/traces/{id}"), format!("/v1/traces/{id}/component")] {
+            let read = client().get(url(&path)).bearer_auth(token).send().await.unwrap();
+            assert_eq!(read.status(), 403, "{path}");
+        }
+    }
+    let cli = ledge()
+        .args(["traces", "counter"])
+        .env("LEDGE_SERVER", &server.url)
+        .env("LEDGE_TOKEN", &invoke_only)
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(stderr(&cli).contains("403"), "{}", stderr(&cli));
+    let cli = ledge()
+        .args(["replay", &id])
+        .env("LEDGE_SERVER", &server.url)
+        .env("LEDGE_TOKEN", &invoke_only)
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(2));
+    // A manage token confined to the function reads it.
+    let manager = server.mint(&["fn = counter", "op in manage"]);
+    let read = client().get(url(&format!("/v1/traces/{id}"))).bearer_auth(&manager).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert!(read.bytes().await.unwrap().starts_with(b"LEDGETRC"));
+
+    // Asking for a recording with an invoke-only token records nothing.
+    let asked = client()
+        .post(server.fn_url("counter", "/"))
+        .bearer_auth(&invoke_only)
+        .header("ledge-record", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200);
+    assert!(asked.headers().get("ledge-trace").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_trace_or_an_unreachable_server_gives_exit_2_and_says_what_is_wrong() {
+    let server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
+    let id = trace.expect("a trace id");
+    traces(&server, "counter", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.trace");
+    assert!(server.cli(&["trace", "get", &id, "-o", file.to_str().unwrap()]).status.success());
+    let bytes = std::fs::read(&file).unwrap();
+
+    let check = |name: &str, content: &[u8], expected: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let output =
+            ledge().args(["replay", path.to_str().unwrap()]).env("LEDGE_SERVER", &server.url).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{name}: {}", stderr(&output));
+    };
+    check("truncated.trace", &bytes[..bytes.len() / 2], "the file is cut short");
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    check("flipped.trace", &flipped, "corrupted: its checksum does not match");
+    check("text.trace", b"hello, this is not a trace", "not a ledge trace");
+    let mut newer = bytes.clone();
+    newer[8] = 7;
+    check("newer.trace", &newer, "trace format 7");
+
+    let missing = replay(&server, &["0000000000000000000ab"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("no trace"), "{}", stderr(&missing));
+    let unreachable = ledge().args(["replay", &id]).env("LEDGE_SERVER", "http://127.0.0.1:9").output().unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(stderr(&unreachable).contains("cannot reach the ledge server"), "{}", stderr(&unreachable));
+    let usage = ledge().args(["replay", "no-such-file"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("neither a file nor a trace id"), "{}", stderr(&usage));
+    // The exported trace without a component, with the server gone: it says how to go on.
+    let offline =
+        ledge().args(["replay", file.to_str().unwrap()]).env("LEDGE_SERVER", "http://127.0.0.1:9").output().unwrap();
+    assert_eq!(offline.status.code(), Some(2));
+    assert!(stderr(&offline).contains("--with-component"), "{}", stderr(&offline));
+    assert!(Path::new(&file).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_names_secrets_but_never_holds_their_values() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    let set = server.cli(&["config", "set", "misbehave", "API_KEY", "s3cret-value", "--secret"]);
+    assert!(set.status.success(), "{}", stderr(&set));
+    let (status, body, trace) =
+        recorded(&server, client().get(server.fn_url("misbehave", "/config?key=API_KEY"))).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("s3cret-value"), "{body}");
+    let id = trace.expect("a trace id");
+    traces(&server, "misbehave", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.trace");
+    assert!(server.cli(&["trace", "get", &id, "-o", file.to_str().unwrap(), "--with-component"]).status.success());
+
+    // The configuration in the trace names the secret without its value, so replaying without
+    // the value gives another response.
+    let file_bytes = std::fs::read(&file).unwrap();
+    let decoded = ledge::record::trace::decode(&file_bytes).expect("a good trace");
+    assert!(decoded.trace.facts.config.contains(&("API_KEY".to_string(), None)), "{:?}", decoded.trace.facts.config);
+    let without = ledge().args(["replay", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(without.status.code(), Some(1), "{}", stdout(&without));
+    assert!(stderr(&without).contains("names secret `API_KEY`"), "{}", stderr(&without));
+    let with = ledge().args(["replay", file.to_str().unwrap(), "--secret", "API_KEY=s3cret-value"]).output().unwrap();
+    assert_eq!(with.status.code(), Some(0), "{}{}", stdout(&with), stderr(&with));
+}
