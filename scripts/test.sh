@@ -25,4 +25,5 @@ cargo test --target aarch64-unknown-linux-gnu -p ledge --test e2e -- --test-thre
   preinit::an_artifact kv::concurrent_random kv::write_skew kv::acknowledged kv::one_function \
   kv::shared_stores kv::a_transaction_left kv::a_guest_written tokens:: rate::a_burst \
   rate::two_callers rate::bad_policies rate::concurrent_instances production::a_memory_hog \
-  production::oversized production::sigterm production::metrics
+  production::oversized production::sigterm production::metrics \
+  replay::a_recorded_counter replay::a_trap_is_recorded

@@ -12,7 +12,7 @@ const LEDGE: &str = env!("CARGO_BIN_EXE_ledge");
 /// A command running the `ledge` binary; under `LEDGE_RUNNER` (e.g. `qemu-aarch64 -L
 /// /usr/aarch64-linux-gnu`) when the binary is for another architecture than the machine.
 pub fn ledge() -> Command {
-    match std::env::var("LEDGE_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
+    let mut command = match std::env::var("LEDGE_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
         Some(runner) => {
             let mut parts = runner.split_whitespace();
             let mut command = Command::new(parts.next().expect("runner program"));
@@ -20,7 +20,10 @@ pub fn ledge() -> Command {
             command
         }
         None => Command::new(LEDGE),
-    }
+    };
+    // `ledge replay` caches compiled code: in the build folder, not the user's home.
+    command.env("XDG_CACHE_HOME", Path::new(LEDGE).with_file_name("ledge-test-cache"));
+    command
 }
 
 pub fn repo_root() -> PathBuf {

@@ -521,6 +521,21 @@ mod tests {
     }
 
     #[test]
+    fn the_record_section_defaults_to_failures_and_checks_its_fraction() {
+        let resolved = PolicyFile::parse("").unwrap().resolve(&Policy::default());
+        assert_eq!(
+            resolved.record,
+            RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20 }
+        );
+        let own = PolicyFile::parse("[record]\nsample = 0.25\nmax_traces = 5\n").unwrap().resolve(&resolved);
+        assert_eq!((own.record.sample, own.record.max_traces, own.record.errors), (0.25, 5, true));
+        let over = PolicyFile::parse("[record]\nsample = 1.5\n").unwrap_err();
+        assert!(over.contains("sample") && over.contains("1.5"), "{over}");
+        let unknown = PolicyFile::parse("[record]\nsamples = 0.5\n").unwrap_err();
+        assert!(unknown.contains("samples"), "{unknown}");
+    }
+
+    #[test]
     fn sizes_and_durations_parse_with_units() {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1024"), Ok(1024));

@@ -45,6 +45,10 @@ pub struct ReplayArgs {
     /// Print the timeline and the verdict as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Compile the guest with debug info for a native debugger: run `ledge replay` under gdb or
+    /// lldb and break in the function's source (the component must carry DWARF).
+    #[arg(long)]
+    pub debug: bool,
     /// The value of a secret the trace names (traces never hold secret values); repeatable.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
@@ -165,6 +169,13 @@ struct State {
 
 async fn run(args: &ReplayArgs) -> Result<Report, CouldNotReplay> {
     let (trace, component) = load(args).await?;
+    if trace.recorded_on != std::env::consts::ARCH {
+        eprintln!(
+            "note: recorded on {}, replaying on {}: float NaN bit patterns and relaxed SIMD results may differ, and would show as a divergence",
+            trace.recorded_on,
+            std::env::consts::ARCH
+        );
+    }
     let component = match &args.against {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => match component {
@@ -188,9 +199,9 @@ async fn run(args: &ReplayArgs) -> Result<Report, CouldNotReplay> {
     }
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let db = ledge_kv::Db::open(scratch.path()).context("cannot open the scratch key-value engine")?;
-    let options = RuntimeOptions { pooling: false, ..RuntimeOptions::default() };
+    let options = RuntimeOptions { pooling: false, debug_info: args.debug, ..RuntimeOptions::default() };
     let runtime = Runtime::new(&options, Arc::default(), Some(db))?;
-    let pre = prepare(&runtime, &component, args.against.is_some()).await?;
+    let pre = prepare(&runtime, &component, args.against.is_some(), args.debug).await?;
 
     let policy = Policy {
         memory: trace.facts.memory_limit,
@@ -249,21 +260,57 @@ async fn load(args: &ReplayArgs) -> Result<(Trace, Option<Vec<u8>>), CouldNotRep
     Ok((file.trace, file.component))
 }
 
-/// Compiles the component (from a cache of earlier replays when it can), pre-initializing
+/// Compiles the component (from the cache of earlier replays when it can), pre-initializing
 /// another build the way a deploy would.
 async fn prepare(
     runtime: &Runtime,
     component: &[u8],
     another_build: bool,
+    debug: bool,
 ) -> anyhow::Result<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::runtime::GuestState>> {
-    let compiled = runtime.compile(component)?;
-    let compiled = if another_build && crate::runtime::preinit::wants_preinit(&compiled)? {
+    let mut compiled = compile_cached(runtime, component, debug)?;
+    if another_build && crate::runtime::preinit::wants_preinit(&compiled)? {
         let snapshot = crate::runtime::preinit::snapshot(runtime, component).await?;
-        runtime.compile(&snapshot)?
-    } else {
-        compiled
-    };
+        compiled = compile_cached(runtime, &snapshot, debug)?;
+    }
     Ok(runtime.prepare(&compiled)?)
+}
+
+/// Compiled code of earlier replays, so that stepping (`--until N`, then N-1, ...) does not
+/// compile again: `$XDG_CACHE_HOME/ledge/replay` (or `~/.cache/ledge/replay`), mode 0700.
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(base.join("ledge").join("replay"))
+}
+
+fn compile_cached(runtime: &Runtime, component: &[u8], debug: bool) -> anyhow::Result<wasmtime::component::Component> {
+    let name = format!(
+        "{}-{}-{}{}.cwasm",
+        crate::registry::sha256_hex(component),
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        if debug { "-debug" } else { "" }
+    );
+    let cached = cache_dir().map(|dir| dir.join(name));
+    if let Some(path) = cached.as_ref().filter(|path| path.exists()) {
+        // SAFETY: the file is native code this user's own replays wrote into a folder only
+        // they can write; wasmtime still refuses one built for another engine or version.
+        if let Ok(component) = unsafe { wasmtime::component::Component::deserialize_file(runtime.engine(), path) } {
+            return Ok(component);
+        }
+    }
+    let compiled = runtime.compile(component)?;
+    if let (Some(path), Ok(code)) = (cached, compiled.serialize()) {
+        // Best effort: a replay without a cache is only slower.
+        let dir = path.parent().expect("a cache file has a folder");
+        let staged = path.with_extension(format!("{}.partial", std::process::id()));
+        let _ = crate::storage::create_private_dir(dir)
+            .and_then(|()| std::fs::write(&staged, code))
+            .and_then(|()| std::fs::rename(&staged, &path));
+    }
+    Ok(compiled)
 }
 
 /// The function's configuration as recorded, secrets from `--secret NAME=VALUE`.

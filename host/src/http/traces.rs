@@ -80,6 +80,7 @@ impl App {
             component_sha256: chosen.meta.sha256.clone(),
             runs_sha256: chosen.meta.snapshot_sha256.clone().unwrap_or_else(|| chosen.meta.sha256.clone()),
             ledge_version: env!("CARGO_PKG_VERSION").to_string(),
+            recorded_on: std::env::consts::ARCH.to_string(),
             recorded_at_ms: now.as_millis() as u64,
             reason,
             request: recorded_request(request, self.tls, path_and_query),

@@ -43,6 +43,8 @@ pub struct Trace {
     /// SHA-256 of the component that ran: the pre-initialized snapshot when there is one.
     pub runs_sha256: String,
     pub ledge_version: String,
+    /// The architecture it ran on: float NaN bit patterns and relaxed SIMD may differ on another.
+    pub recorded_on: String,
     /// Milliseconds since the Unix epoch when the request arrived.
     pub recorded_at_ms: u64,
     pub duration_us: u64,
@@ -291,6 +293,7 @@ mod tests {
             component_sha256: "ab".repeat(32),
             runs_sha256: "cd".repeat(32),
             ledge_version: "0.1.0".into(),
+            recorded_on: "x86_64".into(),
             recorded_at_ms: 1_700_000_000_000,
             duration_us: 250,
             reason: Reason::Requested,

@@ -132,6 +132,9 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.memory_init_cow(true);
+        if options.debug_info {
+            config.debug_info(true).cranelift_opt_level(wasmtime::OptLevel::None);
+        }
         if let Some(reservation) = options.memory_reservation {
             config.memory_reservation(reservation).memory_guard_size(64 << 10).memory_reservation_for_growth(0);
         }

@@ -27,6 +27,9 @@ pub struct RuntimeOptions {
     /// guard on 64-bit hosts, bounds checks elided). Smaller reservations add bounds checks but
     /// fit small address spaces.
     pub memory_reservation: Option<u64>,
+    /// Emit DWARF for guest code and register it with a native debugger (`ledge replay
+    /// --debug`): breakpoints in a guest's source under gdb or lldb. Unoptimized code.
+    pub debug_info: bool,
 }
 
 /// Memory and address-space sizing presets.
@@ -49,6 +52,7 @@ impl RuntimeOptions {
                 keep_resident: 16 << 20,
                 memory_reservation: None,
                 trust_precompiled: false,
+                debug_info: false,
             },
             Profile::Small => RuntimeOptions {
                 pooling: true,
@@ -57,6 +61,7 @@ impl RuntimeOptions {
                 keep_resident: 1 << 20,
                 memory_reservation: Some(128 << 20),
                 trust_precompiled: false,
+                debug_info: false,
             },
         }
     }
