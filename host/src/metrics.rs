@@ -57,6 +57,10 @@ pub struct Metrics {
     pub instantiation_seconds: Family<InstantiationLabels, Histogram>,
     pub live_instances: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub artifact_loads: Family<ArtifactLabels, Counter<u64, AtomicU64>>,
+    /// Traces stored for replay.
+    pub traces_stored: Counter,
+    /// Finished traces not kept because the trace writer was behind.
+    pub traces_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -104,6 +108,14 @@ impl Metrics {
             "Functions loaded at start: precompiled code reused, or recompiled",
             artifact_loads.clone(),
         );
+        let traces_stored = Counter::default();
+        registry.register("traces_stored", "Recorded runs stored for replay", traces_stored.clone());
+        let traces_dropped = Counter::default();
+        registry.register(
+            "traces_dropped",
+            "Recorded runs not kept because the trace writer was behind (its queue was full)",
+            traces_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -112,6 +124,8 @@ impl Metrics {
             instantiation_seconds,
             live_instances,
             artifact_loads,
+            traces_stored,
+            traces_dropped,
         }
     }
 

@@ -235,6 +235,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         tokio::spawn(crate::http::server::serve_metrics(metrics_listener, metrics.clone()));
     }
     let auth_failures = RateLimiter::new(RATE_LIMITER_KEYS);
+    let traces =
+        crate::record::Traces::start(db.clone(), metrics.traces_stored.clone(), metrics.traces_dropped.clone())?;
     let app = Arc::new(App {
         registry,
         authority,
@@ -247,7 +249,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         dev,
         data_dir: args.data_dir.clone(),
         db: db.clone(),
-        traces: crate::record::Traces::start(db.clone())?,
+        traces,
     });
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());

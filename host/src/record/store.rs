@@ -13,10 +13,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use ledge_kv::{Db, Isolation, TxError};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use super::trace::{self, Trace};
@@ -66,17 +66,18 @@ enum Job {
 pub struct Traces {
     db: Db,
     jobs: SyncSender<Job>,
-    /// Traces not kept because the writer was behind.
-    pub dropped: Arc<AtomicU64>,
+    /// Traces not kept because the writer was behind (`ledge_traces_dropped_total`).
+    dropped: Counter,
 }
 
 impl Traces {
-    /// Opens the store on `db` and starts its writer thread.
-    pub fn start(db: Db) -> std::io::Result<Arc<Traces>> {
+    /// Opens the store on `db` and starts its writer thread; `stored` and `dropped` count
+    /// traces written and traces the writer was too far behind to take.
+    pub fn start(db: Db, stored: Counter, dropped: Counter) -> std::io::Result<Arc<Traces>> {
         let (jobs, queue) = sync_channel(QUEUE);
-        let writer = Writer { db: db.clone(), kept: HashMap::new() };
+        let writer = Writer { db: db.clone(), kept: HashMap::new(), stored };
         std::thread::Builder::new().name("ledge-traces".into()).spawn(move || writer.run(queue))?;
-        Ok(Arc::new(Traces { db, jobs, dropped: Arc::default() }))
+        Ok(Arc::new(Traces { db, jobs, dropped }))
     }
 
     /// Where a finished recording goes: the writer, unless it is [`QUEUE`] traces behind.
@@ -85,7 +86,7 @@ impl Traces {
         Box::new(move |trace| match jobs.try_send(Job::Store(Box::new(trace), retention)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
+                dropped.inc();
                 tracing::debug!("trace writer behind; a trace was not kept");
             }
             Err(TrySendError::Disconnected(_)) => {}
@@ -161,6 +162,7 @@ pub fn new_id(now_ms: u64) -> String {
 struct Writer {
     db: Db,
     kept: HashMap<String, Kept>,
+    stored: Counter,
 }
 
 /// One function's kept traces, oldest first, and their total size.
@@ -271,6 +273,7 @@ impl Writer {
             }
         }
         tx.commit()?;
+        self.stored.inc_by(batch.len() as u64);
         Ok(())
     }
 

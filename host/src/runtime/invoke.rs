@@ -110,10 +110,6 @@ impl Runtime {
         match self.run(invocation, request, path_and_query).await {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                tape.response(RecordedResponse {
-                    status: parts.status.as_u16(),
-                    headers: crate::record::headers(&parts.headers),
-                });
                 let body = body.map_frame(move |frame| {
                     if let Some(chunk) = frame.data_ref() {
                         tape.response_chunk(chunk);
@@ -212,6 +208,11 @@ impl Runtime {
                 };
             }
         };
+        // The head as the guest set it (sending it whole adds `content-length`).
+        if let (Some(tape), Ok(response)) = (&invocation.tape, &response) {
+            let headers = crate::record::headers(response.headers());
+            tape.response(RecordedResponse { status: response.status().as_u16(), headers });
+        }
         // Most functions return right after they set the response: give the guest a moment
         // to finish here rather than on a task of its own.
         if finished.is_none() && !head_only {
