@@ -13,7 +13,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
 
 use ledge_kv::{Db, Isolation, TxError};
 use prometheus_client::metrics::counter::Counter;
@@ -24,10 +26,13 @@ use crate::guest_kv::prefix_end;
 
 /// Largest chunk of a stored trace (the engine's values are at most 1 MiB).
 const CHUNK: usize = 512 << 10;
-/// Finished traces waiting for the writer.
-const QUEUE: usize = 64;
-/// Most traces, and most bytes of them, stored in one transaction.
-const BATCH: usize = 32;
+/// Finished traces waiting for the writer, and most bytes they may hold together.
+const QUEUE: usize = 1024;
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// How long the writer gathers traces into one commit, and at most how many.
+const GATHER: Duration = Duration::from_millis(10);
+const BATCH: usize = 256;
+/// Most bytes of traces stored in one transaction (the engine's limit is 16 MiB).
 const BATCH_BYTES: usize = 8 << 20;
 /// Most traces one listing returns (newest first).
 pub const MAX_LISTED: usize = 1000;
@@ -57,7 +62,8 @@ pub struct Retention {
 }
 
 enum Job {
-    Store(Box<Trace>, Retention),
+    /// A trace, its retention, and the bytes it holds (counted in the queue's bound).
+    Store(Box<Trace>, Retention, usize),
     /// Delete every trace of the function, then answer.
     Forget(String, std::sync::mpsc::Sender<()>),
 }
@@ -66,6 +72,8 @@ enum Job {
 pub struct Traces {
     db: Db,
     jobs: SyncSender<Job>,
+    /// Bytes of the traces in the queue.
+    queued: Arc<AtomicUsize>,
     /// Traces not kept because the writer was behind (`ledge_traces_dropped_total`).
     dropped: Counter,
 }
@@ -75,21 +83,23 @@ impl Traces {
     /// traces written and traces the writer was too far behind to take.
     pub fn start(db: Db, stored: Counter, dropped: Counter) -> std::io::Result<Arc<Traces>> {
         let (jobs, queue) = sync_channel(QUEUE);
-        let writer = Writer { db: db.clone(), kept: HashMap::new(), stored };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer { db: db.clone(), kept: HashMap::new(), stored, queued: queued.clone() };
         std::thread::Builder::new().name("ledge-traces".into()).spawn(move || writer.run(queue))?;
-        Ok(Arc::new(Traces { db, jobs, dropped }))
+        Ok(Arc::new(Traces { db, jobs, queued, dropped }))
     }
 
-    /// Where a finished recording goes: the writer, unless it is [`QUEUE`] traces behind.
-    pub fn sink(&self, retention: Retention) -> Box<dyn FnOnce(Trace) + Send> {
-        let (jobs, dropped) = (self.jobs.clone(), self.dropped.clone());
-        Box::new(move |trace| match jobs.try_send(Job::Store(Box::new(trace), retention)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                dropped.inc();
-                tracing::debug!("trace writer behind; a trace was not kept");
+    /// Where a finished recording of `bytes` goes: the writer, unless its queue is full.
+    pub fn sink(&self, retention: Retention) -> Box<dyn FnOnce(Trace, usize) + Send> {
+        let (jobs, queued, dropped) = (self.jobs.clone(), self.queued.clone(), self.dropped.clone());
+        Box::new(move |trace, bytes| {
+            let fits = queued.fetch_add(bytes, Ordering::AcqRel) + bytes <= MAX_QUEUED_BYTES;
+            if fits && jobs.try_send(Job::Store(Box::new(trace), retention, bytes)).is_ok() {
+                return;
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+            dropped.inc();
+            tracing::debug!("trace writer behind; a trace was not kept");
         })
     }
 
@@ -163,6 +173,7 @@ struct Writer {
     db: Db,
     kept: HashMap<String, Kept>,
     stored: Counter,
+    queued: Arc<AtomicUsize>,
 }
 
 /// One function's kept traces, oldest first, and their total size.
@@ -198,23 +209,25 @@ impl Kept {
 
 impl Writer {
     fn run(mut self, queue: Receiver<Job>) {
-        while let Ok(job) = queue.recv() {
-            // Take what else is waiting too: one commit (one fsync) stores them all.
+        while let Ok(first) = queue.recv() {
+            // Gather what arrives shortly after: one commit (one fsync) stores it all.
+            let deadline = Instant::now() + GATHER;
             let mut batch = Vec::new();
             let mut forget = None;
-            let mut next = Some(job);
+            let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Store(trace, retention) => batch.push((trace, retention)),
+                    Job::Store(trace, retention, bytes) => batch.push((trace, retention, bytes)),
                     Job::Forget(function, done) => forget = Some((function, done)),
                 }
                 if forget.is_none() && batch.len() < BATCH {
-                    next = queue.try_recv().ok();
+                    next = queue.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok();
                 }
             }
             if let Err(error) = self.store(&batch) {
                 tracing::warn!(%error, "storing traces");
             }
+            self.queued.fetch_sub(batch.iter().map(|(_, _, bytes)| bytes).sum(), Ordering::AcqRel);
             if let Some((function, done)) = forget {
                 if let Err(error) = self.forget(&function) {
                     tracing::warn!(%error, function, "removing traces");
@@ -226,7 +239,7 @@ impl Writer {
 
     /// Stores the batch and prunes past each function's retention, in as few commits as the
     /// transaction size allows. On failure the cached lists are dropped and read again.
-    fn store(&mut self, batch: &[(Box<Trace>, Retention)]) -> Result<(), TxError> {
+    fn store(&mut self, batch: &[(Box<Trace>, Retention, usize)]) -> Result<(), TxError> {
         let outcome = self.try_store(batch);
         if outcome.is_err() {
             self.kept.clear();
@@ -234,13 +247,13 @@ impl Writer {
         outcome
     }
 
-    fn try_store(&mut self, batch: &[(Box<Trace>, Retention)]) -> Result<(), TxError> {
+    fn try_store(&mut self, batch: &[(Box<Trace>, Retention, usize)]) -> Result<(), TxError> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut tx = self.db.begin(Isolation::Snapshot);
         let mut buffered = 0;
-        for (trace, retention) in batch {
+        for (trace, retention, _) in batch {
             let compressed = trace::compress(trace);
             if buffered + compressed.len() > BATCH_BYTES && buffered > 0 {
                 std::mem::replace(&mut tx, self.db.begin(Isolation::Snapshot)).commit()?;

@@ -42,7 +42,7 @@ struct Recording {
     overflowed: bool,
     started: Instant,
     keep: Keep,
-    sink: Option<Box<dyn FnOnce(Trace) + Send>>,
+    sink: Option<Box<dyn FnOnce(Trace, usize) + Send>>,
 }
 
 /// When a finished recording is kept.
@@ -113,8 +113,8 @@ pub struct Replayed {
 
 impl Tape {
     /// A tape recording `trace` (its request and facts filled in); when the run is over and
-    /// `keep` says so, the finished trace goes to `sink`.
-    pub fn record(trace: Trace, keep: Keep, sink: Box<dyn FnOnce(Trace) + Send>) -> Arc<Tape> {
+    /// `keep` says so, the finished trace goes to `sink` with the bytes it recorded.
+    pub fn record(trace: Trace, keep: Keep, sink: Box<dyn FnOnce(Trace, usize) + Send>) -> Arc<Tape> {
         let bytes = trace.request.body.iter().map(Vec::len).sum();
         Arc::new(Tape {
             mode: Mode::Record(Mutex::new(Recording {
@@ -446,7 +446,7 @@ impl Drop for Tape {
         trace.duration_us = recording.started.elapsed().as_micros() as u64;
         trace.output.calls = trace.events.len() as u32;
         if let Some(sink) = recording.sink.take() {
-            sink(trace);
+            sink(trace, recording.bytes);
         }
     }
 }

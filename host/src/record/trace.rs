@@ -12,7 +12,7 @@
 //! | 4 | CRC-32C of everything after this header |
 //! | 8 | length of the compressed trace |
 //! | 8 | length of the component (0 without one) |
-//! | … | the trace: postcard, deflate-compressed |
+//! | … | the trace: a tag byte, then postcard bytes, deflated from 2 KiB on |
 //! | … | the component that ran (with `--with-component`) |
 //!
 //! Invariants: a file that is not a trace, comes from a newer format, is cut short or was
@@ -196,7 +196,9 @@ pub struct TraceFile {
     pub component: Option<Vec<u8>>,
 }
 
-/// The trace alone, compressed (what the server stores).
+/// The trace alone as the server stores it: a tag byte, then postcard bytes, deflated
+/// ([`DEFLATE`]) unless the trace is small ([`STORED`]: compressing a few hundred bytes costs
+/// more CPU than it saves space).
 pub fn compress(trace: &Trace) -> Vec<u8> {
     thread_local! {
         // A deflate encoder's tables are large: each thread reuses its own.
@@ -204,11 +206,22 @@ pub fn compress(trace: &Trace) -> Vec<u8> {
             std::cell::RefCell::new(flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast()));
     }
     let plain = postcard::to_stdvec(trace).expect("a trace always encodes");
+    if plain.len() < COMPRESS_FROM {
+        return [&[STORED][..], &plain].concat();
+    }
     ENCODER.with_borrow_mut(|encoder| {
+        encoder.get_mut().push(DEFLATE);
         encoder.write_all(&plain).expect("writing to memory");
         encoder.reset(Vec::new()).expect("writing to memory")
     })
 }
+
+/// Tag of a stored trace: postcard bytes as they are.
+const STORED: u8 = 0;
+/// Tag of a stored trace: postcard bytes, deflated.
+const DEFLATE: u8 = 1;
+/// Traces from this many bytes on are deflated.
+const COMPRESS_FROM: usize = 2048;
 
 /// A trace file: header, the compressed trace, and the component if given.
 pub fn encode(compressed: &[u8], component: Option<&[u8]>) -> Vec<u8> {
@@ -267,16 +280,26 @@ pub fn decode(file: &[u8]) -> Result<TraceFile, TraceFileError> {
     Ok(TraceFile { trace, component })
 }
 
-/// Decodes a compressed trace (as the server stores it).
-pub fn decompress(compressed: &[u8]) -> Result<Trace, TraceFileError> {
-    let mut plain = Vec::new();
-    flate2::read::DeflateDecoder::new(compressed)
-        .take(MAX_DECODED_BYTES + 1)
-        .read_to_end(&mut plain)
-        .map_err(|error| TraceFileError::Undecodable(format!("the trace does not decompress: {error}")))?;
-    if plain.len() as u64 > MAX_DECODED_BYTES {
-        return Err(TraceFileError::Undecodable(format!("the trace decompresses to over {MAX_DECODED_BYTES} bytes")));
-    }
+/// Decodes a trace as the server stores it ([`compress`]).
+pub fn decompress(stored: &[u8]) -> Result<Trace, TraceFileError> {
+    let plain = match stored.split_first() {
+        Some((&STORED, plain)) => plain.to_vec(),
+        Some((&DEFLATE, compressed)) => {
+            let mut plain = Vec::new();
+            flate2::read::DeflateDecoder::new(compressed)
+                .take(MAX_DECODED_BYTES + 1)
+                .read_to_end(&mut plain)
+                .map_err(|error| TraceFileError::Undecodable(format!("the trace does not decompress: {error}")))?;
+            if plain.len() as u64 > MAX_DECODED_BYTES {
+                return Err(TraceFileError::Undecodable(format!(
+                    "the trace decompresses to over {MAX_DECODED_BYTES} bytes"
+                )));
+            }
+            plain
+        }
+        Some((tag, _)) => return Err(TraceFileError::Undecodable(format!("unknown trace encoding {tag}"))),
+        None => return Err(TraceFileError::Undecodable("the trace is empty".into())),
+    };
     postcard::from_bytes(&plain)
         .map_err(|error| TraceFileError::Undecodable(format!("the trace does not decode: {error}")))
 }
@@ -318,6 +341,17 @@ mod tests {
         assert!(file.component.is_none());
         let file = decode(&encode(&compressed, Some(b"\0asm-component"))).unwrap();
         assert_eq!(file.component.as_deref(), Some(&b"\0asm-component"[..]));
+    }
+
+    #[test]
+    fn a_large_trace_is_deflated_and_round_trips() {
+        let mut large = sample();
+        large.request.body = vec![vec![b'a'; 64 << 10]];
+        let stored = compress(&large);
+        assert_eq!(stored[0], DEFLATE);
+        assert!(stored.len() < 4096, "{} bytes", stored.len());
+        assert_eq!(decompress(&stored).unwrap(), large);
+        assert_eq!(compress(&sample())[0], STORED);
     }
 
     #[test]
