@@ -43,6 +43,16 @@ ratio() { awk -v a="$(cat "$work/$1.rps")" -v b="$(cat "$work/$2.rps")" 'BEGIN {
 hello=functions/target/wasm32-wasip2/release/hello.wasm
 python=target/py-hello.wasm
 (cd tests/guests/py-hello && ../../../target/pyenv/bin/componentize-py -d wit -w hello componentize app -o ../../../$python >/dev/null)
+# The same hello in JavaScript (componentize-js, StarlingMonkey), a plain wasi:http/proxy
+# component that `wasmtime serve` runs too.
+js=target/js-hello.wasm
+if [ ! -f "$js" ]; then
+  ./target/release/ledge new js-hello --lang js --dir "$work" >/dev/null
+  printf '%s\n' "addEventListener('fetch', (event) =>" \
+    "  event.respondWith(new Response(\`Hello from ledge! You asked for \${new URL(event.request.url).pathname}\\n\`)));" >"$work/js-hello/bench.js"
+  target/node/node_modules/.bin/componentize-js "$work/js-hello/bench.js" --wit "$work/js-hello/wit" \
+    --world-name wasi:http/proxy@0.2.10 -o "$js" >/dev/null
+fi
 
 # Public functions and a quota the load cannot reach: this measures serving, not refusing.
 mkdir -p "$work/policies"
@@ -53,16 +63,20 @@ wait_http http://127.0.0.1:18080/healthz
 token="$work/ledge/admin.token"
 deploy_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 hello "$hello" "$token")
 deploy_py_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 py "$python" "$token")
+deploy_js_ms=$(python3 scripts/coldstart.py deploy http://127.0.0.1:18080 js "$js" "$token")
 LEDGE_SERVER=http://127.0.0.1:18080 LEDGE_TOKEN=$(cat "$token") ./target/release/ledge deploy counter functions/target/wasm32-wasip2/release/counter.wasm >/dev/null
 
 "$wasmtime" serve -S cli --addr 127.0.0.1:18081 "$hello" >/dev/null 2>"$work/wasmtime.log" &
 pids+=($!)
 "$wasmtime" serve -S cli --addr 127.0.0.1:18082 "$python" >/dev/null 2>"$work/wasmtime-py.log" &
 pids+=($!)
+"$wasmtime" serve -S cli --addr 127.0.0.1:18090 "$js" >/dev/null 2>"$work/wasmtime-js.log" &
+pids+=($!)
 ./target/release/examples/bare-hyper 127.0.0.1:18086 >/dev/null &
 pids+=($!)
 wait_http http://127.0.0.1:18081/
 wait_http http://127.0.0.1:18082/
+wait_http http://127.0.0.1:18090/
 wait_http http://127.0.0.1:18086/
 
 echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serve $("$wasmtime" --version | awk '{print $2}')"
@@ -70,12 +84,23 @@ printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
 run_wrk "bare hyper (limit)" http://127.0.0.1:18086/
 run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
 run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
+# The engine's counters around the counter run give its fsync-bound ceiling: commits per group
+# fsync times group fsyncs per second (one after another, each as long as the mean measured).
+kv() { curl -fsS http://127.0.0.1:18089/metrics | awk -v m="$1" '$1 == m {print $2}'; }
+before=("$(kv ledge_kv_transactions_committed_total)" "$(kv ledge_kv_wal_fsyncs_total)" "$(kv ledge_kv_wal_fsync_seconds_total)")
 run_wrk "ledge counter" http://127.0.0.1:18080/fn/counter/
+after=("$(kv ledge_kv_transactions_committed_total)" "$(kv ledge_kv_wal_fsyncs_total)" "$(kv ledge_kv_wal_fsync_seconds_total)")
 run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
 run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
+run_wrk "ledge javascript" http://127.0.0.1:18080/fn/js/
+run_wrk "wasmtime-serve javascript" http://127.0.0.1:18090/
 echo "ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x"
-echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x"
+echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x, javascript $(ratio ledge_javascript wasmtime-serve_javascript)x"
 echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
+awk -v c="$((after[0] - before[0]))" -v f="$((after[1] - before[1]))" -v s0="${before[2]}" -v s1="${after[2]}" -v rps="$(cat "$work/ledge_counter.rps")" 'BEGIN {
+  per = c / f; mean = (s1 - s0) / f; ceiling = per / mean
+  printf "counter fsync bound: %.1f commits per group fsync, mean fsync %.2f ms -> ceiling %.0f commits/s; counter at %.2f of it\n", per, mean * 1000, ceiling, rps / ceiling
+}'
 echo
 echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:"
 echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18089/metrics hello)"
@@ -116,7 +141,7 @@ printf '  %-26s %12s\n' "TLS HTTP/2" "$(h2 https://127.0.0.1:18083/fn/hello/)"
 echo "  (requests/s)"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 echo "cold starts (ms):"
-echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}"
+echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}, javascript ${deploy_js_ms}"
 echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello "$work/policies"), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py "$work/policies")"
 echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$hello"), python $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$python")"
 
