@@ -300,6 +300,9 @@ async fn reading_traces_needs_a_manage_token_for_their_function() {
     let read = client().get(url(&format!("/v1/traces/{id}"))).bearer_auth(&manager).send().await.unwrap();
     assert_eq!(read.status(), 200);
     assert!(read.bytes().await.unwrap().starts_with(b"LEDGETRC"));
+    let log = server.log();
+    let export = log.lines().find(|line| line.contains("action=\"trace-export\"")).expect("the export is audited");
+    assert!(export.contains("target_name=\"counter\"") && export.contains(&id), "{export}");
 
     // Asking for a recording with an invoke-only token records nothing.
     let asked = client()

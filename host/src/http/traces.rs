@@ -155,13 +155,15 @@ impl App {
                 Ok(json(StatusCode::OK, &ListReply { traces: listed }))
             }
             [id] => {
-                let (function, compressed, version) = self.trace_of(&request, id, peer).await?;
+                let (function, compressed, version, caller) = self.trace_of(&request, id, peer).await?;
                 let component = if query.component { Some(self.component_of(&function, version, id)?) } else { None };
                 let file = trace::encode(&compressed, component.as_deref());
+                // A trace holds request data and key-value contents: say who took it.
+                super::admin::audit("trace-export", &function, &caller, Ok::<_, std::convert::Infallible>(id));
                 Ok(super::server::full(StatusCode::OK, "application/vnd.ledge.trace", file))
             }
             [id, "component"] => {
-                let (function, _, version) = self.trace_of(&request, id, peer).await?;
+                let (function, _, version, _) = self.trace_of(&request, id, peer).await?;
                 let component = self.component_of(&function, version, id)?;
                 Ok(super::server::full(StatusCode::OK, "application/wasm", component))
             }
@@ -169,13 +171,13 @@ impl App {
         }
     }
 
-    /// Trace `id` (its function, compressed bytes and version), for a caller who may read it.
+    /// Trace `id` (its function, stored bytes and version), for a caller who may read it.
     async fn trace_of<B>(
         &self,
         request: &http::Request<B>,
         id: &str,
         peer: SocketAddr,
-    ) -> Result<(String, Vec<u8>, u64), Problem> {
+    ) -> Result<(String, Vec<u8>, u64, Caller), Problem> {
         // Prove a valid token before saying whether the trace exists.
         let facts = caveats::Request {
             op: Op::Manage,
@@ -206,7 +208,7 @@ impl App {
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading traces: {e}")))?
             .ok_or_else(not_found)?;
-        Ok((function, compressed, meta.version))
+        Ok((function, compressed, meta.version, caller))
     }
 
     fn component_of(&self, function: &str, version: u64, id: &str) -> Result<Vec<u8>, Problem> {

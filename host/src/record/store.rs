@@ -325,3 +325,56 @@ fn delete(tx: &mut ledge_kv::Tx, function: &str, trace: &KeptTrace) -> Result<()
     tx.delete(format!("sys/trace-list/{function}/{}", trace.id).as_bytes())?;
     tx.delete(format!("sys/trace-id/{}", trace.id).as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traces() -> (tempfile::TempDir, Arc<Traces>, Counter, Counter) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (stored, dropped) = (Counter::default(), Counter::default());
+        let traces = Traces::start(db, stored.clone(), dropped.clone()).unwrap();
+        (dir, traces, stored, dropped)
+    }
+
+    fn trace(id: &str) -> Trace {
+        Trace { id: id.into(), function: "f".into(), ..Trace::default() }
+    }
+
+    const KEEP: Retention = Retention { max_traces: 10, max_bytes: 1 << 20 };
+
+    #[test]
+    fn a_trace_over_the_queues_byte_bound_is_dropped_and_counted() {
+        let (_dir, traces, stored, dropped) = traces();
+        traces.sink(KEEP)(trace(&new_id(1)), MAX_QUEUED_BYTES + 1);
+        assert_eq!(dropped.get(), 1);
+        traces.sink(KEEP)(trace(&new_id(2)), 100);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored.get() < 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!((stored.get(), dropped.get()), (1, 1));
+        assert_eq!(traces.list(Some("f"), 10).unwrap().len(), 1);
+        // What the queue held is given back once written: a full-size trace fits again.
+        traces.sink(KEEP)(trace(&new_id(3)), MAX_QUEUED_BYTES);
+        assert_eq!(dropped.get(), 1);
+    }
+
+    #[test]
+    fn a_listing_returns_the_newest_first_up_to_its_limit() {
+        let (_dir, traces, stored, _) = traces();
+        for ms in 1..=5 {
+            traces.sink(KEEP)(trace(&new_id(ms)), 100);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored.get() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let listed = traces.list(Some("f"), 2).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed[0].id.starts_with("00000000005") && listed[1].id.starts_with("00000000004"), "{listed:?}");
+        assert_eq!(traces.function_of(&listed[0].id).unwrap().as_deref(), Some("f"));
+        assert_eq!(traces.function_of("not-an-id").unwrap(), None);
+    }
+}

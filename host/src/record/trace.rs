@@ -355,6 +355,19 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_that_inflates_past_the_bound_is_refused() {
+        let mut encoder = flate2::write::DeflateEncoder::new(vec![DEFLATE], flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_DECODED_BYTES >> 20) {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let refused = decompress(&bomb).unwrap_err();
+        assert!(refused.to_string().contains("decompresses to over"), "{refused}");
+    }
+
+    #[test]
     fn every_kind_of_damage_is_named() {
         let file = encode(&compress(&sample()), None);
         assert_eq!(decode(b"{\"json\": true}").err(), Some(TraceFileError::NotATrace));
