@@ -36,14 +36,14 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-HOST = "127.0.0.1"
+from loopback import HOST, call, free_port
+
 
 # Routes sent by wrk (soak.lua) and their weights in the mix; expected statuses per route.
 MIX = {"hello": 66, "private": 5, "counter": 8, "transfer": 8, "bank-total": 1, "short-get": 11.7,
@@ -70,23 +70,6 @@ SIDE = [("rate-limited", 0.1, HOST), ("forbidden", 0.5, HOST), ("expired", 1.0, 
 
 class RunError(Exception):
     pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def call(port, method, path, body=None, headers=None, timeout=10.0, source=None):
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout,
-                                      source_address=(source, 0) if source and source != HOST else None)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def bucket(latency_us):

@@ -20,42 +20,27 @@ fine. Every wait is bounded: a restart that does not answer /healthz (or a first
 otherwise (details printed), 2 when the run could not be carried out (build, start, timeout).
 """
 import argparse
+import functools
 import http.client
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-HOST = "127.0.0.1"
+from loopback import HOST, call as loopback_call, free_port
+
 REQUEST_TIMEOUT_S = 5.0
+call = functools.partial(loopback_call, timeout=REQUEST_TIMEOUT_S)
 
 
 class RunError(Exception):
     """The run could not go on (not a violation of an invariant)."""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def call(port, method, path, body=None, headers=None, timeout=REQUEST_TIMEOUT_S):
-    """One request on a fresh connection: (status, body bytes). Raises OSError/HTTPException."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 class Server:

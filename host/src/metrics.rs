@@ -59,7 +59,7 @@ pub struct Metrics {
     pub artifact_loads: Family<ArtifactLabels, Counter<u64, AtomicU64>>,
     /// Traces stored for replay.
     pub traces_stored: Counter,
-    /// Finished traces not kept because the trace writer was behind.
+    /// Finished traces not kept: the writer was behind, or one was too large to store.
     pub traces_dropped: Counter,
 }
 
@@ -113,7 +113,7 @@ impl Metrics {
         let traces_dropped = Counter::default();
         registry.register(
             "traces_dropped",
-            "Recorded runs not kept because the trace writer was behind (its queue was full)",
+            "Recorded runs not kept: the trace writer was behind (its queue was full), or one was too large to store",
             traces_dropped.clone(),
         );
         Metrics {

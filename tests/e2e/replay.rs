@@ -50,6 +50,15 @@ async fn traces(server: &Server, function: &str, count: usize) -> Vec<serde_json
     }
 }
 
+/// A recorded first increment of the deployed counter (answering 1): its trace id, once stored.
+async fn recorded_increment(server: &Server) -> String {
+    let (status, body, trace) = recorded(server, client().post(server.fn_url("counter", "/"))).await;
+    assert_eq!((status, body.as_str()), (200, "1\n"));
+    let id = trace.expect("a recorded response names its trace");
+    assert_eq!(traces(server, "counter", 1).await.len(), 1);
+    id
+}
+
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(output), stderr(output)))
 }
@@ -58,10 +67,7 @@ fn json(output: &Output) -> serde_json::Value {
 async fn a_recorded_counter_increment_replays_offline_to_the_same_response_and_changes_nothing() {
     let server = Server::start();
     server.deploy("counter", &guest("counter"));
-    let (status, body, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
-    assert_eq!((status, body.as_str()), (200, "1\n"));
-    let id = trace.expect("a recorded response names its trace");
-    traces(&server, "counter", 1).await;
+    let id = recorded_increment(&server).await;
 
     // By id: the trace and its component come from the server.
     let output = replay(&server, &[&id]);
@@ -193,9 +199,7 @@ async fn a_trap_is_recorded_without_asking_and_the_replay_traps_at_the_same_host
 async fn replaying_against_a_changed_build_reports_the_divergence_and_the_response_diff() {
     let server = Server::start();
     server.deploy("counter", &guest("counter"));
-    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
-    let id = trace.expect("a trace id");
-    traces(&server, "counter", 1).await;
+    let id = recorded_increment(&server).await;
     let hello = guest("hello");
     let output = replay(&server, &[&id, "--against", hello.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}{}", stdout(&output), stderr(&output));
@@ -261,15 +265,15 @@ async fn reading_traces_needs_a_manage_token_for_their_function() {
     let server = Server::start();
     server.deploy("counter", &guest("counter"));
     server.deploy("hello", &guest("hello"));
-    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
-    let id = trace.expect("a trace id");
-    traces(&server, "counter", 1).await;
+    let id = recorded_increment(&server).await;
     let invoke_only = server.mint(&["op in invoke"]);
     let other_function = server.mint(&["fn = hello"]);
     let url = |path: &str| format!("{}{path}", server.url);
 
     let none = client().get(url("/v1/traces")).send().await.unwrap();
     assert_eq!(none.status(), 401);
+    let bad = server.admin().get(url("/v1/traces?function=../f")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
     let none = client().get(url(&format!("/v1/traces/{id}"))).send().await.unwrap();
     assert_eq!(none.status(), 401);
     for token in [&invoke_only, &other_function] {
@@ -320,9 +324,7 @@ async fn reading_traces_needs_a_manage_token_for_their_function() {
 async fn a_damaged_trace_or_an_unreachable_server_gives_exit_2_and_says_what_is_wrong() {
     let server = Server::start();
     server.deploy("counter", &guest("counter"));
-    let (_, _, trace) = recorded(&server, client().post(server.fn_url("counter", "/"))).await;
-    let id = trace.expect("a trace id");
-    traces(&server, "counter", 1).await;
+    let id = recorded_increment(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.trace");
     assert!(server.cli(&["trace", "get", &id, "-o", file.to_str().unwrap()]).status.success());

@@ -91,7 +91,8 @@ impl App {
                     key_prefixes: caller.key_prefixes.clone(),
                     read_only: caller.read_only,
                 }),
-                config: deployment.config.recorded(),
+                // Filled in only if the trace is kept (below): a config can be large.
+                config: Vec::new(),
                 memory_limit: deployment.policy.memory.min(self.runtime.max_memory()),
                 timeout_ms: deployment.policy.timeout.as_millis() as u64,
                 max_body: deployment.policy.max_body,
@@ -101,7 +102,12 @@ impl App {
             ..Trace::default()
         };
         let retention = Retention { max_traces: policy.max_traces, max_bytes: policy.max_trace_bytes };
-        let tape = Tape::record(trace, keep, self.traces.sink(retention));
+        let (config, sink) = (deployment.config.clone(), self.traces.sink(retention));
+        let keep_with_config = Box::new(move |mut trace: Trace, bytes: usize| {
+            trace.facts.config = config.recorded();
+            sink(trace, bytes)
+        });
+        let tape = Tape::record(trace, keep, keep_with_config);
         Some(Recording { tape, id, may_read })
     }
 
@@ -144,6 +150,9 @@ impl App {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match segments.as_slice() {
             [""] => {
+                if let Some(name) = &query.function {
+                    crate::registry::validate_name(name)?;
+                }
                 let caller = self.authorize(&request, Op::Manage, query.function.as_deref(), peer)?;
                 self.charge_admin(&caller)?;
                 let (traces, function) = (self.traces.clone(), query.function.clone());
@@ -225,12 +234,7 @@ impl App {
 
 /// The request head as the guest sees it (the ledge token already removed).
 fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_else(|| "localhost".to_string());
+    let authority = crate::runtime::invoke::guest_authority(request.uri(), request.headers());
     RecordedRequest {
         method: request.method().as_str().to_string(),
         scheme: if tls { "https" } else { "http" }.to_string(),

@@ -84,7 +84,8 @@ impl Traces {
     pub fn start(db: Db, stored: Counter, dropped: Counter) -> std::io::Result<Arc<Traces>> {
         let (jobs, queue) = sync_channel(QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer = Writer { db: db.clone(), kept: HashMap::new(), stored, queued: queued.clone() };
+        let writer =
+            Writer { db: db.clone(), kept: HashMap::new(), stored, dropped: dropped.clone(), queued: queued.clone() };
         std::thread::Builder::new().name("ledge-traces".into()).spawn(move || writer.run(queue))?;
         Ok(Arc::new(Traces { db, jobs, queued, dropped }))
     }
@@ -173,6 +174,7 @@ struct Writer {
     db: Db,
     kept: HashMap<String, Kept>,
     stored: Counter,
+    dropped: Counter,
     queued: Arc<AtomicUsize>,
 }
 
@@ -253,8 +255,15 @@ impl Writer {
         }
         let mut tx = self.db.begin(Isolation::Snapshot);
         let mut buffered = 0;
+        let mut stored = 0;
         for (trace, retention, _) in batch {
             let compressed = trace::compress(trace);
+            if compressed.len() > BATCH_BYTES {
+                // Larger than one transaction may hold with its batch: never stored.
+                tracing::warn!(function = %trace.function, bytes = compressed.len(), "trace too large to store");
+                self.dropped.inc();
+                continue;
+            }
             if buffered + compressed.len() > BATCH_BYTES && buffered > 0 {
                 std::mem::replace(&mut tx, self.db.begin(Isolation::Snapshot)).commit()?;
                 buffered = 0;
@@ -279,6 +288,7 @@ impl Writer {
             let meta_json = serde_json::to_vec(&meta).expect("metadata encodes");
             tx.put(format!("sys/trace-list/{}/{}", trace.function, trace.id).as_bytes(), &meta_json)?;
             tx.put(format!("sys/trace-id/{}", trace.id).as_bytes(), trace.function.as_bytes())?;
+            stored += 1;
             let kept = self.kept(&trace.function)?;
             kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks });
             for victim in kept.over(*retention) {
@@ -286,7 +296,7 @@ impl Writer {
             }
         }
         tx.commit()?;
-        self.stored.inc_by(batch.len() as u64);
+        self.stored.inc_by(stored);
         Ok(())
     }
 
@@ -359,6 +369,24 @@ mod tests {
         // What the queue held is given back once written: a full-size trace fits again.
         traces.sink(KEEP)(trace(&new_id(3)), MAX_QUEUED_BYTES);
         assert_eq!(dropped.get(), 1);
+    }
+
+    #[test]
+    fn a_trace_too_large_for_one_transaction_is_counted_not_stored() {
+        let (_dir, traces, stored, dropped) = traces();
+        let mut large = trace(&new_id(1));
+        // Incompressible: random bytes stay over the bound after deflate.
+        large.request.body = vec![(0..BATCH_BYTES + 1024).map(|_| rand::random::<u8>()).collect()];
+        traces.sink(KEEP)(large, 100);
+        traces.sink(KEEP)(trace(&new_id(2)), 100);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored.get() + dropped.get() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!((stored.get(), dropped.get()), (1, 1));
+        let listed = traces.list(Some("f"), 10).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].id.starts_with("00000000002"));
     }
 
     #[test]

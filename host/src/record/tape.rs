@@ -38,6 +38,8 @@ enum Mode {
 struct Recording {
     trace: Box<Trace>,
     bytes: usize,
+    /// Host calls made: the position clock (events stop being kept past the bound).
+    calls: u32,
     /// Over [`MAX_RECORDED_BYTES`]: the trace is incomplete and is not kept.
     overflowed: bool,
     started: Instant,
@@ -120,6 +122,7 @@ impl Tape {
             mode: Mode::Record(Mutex::new(Recording {
                 trace: Box::new(trace),
                 bytes,
+                calls: 0,
                 overflowed: false,
                 started: Instant::now(),
                 keep,
@@ -220,7 +223,7 @@ impl Tape {
             Mode::Record(recording) => {
                 let mut recording = recording.lock();
                 recording.push(OUTBOUND, args, &(), String::new());
-                Ok(Outbound::Recording(recording.trace.events.len() - 1))
+                Ok(Outbound::Recording(recording.calls as usize - 1))
             }
             Mode::Replay(playback) => {
                 let mut playback = playback.lock();
@@ -236,8 +239,7 @@ impl Tape {
         if let Mode::Record(recording) = &self.mode {
             let mut recording = recording.lock();
             let result = postcard::to_stdvec(result).expect("host call results always encode");
-            if recording.grow(result.len() + summary.len()) {
-                let event = &mut recording.trace.events[index];
+            if let Some(event) = recording.event(index, result.len() + summary.len()) {
                 (event.result, event.summary) = (result, summary);
             }
         }
@@ -245,18 +247,17 @@ impl Tape {
 
     /// A body chunk of recorded outbound call `index` reached the guest.
     pub fn outbound_chunk(&self, index: usize, chunk: &[u8]) {
-        if let Mode::Record(recording) = &self.mode {
-            let mut recording = recording.lock();
-            if recording.grow(chunk.len()) {
-                recording.trace.events[index].body.push(chunk.to_vec());
-            }
+        if let Mode::Record(recording) = &self.mode
+            && let Some(event) = recording.lock().event(index, chunk.len())
+        {
+            event.body.push(chunk.to_vec());
         }
     }
 
     /// The index the next host call gets.
     pub fn position(&self) -> u32 {
         match &self.mode {
-            Mode::Record(recording) => recording.lock().trace.events.len() as u32,
+            Mode::Record(recording) => recording.lock().calls,
             Mode::Replay(playback) => playback.lock().next as u32,
         }
     }
@@ -368,20 +369,23 @@ impl Recording {
         !self.overflowed
     }
 
+    /// Records one host call; past the bound only counts it (the trace will not be kept), so a
+    /// guest calling in a loop holds no more memory than the bound.
     fn push<T: Serialize>(&mut self, call: &str, args: String, result: &T, summary: String) {
-        let result = postcard::to_stdvec(result).expect("host call results always encode");
-        if self.grow(result.len() + args.len() + summary.len() + call.len()) {
-            self.trace.events.push(Event { call: call.to_string(), args, result, summary, body: Vec::new() });
-        } else {
-            // Keep the position clock right for what follows; the trace will not be kept.
-            self.trace.events.push(Event {
-                call: String::new(),
-                args: String::new(),
-                result: Vec::new(),
-                summary: String::new(),
-                body: Vec::new(),
-            });
+        self.calls = self.calls.saturating_add(1);
+        if self.overflowed {
+            return;
         }
+        let result = postcard::to_stdvec(result).expect("host call results always encode");
+        let size = std::mem::size_of::<Event>() + result.len() + args.len() + summary.len() + call.len();
+        if self.grow(size) {
+            self.trace.events.push(Event { call: call.to_string(), args, result, summary, body: Vec::new() });
+        }
+    }
+
+    /// The event of recorded host call `index`, unless the recording gave up before it.
+    fn event(&mut self, index: usize, bytes: usize) -> Option<&mut Event> {
+        if self.grow(bytes) { self.trace.events.get_mut(index) } else { None }
     }
 }
 
@@ -444,7 +448,7 @@ impl Drop for Tape {
         }
         let mut trace = *std::mem::take(&mut recording.trace);
         trace.duration_us = recording.started.elapsed().as_micros() as u64;
-        trace.output.calls = trace.events.len() as u32;
+        trace.output.calls = recording.calls;
         if let Some(sink) = recording.sink.take() {
             sink(trace, recording.bytes);
         }
@@ -460,5 +464,53 @@ pub fn show_bytes(bytes: &[u8]) -> String {
         format!("\"{}\"", text(bytes))
     } else {
         format!("\"{}\"…({} bytes, crc32c {:08x})", text(&bytes[..32]), bytes.len(), crc32c::crc32c(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_recording_past_its_bound_holds_no_more_and_is_not_kept() {
+        let kept = Arc::new(AtomicBool::new(false));
+        let sink_kept = kept.clone();
+        let tape =
+            Tape::record(Trace::default(), Keep::Always, Box::new(move |_, _| sink_kept.store(true, Ordering::SeqCst)));
+        // A guest reading the clock in a loop, far past the bound.
+        let calls = 3 * MAX_RECORDED_BYTES / std::mem::size_of::<Event>();
+        for _ in 0..calls {
+            tape.call("wasi:clocks/monotonic-clock.now", String::new, |n: &u64| n.to_string(), || Ok(7u64)).unwrap();
+        }
+        assert_eq!(tape.position() as usize, calls, "the position clock counts every call");
+        let Mode::Record(recording) = &tape.mode else { unreachable!() };
+        let held = recording.lock().trace.events.len();
+        assert!(held * std::mem::size_of::<Event>() <= MAX_RECORDED_BYTES && held < calls / 2, "{held} events held");
+        assert!(!tape.keeps());
+        drop(tape);
+        assert!(!kept.load(Ordering::SeqCst), "an incomplete recording is not kept");
+    }
+
+    #[test]
+    fn a_replay_hands_back_the_recorded_result_and_stops_at_a_divergence() {
+        let recorded = Arc::new(parking_lot::Mutex::new(None));
+        let into = recorded.clone();
+        let tape = Tape::record(Trace::default(), Keep::Always, Box::new(move |trace, _| *into.lock() = Some(trace)));
+        tape.call("wasi:clocks/monotonic-clock.now", String::new, |n: &u64| n.to_string(), || Ok(41u64)).unwrap();
+        drop(tape);
+        let events = recorded.lock().take().expect("kept").events;
+        let replay = Tape::replay(events.clone(), None);
+        let live = || -> wasmtime::Result<u64> { panic!("a replay never runs the live call") };
+        assert_eq!(
+            replay.call("wasi:clocks/monotonic-clock.now", String::new, |n: &u64| n.to_string(), live).unwrap(),
+            41
+        );
+        let other = Tape::replay(events, None);
+        assert!(other.call("wasi:clocks/wall-clock.now", String::new, |n: &u64| n.to_string(), live).is_err());
+        let divergence = other.replayed().unwrap().divergence.expect("a divergence");
+        assert_eq!(divergence.at_call, 1);
+        assert!(divergence.expected.starts_with("wasi:clocks/monotonic-clock.now"), "{divergence:?}");
     }
 }

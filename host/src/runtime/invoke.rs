@@ -304,6 +304,14 @@ fn host_error(error: wasmtime::Error) -> InvokeError {
     InvokeError::Host(format!("{error:#}"))
 }
 
+/// The authority the guest sees: the URI's (HTTP/2), else `Host`, else `localhost`.
+pub fn guest_authority(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    uri.authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// Rewrites the request to what the guest sees: `/{rest}?query` on the original authority,
 /// with the body capped at the policy's limit.
 fn guest_request<B>(
@@ -330,12 +338,7 @@ where
         return Err(InvokeError::BodyTooLarge { limit: max_body });
     }
     let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_else(|| "localhost".to_string());
+    let authority = guest_authority(&parts.uri, &parts.headers);
     parts.uri = http::Uri::builder()
         .scheme(match scheme {
             Scheme::Https => "https",
