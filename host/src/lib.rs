@@ -8,6 +8,8 @@
 //!   client commands, `ledge compile`;
 //! - [`http`]: the HTTP edge: server and TLS, the router, the admin and invoke handlers, and
 //!   [`http::problem`], the one mapping from errors to problem+json responses;
+//! - [`cluster`]: cluster mode: control state in etcd, membership and placement, each node's
+//!   registry driven from it (beside the registry, which it calls);
 //! - [`registry`]: deployed functions: the live map, the on-disk layout, the deploy pipeline,
 //!   each function's effective policy;
 //! - [`runtime`]: the wasm engine: profiles, validation, per-request invocation, guest state
@@ -23,6 +25,7 @@
 pub mod access;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guest_kv;

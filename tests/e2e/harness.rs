@@ -370,3 +370,119 @@ pub fn pymacaroons(args: &[&str]) -> String {
     assert!(output.status.success(), "pymacaroons failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8")
 }
+
+/// A real 3-member etcd cluster (Debian's `etcd-server`, installed by scripts/setup.sh) on
+/// loopback ports, with its data in a temp dir. Killed on drop.
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    initial_cluster: String,
+    _temp: tempfile::TempDir,
+}
+
+struct EtcdMember {
+    name: String,
+    client_url: String,
+    peer_url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A free loopback port (bound then released; the caller binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+impl Etcd {
+    /// Starts three members and waits until the cluster answers.
+    pub fn start() -> Etcd {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let members: Vec<EtcdMember> = (0..3)
+            .map(|i| EtcdMember {
+                name: format!("e{i}"),
+                client_url: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                dir: temp.path().join(format!("e{i}")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster =
+            members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let mut etcd = Etcd { members, initial_cluster, _temp: temp };
+        for index in 0..3 {
+            etcd.spawn(index);
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        let log = std::fs::File::create(member.dir.with_extension("log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &member.name, "--data-dir"])
+            .arg(&member.dir)
+            .args(["--listen-client-urls", &member.client_url, "--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url, "--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "ledge-test", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd (scripts/setup.sh installs Debian's etcd-server)");
+        member.child = Some(child);
+    }
+
+    /// Waits until every running member reports itself healthy (it has a leader).
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            loop {
+                let health = Command::new("curl")
+                    .args(["-s", "--max-time", "1", &format!("{}/health", member.client_url)])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""));
+                if health.unwrap_or(false) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "etcd member {} did not become healthy", member.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The client endpoints, as `--cluster` takes them.
+    pub fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.client_url.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// SIGKILL one member.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL every member.
+    pub fn kill_all(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+
+    /// Starts again every member that is down (same data dirs) and waits until healthy.
+    pub fn restart_stopped(&mut self) {
+        for index in 0..self.members.len() {
+            if self.members[index].child.is_none() {
+                self.spawn(index);
+            }
+        }
+        self.wait_healthy();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

@@ -5,6 +5,7 @@ mod harness;
 mod access;
 mod author;
 mod backup;
+mod cluster;
 mod config;
 mod containment;
 mod deploy;

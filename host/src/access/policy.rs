@@ -23,6 +23,7 @@ pub struct PolicyFile {
     pub record: Option<RecordSection>,
     pub schedule: Option<Vec<ScheduleEntry>>,
     pub route: Option<Vec<RouteEntry>>,
+    pub placement: Option<PlacementSection>,
 }
 
 /// `[[route]]`: requests for this host (exact, or `*.example.com` for any subdomain; omitted:
@@ -191,7 +192,28 @@ pub struct OutboundSection {
 pub struct KvSection {
     pub stores: Option<Vec<StoreName>>,
     pub max_bytes: Option<ByteSize>,
+    pub scope: Option<KvScope>,
+    pub global_stores: Option<Vec<StoreName>>,
 }
+
+/// Where a function's own keyspace lives (cluster mode): on each node, or in etcd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvScope {
+    #[default]
+    Local,
+    Global,
+}
+
+/// `[placement]` (cluster mode): how many nodes host the function; 0 = every node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    pub replicas: Option<u32>,
+}
+
+/// Most nodes a `[placement] replicas` may name (more is a typo, not a cluster).
+pub const MAX_REPLICAS: u32 = 1000;
 
 /// A complete, resolved policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +228,12 @@ pub struct Policy {
     pub kv_stores: Vec<String>,
     /// Storage quota of the function's keyspace, and of each shared store it writes to.
     pub kv_max_bytes: u64,
+    /// Cluster mode: the function's own keyspace lives in etcd, shared by every node.
+    pub kv_scope: KvScope,
+    /// Cluster mode: shared stores granted that live in etcd.
+    pub kv_global_stores: Vec<String>,
+    /// Cluster mode: nodes hosting the function (0 = every node).
+    pub replicas: u32,
     /// Deployed versions kept for rollback.
     pub versions_keep: u32,
     /// `(cron, path)`: synthetic requests on a schedule.
@@ -253,6 +281,9 @@ impl Default for Policy {
             outbound_allow: Vec::new(),
             kv_stores: Vec::new(),
             kv_max_bytes: 64 << 20,
+            kv_scope: KvScope::Local,
+            kv_global_stores: Vec::new(),
+            replicas: 0,
             versions_keep: 10,
             schedules: Vec::new(),
             routes: Vec::new(),
@@ -292,6 +323,13 @@ impl PolicyFile {
                 .and_then(|k| k.stores.as_ref())
                 .map_or_else(|| base.kv_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
             kv_max_bytes: self.kv.as_ref().and_then(|k| k.max_bytes).map_or(base.kv_max_bytes, |m| m.0),
+            kv_scope: self.kv.as_ref().and_then(|k| k.scope).unwrap_or(base.kv_scope),
+            kv_global_stores: self
+                .kv
+                .as_ref()
+                .and_then(|k| k.global_stores.as_ref())
+                .map_or_else(|| base.kv_global_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
+            replicas: self.placement.as_ref().and_then(|p| p.replicas).unwrap_or(base.replicas),
             versions_keep: self.versions.as_ref().and_then(|v| v.keep).map_or(base.versions_keep, |k| k.0),
             schedules: self.schedule.as_ref().map_or_else(
                 || base.schedules.clone(),
@@ -375,6 +413,9 @@ impl Policy {
         if self.schedules.len() > MAX_SCHEDULES {
             return Err(format!("schedule: at most {MAX_SCHEDULES} entries per function"));
         }
+        if self.replicas > MAX_REPLICAS {
+            return Err(format!("placement.replicas: at most {MAX_REPLICAS} (0 = every node)"));
+        }
         if self.timeout > ceilings.max_timeout {
             return Err(format!(
                 "limits.timeout of {:?} is above this server's ceiling of {:?} (ledge serve --max-timeout)",
@@ -389,7 +430,7 @@ impl Policy {
     pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
         let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
-        let checks: [(&'static str, bool); 12] = [
+        let checks: [(&'static str, bool); 14] = [
             ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
@@ -403,6 +444,8 @@ impl Policy {
             ("outbound.allow", proposed.outbound_allow.iter().any(|h| !self.outbound_allow.contains(h))),
             ("kv.stores", proposed.kv_stores.iter().any(|s| !self.kv_stores.contains(s))),
             ("kv.max_bytes", proposed.kv_max_bytes > self.kv_max_bytes),
+            ("kv.global_stores", proposed.kv_global_stores.iter().any(|s| !self.kv_global_stores.contains(s))),
+            ("kv.scope", proposed.kv_scope != self.kv_scope),
         ];
         checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
     }

@@ -90,8 +90,8 @@ struct RootKey {
 
 /// The server's token authority: its root keys and the revocation list's engine.
 pub struct Authority {
-    /// Newest last.
-    keys: Vec<RootKey>,
+    /// Newest last. Grows at run time in cluster mode, when another node adds a key.
+    keys: parking_lot::RwLock<Vec<RootKey>>,
     revoked: Option<ledge_kv::Db>,
 }
 
@@ -104,7 +104,7 @@ impl Authority {
         if keys.is_empty() {
             keys.push(create_key(&dir)?);
         }
-        Ok(Authority { keys, revoked: None })
+        Ok(Authority { keys: parking_lot::RwLock::new(keys), revoked: None })
     }
 
     /// Checks revocations against `db` from now on.
@@ -126,7 +126,8 @@ impl Authority {
     /// A new token from the newest root key, with first-party `caveats` (each checked here so
     /// a typo fails at mint time, not at use).
     pub fn mint(&self, caveats: &[String]) -> Result<String, String> {
-        let root = self.keys.last().ok_or("no root key")?;
+        let keys = self.keys.read();
+        let root = keys.last().ok_or("no root key")?;
         let token_id = random_hex(16).map_err(|e| e.to_string())?;
         let identifier = format!("{IDENTIFIER_VERSION} {} {token_id}", root.id);
         let mut macaroon = Macaroon::create(Some("ledge"), &root.key, identifier).map_err(|e| e.to_string())?;
@@ -147,7 +148,8 @@ impl Authority {
         let token = decode(parts.next().unwrap_or_default())?;
         let discharges = parts.map(decode).collect::<Result<Vec<_>, _>>()?;
         let (key_id, token_id) = parse_identifier(token.identifier())?;
-        let root = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
+        let keys = self.keys.read();
+        let root = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
             // Only a well-formed id goes back to the caller: never echo arbitrary bytes.
             let shown = if key_id.len() == 16 && key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 key_id.clone()
@@ -161,6 +163,7 @@ impl Authority {
         let mut chain = Verifier::default();
         chain.satisfy_general(|_| true);
         chain.verify(&token, &root.key, &discharges).map_err(|e| AuthError::BadSignature(e.to_string()))?;
+        drop(keys);
 
         if self.is_revoked(&token_id) {
             return Err(AuthError::Revoked);
@@ -188,7 +191,34 @@ impl Authority {
         Ok(caller)
     }
 
-    fn is_revoked(&self, token_id: &str) -> bool {
+    /// The ids of the root keys this node verifies with.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.read().iter().map(|k| k.id.clone()).collect()
+    }
+
+    /// Adds a root key another node created (cluster mode): cached as a file under
+    /// `<data_dir>/keys` (0600) so that `ledge token mint --data-dir` sees it too, then used to
+    /// verify, and to mint once it is the newest.
+    pub fn adopt_key(&self, data_dir: &Path, id: &str, secret_hex: &str) -> io::Result<()> {
+        let valid_id = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let secret = hex::decode(secret_hex.trim()).ok().filter(|s| s.len() >= 16 && valid_id);
+        let Some(secret) = secret else {
+            return Err(io::Error::other(format!("root key `{id}` from the cluster is malformed")));
+        };
+        let mut keys = self.keys.write();
+        if keys.iter().any(|k| k.id == id) {
+            return Ok(());
+        }
+        write_durably(
+            &keys_dir(data_dir).join(format!("root-{id}.key")),
+            format!("{}\n", secret_hex.trim()).as_bytes(),
+        )?;
+        keys.push(RootKey { id: id.to_string(), key: MacaroonKey::generate(&secret) });
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(())
+    }
+
+    pub fn is_revoked(&self, token_id: &str) -> bool {
         let Some(db) = &self.revoked else { return false };
         let key = [REVOKED_PREFIX, token_id.as_bytes()].concat();
         // A read error fails closed.
@@ -198,14 +228,20 @@ impl Authority {
     /// Records `token_id` as revoked, durably.
     pub fn revoke(&self, token_id: &str) -> Result<(), String> {
         let db = self.revoked.as_ref().ok_or("revocation needs the engine")?;
-        if token_id.is_empty() || token_id.len() > 64 || !token_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("`{token_id}` is not a token id"));
-        }
+        check_token_id(token_id)?;
         let mut tx = db.begin(ledge_kv::Isolation::Serializable);
         let key = [REVOKED_PREFIX, token_id.as_bytes()].concat();
         tx.put(&key, b"revoked").map_err(|e| e.to_string())?;
         tx.commit().map(|_| ()).map_err(|e| e.to_string())
     }
+}
+
+/// A token id as revocation takes it: 1 to 64 ASCII letters and digits.
+pub fn check_token_id(token_id: &str) -> Result<(), String> {
+    if token_id.is_empty() || token_id.len() > 64 || !token_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("`{token_id}` is not a token id"));
+    }
+    Ok(())
 }
 
 /// Whether an `Authorization` value carries a ledge token (`Bearer` and a macaroon whose
@@ -280,6 +316,18 @@ fn decode(text: &str) -> Result<Macaroon, AuthError> {
 
 fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
+}
+
+/// Every root key under `<data_dir>/keys`: (id, hex secret). A cluster node publishes these.
+pub fn key_secrets(data_dir: &Path) -> io::Result<Vec<(String, String)>> {
+    let dir = keys_dir(data_dir);
+    let mut secrets = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("root-").and_then(|n| n.strip_suffix(".key")) else { continue };
+        secrets.push((id.to_string(), fs::read_to_string(dir.join(&name))?.trim().to_string()));
+    }
+    Ok(secrets)
 }
 
 /// Root keys are `root-<id>.key` files holding a hex secret; ids sort by creation.

@@ -159,6 +159,32 @@ pub async fn functions(server: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lists the cluster's live nodes (`GET /v1/nodes`).
+pub async fn nodes(server: &ServerArgs, json: bool) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        nodes: Vec<crate::cluster::NodeInfo>,
+        in_sync: bool,
+    }
+    let response = send(request(server, reqwest::Method::GET, "/v1/nodes")?, server).await?;
+    if json {
+        println!("{}", response.text().await?);
+        return Ok(());
+    }
+    let reply: Reply = response.json().await?;
+    println!("{:<20} {:<32} {:<9} {:>9} {:>6}  STARTED", "NAME", "ADDRESS", "VERSION", "FUNCTIONS", "LOAD");
+    for node in &reply.nodes {
+        println!(
+            "{:<20} {:<32} {:<9} {:>9} {:>6}  {}",
+            node.name, node.address, node.version, node.functions, node.load, node.started_at
+        );
+    }
+    if !reply.in_sync {
+        eprintln!("note: the node answering is not in sync with etcd; this list may be stale");
+    }
+    Ok(())
+}
+
 /// Removes a function and, unless `keep_data`, its keyspace.
 pub async fn remove(server: &ServerArgs, name: &str, keep_data: bool) -> anyhow::Result<()> {
     let query = if keep_data { "?keep-data=true" } else { "" };

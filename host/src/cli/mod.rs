@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: deploy API, function invocation, metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload a component as function NAME (creates it or deploys a new version). With no
     /// arguments, inside a project made by `ledge new`: build if stale and deploy every
     /// function as `ledge.toml` says.
@@ -112,6 +112,14 @@ enum Command {
     },
     /// List deployed functions.
     Functions {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the cluster's live nodes: name, address, version, functions served, load.
+    Nodes {
+        /// Print the server's JSON reply.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -290,7 +298,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::serve(args).await,
+            Command::Serve(args) => serve::serve(*args).await,
             Command::Deploy { name: Some(name), file: Some(file), policy, canary, server } => {
                 client::deploy(&server, &name, &file, policy.as_deref(), canary.as_deref()).await
             }
@@ -303,6 +311,7 @@ pub fn main() -> ExitCode {
             }
             Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
+            Command::Nodes { json, server } => client::nodes(&server, json).await,
             Command::Logs { name, follow, since, json, server } => {
                 client::logs(&server, &name, follow, since.as_deref(), json).await
             }

@@ -11,6 +11,9 @@ use clap::{Args, ValueEnum};
 use crate::access::policy::Ceilings;
 use crate::access::rate::RateLimiter;
 use crate::access::tokens::Authority;
+use crate::cluster::etcd::{Etcd, EtcdTls};
+use crate::cluster::{Cluster, JoinOptions};
+use crate::guest_kv::global::GlobalStore;
 use crate::guest_kv::keyspace_of;
 use crate::http::App;
 use crate::http::server::ConnectionLimits;
@@ -100,6 +103,29 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Join a cluster whose state lives in etcd: its client endpoints, comma-separated
+    /// (http:// or https:// with --etcd-ca). Without it the node is self-contained.
+    #[arg(long, value_delimiter = ',', value_parser = parse_url)]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, requires = "cluster")]
+    node_name: Option<String>,
+    /// How other nodes and clients reach this node (default: http(s)://LISTEN-ADDRESS).
+    #[arg(long, requires = "cluster", value_parser = parse_url)]
+    advertise: Option<String>,
+    /// PEM CA certificate that signed etcd's server certificates (https:// endpoints).
+    #[arg(long, requires = "cluster")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key), when etcd checks clients.
+    #[arg(long, requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+fn parse_url(text: &str) -> Result<String, String> {
+    crate::cluster::check_url(text)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -186,8 +212,15 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
     let own_addresses = crate::runtime::outbound::own_addresses(args.listen.ip());
-    let runtime =
-        Arc::new(Runtime::new(&options, metrics.clone(), Some(db.clone()))?.with_own_addresses(own_addresses));
+    let etcd = match args.cluster.is_empty() {
+        true => None,
+        false => Some(Arc::new(Etcd::connect(&args.cluster, etcd_tls(&args)?.as_ref()).await?)),
+    };
+    let mut runtime = Runtime::new(&options, metrics.clone(), Some(db.clone()))?.with_own_addresses(own_addresses);
+    if let Some(etcd) = &etcd {
+        runtime = runtime.with_global_kv(GlobalStore::new(etcd.clone()));
+    }
+    let runtime = Arc::new(runtime);
     let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
@@ -237,7 +270,32 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let auth_failures = RateLimiter::new(RATE_LIMITER_KEYS);
     let traces =
         crate::record::Traces::start(db.clone(), metrics.traces_stored.clone(), metrics.traces_dropped.clone())?;
+    let cluster = match etcd {
+        Some(etcd) => {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let options = JoinOptions {
+                etcd,
+                node: args.node_name.clone().unwrap_or_else(host_name),
+                advertise: args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{address}")),
+                data_dir: args.data_dir.clone(),
+            };
+            let live = metrics.live_instances.clone();
+            let cluster = Cluster::join(options, registry.clone(), authority.clone(), move || live.get()).await?;
+            println!("cluster node {} at {}", cluster.node, cluster.advertise);
+            Some(cluster)
+        }
+        None => None,
+    };
+    if let Some(cluster) = &cluster {
+        let (logs, traces) = (runtime.logs().clone(), traces.clone());
+        cluster.on_removed(move |name| {
+            logs.forget(name);
+            let (traces, name) = (traces.clone(), name.to_string());
+            tokio::spawn(async move { traces.forget(&name).await });
+        });
+    }
     let app = Arc::new(App {
+        cluster,
         registry,
         authority,
         limiter,
@@ -261,6 +319,24 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         ..ConnectionLimits::default()
     };
     Ok(Node { app, address, listener, tls, limits, db })
+}
+
+/// The TLS material for `https://` etcd endpoints (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+fn etcd_tls(args: &ServeArgs) -> anyhow::Result<Option<EtcdTls>> {
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    let Some(ca) = &args.etcd_ca else { return Ok(None) };
+    let identity = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(EtcdTls { ca: read(ca)?, identity }))
+}
+
+/// The machine's host name (the default node name).
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "node".to_string() } else { name.to_string() }
 }
 
 /// A quarter of the machine's memory (`/proc/meminfo`), or 1 GiB where that cannot be read.

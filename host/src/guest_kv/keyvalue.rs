@@ -115,6 +115,11 @@ impl KvCtx<'_> {
         let (Ok(keyspace), Ok(db)) = (self.access.keyspace(store), self.access.db()) else {
             return Err(store::Error::AccessDenied);
         };
+        if keyspace.global {
+            return Err(store::Error::Other(
+                "wasi:keyvalue does not reach global stores yet; use ledge:platform/transactions for them".into(),
+            ));
+        }
         let bucket = Bucket { keyspace, db: db.clone() };
         self.access.open_handle().map_err(store::Error::Other)?;
         Ok(bucket)

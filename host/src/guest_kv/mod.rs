@@ -21,6 +21,7 @@ use wasmtime::component::{HasData, ResourceTable};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 
+pub mod global;
 pub mod keyvalue;
 pub mod taped;
 pub mod transactions;
@@ -46,8 +47,13 @@ const MAX_OPEN_HANDLES: usize = 32;
 pub struct KvAccess {
     /// `None` where no access is allowed (pre-initialization at deploy).
     db: Option<Db>,
+    /// Cluster mode: the global data in etcd.
+    global: Option<std::sync::Arc<global::GlobalStore>>,
     function: String,
     shared_stores: Vec<String>,
+    /// The function's own keyspace is global (`[kv] scope = "global"`).
+    global_scope: bool,
+    global_stores: Vec<String>,
     /// Storage quota of each keyspace this function writes to (`[kv] max_bytes`).
     max_bytes: u64,
     caller: Caller,
@@ -55,11 +61,20 @@ pub struct KvAccess {
 }
 
 impl KvAccess {
-    pub fn new(db: Db, function: &str, policy: &Policy, caller: Caller) -> Self {
+    pub fn new(
+        db: Db,
+        global: Option<std::sync::Arc<global::GlobalStore>>,
+        function: &str,
+        policy: &Policy,
+        caller: Caller,
+    ) -> Self {
         KvAccess {
             db: Some(db),
+            global,
             function: function.to_string(),
             shared_stores: policy.kv_stores.clone(),
+            global_scope: policy.kv_scope == crate::access::policy::KvScope::Global,
+            global_stores: policy.kv_global_stores.clone(),
             max_bytes: policy.kv_max_bytes,
             caller,
             open_handles: 0,
@@ -70,8 +85,11 @@ impl KvAccess {
     pub fn none() -> Self {
         KvAccess {
             db: None,
+            global: None,
             function: String::new(),
             shared_stores: Vec::new(),
+            global_scope: false,
+            global_stores: Vec::new(),
             max_bytes: 0,
             caller: Caller::default(),
             open_handles: 0,
@@ -82,14 +100,26 @@ impl KvAccess {
         self.db.as_ref().ok_or_else(|| Denied("key-value access is not available here".into()))
     }
 
-    /// The keyspace for `store`: `None` is the function's own, a name must be granted.
+    /// The global data, for a keyspace that lives in the cluster.
+    pub fn global(&self) -> Result<&std::sync::Arc<global::GlobalStore>, Denied> {
+        self.global.as_ref().ok_or_else(|| {
+            Denied(
+                "global stores (`[kv] scope = \"global\"`, `global_stores`) need cluster mode: ledge serve --cluster"
+                    .into(),
+            )
+        })
+    }
+
+    /// The keyspace for `store`: `None` is the function's own, a name must be granted (as a
+    /// global store or a node-local one; a global grant wins).
     pub fn keyspace(&self, store: Option<&str>) -> Result<Keyspace, Denied> {
-        let prefix = match store {
-            None => format!("f/{}/", self.function),
-            Some(name) if self.shared_stores.iter().any(|granted| granted == name) => format!("s/{name}/"),
+        let (prefix, global) = match store {
+            None => (format!("f/{}/", self.function), self.global_scope),
+            Some(name) if self.global_stores.iter().any(|granted| granted == name) => (format!("s/{name}/"), true),
+            Some(name) if self.shared_stores.iter().any(|granted| granted == name) => (format!("s/{name}/"), false),
             Some(name) => return Err(Denied(format!("the function's policy does not grant store `{name}`"))),
         };
-        Ok(Keyspace { prefix: prefix.into_bytes(), caller: self.caller.clone(), max_bytes: self.max_bytes })
+        Ok(Keyspace { prefix: prefix.into_bytes(), caller: self.caller.clone(), max_bytes: self.max_bytes, global })
     }
 
     /// Counts a handle against the per-instance cap.
@@ -116,6 +146,8 @@ pub struct Keyspace {
     prefix: Vec<u8>,
     caller: Caller,
     max_bytes: u64,
+    /// The keyspace lives in etcd (cluster mode), not in this node's engine.
+    pub global: bool,
 }
 
 /// A keyspace's storage quota, applied to every transaction that writes to it.
@@ -255,7 +287,7 @@ mod tests {
     use super::*;
 
     fn keyspace(caller: Caller) -> Keyspace {
-        Keyspace { prefix: b"f/app/".to_vec(), caller, max_bytes: 1 << 20 }
+        Keyspace { prefix: b"f/app/".to_vec(), caller, max_bytes: 1 << 20, global: false }
     }
 
     #[test]

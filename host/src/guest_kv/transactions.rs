@@ -10,6 +10,7 @@ use ledge_kv::{Isolation, Tx, TxError};
 use wasmtime::component::Resource;
 
 use super::bindings::ledge::platform::transactions::{self as wit, Error as WitError};
+use super::global::{GlobalError, GlobalTx};
 use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
 use crate::record::tape::show_bytes;
@@ -19,10 +20,65 @@ const API: &str = "ledge:platform/transactions";
 /// Most entries one scan may return.
 const MAX_SCAN_LIMIT: u32 = 10_000;
 
-/// An open `ledge:platform/transactions.transaction`.
+/// An open `ledge:platform/transactions.transaction`: on this node's engine, or on the
+/// cluster's global data.
 pub struct OpenTransaction {
-    tx: Tx,
+    tx: Backend,
     keyspace: Keyspace,
+}
+
+enum Backend {
+    Local(Tx),
+    Global(GlobalTx),
+}
+
+impl Backend {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, WitError> {
+        match self {
+            Backend::Local(tx) => tx.get(key).map_err(tx_error),
+            Backend::Global(tx) => tx.get(key).await.map_err(global_error),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), WitError> {
+        match self {
+            Backend::Local(tx) => tx.put(key, value).map_err(tx_error),
+            Backend::Global(tx) => tx.put(key, value).map_err(global_error),
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), WitError> {
+        match self {
+            Backend::Local(tx) => tx.delete(key).map_err(tx_error),
+            Backend::Global(tx) => tx.delete(key).map_err(global_error),
+        }
+    }
+
+    async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WitError> {
+        match self {
+            Backend::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
+            Backend::Global(tx) => tx.scan(start, end, limit).await.map_err(global_error),
+        }
+    }
+
+    async fn commit(self) -> Result<u64, WitError> {
+        match self {
+            // Conflicts come back at once; only the wait for the group fsync is awaited.
+            Backend::Local(tx) => match tx.commit_async() {
+                Ok(ticket) => ticket.await.map_err(tx_error),
+                Err(error) => Err(tx_error(error)),
+            },
+            Backend::Global(tx) => tx.commit().await.map_err(global_error),
+        }
+    }
+}
+
+fn global_error(error: GlobalError) -> WitError {
+    match error {
+        GlobalError::Conflict(why) => WitError::Conflict(why),
+        GlobalError::Limit(why) => WitError::Limit(why),
+        GlobalError::Unavailable(why) => WitError::Internal(why),
+    }
 }
 
 fn tx_error(error: TxError) -> WitError {
@@ -48,13 +104,17 @@ impl From<Denied> for WitError {
 impl KvCtx<'_> {
     fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
         let keyspace = self.access.keyspace(store)?;
-        let db = self.access.db()?.clone();
-        self.access.open_handle().map_err(WitError::Limit)?;
-        let isolation = match isolation {
-            wit::Isolation::Serializable => Isolation::Serializable,
-            wit::Isolation::Snapshot => Isolation::Snapshot,
+        let tx = if keyspace.global {
+            Backend::Global(self.access.global()?.begin(isolation == wit::Isolation::Serializable))
+        } else {
+            let isolation = match isolation {
+                wit::Isolation::Serializable => Isolation::Serializable,
+                wit::Isolation::Snapshot => Isolation::Snapshot,
+            };
+            Backend::Local(keyspace.quota().begin(self.access.db()?, isolation))
         };
-        Ok(OpenTransaction { tx: keyspace.quota().begin(&db, isolation), keyspace })
+        self.access.open_handle().map_err(WitError::Limit)?;
+        Ok(OpenTransaction { tx, keyspace })
     }
 
     fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
@@ -98,7 +158,11 @@ impl wit::HostTransaction for KvCtx<'_> {
         let args = described(self.tape, || show_bytes(&key));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.get", args, async {
-            Ok(open.keyspace.read_key(&key).map_err(WitError::from).and_then(|key| open.tx.get(&key).map_err(tx_error)))
+            let key = match open.keyspace.read_key(&key) {
+                Ok(key) => key,
+                Err(denied) => return Ok(Err(denied.into())),
+            };
+            Ok(open.tx.get(&key).await)
         })
         .await
     }
@@ -112,11 +176,7 @@ impl wit::HostTransaction for KvCtx<'_> {
         let args = described(self.tape, || format!("{}, {}", show_bytes(&key), show_bytes(&value)));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.put", args, async {
-            Ok(open
-                .keyspace
-                .write_key(&key)
-                .map_err(WitError::from)
-                .and_then(|key| open.tx.put(&key, &value).map_err(tx_error)))
+            Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.put(&key, &value)))
         })
         .await
     }
@@ -129,11 +189,7 @@ impl wit::HostTransaction for KvCtx<'_> {
         let args = described(self.tape, || show_bytes(&key));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.delete", args, async {
-            Ok(open
-                .keyspace
-                .write_key(&key)
-                .map_err(WitError::from)
-                .and_then(|key| open.tx.delete(&key).map_err(tx_error)))
+            Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key)))
         })
         .await
     }
@@ -157,7 +213,7 @@ impl wit::HostTransaction for KvCtx<'_> {
             if !end.is_empty() && start >= end {
                 return Ok(Ok(Vec::new()));
             }
-            Ok(open.tx.scan(&start, &end, limit as usize).map_err(tx_error).map(|entries| {
+            Ok(open.tx.scan(&start, &end, limit as usize).await.map(|entries| {
                 entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
             }))
         })
@@ -167,15 +223,8 @@ impl wit::HostTransaction for KvCtx<'_> {
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
         let open = self.table.delete(this)?;
         self.access.close_handle();
-        taped(self.tape, "ledge:platform/transactions.commit", String::new(), async {
-            // Conflicts come back at once; only the wait for the group fsync is awaited.
-            let outcome = match open.tx.commit_async() {
-                Ok(ticket) => ticket.await,
-                Err(error) => Err(error),
-            };
-            Ok(outcome.map_err(tx_error))
-        })
-        .await
+        taped(self.tape, "ledge:platform/transactions.commit", String::new(), async { Ok(open.tx.commit().await) })
+            .await
     }
 
     async fn rollback(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {

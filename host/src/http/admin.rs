@@ -22,6 +22,7 @@ use super::{App, Problem, ResponseBody, authorization, empty, json, method_not_a
 use crate::access::caveats::{self, Op};
 use crate::access::rate::ADMIN_QUOTA;
 use crate::access::tokens::{self, Caller};
+use crate::cluster::ClusterError;
 use crate::registry::{DeployError, FunctionMeta, PolicyChange, RegistryError};
 
 impl App {
@@ -44,11 +45,19 @@ impl App {
         self.charge_admin(&caller)?;
         let who = if caller.function_scoped { PolicyChange::OnlyTighten } else { PolicyChange::Any };
         match (method, segments.as_slice()) {
-            (&Method::GET, [""]) => Ok(json(StatusCode::OK, &ListReply { functions: self.registry.list() })),
+            (&Method::GET, [""]) => {
+                let functions = match &self.cluster {
+                    Some(cluster) => cluster.list(),
+                    None => self.registry.list(),
+                };
+                Ok(json(StatusCode::OK, &ListReply { functions }))
+            }
             (_, [""]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name]) => {
-                let deployment = self.registry.lookup(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-                Ok(json(StatusCode::OK, &deployment.meta))
+                let local = self.registry.lookup(name).map(|deployment| deployment.meta.clone());
+                let placed = || self.cluster.as_ref().and_then(|c| c.record(name)).and_then(|r| r.meta(name));
+                let meta = local.or_else(placed).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+                Ok(json(StatusCode::OK, &meta))
             }
             (&Method::PUT, [name]) => {
                 let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
@@ -56,7 +65,10 @@ impl App {
                 let bytes = read_upload(request.into_body(), self.max_upload).await?;
                 let upload = Upload::parse(content_type.as_ref(), bytes).await?;
                 let policy = upload.policy.as_deref();
-                let outcome = self.registry.deploy(name, upload.component, policy, who, canary).await;
+                let outcome = match &self.cluster {
+                    Some(cluster) => cluster.deploy(name, upload.component, policy, who, canary).await,
+                    None => self.registry.deploy(name, upload.component, policy, who, canary).await.map_err(Into::into),
+                };
                 audit("deploy", name, &caller, outcome.as_ref().map(|d| format!("version {}", d.meta.version)));
                 let deployed = outcome?;
                 let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -64,7 +76,11 @@ impl App {
             }
             (&Method::DELETE, [name]) => {
                 let keep_data = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "keep-data=true"));
-                let outcome = self.registry.remove(name, keep_data).await;
+                let outcome = match &self.cluster {
+                    // Every node deletes its own copy when it applies the removal.
+                    Some(cluster) => cluster.remove(name, keep_data).await.map(|()| 0),
+                    None => self.registry.remove(name, keep_data).await.map_err(ClusterError::from),
+                };
                 if outcome.is_ok() {
                     self.runtime.logs().forget(name);
                     self.traces.forget(name).await;
@@ -83,7 +99,10 @@ impl App {
                 let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
                 let text = String::from_utf8(bytes)
                     .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the policy is not UTF-8 text"))?;
-                let outcome = self.registry.set_policy(name, &text, who).await;
+                let outcome = match &self.cluster {
+                    Some(cluster) => cluster.set_policy(name, &text, who).await,
+                    None => self.registry.set_policy(name, &text, who).await.map(drop).map_err(Into::into),
+                };
                 audit("policy", name, &caller, outcome.as_ref().map(|_| "applied".to_string()));
                 outcome?;
                 Ok(empty(StatusCode::NO_CONTENT))
@@ -104,12 +123,18 @@ impl App {
                         Problem::new(StatusCode::BAD_REQUEST, format!("`{number}` is not a version number"))
                     })?),
                 };
-                let outcome = self.registry.rollback(name, version).await;
+                let outcome = match &self.cluster {
+                    Some(cluster) => cluster.rollback(name, version).await,
+                    None => self.registry.rollback(name, version).await.map_err(Into::into),
+                };
                 audit("rollback", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
                 Ok(json(StatusCode::OK, &outcome?))
             }
             (&Method::POST, [name, "promote"]) => {
-                let outcome = self.registry.promote(name).await;
+                let outcome = match &self.cluster {
+                    Some(_) => Err(ClusterError::NotInCluster("promoting a canary")),
+                    None => self.registry.promote(name).await.map_err(Into::into),
+                };
                 audit("promote", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
                 Ok(json(StatusCode::OK, &outcome?))
             }
@@ -117,6 +142,9 @@ impl App {
             (_, [_, "rollback" | "promote"]) => Err(method_not_allowed("POST")),
             (&Method::GET, [name, "config"]) => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
             (_, [_, "config"]) => Err(method_not_allowed("GET")),
+            (&Method::PUT | &Method::DELETE, [_, "config", _]) if self.cluster.is_some() => {
+                Err(ClusterError::NotInCluster("changing a function's config").into())
+            }
             (&Method::PUT, [name, "config", key]) => {
                 let secret = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "secret=true"));
                 let bytes = read_upload(request.into_body(), MAX_CONFIG_VALUE_BYTES).await?;
@@ -186,6 +214,13 @@ impl App {
         let text = String::from_utf8_lossy(&bytes);
         let token_id =
             tokens::token_id_of(text.trim()).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
+        if let Some(cluster) = &self.cluster {
+            tokens::check_token_id(&token_id).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
+            let outcome = cluster.revoke(&token_id).await;
+            audit("revoke", &token_id, &caller, outcome.as_ref().map(|()| "revoked in the cluster".to_string()));
+            outcome?;
+            return Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": token_id })));
+        }
         let authority = self.authority.clone();
         let id = token_id.clone();
         // The revocation commit waits for its fsync.
@@ -195,6 +230,26 @@ impl App {
         audit("revoke", &token_id, &caller, outcome.as_ref().map(|()| "revoked".to_string()));
         outcome.map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
         Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": token_id })))
+    }
+}
+
+impl App {
+    /// `GET /v1/nodes`: the cluster's live nodes (a manage token).
+    pub(super) fn nodes<B>(
+        &self,
+        request: http::Request<B>,
+        method: &Method,
+        peer: SocketAddr,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
+        if method != Method::GET {
+            return Err(method_not_allowed("GET"));
+        }
+        let caller = self.authorize(&request, Op::Manage, None, peer)?;
+        self.charge_admin(&caller)?;
+        let Some(cluster) = &self.cluster else {
+            return Err(Problem::new(StatusCode::NOT_FOUND, "this node is not in a cluster (ledge serve --cluster)"));
+        };
+        Ok(json(StatusCode::OK, &serde_json::json!({ "nodes": cluster.nodes(), "in_sync": cluster.in_sync() })))
     }
 }
 

@@ -40,19 +40,30 @@ impl App {
     /// after `/fn/NAME/`, or the whole path when a `[[route]]` matched.
     pub(super) async fn invoke_function(
         &self,
-        request: http::Request<Incoming>,
+        mut request: http::Request<Incoming>,
         name: &str,
         rest: &str,
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
+        let (peer, from_peer) = self.client_of(&mut request, peer);
         let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
+            if let Some(cluster) = self.cluster.as_ref().filter(|_| !from_peer)
+                && let Some(record) = cluster.record(name)
+            {
+                return self.proxy(cluster, request, name, &record, peer).await;
+            }
             // Answer exactly as a private function would until the caller proves it may know.
             self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
         let started = Instant::now();
-        let result = self.invoke_deployed(request, name, &guest_path, &deployment, peer).await;
+        let mut result = self.invoke_deployed(request, name, &guest_path, &deployment, peer).await;
+        if let (Some(cluster), Ok(response)) = (&self.cluster, &mut result)
+            && let Ok(node) = http::HeaderValue::from_str(&cluster.node)
+        {
+            response.headers_mut().insert("ledge-node", node);
+        }
         let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
         self.metrics.observe_request(name, status, started.elapsed());
         result

@@ -34,6 +34,7 @@ mod invoke;
 mod logs;
 mod path;
 pub mod problem;
+mod proxy;
 pub mod router;
 pub mod server;
 pub mod tls;
@@ -41,6 +42,8 @@ mod traces;
 
 /// Shared state of the server.
 pub struct App {
+    /// Cluster mode: the control state in etcd.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub registry: Arc<Registry>,
     pub authority: Arc<Authority>,
     /// `None` when rate limiting is off (`--no-rate-limit`).

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::access::tokens::AuthError;
 use crate::backup::BackupError;
+use crate::cluster::ClusterError;
 use crate::http::server::{ResponseBody, full};
 use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
@@ -96,6 +97,22 @@ impl From<PolicyError> for Problem {
             PolicyError::Invalid(_) => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
             PolicyError::Widens(_) => Problem::new(StatusCode::FORBIDDEN, error.to_string()),
             PolicyError::Conflict(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
+        }
+    }
+}
+
+impl From<ClusterError> for Problem {
+    fn from(error: ClusterError) -> Self {
+        match error {
+            ClusterError::Deploy(deploy) => deploy.into(),
+            ClusterError::Policy(policy) => policy.into(),
+            ClusterError::Registry(registry) => registry.into(),
+            ClusterError::Unavailable(_) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_header("retry-after", "5")
+            }
+            ClusterError::NotApplied(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            ClusterError::NotInCluster(_) => Problem::new(StatusCode::NOT_IMPLEMENTED, error.to_string()),
+            ClusterError::Versions(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
 //! | `GET /v1/traces`, `GET /v1/traces/{id}[/component]` | recorded runs (`http/traces.rs`) |
 //! | `GET /v1/backup` | the node as a tar archive (`http/backup.rs`; a manage token without `fn` caveat) |
-//! | `GET /healthz`, `GET /readyz` | liveness, readiness (open) |
+//! | `GET /v1/nodes` | cluster members (`http/admin.rs`; a manage token) |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; in cluster mode: in sync with etcd) |
 //! | anything else matching a policy's `[[route]]` | that function, with the path as it came |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
 
@@ -47,6 +48,8 @@ impl App {
             self.traces(request, &method, rest, peer).await
         } else if path == "/v1/backup" {
             self.backup(request, &method, peer).await
+        } else if path == "/v1/nodes" {
+            self.nodes(request, &method, peer)
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
@@ -55,8 +58,14 @@ impl App {
                 (Method::GET, "/metrics") => {
                     self.authorize(&request, Op::Manage, None, peer).map(|_| metrics_response(&self.metrics))
                 }
-                // One node is ready as soon as it serves (cluster mode will add "in sync").
-                (Method::GET | Method::HEAD, "/readyz") => Ok(text(StatusCode::OK, "ready\n")),
+                // One node is ready as soon as it serves; a cluster node once it is in sync with etcd.
+                (Method::GET | Method::HEAD, "/readyz") => match &self.cluster {
+                    Some(cluster) if !cluster.in_sync() => Err(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not in sync with the cluster: {}", cluster.sync_state()),
+                    )),
+                    _ => Ok(text(StatusCode::OK, "ready\n")),
+                },
                 (_, "/healthz" | "/readyz" | "/metrics") => Err(method_not_allowed("GET")),
                 _ => match self.registry.route_for(request_host(&request).as_deref(), &path) {
                     Some(function) => self.invoke_function(request, &function, &path[1..], peer).await,

@@ -28,6 +28,49 @@ impl Registry {
         who: PolicyChange,
         canary: Option<u8>,
     ) -> Result<Deployed, DeployError> {
+        self.deploy_numbered(name, bytes, policy, who, canary, None).await
+    }
+
+    /// Installs `bytes` as version `number` (deployed at `deployed_at`), live, with `policy` if
+    /// given: how a cluster node applies a deploy that the cluster has numbered already.
+    pub async fn install(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        policy: Option<&str>,
+        number: u64,
+        deployed_at: &str,
+    ) -> Result<Deployed, DeployError> {
+        let numbered = Some((number, deployed_at.to_string()));
+        self.deploy_numbered(name, bytes, policy, PolicyChange::Any, None, numbered).await
+    }
+
+    /// Validates, pre-initializes and compiles `bytes` without deploying them; a deploy of the
+    /// same bytes soon after reuses the work. A cluster node checks a component so before it
+    /// publishes it.
+    pub async fn check_component(&self, bytes: Vec<u8>) -> Result<(), DeployError> {
+        let sha256 = sha256_hex(&bytes);
+        let (runtime, handle) = (self.runtime.clone(), tokio::runtime::Handle::current());
+        let artifacts = tokio::task::spawn_blocking(move || build_artifacts(&runtime, &handle, &bytes))
+            .await
+            .map_err(|join| RegistryError::Io(io::Error::other(join.to_string())))??;
+        let mut checked = self.checked.lock().expect("checked components lock poisoned");
+        if checked.len() >= MAX_CHECKED {
+            checked.clear();
+        }
+        checked.insert(sha256, artifacts);
+        Ok(())
+    }
+
+    async fn deploy_numbered(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        policy: Option<&str>,
+        who: PolicyChange,
+        canary: Option<u8>,
+        numbered: Option<(u64, String)>,
+    ) -> Result<Deployed, DeployError> {
         validate_name(name)?;
         let _change = self.changes.lock().await;
         let given_policy = policy.map(|text| self.check_upload(name, text, who)).transpose()?;
@@ -40,16 +83,18 @@ impl Registry {
         }
         let runtime = self.runtime.clone();
         let handle = tokio::runtime::Handle::current();
-        let same_bytes = self.deployed_with(&sha256_hex(&bytes));
+        let sha256 = sha256_hex(&bytes);
+        let same_bytes = self.deployed_with(&sha256);
+        let checked = self.checked.lock().expect("checked components lock poisoned").remove(&sha256);
         // Compiling (and pre-initializing) is CPU-bound for up to seconds: keep it off the
         // workers that serve requests. Bytes deployed already (under another name or as
         // another version) reuse that version's artifacts.
         let (bytes, artifacts) = tokio::task::spawn_blocking(move || {
-            let reused = same_bytes.and_then(|(dir, meta, pre)| {
+            let reused = checked.or_else(|| same_bytes.and_then(|(dir, meta, pre)| {
                 let artifacts = reuse_artifacts(&dir, &meta, pre)?;
                 tracing::info!(from = %meta.name, version = meta.version, "reusing the code compiled for the same bytes");
                 Some(artifacts)
-            });
+            }));
             let artifacts = match reused {
                 Some(artifacts) => Ok(artifacts),
                 None => build_artifacts(&runtime, &handle, &bytes),
@@ -70,12 +115,14 @@ impl Registry {
             }
             None => 0,
         };
+        let (version, deployed_at) =
+            numbered.unwrap_or_else(|| (newest + 1, humantime::format_rfc3339_seconds(SystemTime::now()).to_string()));
         let meta = FunctionMeta {
             name: name.to_string(),
-            version: newest + 1,
-            sha256: sha256_hex(&bytes),
+            version,
+            sha256,
             size: bytes.len() as u64,
-            deployed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            deployed_at,
             code_sha256: sha256_hex(&code),
             snapshot_sha256: snapshot.as_deref().map(sha256_hex),
             canary: None,
@@ -156,8 +203,12 @@ fn reuse_artifacts(dir: &Path, meta: &FunctionMeta, pre: ProxyPre<GuestState>) -
     Some(Artifacts { snapshot, pre, code })
 }
 
+/// Components checked by [`Registry::check_component`] kept for their deploy; a bound on what
+/// checks that never become deploys can hold.
+pub(super) const MAX_CHECKED: usize = 4;
+
 /// What a deploy produces from the uploaded bytes.
-struct Artifacts {
+pub(super) struct Artifacts {
     /// The pre-initialized component, when the upload exports `init`.
     snapshot: Option<Vec<u8>>,
     pre: ProxyPre<GuestState>,

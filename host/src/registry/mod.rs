@@ -190,6 +190,9 @@ pub enum PolicyError {
     Registry(#[from] RegistryError),
 }
 
+/// Which functions something applies to, by name.
+type FunctionFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The result of a successful deploy.
 pub struct Deployed {
     pub meta: FunctionMeta,
@@ -228,6 +231,11 @@ pub struct Registry {
     /// Compiled code loaded while the registry opens, by SHA-256: functions deployed from the
     /// same bytes share it. `None` once open, so removed functions' code is not kept alive.
     loaded_code: std::sync::Mutex<Option<HashMap<String, wasmtime::component::Component>>>,
+    /// Components checked before a cluster publishes them, by SHA-256 (at most
+    /// [`deploy::MAX_CHECKED`]).
+    checked: std::sync::Mutex<HashMap<String, deploy::Artifacts>>,
+    /// Whether this node runs a function's schedules (cluster mode: one node per function).
+    schedules_here: std::sync::OnceLock<FunctionFilter>,
 }
 
 /// How the functions found at start were loaded.
@@ -271,6 +279,8 @@ impl Registry {
             routes: RwLock::default(),
             changes: Arc::new(tokio::sync::Mutex::new(())),
             loaded_code: std::sync::Mutex::new(Some(HashMap::new())),
+            checked: std::sync::Mutex::new(HashMap::new()),
+            schedules_here: std::sync::OnceLock::new(),
         };
         let mut report = LoadReport::default();
         let mut live = HashMap::new();

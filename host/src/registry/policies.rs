@@ -108,6 +108,14 @@ impl Registry {
         Ok(policy)
     }
 
+    /// Checks an uploaded policy as [`Registry::set_policy`] would, without applying it (a
+    /// cluster node checks a policy so before it publishes it).
+    pub async fn check_policy(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
+        validate_name(name)?;
+        let _change = self.changes.lock().await;
+        self.check_upload(name, text, who)
+    }
+
     /// Stores an uploaded policy for a deployed function and applies it to new requests at once.
     pub async fn set_policy(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
         validate_name(name)?;

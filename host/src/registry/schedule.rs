@@ -28,6 +28,12 @@ const TICK: Duration = Duration::from_millis(200);
 const CATCH_UP: i64 = 5;
 
 impl Registry {
+    /// Limits this node's scheduled runs to the functions `here` names (cluster mode: each
+    /// function's schedules run on one node). Set once, before or after the scheduler starts.
+    pub fn run_schedules_where(&self, here: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let _ = self.schedules_here.set(Box::new(here));
+    }
+
     /// Runs every deployed function's schedules until the registry is dropped.
     pub fn spawn_scheduler(self: &Arc<Self>) {
         let registry = Arc::downgrade(self);
@@ -57,7 +63,8 @@ impl Registry {
         patterns: &mut HashMap<String, Option<croner::Cron>>,
     ) {
         let live: Vec<_> = self.live.read().expect("registry lock poisoned").values().cloned().collect();
-        for deployment in live {
+        let here = |name: &str| self.schedules_here.get().is_none_or(|here| here(name));
+        for deployment in live.into_iter().filter(|d| here(&d.meta.name)) {
             for (index, (pattern, path)) in deployment.policy.schedules.iter().enumerate() {
                 let cron = patterns.entry(pattern.clone()).or_insert_with(|| pattern.parse().ok());
                 let matches = cron.as_ref().is_some_and(|cron| cron.is_time_matching(&at).unwrap_or(false));

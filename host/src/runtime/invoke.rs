@@ -144,7 +144,13 @@ impl Runtime {
         let recording = invocation.tape.clone().filter(|tape| !tape.is_replay());
         let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone(), recording)?;
         let kv = match &self.db {
-            Some(db) => KvAccess::new(db.clone(), invocation.function, policy, invocation.caller.clone()),
+            Some(db) => KvAccess::new(
+                db.clone(),
+                self.global_kv.clone(),
+                invocation.function,
+                policy,
+                invocation.caller.clone(),
+            ),
             None => KvAccess::none(),
         };
         let mut store =

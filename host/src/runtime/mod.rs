@@ -63,6 +63,8 @@ pub struct Runtime {
     own_addresses: Arc<[IpAddr]>,
     /// Where guest output goes besides the host's log (`ledge logs`).
     logs: Arc<Logs>,
+    /// Cluster mode: global key-value data in etcd.
+    global_kv: Option<Arc<crate::guest_kv::global::GlobalStore>>,
 }
 
 impl Runtime {
@@ -109,6 +111,7 @@ impl Runtime {
             max_memory: options.max_memory,
             own_addresses: Arc::from([]),
             logs: Arc::default(),
+            global_kv: None,
         })
     }
 
@@ -125,6 +128,12 @@ impl Runtime {
     /// Tells the runtime which addresses are this node's own (see [`outbound`]).
     pub fn with_own_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
         self.own_addresses = addresses.into();
+        self
+    }
+
+    /// Gives guests the cluster's global stores (cluster mode).
+    pub fn with_global_kv(mut self, store: Arc<crate::guest_kv::global::GlobalStore>) -> Self {
+        self.global_kv = Some(store);
         self
     }
 

@@ -1,0 +1,210 @@
+//! The etcd client of a node: one connection per endpoint, and failover done here.
+//!
+//! `etcd-client` balances over its endpoints with tonic's balancer, which has been known to
+//! stall on a dead endpoint instead of moving on; ledge does not depend on it. Each endpoint
+//! gets its own client; a call goes to the one that answered last and, when it cannot be
+//! reached or does not answer within [`REQUEST_TIMEOUT`], to the next.
+//!
+//! Invariants:
+//! - no call waits longer than `REQUEST_TIMEOUT` per endpoint, so a dead etcd never stalls a
+//!   node for longer than that times the number of endpoints;
+//! - only calls that are safe to repeat are retried on another endpoint ([`Retry::Any`]); a
+//!   write whose fate is unknown is reported as [`EtcdError::Unknown`] and resolved by its
+//!   caller, never sent twice blindly.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn};
+use thiserror::Error;
+
+/// How long one endpoint has to answer one call.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection attempt to one endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Error, Clone)]
+pub enum EtcdError {
+    /// No endpoint answered: the node serves what it has, control writes wait.
+    #[error("the cluster's store (etcd) cannot be reached: {0}")]
+    Unreachable(String),
+    /// The write reached etcd but its outcome was not heard.
+    #[error("etcd did not confirm the write: {0}")]
+    Unknown(String),
+    /// etcd answered with an error (a compacted revision, a request over its limits...).
+    #[error("etcd refused the request: {0}")]
+    Refused(String),
+}
+
+impl EtcdError {
+    /// etcd answered that the revision read at was compacted away.
+    pub fn is_compacted(&self) -> bool {
+        matches!(self, EtcdError::Refused(message) if message.contains("compacted"))
+    }
+}
+
+/// Whether a call may be sent again to another endpoint after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads, and writes that are idempotent (a put-if-absent, a put of the same value).
+    Any,
+    /// Writes that must not apply twice: retried only when they certainly never left.
+    Unsent,
+}
+
+/// TLS for `https://` endpoints: the CA that signed etcd's certificates, and a client
+/// certificate when etcd asks for one.
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+pub struct Etcd {
+    clients: Vec<(String, Client)>,
+    /// The endpoint that answered last: calls start there.
+    current: AtomicUsize,
+}
+
+impl Etcd {
+    /// Clients for `endpoints` (nothing is dialled yet: a node starts while etcd is down).
+    pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Result<Etcd> {
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let mut options = ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+                .with_keep_alive_while_idle(true);
+            if let Some(tls) = tls.filter(|_| endpoint.starts_with("https://")) {
+                let mut config =
+                    etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+                if let Some((cert, key)) = &tls.identity {
+                    config = config.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                options = options.with_tls(config);
+            }
+            let client = Client::connect([endpoint.as_str()], Some(options))
+                .await
+                .map_err(|e| anyhow::anyhow!("etcd endpoint {endpoint}: {e}"))?;
+            clients.push((endpoint.clone(), client));
+        }
+        anyhow::ensure!(!clients.is_empty(), "--cluster names no etcd endpoint");
+        Ok(Etcd { clients, current: AtomicUsize::new(0) })
+    }
+
+    /// Runs `op` on the endpoint that answered last, then on the others as `retry` allows.
+    pub async fn call<T, F, Fut>(&self, retry: Retry, mut op: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for attempt in 0..self.clients.len() {
+            let index = (start + attempt) % self.clients.len();
+            let (endpoint, client) = &self.clients[index];
+            let unsent = match tokio::time::timeout(REQUEST_TIMEOUT, op(client.clone())).await {
+                Ok(Ok(value)) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(error)) if !is_unavailable(&error) => return Err(EtcdError::Refused(error.to_string())),
+                Ok(Err(error)) => {
+                    failures.push(format!("{endpoint}: {}", summary(&error)));
+                    never_sent(&error)
+                }
+                Err(_) => {
+                    failures.push(format!("{endpoint}: no answer within {REQUEST_TIMEOUT:?}"));
+                    false
+                }
+            };
+            if retry == Retry::Unsent && !unsent {
+                return Err(EtcdError::Unknown(failures.join("; ")));
+            }
+        }
+        Err(EtcdError::Unreachable(failures.join("; ")))
+    }
+
+    /// Reads (retried on every endpoint).
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, EtcdError> {
+        let key = key.into();
+        self.call(Retry::Any, |mut client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
+    }
+
+    /// A put whose repetition is harmless (the same value again).
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<PutOptions>,
+    ) -> Result<etcd_client::PutResponse, EtcdError> {
+        let (key, value) = (key.into(), value.into());
+        self.call(Retry::Any, |mut client| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { client.put(key, value, options).await }
+        })
+        .await
+    }
+
+    /// A transaction, sent again only as `retry` allows.
+    pub async fn txn(&self, retry: Retry, txn: Txn) -> Result<etcd_client::TxnResponse, EtcdError> {
+        self.call(retry, |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    }
+
+    /// A new lease of `ttl` seconds.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<etcd_client::LeaseGrantResponse, EtcdError> {
+        self.call(Retry::Any, |mut client| async move { client.lease_grant(ttl, None).await }).await
+    }
+
+    /// The client of the endpoint that answered last (for streams: watches, lease keep-alives).
+    pub fn client(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].1.clone()
+    }
+
+    /// Moves to the next endpoint after a stream on the current one failed.
+    pub fn next_endpoint(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A failure in a few words (tonic's own text repeats the whole error chain).
+fn summary(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if never_sent(error) => format!("unreachable ({})", status.message()),
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        other => other.to_string().chars().take(160).collect(),
+    }
+}
+
+/// The failure is the transport's or etcd's availability, not an answer about the request.
+fn is_unavailable(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match error {
+        Error::TransportError(_) | Error::IoError(_) | Error::WatchError(_) | Error::LeaseKeepAliveError(_) => true,
+        Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// The request never reached etcd (the connection could not be made), so sending it elsewhere
+/// cannot apply it twice. tonic reports a failed connect only in its message.
+fn never_sent(error: &etcd_client::Error) -> bool {
+    let text = format!("{error:?}").to_ascii_lowercase();
+    text.contains("connection refused") || text.contains("connecterror") || text.contains("tcp connect error")
+}

@@ -1,0 +1,227 @@
+//! Membership and placement: each node keeps `/ledge/nodes/NAME` on a lease it renews; the
+//! live nodes are whatever those keys say. A function with `[placement] replicas = N` is
+//! hosted by the N live nodes that rank highest for it by rendezvous (highest-random-weight)
+//! hashing, so a node joining or leaving moves only the functions whose winners changed.
+//!
+//! Invariants: a node's key lives exactly as long as its lease (a node that stops renewing
+//! disappears after [`LEASE_TTL_SECONDS`]); a name held by another live node (another
+//! `node.id`) is refused at start; every node ranks with the same hash, so nodes that see the
+//! same members agree on the hosts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::etcd::Retry;
+use super::follow::Change;
+use super::{Cluster, ROOT};
+
+/// Seconds a node stays listed after it stops renewing its lease.
+pub const LEASE_TTL_SECONDS: i64 = 5;
+
+/// How often a node renews its lease and refreshes what it reports (functions, load).
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// How often etcd's reachability is checked (what `/readyz` reports between watch events).
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+
+/// What `ledge nodes` lists for each live node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// How peers and clients reach it.
+    pub address: String,
+    pub version: String,
+    /// Functions it serves.
+    pub functions: usize,
+    /// Guest instances running on it.
+    pub load: i64,
+    pub started_at: String,
+    /// The node's identity across restarts.
+    pub id: String,
+}
+
+fn node_key(name: &str) -> String {
+    format!("{ROOT}nodes/{name}")
+}
+
+/// This node's identity: a random id kept in `<data-dir>/node.id`.
+pub fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random node id: {e}"))?;
+    let id = hex::encode(bytes);
+    crate::storage::write_durably(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+impl Cluster {
+    /// Refuses to start under a name another live node holds (when etcd can be asked).
+    pub(super) async fn check_name_is_free(&self) -> anyhow::Result<()> {
+        let key = node_key(&self.node);
+        let Ok(response) = self.etcd.get(key.clone(), None).await else {
+            return Ok(()); // etcd away: checked when the node registers.
+        };
+        let holder = response.kvs().first().and_then(|kv| serde_json::from_slice::<NodeInfo>(kv.value()).ok());
+        match holder {
+            Some(holder) if holder.id != self.node_id => anyhow::bail!(
+                "node name `{}` is held by another live node at {}; give --node-name",
+                self.node,
+                holder.address
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.node.clone(),
+            address: self.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            functions: self.registry.list().len(),
+            load: (self.load)(),
+            started_at: STARTED
+                .get_or_init(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
+                .clone(),
+            id: self.node_id.clone(),
+        }
+    }
+
+    /// Live nodes, by name.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes.read().values().cloned().collect()
+    }
+
+    pub(super) fn replace_nodes(&self, entries: &[(String, Vec<u8>)]) {
+        let nodes: BTreeMap<String, NodeInfo> = entries
+            .iter()
+            .filter_map(|(name, value)| Some((name.clone(), serde_json::from_slice(value).ok()?)))
+            .collect();
+        let moved = placement_view(&self.nodes.read()) != placement_view(&nodes);
+        *self.nodes.write() = nodes;
+        if moved {
+            self.placement_changed.notify_one();
+        }
+    }
+
+    pub(super) fn apply_node_change(&self, change: Change<'_>) {
+        let mut nodes = self.nodes.write();
+        let before = placement_view(&nodes);
+        match change.value.and_then(|value| serde_json::from_slice::<NodeInfo>(value).ok()) {
+            Some(info) => nodes.insert(change.name.to_string(), info),
+            None => nodes.remove(change.name),
+        };
+        if placement_view(&nodes) != before {
+            self.placement_changed.notify_one();
+        }
+    }
+
+    /// The live nodes that host a function with `replicas` (0: all), best ranked first.
+    pub fn hosts_of(&self, name: &str, replicas: u32) -> Vec<NodeInfo> {
+        let nodes = self.nodes.read();
+        let mut ranked: Vec<(u64, &NodeInfo)> = nodes.values().map(|node| (weight(&node.name, name), node)).collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let count = if replicas == 0 { ranked.len() } else { (replicas as usize).min(ranked.len()) };
+        ranked.into_iter().take(count).map(|(_, node)| node.clone()).collect()
+    }
+
+    /// Whether this node hosts a function with `replicas`. Before this node knows any member
+    /// (etcd away since start), it hosts what it has.
+    pub fn hosts(&self, name: &str, replicas: u32) -> bool {
+        if replicas == 0 || !self.nodes.read().contains_key(&self.node) {
+            return true;
+        }
+        self.hosts_of(name, replicas).iter().any(|node| node.name == self.node)
+    }
+
+    /// Scheduled runs happen once per cluster: on the best-ranked live host. Out of sync, a
+    /// node runs none (another may be running them).
+    pub(super) fn runs_schedules_of(&self, name: &str) -> bool {
+        if !self.in_sync() {
+            return false;
+        }
+        let replicas = self.record(name).map_or(0, |r| r.replicas());
+        self.hosts_of(name, replicas).first().is_some_and(|node| node.name == self.node)
+    }
+}
+
+/// The rendezvous weight of `node` for `function`: the same on every node.
+fn weight(node: &str, function: &str) -> u64 {
+    let digest = Sha256::new().chain_update(node).chain_update([0]).chain_update(function).finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// What placement depends on: the names of the live nodes.
+fn placement_view(nodes: &BTreeMap<String, NodeInfo>) -> Vec<String> {
+    nodes.keys().cloned().collect()
+}
+
+static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keeps this node's membership key alive: a lease, renewed every [`RENEW_EVERY`], with the
+/// node's report rewritten on it; a lost lease (etcd away longer than its TTL) is replaced.
+pub(super) async fn keep_membership(cluster: Weak<Cluster>) {
+    loop {
+        let Some(strong) = cluster.upgrade() else { return };
+        if let Err(error) = hold_lease(&strong).await {
+            tracing::debug!(%error, "cluster membership lost; registering again");
+        }
+        drop(strong);
+        tokio::time::sleep(RENEW_EVERY).await;
+    }
+}
+
+async fn hold_lease(cluster: &Cluster) -> anyhow::Result<()> {
+    let lease = cluster.etcd.lease_grant(LEASE_TTL_SECONDS).await?;
+    let lease_id = lease.id();
+    let key = node_key(&cluster.node);
+    loop {
+        let info = serde_json::to_vec(&cluster.info())?;
+        let current = cluster.etcd.get(key.clone(), None).await?;
+        let (seen, holder) = match current.kvs().first() {
+            Some(kv) => (kv.mod_revision(), serde_json::from_slice::<NodeInfo>(kv.value()).ok()),
+            None => (0, None),
+        };
+        // The key is ours when absent or written by this node (same id) before.
+        if holder.as_ref().is_some_and(|h| h.id != cluster.node_id) {
+            tracing::error!(node = %cluster.node, "another live node holds this node's name; waiting for it to go");
+        } else {
+            let put = TxnOp::put(key.clone(), info, Some(PutOptions::new().with_lease(lease_id)));
+            let txn =
+                Txn::new().when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, seen)]).and_then(vec![put]);
+            cluster.etcd.txn(Retry::Any, txn.clone()).await?;
+        }
+        let renewed = cluster
+            .etcd
+            .call(Retry::Any, |mut client| async move {
+                let (mut keeper, mut responses) = client.lease_keep_alive(lease_id).await?;
+                keeper.keep_alive().await?;
+                responses.message().await
+            })
+            .await?;
+        if renewed.is_none_or(|r| r.ttl() <= 0) {
+            anyhow::bail!("lease {lease_id:x} expired");
+        }
+        tokio::time::sleep(RENEW_EVERY).await;
+    }
+}
+
+/// Checks every [`HEALTH_EVERY`] that etcd answers a linearizable read.
+pub(super) async fn check_health(cluster: Weak<Cluster>) {
+    loop {
+        let Some(strong) = cluster.upgrade() else { return };
+        let reached = strong.etcd.get("/ledge/health", None).await.is_ok();
+        strong.reachable.store(reached, Ordering::Relaxed);
+        drop(strong);
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
+}

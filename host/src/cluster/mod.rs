@@ -1,0 +1,205 @@
+//! Cluster mode (`ledge serve --cluster URL[,URL...]`): control state in etcd, every node a
+//! cache of it.
+//!
+//! etcd holds the control state under `/ledge/`: function records (`fn/NAME`: kept versions,
+//! the live one, the uploaded policy), components by SHA-256 in chunks (`blob/SHA/`), the
+//! root key ring (`keys/ID`), revocations (`revoked/ID`), live nodes (`nodes/NAME`, each on
+//! its node's lease), the peer key (`peer-key`), and global key-value data (`kv/`).
+//!
+//! Layer: beside the registry, which it drives; the HTTP edge calls it for control writes.
+//!
+//! Invariants:
+//! - etcd is the commit point of every control change: a node publishes a change (a
+//!   compare-and-swap on the record it read), then applies it like every other node does,
+//!   from its watch; the node's own registry and data dir are a cache that lets it keep serving
+//!   while etcd is away;
+//! - followers re-list a prefix whenever their watch breaks (another endpoint, a compacted
+//!   revision, etcd back from an outage), so a node that missed events catches up from the
+//!   state, never from a log;
+//! - while etcd cannot be reached, nodes serve what they last saw and refuse control writes
+//!   with 503; `/readyz` says whether the node is in sync.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use thiserror::Error;
+
+use crate::access::tokens::Authority;
+use crate::registry::{DeployError, PolicyError, Registry, RegistryError};
+
+pub mod control;
+pub mod etcd;
+mod follow;
+pub mod members;
+pub mod peers;
+
+pub use control::FunctionRecord;
+use etcd::{Etcd, EtcdError};
+pub use members::NodeInfo;
+
+/// The root of every key ledge keeps in etcd.
+pub const ROOT: &str = "/ledge/";
+
+/// How long a control write waits for this node to have applied it.
+const APPLY_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error("{0}; this node keeps serving what it has, but control changes need etcd: retry when it is back")]
+    Unavailable(#[from] EtcdError),
+    #[error("{0} is not available in cluster mode yet")]
+    NotInCluster(&'static str),
+    #[error("the change was published but this node did not apply it within {0:?}; check `ledge functions`")]
+    NotApplied(Duration),
+    #[error("{0}")]
+    Versions(String),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Something to run with a function's name.
+type NameHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// What a node needs to join: where etcd is, who this node is, how peers reach it.
+pub struct JoinOptions {
+    pub etcd: Arc<Etcd>,
+    pub node: String,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+}
+
+pub struct Cluster {
+    pub node: String,
+    pub advertise: String,
+    etcd: Arc<Etcd>,
+    registry: Arc<Registry>,
+    authority: Arc<Authority>,
+    data_dir: PathBuf,
+    /// This node's identity across restarts (a random id kept in the data dir): a node name
+    /// already held by another live node is refused.
+    node_id: String,
+    /// Function records as last seen in etcd (tombstones of removed functions included).
+    records: RwLock<HashMap<String, FunctionRecord>>,
+    /// Live nodes as last seen in etcd.
+    nodes: RwLock<BTreeMap<String, NodeInfo>>,
+    /// The policy text last applied here per function (so an unchanged one is not re-applied).
+    applied_policies: parking_lot::Mutex<HashMap<String, Option<String>>>,
+    /// The etcd revision up to which function records are applied on this node.
+    applied: tokio::sync::watch::Sender<i64>,
+    /// Each follower has listed its prefix and is watching it.
+    synced: [AtomicBool; follow::FOLLOWERS],
+    /// The last health check reached etcd.
+    reachable: AtomicBool,
+    /// The peer key: signs the client address a proxying node passes on.
+    peer_key: RwLock<Option<ring::hmac::Key>>,
+    /// Wakes the function follower to re-place functions after a membership change.
+    placement_changed: tokio::sync::Notify,
+    /// Hooks run when a function stops being served here (logs, traces).
+    on_removed: parking_lot::Mutex<Vec<NameHook>>,
+    /// Live instances on this node (the load `ledge nodes` shows).
+    load: Box<dyn Fn() -> i64 + Send + Sync>,
+    /// Proxies requests to the nodes that host a function.
+    peer_client: reqwest::Client,
+}
+
+impl Cluster {
+    /// Joins: connects (lazily), then follows etcd in the background. Never waits for etcd: a
+    /// node restarting during an outage serves what its data dir holds.
+    pub async fn join(
+        options: JoinOptions,
+        registry: Arc<Registry>,
+        authority: Arc<Authority>,
+        load: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let etcd = options.etcd;
+        let node_id = members::node_id(&options.data_dir)?;
+        let cluster = Arc::new(Cluster {
+            node: options.node,
+            advertise: options.advertise,
+            etcd,
+            registry,
+            authority,
+            data_dir: options.data_dir,
+            node_id,
+            records: RwLock::default(),
+            nodes: RwLock::default(),
+            applied_policies: Default::default(),
+            applied: tokio::sync::watch::channel(0).0,
+            synced: Default::default(),
+            reachable: AtomicBool::new(false),
+            peer_key: RwLock::new(None),
+            placement_changed: tokio::sync::Notify::new(),
+            on_removed: Default::default(),
+            load: Box::new(load),
+            peer_client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+        });
+        cluster.check_name_is_free().await?;
+        let weak = Arc::downgrade(&cluster);
+        cluster.registry.run_schedules_where(move |name| weak.upgrade().is_some_and(|c| c.runs_schedules_of(name)));
+        for follower in follow::Follower::ALL {
+            tokio::spawn(follow::run(Arc::downgrade(&cluster), follower));
+        }
+        tokio::spawn(members::keep_membership(Arc::downgrade(&cluster)));
+        tokio::spawn(members::check_health(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    /// The HTTP client for requests to other nodes.
+    pub fn peer_client(&self) -> &reqwest::Client {
+        &self.peer_client
+    }
+
+    /// Runs `hook` with a function's name whenever this node stops serving it.
+    pub fn on_removed(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        self.on_removed.lock().push(Box::new(hook));
+    }
+
+    /// In sync with etcd: reachable, and every follower has listed and is watching.
+    pub fn in_sync(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed) && self.synced.iter().all(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// What `/readyz` says about the cluster when the node is not in sync.
+    pub fn sync_state(&self) -> String {
+        let followers: Vec<&str> = follow::Follower::ALL
+            .iter()
+            .filter(|f| !self.synced[**f as usize].load(Ordering::Relaxed))
+            .map(|f| f.prefix())
+            .collect();
+        format!(
+            "etcd {}; not yet in sync: {}",
+            if self.reachable.load(Ordering::Relaxed) { "reachable" } else { "unreachable" },
+            if followers.is_empty() { "-".to_string() } else { followers.join(", ") }
+        )
+    }
+
+    /// Waits until this node has applied function records up to `revision`.
+    async fn wait_applied(&self, revision: i64) -> Result<(), ClusterError> {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(APPLY_WAIT, applied.wait_for(|seen| *seen >= revision))
+            .await
+            .map_err(|_| ClusterError::NotApplied(APPLY_WAIT))?
+            .map_err(|_| ClusterError::NotApplied(APPLY_WAIT))?;
+        Ok(())
+    }
+}
+
+/// `http://` or `https://` with a host: what `--cluster` and `--advertise` take.
+pub fn check_url(url: &str) -> Result<String, String> {
+    let parsed: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match (parsed.scheme_str(), parsed.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(url.trim_end_matches('/').to_string()),
+        _ => Err(format!("`{url}`: give http://HOST:PORT or https://HOST:PORT")),
+    }
+}

@@ -1,0 +1,315 @@
+//! Global key-value data (cluster mode, `[kv] scope = "global"` and `global_stores`): guest
+//! transactions on keys that live in etcd, serializable across nodes.
+//!
+//! The protocol is optimistic, in the manner of etcd's own STM, extended to ranges:
+//! - the first read fixes the transaction's base revision; every later read and scan reads at
+//!   it, so the transaction sees one consistent snapshot of the cluster;
+//! - writes are buffered (a transaction reads its own writes);
+//! - commit is one etcd transaction whose compares check that nothing read changed after the
+//!   base: each key read (`mod_revision == seen`, 0 when it was absent), each scanned range
+//!   (`mod_revision < base + 1` over the range: inserts and updates) together with every key
+//!   the scan returned (deletes), and each key written (first committer wins). Any failed
+//!   compare is a retryable conflict, so every committed transaction behaves as if it ran
+//!   alone at its commit revision. `snapshot` isolation checks only the written keys.
+//! - A commit whose answer was lost (an etcd member died mid-request) is resolved, never
+//!   guessed: each commit also creates a unique marker key, required absent by its compares;
+//!   after a lost answer the node tries to create the same marker itself (a fence). If the
+//!   fence wins, the commit can never apply (a conflict, retried by the guest); if the marker
+//!   is there, the commit applied. Markers expire with a lease after a few minutes.
+//!
+//! Bounds (etcd 3.4: 128 operations per transaction, 1.5 MiB per request): at most
+//! [`MAX_WRITES`] keys written and [`MAX_COMPARES`] keys and ranges read per transaction, at most
+//! [`MAX_TXN_BYTES`] written; past them a guest-visible `limit` error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use thiserror::Error;
+
+use crate::cluster::etcd::{Etcd, EtcdError, Retry};
+
+/// Where global data lives in etcd: this prefix, then the engine key (`f/NAME/...`,
+/// `s/STORE/...`).
+const DATA_PREFIX: &str = "/ledge/kv/";
+
+/// Keys one transaction may write (etcd allows 128 operations; one is the marker).
+pub const MAX_WRITES: usize = 120;
+
+/// Keys and ranges one transaction may read under serializable isolation (each is a compare).
+pub const MAX_COMPARES: usize = 120;
+
+/// Bytes of keys and values one transaction may write (under etcd's 1.5 MiB request limit).
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+
+/// Seconds a commit marker outlives its commit (it only has to outlive a lost answer).
+const MARKER_TTL_SECONDS: i64 = 300;
+
+/// A marker lease is replaced after this long, so markers expire in bounded batches.
+const MARKER_LEASE_ROTATION: Duration = Duration::from_secs(60);
+
+/// How long a lost commit answer is worked on before the outcome is given up as unknown.
+const RESOLVE_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum GlobalError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<EtcdError> for GlobalError {
+    fn from(error: EtcdError) -> Self {
+        if error.is_compacted() {
+            GlobalError::Conflict("the transaction's snapshot was compacted in etcd; run it again".into())
+        } else {
+            GlobalError::Unavailable(error.to_string())
+        }
+    }
+}
+
+/// A node's handle on the cluster's global data.
+pub struct GlobalStore {
+    etcd: Arc<Etcd>,
+    /// The lease commit markers are attached to, and when it was granted.
+    marker_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+}
+
+impl GlobalStore {
+    pub fn new(etcd: Arc<Etcd>) -> Arc<GlobalStore> {
+        Arc::new(GlobalStore { etcd, marker_lease: tokio::sync::Mutex::new(None) })
+    }
+
+    /// A transaction on global data.
+    pub fn begin(self: &Arc<Self>, serializable: bool) -> GlobalTx {
+        GlobalTx {
+            store: self.clone(),
+            serializable,
+            base: None,
+            reads: BTreeMap::new(),
+            ranges: Vec::new(),
+            writes: BTreeMap::new(),
+            written_bytes: 0,
+        }
+    }
+
+    async fn marker_lease(&self) -> Result<i64, EtcdError> {
+        let mut lease = self.marker_lease.lock().await;
+        if let Some((id, granted)) = *lease
+            && granted.elapsed() < MARKER_LEASE_ROTATION
+        {
+            return Ok(id);
+        }
+        let granted = self.etcd.lease_grant(MARKER_TTL_SECONDS).await?;
+        *lease = Some((granted.id(), Instant::now()));
+        Ok(granted.id())
+    }
+}
+
+/// An open transaction on global data. Keys are engine keys (keyspace prefix included).
+pub struct GlobalTx {
+    store: Arc<GlobalStore>,
+    serializable: bool,
+    /// The etcd revision every read is made at (fixed by the first read).
+    base: Option<i64>,
+    /// Keys read, with the `mod_revision` seen (0: absent).
+    reads: BTreeMap<Vec<u8>, i64>,
+    /// Ranges scanned, as etcd keys `[start, end)`.
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Buffered writes (`None`: delete).
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    written_bytes: usize,
+}
+
+fn etcd_key(key: &[u8]) -> Vec<u8> {
+    [DATA_PREFIX.as_bytes(), key].concat()
+}
+
+impl GlobalTx {
+    fn read_options(&self) -> GetOptions {
+        match self.base {
+            Some(base) => GetOptions::new().with_revision(base),
+            None => GetOptions::new(),
+        }
+    }
+
+    fn fix_base(&mut self, header: Option<&etcd_client::ResponseHeader>) {
+        if self.base.is_none() {
+            self.base = header.map(|h| h.revision());
+        }
+    }
+
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, GlobalError> {
+        if let Some(written) = self.writes.get(key) {
+            return Ok(written.clone());
+        }
+        let (etcd_key, options) = (etcd_key(key), self.read_options());
+        let response = self.store.etcd.get(etcd_key.clone(), Some(options.clone())).await?;
+        self.fix_base(response.header());
+        let found = response.kvs().first();
+        self.note_read(key, found.map_or(0, |kv| kv.mod_revision()))?;
+        Ok(found.map(|kv| kv.value().to_vec()))
+    }
+
+    fn note_read(&mut self, key: &[u8], mod_revision: i64) -> Result<(), GlobalError> {
+        if self.serializable && !self.reads.contains_key(key) && self.reads.len() + self.ranges.len() >= MAX_COMPARES {
+            return Err(GlobalError::Limit(format!(
+                "a serializable global transaction reads at most {MAX_COMPARES} keys and ranges"
+            )));
+        }
+        self.reads.entry(key.to_vec()).or_insert(mod_revision);
+        Ok(())
+    }
+
+    /// Entries in `[start, end)` (engine keys), this transaction's writes included.
+    pub async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, GlobalError> {
+        let in_range = |key: &Vec<u8>| key.as_slice() >= start && key.as_slice() < end;
+        // Buffered deletes can hide stored entries: read that many more.
+        let hidden = self.writes.iter().filter(|(key, value)| value.is_none() && in_range(key)).count();
+        let (start_key, end_key) = (etcd_key(start), etcd_key(end));
+        let options = self.read_options().with_range(end_key.clone()).with_limit((limit + hidden) as i64);
+        let response = self.store.etcd.get(start_key.clone(), Some(options.clone())).await?;
+        self.fix_base(response.header());
+        if self.serializable {
+            if self.reads.len() + self.ranges.len() >= MAX_COMPARES {
+                return Err(GlobalError::Limit(format!(
+                    "a serializable global transaction reads at most {MAX_COMPARES} keys and ranges"
+                )));
+            }
+            self.ranges.push((start_key, end_key));
+        }
+        let mut merged = BTreeMap::new();
+        for kv in response.kvs() {
+            let key = kv.key()[DATA_PREFIX.len()..].to_vec();
+            self.note_read(&key, kv.mod_revision())?;
+            merged.insert(key, kv.value().to_vec());
+        }
+        for (key, value) in self.writes.iter().filter(|(key, _)| in_range(key)) {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), GlobalError> {
+        self.write(key, Some(value.to_vec()))
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), GlobalError> {
+        self.write(key, None)
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), GlobalError> {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if !self.writes.contains_key(key) && self.writes.len() >= MAX_WRITES {
+            return Err(GlobalError::Limit(format!("a global transaction writes at most {MAX_WRITES} keys")));
+        }
+        if self.written_bytes + size > MAX_TXN_BYTES {
+            return Err(GlobalError::Limit(format!(
+                "a global transaction writes at most {MAX_TXN_BYTES} bytes of keys and values"
+            )));
+        }
+        self.written_bytes += size;
+        self.writes.insert(key.to_vec(), value);
+        Ok(())
+    }
+
+    /// Commits; returns the etcd revision it committed at.
+    pub async fn commit(self) -> Result<u64, GlobalError> {
+        if self.writes.is_empty() {
+            return Ok(self.base.unwrap_or(0).max(0) as u64);
+        }
+        let mut compares = Vec::new();
+        if let Some(base) = self.base {
+            if self.serializable {
+                for (key, seen) in &self.reads {
+                    compares.push(Compare::mod_revision(etcd_key(key), CompareOp::Equal, *seen));
+                }
+                for (start, end) in &self.ranges {
+                    compares
+                        .push(Compare::mod_revision(start.clone(), CompareOp::Less, base + 1).with_range(end.clone()));
+                }
+            }
+            for key in self.writes.keys().filter(|key| !self.serializable || !self.reads.contains_key(*key)) {
+                compares.push(Compare::mod_revision(etcd_key(key), CompareOp::Less, base + 1));
+            }
+        }
+        if compares.len() >= 128 {
+            return Err(GlobalError::Limit(format!(
+                "this global transaction needs {} checks; etcd allows 127 besides the commit marker",
+                compares.len()
+            )));
+        }
+        let marker = marker_key()?;
+        compares.push(Compare::version(marker.clone(), CompareOp::Equal, 0));
+        let lease = self.store.marker_lease().await?;
+        let mut operations: Vec<TxnOp> = self
+            .writes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(etcd_key(key), value.clone(), None),
+                None => TxnOp::delete(etcd_key(key), None),
+            })
+            .collect();
+        operations.push(TxnOp::put(marker.clone(), "c", Some(PutOptions::new().with_lease(lease))));
+        let txn = Txn::new().when(compares).and_then(operations);
+        match self.store.etcd.txn(Retry::Unsent, txn.clone()).await {
+            Ok(response) if response.succeeded() => Ok(response.header().map_or(0, |h| h.revision()).max(0) as u64),
+            Ok(_) => {
+                Err(GlobalError::Conflict("a concurrent transaction changed what this one read; run it again".into()))
+            }
+            Err(EtcdError::Unknown(why)) => self.store.resolve(&marker, lease, &why).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl GlobalStore {
+    /// Settles a commit whose answer was lost: fence its marker, or find it committed.
+    async fn resolve(&self, marker: &[u8], lease: i64, why: &str) -> Result<u64, GlobalError> {
+        let started = Instant::now();
+        let fence = Txn::new()
+            .when(vec![Compare::version(marker.to_vec(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(marker.to_vec(), "f", Some(PutOptions::new().with_lease(lease)))])
+            .or_else(vec![TxnOp::get(marker.to_vec(), None)]);
+        while started.elapsed() < RESOLVE_FOR {
+            match self.etcd.txn(Retry::Any, fence.clone()).await {
+                Ok(response) if response.succeeded() => {
+                    return Err(GlobalError::Conflict(format!("the commit did not apply ({why}); run it again")));
+                }
+                Ok(response) => {
+                    let committed = response.op_responses().into_iter().any(|op| match op {
+                        etcd_client::TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.value() == b"c"),
+                        _ => false,
+                    });
+                    let revision = response.header().map_or(0, |h| h.revision()).max(0) as u64;
+                    return if committed {
+                        Ok(revision)
+                    } else {
+                        Err(GlobalError::Conflict(format!("the commit did not apply ({why}); run it again")))
+                    };
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Err(GlobalError::Unavailable(format!("the commit's outcome is unknown: etcd stopped answering ({why})")))
+    }
+}
+
+/// A fresh marker key, unique across nodes and restarts.
+fn marker_key() -> Result<Vec<u8>, GlobalError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| GlobalError::Unavailable(e.to_string()))?;
+    Ok(format!("/ledge/txn/{}", hex::encode(id)).into_bytes())
+}

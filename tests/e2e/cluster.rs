@@ -1,0 +1,242 @@
+//! Cluster mode: three real `ledge serve` nodes on a real 3-member etcd cluster (Debian's
+//! etcd-server) on loopback. Deploys, policies and revocations made through one node hold on
+//! all; global stores stay exact under concurrency through every node and through the loss of
+//! an etcd member; an etcd outage leaves nodes serving and refusing control writes; placement
+//! puts a function on one node and moves it when that node leaves.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::harness::{Etcd, Server, client, guest, problem};
+
+/// A node of the cluster on `etcd`, named `name`.
+fn node(etcd: &Etcd, name: &str) -> Server {
+    Server::start_with(&["--cluster", &etcd.endpoints(), "--node-name", name])
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long that took. Fails after `limit`.
+async fn within<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut check: F) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status(request: reqwest::RequestBuilder) -> u16 {
+    request.send().await.map_or(0, |r| r.status().as_u16())
+}
+
+/// Deploys `file` as `name` through `server` with `policy` (multipart), asserting success.
+async fn deploy_with_policy(server: &Server, name: &str, file: &std::path::Path, policy: &str) {
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()))
+        .part("policy", reqwest::multipart::Part::text(policy.to_string()));
+    let response = server.admin().put(format!("{}/v1/functions/{name}", server.url)).multipart(form).send().await;
+    let response = response.expect("deploy");
+    assert!(response.status().is_success(), "deploy {name}: {}", response.text().await.unwrap_or_default());
+}
+
+const OPEN: &str = "public = true\n[rate]\nquota = 1000000\nwindow = \"1s\"\n[limits]\nmax_concurrency = 250\n";
+
+#[tokio::test]
+async fn a_deploy_policy_and_revocation_through_one_node_hold_on_every_node() {
+    let etcd = Etcd::start();
+    let (a, b, c) = (node(&etcd, "a"), node(&etcd, "b"), node(&etcd, "c"));
+
+    // Deploy on A; B and C serve it, each saying which node ran the guest.
+    let started = Instant::now();
+    a.deploy("hello", &guest("hello"));
+    for (server, name) in [(&b, "b"), (&c, "c")] {
+        let url = server.fn_url("hello", "/");
+        // Until a node has compiled it, it proxies to one that has: wait for its own answer.
+        within(Duration::from_secs(10), "deploy reaches every node", async || {
+            let response = client().get(&url).send().await.ok();
+            response.is_some_and(|r| r.status() == 200 && r.headers()["ledge-node"] == name)
+        })
+        .await;
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.headers()["ledge-version"], "1");
+    }
+    println!("deploy on a -> served on b and c: {:?}", started.elapsed());
+
+    // Tokens: the root key ring is the cluster's, so a token minted from B's data dir works on C.
+    let minted_on_b = b.mint(&["op in invoke,manage"]);
+    let functions = client().get(format!("{}/v1/functions", c.url)).bearer_auth(&minted_on_b);
+    assert_eq!(status(functions).await, 200);
+
+    // A policy change made through B applies on A.
+    b.set_policy("hello", "public = false\n").await;
+    let on_a = a.fn_url("hello", "/");
+    let took =
+        within(Duration::from_secs(2), "policy reaches a", async || status(client().get(&on_a)).await == 401).await;
+    println!("policy on b -> in force on a: {took:?}");
+    assert_eq!(status(client().get(&on_a).bearer_auth(&minted_on_b)).await, 200);
+
+    // Revoked through C, refused on A within a second.
+    let revoke = c.cli(&["token", "revoke", &minted_on_b]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    let took = within(Duration::from_secs(1), "revocation reaches a", async || {
+        status(client().get(&on_a).bearer_auth(&minted_on_b)).await == 401
+    })
+    .await;
+    println!("revocation on c -> refused on a: {took:?}");
+
+    // Every node lists the three members.
+    let nodes = b.cli(&["nodes", "--json"]);
+    assert!(nodes.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    let names: Vec<&str> = listed["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(listed["in_sync"], true);
+    assert_eq!(listed["nodes"][0]["address"], a.url.as_str());
+
+    // A node started late catches up from etcd and serves everything.
+    let d = node(&etcd, "d");
+    let on_d = d.fn_url("hello", "/");
+    within(Duration::from_secs(10), "late node serves", async || {
+        status(client().get(&on_d).bearer_auth(&a.admin_token)).await == 200
+    })
+    .await;
+    assert_eq!(status(client().get(&on_d)).await, 401, "the cluster's policy holds on the late node too");
+    let ready = d.url.clone() + "/readyz";
+    within(Duration::from_secs(5), "late node ready", async || status(client().get(&ready)).await == 200).await;
+    // A removal through D removes it everywhere.
+    let removed = d.cli(&["rm", "hello"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let on_b = b.fn_url("hello", "/");
+    within(Duration::from_secs(2), "removal reaches b", async || {
+        status(client().get(&on_b).bearer_auth(&a.admin_token)).await == 404
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn global_stores_stay_exact_across_nodes_and_through_an_etcd_member_loss() {
+    let mut etcd = Etcd::start();
+    let nodes = [node(&etcd, "a"), node(&etcd, "b"), node(&etcd, "c")];
+    let global = format!("{OPEN}[kv]\nscope = \"global\"\n");
+    deploy_with_policy(&nodes[0], "counter", &guest("counter"), &global).await;
+    deploy_with_policy(&nodes[1], "bank", &guest("bank"), &global).await;
+    for server in &nodes {
+        let url = server.fn_url("bank", "/total");
+        within(Duration::from_secs(10), "bank on every node", async || status(client().get(&url)).await == 200).await;
+    }
+
+    // 3 nodes x 40 increments at once, while one etcd member is killed: none fails, the count
+    // is exact (no acknowledged commit lost, none applied twice).
+    let increments = nodes.iter().flat_map(|server| (0..40).map(move |_| server.fn_url("counter", "/")));
+    let load = join_all(increments.map(|url| async move {
+        let response = client().post(url).send().await.expect("increment");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }));
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        etcd.kill(0);
+    };
+    let (replies, ()) = futures::join!(load, kill);
+    for (status, body) in &replies {
+        assert_eq!(*status, 200, "an increment failed while an etcd member died: {body}");
+    }
+    let mut counts: Vec<u64> = replies.iter().map(|(_, body)| body.trim().parse().unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=120).collect::<Vec<u64>>(), "every increment saw a distinct count");
+    for server in &nodes {
+        let peek = client().get(server.fn_url("counter", "/peek")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(peek, "120\n");
+    }
+
+    // Bank transfers through all three nodes keep the total.
+    for account in ["a", "b", "c", "d"] {
+        let url = nodes[0].fn_url("bank", &format!("/accounts/{account}?balance=100"));
+        assert_eq!(status(client().put(url)).await, 201);
+    }
+    let transfers = (0..60).map(|i| {
+        let (from, to) = (["a", "b", "c", "d"][i % 4], ["b", "c", "d", "a"][(i / 4) % 4]);
+        nodes[i % 3].fn_url("bank", &format!("/transfer?from={from}&to={to}&amount={}", 10 + i % 30))
+    });
+    let statuses = join_all(transfers.map(|url| status(client().post(url)))).await;
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 409 || *s == 400), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 30, "{statuses:?}");
+    for server in &nodes {
+        let total: serde_json::Value =
+            client().get(server.fn_url("bank", "/total")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(total["total"], 400);
+        assert_eq!(total["accounts"], 4);
+    }
+}
+
+#[tokio::test]
+async fn nodes_serve_through_an_etcd_outage_and_refuse_control_writes() {
+    let mut etcd = Etcd::start();
+    let (a, b) = (node(&etcd, "a"), node(&etcd, "b"));
+    a.deploy("hello", &guest("hello"));
+    let on_b = b.fn_url("hello", "/");
+    within(Duration::from_secs(10), "deploy reaches b", async || status(client().get(&on_b)).await == 200).await;
+
+    etcd.kill_all();
+    let ready = a.url.clone() + "/readyz";
+    within(Duration::from_secs(10), "readiness drops", async || status(client().get(&ready)).await == 503).await;
+    assert_eq!(status(client().get(a.url.clone() + "/healthz")).await, 200);
+    for server in [&a, &b] {
+        assert_eq!(status(client().get(server.fn_url("hello", "/"))).await, 200, "deployed functions keep serving");
+    }
+    let refused = a.admin().put(format!("{}/v1/functions/other", a.url)).body(std::fs::read(guest("echo")).unwrap());
+    let body = problem(refused.send().await.unwrap(), 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("etcd"), "{body}");
+    let refused = b.admin().put(format!("{}/v1/functions/hello/policy", b.url)).body("public = false\n");
+    problem(refused.send().await.unwrap(), 503).await;
+
+    etcd.restart_stopped();
+    within(Duration::from_secs(20), "in sync again", async || status(client().get(&ready)).await == 200).await;
+    a.deploy("echo", &guest("echo"));
+    let echo_on_b = b.fn_url("echo", "/");
+    within(Duration::from_secs(10), "a deploy after the outage", async || {
+        status(client().post(&echo_on_b).body("x")).await == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
+    let etcd = Etcd::start();
+    let mut nodes = vec![node(&etcd, "a"), node(&etcd, "b"), node(&etcd, "c")];
+    deploy_with_policy(&nodes[0], "solo", &guest("hello"), &format!("{OPEN}[placement]\nreplicas = 1\n")).await;
+    let ran_on = async |server: &Server| {
+        let response = client().get(server.fn_url("solo", "/")).send().await.ok()?;
+        (response.status() == 200).then(|| response.headers()["ledge-node"].to_str().unwrap().to_string())
+    };
+    let mut hosts = Vec::new();
+    for server in &nodes {
+        within(Duration::from_secs(10), "solo served", async || ran_on(server).await.is_some()).await;
+        hosts.push(ran_on(server).await.unwrap());
+    }
+    assert!(hosts.iter().all(|h| *h == hosts[0]), "one node runs it, the others proxy: {hosts:?}");
+    let host = ["a", "b", "c"].iter().position(|n| *n == hosts[0]).unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != host).collect();
+    // Only the host has it installed: the others list it from the cluster but hold no copy.
+    for &other in &others {
+        assert!(!nodes[other].data_dir.join("functions/solo/meta.json").exists());
+    }
+    assert!(nodes[host].data_dir.join("functions/solo/meta.json").exists());
+
+    // The host leaves: once its lease expires another node takes the function over.
+    nodes[host].kill();
+    let survivor = &nodes[others[0]];
+    let mut new_host = String::new();
+    let took = within(Duration::from_secs(20), "another node takes over", async || match ran_on(survivor).await {
+        Some(node) if node != hosts[0] => {
+            new_host = node;
+            true
+        }
+        _ => false,
+    })
+    .await;
+    println!("placement moved from {} to {new_host} in {took:?}", hosts[0]);
+    assert_eq!(ran_on(&nodes[others[1]]).await.as_deref(), Some(new_host.as_str()));
+    nodes.clear();
+}
