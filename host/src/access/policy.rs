@@ -554,6 +554,28 @@ mod tests {
     }
 
     #[test]
+    fn cluster_fields_resolve_and_bad_ones_are_named() {
+        let text = "[kv]\nscope = \"global\"\nglobal_stores = [\"tally\"]\n[placement]\nreplicas = 2\n";
+        let policy = PolicyFile::parse(text).unwrap().resolve(&Policy::default());
+        assert_eq!(policy.kv_scope, KvScope::Global);
+        assert_eq!(policy.kv_global_stores, ["tally"]);
+        assert_eq!(policy.replicas, 2);
+        assert_eq!(Policy::default().replicas, 0, "every node hosts every function by default");
+        let scope = PolicyFile::parse("[kv]\nscope = \"planet\"\n").unwrap_err();
+        assert!(scope.contains("scope") && scope.contains("planet"), "{scope}");
+        let store = PolicyFile::parse("[kv]\nglobal_stores = [\"Bad/Name\"]\n").unwrap_err();
+        assert!(store.contains("Bad/Name"), "{store}");
+        let negative = PolicyFile::parse("[placement]\nreplicas = -1\n").unwrap_err();
+        assert!(negative.contains("replicas"), "{negative}");
+        let huge = PolicyFile::parse("[placement]\nreplicas = 5000\n").unwrap().resolve(&Policy::default());
+        let ceilings = Ceilings { max_timeout: Duration::from_secs(300) };
+        assert!(huge.check_ceilings(&ceilings).unwrap_err().contains("placement.replicas"));
+        // A confined token cannot move a keyspace or grant a global store.
+        let widened = Policy::default().widened_by(&policy);
+        assert!(widened.contains(&"kv.scope") && widened.contains(&"kv.global_stores"), "{widened:?}");
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_name_the_field_and_line() {
         let unknown = PolicyFile::parse("public = true\n[limits]\ntimeuot = \"2s\"\n").unwrap_err();
         assert!(unknown.contains("timeuot") && unknown.contains("line 3"), "{unknown}");

@@ -225,3 +225,49 @@ pub(super) async fn check_health(cluster: Weak<Cluster>) {
         tokio::time::sleep(HEALTH_EVERY).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hosts of each function among `nodes`, `replicas` each, ranked as the cluster ranks.
+    fn placement(nodes: &[&str], functions: usize, replicas: usize) -> Vec<Vec<String>> {
+        (0..functions)
+            .map(|f| {
+                let function = format!("fn-{f}");
+                let mut ranked: Vec<&str> = nodes.to_vec();
+                ranked.sort_by_key(|node| std::cmp::Reverse(weight(node, &function)));
+                ranked.into_iter().take(replicas).map(str::to_string).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_node_moves_only_the_functions_it_wins() {
+        let before = placement(&["a", "b", "c"], 300, 1);
+        let after = placement(&["a", "b", "c", "d"], 300, 1);
+        let moved: Vec<usize> = (0..300).filter(|i| before[*i] != after[*i]).collect();
+        assert!(moved.iter().all(|i| after[*i] == ["d"]), "a function moved between old nodes");
+        // About a quarter moves to the new node (rendezvous spreads evenly).
+        assert!((40..110).contains(&moved.len()), "{} of 300 moved", moved.len());
+    }
+
+    #[test]
+    fn a_leaving_node_moves_only_its_functions() {
+        let before = placement(&["a", "b", "c"], 300, 2);
+        let after = placement(&["a", "c"], 300, 2);
+        for (old, new) in before.iter().zip(&after) {
+            if !old.contains(&"b".to_string()) {
+                assert_eq!(old, new, "a function not hosted by the leaving node moved");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_are_the_same_on_every_node() {
+        // A fixed value: every build of ledge must rank nodes the same way.
+        assert_eq!(weight("a", "hello"), weight("a", "hello"));
+        assert_ne!(weight("a", "hello"), weight("b", "hello"));
+        assert_ne!(weight("ab", "c"), weight("a", "bc"), "the separator keeps names apart");
+    }
+}

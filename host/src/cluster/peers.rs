@@ -56,16 +56,43 @@ impl Cluster {
 
     /// The client address a peer vouched for, when the header verifies.
     pub fn vouched_client(&self, header: &str) -> Option<IpAddr> {
-        let key = self.peer_key.read().clone()?;
-        let (signed, tag) = header.rsplit_once(';')?;
-        let mut fields = signed.split(';');
-        let (_node, at, client) = (fields.next()?, fields.next()?, fields.next()?);
-        let at: u64 = at.parse().ok()?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if now.abs_diff(at) > MAX_SKEW_SECONDS {
-            return None;
-        }
-        hmac::verify(&key, signed.as_bytes(), &hex::decode(tag).ok()?).ok()?;
-        client.parse().ok()
+        vouched(self.peer_key.read().as_ref()?, header)
+    }
+}
+
+/// The client address `header` vouches for, when it is signed with `key` and fresh.
+fn vouched(key: &hmac::Key, header: &str) -> Option<IpAddr> {
+    let (signed, tag) = header.rsplit_once(';')?;
+    let mut fields = signed.split(';');
+    let (_node, at, client) = (fields.next()?, fields.next()?, fields.next()?);
+    let at: u64 = at.parse().ok()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if now.abs_diff(at) > MAX_SKEW_SECONDS {
+        return None;
+    }
+    hmac::verify(key, signed.as_bytes(), &hex::decode(tag).ok()?).ok()?;
+    client.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_signed_fresh_header_vouches_for_a_client() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let sign = |signed: &str| format!("{signed};{}", hex::encode(hmac::sign(&key, signed.as_bytes()).as_ref()));
+        let good = sign(&format!("a;{now};203.0.113.9"));
+        assert_eq!(vouched(&key, &good), Some("203.0.113.9".parse().unwrap()));
+        // Another client address under the same signature.
+        let forged = good.replace("203.0.113.9", "198.51.100.1");
+        assert_eq!(vouched(&key, &forged), None);
+        // Too old.
+        assert_eq!(vouched(&key, &sign(&format!("a;{};203.0.113.9", now - 120))), None);
+        // Signed with another key.
+        let other = hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]);
+        assert_eq!(vouched(&other, &good), None);
+        assert_eq!(vouched(&key, "garbage"), None);
     }
 }

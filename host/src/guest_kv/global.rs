@@ -313,3 +313,53 @@ fn marker_key() -> Result<Vec<u8>, GlobalError> {
     getrandom::fill(&mut id).map_err(|e| GlobalError::Unavailable(e.to_string()))?;
     Ok(format!("/ledge/txn/{}", hex::encode(id)).into_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction on a store whose etcd is never dialled (writes are buffered locally).
+    async fn transaction() -> GlobalTx {
+        let etcd = Etcd::connect(&["http://127.0.0.1:9".to_string()], None).await.unwrap();
+        GlobalStore::new(Arc::new(etcd)).begin(true)
+    }
+
+    #[tokio::test]
+    async fn a_transaction_writes_at_most_max_writes_keys() {
+        let mut tx = transaction().await;
+        for i in 0..MAX_WRITES {
+            tx.put(format!("f/app/{i}").as_bytes(), b"v").unwrap();
+        }
+        // Writing a key again is not a new key.
+        tx.put(b"f/app/0", b"w").unwrap();
+        let refused = tx.put(b"f/app/one-more", b"v").unwrap_err();
+        assert!(matches!(&refused, GlobalError::Limit(why) if why.contains("120 keys")), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_writes_at_most_max_txn_bytes() {
+        let mut tx = transaction().await;
+        tx.put(b"f/app/a", &vec![0u8; MAX_TXN_BYTES - 100]).unwrap();
+        let refused = tx.put(b"f/app/b", &[0u8; 200]).unwrap_err();
+        assert!(matches!(refused, GlobalError::Limit(_)), "{refused:?}");
+        tx.delete(b"f/app/c").unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_see_the_transactions_own_writes_without_etcd() {
+        let mut tx = transaction().await;
+        tx.put(b"f/app/k", b"v").unwrap();
+        assert_eq!(tx.get(b"f/app/k").await.unwrap(), Some(b"v".to_vec()));
+        tx.delete(b"f/app/k").unwrap();
+        assert_eq!(tx.get(b"f/app/k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_etcd_is_a_clear_error_within_the_timeouts() {
+        let mut tx = transaction().await;
+        let started = Instant::now();
+        let error = tx.get(b"f/app/k").await.unwrap_err();
+        assert!(matches!(&error, GlobalError::Unavailable(why) if why.contains("etcd")), "{error:?}");
+        assert!(started.elapsed() < crate::cluster::etcd::REQUEST_TIMEOUT * 2);
+    }
+}
