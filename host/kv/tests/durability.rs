@@ -289,11 +289,11 @@ fn automatic_checkpoints_keep_the_wal_small() {
     while (db.stats().checkpoints == 0 || on_disk() > db.stats().wal_bytes / 2) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Measured before close: closing may start a fresh segment, which is not what this checks.
+    let (st, wal_bytes) = (db.stats(), on_disk());
     db.close().unwrap();
-    let st = db.stats();
     assert!(st.checkpoints > 0);
-    let wal_bytes = on_disk();
-    assert!(wal_bytes < st.wal_bytes / 2, "WAL is {wal_bytes} of {} bytes written", st.wal_bytes);
+    assert!(wal_bytes <= st.wal_bytes / 2, "WAL is {wal_bytes} of {} bytes written", st.wal_bytes);
     let db = Db::open_with(dir.path(), opts).unwrap();
     let mut tx = db.begin(Isolation::Snapshot);
     assert_eq!(tx.get(b"k299").unwrap(), Some(vec![2999u32 as u8; 200]));
