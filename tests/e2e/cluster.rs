@@ -86,6 +86,19 @@ async fn a_deploy_policy_and_revocation_through_one_node_hold_on_every_node() {
     .await;
     println!("revocation on c -> refused on a: {took:?}");
 
+    // A second version through A, rolled back through C: B runs version 1 again.
+    a.deploy("hello", &guest("hello"));
+    let version_on_b = async || {
+        let response = client().get(b.fn_url("hello", "/")).bearer_auth(&a.admin_token).send().await.ok()?;
+        let header = |name: &str| response.headers().get(name)?.to_str().ok().map(str::to_string);
+        Some((header("ledge-version")?, header("ledge-node")?))
+    };
+    let is = |version: &str| Some((version.to_string(), "b".to_string()));
+    within(Duration::from_secs(10), "version 2 on b", async || version_on_b().await == is("2")).await;
+    let rollback = c.cli(&["rollback", "hello", "1"]);
+    assert!(rollback.status.success(), "{}", String::from_utf8_lossy(&rollback.stderr));
+    within(Duration::from_secs(10), "rollback reaches b", async || version_on_b().await == is("1")).await;
+
     // Every node lists the three members.
     let nodes = b.cli(&["nodes", "--json"]);
     assert!(nodes.status.success());
@@ -205,7 +218,7 @@ async fn nodes_serve_through_an_etcd_outage_and_refuse_control_writes() {
 async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
     let etcd = Etcd::start();
     let mut nodes = vec![node(&etcd, "a"), node(&etcd, "b"), node(&etcd, "c")];
-    deploy_with_policy(&nodes[0], "solo", &guest("hello"), &format!("{OPEN}[placement]\nreplicas = 1\n")).await;
+    deploy_with_policy(&nodes[0], "solo", &guest("echo"), &format!("{OPEN}[placement]\nreplicas = 1\n")).await;
     let ran_on = async |server: &Server| {
         let response = client().get(server.fn_url("solo", "/")).send().await.ok()?;
         (response.status() == 200).then(|| response.headers()["ledge-node"].to_str().unwrap().to_string())
@@ -223,6 +236,23 @@ async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
         assert!(!nodes[other].data_dir.join("functions/solo/meta.json").exists());
     }
     assert!(nodes[host].data_dir.join("functions/solo/meta.json").exists());
+
+    // Through a proxying node: the caller's request id reaches the guest, the signed peer
+    // header does not, and a forged one from a client is dropped (the request still proxied).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let forged = format!("x;{now};203.0.113.7;{}", "00".repeat(32));
+    let response = client()
+        .get(nodes[others[0]].fn_url("solo", "/"))
+        .header("x-request-id", "trace-42")
+        .header("ledge-peer", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["ledge-node"], hosts[0].as_str());
+    assert_eq!(response.headers()["x-echo-header-x-request-id"], "trace-42");
+    assert_eq!(response.headers()["x-request-id"], "trace-42");
+    assert!(response.headers().get("x-echo-header-ledge-peer").is_none(), "the guest saw the peer header");
 
     // The host leaves: once its lease expires another node takes the function over.
     nodes[host].kill();

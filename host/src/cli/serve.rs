@@ -107,8 +107,8 @@ pub struct ServeArgs {
     /// (http:// or https:// with --etcd-ca). Without it the node is self-contained.
     #[arg(long, value_delimiter = ',', value_parser = parse_url)]
     cluster: Vec<String>,
-    /// This node's name in the cluster (default: the host name).
-    #[arg(long, requires = "cluster")]
+    /// This node's name in the cluster (default: the host name): letters, digits, '.', '-', '_'.
+    #[arg(long, requires = "cluster", value_parser = crate::cluster::check_node_name)]
     node_name: Option<String>,
     /// How other nodes and clients reach this node (default: http(s)://LISTEN-ADDRESS).
     #[arg(long, requires = "cluster", value_parser = parse_url)]

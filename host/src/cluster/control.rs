@@ -80,6 +80,27 @@ fn chunk_key(sha256: &str, index: u32) -> String {
     format!("{}c{index:05}", blob_prefix(sha256))
 }
 
+impl VersionRecord {
+    fn meta(&self, name: &str) -> FunctionMeta {
+        FunctionMeta {
+            name: name.to_string(),
+            version: self.version,
+            sha256: self.sha256.clone(),
+            size: self.size,
+            deployed_at: self.deployed_at.clone(),
+            code_sha256: String::new(),
+            snapshot_sha256: None,
+            canary: None,
+        }
+    }
+}
+
+/// A record as a node keeps it: with its placement parsed once, not per request.
+pub(super) struct Known {
+    record: FunctionRecord,
+    replicas: u32,
+}
+
 impl FunctionRecord {
     /// The live version's entry.
     pub fn live_version(&self) -> Option<&VersionRecord> {
@@ -93,21 +114,12 @@ impl FunctionRecord {
 
     /// The metadata a node reports for the live version.
     pub fn meta(&self, name: &str) -> Option<FunctionMeta> {
-        let live = self.serving()?;
-        Some(FunctionMeta {
-            name: name.to_string(),
-            version: live.version,
-            sha256: live.sha256.clone(),
-            size: live.size,
-            deployed_at: live.deployed_at.clone(),
-            code_sha256: String::new(),
-            snapshot_sha256: None,
-            canary: None,
-        })
+        Some(self.serving()?.meta(name))
     }
 
-    /// `[placement] replicas` of the uploaded policy (0: every node).
-    pub fn replicas(&self) -> u32 {
+    /// `[placement] replicas` of the uploaded policy (0: every node). Parses the policy: call
+    /// once per record ([`Known`] keeps the result).
+    fn replicas(&self) -> u32 {
         self.policy
             .as_deref()
             .and_then(|text| crate::access::policy::PolicyFile::parse(text).ok())
@@ -117,15 +129,20 @@ impl FunctionRecord {
 }
 
 impl Cluster {
-    /// The record of `name` as last seen, when the function is deployed (not removed).
-    pub fn record(&self, name: &str) -> Option<FunctionRecord> {
-        self.records.read().get(name).filter(|r| r.serving().is_some()).cloned()
+    /// `[placement] replicas` of a deployed function (not removed) as last seen.
+    pub fn replicas_of(&self, name: &str) -> Option<u32> {
+        self.records.read().get(name).filter(|k| k.record.serving().is_some()).map(|k| k.replicas)
+    }
+
+    /// The live version's metadata of a deployed function as last seen.
+    pub fn meta(&self, name: &str) -> Option<FunctionMeta> {
+        self.records.read().get(name)?.record.meta(name)
     }
 
     /// Every deployed function's metadata, by name.
     pub fn list(&self) -> Vec<FunctionMeta> {
         let records = self.records.read();
-        let mut metas: Vec<FunctionMeta> = records.iter().filter_map(|(name, record)| record.meta(name)).collect();
+        let mut metas: Vec<FunctionMeta> = records.iter().filter_map(|(name, known)| known.record.meta(name)).collect();
         metas.sort_by(|a, b| a.name.cmp(&b.name));
         metas
     }
@@ -189,6 +206,8 @@ impl Cluster {
         if let Some(text) = policy {
             self.registry.check_policy(name, text, who).await?;
         }
+        // One round trip first, so that an etcd outage is refused before seconds of compiling.
+        self.read_record(name).await?;
         let sha256 = sha256_hex(&bytes);
         let size = bytes.len() as u64;
         self.registry.check_component(bytes.clone()).await?;
@@ -276,12 +295,8 @@ impl Cluster {
             })
             .await?;
         self.wait_applied(revision).await?;
-        let kept = record.versions.iter().filter_map(|v| {
-            let mut meta = FunctionRecord { live: v.version, ..record.clone() }.meta(name)?;
-            meta.canary = None;
-            Some(meta)
-        });
-        Ok(crate::registry::versions::Versions { live: record.live, canary: None, kept: kept.collect() })
+        let kept = record.versions.iter().map(|v| v.meta(name)).collect();
+        Ok(crate::registry::versions::Versions { live: record.live, canary: None, kept })
     }
 
     /// Stores a component by SHA-256 unless it is there already: chunks first, `meta` last.
@@ -398,7 +413,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Applies one record (or its deletion).
+    /// Applies one record (or its deletion) a watch delivered.
     pub(super) async fn apply_function_change(&self, change: Change<'_>) {
         let name = change.name;
         let record = change.value.and_then(|value| match serde_json::from_slice::<FunctionRecord>(value) {
@@ -408,20 +423,26 @@ impl Cluster {
                 None
             }
         });
-        match &record {
-            Some(record) => self.records.write().insert(name.to_string(), record.clone()),
+        let known = record.map(|record| Known { replicas: record.replicas(), record });
+        let applied = known.as_ref().map(|k| (k.record.serving().cloned(), k.record.policy.clone(), k.replicas));
+        let removal = known.as_ref().and_then(|k| k.record.removed);
+        match known {
+            Some(known) => self.records.write().insert(name.to_string(), known),
             None => self.records.write().remove(name),
         };
-        let serving = record.as_ref().and_then(|r| r.serving().cloned());
-        match (serving, record) {
-            (Some(live), Some(record)) if self.hosts(name, record.replicas()) => {
-                self.install(name, &live, record.policy.as_deref()).await
-            }
-            (Some(_), _) => self.stop_serving(name, true).await,
-            (None, record) => {
-                let keep_data = record.and_then(|r| r.removed).is_none_or(|removal| removal.keep_data);
-                self.stop_serving(name, keep_data).await
-            }
+        match applied {
+            Some((Some(live), policy, replicas)) => self.place(name, &live, policy.as_deref(), replicas).await,
+            // Removed (tombstone) or gone: keep the data unless the removal said otherwise.
+            _ => self.stop_serving(name, removal.is_none_or(|r| r.keep_data)).await,
+        }
+    }
+
+    /// Serves the live version of `name` here if this node hosts it, else stops serving it.
+    async fn place(&self, name: &str, live: &VersionRecord, policy: Option<&str>, replicas: u32) {
+        if self.hosts(name, replicas) {
+            self.install(name, live, policy).await
+        } else {
+            self.stop_serving(name, true).await
         }
     }
 
@@ -475,13 +496,20 @@ impl Cluster {
         }
     }
 
-    /// Re-applies every record after a membership change (placement may have moved).
+    /// Re-places every function with a replica count after a membership change.
     pub(super) async fn replace_functions(&self) {
-        let records: Vec<(String, FunctionRecord)> =
-            self.records.read().iter().filter(|(_, r)| r.replicas() > 0).map(|(n, r)| (n.clone(), r.clone())).collect();
-        for (name, record) in records {
-            let value = serde_json::to_vec(&record).unwrap_or_default();
-            self.apply_function_change(Change { name: &name, value: Some(&value) }).await;
+        let placed: Vec<(String, VersionRecord, Option<String>, u32)> = self
+            .records
+            .read()
+            .iter()
+            .filter(|(_, known)| known.replicas > 0)
+            .filter_map(|(name, known)| {
+                let live = known.record.serving()?.clone();
+                Some((name.clone(), live, known.record.policy.clone(), known.replicas))
+            })
+            .collect();
+        for (name, live, policy, replicas) in placed {
+            self.place(&name, &live, policy.as_deref(), replicas).await;
         }
     }
 

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::etcd::Retry;
+use super::etcd::{REQUEST_TIMEOUT, Retry};
 use super::follow::Change;
 use super::{Cluster, ROOT};
 
@@ -27,6 +27,9 @@ pub const LEASE_TTL_SECONDS: i64 = 5;
 
 /// How often a node renews its lease and refreshes what it reports (functions, load).
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a node's report is rewritten even when its functions did not change (its load).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How often etcd's reachability is checked (what `/readyz` reports between watch events).
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
@@ -89,9 +92,7 @@ impl Cluster {
             version: env!("CARGO_PKG_VERSION").to_string(),
             functions: self.registry.list().len(),
             load: (self.load)(),
-            started_at: STARTED
-                .get_or_init(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
-                .clone(),
+            started_at: self.started_at.clone(),
             id: self.node_id.clone(),
         }
     }
@@ -149,7 +150,7 @@ impl Cluster {
         if !self.in_sync() {
             return false;
         }
-        let replicas = self.record(name).map_or(0, |r| r.replicas());
+        let replicas = self.replicas_of(name).unwrap_or(0);
         self.hosts_of(name, replicas).first().is_some_and(|node| node.name == self.node)
     }
 }
@@ -165,8 +166,6 @@ fn placement_view(nodes: &BTreeMap<String, NodeInfo>) -> Vec<String> {
     nodes.keys().cloned().collect()
 }
 
-static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 /// Keeps this node's membership key alive: a lease, renewed every [`RENEW_EVERY`], with the
 /// node's report rewritten on it; a lost lease (etcd away longer than its TTL) is replaced.
 pub(super) async fn keep_membership(cluster: Weak<Cluster>) {
@@ -181,37 +180,50 @@ pub(super) async fn keep_membership(cluster: Weak<Cluster>) {
 }
 
 async fn hold_lease(cluster: &Cluster) -> anyhow::Result<()> {
-    let lease = cluster.etcd.lease_grant(LEASE_TTL_SECONDS).await?;
-    let lease_id = lease.id();
+    let lease_id = cluster.etcd.lease_grant(LEASE_TTL_SECONDS).await?.id();
+    let (mut keeper, mut renewals) =
+        tokio::time::timeout(REQUEST_TIMEOUT, cluster.etcd.client().lease_keep_alive(lease_id)).await??;
     let key = node_key(&cluster.node);
+    // What was last written, and when: the key is rewritten when the node's functions change,
+    // and every REPORT_EVERY for its load, not on every renewal (each write is a quorum write
+    // every node's watch receives).
+    let mut written: Option<(NodeInfo, Instant)> = None;
     loop {
-        let info = serde_json::to_vec(&cluster.info())?;
-        let current = cluster.etcd.get(key.clone(), None).await?;
+        let info = cluster.info();
+        let stale =
+            written.as_ref().is_none_or(|(last, at)| last.functions != info.functions || at.elapsed() >= REPORT_EVERY);
+        if stale && cluster.register(&key, &info, lease_id).await? {
+            written = Some((info, Instant::now()));
+        }
+        let renewed = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            keeper.keep_alive().await?;
+            renewals.message().await
+        })
+        .await??;
+        if renewed.is_none_or(|r| r.ttl() <= 0) {
+            anyhow::bail!("lease {lease_id:x} expired");
+        }
+        tokio::time::sleep(RENEW_EVERY).await;
+    }
+}
+
+impl Cluster {
+    /// Writes this node's report on its lease, unless another live node holds the name; says
+    /// whether it wrote.
+    async fn register(&self, key: &str, info: &NodeInfo, lease_id: i64) -> anyhow::Result<bool> {
+        let current = self.etcd.get(key, None).await?;
         let (seen, holder) = match current.kvs().first() {
             Some(kv) => (kv.mod_revision(), serde_json::from_slice::<NodeInfo>(kv.value()).ok()),
             None => (0, None),
         };
         // The key is ours when absent or written by this node (same id) before.
-        if holder.as_ref().is_some_and(|h| h.id != cluster.node_id) {
-            tracing::error!(node = %cluster.node, "another live node holds this node's name; waiting for it to go");
-        } else {
-            let put = TxnOp::put(key.clone(), info, Some(PutOptions::new().with_lease(lease_id)));
-            let txn =
-                Txn::new().when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, seen)]).and_then(vec![put]);
-            cluster.etcd.txn(Retry::Any, txn.clone()).await?;
+        if holder.as_ref().is_some_and(|h| h.id != self.node_id) {
+            tracing::error!(node = %self.node, "another live node holds this node's name; waiting for it to go");
+            return Ok(false);
         }
-        let renewed = cluster
-            .etcd
-            .call(Retry::Any, |mut client| async move {
-                let (mut keeper, mut responses) = client.lease_keep_alive(lease_id).await?;
-                keeper.keep_alive().await?;
-                responses.message().await
-            })
-            .await?;
-        if renewed.is_none_or(|r| r.ttl() <= 0) {
-            anyhow::bail!("lease {lease_id:x} expired");
-        }
-        tokio::time::sleep(RENEW_EVERY).await;
+        let put = TxnOp::put(key, serde_json::to_vec(info)?, Some(PutOptions::new().with_lease(lease_id)));
+        let txn = Txn::new().when(vec![Compare::mod_revision(key, CompareOp::Equal, seen)]).and_then(vec![put]);
+        Ok(self.etcd.txn(Retry::Any, txn).await?.succeeded())
     }
 }
 

@@ -37,7 +37,6 @@ mod follow;
 pub mod members;
 pub mod peers;
 
-pub use control::FunctionRecord;
 use etcd::{Etcd, EtcdError};
 pub use members::NodeInfo;
 
@@ -86,8 +85,10 @@ pub struct Cluster {
     /// This node's identity across restarts (a random id kept in the data dir): a node name
     /// already held by another live node is refused.
     node_id: String,
+    /// When this node joined (RFC 3339), as `ledge nodes` shows it.
+    started_at: String,
     /// Function records as last seen in etcd (tombstones of removed functions included).
-    records: RwLock<HashMap<String, FunctionRecord>>,
+    records: RwLock<HashMap<String, control::Known>>,
     /// Live nodes as last seen in etcd.
     nodes: RwLock<BTreeMap<String, NodeInfo>>,
     /// The policy text last applied here per function (so an unchanged one is not re-applied).
@@ -120,6 +121,7 @@ impl Cluster {
         load: impl Fn() -> i64 + Send + Sync + 'static,
     ) -> anyhow::Result<Arc<Cluster>> {
         let etcd = options.etcd;
+        check_node_name(&options.node).map_err(anyhow::Error::msg)?;
         let node_id = members::node_id(&options.data_dir)?;
         let cluster = Arc::new(Cluster {
             node: options.node,
@@ -129,6 +131,7 @@ impl Cluster {
             authority,
             data_dir: options.data_dir,
             node_id,
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             records: RwLock::default(),
             nodes: RwLock::default(),
             applied_policies: Default::default(),
@@ -195,11 +198,39 @@ impl Cluster {
     }
 }
 
+/// A node name: 1 to 63 ASCII letters, digits, `.`, `-` or `_` (it goes into etcd keys and the
+/// `ledge-node` and `ledge-peer` headers).
+pub fn check_node_name(name: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!("node name `{name}`: use 1 to 63 letters, digits, '.', '-' or '_' (give --node-name)"))
+    }
+}
+
 /// `http://` or `https://` with a host: what `--cluster` and `--advertise` take.
 pub fn check_url(url: &str) -> Result<String, String> {
     let parsed: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match (parsed.scheme_str(), parsed.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(url.trim_end_matches('/').to_string()),
         _ => Err(format!("`{url}`: give http://HOST:PORT or https://HOST:PORT")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_and_urls_are_checked() {
+        assert_eq!(check_node_name("edge-1.lab_2").unwrap(), "edge-1.lab_2");
+        for bad in ["", "a;b", "with space", "ünïcode", &"n".repeat(64)] {
+            assert!(check_node_name(bad).unwrap_err().contains("--node-name"), "{bad:?}");
+        }
+        assert_eq!(check_url("http://10.0.0.5:2379/").unwrap(), "http://10.0.0.5:2379");
+        assert!(check_url("10.0.0.5:2379").is_err());
+        assert!(check_url("ftp://x").is_err());
     }
 }

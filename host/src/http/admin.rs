@@ -55,7 +55,7 @@ impl App {
             (_, [""]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name]) => {
                 let local = self.registry.lookup(name).map(|deployment| deployment.meta.clone());
-                let placed = || self.cluster.as_ref().and_then(|c| c.record(name)).and_then(|r| r.meta(name));
+                let placed = || self.cluster.as_ref().and_then(|c| c.meta(name));
                 let meta = local.or_else(placed).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
                 Ok(json(StatusCode::OK, &meta))
             }
@@ -181,6 +181,23 @@ impl App {
         Ok(())
     }
 
+    /// For node-wide admin routes (`/v1/nodes`, `/v1/backup`, `/v1/tokens/revoke`): the one
+    /// method the route takes, a manage token without `fn` caveat, charged to the admin quota.
+    pub(super) fn authorize_manage<B>(
+        &self,
+        request: &http::Request<B>,
+        method: &Method,
+        allowed: &'static str,
+        peer: SocketAddr,
+    ) -> Result<Caller, Problem> {
+        if method.as_str() != allowed {
+            return Err(method_not_allowed(allowed));
+        }
+        let caller = self.authorize(request, Op::Manage, None, peer)?;
+        self.charge_admin(&caller)?;
+        Ok(caller)
+    }
+
     /// Checks the request's token for an admin operation.
     pub(super) fn authorize<B>(
         &self,
@@ -206,10 +223,7 @@ impl App {
         method: &Method,
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
-        if method != Method::POST {
-            return Err(method_not_allowed("POST"));
-        }
-        let caller = self.authorize(&request, Op::Manage, None, peer)?;
+        let caller = self.authorize_manage(&request, method, "POST", peer)?;
         let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
         let text = String::from_utf8_lossy(&bytes);
         let token_id =
@@ -241,11 +255,7 @@ impl App {
         method: &Method,
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
-        if method != Method::GET {
-            return Err(method_not_allowed("GET"));
-        }
-        let caller = self.authorize(&request, Op::Manage, None, peer)?;
-        self.charge_admin(&caller)?;
+        self.authorize_manage(&request, method, "GET", peer)?;
         let Some(cluster) = &self.cluster else {
             return Err(Problem::new(StatusCode::NOT_FOUND, "this node is not in a cluster (ledge serve --cluster)"));
         };

@@ -17,8 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use super::admin::audit;
 use super::server::BoxError;
-use super::{App, Problem, ResponseBody, method_not_allowed};
-use crate::access::caveats::Op;
+use super::{App, Problem, ResponseBody};
 use crate::backup::{self, BackupError};
 
 /// Bytes read from the archive per body frame.
@@ -31,11 +30,7 @@ impl App {
         method: &Method,
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
-        if method != Method::GET {
-            return Err(method_not_allowed("GET"));
-        }
-        let caller = self.authorize(&request, Op::Manage, None, peer)?;
-        self.charge_admin(&caller)?;
+        let caller = self.authorize_manage(&request, method, "GET", peer)?;
         let (data_dir, db) = (self.data_dir.clone(), self.db.clone());
         let outcome = self
             .registry

@@ -49,9 +49,9 @@ impl App {
         let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
             if let Some(cluster) = self.cluster.as_ref().filter(|_| !from_peer)
-                && let Some(record) = cluster.record(name)
+                && let Some(replicas) = cluster.replicas_of(name)
             {
-                return self.proxy(cluster, request, name, &record, peer).await;
+                return self.proxy(cluster, request, name, replicas, peer).await;
             }
             // Answer exactly as a private function would until the caller proves it may know.
             self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;

@@ -15,8 +15,8 @@ use hyper::body::{Frame, Incoming};
 
 use super::server::BoxError;
 use super::{App, Problem, ResponseBody};
+use crate::cluster::Cluster;
 use crate::cluster::peers::PEER_HEADER;
-use crate::cluster::{Cluster, FunctionRecord};
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus `host`.
 const HOP_BY_HOP: &[&str] =
@@ -40,10 +40,10 @@ impl App {
         cluster: &Cluster,
         request: http::Request<Incoming>,
         name: &str,
-        record: &FunctionRecord,
+        replicas: u32,
         client: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
-        let mut hosts = cluster.hosts_of(name, record.replicas());
+        let mut hosts = cluster.hosts_of(name, replicas);
         // This node may be a host that has not installed the function yet: not a target.
         hosts.retain(|node| node.name != cluster.node);
         // Spread a caller's requests over the hosts, the same caller on the same host.
