@@ -2,13 +2,15 @@
 //! etcd-server) on loopback. Deploys, policies and revocations made through one node hold on
 //! all; global stores stay exact under concurrency through every node and through the loss of
 //! an etcd member; an etcd outage leaves nodes serving and refusing control writes; placement
-//! puts a function on one node and moves it when that node leaves.
+//! puts a function on one node and moves it when that node leaves; config, secrets and
+//! canaries set through one node hold on all.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::harness::{Etcd, Server, client, guest, problem};
+use crate::harness::{Etcd, Server, client, get_from, guest, problem, version_from};
 
 /// A node of the cluster on `etcd`, named `name`.
 fn node(etcd: &Etcd, name: &str) -> Server {
@@ -52,14 +54,9 @@ async fn a_deploy_policy_and_revocation_through_one_node_hold_on_every_node() {
     let started = Instant::now();
     a.deploy("hello", &guest("hello"));
     for (server, name) in [(&b, "b"), (&c, "c")] {
-        let url = server.fn_url("hello", "/");
         // Until a node has compiled it, it proxies to one that has: wait for its own answer.
-        within(Duration::from_secs(10), "deploy reaches every node", async || {
-            let response = client().get(&url).send().await.ok();
-            response.is_some_and(|r| r.status() == 200 && r.headers()["ledge-node"] == name)
-        })
-        .await;
-        let response = client().get(&url).send().await.unwrap();
+        served_by_itself(server, "hello", name).await;
+        let response = client().get(server.fn_url("hello", "/")).send().await.unwrap();
         assert_eq!(response.headers()["ledge-version"], "1");
     }
     println!("deploy on a -> served on b and c: {:?}", started.elapsed());
@@ -163,6 +160,29 @@ async fn global_stores_stay_exact_across_nodes_and_through_an_etcd_member_loss()
         assert_eq!(peek, "120\n");
     }
 
+    // wasi:keyvalue on a global store: increments through all three nodes, each a distinct count.
+    let tally = format!("{OPEN}[kv]\nglobal_stores = [\"tally\"]\n");
+    deploy_with_policy(&nodes[2], "tally", &guest("kv-wasi"), &tally).await;
+    for server in &nodes {
+        let url = server.fn_url("tally", "/get?key=n&bucket=tally");
+        within(Duration::from_secs(10), "tally on every node", async || status(client().get(&url)).await == 200).await;
+    }
+    let increments =
+        nodes.iter().flat_map(|server| (0..20).map(move |_| server.fn_url("tally", "/incr?key=n&bucket=tally")));
+    let replies = join_all(increments.map(|url| async move {
+        let response = client().post(url).send().await.expect("increment");
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap().trim().parse::<u64>().unwrap()
+    }))
+    .await;
+    let mut counts = replies;
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=60).collect::<Vec<u64>>(), "wasi:keyvalue increments are serializable across nodes");
+    for server in &nodes {
+        let value = client().get(server.fn_url("tally", "/get?key=n&bucket=tally")).send().await.unwrap();
+        assert_eq!(value.text().await.unwrap(), "60\n");
+    }
+
     // Bank transfers through all three nodes keep the total.
     for account in ["a", "b", "c", "d"] {
         let url = nodes[0].fn_url("bank", &format!("/accounts/{account}?balance=100"));
@@ -254,6 +274,43 @@ async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
     assert_eq!(response.headers()["x-request-id"], "trace-42");
     assert!(response.headers().get("x-echo-header-ledge-peer").is_none(), "the guest saw the peer header");
 
+    // Rate limits on the host count the caller the proxying node vouches for, not that node:
+    // two callers through the same proxy each get their own quota.
+    let limited = format!("public = true\n[rate]\nquota = 2\nwindow = \"1m\"\n[placement]\nreplicas = 1\n");
+    deploy_with_policy(&nodes[0], "limited", &guest("echo"), &limited).await;
+    let path = "/fn/limited/";
+    let mut limited_host = String::new();
+    within(Duration::from_secs(10), "limited placed", async || {
+        let (status, headers) = get_from(&nodes[0], path, IpAddr::from([127, 3, 9, 9])).await;
+        limited_host =
+            headers.iter().find_map(|h| h.strip_prefix("ledge-node: ").map(str::to_string)).unwrap_or_default();
+        status == 200
+    })
+    .await;
+    let proxy = ["a", "b", "c"].iter().position(|n| *n != limited_host).unwrap();
+    for caller in [IpAddr::from([127, 3, 0, 1]), IpAddr::from([127, 3, 0, 2])] {
+        let statuses = [
+            get_from(&nodes[proxy], path, caller).await.0,
+            get_from(&nodes[proxy], path, caller).await.0,
+            get_from(&nodes[proxy], path, caller).await.0,
+        ];
+        assert_eq!(statuses, [200, 200, 429], "caller {caller} through {}", ["a", "b", "c"][proxy]);
+    }
+
+    // A schedule runs once per cluster, not once per node: a global counter ticked every
+    // second grows by about one a second with three nodes up.
+    let ticking = format!("{OPEN}[kv]\nscope = \"global\"\n[[schedule]]\ncron = \"* * * * * *\"\npath = \"/tick\"\n");
+    deploy_with_policy(&nodes[0], "ticker", &guest("counter"), &ticking).await;
+    let peek = async || {
+        let response = client().get(nodes[1].fn_url("ticker", "/peek")).send().await.ok()?;
+        response.text().await.ok()?.trim().parse::<u64>().ok()
+    };
+    within(Duration::from_secs(10), "the schedule runs", async || peek().await.is_some_and(|n| n >= 1)).await;
+    let before = peek().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ticks = peek().await.unwrap() - before;
+    assert!((2..=6).contains(&ticks), "{ticks} runs in 4 s: once per node would be about 12");
+
     // The host leaves: once its lease expires another node takes the function over.
     nodes[host].kill();
     let survivor = &nodes[others[0]];
@@ -269,4 +326,158 @@ async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
     println!("placement moved from {} to {new_host} in {took:?}", hosts[0]);
     assert_eq!(ran_on(&nodes[others[1]]).await.as_deref(), Some(new_host.as_str()));
     nodes.clear();
+}
+
+/// Waits until `server` (named `name`) runs `function` itself rather than proxying it.
+async fn served_by_itself(server: &Server, function: &str, name: &str) {
+    let url = server.fn_url(function, "/");
+    within(Duration::from_secs(10), "installed on the node", async || {
+        let response = client().get(&url).send().await.ok();
+        response.is_some_and(|r| r.status() == 200 && r.headers()["ledge-node"] == name)
+    })
+    .await;
+}
+
+const SECRET: &str = "sk-cluster-9f8e7d6c5b4a";
+
+/// What `misbehave` on `server` reads for config `key`.
+async fn config_seen(server: &Server, key: &str) -> String {
+    let url = server.fn_url("misbehave", &format!("/config?key={key}"));
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn config_secrets_canaries_and_the_component_budget_hold_across_nodes() {
+    let mut etcd = Etcd::start();
+    let (a, mut b) = (node(&etcd, "a"), node(&etcd, "b"));
+
+    // Config and a secret set through A: B's guests see them; the secret is never in clear.
+    a.deploy("misbehave", &guest("misbehave"));
+    served_by_itself(&b, "misbehave", "b").await;
+    a.cli_ok(&["config", "set", "misbehave", "GREETING", "hi"]);
+    a.cli_ok(&["config", "set", "misbehave", "API_KEY", SECRET, "--secret"]);
+    let took = within(Duration::from_secs(1), "config reaches b", async || {
+        config_seen(&b, "API_KEY").await == format!("wasi:config=Some(\"{SECRET}\") env=Some(\"{SECRET}\")\n")
+    })
+    .await;
+    println!("config on a -> seen on b: {took:?}");
+    assert_eq!(config_seen(&b, "GREETING").await, "wasi:config=Some(\"hi\") env=Some(\"hi\")\n");
+    let listed = b.cli_ok(&["config", "list", "misbehave"]);
+    assert!(listed.contains("API_KEY=(secret)") && listed.contains("GREETING=hi"), "{listed}");
+    assert!(!listed.contains(SECRET));
+    // Both nodes seal with the cluster's key, cached privately beside their own.
+    use std::os::unix::fs::PermissionsExt;
+    let cached = |server: &Server| server.data_dir.join("keys/cluster-secrets.key");
+    assert_eq!(std::fs::read(cached(&a)).unwrap(), std::fs::read(cached(&b)).unwrap());
+    assert_ne!(std::fs::read(cached(&b)).unwrap(), std::fs::read(b.data_dir.join("keys/secrets.key")).unwrap());
+    assert_eq!(std::fs::metadata(cached(&b)).unwrap().permissions().mode() & 0o777, 0o600);
+    for (path, bytes) in crate::config::all_bytes(&b.data_dir) {
+        assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "{} holds the secret", path.display());
+    }
+    b.cli_ok(&["config", "rm", "misbehave", "GREETING"]);
+    let removed = async || config_seen(&a, "GREETING").await == "wasi:config=None env=None\n";
+    within(Duration::from_secs(1), "config removal reaches a", removed).await;
+
+    // A canary deployed through B splits callers on A too, each caller on the same version on
+    // every node; promoted through A, B runs it for everyone.
+    deploy_with_policy(&a, "app", &guest("hello"), OPEN).await;
+    served_by_itself(&b, "app", "b").await;
+    b.cli_ok(&["deploy", "app", guest("echo").to_str().unwrap(), "--canary", "50%"]);
+    let callers: Vec<IpAddr> = (1..=40u8).map(|i| IpAddr::from([127, 2, 0, i])).collect();
+    within(Duration::from_secs(10), "canary on a", async || {
+        let mut canary_seen = false;
+        for &caller in &callers {
+            canary_seen |= version_from(&a, "app", caller).await == 2;
+        }
+        canary_seen
+    })
+    .await;
+    let mut on_canary = 0;
+    for &caller in &callers {
+        let on_a = version_from(&a, "app", caller).await;
+        assert_eq!(version_from(&a, "app", caller).await, on_a, "caller {caller} switched versions");
+        assert_eq!(version_from(&b, "app", caller).await, on_a, "caller {caller} got another version on b");
+        on_canary += usize::from(on_a == 2);
+    }
+    assert!((1..40).contains(&on_canary), "a 50% canary served {on_canary} of 40 callers");
+    assert!(a.cli_ok(&["versions", "app"]).contains("canary 50%"));
+    a.cli_ok(&["promote", "app"]);
+    within(Duration::from_secs(10), "promotion reaches b", async || {
+        let mut all = true;
+        for &caller in &callers[..10] {
+            all &= version_from(&b, "app", caller).await == 2;
+        }
+        all
+    })
+    .await;
+
+    // A node whose component budget is nearly spent: the same bytes again cost nothing, new
+    // bytes past the budget are refused with the reason.
+    let stored: u64 = ["misbehave", "hello", "echo"].iter().map(|g| std::fs::metadata(guest(g)).unwrap().len()).sum();
+    let budget = (stored + 1000).to_string();
+    let c = Server::start_with(&[
+        "--cluster",
+        &etcd.endpoints(),
+        "--node-name",
+        "c",
+        "--cluster-max-artifact-bytes",
+        &budget,
+    ]);
+    within(Duration::from_secs(10), "c knows the functions", async || {
+        let listed = c.cli(&["functions"]);
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        text.contains("misbehave") && text.contains("app")
+    })
+    .await;
+    c.deploy("again", &guest("hello"));
+    let over = c.admin().put(format!("{}/v1/functions/other", c.url)).body(std::fs::read(guest("kv-wasi")).unwrap());
+    let body = problem(over.send().await.unwrap(), 413).await;
+    assert!(body["detail"].as_str().unwrap().contains("--cluster-max-artifact-bytes"), "{body}");
+
+    // A record stays under etcd's request limit: config values count toward it.
+    let mut accepted = 0;
+    let refusal = loop {
+        let url = format!("{}/v1/functions/app/config/BIG_{accepted}", a.url);
+        let put = a.admin().put(url).body(vec![b'x'; 65_000]).send().await.unwrap();
+        if put.status() != 204 {
+            break put;
+        }
+        accepted += 1;
+        assert!(accepted < 20, "config grew the record past etcd's limit unrefused");
+    };
+    let body = problem(refusal, 413).await;
+    assert!(body["detail"].as_str().unwrap().contains("1048576"), "{body}");
+    assert!(accepted >= 15, "refused after {accepted} values");
+
+    // B restarted while etcd is away opens its secrets with its cached key.
+    etcd.kill_all();
+    b.restart();
+    assert!(config_seen(&b, "API_KEY").await.contains(SECRET), "the secret after a restart without etcd");
+}
+
+#[tokio::test]
+async fn nodes_reach_etcd_over_tls_with_a_client_certificate() {
+    let etcd = Etcd::start_tls();
+    let tls = etcd.tls.as_ref().unwrap();
+    let (ca, cert, key) =
+        (tls.ca.to_str().unwrap(), tls.client_cert.to_str().unwrap(), tls.client_key.to_str().unwrap());
+    let endpoints = etcd.endpoints();
+    let with_cert = ["--cluster", &endpoints, "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key];
+    let a = Server::start_with(&[&with_cert[..], &["--node-name", "a"]].concat());
+    let b = Server::start_with(&[&with_cert[..], &["--node-name", "b"]].concat());
+    a.deploy("hello", &guest("hello"));
+    served_by_itself(&b, "hello", "b").await;
+    let ready = b.url.clone() + "/readyz";
+    within(Duration::from_secs(10), "b in sync over TLS", async || status(client().get(&ready)).await == 200).await;
+
+    // Without a client certificate etcd refuses the node: it starts, but never gets in sync.
+    let stranger = Server::start_with(&["--cluster", &endpoints, "--etcd-ca", ca, "--node-name", "s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = problem(client().get(stranger.url.clone() + "/readyz").send().await.unwrap(), 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("etcd"), "{body}");
+    let refused = stranger
+        .admin()
+        .put(format!("{}/v1/functions/other", stranger.url))
+        .body(std::fs::read(guest("echo")).unwrap());
+    problem(refused.send().await.unwrap(), 503).await;
 }

@@ -9,13 +9,11 @@ async fn seen(server: &Server, key: &str) -> String {
 }
 
 fn config(server: &Server, args: &[&str]) -> String {
-    let output = server.cli(&[&["config"], args].concat());
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    server.cli_ok(&[&["config"], args].concat())
 }
 
 /// Every file under `dir`, read whole.
-fn all_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+pub fn all_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();

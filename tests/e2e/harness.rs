@@ -282,6 +282,13 @@ impl Server {
             .expect("running the ledge CLI")
     }
 
+    /// A client command that must succeed; its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
     /// `ledge deploy NAME FILE`, asserting success.
     pub fn deploy(&self, name: &str, file: &Path) {
         let output = self.cli(&["deploy", name, file.to_str().expect("utf-8 path")]);
@@ -297,6 +304,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A GET of `path` on `server` from source address `source` (a loopback address: callers told
+/// apart by address, as rate limits and canaries tell them): the status and the lowercased
+/// header lines.
+pub async fn get_from(server: &Server, path: &str, source: std::net::IpAddr) -> (u16, Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    let status = head.get(9..12).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("{response}"));
+    (status, head.lines().skip(1).map(str::to_ascii_lowercase).collect())
+}
+
+/// The version of `function` that served a GET of its `/` from `source` (see [`get_from`]).
+pub async fn version_from(server: &Server, function: &str, source: std::net::IpAddr) -> u64 {
+    let (status, headers) = get_from(server, &format!("/fn/{function}/"), source).await;
+    assert_eq!(status, 200, "{headers:?}");
+    let version = headers.iter().find_map(|line| line.strip_prefix("ledge-version: ").map(str::to_string));
+    version.unwrap_or_else(|| panic!("no ledge-version in {headers:?}")).trim().parse().unwrap()
 }
 
 pub fn client() -> reqwest::Client {
@@ -376,7 +409,51 @@ pub fn pymacaroons(args: &[&str]) -> String {
 pub struct Etcd {
     members: Vec<EtcdMember>,
     initial_cluster: String,
+    /// Client TLS with client certificates required (see [`Etcd::start_tls`]).
+    pub tls: Option<EtcdTlsFiles>,
     _temp: tempfile::TempDir,
+}
+
+/// PEM files of an etcd that speaks TLS to clients: the CA, the server's pair, a client's pair.
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTlsFiles {
+    /// A fresh CA, and a server (127.0.0.1) and a client certificate it signed, under `dir`.
+    fn generate(dir: &Path) -> EtcdTlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Usage, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a leaf named like its issuer looks self-signed to a verifier.
+        ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ledge test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, usages: Vec<Usage>, name: &str| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = usages;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            (cert_path, key_path)
+        };
+        let (server_cert, server_key) =
+            leaf(vec!["127.0.0.1".into()], vec![Usage::ServerAuth, Usage::ClientAuth], "server");
+        let (client_cert, client_key) = leaf(vec!["ledge".into()], vec![Usage::ClientAuth], "client");
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        EtcdTlsFiles { ca: ca_path, server_cert, server_key, client_cert, client_key }
+    }
 }
 
 struct EtcdMember {
@@ -395,11 +472,23 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts three members and waits until the cluster answers.
     pub fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    /// Starts three members that serve clients over TLS only, each client presenting a
+    /// certificate the test CA signed.
+    pub fn start_tls() -> Etcd {
+        Etcd::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Etcd {
         let temp = tempfile::tempdir().expect("temp dir");
+        let tls = tls.then(|| EtcdTlsFiles::generate(temp.path()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members: Vec<EtcdMember> = (0..3)
             .map(|i| EtcdMember {
                 name: format!("e{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 dir: temp.path().join(format!("e{i}")),
                 child: None,
@@ -407,7 +496,7 @@ impl Etcd {
             .collect();
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut etcd = Etcd { members, initial_cluster, _temp: temp };
+        let mut etcd = Etcd { members, initial_cluster, tls, _temp: temp };
         for index in 0..3 {
             etcd.spawn(index);
         }
@@ -418,7 +507,12 @@ impl Etcd {
     fn spawn(&mut self, index: usize) {
         let member = &mut self.members[index];
         let log = std::fs::File::create(member.dir.with_extension("log")).expect("etcd log");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.server_cert).arg("--key-file").arg(&tls.server_key);
+            command.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name, "--data-dir"])
             .arg(&member.dir)
             .args(["--listen-client-urls", &member.client_url, "--advertise-client-urls", &member.client_url])
@@ -437,14 +531,23 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(60);
         for member in self.members.iter().filter(|m| m.child.is_some()) {
             loop {
-                let health = Command::new("curl")
-                    .args(["-s", "--max-time", "1", &format!("{}/health", member.client_url)])
+                let mut curl = Command::new("curl");
+                if let Some(tls) = &self.tls {
+                    curl.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert);
+                    curl.arg("--key").arg(&tls.client_key);
+                }
+                let health = curl
+                    .args(["-sS", "--max-time", "1", &format!("{}/health", member.client_url)])
                     .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""));
-                if health.unwrap_or(false) {
+                    .expect("curl");
+                if String::from_utf8_lossy(&health.stdout).contains("\"health\":\"true\"") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "etcd member {} did not become healthy", member.name);
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(member.dir.with_extension("log")).unwrap_or_default();
+                    let asked = String::from_utf8_lossy(&health.stderr);
+                    panic!("etcd member {} did not become healthy ({asked}); its log:\n{log}", member.name);
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

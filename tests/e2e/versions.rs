@@ -1,37 +1,19 @@
 //! Kept versions, instant rollback, canaries that split callers stickily, and the
 //! `ledge-version` header.
 
-use std::net::{IpAddr, SocketAddr};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::net::IpAddr;
 
 use crate::harness::{Server, client, guest, metric, problem};
 
-/// The version that served a GET of `/fn/app/` from source address `source`.
+/// The version of `app` that served a GET from source address `source`.
 async fn version_for(server: &Server, source: IpAddr) -> u64 {
-    let address: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    let mut stream = socket.connect(address).await.unwrap();
-    stream.write_all(b"GET /fn/app/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let header =
-        response.lines().find_map(|line| line.to_ascii_lowercase().strip_prefix("ledge-version: ").map(str::to_string));
-    header.unwrap_or_else(|| panic!("no ledge-version in {response}")).trim().parse().unwrap()
+    crate::harness::version_from(server, "app", source).await
 }
 
 async fn served(server: &Server) -> (String, String) {
     let response = client().get(server.fn_url("app", "/")).send().await.unwrap();
     let version = response.headers()["ledge-version"].to_str().unwrap().to_string();
     (version, response.text().await.unwrap())
-}
-
-fn cli_ok(server: &Server, args: &[&str]) -> String {
-    let output = server.cli(args);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -41,19 +23,19 @@ async fn a_rollback_restores_the_previous_version_within_one_request_and_survive
     server.deploy("app", &guest("echo"));
     let (version, _) = served(&server).await;
     assert_eq!(version, "2");
-    let listed = cli_ok(&server, &["versions", "app"]);
+    let listed = server.cli_ok(&["versions", "app"]);
     assert!(listed.lines().any(|l| l.trim_start().starts_with("1 ")), "{listed}");
     assert!(listed.lines().any(|l| l.trim_start().starts_with("2 ") && l.ends_with("live")), "{listed}");
 
-    cli_ok(&server, &["rollback", "app"]);
+    server.cli_ok(&["rollback", "app"]);
     assert_eq!(served(&server).await, ("1".to_string(), "Hello from ledge! You asked for /\n".to_string()));
-    cli_ok(&server, &["rollback", "app", "2"]);
+    server.cli_ok(&["rollback", "app", "2"]);
     assert_eq!(served(&server).await.0, "2");
-    cli_ok(&server, &["rollback", "app", "1"]);
+    server.cli_ok(&["rollback", "app", "1"]);
     // A new deploy after a rollback is numbered after every kept version.
     server.deploy("app", &guest("hello"));
     assert_eq!(served(&server).await.0, "3");
-    cli_ok(&server, &["rollback", "app", "2"]);
+    server.cli_ok(&["rollback", "app", "2"]);
     server.restart();
     assert_eq!(served(&server).await.0, "2", "the rollback is durable");
     let missing = server.admin().post(format!("{}/v1/functions/app/rollback", server.url)).body("9").send().await;
@@ -98,17 +80,17 @@ async fn a_canary_serves_its_share_of_callers_each_always_the_same_version_until
     // 10% of 1,000: 100 expected; outside 60..=140 is more than four standard deviations off.
     assert!((60..=140).contains(&on_canary), "{on_canary} of 1,000 callers on the canary");
     assert!(metric(&server, "ledge_version_requests_total{function=\"app\",version=\"2\",status=\"200\"}").await > 0.0);
-    let listed = cli_ok(&server, &["versions", "app"]);
+    let listed = server.cli_ok(&["versions", "app"]);
     assert!(listed.contains("canary 10%"), "{listed}");
 
-    cli_ok(&server, &["promote", "app"]);
+    server.cli_ok(&["promote", "app"]);
     for i in 0..20u32 {
         assert_eq!(version_for(&server, IpAddr::from([127, 1, 9, i as u8 + 1])).await, 2);
     }
     // A canary rolled back leaves the live version alone.
     let again = server.cli(&["deploy", "app", guest("hello").to_str().unwrap(), "--canary", "50%"]);
     assert!(again.status.success());
-    cli_ok(&server, &["rollback", "app"]);
+    server.cli_ok(&["rollback", "app"]);
     for i in 0..20u32 {
         assert_eq!(version_for(&server, IpAddr::from([127, 1, 9, i as u8 + 1])).await, 2);
     }

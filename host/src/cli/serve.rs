@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// PEM private key of --etcd-cert.
     #[arg(long, requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// Bytes of components the cluster may keep in etcd (every kept version of every distinct
+    /// component); a deploy past it is refused. Keep it under etcd's quota (2 GiB by default),
+    /// which global key-value data shares.
+    #[arg(long, requires = "cluster", default_value_t = crate::cluster::DEFAULT_MAX_ARTIFACT_BYTES)]
+    cluster_max_artifact_bytes: u64,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -225,9 +230,12 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
     let policies = args.policies.is_dir().then_some(args.policies.as_path());
     let ceilings = Ceilings { max_timeout: args.max_timeout };
-    let secrets_path = args.secrets_key.clone().unwrap_or_else(|| args.data_dir.join("keys/secrets.key"));
+    let node_secrets = args.secrets_key.clone().unwrap_or_else(|| args.data_dir.join("keys/secrets.key"));
+    // In cluster mode secrets are sealed under the cluster's key, cached beside the node's own.
+    let cluster_secrets = node_secrets.with_file_name(crate::cluster::SECRETS_KEY_CACHE);
+    let secrets_path = if etcd.is_some() && cluster_secrets.exists() { &cluster_secrets } else { &node_secrets };
     let secrets =
-        SecretsKey::open(&secrets_path).map_err(|e| anyhow::anyhow!("secrets key {}: {e}", secrets_path.display()))?;
+        SecretsKey::open(secrets_path).map_err(|e| anyhow::anyhow!("secrets key {}: {e}", secrets_path.display()))?;
     let (registry, report) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
         let db = db.clone();
@@ -278,6 +286,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
                 node: args.node_name.clone().unwrap_or_else(host_name),
                 advertise: args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{address}")),
                 data_dir: args.data_dir.clone(),
+                secrets_cache: cluster_secrets,
+                max_artifact_bytes: args.cluster_max_artifact_bytes,
             };
             let live = metrics.live_instances.clone();
             let cluster = Cluster::join(options, registry.clone(), authority.clone(), move || live.get()).await?;

@@ -11,7 +11,7 @@
 //!   record changed since the records were read;
 //! - a node installs a component only after its SHA-256 matches the record's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -19,25 +19,37 @@ use serde::{Deserialize, Serialize};
 use super::etcd::{EtcdError, Retry};
 use super::follow::Change;
 use super::{Cluster, ClusterError};
-use crate::registry::{Deployed, FunctionMeta, PolicyChange, RegistryError, sha256_hex, validate_name};
+use crate::registry::config::ConfigEntries;
+use crate::registry::versions::Versions;
+use crate::registry::{CanarySplit, Deployed, FunctionMeta, PolicyChange, RegistryError, sha256_hex, validate_name};
 
 /// Bytes per stored chunk of a component: under etcd's 1.5 MiB request limit with room for the
 /// request's own framing.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// Bytes of one function's record (kept versions, policy, config): under etcd's 1.5 MiB
+/// request limit.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
 /// Attempts at a compare-and-swap on a record before giving up (concurrent writers).
 const CAS_ATTEMPTS: usize = 8;
 
 /// A function as the cluster knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FunctionRecord {
     /// The live version.
     pub live: u64,
+    /// A newer version serving a share of callers (`ledge deploy --canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySplit>,
     /// Kept versions, oldest first (the live one among them).
     pub versions: Vec<VersionRecord>,
     /// The uploaded policy, if any (else each node's policy files apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// `ledge config` entries, secrets sealed under the cluster's secrets key.
+    #[serde(default, skip_serializing_if = "ConfigEntries::is_empty")]
+    pub config: ConfigEntries,
     /// Set when the function was removed (a tombstone, so that nodes that were away remove it
     /// too, and know whether to keep its data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,7 +109,7 @@ impl VersionRecord {
 
 /// A record as a node keeps it: with its placement parsed once, not per request.
 pub(super) struct Known {
-    record: FunctionRecord,
+    pub(super) record: FunctionRecord,
     replicas: u32,
 }
 
@@ -108,13 +120,33 @@ impl FunctionRecord {
     }
 
     /// Serving: not removed, with a live version.
-    fn serving(&self) -> Option<&VersionRecord> {
+    pub(super) fn serving(&self) -> Option<&VersionRecord> {
         if self.removed.is_some() { None } else { self.live_version() }
     }
 
     /// The metadata a node reports for the live version.
     pub fn meta(&self, name: &str) -> Option<FunctionMeta> {
         Some(self.serving()?.meta(name))
+    }
+
+    /// The canary's entry, if there is one.
+    fn canary_version(&self) -> Option<&VersionRecord> {
+        let canary = self.canary?;
+        self.versions.iter().find(|v| v.version == canary.version)
+    }
+
+    /// What `ledge versions` shows.
+    fn versions(&self, name: &str) -> Versions {
+        Versions { live: self.live, canary: self.canary, kept: self.versions.iter().map(|v| v.meta(name)).collect() }
+    }
+
+    /// Drops the oldest versions past `keep`, never the live one or the canary.
+    fn prune(&mut self, keep: usize) {
+        let needed = [Some(self.live), self.canary.map(|c| c.version)];
+        while self.versions.len() > keep {
+            let Some(oldest) = self.versions.iter().position(|v| !needed.contains(&Some(v.version))) else { break };
+            self.versions.remove(oldest);
+        }
     }
 
     /// `[placement] replicas` of the uploaded policy (0: every node). Parses the policy: call
@@ -139,6 +171,14 @@ impl Cluster {
         self.records.read().get(name)?.record.meta(name)
     }
 
+    /// `ledge versions` of a deployed function as last seen.
+    pub fn versions(&self, name: &str) -> Result<Versions, ClusterError> {
+        validate_name(name)?;
+        let records = self.records.read();
+        let record = records.get(name).map(|k| &k.record).filter(|r| r.serving().is_some());
+        Ok(record.ok_or_else(|| RegistryError::NotFound(name.to_string()))?.versions(name))
+    }
+
     /// Every deployed function's metadata, by name.
     pub fn list(&self) -> Vec<FunctionMeta> {
         let records = self.records.read();
@@ -160,7 +200,7 @@ impl Cluster {
     /// Publishes `change` to a function's record (a compare-and-swap, retried on a concurrent
     /// change), requiring `blob` to be stored when given; returns the new record and the
     /// revision it was committed at.
-    async fn update_record(
+    pub(super) async fn update_record(
         &self,
         name: &str,
         blob: Option<&str>,
@@ -171,6 +211,12 @@ impl Cluster {
             let (current, seen) = self.read_record(name).await?;
             let record = change(current.filter(|r| r.removed.is_none()))?;
             let value = serde_json::to_vec(&record).map_err(|e| RegistryError::Io(std::io::Error::other(e)))?;
+            if value.len() > MAX_RECORD_BYTES {
+                return Err(ClusterError::TooLarge(format!(
+                    "the cluster's record of `{name}` would take {} bytes, over its limit of {MAX_RECORD_BYTES} (its policy and config values count toward it)",
+                    value.len()
+                )));
+            }
             let mut compares = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, seen)];
             if let Some(sha256) = blob {
                 compares.push(Compare::version(blob_meta_key(sha256), CompareOp::Greater, 0));
@@ -200,8 +246,8 @@ impl Cluster {
         canary: Option<u8>,
     ) -> Result<Deployed, ClusterError> {
         validate_name(name)?;
-        if canary.is_some() {
-            return Err(ClusterError::NotInCluster("a canary deploy"));
+        if let Some(percent) = canary.filter(|percent| !(1..=99).contains(percent)) {
+            return Err(ClusterError::Versions(format!("cannot deploy a canary of {percent}%: give 1% to 99%")));
         }
         if let Some(text) = policy {
             self.registry.check_policy(name, text, who).await?;
@@ -210,6 +256,7 @@ impl Cluster {
         self.read_record(name).await?;
         let sha256 = sha256_hex(&bytes);
         let size = bytes.len() as u64;
+        self.check_artifact_budget(&sha256, size)?;
         self.registry.check_component(bytes.clone()).await?;
         self.store_blob(&sha256, &bytes).await?;
         drop(bytes);
@@ -217,18 +264,25 @@ impl Cluster {
         let deployed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let (record, revision) = self
             .update_record(name, Some(&sha256), |current| {
-                let mut record =
-                    current.unwrap_or(FunctionRecord { live: 0, versions: Vec::new(), policy: None, removed: None });
-                let version = record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                if canary.is_some() && current.is_none() {
+                    return Err(ClusterError::Versions(
+                        "cannot deploy a canary: a first deploy has nothing to split with".into(),
+                    ));
+                }
+                let mut record = current.unwrap_or_default();
+                let newest = record.versions.iter().map(|v| v.version).chain(record.canary.map(|c| c.version)).max();
+                let version = newest.unwrap_or(0) + 1;
                 record.versions.push(VersionRecord {
                     version,
                     sha256: sha256.clone(),
                     size,
                     deployed_at: deployed_at.clone(),
                 });
-                record.live = version;
-                let excess = record.versions.len().saturating_sub(keep);
-                record.versions.drain(..excess);
+                match canary {
+                    Some(percent) => record.canary = Some(CanarySplit { version, percent }),
+                    None => (record.live, record.canary) = (version, None),
+                }
+                record.prune(keep);
                 if let Some(text) = policy {
                     record.policy = Some(text.to_string());
                 }
@@ -237,9 +291,27 @@ impl Cluster {
             .await?;
         self.wait_applied(revision).await?;
         self.collect_blobs().await;
-        let live = record.meta(name).expect("a deploy makes a version live");
-        let meta = self.registry.lookup(name).map(|d| d.meta.clone()).filter(|m| m.version == live.version);
-        Ok(Deployed { created: live.version == 1, meta: meta.unwrap_or(live) })
+        let deployed = record.versions.last().expect("a deploy adds a version").meta(name);
+        Ok(Deployed { created: deployed.version == 1, meta: deployed })
+    }
+
+    /// Refuses a component that would bring the components stored in etcd (as last seen) past
+    /// the cluster's budget; one stored already costs nothing.
+    fn check_artifact_budget(&self, sha256: &str, size: u64) -> Result<(), ClusterError> {
+        let records = self.records.read();
+        let stored: HashMap<&str, u64> = records
+            .values()
+            .filter(|known| known.record.removed.is_none())
+            .flat_map(|known| known.record.versions.iter().map(|v| (v.sha256.as_str(), v.size)))
+            .collect();
+        let total = stored.values().sum::<u64>() + size;
+        if stored.contains_key(sha256) || total <= self.max_artifact_bytes {
+            return Ok(());
+        }
+        Err(ClusterError::TooLarge(format!(
+            "storing this component ({size} bytes) would bring the components kept in etcd to {total} bytes, over the cluster's budget of {} bytes (--cluster-max-artifact-bytes); remove functions or keep fewer versions ([versions] keep)",
+            self.max_artifact_bytes
+        )))
     }
 
     /// Publishes a function's uploaded policy.
@@ -271,32 +343,54 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes a kept version live again (default: the newest older than the live one).
-    pub async fn rollback(
+    /// With a canary and no `version`: drops the canary. Else makes `version` (default: the
+    /// newest kept version older than the live one) live, dropping any canary.
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> Result<Versions, ClusterError> {
+        validate_name(name)?;
+        self.change_versions(name, |record| {
+            let target = match (version, record.canary) {
+                (None, Some(_)) => record.live,
+                (Some(version), _) => version,
+                (None, None) => {
+                    record.versions.iter().map(|v| v.version).filter(|v| *v < record.live).max().ok_or_else(|| {
+                        ClusterError::Versions(format!("`{name}` has no kept version older than {}", record.live))
+                    })?
+                }
+            };
+            if !record.versions.iter().any(|v| v.version == target) {
+                return Err(ClusterError::Versions(format!("`{name}` keeps no version {target}")));
+            }
+            Ok(target)
+        })
+        .await
+    }
+
+    /// Makes the canary the live version.
+    pub async fn promote(&self, name: &str) -> Result<Versions, ClusterError> {
+        validate_name(name)?;
+        self.change_versions(name, |record| {
+            let canary =
+                record.canary.ok_or_else(|| ClusterError::Versions(format!("`{name}` has no canary to promote")))?;
+            Ok(canary.version)
+        })
+        .await
+    }
+
+    /// Makes the version `choose` picks live, without a canary, on every node.
+    async fn change_versions(
         &self,
         name: &str,
-        version: Option<u64>,
-    ) -> Result<crate::registry::versions::Versions, ClusterError> {
-        validate_name(name)?;
+        choose: impl Fn(&FunctionRecord) -> Result<u64, ClusterError>,
+    ) -> Result<Versions, ClusterError> {
         let (record, revision) = self
             .update_record(name, None, |current| {
                 let mut record = current.ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-                let target = match version {
-                    Some(version) => version,
-                    None => record.versions.iter().map(|v| v.version).filter(|v| *v < record.live).max().ok_or_else(
-                        || ClusterError::Versions(format!("`{name}` has no kept version older than {}", record.live)),
-                    )?,
-                };
-                if !record.versions.iter().any(|v| v.version == target) {
-                    return Err(ClusterError::Versions(format!("`{name}` keeps no version {target}")));
-                }
-                record.live = target;
+                (record.live, record.canary) = (choose(&record)?, None);
                 Ok(record)
             })
             .await?;
         self.wait_applied(revision).await?;
-        let kept = record.versions.iter().map(|v| v.meta(name)).collect();
-        Ok(crate::registry::versions::Versions { live: record.live, canary: None, kept })
+        Ok(record.versions(name))
     }
 
     /// Stores a component by SHA-256 unless it is there already: chunks first, `meta` last.
@@ -424,61 +518,90 @@ impl Cluster {
             }
         });
         let known = record.map(|record| Known { replicas: record.replicas(), record });
-        let applied = known.as_ref().map(|k| (k.record.serving().cloned(), k.record.policy.clone(), k.replicas));
+        let serving = known.as_ref().filter(|k| k.record.serving().is_some()).map(|k| (k.record.clone(), k.replicas));
         let removal = known.as_ref().and_then(|k| k.record.removed);
         match known {
             Some(known) => self.records.write().insert(name.to_string(), known),
             None => self.records.write().remove(name),
         };
-        match applied {
-            Some((Some(live), policy, replicas)) => self.place(name, &live, policy.as_deref(), replicas).await,
+        match serving {
+            Some((record, replicas)) => self.place(name, &record, replicas).await,
             // Removed (tombstone) or gone: keep the data unless the removal said otherwise.
-            _ => self.stop_serving(name, removal.is_none_or(|r| r.keep_data)).await,
+            None => self.stop_serving(name, removal.is_none_or(|r| r.keep_data)).await,
         }
     }
 
-    /// Serves the live version of `name` here if this node hosts it, else stops serving it.
-    async fn place(&self, name: &str, live: &VersionRecord, policy: Option<&str>, replicas: u32) {
-        if self.hosts(name, replicas) {
-            self.install(name, live, policy).await
-        } else {
-            self.stop_serving(name, true).await
+    /// Serves `record` here if this node hosts the function, else stops serving it.
+    async fn place(&self, name: &str, record: &FunctionRecord, replicas: u32) {
+        if !self.hosts(name, replicas) {
+            return self.stop_serving(name, true).await;
+        }
+        if let Err(error) = self.install(name, record).await {
+            return tracing::error!(function = name, version = record.live, %error, "cannot install");
+        }
+        match self.registry.apply_config(name, &record.config).await {
+            Ok(()) => self.apply_policy(name, record.policy.as_deref()).await,
+            Err(error) => tracing::error!(function = name, %error, "cannot apply the cluster's config"),
         }
     }
 
-    /// Makes `live` this node's live version of `name` with `policy`, fetching and compiling
-    /// the component unless it already runs here.
-    async fn install(&self, name: &str, live: &VersionRecord, policy: Option<&str>) {
+    /// Makes this node run what `record` says: its live version, and its canary if any,
+    /// fetching and compiling only versions that do not run here yet.
+    async fn install(&self, name: &str, record: &FunctionRecord) -> Result<(), ClusterError> {
+        let live = record.serving().expect("only a serving record is installed");
+        let policy = record.policy.as_deref();
+        let runs = |deployment: &crate::registry::Deployment, v: &VersionRecord| {
+            deployment.meta.version == v.version && deployment.meta.sha256 == v.sha256
+        };
         let current = self.registry.lookup(name);
-        let same = current
-            .as_ref()
-            .is_some_and(|d| d.meta.version == live.version && d.meta.sha256 == live.sha256 && d.canary.is_none());
-        let applied_policy = self.applied_policies.lock().get(name).cloned();
-        if same {
-            if let Some(text) =
-                policy.filter(|text| applied_policy.as_ref().is_none_or(|a| a.as_deref() != Some(*text)))
-            {
-                match self.registry.set_policy(name, text, PolicyChange::Any).await {
-                    Ok(_) => tracing::info!(function = name, "cluster policy applied"),
-                    Err(error) => tracing::error!(function = name, %error, "cluster policy refused here"),
-                }
-            }
+        let local_canary = current.as_ref().and_then(|d| d.canary.as_ref()).map(|c| c.meta.version);
+        let stale = current.as_ref().is_none_or(|d| !runs(d, live));
+        if stale && current.is_some() && local_canary == Some(live.version) {
+            self.registry.promote(name).await?;
+            tracing::info!(function = name, version = live.version, "canary promoted by the cluster");
+        } else if stale {
+            let bytes = self.fetch_blob(&live.sha256).await?;
+            self.registry.install(name, bytes, policy, live.version, &live.deployed_at, None).await?;
             self.applied_policies.lock().insert(name.to_string(), policy.map(str::to_string));
+            tracing::info!(function = name, version = live.version, "installed from the cluster");
+        }
+        let local_canary =
+            self.registry.lookup(name).and_then(|d| d.canary.as_ref().map(|c| (c.meta.version, c.percent)));
+        let wanted = record.canary.map(|c| (c.version, c.percent));
+        match (record.canary_version(), wanted == local_canary) {
+            (_, true) => {}
+            (None, false) => {
+                self.registry.rollback(name, None).await?;
+                tracing::info!(function = name, "canary dropped by the cluster");
+            }
+            (Some(canary), false) => {
+                let percent = record.canary.map(|c| c.percent);
+                let bytes = self.fetch_blob(&canary.sha256).await?;
+                self.registry.install(name, bytes, policy, canary.version, &canary.deployed_at, percent).await?;
+                tracing::info!(
+                    function = name,
+                    version = canary.version,
+                    ?percent,
+                    "canary installed from the cluster"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the record's uploaded policy here unless it is applied already.
+    async fn apply_policy(&self, name: &str, policy: Option<&str>) {
+        let applied = self.applied_policies.lock().get(name).cloned();
+        if applied.as_ref().is_some_and(|a| a.as_deref() == policy) {
             return;
         }
-        let bytes = match self.fetch_blob(&live.sha256).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                return tracing::error!(function = name, version = live.version, %error, "cannot fetch the component");
+        if let Some(text) = policy {
+            match self.registry.set_policy(name, text, PolicyChange::Any).await {
+                Ok(_) => tracing::info!(function = name, "cluster policy applied"),
+                Err(error) => return tracing::error!(function = name, %error, "cluster policy refused here"),
             }
-        };
-        match self.registry.install(name, bytes, policy, live.version, &live.deployed_at).await {
-            Ok(_) => {
-                self.applied_policies.lock().insert(name.to_string(), policy.map(str::to_string));
-                tracing::info!(function = name, version = live.version, "installed from the cluster");
-            }
-            Err(error) => tracing::error!(function = name, version = live.version, %error, "cannot install"),
         }
+        self.applied_policies.lock().insert(name.to_string(), policy.map(str::to_string));
     }
 
     /// Stops serving `name` here (removed from the cluster, or placed on other nodes).
@@ -498,18 +621,15 @@ impl Cluster {
 
     /// Re-places every function with a replica count after a membership change.
     pub(super) async fn replace_functions(&self) {
-        let placed: Vec<(String, VersionRecord, Option<String>, u32)> = self
+        let placed: Vec<(String, FunctionRecord, u32)> = self
             .records
             .read()
             .iter()
-            .filter(|(_, known)| known.replicas > 0)
-            .filter_map(|(name, known)| {
-                let live = known.record.serving()?.clone();
-                Some((name.clone(), live, known.record.policy.clone(), known.replicas))
-            })
+            .filter(|(_, known)| known.replicas > 0 && known.record.serving().is_some())
+            .map(|(name, known)| (name.clone(), known.record.clone(), known.replicas))
             .collect();
-        for (name, live, policy, replicas) in placed {
-            self.place(&name, &live, policy.as_deref(), replicas).await;
+        for (name, record, replicas) in placed {
+            self.place(&name, &record, replicas).await;
         }
     }
 

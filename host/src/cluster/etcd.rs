@@ -6,8 +6,9 @@
 //! reached or does not answer within [`REQUEST_TIMEOUT`], to the next.
 //!
 //! Invariants:
-//! - no call waits longer than `REQUEST_TIMEOUT` per endpoint, so a dead etcd never stalls a
-//!   node for longer than that times the number of endpoints;
+//! - no call waits longer than `REQUEST_TIMEOUT` per endpoint and pass, so a dead etcd never
+//!   stalls a node for longer than that times the number of endpoints, twice (calls that may be
+//!   repeated get a second pass, to ride out an election);
 //! - only calls that are safe to repeat are retried on another endpoint ([`Retry::Any`]); a
 //!   write whose fate is unknown is reported as [`EtcdError::Unknown`] and resolved by its
 //!   caller, never sent twice blindly.
@@ -20,6 +21,9 @@ use thiserror::Error;
 
 /// How long one endpoint has to answer one call.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The pause before a second pass over the endpoints (etcd's default election timeout is 1 s).
+const ELECTION_PAUSE: Duration = Duration::from_millis(500);
 
 /// How long a connection attempt to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -101,7 +105,13 @@ impl Etcd {
     {
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        for attempt in 0..self.clients.len() {
+        let passes = if retry == Retry::Any { 2 } else { 1 };
+        for attempt in 0..self.clients.len() * passes {
+            if attempt == self.clients.len() {
+                // Every endpoint failed once: typically an election in progress (a member
+                // lost, "leader changed"); one more pass after it has had time to settle.
+                tokio::time::sleep(ELECTION_PAUSE).await;
+            }
             let index = (start + attempt) % self.clients.len();
             let (endpoint, client) = &self.clients[index];
             let unsent = match tokio::time::timeout(REQUEST_TIMEOUT, op(client.clone())).await {
@@ -162,6 +172,19 @@ impl Etcd {
             async move { client.txn(txn).await }
         })
         .await
+    }
+
+    /// The value of `key`, a random 32-byte hex secret put there first if it was absent (the
+    /// first node to ask creates it; every node ends with the same one).
+    pub async fn shared_secret(&self, key: &str) -> Result<Vec<u8>, EtcdError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| EtcdError::Refused(e.to_string()))?;
+        let absent = etcd_client::Compare::version(key, etcd_client::CompareOp::Equal, 0);
+        let put = etcd_client::TxnOp::put(key, hex::encode(secret), None);
+        self.txn(Retry::Any, Txn::new().when(vec![absent]).and_then(vec![put])).await?;
+        let stored = self.get(key, None).await?;
+        let value = stored.kvs().first().map(|kv| kv.value().to_vec());
+        value.ok_or_else(|| EtcdError::Refused(format!("`{key}` vanished right after it was written")))
     }
 
     /// A new lease of `ttl` seconds.

@@ -11,7 +11,7 @@ use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 use super::etcd::EtcdError;
 use super::{Cluster, ROOT};
 
-pub const FOLLOWERS: usize = 5;
+pub const FOLLOWERS: usize = 6;
 
 /// Pause before a follower tries again after its watch broke.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
@@ -22,18 +22,26 @@ pub enum Follower {
     Revoked = 1,
     PeerKey = 2,
     Nodes = 3,
-    Functions = 4,
+    SecretsKey = 4,
+    Functions = 5,
 }
 
 impl Follower {
-    pub const ALL: [Follower; FOLLOWERS] =
-        [Follower::Keys, Follower::Revoked, Follower::PeerKey, Follower::Nodes, Follower::Functions];
+    pub const ALL: [Follower; FOLLOWERS] = [
+        Follower::Keys,
+        Follower::Revoked,
+        Follower::PeerKey,
+        Follower::Nodes,
+        Follower::SecretsKey,
+        Follower::Functions,
+    ];
 
     pub fn prefix(self) -> &'static str {
         match self {
             Follower::Keys => "/ledge/keys/",
             Follower::Revoked => "/ledge/revoked/",
             Follower::PeerKey => "/ledge/peer-key",
+            Follower::SecretsKey => super::config::SECRETS_KEY,
             Follower::Nodes => "/ledge/nodes/",
             Follower::Functions => "/ledge/fn/",
         }
@@ -128,8 +136,12 @@ impl Cluster {
                 for (name, value) in entries {
                     self.apply_change(follower, Change { name, value: Some(value) }).await;
                 }
-                if follower == Follower::PeerKey && entries.is_empty() {
-                    self.create_peer_key().await?;
+                if entries.is_empty() {
+                    match follower {
+                        Follower::PeerKey => self.create_peer_key().await?,
+                        Follower::SecretsKey => self.create_secrets_key().await?,
+                        _ => {}
+                    }
                 }
                 Ok(())
             }
@@ -152,6 +164,7 @@ impl Cluster {
                 }
             }
             Follower::PeerKey => self.set_peer_key(change.value),
+            Follower::SecretsKey => self.adopt_secrets_key(change.value).await,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! cache of it.
 //!
 //! etcd holds the control state under `/ledge/`: function records (`fn/NAME`: kept versions,
-//! the live one, the uploaded policy), components by SHA-256 in chunks (`blob/SHA/`), the
-//! root key ring (`keys/ID`), revocations (`revoked/ID`), live nodes (`nodes/NAME`, each on
+//! the live one, a canary, the uploaded policy, config with sealed secrets), components by SHA-256 in chunks (`blob/SHA/`), the
+//! root key ring (`keys/ID`), revocations (`revoked/ID`), the key that seals secrets (`secrets-key`), live nodes (`nodes/NAME`, each on
 //! its node's lease), the peer key (`peer-key`), and global key-value data (`kv/`).
 //!
 //! Layer: beside the registry, which it drives; the HTTP edge calls it for control writes.
@@ -31,6 +31,7 @@ use thiserror::Error;
 use crate::access::tokens::Authority;
 use crate::registry::{DeployError, PolicyError, Registry, RegistryError};
 
+mod config;
 pub mod control;
 pub mod etcd;
 mod follow;
@@ -43,6 +44,13 @@ pub use members::NodeInfo;
 /// The root of every key ledge keeps in etcd.
 pub const ROOT: &str = "/ledge/";
 
+/// The file, beside the node's own secrets key, that caches the cluster's secrets key.
+pub const SECRETS_KEY_CACHE: &str = "cluster-secrets.key";
+
+/// Default bytes of components kept in etcd: half of etcd's default 2 GiB quota, leaving the
+/// rest to global key-value data and the other control state.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
 /// How long a control write waits for this node to have applied it.
 const APPLY_WAIT: Duration = Duration::from_secs(60);
 
@@ -50,18 +58,20 @@ const APPLY_WAIT: Duration = Duration::from_secs(60);
 pub enum ClusterError {
     #[error("{0}; this node keeps serving what it has, but control changes need etcd: retry when it is back")]
     Unavailable(#[from] EtcdError),
-    #[error("{0} is not available in cluster mode yet")]
-    NotInCluster(&'static str),
     #[error("the change was published but this node did not apply it within {0:?}; check `ledge functions`")]
     NotApplied(Duration),
     #[error("{0}")]
     Versions(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Deploy(#[from] DeployError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Config(#[from] crate::registry::config::ConfigError),
 }
 
 /// Something to run with a function's name.
@@ -73,6 +83,10 @@ pub struct JoinOptions {
     pub node: String,
     pub advertise: String,
     pub data_dir: PathBuf,
+    /// Where the cluster's secrets key is cached ([`SECRETS_KEY_CACHE`]).
+    pub secrets_cache: PathBuf,
+    /// Bytes of components the cluster may keep in etcd.
+    pub max_artifact_bytes: u64,
 }
 
 pub struct Cluster {
@@ -82,6 +96,10 @@ pub struct Cluster {
     registry: Arc<Registry>,
     authority: Arc<Authority>,
     data_dir: PathBuf,
+    secrets_cache: PathBuf,
+    max_artifact_bytes: u64,
+    /// The cluster's secrets key is adopted: secrets may be sealed.
+    secrets_ready: AtomicBool,
     /// This node's identity across restarts (a random id kept in the data dir): a node name
     /// already held by another live node is refused.
     node_id: String,
@@ -130,6 +148,9 @@ impl Cluster {
             registry,
             authority,
             data_dir: options.data_dir,
+            secrets_cache: options.secrets_cache,
+            max_artifact_bytes: options.max_artifact_bytes,
+            secrets_ready: AtomicBool::new(false),
             node_id,
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             records: RwLock::default(),

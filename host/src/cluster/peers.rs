@@ -10,11 +10,10 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ring::hmac;
 
 use super::Cluster;
-use super::etcd::{EtcdError, Retry};
+use super::etcd::EtcdError;
 
 /// `NODE;UNIX-SECONDS;CLIENT-IP;HMAC-HEX`: who proxied, when, for which client.
 pub const PEER_HEADER: &str = "ledge-peer";
@@ -32,16 +31,8 @@ impl Cluster {
 
     /// Creates the peer key when the cluster has none (put-if-absent; the watch brings it in).
     pub(super) async fn create_peer_key(&self) -> Result<(), EtcdError> {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| EtcdError::Refused(e.to_string()))?;
-        let txn = Txn::new().when(vec![Compare::version(PEER_KEY, CompareOp::Equal, 0)]).and_then(vec![TxnOp::put(
-            PEER_KEY,
-            hex::encode(secret),
-            None,
-        )]);
-        self.etcd.txn(Retry::Any, txn.clone()).await?;
-        let stored = self.etcd.get(PEER_KEY, None).await?;
-        self.set_peer_key(stored.kvs().first().map(|kv| kv.value()));
+        let stored = self.etcd.shared_secret(PEER_KEY).await?;
+        self.set_peer_key(Some(&stored));
         Ok(())
     }
 

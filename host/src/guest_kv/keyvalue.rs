@@ -2,17 +2,23 @@
 //! for Spin or wasmCloud key-value run unmodified.
 //!
 //! Invariants: each operation is its own serializable transaction (a batch is one transaction,
-//! so it is all-or-nothing), retried on conflict a bounded number of times on a blocking
-//! thread; bucket `default` is the function's own keyspace (the one `ledge:platform/transactions`
-//! uses too), any other bucket is a shared store the policy must grant; integers written by
-//! `increment` are decimal text, the encoding the SDK's typed helpers read.
+//! so it is all-or-nothing), retried on conflict a bounded number of times; bucket `default` is
+//! the function's own keyspace (the one `ledge:platform/transactions` uses too), any other
+//! bucket is a shared store the policy must grant; a global keyspace (cluster mode) is reached
+//! through the same [`Backend`] as `ledge:platform/transactions` uses, so it stays
+//! serializable across nodes; integers written by `increment` are decimal text, the encoding
+//! the SDK's typed helpers read.
 
-use ledge_kv::{Db, Isolation, Tx, TxError};
+use std::time::Duration;
+
+use ledge_kv::Isolation;
 use wasmtime::component::Resource;
 
+use super::backend::{Backend, Source};
+use super::bindings::ledge::platform::transactions::Error as WitError;
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::taped::{RecordedError, described, observed, taped};
-use super::{Denied, Keyspace, KvCtx, Quota};
+use super::{Denied, Keyspace, KvCtx};
 
 /// How often one operation is retried after a conflict before it reports failure.
 const MAX_ATTEMPTS: u32 = 32;
@@ -24,77 +30,105 @@ const DEFAULT_BUCKET: &str = "default";
 /// An opened `wasi:keyvalue/store.bucket`.
 pub struct Bucket {
     keyspace: Keyspace,
-    db: Db,
+    source: Source,
 }
 
 /// A `wasi:keyvalue/atomics.cas`: a transaction that has read one key and may write it.
 pub struct Cas {
-    tx: Tx,
+    tx: Backend,
     key: Vec<u8>,
     current: Option<Vec<u8>>,
-    db: Db,
-    quota: Quota,
+    source: Source,
 }
 
-/// Why one operation failed, before it is told to the guest.
-enum OpError {
-    Tx(TxError),
-    /// wasi:keyvalue's `access-denied` carries no detail; the reason is logged instead.
-    Denied,
-    Other(String),
+/// One operation, run whole in one transaction (and run again after a conflict).
+enum Op {
+    Get(Vec<Vec<u8>>),
+    Put(Vec<(Vec<u8>, Vec<u8>)>),
+    Delete(Vec<Vec<u8>>),
+    Increment(Vec<u8>, i64),
+    Scan { start: Vec<u8>, end: Vec<u8>, limit: usize },
 }
 
-impl From<TxError> for OpError {
-    fn from(error: TxError) -> Self {
-        OpError::Tx(error)
-    }
+/// What an [`Op`] found; each operation fills the part it produces.
+#[derive(Default)]
+struct Found {
+    values: Vec<Option<Vec<u8>>>,
+    number: i64,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl From<Denied> for OpError {
-    fn from(denied: Denied) -> Self {
-        tracing::debug!(reason = %denied.0, "wasi:keyvalue access denied");
-        OpError::Denied
-    }
-}
-
-impl From<OpError> for store::Error {
-    fn from(error: OpError) -> Self {
-        match error {
-            OpError::Denied => store::Error::AccessDenied,
-            OpError::Tx(error) => store::Error::Other(error.to_string()),
-            OpError::Other(message) => store::Error::Other(message),
-        }
-    }
-}
-
-/// Runs `body` in its own serializable transaction on a blocking thread, committing it and
-/// retrying conflicts.
-async fn transact<T: Send + 'static>(
-    db: &Db,
-    quota: Quota,
-    mut body: impl FnMut(&mut Tx) -> Result<T, OpError> + Send + 'static,
-) -> wasmtime::Result<Result<T, store::Error>> {
-    let db = db.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut tx = quota.begin(&db, Isolation::Serializable);
-            let result = body(&mut tx).and_then(|value| Ok(tx.commit().map(|_| value)?));
-            match result {
-                Err(OpError::Tx(error)) if error.is_retryable() && attempt < MAX_ATTEMPTS => continue,
-                other => return other,
+impl Op {
+    async fn run(&self, tx: &mut Backend) -> Result<Found, WitError> {
+        let mut found = Found::default();
+        match self {
+            Op::Get(keys) => {
+                for key in keys {
+                    found.values.push(tx.get(key).await?);
+                }
             }
+            Op::Put(entries) => entries.iter().try_for_each(|(key, value)| tx.put(key, value))?,
+            Op::Delete(keys) => keys.iter().try_for_each(|key| tx.delete(key))?,
+            Op::Increment(key, delta) => {
+                let current = match tx.get(key).await? {
+                    None => 0,
+                    Some(bytes) => std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i64>().ok())
+                        .ok_or_else(|| WitError::Internal("the stored value is not a decimal integer".into()))?,
+                };
+                found.number =
+                    current.checked_add(*delta).ok_or_else(|| WitError::Internal("increment overflows i64".into()))?;
+                tx.put(key, found.number.to_string().as_bytes())?;
+            }
+            Op::Scan { start, end, limit } => found.entries = tx.scan(start, end, *limit).await?,
         }
-    })
-    .await?;
-    Ok(outcome.map_err(store::Error::from))
+        Ok(found)
+    }
+}
+
+/// Runs `op` (unless the keys were denied) in its own serializable transaction on `source`,
+/// committing it and retrying conflicts, and hands what it found to `answer`.
+async fn transact<T>(
+    source: Source,
+    op: Result<Op, Denied>,
+    answer: impl FnOnce(Found) -> Result<T, store::Error>,
+) -> wasmtime::Result<Result<T, store::Error>> {
+    let op = match op {
+        Ok(op) => op,
+        Err(denied) => {
+            // wasi:keyvalue's `access-denied` carries no detail; the reason is logged instead.
+            tracing::debug!(reason = %denied.0, "wasi:keyvalue access denied");
+            return Ok(Err(store::Error::AccessDenied));
+        }
+    };
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        let mut tx = source.begin(Isolation::Serializable);
+        let outcome = match op.run(&mut tx).await {
+            Ok(found) => tx.commit().await.map(|_| found),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Err(WitError::Conflict(_)) if attempt < MAX_ATTEMPTS => {
+                // Across nodes every attempt is a round trip to etcd: contenders back off (with
+                // jitter) instead of colliding again at once. A local conflict retries at once.
+                if let Source::Global(_) = source {
+                    let ceiling = 1u64 << attempt.min(7);
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..=ceiling))).await;
+                }
+            }
+            other => break other,
+        }
+    };
+    Ok(outcome.map_err(|error| store::Error::from(RecordedError::from(error))).and_then(answer))
 }
 
 impl KvCtx<'_> {
-    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<(Keyspace, Db)> {
+    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<(Keyspace, Source)> {
         let bucket = self.table.get(bucket)?;
-        Ok((bucket.keyspace.clone(), bucket.db.clone()))
+        Ok((bucket.keyspace.clone(), bucket.source.clone()))
     }
 }
 
@@ -112,15 +146,11 @@ impl store::Host for KvCtx<'_> {
 impl KvCtx<'_> {
     fn open_bucket(&mut self, identifier: &str) -> Result<Bucket, store::Error> {
         let store = (!identifier.is_empty() && identifier != DEFAULT_BUCKET).then_some(identifier);
-        let (Ok(keyspace), Ok(db)) = (self.access.keyspace(store), self.access.db()) else {
+        let opened = self.access.keyspace(store).and_then(|keyspace| Ok((self.access.source(&keyspace)?, keyspace)));
+        let Ok((source, keyspace)) = opened else {
             return Err(store::Error::AccessDenied);
         };
-        if keyspace.global {
-            return Err(store::Error::Other(
-                "wasi:keyvalue does not reach global stores yet; use ledge:platform/transactions for them".into(),
-            ));
-        }
-        let bucket = Bucket { keyspace, db: db.clone() };
+        let bucket = Bucket { keyspace, source };
         self.access.open_handle().map_err(store::Error::Other)?;
         Ok(bucket)
     }
@@ -133,8 +163,9 @@ impl store::HostBucket for KvCtx<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let args = described(self.tape, || format!("{key:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?));
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keyspace.read_key(key.as_bytes()).map(|key| Op::Get(vec![key]));
+        let live = transact(source, op, |found| Ok(found.values.into_iter().next().flatten()));
         taped(self.tape, "wasi:keyvalue/store.bucket.get", args, live).await
     }
 
@@ -145,23 +176,25 @@ impl store::HostBucket for KvCtx<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let args = described(self.tape, || format!("{key:?}, {}", crate::record::tape::show_bytes(&value)));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, &value)?));
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Put(vec![(key, value)]));
+        let live = transact(source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/store.bucket.set", args, live).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
         let args = described(self.tape, || format!("{key:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?));
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Delete(vec![key]));
+        let live = transact(source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/store.bucket.delete", args, live).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
         let args = described(self.tape, || format!("{key:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live =
-            transact(&db, keyspace.quota(), move |tx| Ok(tx.get(&keyspace.read_key(key.as_bytes())?)?.is_some()));
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keyspace.read_key(key.as_bytes()).map(|key| Op::Get(vec![key]));
+        let live = transact(source, op, |found| Ok(found.values.into_iter().next().flatten().is_some()));
         taped(self.tape, "wasi:keyvalue/store.bucket.exists", args, live).await
     }
 
@@ -171,19 +204,20 @@ impl store::HostBucket for KvCtx<'_> {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let args = described(self.tape, || format!("{cursor:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| {
-            // The cursor is the last key of the previous page; this page starts right after it.
-            let start = cursor.as_ref().map(|c| [c.as_bytes(), &[0]].concat()).unwrap_or_default();
-            let (start, end) = keyspace.range(&start, b"");
-            let mut entries = tx.scan(&start, &end, LIST_PAGE + 1)?;
+        let (keyspace, source) = self.bucket(&bucket)?;
+        // The cursor is the last key of the previous page; this page starts right after it.
+        let start = cursor.as_ref().map(|c| [c.as_bytes(), &[0]].concat()).unwrap_or_default();
+        let (start, end) = keyspace.range(&start, b"");
+        let op = Ok(Op::Scan { start, end, limit: LIST_PAGE + 1 });
+        let live = transact(source, op, move |found| {
+            let mut entries = found.entries;
             let more = entries.len() > LIST_PAGE;
             entries.truncate(LIST_PAGE);
             let keys = entries
                 .iter()
                 .map(|(key, _)| String::from_utf8(keyspace.guest_key(key).to_vec()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| OpError::Other("the bucket holds a key that is not UTF-8".into()))?;
+                .map_err(|_| store::Error::Other("the bucket holds a key that is not UTF-8".into()))?;
             let cursor = if more { keys.last().cloned() } else { None };
             Ok((keys, cursor))
         });
@@ -206,45 +240,29 @@ impl atomics::Host for KvCtx<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
         let args = described(self.tape, || format!("{key:?}, {delta}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| {
-            let key = keyspace.write_key(key.as_bytes())?;
-            let current = match tx.get(&key)? {
-                None => 0,
-                Some(bytes) => std::str::from_utf8(&bytes)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<i64>().ok())
-                    .ok_or_else(|| OpError::Other("the stored value is not a decimal integer".into()))?,
-            };
-            let next = current.checked_add(delta).ok_or_else(|| OpError::Other("increment overflows i64".into()))?;
-            tx.put(&key, next.to_string().as_bytes())?;
-            Ok(next)
-        });
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Increment(key, delta));
+        let live = transact(source, op, |found| Ok(found.number));
         taped(self.tape, "wasi:keyvalue/atomics.increment", args, live).await
     }
 
     async fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let args = described(self.tape, || crate::record::tape::show_bytes(&value));
-        let Cas { mut tx, key, db, quota, .. } = self.table.delete(cas)?;
+        let Cas { mut tx, key, source, .. } = self.table.delete(cas)?;
         self.access.close_handle();
         let written = key.clone();
         // A failed swap is recorded as `conflict`: the fresh CAS handed back is made below.
         let live = async move {
-            let outcome = tokio::task::spawn_blocking(move || {
-                tx.put(&written, &value)?;
-                tx.commit()
-            })
-            .await?;
-            Ok(match outcome {
-                Ok(_) => Ok(()),
-                Err(error) if error.is_retryable() => Err(RecordedError::Conflict(error.to_string())),
-                Err(error) => Err(RecordedError::Other(error.to_string())),
-            })
+            let outcome = match tx.put(&written, &value) {
+                Ok(()) => tx.commit().await,
+                Err(error) => Err(error),
+            };
+            Ok(outcome.map(drop).map_err(RecordedError::from))
         };
         match taped(self.tape, "wasi:keyvalue/atomics.swap", args, live).await? {
             Ok(()) => Ok(Ok(())),
             // Someone wrote the key since `new`: hand back a fresh CAS on its current value.
-            Err(RecordedError::Conflict(_)) => match self.new_cas(db, key, quota)? {
+            Err(RecordedError::Conflict(_)) => match self.new_cas(source, key).await? {
                 Ok(fresh) => Ok(Err(atomics::CasError::CasFailed(fresh))),
                 Err(error) => Ok(Err(atomics::CasError::StoreError(error))),
             },
@@ -255,24 +273,23 @@ impl atomics::Host for KvCtx<'_> {
 
 impl KvCtx<'_> {
     /// A CAS handle holds an open transaction: it counts against the instance's handles.
-    fn new_cas(
+    async fn new_cas(
         &mut self,
-        db: Db,
+        source: Source,
         engine_key: Vec<u8>,
-        quota: Quota,
     ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
         if let Err(limit) = self.access.open_handle() {
             return Ok(Err(store::Error::Other(limit)));
         }
-        let mut tx = quota.begin(&db, Isolation::Serializable);
-        let current = match tx.get(&engine_key) {
+        let mut tx = source.begin(Isolation::Serializable);
+        let current = match tx.get(&engine_key).await {
             Ok(current) => current,
             Err(error) => {
                 self.access.close_handle();
-                return Ok(Err(store::Error::Other(error.to_string())));
+                return Ok(Err(RecordedError::from(error).into()));
             }
         };
-        Ok(Ok(self.table.push(Cas { tx, key: engine_key, current, db, quota })?))
+        Ok(Ok(self.table.push(Cas { tx, key: engine_key, current, source })?))
     }
 }
 
@@ -282,9 +299,9 @@ impl atomics::HostCas for KvCtx<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
-        let (keyspace, db) = self.bucket(&bucket)?;
+        let (keyspace, source) = self.bucket(&bucket)?;
         let made = match keyspace.write_key(key.as_bytes()) {
-            Ok(engine_key) => self.new_cas(db, engine_key, keyspace.quota())?,
+            Ok(engine_key) => self.new_cas(source, engine_key).await?,
             Err(_) => Err(store::Error::AccessDenied),
         };
         observed(self.tape, "wasi:keyvalue/atomics.cas.new", || format!("{key:?}"), &made)?;
@@ -310,10 +327,9 @@ impl batch::Host for KvCtx<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
         let args = described(self.tape, || format!("{keys:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| {
-            keys.iter().map(|key| Ok((key.clone(), tx.get(&keyspace.read_key(key.as_bytes())?)?))).collect()
-        });
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keys.iter().map(|key| keyspace.read_key(key.as_bytes())).collect::<Result<_, _>>().map(Op::Get);
+        let live = transact(source, op, |found| Ok(keys.into_iter().zip(found.values).collect()));
         taped(self.tape, "wasi:keyvalue/batch.get-many", args, live).await
     }
 
@@ -327,10 +343,13 @@ impl batch::Host for KvCtx<'_> {
                 entries.iter().map(|(k, v)| format!("{k:?}={}", crate::record::tape::show_bytes(v))).collect();
             shown.join(", ")
         });
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| {
-            entries.iter().try_for_each(|(key, value)| Ok(tx.put(&keyspace.write_key(key.as_bytes())?, value)?))
-        });
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = entries
+            .into_iter()
+            .map(|(key, value)| Ok((keyspace.write_key(key.as_bytes())?, value)))
+            .collect::<Result<_, _>>()
+            .map(Op::Put);
+        let live = transact(source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/batch.set-many", args, live).await
     }
 
@@ -340,10 +359,9 @@ impl batch::Host for KvCtx<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let args = described(self.tape, || format!("{keys:?}"));
-        let (keyspace, db) = self.bucket(&bucket)?;
-        let live = transact(&db, keyspace.quota(), move |tx| {
-            keys.iter().try_for_each(|key| Ok(tx.delete(&keyspace.write_key(key.as_bytes())?)?))
-        });
+        let (keyspace, source) = self.bucket(&bucket)?;
+        let op = keys.iter().map(|key| keyspace.write_key(key.as_bytes())).collect::<Result<_, _>>().map(Op::Delete);
+        let live = transact(source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/batch.delete-many", args, live).await
     }
 }

@@ -21,6 +21,7 @@ use wasmtime::component::{HasData, ResourceTable};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 
+pub mod backend;
 pub mod global;
 pub mod keyvalue;
 pub mod taped;

@@ -6,11 +6,11 @@
 //! traps. A transaction lives in the request's resource table, so one left open is aborted
 //! when the instance goes away.
 
-use ledge_kv::{Isolation, Tx, TxError};
+use ledge_kv::Isolation;
 use wasmtime::component::Resource;
 
+use super::backend::Backend;
 use super::bindings::ledge::platform::transactions::{self as wit, Error as WitError};
-use super::global::{GlobalError, GlobalTx};
 use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
 use crate::record::tape::show_bytes;
@@ -27,74 +27,6 @@ pub struct OpenTransaction {
     keyspace: Keyspace,
 }
 
-enum Backend {
-    Local(Tx),
-    Global(GlobalTx),
-}
-
-impl Backend {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, WitError> {
-        match self {
-            Backend::Local(tx) => tx.get(key).map_err(tx_error),
-            Backend::Global(tx) => tx.get(key).await.map_err(global_error),
-        }
-    }
-
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), WitError> {
-        match self {
-            Backend::Local(tx) => tx.put(key, value).map_err(tx_error),
-            Backend::Global(tx) => tx.put(key, value).map_err(global_error),
-        }
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), WitError> {
-        match self {
-            Backend::Local(tx) => tx.delete(key).map_err(tx_error),
-            Backend::Global(tx) => tx.delete(key).map_err(global_error),
-        }
-    }
-
-    async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WitError> {
-        match self {
-            Backend::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
-            Backend::Global(tx) => tx.scan(start, end, limit).await.map_err(global_error),
-        }
-    }
-
-    async fn commit(self) -> Result<u64, WitError> {
-        match self {
-            // Conflicts come back at once; only the wait for the group fsync is awaited.
-            Backend::Local(tx) => match tx.commit_async() {
-                Ok(ticket) => ticket.await.map_err(tx_error),
-                Err(error) => Err(tx_error(error)),
-            },
-            Backend::Global(tx) => tx.commit().await.map_err(global_error),
-        }
-    }
-}
-
-fn global_error(error: GlobalError) -> WitError {
-    match error {
-        GlobalError::Conflict(why) => WitError::Conflict(why),
-        GlobalError::Limit(why) => WitError::Limit(why),
-        GlobalError::Unavailable(why) => WitError::Internal(why),
-    }
-}
-
-fn tx_error(error: TxError) -> WitError {
-    match error {
-        retryable if retryable.is_retryable() => WitError::Conflict(retryable.to_string()),
-        TxError::KeyTooLarge { .. }
-        | TxError::ValueTooLarge { .. }
-        | TxError::TooLarge { .. }
-        | TxError::TooManyReads { .. }
-        | TxError::ScanTooLarge { .. }
-        | TxError::QuotaExceeded { .. }
-        | TxError::OutOfSpace { .. } => WitError::Limit(error.to_string()),
-        other => WitError::Internal(other.to_string()),
-    }
-}
-
 impl From<Denied> for WitError {
     fn from(denied: Denied) -> Self {
         WitError::Denied(denied.0)
@@ -104,15 +36,11 @@ impl From<Denied> for WitError {
 impl KvCtx<'_> {
     fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
         let keyspace = self.access.keyspace(store)?;
-        let tx = if keyspace.global {
-            Backend::Global(self.access.global()?.begin(isolation == wit::Isolation::Serializable))
-        } else {
-            let isolation = match isolation {
-                wit::Isolation::Serializable => Isolation::Serializable,
-                wit::Isolation::Snapshot => Isolation::Snapshot,
-            };
-            Backend::Local(keyspace.quota().begin(self.access.db()?, isolation))
+        let isolation = match isolation {
+            wit::Isolation::Serializable => Isolation::Serializable,
+            wit::Isolation::Snapshot => Isolation::Snapshot,
         };
+        let tx = self.access.source(&keyspace)?.begin(isolation);
         self.access.open_handle().map_err(WitError::Limit)?;
         Ok(OpenTransaction { tx, keyspace })
     }

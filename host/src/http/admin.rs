@@ -113,7 +113,10 @@ impl App {
                 self.logs_response(name, request.uri().query())
             }
             (_, [_, "logs"]) => Err(method_not_allowed("GET")),
-            (&Method::GET, [name, "versions"]) => Ok(json(StatusCode::OK, &self.registry.versions(name)?)),
+            (&Method::GET, [name, "versions"]) => match &self.cluster {
+                Some(cluster) => Ok(json(StatusCode::OK, &cluster.versions(name)?)),
+                None => Ok(json(StatusCode::OK, &self.registry.versions(name)?)),
+            },
             (&Method::POST, [name, "rollback"]) => {
                 let bytes = read_upload(request.into_body(), 64).await?;
                 let text = String::from_utf8_lossy(&bytes).trim().to_string();
@@ -132,7 +135,7 @@ impl App {
             }
             (&Method::POST, [name, "promote"]) => {
                 let outcome = match &self.cluster {
-                    Some(_) => Err(ClusterError::NotInCluster("promoting a canary")),
+                    Some(cluster) => cluster.promote(name).await,
                     None => self.registry.promote(name).await.map_err(Into::into),
                 };
                 audit("promote", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
@@ -140,17 +143,20 @@ impl App {
             }
             (_, [_, "versions"]) => Err(method_not_allowed("GET")),
             (_, [_, "rollback" | "promote"]) => Err(method_not_allowed("POST")),
-            (&Method::GET, [name, "config"]) => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
+            (&Method::GET, [name, "config"]) => match &self.cluster {
+                Some(cluster) => Ok(json(StatusCode::OK, &cluster.list_config(name)?)),
+                None => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
+            },
             (_, [_, "config"]) => Err(method_not_allowed("GET")),
-            (&Method::PUT | &Method::DELETE, [_, "config", _]) if self.cluster.is_some() => {
-                Err(ClusterError::NotInCluster("changing a function's config").into())
-            }
             (&Method::PUT, [name, "config", key]) => {
                 let secret = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "secret=true"));
                 let bytes = read_upload(request.into_body(), MAX_CONFIG_VALUE_BYTES).await?;
                 let value = String::from_utf8(bytes)
                     .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "a config value must be UTF-8 text"))?;
-                let outcome = self.registry.set_config(name, key, &value, secret).await;
+                let outcome = match &self.cluster {
+                    Some(cluster) => cluster.set_config(name, key, &value, secret).await,
+                    None => self.registry.set_config(name, key, &value, secret).await.map_err(Into::into),
+                };
                 // The key and whether it is secret, never the value.
                 let what = format!("config {key} set{}", if secret { " (secret)" } else { "" });
                 audit("config", name, &caller, outcome.as_ref().map(|()| what));
@@ -158,7 +164,10 @@ impl App {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (&Method::DELETE, [name, "config", key]) => {
-                let outcome = self.registry.remove_config(name, key).await;
+                let outcome = match &self.cluster {
+                    Some(cluster) => cluster.remove_config(name, key).await,
+                    None => self.registry.remove_config(name, key).await.map_err(Into::into),
+                };
                 audit("config", name, &caller, outcome.as_ref().map(|()| format!("config {key} removed")));
                 outcome?;
                 Ok(empty(StatusCode::NO_CONTENT))

@@ -111,8 +111,9 @@ impl From<ClusterError> for Problem {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_header("retry-after", "5")
             }
             ClusterError::NotApplied(_) => Problem::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
-            ClusterError::NotInCluster(_) => Problem::new(StatusCode::NOT_IMPLEMENTED, error.to_string()),
             ClusterError::Versions(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
+            ClusterError::TooLarge(_) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+            ClusterError::Config(config) => config.into(),
         }
     }
 }

@@ -31,8 +31,9 @@ impl Registry {
         self.deploy_numbered(name, bytes, policy, who, canary, None).await
     }
 
-    /// Installs `bytes` as version `number` (deployed at `deployed_at`), live, with `policy` if
-    /// given: how a cluster node applies a deploy that the cluster has numbered already.
+    /// Installs `bytes` as version `number` (deployed at `deployed_at`), live or as a canary
+    /// serving `canary` percent, with `policy` if given: how a cluster node applies a deploy
+    /// that the cluster has numbered already.
     pub async fn install(
         &self,
         name: &str,
@@ -40,9 +41,10 @@ impl Registry {
         policy: Option<&str>,
         number: u64,
         deployed_at: &str,
+        canary: Option<u8>,
     ) -> Result<Deployed, DeployError> {
         let numbered = Some((number, deployed_at.to_string()));
-        self.deploy_numbered(name, bytes, policy, PolicyChange::Any, None, numbered).await
+        self.deploy_numbered(name, bytes, policy, PolicyChange::Any, canary, numbered).await
     }
 
     /// Validates, pre-initializes and compiles `bytes` without deploying them; a deploy of the

@@ -220,8 +220,8 @@ pub struct Registry {
     /// The engine holding the functions' keyspaces (removed with them); `None` in tests of the
     /// registry alone.
     db: Option<Db>,
-    /// Seals the functions' secrets.
-    secrets: SecretsKey,
+    /// Seals the functions' secrets (the node's key, or in cluster mode the cluster's).
+    secrets: RwLock<Arc<SecretsKey>>,
     live: RwLock<HashMap<String, Arc<Deployment>>>,
     /// Every function's `[[route]]`s, most specific first (rebuilt when policies change).
     routes: RwLock<Arc<Vec<(Route, String)>>>,
@@ -274,7 +274,7 @@ impl Registry {
             ceilings,
             runtime,
             db,
-            secrets,
+            secrets: RwLock::new(Arc::new(secrets)),
             live: RwLock::new(HashMap::new()),
             routes: RwLock::default(),
             changes: Arc::new(tokio::sync::Mutex::new(())),
