@@ -276,8 +276,8 @@ async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
 
     // Rate limits on the host count the caller the proxying node vouches for, not that node:
     // two callers through the same proxy each get their own quota.
-    let limited = format!("public = true\n[rate]\nquota = 2\nwindow = \"1m\"\n[placement]\nreplicas = 1\n");
-    deploy_with_policy(&nodes[0], "limited", &guest("echo"), &limited).await;
+    let limited = "public = true\n[rate]\nquota = 2\nwindow = \"1m\"\n[placement]\nreplicas = 1\n";
+    deploy_with_policy(&nodes[0], "limited", &guest("echo"), limited).await;
     let path = "/fn/limited/";
     let mut limited_host = String::new();
     within(Duration::from_secs(10), "limited placed", async || {

@@ -66,6 +66,10 @@ impl From<EtcdError> for GlobalError {
     fn from(error: EtcdError) -> Self {
         if error.is_compacted() {
             GlobalError::Conflict("the transaction's snapshot was compacted in etcd; run it again".into())
+        } else if matches!(&error, EtcdError::Refused(message) if message.contains("message length too large")) {
+            GlobalError::Limit(
+                "the entries read exceed what one reply from etcd may carry (4 MiB): scan fewer at a time".into(),
+            )
         } else {
             GlobalError::Unavailable(error.to_string())
         }
@@ -334,6 +338,16 @@ mod tests {
         tx.put(b"f/app/0", b"w").unwrap();
         let refused = tx.put(b"f/app/one-more", b"v").unwrap_err();
         assert!(matches!(&refused, GlobalError::Limit(why) if why.contains("120 keys")), "{refused:?}");
+    }
+
+    #[test]
+    fn a_reply_too_large_for_the_client_is_a_limit_not_an_outage() {
+        // tonic's wording for a reply past the client's 4 MiB decoding limit.
+        let status = "status: OutOfRange, message: \"Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes\"";
+        let error = GlobalError::from(EtcdError::Refused(status.into()));
+        assert!(matches!(&error, GlobalError::Limit(why) if why.contains("4 MiB")), "{error:?}");
+        let outage = GlobalError::from(EtcdError::Unreachable("no endpoint".into()));
+        assert!(matches!(outage, GlobalError::Unavailable(_)));
     }
 
     #[tokio::test]

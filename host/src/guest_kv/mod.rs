@@ -1,6 +1,8 @@
 //! Guest access to the key-value engine, the capabilities a function gets besides WASI:
 //! `ledge:platform/transactions` (interactive transactions, [`transactions`]) and
-//! `wasi:keyvalue` ([`keyvalue`]), both on the one [`ledge_kv::Db`] of the process.
+//! `wasi:keyvalue` ([`keyvalue`]), both on the one [`ledge_kv::Db`] of the process, or in
+//! cluster mode on global data in etcd ([`global`]); [`backend`] is the one transaction type
+//! both APIs use.
 //!
 //! Layer: below the runtime (which links these bindings into every instance), above
 //! [`crate::access`] (the verified [`Caller`] and the [`Policy`] decide what a guest may touch).
