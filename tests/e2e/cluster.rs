@@ -183,6 +183,27 @@ async fn global_stores_stay_exact_across_nodes_and_through_an_etcd_member_loss()
         assert_eq!(value.text().await.unwrap(), "60\n");
     }
 
+    // A scan then an insert, concurrently through all three nodes: no phantom gets past the
+    // scan, so exactly `cap` seats are taken.
+    deploy_with_policy(&nodes[0], "seats", &guest("misbehave"), &global).await;
+    for (server, name) in nodes.iter().zip(["a", "b", "c"]) {
+        served_by_itself(server, "seats", name).await;
+    }
+    let claims = (0..24).map(|i| nodes[i % 3].fn_url("seats", &format!("/claim?cap=4&id=guest{i}")));
+    let outcomes = join_all(claims.map(|url| async move {
+        let response = client().get(url).send().await.expect("claim");
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }))
+    .await;
+    let mut seated: Vec<&str> = outcomes.iter().filter(|o| o.starts_with("seated")).map(|o| o.trim()).collect();
+    seated.sort_unstable();
+    assert_eq!(seated, ["seated 1", "seated 2", "seated 3", "seated 4"], "{outcomes:?}");
+    for server in &nodes {
+        let late = client().get(server.fn_url("seats", "/claim?cap=4&id=late")).send().await.unwrap();
+        assert_eq!(late.text().await.unwrap(), "full 4\n");
+    }
+
     // Bank transfers through all three nodes keep the total.
     for account in ["a", "b", "c", "d"] {
         let url = nodes[0].fn_url("bank", &format!("/accounts/{account}?balance=100"));

@@ -6,7 +6,9 @@
 //! `/kv-hog` buffers 1 MiB writes in one transaction until refused, `/kv-fill?kib=N` commits
 //! N KiB values one transaction each until refused, `/kv-reads?n=N` reads N absent keys in one
 //! transaction, `/kv-scan?limit=N` scans its keyspace, `/kv-drop` deletes what `/kv-fill` wrote,
-//! `/config?key=K` reports K from wasi:config and from the environment, anything else answers
+//! `/config?key=K` reports K from wasi:config and from the environment, `/claim?cap=N&id=X`
+//! takes seat X in one serializable transaction only if fewer than N seats are taken (a scan
+//! then an insert: the phantom a serializable store must prevent), anything else answers
 //! `fine`.
 use ledge_sdk::http::{Request, Response};
 use wasip2::http::outgoing_handler;
@@ -70,6 +72,22 @@ fn handle(req: Request) -> Response {
         "/read-slow" => {
             let value = ledge_sdk::kv::transaction(|tx| tx.get_string("slow")).unwrap();
             Response::text(format!("{value:?}\n"))
+        }
+        "/claim" => {
+            let cap: usize = req.query_param("cap").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let seat = format!("seat/{}", req.query_param("id").unwrap_or("anonymous"));
+            let claimed = ledge_sdk::kv::transaction(|tx| {
+                let taken = tx.scan_prefix("seat/", cap as u32 + 1)?.len();
+                if taken >= cap {
+                    return Ok(format!("full {taken}"));
+                }
+                tx.put(&seat, "taken")?;
+                Ok(format!("seated {}", taken + 1))
+            });
+            match claimed {
+                Ok(outcome) => Response::text(format!("{outcome}\n")),
+                Err(error) => Response::text(format!("{error}\n")).with_status(500),
+            }
         }
         "/whoami" => match ledge_sdk::caller::token() {
             Some(token) => Response::text(format!(
