@@ -432,6 +432,26 @@ async fn config_secrets_canaries_and_the_component_budget_hold_across_nodes() {
     })
     .await;
 
+    // Another canary, rolled back through B: every node drops it and keeps version 2.
+    a.cli_ok(&["deploy", "app", guest("hello").to_str().unwrap(), "--canary", "50%"]);
+    within(Duration::from_secs(10), "the second canary on b", async || {
+        let mut canary_seen = false;
+        for &caller in &callers {
+            canary_seen |= version_from(&b, "app", caller).await == 3;
+        }
+        canary_seen
+    })
+    .await;
+    b.cli_ok(&["rollback", "app"]);
+    within(Duration::from_secs(10), "the canary dropped on a", async || {
+        let mut all_live = true;
+        for &caller in &callers {
+            all_live &= version_from(&a, "app", caller).await == 2;
+        }
+        all_live
+    })
+    .await;
+
     // A node whose component budget is nearly spent: the same bytes again cost nothing, new
     // bytes past the budget are refused with the reason.
     let stored: u64 = ["misbehave", "hello", "echo"].iter().map(|g| std::fs::metadata(guest(g)).unwrap().len()).sum();

@@ -568,15 +568,18 @@ impl Cluster {
         let local_canary =
             self.registry.lookup(name).and_then(|d| d.canary.as_ref().map(|c| (c.meta.version, c.percent)));
         let wanted = record.canary.map(|c| (c.version, c.percent));
-        match (record.canary_version(), wanted == local_canary) {
-            (_, true) => {}
-            (None, false) => {
+        if wanted == local_canary {
+            return Ok(());
+        }
+        match (record.canary, record.canary_version()) {
+            // This node runs a canary the record no longer has.
+            (None, _) => {
                 self.registry.rollback(name, None).await?;
                 tracing::info!(function = name, "canary dropped by the cluster");
             }
-            (Some(canary), false) => {
-                let percent = record.canary.map(|c| c.percent);
+            (Some(split), Some(canary)) => {
                 let bytes = self.fetch_blob(&canary.sha256).await?;
+                let percent = Some(split.percent);
                 self.registry.install(name, bytes, policy, canary.version, &canary.deployed_at, percent).await?;
                 tracing::info!(
                     function = name,
@@ -584,6 +587,12 @@ impl Cluster {
                     ?percent,
                     "canary installed from the cluster"
                 );
+            }
+            (Some(split), None) => {
+                return Err(ClusterError::Versions(format!(
+                    "the record's canary {} is not a kept version",
+                    split.version
+                )));
             }
         }
         Ok(())
