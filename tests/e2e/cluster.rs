@@ -359,6 +359,15 @@ async fn served_by_itself(server: &Server, function: &str, name: &str) {
     .await;
 }
 
+/// The version of `app` each of `callers` gets on `server`.
+async fn versions_for(server: &Server, callers: &[IpAddr]) -> Vec<u64> {
+    let mut versions = Vec::with_capacity(callers.len());
+    for &caller in callers {
+        versions.push(version_from(server, "app", caller).await);
+    }
+    versions
+}
+
 const SECRET: &str = "sk-cluster-9f8e7d6c5b4a";
 
 /// What `misbehave` on `server` reads for config `key`.
@@ -405,14 +414,7 @@ async fn config_secrets_canaries_and_the_component_budget_hold_across_nodes() {
     served_by_itself(&b, "app", "b").await;
     b.cli_ok(&["deploy", "app", guest("echo").to_str().unwrap(), "--canary", "50%"]);
     let callers: Vec<IpAddr> = (1..=40u8).map(|i| IpAddr::from([127, 2, 0, i])).collect();
-    within(Duration::from_secs(10), "canary on a", async || {
-        let mut canary_seen = false;
-        for &caller in &callers {
-            canary_seen |= version_from(&a, "app", caller).await == 2;
-        }
-        canary_seen
-    })
-    .await;
+    within(Duration::from_secs(10), "canary on a", async || versions_for(&a, &callers).await.contains(&2)).await;
     let mut on_canary = 0;
     for &caller in &callers {
         let on_a = version_from(&a, "app", caller).await;
@@ -423,34 +425,16 @@ async fn config_secrets_canaries_and_the_component_budget_hold_across_nodes() {
     assert!((1..40).contains(&on_canary), "a 50% canary served {on_canary} of 40 callers");
     assert!(a.cli_ok(&["versions", "app"]).contains("canary 50%"));
     a.cli_ok(&["promote", "app"]);
-    within(Duration::from_secs(10), "promotion reaches b", async || {
-        let mut all = true;
-        for &caller in &callers[..10] {
-            all &= version_from(&b, "app", caller).await == 2;
-        }
-        all
-    })
-    .await;
+    let promoted = async || versions_for(&b, &callers[..10]).await.iter().all(|v| *v == 2);
+    within(Duration::from_secs(10), "promotion reaches b", promoted).await;
 
     // Another canary, rolled back through B: every node drops it and keeps version 2.
     a.cli_ok(&["deploy", "app", guest("hello").to_str().unwrap(), "--canary", "50%"]);
-    within(Duration::from_secs(10), "the second canary on b", async || {
-        let mut canary_seen = false;
-        for &caller in &callers {
-            canary_seen |= version_from(&b, "app", caller).await == 3;
-        }
-        canary_seen
-    })
-    .await;
+    let second = async || versions_for(&b, &callers).await.contains(&3);
+    within(Duration::from_secs(10), "the second canary on b", second).await;
     b.cli_ok(&["rollback", "app"]);
-    within(Duration::from_secs(10), "the canary dropped on a", async || {
-        let mut all_live = true;
-        for &caller in &callers {
-            all_live &= version_from(&a, "app", caller).await == 2;
-        }
-        all_live
-    })
-    .await;
+    let dropped = async || versions_for(&a, &callers).await.iter().all(|v| *v == 2);
+    within(Duration::from_secs(10), "the canary dropped on a", dropped).await;
 
     // A node whose component budget is nearly spent: the same bytes again cost nothing, new
     // bytes past the budget are refused with the reason.
