@@ -182,6 +182,15 @@ async fn global_stores_stay_exact_across_nodes_and_through_an_etcd_member_loss()
         let value = client().get(server.fn_url("tally", "/get?key=n&bucket=tally")).send().await.unwrap();
         assert_eq!(value.text().await.unwrap(), "60\n");
     }
+    // Listing a global bucket pages through it (a page stays under etcd's compare limit).
+    let sets = (0..130).map(|i| nodes[i % 3].fn_url("tally", &format!("/set?key=k{i:03}&value=v&bucket=tally")));
+    let statuses = join_all(sets.map(|url| status(client().post(url)))).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let listed = client().get(nodes[1].fn_url("tally", "/list?bucket=tally")).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let keys: Vec<String> = listed.text().await.unwrap().trim().split(',').map(str::to_string).collect();
+    let expected: Vec<String> = (0..130).map(|i| format!("k{i:03}")).chain(["n".to_string()]).collect();
+    assert_eq!(keys, expected);
 
     // A scan then an insert, concurrently through all three nodes: no phantom gets past the
     // scan, so exactly `cap` seats are taken.

@@ -83,9 +83,6 @@ impl Cluster {
 
     /// Function `name`'s config as last seen (values, and secrets by name).
     pub fn list_config(&self, name: &str) -> Result<ConfigListing, ClusterError> {
-        validate_name(name)?;
-        let records = self.records.read();
-        let record = records.get(name).map(|known| &known.record).filter(|record| record.serving().is_some());
-        Ok(record.ok_or_else(|| RegistryError::NotFound(name.to_string()))?.config.listing())
+        self.with_serving(name, |record| record.config.listing())
     }
 }

@@ -20,7 +20,7 @@ use super::etcd::{EtcdError, Retry};
 use super::follow::Change;
 use super::{Cluster, ClusterError};
 use crate::registry::config::ConfigEntries;
-use crate::registry::versions::Versions;
+use crate::registry::versions::{Versions, check_canary};
 use crate::registry::{CanarySplit, Deployed, FunctionMeta, PolicyChange, RegistryError, sha256_hex, validate_name};
 
 /// Bytes per stored chunk of a component: under etcd's 1.5 MiB request limit with room for the
@@ -173,10 +173,19 @@ impl Cluster {
 
     /// `ledge versions` of a deployed function as last seen.
     pub fn versions(&self, name: &str) -> Result<Versions, ClusterError> {
+        self.with_serving(name, |record| record.versions(name))
+    }
+
+    /// `read` of the record of a deployed function (not removed) as last seen.
+    pub(super) fn with_serving<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&FunctionRecord) -> T,
+    ) -> Result<T, ClusterError> {
         validate_name(name)?;
         let records = self.records.read();
         let record = records.get(name).map(|k| &k.record).filter(|r| r.serving().is_some());
-        Ok(record.ok_or_else(|| RegistryError::NotFound(name.to_string()))?.versions(name))
+        Ok(read(record.ok_or_else(|| RegistryError::NotFound(name.to_string()))?))
     }
 
     /// Every deployed function's metadata, by name.
@@ -246,9 +255,8 @@ impl Cluster {
         canary: Option<u8>,
     ) -> Result<Deployed, ClusterError> {
         validate_name(name)?;
-        if let Some(percent) = canary.filter(|percent| !(1..=99).contains(percent)) {
-            return Err(ClusterError::Versions(format!("cannot deploy a canary of {percent}%: give 1% to 99%")));
-        }
+        // Checked before compiling (a live version assumed), and again against the record.
+        check_canary(canary, true)?;
         if let Some(text) = policy {
             self.registry.check_policy(name, text, who).await?;
         }
@@ -264,11 +272,7 @@ impl Cluster {
         let deployed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let (record, revision) = self
             .update_record(name, Some(&sha256), |current| {
-                if canary.is_some() && current.is_none() {
-                    return Err(ClusterError::Versions(
-                        "cannot deploy a canary: a first deploy has nothing to split with".into(),
-                    ));
-                }
+                check_canary(canary, current.is_some())?;
                 let mut record = current.unwrap_or_default();
                 let newest = record.versions.iter().map(|v| v.version).chain(record.canary.map(|c| c.version)).max();
                 let version = newest.unwrap_or(0) + 1;

@@ -24,6 +24,10 @@ use super::{Denied, Keyspace, KvCtx};
 const MAX_ATTEMPTS: u32 = 32;
 /// Keys per `list-keys` page.
 const LIST_PAGE: usize = 1000;
+/// Keys per `list-keys` page of a global bucket: a serializable global scan checks every key it
+/// returned at commit, and a transaction has at most [`super::global::MAX_COMPARES`] checks.
+const GLOBAL_LIST_PAGE: usize = 100;
+const _: () = assert!(GLOBAL_LIST_PAGE + 2 <= super::global::MAX_COMPARES);
 /// The bucket name that means "the function's own keyspace", as in Spin.
 const DEFAULT_BUCKET: &str = "default";
 
@@ -208,11 +212,12 @@ impl store::HostBucket for KvCtx<'_> {
         // The cursor is the last key of the previous page; this page starts right after it.
         let start = cursor.as_ref().map(|c| [c.as_bytes(), &[0]].concat()).unwrap_or_default();
         let (start, end) = keyspace.range(&start, b"");
-        let op = Ok(Op::Scan { start, end, limit: LIST_PAGE + 1 });
+        let page = if keyspace.global { GLOBAL_LIST_PAGE } else { LIST_PAGE };
+        let op = Ok(Op::Scan { start, end, limit: page + 1 });
         let live = transact(source, op, move |found| {
             let mut entries = found.entries;
-            let more = entries.len() > LIST_PAGE;
-            entries.truncate(LIST_PAGE);
+            let more = entries.len() > page;
+            entries.truncate(page);
             let keys = entries
                 .iter()
                 .map(|(key, _)| String::from_utf8(keyspace.guest_key(key).to_vec()))

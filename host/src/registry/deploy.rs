@@ -77,12 +77,7 @@ impl Registry {
         let _change = self.changes.lock().await;
         let given_policy = policy.map(|text| self.check_upload(name, text, who)).transpose()?;
         let previous = self.lookup(name);
-        if let Some(percent) = canary
-            && (previous.is_none() || !(1..=99).contains(&percent))
-        {
-            let why = if previous.is_none() { "a first deploy has nothing to split with" } else { "give 1% to 99%" };
-            return Err(RegistryError::Versions(format!("cannot deploy a canary of {percent}%: {why}")).into());
-        }
+        super::versions::check_canary(canary, previous.is_some())?;
         let runtime = self.runtime.clone();
         let handle = tokio::runtime::Handle::current();
         let sha256 = sha256_hex(&bytes);

@@ -22,6 +22,17 @@ pub struct Versions {
     pub kept: Vec<FunctionMeta>,
 }
 
+/// A canary of `percent` may be deployed: 1% to 99%, and only beside a live version.
+pub fn check_canary(percent: Option<u8>, has_live: bool) -> Result<(), RegistryError> {
+    let Some(percent) = percent else { return Ok(()) };
+    let why = match (has_live, (1..=99).contains(&percent)) {
+        (true, true) => return Ok(()),
+        (false, _) => "a first deploy has nothing to split with",
+        (true, false) => "give 1% to 99%",
+    };
+    Err(RegistryError::Versions(format!("cannot deploy a canary of {percent}%: {why}")))
+}
+
 impl Registry {
     pub fn versions(&self, name: &str) -> Result<Versions, RegistryError> {
         validate_name(name)?;
