@@ -91,6 +91,8 @@ pub struct JoinOptions {
 
 pub struct Cluster {
     pub node: String,
+    /// `ledge-node: NODE`, the header every function response carries (built once).
+    pub node_header: http::HeaderValue,
     pub advertise: String,
     etcd: Arc<Etcd>,
     registry: Arc<Registry>,
@@ -141,7 +143,9 @@ impl Cluster {
         let etcd = options.etcd;
         check_node_name(&options.node).map_err(anyhow::Error::msg)?;
         let node_id = members::node_id(&options.data_dir)?;
+        let node_header = http::HeaderValue::from_str(&options.node)?;
         let cluster = Arc::new(Cluster {
+            node_header,
             node: options.node,
             advertise: options.advertise,
             etcd,

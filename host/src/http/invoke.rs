@@ -59,10 +59,8 @@ impl App {
         };
         let started = Instant::now();
         let mut result = self.invoke_deployed(request, name, &guest_path, &deployment, peer).await;
-        if let (Some(cluster), Ok(response)) = (&self.cluster, &mut result)
-            && let Ok(node) = http::HeaderValue::from_str(&cluster.node)
-        {
-            response.headers_mut().insert("ledge-node", node);
+        if let (Some(cluster), Ok(response)) = (&self.cluster, &mut result) {
+            response.headers_mut().insert("ledge-node", cluster.node_header.clone());
         }
         let status = result.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
         self.metrics.observe_request(name, status, started.elapsed());
