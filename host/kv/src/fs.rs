@@ -51,6 +51,20 @@ pub(crate) trait FsFile: Write + Send {
 #[derive(Debug, Default)]
 pub(crate) struct RealFs;
 
+/// A file holding a `flock`, released explicitly when dropped. Closing our descriptor is not
+/// enough: a child process forked by another thread at that moment holds a duplicate of it
+/// until it execs, and the lock belongs to the open file, so a reopen in this process would
+/// find the directory still locked.
+struct FlockedFile(File);
+
+impl Drop for FlockedFile {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a valid, open descriptor owned by `self.0`; no memory is involved.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 impl FsFile for File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
@@ -70,7 +84,7 @@ impl Fs for RealFs {
         if rc != 0 {
             return Err(Error::Locked(dir.to_path_buf()));
         }
-        Ok(Box::new(f))
+        Ok(Box::new(FlockedFile(f)))
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
