@@ -46,11 +46,13 @@ impl KvAccess {
     }
 }
 
+// The etcd futures are several KiB (the gRPC client's state): boxed, so that a local
+// transaction's futures, which wasmtime moves into a box for every host call, stay small.
 impl Backend {
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, WitError> {
         match self {
             Backend::Local(tx) => tx.get(key).map_err(tx_error),
-            Backend::Global(tx) => tx.get(key).await.map_err(global_error),
+            Backend::Global(tx) => Box::pin(tx.get(key)).await.map_err(global_error),
         }
     }
 
@@ -71,7 +73,7 @@ impl Backend {
     pub async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WitError> {
         match self {
             Backend::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
-            Backend::Global(tx) => tx.scan(start, end, limit).await.map_err(global_error),
+            Backend::Global(tx) => Box::pin(tx.scan(start, end, limit)).await.map_err(global_error),
         }
     }
 
@@ -82,7 +84,7 @@ impl Backend {
                 Ok(ticket) => ticket.await.map_err(tx_error),
                 Err(error) => Err(tx_error(error)),
             },
-            Backend::Global(tx) => tx.commit().await.map_err(global_error),
+            Backend::Global(tx) => Box::pin(tx.commit()).await.map_err(global_error),
         }
     }
 }
@@ -106,5 +108,21 @@ fn tx_error(error: TxError) -> WitError {
         | TxError::QuotaExceeded { .. }
         | TxError::OutOfSpace { .. } => WitError::Limit(error.to_string()),
         other => WitError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn taking one argument returns.
+    fn future_size<A, F: std::future::Future>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_commit_future_stays_small_whichever_backend() {
+        // Unboxed, the etcd commit made every local commit's future ~7.5 KiB, copied on each
+        // host call (measured: ~6% of the counter's CPU in memmove).
+        assert!(future_size(super::GlobalTx::commit) > 4096, "the etcd commit is the large one");
+        assert!(future_size(super::Backend::commit) < 1024, "{} bytes", future_size(super::Backend::commit));
     }
 }
