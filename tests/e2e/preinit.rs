@@ -80,3 +80,27 @@ async fn an_artifact_from_another_engine_configuration_is_recompiled() {
     server.restart();
     assert_eq!(metric(&server, "ledge_artifact_loads_total{outcome=\"precompiled\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn memory_a_request_scribbled_over_in_a_thousand_pages_is_pristine_for_the_next() {
+    // Each scribble dirties 1,000 separate pages of the snapshot's table: far more runs of
+    // dirty pages than the slot reset's scan batch (32), so the reset must resume past it.
+    let server = Server::start();
+    server.deploy("pre", &guest("preinit"));
+    let get = |path: &'static str| {
+        let (http, url) = (server.admin(), server.fn_url("pre", path));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    for _ in 0..5 {
+        assert_eq!(get("/scribble").await, "scribbled=1000 wrong=1000\n");
+        assert_eq!(get("/check").await, "wrong=0\n");
+    }
+    // Concurrently, so instances on several slots are reset while others run.
+    let rounds = (0..4).map(|_| async {
+        for _ in 0..5 {
+            assert_eq!(get("/scribble").await, "scribbled=1000 wrong=1000\n");
+            assert_eq!(get("/check").await, "wrong=0\n");
+        }
+    });
+    futures::future::join_all(rounds).await;
+}
