@@ -309,21 +309,26 @@ async fn one_replica_is_placed_on_one_node_and_moves_when_it_leaves() {
     let limited = "public = true\n[rate]\nquota = 2\nwindow = \"1m\"\n[placement]\nreplicas = 1\n";
     deploy_with_policy(&nodes[0], "limited", &guest("echo"), limited).await;
     let path = "/fn/limited/";
-    let mut limited_host = String::new();
+    let served_by =
+        |headers: &[String]| headers.iter().find_map(|h| h.strip_prefix("ledge-node: ").map(str::to_string));
+    let mut limited_host = None;
     within(Duration::from_secs(10), "limited placed", async || {
         let (status, headers) = get_from(&nodes[0], path, IpAddr::from([127, 3, 9, 9])).await;
-        limited_host =
-            headers.iter().find_map(|h| h.strip_prefix("ledge-node: ").map(str::to_string)).unwrap_or_default();
-        status == 200
+        limited_host = served_by(&headers);
+        status == 200 && limited_host.is_some()
     })
     .await;
+    let limited_host = limited_host.unwrap();
     let proxy = ["a", "b", "c"].iter().position(|n| *n != limited_host).unwrap();
     for caller in [IpAddr::from([127, 3, 0, 1]), IpAddr::from([127, 3, 0, 2])] {
-        let statuses = [
-            get_from(&nodes[proxy], path, caller).await.0,
-            get_from(&nodes[proxy], path, caller).await.0,
-            get_from(&nodes[proxy], path, caller).await.0,
-        ];
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let (status, headers) = get_from(&nodes[proxy], path, caller).await;
+            if status == 200 {
+                assert_eq!(served_by(&headers).as_deref(), Some(limited_host.as_str()), "proxied to the host");
+            }
+            statuses.push(status);
+        }
         assert_eq!(statuses, [200, 200, 429], "caller {caller} through {}", ["a", "b", "c"][proxy]);
     }
 

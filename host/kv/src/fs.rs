@@ -132,3 +132,27 @@ impl Fs for RealFs {
 pub(crate) fn is_out_of_space(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn a_released_lock_is_free_even_while_a_duplicate_of_its_descriptor_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RealFs.lock(dir.path()).unwrap();
+        assert!(matches!(RealFs.lock(dir.path()), Err(Error::Locked(_))), "held while the guard lives");
+        // What a child forked by another thread holds until it execs.
+        let file = &lock.downcast_ref::<FlockedFile>().expect("the real lock").0;
+        // SAFETY: dup of a valid descriptor; the duplicate is closed below.
+        let duplicate = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(duplicate >= 0);
+        drop(lock);
+        let again = RealFs.lock(dir.path());
+        // SAFETY: closing the descriptor dup returned above, once.
+        unsafe { libc::close(duplicate) };
+        assert!(again.is_ok(), "the directory stays locked after close: {:?}", again.err());
+    }
+}

@@ -560,7 +560,7 @@ impl Cluster {
         let current = self.registry.lookup(name);
         let local_canary = current.as_ref().and_then(|d| d.canary.as_ref()).map(|c| c.meta.version);
         let stale = current.as_ref().is_none_or(|d| !runs(d, live));
-        if stale && current.is_some() && local_canary == Some(live.version) {
+        if stale && local_canary == Some(live.version) {
             self.registry.promote(name).await?;
             tracing::info!(function = name, version = live.version, "canary promoted by the cluster");
         } else if stale {

@@ -46,6 +46,11 @@ impl EtcdError {
     pub fn is_compacted(&self) -> bool {
         matches!(self, EtcdError::Refused(message) if message.contains("compacted"))
     }
+
+    /// The reply passed the client's 4 MiB decoding limit (tonic's wording).
+    pub fn is_reply_too_large(&self) -> bool {
+        matches!(self, EtcdError::Refused(message) if message.contains("message length too large"))
+    }
 }
 
 /// Whether a call may be sent again to another endpoint after a failure.

@@ -2,9 +2,10 @@
 //! cache of it.
 //!
 //! etcd holds the control state under `/ledge/`: function records (`fn/NAME`: kept versions,
-//! the live one, a canary, the uploaded policy, config with sealed secrets), components by SHA-256 in chunks (`blob/SHA/`), the
-//! root key ring (`keys/ID`), revocations (`revoked/ID`), the key that seals secrets (`secrets-key`), live nodes (`nodes/NAME`, each on
-//! its node's lease), the peer key (`peer-key`), and global key-value data (`kv/`).
+//! the live one, a canary, the uploaded policy, config with sealed secrets), components by
+//! SHA-256 in chunks (`blob/SHA/`), the root key ring (`keys/ID`), revocations (`revoked/ID`),
+//! the key that seals secrets (`secrets-key`), live nodes (`nodes/NAME`, each on its node's
+//! lease), the peer key (`peer-key`), and global key-value data (`kv/`).
 //!
 //! Layer: beside the registry, which it drives; the HTTP edge calls it for control writes.
 //!

@@ -66,7 +66,7 @@ impl From<EtcdError> for GlobalError {
     fn from(error: EtcdError) -> Self {
         if error.is_compacted() {
             GlobalError::Conflict("the transaction's snapshot was compacted in etcd; run it again".into())
-        } else if matches!(&error, EtcdError::Refused(message) if message.contains("message length too large")) {
+        } else if error.is_reply_too_large() {
             GlobalError::Limit(
                 "the entries read exceed what one reply from etcd may carry (4 MiB): scan fewer at a time".into(),
             )
