@@ -5,12 +5,17 @@
 # instance per request, configured as ledge configures it, and nothing else:
 # host/examples/bare-wasmtime.rs), with the same load generator, in one run.
 #
-#   scripts/bench.sh [DURATION_SECONDS]        (default 10; wrk -t1 -c32, as in the anchors)
+#   scripts/bench.sh [DURATION_SECONDS] [ROUNDS]   (defaults 10 and 3; wrk -t1 -c32, as in the anchors)
 #
-# Prints requests/s and p50/p99 latency per server and the ledge/wasmtime ratio.
+# Prints requests/s and p50/p99 latency per server and the ledge/wasmtime ratio. The limit, the
+# floor, ledge hello and the counter (the figures the targets are ratios of) run in ROUNDS
+# interleaved rounds and their ratios are taken from the medians: a 2-core VM swings ±20%
+# between rounds of the same binary, so a single round of each can put a ratio anywhere in that
+# range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
+rounds="${2:-3}"
 
 ./scripts/setup.sh
 command -v wrk >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null; }
@@ -38,7 +43,9 @@ run_wrk() { # label url
   errors=$(grep -E 'Non-2xx|Socket errors' <<<"$out" || true)
   printf '%-28s %12s %10s %10s  %s\n' "$1" "$rps" "$p50" "$p99" "$errors"
   echo "$rps" >"$work/$(tr ' ' '_' <<<"$1").rps"
+  echo "$rps" >>"$work/$(tr ' ' '_' <<<"$1").all"
 }
+median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 ratio() { awk -v a="$(cat "$work/$1.rps")" -v b="$(cat "$work/$2.rps")" 'BEGIN {printf "%.2f", a/b}'; }
 
@@ -86,21 +93,30 @@ wait_http http://127.0.0.1:18093/
 
 echo "wrk -t1 -c32 -d${duration}s on $(nproc) cores ($(uname -m)); wasmtime serve $("$wasmtime" --version | awk '{print $2}')"
 printf '%-28s %12s %10s %10s\n' "server" "requests/s" "p50" "p99"
-run_wrk "bare hyper (limit)" http://127.0.0.1:18086/
-run_wrk "bare wasmtime (wasm floor)" http://127.0.0.1:18093/
-run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
-run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
-# The engine's counters around the counter run give its fsync-bound ceiling: commits per group
+# The engine's counters around the counter runs give its fsync-bound ceiling: commits per group
 # fsync times group fsyncs per second (one after another, each as long as the mean measured).
+# Only the counter commits in these rounds (hello's runs succeed and keep no trace).
 kv() { curl -fsS http://127.0.0.1:18089/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 before=("$(kv ledge_kv_transactions_committed_total)" "$(kv ledge_kv_wal_fsyncs_total)" "$(kv ledge_kv_wal_fsync_seconds_total)")
-run_wrk "ledge counter" http://127.0.0.1:18080/fn/counter/
+interleaved=("bare hyper (limit)" "bare wasmtime (wasm floor)" "ledge hello" "ledge counter")
+for round in $(seq "$rounds"); do
+  run_wrk "bare hyper (limit)" http://127.0.0.1:18086/
+  run_wrk "bare wasmtime (wasm floor)" http://127.0.0.1:18093/
+  run_wrk "ledge hello" http://127.0.0.1:18080/fn/hello/
+  run_wrk "ledge counter" http://127.0.0.1:18080/fn/counter/
+done
 after=("$(kv ledge_kv_transactions_committed_total)" "$(kv ledge_kv_wal_fsyncs_total)" "$(kv ledge_kv_wal_fsync_seconds_total)")
+for label in "${interleaved[@]}"; do
+  file="$work/$(tr ' ' '_' <<<"$label")"
+  median "$file.all" >"$file.rps"
+  printf '%-28s %12s  (median of %s rounds: %s)\n' "$label" "$(cat "$file.rps")" "$rounds" "$(sort -n "$file.all" | paste -sd' ')"
+done
+run_wrk "wasmtime-serve hello" http://127.0.0.1:18081/
 run_wrk "ledge python" http://127.0.0.1:18080/fn/py/
 run_wrk "wasmtime-serve python" http://127.0.0.1:18082/
 run_wrk "ledge javascript" http://127.0.0.1:18080/fn/js/
 run_wrk "wasmtime-serve javascript" http://127.0.0.1:18090/
-echo "ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x; bare wasmtime / bare hyper: $(ratio "bare_wasmtime_(wasm_floor)" "bare_hyper_(limit)")x; ledge hello / bare wasmtime: $(ratio ledge_hello "bare_wasmtime_(wasm_floor)")x"
+echo "from the medians: ledge hello / bare hyper (the limit): $(ratio ledge_hello "bare_hyper_(limit)")x; bare wasmtime / bare hyper: $(ratio "bare_wasmtime_(wasm_floor)" "bare_hyper_(limit)")x; ledge hello / bare wasmtime: $(ratio ledge_hello "bare_wasmtime_(wasm_floor)")x"
 echo "ledge / wasmtime serve: hello $(ratio ledge_hello wasmtime-serve_hello)x, python $(ratio ledge_python wasmtime-serve_python)x, javascript $(ratio ledge_javascript wasmtime-serve_javascript)x"
 echo "ledge counter (one durable read-modify-write transaction per request) / ledge hello: $(ratio ledge_counter ledge_hello)x; final count $(curl -fsS http://127.0.0.1:18080/fn/counter/peek)"
 awk -v c="$((after[0] - before[0]))" -v f="$((after[1] - before[1]))" -v s0="${before[2]}" -v s1="${after[2]}" -v rps="$(cat "$work/ledge_counter.rps")" 'BEGIN {
@@ -129,7 +145,6 @@ for round in 1 2 3; do
     wrk -t1 -c32 -d"${duration}s" "http://127.0.0.1:$port/fn/hello/" | awk '/^Requests\/sec/ {print $2}' >>"$work/limit-$mode.all"
   done
 done
-median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 on=$(median "$work/limit-on.all"); off=$(median "$work/limit-off.all")
 printf '  %-26s %12s\n' "limiter on" "$on" "limiter off" "$off"
 echo "  on / off: $(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.3f", a/b}')x (per-check cost alone: cargo bench -p ledge --bench limiter)"

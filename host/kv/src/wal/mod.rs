@@ -37,7 +37,15 @@ use crate::stats::Counters;
 /// How many parked committers each woken one wakes in turn.
 const WAKE_FANOUT: usize = 2;
 /// Longest a flusher waits to grow a group commit.
-const MAX_GATHER: Duration = Duration::from_micros(500);
+const MAX_GATHER: Duration = Duration::from_millis(2);
+/// How long a flusher waits for the committers of its last batch, in units of that batch's
+/// write and fsync time. Each fsync costs the flusher CPU as well as time (about 60 µs of a
+/// 2-core VM's CPU per fdatasync, whatever it carries), so larger groups leave more CPU to the
+/// committers: on such a VM, ledge's counter function (32 connections, one durable transaction
+/// per request) ran 17.3k requests/s at 13 commits per fsync with a wait of two fsyncs against
+/// 14.1k at 6 with a quarter of one (medians of 3 interleaved rounds), and p99 fell from 7.8 to
+/// 5.7 ms. A lone committer never waits (the wait is for a group the last batch predicts).
+const GATHER_FSYNCS: u32 = 2;
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
 const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
 /// How often a flusher stalled on a full disk tries its batch again.
@@ -298,8 +306,8 @@ impl Wal {
                         st.flusher_wants = 0;
                     }
                     // Group commit: the committers of the last batch plus those that queued
-                    // during its fsync are likely to commit again soon; give them a fraction of
-                    // an fsync to join this batch instead of paying for the next one.
+                    // during its fsync are likely to commit again soon; give them up to
+                    // [`GATHER_FSYNCS`] fsyncs to join this batch instead of paying for the next.
                     let deadline = Instant::now() + gather_for;
                     while batch_target > 1
                         && st.pending_records < batch_target
@@ -364,7 +372,7 @@ impl Wal {
 
             st = self.state.lock();
             batch_target = batch_records + st.pending_records;
-            gather_for = (started.elapsed() / 4).min(MAX_GATHER);
+            gather_for = (started.elapsed() * GATHER_FSYNCS).min(MAX_GATHER);
             st.stalled = None;
             match res {
                 Ok(()) => {
