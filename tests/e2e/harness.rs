@@ -236,13 +236,15 @@ impl Server {
         self.printed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// Everything the server logged so far. A thread writes the server's log behind it, so
-    /// this first waits (at most half a second) until the file has stopped growing.
+    /// Everything the server logged so far. A thread writes the server's log behind it in
+    /// batches (every 20 ms), so this first waits until the file has not grown for 60 ms (at
+    /// most a second).
     pub fn log(&self) -> String {
-        let mut last = None;
-        for _ in 0..50 {
+        let (mut last, mut unchanged) = (None, 0);
+        for _ in 0..100 {
             let size = std::fs::metadata(&self.log).map(|m| m.len()).ok();
-            if size.is_some() && size == last {
+            unchanged = if size.is_some() && size == last { unchanged + 1 } else { 0 };
+            if unchanged == 6 {
                 break;
             }
             last = size;

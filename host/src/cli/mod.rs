@@ -21,6 +21,7 @@ use serve::ServeArgs;
 pub mod client;
 pub mod compile;
 pub mod dev;
+mod log_writer;
 pub mod new;
 pub mod project;
 pub mod replay;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
+use super::log_writer::{LogWriter, LogWriterGuard};
 use crate::access::policy::Ceilings;
 use crate::access::rate::RateLimiter;
 use crate::access::tokens::Authority;
@@ -362,17 +363,16 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
 }
 
-/// Logs go to stderr through a writer thread: a request's log line is queued (a buffer of
-/// 128,000 lines; beyond it lines are dropped, never waited for) and written in batches, so no
-/// worker ever blocks on the terminal or the journal. Keep the guard until exit: dropping it
-/// writes what is queued.
-#[must_use = "dropping the guard stops the log writer"]
-pub(super) fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a writer thread ([`LogWriter`]): a request's log line is buffered
+/// (up to 8 MiB; beyond it lines are dropped and counted, never waited for) and written in
+/// batches, so no worker ever blocks on the terminal or the journal. Keep the guard until exit:
+/// dropping it writes what is buffered.
+pub(super) fn init_logging(format: LogFormat) -> LogWriterGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
     // Colours only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = LogWriter::spawn(std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
