@@ -4,8 +4,8 @@
 //! Invariants: a worker logging a line takes one uncontended lock and copies the line; it never
 //! waits for the terminal or the journal and never wakes another thread, except when the buffer
 //! passes [`FLUSH_AT`]. At most [`MAX_BUFFERED`] bytes wait in memory; lines beyond it are dropped
-//! and counted, and the count is logged once the writer catches up. Dropping the guard writes
-//! everything buffered.
+//! and counted, and the count is reported (logged, in the server) once the writer catches up.
+//! Dropping the guard writes everything buffered.
 //!
 //! Written by hand rather than with `tracing_appender::non_blocking`: its writer thread blocks on
 //! a channel that spins with `sched_yield` before it parks, and every line wakes it. Under load
@@ -25,7 +25,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Buffered bytes that wake the writer before its interval is up.
 const FLUSH_AT: usize = 256 << 10;
 /// Buffered bytes beyond which lines are dropped (the writer is behind: stderr is blocked).
-pub const MAX_BUFFERED: usize = 8 << 20;
+const MAX_BUFFERED: usize = 8 << 20;
 
 struct Shared {
     state: Mutex<State>,
@@ -40,7 +40,6 @@ struct State {
 }
 
 /// Where the log subscriber writes (see the module docs).
-#[derive(Clone)]
 pub struct LogWriter {
     shared: Arc<Shared>,
 }
@@ -53,8 +52,12 @@ pub struct LogWriterGuard {
 }
 
 impl LogWriter {
-    /// A writer whose lines a thread writes to `out`.
-    pub fn spawn(out: impl Write + Send + 'static) -> (LogWriter, LogWriterGuard) {
+    /// A writer whose lines a thread writes to `out`; `report_dropped` hears how many lines were
+    /// dropped since it last heard, once the thread has caught up.
+    pub fn spawn(
+        out: impl Write + Send + 'static,
+        report_dropped: impl Fn(u64) + Send + 'static,
+    ) -> (LogWriter, LogWriterGuard) {
         let shared =
             Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), dropped: AtomicU64::new(0) });
         let writer = LogWriter { shared: shared.clone() };
@@ -62,21 +65,16 @@ impl LogWriter {
             .name("ledge-log".into())
             .spawn({
                 let shared = shared.clone();
-                move || shared.write_out(out)
+                move || shared.write_out(out, report_dropped)
             })
             .expect("spawning the log writer thread");
         (writer, LogWriterGuard { shared, thread: Some(thread) })
-    }
-
-    /// Lines dropped since the start because the buffer was full.
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
     }
 }
 
 impl Shared {
     /// The writer thread's body: swap the buffer out, write it, until stopped and drained.
-    fn write_out(&self, mut out: impl Write) {
+    fn write_out(&self, mut out: impl Write, report_dropped: impl Fn(u64)) {
         let mut spare = Vec::new();
         let mut reported = 0;
         loop {
@@ -96,7 +94,7 @@ impl Shared {
                 return;
             }
             if dropped > reported {
-                tracing::warn!(dropped = dropped - reported, "log writer behind: lines dropped");
+                report_dropped(dropped - reported);
                 reported = dropped;
             }
         }
@@ -170,7 +168,7 @@ mod tests {
     #[test]
     fn lines_reach_the_output_in_order_within_the_interval_and_on_drop() {
         let sink = Sink::default();
-        let (writer, guard) = LogWriter::spawn(sink.clone());
+        let (writer, guard) = LogWriter::spawn(sink.clone(), |dropped| panic!("{dropped} lines dropped"));
         (&writer).write_all(b"one\n").unwrap();
         (&writer).write_all(b"two\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -199,7 +197,11 @@ mod tests {
             }
         }
         let sink = Sink::default();
-        let (writer, guard) = LogWriter::spawn(Blocked(gate.clone(), sink.clone()));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let (writer, guard) = LogWriter::spawn(Blocked(gate.clone(), sink.clone()), {
+            let reports = reports.clone();
+            move |dropped| reports.lock().push(dropped)
+        });
         let line = [b'x'; 1023].iter().copied().chain([b'\n']).collect::<Vec<u8>>();
         // The thread takes at most one full buffer before it blocks writing it, the buffer fills
         // again, and then every further line is dropped.
@@ -207,7 +209,7 @@ mod tests {
         for _ in 0..lines {
             (&writer).write_all(&line).unwrap();
         }
-        let dropped = writer.dropped();
+        let dropped = writer.shared.dropped.load(Ordering::Relaxed);
         assert!(dropped >= (MAX_BUFFERED / line.len()) as u64, "only {dropped} of {lines} lines dropped");
         assert!(writer.shared.state.lock().buffer.len() <= MAX_BUFFERED);
         *gate.0.lock().unwrap() = true;
@@ -215,5 +217,6 @@ mod tests {
         drop(guard);
         let written = sink.0.lock().len() / line.len();
         assert_eq!(written as u64 + dropped, lines as u64, "every line is written or counted as dropped");
+        assert_eq!(*reports.lock(), [dropped], "the drops are reported once, when the writer catches up");
     }
 }

@@ -372,7 +372,9 @@ pub(super) fn init_logging(format: LogFormat) -> LogWriterGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
     // Colours only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = LogWriter::spawn(std::io::stderr());
+    let (writer, guard) = LogWriter::spawn(std::io::stderr(), |dropped| {
+        tracing::warn!(dropped, "log writer behind: lines dropped");
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
