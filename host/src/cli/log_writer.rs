@@ -27,7 +27,17 @@ const FLUSH_AT: usize = 256 << 10;
 /// Buffered bytes beyond which lines are dropped (the writer is behind: stderr is blocked).
 const MAX_BUFFERED: usize = 8 << 20;
 
+/// When the writer wakes early, and when lines are dropped.
+#[derive(Clone, Copy)]
+struct Bounds {
+    flush_at: usize,
+    max_buffered: usize,
+}
+
+const BOUNDS: Bounds = Bounds { flush_at: FLUSH_AT, max_buffered: MAX_BUFFERED };
+
 struct Shared {
+    bounds: Bounds,
     state: Mutex<State>,
     wake: Condvar,
     dropped: AtomicU64,
@@ -58,8 +68,20 @@ impl LogWriter {
         out: impl Write + Send + 'static,
         report_dropped: impl Fn(u64) + Send + 'static,
     ) -> (LogWriter, LogWriterGuard) {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), dropped: AtomicU64::new(0) });
+        Self::spawn_bounded(out, report_dropped, BOUNDS)
+    }
+
+    fn spawn_bounded(
+        out: impl Write + Send + 'static,
+        report_dropped: impl Fn(u64) + Send + 'static,
+        bounds: Bounds,
+    ) -> (LogWriter, LogWriterGuard) {
+        let shared = Arc::new(Shared {
+            bounds,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
         let writer = LogWriter { shared: shared.clone() };
         let thread = std::thread::Builder::new()
             .name("ledge-log".into())
@@ -80,7 +102,7 @@ impl Shared {
         loop {
             let stopping = {
                 let mut state = self.state.lock();
-                if !state.stopping && state.buffer.len() < FLUSH_AT {
+                if !state.stopping && state.buffer.len() < self.bounds.flush_at {
                     self.wake.wait_for(&mut state, FLUSH_EVERY);
                 }
                 std::mem::swap(&mut state.buffer, &mut spare);
@@ -102,14 +124,15 @@ impl Shared {
 
     fn append(&self, line: &[u8]) {
         let mut state = self.state.lock();
-        if state.buffer.len() + line.len() > MAX_BUFFERED {
+        if state.buffer.len() + line.len() > self.bounds.max_buffered {
             drop(state);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let before = state.buffer.len();
         state.buffer.extend_from_slice(line);
-        let wake = before < FLUSH_AT && state.buffer.len() >= FLUSH_AT;
+        let flush_at = self.bounds.flush_at;
+        let wake = before < flush_at && state.buffer.len() >= flush_at;
         drop(state);
         if wake {
             self.wake.notify_one();
@@ -198,22 +221,34 @@ mod tests {
         }
         let sink = Sink::default();
         let reports = Arc::new(Mutex::new(Vec::new()));
-        let (writer, guard) = LogWriter::spawn(Blocked(gate.clone(), sink.clone()), {
-            let reports = reports.clone();
-            move |dropped| reports.lock().push(dropped)
-        });
+        // The server's bounds scaled down 128 times: the same behaviour without holding tens of
+        // MiB while other tests measure their memory.
+        let bounds = Bounds { flush_at: FLUSH_AT / 128, max_buffered: MAX_BUFFERED / 128 };
+        let (writer, guard) = LogWriter::spawn_bounded(
+            Blocked(gate.clone(), sink.clone()),
+            {
+                let reports = reports.clone();
+                move |dropped| reports.lock().push(dropped)
+            },
+            bounds,
+        );
         let line = [b'x'; 1023].iter().copied().chain([b'\n']).collect::<Vec<u8>>();
         // The thread takes at most one full buffer before it blocks writing it, the buffer fills
         // again, and then every further line is dropped.
-        let lines = 3 * MAX_BUFFERED / line.len();
+        let lines = 3 * bounds.max_buffered / line.len();
         for _ in 0..lines {
             (&writer).write_all(&line).unwrap();
         }
         let dropped = writer.shared.dropped.load(Ordering::Relaxed);
-        assert!(dropped >= (MAX_BUFFERED / line.len()) as u64, "only {dropped} of {lines} lines dropped");
-        assert!(writer.shared.state.lock().buffer.len() <= MAX_BUFFERED);
+        assert!(dropped >= (bounds.max_buffered / line.len()) as u64, "only {dropped} of {lines} lines dropped");
+        assert!(writer.shared.state.lock().buffer.len() <= bounds.max_buffered);
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while reports.lock().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the drops were never reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(guard);
         let written = sink.0.lock().len() / line.len();
         assert_eq!(written as u64 + dropped, lines as u64, "every line is written or counted as dropped");
