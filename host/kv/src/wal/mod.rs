@@ -39,13 +39,15 @@ const WAKE_FANOUT: usize = 2;
 /// Longest a flusher waits to grow a group commit.
 const MAX_GATHER: Duration = Duration::from_millis(2);
 /// How long a flusher waits for the committers of its last batch, in units of that batch's
-/// write and fsync time. Each fsync costs the flusher CPU as well as time (about 60 µs of a
-/// 2-core VM's CPU per fdatasync, whatever it carries), so larger groups leave more CPU to the
-/// committers: on such a VM, ledge's counter function (32 connections, one durable transaction
-/// per request) ran 17.3k requests/s at 13 commits per fsync with a wait of two fsyncs against
-/// 14.1k at 6 with a quarter of one (medians of 3 interleaved rounds), and p99 fell from 7.8 to
-/// 5.7 ms. A lone committer never waits (the wait is for a group the last batch predicts).
-const GATHER_FSYNCS: u32 = 2;
+/// write and fsync time (at most [`MAX_GATHER`]). Each fsync costs the flusher CPU as well as
+/// time (about 60 µs of a 2-core VM's CPU per fdatasync, whatever it carries), and every
+/// flush wakes its group, so larger groups leave more CPU to the committers. On such a VM,
+/// ledge's counter function (32 connections, one durable transaction per request) ran at
+/// 0.87x and 0.83x of hello's requests/s with a wait of four fsyncs against 0.75x and 0.77x
+/// with two (two runs of 4 interleaved rounds, medians; one fsync 0.68x, half 0.76x, eight
+/// and sixteen 0.81x), at 19 commits per fsync.
+/// A lone committer never waits (the wait is for a group the last batch predicts).
+const GATHER_FSYNCS: u32 = 4;
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
 const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
 /// How often a flusher stalled on a full disk tries its batch again.
