@@ -169,15 +169,19 @@ echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldst
 echo
 echo "scale: the hello component deployed under N names (compiled once, reused), then the node"
 echo "restarted: process start -> first response, RSS, and wrk spreading requests uniformly over"
-echo "all N functions (scripts/spread.lua) vs one function, on the same server:"
+echo "all N functions (scripts/spread.lua) vs one function, on the same server, in $rounds"
+echo "interleaved rounds (medians):"
 printf '  %-8s %10s %9s %14s %14s %8s\n' "N" "start ms" "RSS MiB" "one fn req/s" "all N req/s" "ratio"
 for n in 5 1000; do
   read -r start_ms rss <<<"$(python3 scripts/coldstart.py many ./target/release/ledge "$work/many-$n" "$work/policies" "$n" "$hello")"
   ./target/release/ledge serve --listen 127.0.0.1:18087 --data-dir "$work/many-$n" --policies "$work/policies" >/dev/null 2>"$work/many-$n.log" &
   pid=$!
   wait_http http://127.0.0.1:18087/fn/f0/
-  one=$(wrk -t1 -c32 -d"${duration}s" http://127.0.0.1:18087/fn/f0/ | awk '/^Requests\/sec/ {print $2}')
-  all=$(FUNCTIONS=$n wrk -t1 -c32 -d"${duration}s" -s scripts/spread.lua http://127.0.0.1:18087 | awk '/^Requests\/sec/ {print $2}')
+  for _ in $(seq "$rounds"); do
+    wrk -t1 -c32 -d"${duration}s" http://127.0.0.1:18087/fn/f0/ | awk '/^Requests\/sec/ {print $2}' >>"$work/one-$n.all"
+    FUNCTIONS=$n wrk -t1 -c32 -d"${duration}s" -s scripts/spread.lua http://127.0.0.1:18087 | awk '/^Requests\/sec/ {print $2}' >>"$work/all-$n.all"
+  done
+  one=$(median "$work/one-$n.all"); all=$(median "$work/all-$n.all")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   printf '  %-8s %10s %9s %14s %14s %8s\n' "$n" "$start_ms" "$rss" "$one" "$all" "$(awk -v a="$all" -v b="$one" 'BEGIN {printf "%.2f", a/b}')"
 done
