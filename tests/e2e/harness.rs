@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,9 @@ pub struct Server {
     pub admin_token: String,
     /// Every line the server printed on stdout.
     printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Send stderr to a pipe the test reads (or leaves unread) instead of the log file.
+    stderr_piped: bool,
+    stderr: Option<ChildStderr>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -110,6 +113,16 @@ impl Server {
     /// A server on a data dir that `prepare` makes first (e.g. `ledge restore` into it; the
     /// folder does not exist when it is called), with extra `ledge serve` arguments.
     pub fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Server {
+        Self::start_full(extra, prepare, false)
+    }
+
+    /// A server on a fresh data dir whose stderr is a pipe: [`Server::take_stderr`] hands it
+    /// to the test, and nothing reads it until the test does ([`Server::log`] stays empty).
+    pub fn start_with_piped_stderr() -> Server {
+        Self::start_full(&[], |_| {}, true)
+    }
+
+    fn start_full(extra: &[&str], prepare: impl FnOnce(&Path), stderr_piped: bool) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         prepare(&data_dir);
@@ -121,6 +134,8 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             admin_token: String::new(),
             printed: Default::default(),
+            stderr_piped,
+            stderr: None,
             _temp: Some(temp),
         };
         server.spawn();
@@ -149,9 +164,10 @@ impl Server {
             .args(std::env::var("LEDGE_TEST_SERVE_ARGS").unwrap_or_default().split_whitespace())
             .env("LEDGE_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(if self.stderr_piped { Stdio::piped() } else { Stdio::from(log) })
             .spawn()
             .expect("spawning ledge serve");
+        self.stderr = child.stderr.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, receiver) = std::sync::mpsc::channel();
         let printed = self.printed.clone();
@@ -234,6 +250,11 @@ impl Server {
     /// Everything the server printed on stdout so far.
     pub fn printed(&self) -> Vec<String> {
         self.printed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The server's stderr, from a server started with [`Server::start_with_piped_stderr`].
+    pub fn take_stderr(&mut self) -> ChildStderr {
+        self.stderr.take().expect("a server started with piped stderr")
     }
 
     /// Everything the server logged so far. A thread writes the server's log behind it in

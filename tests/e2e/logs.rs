@@ -60,3 +60,48 @@ async fn logs_show_guest_output_and_request_lines_and_follow_them_live() {
     problem(refused.unwrap(), 403).await;
     problem(server.admin().get(format!("{}/v1/functions/nothing/logs", server.url)).send().await.unwrap(), 404).await;
 }
+
+/// A server whose stderr nobody reads (a stuck terminal or journal) keeps answering: its log
+/// lines wait in memory up to the writer's 8 MiB bound, lines past it are dropped and counted,
+/// and once stderr drains the server logs how many it dropped.
+#[tokio::test]
+async fn a_stalled_stderr_never_blocks_requests_and_dropped_lines_are_counted() {
+    let mut server = Server::start_with_piped_stderr();
+    let stderr = server.take_stderr();
+    server.deploy("misbehave", &guest("misbehave"));
+    // Each /flood writes 128 KiB to stdout, of which the host logs its per-request cap of 64 KiB
+    // (16 lines of 4,000 bytes): 600 requests log 37.5 MiB, past the pipe's 64 KiB, the 8 MiB
+    // bound and the batch the blocked writer thread holds (at most another 8 MiB).
+    let client = client();
+    for _ in 0..600 {
+        let flood =
+            tokio::time::timeout(Duration::from_secs(10), client.get(server.fn_url("misbehave", "/flood")).send())
+                .await
+                .expect("a request waited on the stalled stderr")
+                .unwrap();
+        assert_eq!(flood.status(), 200);
+    }
+    let (sender, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no report of dropped lines after stderr drained");
+        if line.contains("log writer behind: lines dropped") {
+            break line;
+        }
+    };
+    let dropped: u64 = report
+        .split("dropped=")
+        .nth(1)
+        .and_then(|count| count.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report:?}"));
+    // 37.5 MiB logged, at most 16 MiB and the pipe kept: over 21 MiB of 4 KiB lines dropped.
+    assert!(dropped >= 5_000, "only {dropped} lines reported dropped: {report}");
+}

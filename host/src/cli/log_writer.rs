@@ -4,7 +4,8 @@
 //! Invariants: a worker logging a line takes one uncontended lock and copies the line; it never
 //! waits for the terminal or the journal and never wakes another thread, except when the buffer
 //! passes [`FLUSH_AT`]. At most [`MAX_BUFFERED`] bytes wait in memory; lines beyond it are dropped
-//! and counted, and the count is reported (logged, in the server) once the writer catches up.
+//! and counted, and the count is reported (logged, in the server) when the writer next takes the
+//! buffer, so the report has room and sits where the gap is.
 //! Dropping the guard writes everything buffered.
 //!
 //! Written by hand rather than with `tracing_appender::non_blocking`: its writer thread blocks on
@@ -63,7 +64,7 @@ pub struct LogWriterGuard {
 
 impl LogWriter {
     /// A writer whose lines a thread writes to `out`; `report_dropped` hears how many lines were
-    /// dropped since it last heard, once the thread has caught up.
+    /// dropped since it last heard, each time the thread takes the buffer to write it.
     pub fn spawn(
         out: impl Write + Send + 'static,
         report_dropped: impl Fn(u64) + Send + 'static,
@@ -108,16 +109,19 @@ impl Shared {
                 std::mem::swap(&mut state.buffer, &mut spare);
                 state.stopping
             };
+            // Report right after the swap, while the buffer has room for the report's own line:
+            // after the write, a writer that was behind finds the buffer full again, and the
+            // report would be dropped in its turn. It lands in the stream where the gap is.
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > reported && !stopping {
+                report_dropped(dropped - reported);
+                reported = dropped;
+            }
             // A closed or broken stderr must not stop the process: the lines are lost either way.
             let _ = out.write_all(&spare).and_then(|()| out.flush());
             spare.clear();
-            let dropped = self.dropped.load(Ordering::Relaxed);
             if stopping {
                 return;
-            }
-            if dropped > reported {
-                report_dropped(dropped - reported);
-                reported = dropped;
             }
         }
     }
@@ -245,13 +249,16 @@ mod tests {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while reports.lock().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the drops were never reported");
+        while reports.lock().iter().sum::<u64>() < dropped {
+            assert!(std::time::Instant::now() < deadline, "drops never reported: {:?} of {dropped}", reports.lock());
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(guard);
         let written = sink.0.lock().len() / line.len();
         assert_eq!(written as u64 + dropped, lines as u64, "every line is written or counted as dropped");
-        assert_eq!(*reports.lock(), [dropped], "the drops are reported once, when the writer catches up");
+        // Usually one report; two when the writer took the buffer while lines were being dropped.
+        let reports = reports.lock();
+        assert!(!reports.is_empty() && reports.len() <= 2, "{reports:?}");
+        assert_eq!(reports.iter().sum::<u64>(), dropped, "every drop is reported, none twice: {reports:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! A guest that misbehaves on request, to show the host survives it:
 //! `/trap` panics, `/count-then-trap` commits an increment and then panics, `/spin` never returns, `/hog` allocates without end,
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
-//! `/print` writes to stdout and stderr, `/slow-write?ms=N` sleeps then commits a write,
+//! `/print` writes to stdout and stderr, `/flood` writes 128 KiB of 4,000-byte lines to stdout,
+//! `/slow-write?ms=N` sleeps then commits a write,
 //! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
 //! `/kv-hog` buffers 1 MiB writes in one transaction until refused, `/kv-fill?kib=N` commits
 //! N KiB values one transaction each until refused, `/kv-reads?n=N` reads N absent keys in one
@@ -61,6 +62,13 @@ fn handle(req: Request) -> Response {
             println!("hello from the guest's stdout");
             eprintln!("and from its stderr");
             Response::text("printed\n")
+        }
+        "/flood" => {
+            let line = "x".repeat(4000);
+            for _ in 0..32 {
+                println!("{line}");
+            }
+            Response::text("flooded\n")
         }
         "/slow-write" => {
             // Sleeps, then commits a write: a request in flight when the server is told to stop.
