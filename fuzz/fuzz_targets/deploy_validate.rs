@@ -1,4 +1,4 @@
 //! Uploaded components, validated as a deploy validates them before storing anything.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ledge::fuzzing::deploy_validate(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ledge::registry::fuzzing::deploy_validate(data));

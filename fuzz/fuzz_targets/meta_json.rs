@@ -1,4 +1,4 @@
 //! A function's `meta.json` / `version.json`, read as the server reads them at start.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ledge::fuzzing::meta_json(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ledge::registry::fuzzing::meta_json(data));

@@ -58,10 +58,12 @@ pub use error::{Error, TxError};
 pub use options::{Durability, Isolation, Options};
 pub use space::KeyspaceOf;
 pub use stats::Stats;
-pub use tx::{CommitTicket, KeyValue, Tx};
+pub use tx::{CommitTicket, KeyValue, Tx, prefix_end};
 
 /// Entry points for the fuzz targets in `fuzz/` and the tests that replay their corpora. Not an
 /// API: each takes arbitrary bytes and must return without panicking, whatever they hold.
+/// Compiled only for tests and with the `fuzzing` feature, never into the release binary.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing {
     use std::path::Path;

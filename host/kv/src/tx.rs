@@ -26,6 +26,19 @@ use crate::ssn::ReadRange;
 use crate::stats::Counters;
 use crate::wal;
 
+/// The smallest key greater than every key starting with `prefix` (empty when none is): the
+/// `end` for a [`Tx::scan`] over every key under `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
 /// A key and its value, as returned by [`Tx::scan`].
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 

@@ -1,6 +1,8 @@
 //! Access: who may do what, and how often. Tokens ([`tokens`], macaroons) and the caveats
 //! that narrow them ([`caveats`]), rate limits ([`rate`], GCRA with the IETF headers), and
-//! policies ([`policy`], per-function limits and permissions).
+//! policies ([`policy`], per-function limits and permissions: a folder holding the policy
+//! types, the file format and its checked values, the built-in defaults, the server's ceilings
+//! and the tighten check).
 //!
 //! Layer: the lowest one with product logic: it uses only [`crate::storage`] and the engine
 //! crate (revocations live there). The HTTP edge asks it whether a request may run; the

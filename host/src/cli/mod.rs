@@ -1,6 +1,6 @@
 //! The `ledge` command line (spec: "Command line"): [`serve`] runs a node, [`client`] holds the
 //! commands that talk to one over HTTP, [`compile`] builds artifacts for other nodes; token
-//! commands work on a local data dir or a token alone.
+//! commands (`token.rs`) work on a local data dir or a token alone.
 //!
 //! Layer: the top; it wires every other layer together and nothing imports from it but
 //! `main.rs`.
@@ -13,10 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::access::tokens::{self, Authority};
 use crate::runtime::Profile;
 use compile::Arch;
 use serve::ServeArgs;
+use token::{TokenCommand, token};
 
 pub mod client;
 pub mod compile;
@@ -26,6 +26,7 @@ pub mod new;
 pub mod project;
 pub mod replay;
 pub mod serve;
+mod token;
 
 #[derive(Debug, Parser)]
 #[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
@@ -240,34 +241,6 @@ enum ConfigCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Mint a token from the root key in a local data dir (no server needed).
-    Mint {
-        /// The data dir of the server the token is for.
-        #[arg(long, default_value = "./ledge-data")]
-        data_dir: PathBuf,
-        /// A first-party caveat, e.g. "fn = hello" or "time < 2026-12-31T00:00:00Z"; repeatable.
-        #[arg(long = "caveat")]
-        caveats: Vec<String>,
-    },
-    /// Narrow a token with more caveats; needs no key, only the token.
-    Attenuate {
-        token: String,
-        /// A first-party caveat to add; repeatable.
-        #[arg(long = "caveat")]
-        caveats: Vec<String>,
-    },
-    /// Print a token's id, key id and caveats (never its signature).
-    Inspect { token: String },
-    /// Revoke a token (and every token attenuated from it) on a server, by token or token id.
-    Revoke {
-        token_or_id: String,
-        #[command(flatten)]
-        server: ServerArgs,
-    },
-}
-
 /// Where client commands send their requests.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -380,25 +353,5 @@ async fn restore(file: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
             "note: the backup holds no secrets key (the node kept it outside its data dir): start with the same --secrets-key FILE"
         );
     }
-    Ok(())
-}
-
-async fn token(command: TokenCommand) -> anyhow::Result<()> {
-    let output = match command {
-        TokenCommand::Mint { data_dir, caveats } => {
-            crate::storage::create_private_dir(&data_dir)?;
-            Authority::open(&data_dir)?.mint(&caveats).map_err(anyhow::Error::msg)?
-        }
-        TokenCommand::Attenuate { token, caveats } => {
-            tokens::attenuate(&token, &caveats).map_err(anyhow::Error::msg)?
-        }
-        TokenCommand::Inspect { token } => tokens::inspect(&token).map_err(anyhow::Error::msg)?,
-        TokenCommand::Revoke { token_or_id, server } => {
-            let id = tokens::token_id_of(&token_or_id).map_err(anyhow::Error::msg)?;
-            client::revoke(&server, &id).await?;
-            format!("revoked {id}")
-        }
-    };
-    println!("{output}");
     Ok(())
 }

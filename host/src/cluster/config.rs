@@ -14,8 +14,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::etcd::EtcdError;
 use super::{Cluster, ClusterError};
+use crate::etcd::EtcdError;
 use crate::registry::config::{ConfigListing, SecretsKey};
 use crate::registry::{RegistryError, validate_name};
 

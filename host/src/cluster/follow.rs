@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 
-use super::etcd::EtcdError;
 use super::{Cluster, ROOT};
+use crate::etcd::EtcdError;
 
 pub const FOLLOWERS: usize = 6;
 
@@ -82,7 +82,7 @@ async fn follow_once(cluster: &Cluster, follower: Follower) -> Result<(), EtcdEr
     }
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut client = cluster.etcd.client();
-    let mut stream = tokio::time::timeout(super::etcd::REQUEST_TIMEOUT, client.watch(prefix, Some(options)))
+    let mut stream = tokio::time::timeout(crate::etcd::REQUEST_TIMEOUT, client.watch(prefix, Some(options)))
         .await
         .map_err(|_| EtcdError::Unreachable("no answer to a watch".into()))?
         .map_err(|e| EtcdError::Unreachable(e.to_string()))?;

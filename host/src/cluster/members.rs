@@ -18,9 +18,9 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::etcd::{REQUEST_TIMEOUT, Retry};
 use super::follow::Change;
 use super::{Cluster, ROOT};
+use crate::etcd::{REQUEST_TIMEOUT, Retry};
 
 /// Seconds a node stays listed after it stops renewing its lease.
 pub const LEASE_TTL_SECONDS: i64 = 5;

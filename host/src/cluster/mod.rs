@@ -30,16 +30,15 @@ use parking_lot::RwLock;
 use thiserror::Error;
 
 use crate::access::tokens::Authority;
+use crate::etcd::{Etcd, EtcdError};
 use crate::registry::{DeployError, PolicyError, Registry, RegistryError};
 
 mod config;
 pub mod control;
-pub mod etcd;
 mod follow;
 pub mod members;
 pub mod peers;
 
-use etcd::{Etcd, EtcdError};
 pub use members::NodeInfo;
 
 /// The root of every key ledge keeps in etcd.

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ring::hmac;
 
 use super::Cluster;
-use super::etcd::EtcdError;
+use crate::etcd::EtcdError;
 
 /// `NODE;UNIX-SECONDS;CLIENT-IP;HMAC-HEX`: who proxied, when, for which client.
 pub const PEER_HEADER: &str = "ledge-peer";

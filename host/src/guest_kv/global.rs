@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use thiserror::Error;
 
-use crate::cluster::etcd::{Etcd, EtcdError, Retry};
+use crate::etcd::{Etcd, EtcdError, Retry};
 
 /// Where global data lives in etcd: this prefix, then the engine key (`f/NAME/...`,
 /// `s/STORE/...`).
@@ -374,6 +374,6 @@ mod tests {
         let started = Instant::now();
         let error = tx.get(b"f/app/k").await.unwrap_err();
         assert!(matches!(&error, GlobalError::Unavailable(why) if why.contains("etcd")), "{error:?}");
-        assert!(started.elapsed() < crate::cluster::etcd::REQUEST_TIMEOUT * 2);
+        assert!(started.elapsed() < crate::etcd::REQUEST_TIMEOUT * 2);
     }
 }

@@ -5,7 +5,9 @@
 //! both APIs use.
 //!
 //! Layer: below the runtime (which links these bindings into every instance), above
-//! [`crate::access`] (the verified [`Caller`] and the [`Policy`] decide what a guest may touch).
+//! [`crate::record`] (every call goes through the run's tape), [`crate::access`] (the verified
+//! [`Caller`] and the [`Policy`] decide what a guest may touch) and [`crate::etcd`] (global
+//! transactions).
 //!
 //! Invariants:
 //! - every key a guest names is confined to a [`Keyspace`]: the function's own
@@ -17,7 +19,7 @@
 //!   resource table and `Drop` of [`ledge_kv::Tx`] aborts it;
 //! - commits await their group fsync without blocking a request worker.
 
-use ledge_kv::{Db, Isolation, Tx, TxError};
+use ledge_kv::{Db, Isolation, Tx, TxError, prefix_end};
 use wasmtime::component::{HasData, ResourceTable};
 
 use crate::access::policy::Policy;
@@ -257,18 +259,6 @@ pub fn delete_function_data(db: &Db, name: &str) -> Result<u64, TxError> {
 /// Keys deleted per transaction when a function's keyspace is removed: small enough for the
 /// engine's per-transaction and per-scan bounds whatever the values hold.
 const DELETE_BATCH: usize = 1000;
-
-/// The smallest key greater than every key starting with `prefix` (empty when none is).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
 
 /// The host side of the binding: the request's resource table and key-value access.
 pub struct KvCtx<'a> {

@@ -17,7 +17,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::invoke::with_rate_headers;
+use super::audit::audit;
+use super::problem::with_rate_headers;
 use super::{App, Problem, ResponseBody, authorization, empty, json, method_not_allowed};
 use crate::access::caveats::{self, Op};
 use crate::access::rate::ADMIN_QUOTA;
@@ -269,22 +270,6 @@ impl App {
             return Err(Problem::new(StatusCode::NOT_FOUND, "this node is not in a cluster (ledge serve --cluster)"));
         };
         Ok(json(StatusCode::OK, &serde_json::json!({ "nodes": cluster.nodes(), "in_sync": cluster.in_sync() })))
-    }
-}
-
-/// One line in the audit log per admin change: who (token id), what, on what, and how it ended.
-pub(super) fn audit<T, E: std::fmt::Display>(action: &str, target: &str, caller: &Caller, outcome: Result<T, E>)
-where
-    T: std::fmt::Display,
-{
-    let token_id = caller.token_id.as_deref().unwrap_or("-");
-    match outcome {
-        Ok(detail) => {
-            tracing::info!(target: "ledge::audit", action, target_name = target, token_id, outcome = "ok", %detail, "admin change")
-        }
-        Err(error) => {
-            tracing::warn!(target: "ledge::audit", action, target_name = target, token_id, outcome = "refused", %error, "admin change")
-        }
     }
 }
 

@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::AsyncReadExt;
 
-use super::admin::audit;
-use super::server::BoxError;
+use super::audit::audit;
+use super::body::BoxError;
 use super::{App, Problem, ResponseBody};
 use crate::backup::{self, BackupError};
 

@@ -12,8 +12,9 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::body::BoxError;
 use super::path::guest_path;
-use super::server::BoxError;
+use super::problem::with_rate_headers;
 use super::traces::TRACE_HEADER;
 use super::{App, Problem, ResponseBody, authorization};
 use crate::access::caveats::{self, Op};
@@ -169,10 +170,4 @@ fn invoke_facts<'a, B>(request: &'a http::Request<B>, name: &'a str, guest_path:
         path: guest_path,
         now: SystemTime::now(),
     }
-}
-
-/// Adds the rate-limit headers (and `Retry-After` on refusals) to a problem response.
-pub(super) fn with_rate_headers(mut problem: Problem, decision: Option<&RateDecision>) -> Problem {
-    problem.headers.extend(decision.iter().flat_map(|d| d.headers()));
-    problem
 }

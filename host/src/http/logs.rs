@@ -10,9 +10,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::server::BoxError;
+use super::body::BoxError;
 use super::{App, Problem, ResponseBody};
-use crate::logs::Entry;
+use crate::runtime::logs::Entry;
 
 /// How often a follower gets a blank line when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -1,9 +1,11 @@
 //! The HTTP edge: the server (HTTP/1.1 and HTTP/2 on one port, TLS, graceful shutdown), the
-//! router, the invoke and admin handlers, and [`problem`], the one place where errors become
-//! responses.
+//! router, the invoke and admin handlers (traces, logs and backups among them), proxying to
+//! the hosting peer, and [`problem`], the one place where errors become responses. [`body`] is
+//! the one response body type; `audit` the audit log of admin changes. This file holds [`App`],
+//! the state every handler shares, and the small response helpers.
 //!
-//! Layer: the top of the server; it may use every layer below (registry, runtime, access,
-//! storage, metrics), and nothing below imports from it.
+//! Layer: the top of the server; it may use every layer below (cluster, registry, backup,
+//! runtime, record, access, storage, metrics), and nothing below imports from it.
 //!
 //! Invariants: every error leaves through [`problem::Problem`]; nothing here formats an error
 //! response by hand. Every request is authorized (or the route is open by the spec) before any
@@ -24,11 +26,13 @@ use crate::access::tokens::{Authority, Caller};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use body::{ResponseBody, full};
 use problem::Problem;
-use server::{ResponseBody, full};
 
 mod admin;
+mod audit;
 mod backup;
+pub mod body;
 mod connections;
 mod invoke;
 mod logs;

@@ -8,10 +8,11 @@
 use http::StatusCode;
 use serde::Serialize;
 
+use super::body::{ResponseBody, full};
+use crate::access::rate::RateDecision;
 use crate::access::tokens::AuthError;
 use crate::backup::BackupError;
 use crate::cluster::ClusterError;
-use crate::http::server::{ResponseBody, full};
 use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
@@ -160,4 +161,10 @@ impl From<InvokeError> for Problem {
             _ => Problem::new(status, error.to_string()),
         }
     }
+}
+
+/// Adds the rate-limit headers (and `Retry-After` on refusals) to a problem response.
+pub fn with_rate_headers(mut problem: Problem, decision: Option<&RateDecision>) -> Problem {
+    problem.headers.extend(decision.iter().flat_map(|d| d.headers()));
+    problem
 }

@@ -13,7 +13,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use super::server::BoxError;
+use super::body::BoxError;
 use super::{App, Problem, ResponseBody};
 use crate::cluster::Cluster;
 use crate::cluster::peers::PEER_HEADER;

@@ -11,36 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use super::body::{BoxError, ResponseBody};
 use super::connections::{Activity, Admission, Tracked};
 use crate::http::App;
 use crate::http::tls::Tls;
-use crate::logs::RequestLine;
-
-/// The error type of every response body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every response body: a buffered problem or admin reply, or a guest's streamed body.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A buffered response with `content_type`.
-pub fn full(
-    status: http::StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> http::Response<ResponseBody> {
-    use http_body_util::{BodyExt, Full};
-    let mut response = http::Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
+use crate::runtime::logs::RequestLine;
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);

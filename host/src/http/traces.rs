@@ -168,13 +168,13 @@ impl App {
                 let component = if query.component { Some(self.component_of(&function, version, id)?) } else { None };
                 let file = trace::encode(&compressed, component.as_deref());
                 // A trace holds request data and key-value contents: say who took it.
-                super::admin::audit("trace-export", &function, &caller, Ok::<_, std::convert::Infallible>(id));
-                Ok(super::server::full(StatusCode::OK, "application/vnd.ledge.trace", file))
+                super::audit::audit("trace-export", &function, &caller, Ok::<_, std::convert::Infallible>(id));
+                Ok(super::body::full(StatusCode::OK, "application/vnd.ledge.trace", file))
             }
             [id, "component"] => {
                 let (function, _, version, _) = self.trace_of(&request, id, peer).await?;
                 let component = self.component_of(&function, version, id)?;
-                Ok(super::server::full(StatusCode::OK, "application/wasm", component))
+                Ok(super::body::full(StatusCode::OK, "application/wasm", component))
             }
             _ => Err(Problem::new(StatusCode::NOT_FOUND, "no such trace route")),
         }

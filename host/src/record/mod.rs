@@ -1,7 +1,8 @@
 //! Record and replay (spec: "Record and replay"): everything a guest observes crosses the host
 //! boundary, so a run recorded there replays exactly, offline.
 //!
-//! - [`tape`]: the per-run recorder / player every taped host call goes through;
+//! - [`tape`]: the per-run recorder / player every taped host call goes through (a folder: the
+//!   tape and its host calls, the recording side, the replay side, the run's input and output);
 //! - [`wasi`]: `wasi:clocks` and `wasi:random` through the tape;
 //! - [`trace`]: the trace and its versioned, compressed, checksummed file format;
 //! - [`store`]: kept traces in the engine's system keyspace, with retention per function.

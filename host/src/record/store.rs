@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use super::trace::{self, Trace};
-use crate::guest_kv::prefix_end;
+use ledge_kv::prefix_end;
 
 /// Largest chunk of a stored trace (the engine's values are at most 1 MiB).
 const CHUNK: usize = 512 << 10;

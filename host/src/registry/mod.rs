@@ -1,9 +1,14 @@
 //! The function registry: deployed components, durable in the data dir, and the live version
 //! of each function. [`layout`] is the on-disk format, [`deploy`] the deploy pipeline,
-//! [`policies`] how each function's effective policy is found and kept current.
+//! [`versions`] the kept versions and canaries, [`policies`] how each function's effective
+//! policy is found and kept current, [`config`] config and sealed secrets, [`routes`] host
+//! routes, [`schedule`] cron schedules. The fuzz targets' entry points (`fuzzing`) live here,
+//! the lowest layer above everything they parse, compiled only for tests and with the
+//! `fuzzing` feature.
 //!
-//! Layer: below the HTTP edge (which calls it), above the runtime (which it asks to compile
-//! and prepare components) and storage. Never imports from `http` or `cli`.
+//! Layer: below the HTTP edge and the cluster (which call it), above the runtime (which it asks
+//! to compile and prepare components), the guest bindings (a removed function's keys), access
+//! and storage. Never imports from `http`, `cluster` or `cli`.
 //!
 //! Invariants:
 //! - a deploy is visible only after its files and `meta.json` are fsynced; anything on disk not
@@ -36,6 +41,11 @@ use config::SecretsKey;
 
 pub mod config;
 pub mod deploy;
+/// The fuzz targets' entry points (`fuzz/`): compiled only for tests and with the `fuzzing`
+/// feature, never into the release binary.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layout;
 pub mod policies;
 pub mod routes;

@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Empty};
 
 use super::Registry;
 use crate::access::tokens::Caller;
-use crate::logs::RequestLine;
 use crate::runtime::Invocation;
+use crate::runtime::logs::RequestLine;
 
 /// How often the clock is looked at: well under a second, the finest schedule.
 const TICK: Duration = Duration::from_millis(200);

@@ -10,9 +10,9 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::guestlog::GuestLog;
+use super::logs::Logs;
 use super::outbound::OutboundHooks;
 use crate::guest_kv::{KvAccess, KvCtx};
-use crate::logs::Logs;
 use crate::record::Tape;
 use crate::record::wasi::Taped;
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::logs::Logs;
+use super::logs::Logs;
 use crate::record::Tape;
 
 const MAX_LINE: usize = 4096;

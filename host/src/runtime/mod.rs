@@ -1,12 +1,15 @@
 //! The wasm runtime: one [`Engine`] and [`Linker`] for the process, compilation and validation
 //! of deployed components ([`validate`]), per-request instantiation ([`invoke`]), and what a
 //! guest gets: its per-request state and limits ([`guest`]), its stdout/stderr in the log
-//! ([`guestlog`]), the outbound HTTP allow-list ([`outbound`]), pre-initialized snapshots
-//! ([`preinit`]).
+//! ([`guestlog`]) and in its function's live log ([`logs`], also fed the request lines by the
+//! HTTP edge and the scheduler), the outbound HTTP allow-list ([`outbound`]), pre-initialized
+//! snapshots ([`preinit`]); [`ValidateError`], why a component cannot be deployed, is shared
+//! by validation and pre-initialization.
 //!
 //! Layer: below the HTTP edge and the registry (which call it), above [`crate::guest_kv`] (the
 //! key-value capabilities it links into every instance) and [`crate::access`] (whose policy
-//! and verified caller it applies). Never imports from `http`, `registry` or `cli`.
+//! and verified caller it applies), and [`crate::record`] (the tape its WASI clocks, random
+//! and outbound HTTP go through). Never imports from `http`, `cluster`, `registry` or `cli`.
 //!
 //! Invariants:
 //! - every request gets a fresh `Store` and instance from the deployed version's `ProxyPre`
@@ -21,19 +24,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledge_kv::Db;
+use thiserror::Error;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
-use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::record::Tape;
+use logs::Logs;
 
 pub mod concurrency;
 pub mod guest;
 pub mod guestlog;
 pub mod invoke;
+pub mod logs;
 pub mod outbound;
 pub mod preinit;
 pub mod profile;
@@ -42,7 +47,33 @@ pub mod validate;
 pub use guest::{GuestConfig, GuestState};
 pub use invoke::{Invocation, InvokeError};
 pub use profile::{Allocator, Profile, RuntimeOptions};
-pub use validate::ValidateError;
+
+/// Why a component cannot be deployed. Every variant is the uploader's to fix.
+#[derive(Debug, Error)]
+pub enum ValidateError {
+    #[error("the upload is not a WebAssembly binary (it does not start with `\\0asm`)")]
+    NotWasm,
+    #[error(
+        "the upload is a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("the upload is a WebAssembly binary of an unsupported version or layer")]
+    UnknownBinaryVersion,
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    #[error("the component imports interfaces ledge does not provide: {}", .0.join(", "))]
+    MissingImports(Vec<String>),
+    #[error("the component's imports cannot be satisfied: {0}")]
+    Unlinkable(String),
+    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
+    NotHttpProxy(String),
+    #[error("pre-initialization failed: {0}")]
+    BadInit(String),
+    #[error("{0}")]
+    Precompiled(String),
+    #[error("the component exceeds a per-component limit: {0}")]
+    Limits(String),
+}
 
 /// How often the epoch ticker advances; the granularity of request timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 
-use thiserror::Error;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::guest::{MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 use super::invoke::describe_failure;
-use super::{Allocator, GuestState, Runtime, RuntimeOptions, anyhow_from};
+use super::{Allocator, GuestState, Runtime, RuntimeOptions, ValidateError, anyhow_from};
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 
@@ -61,33 +60,6 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "ledge:platform/transactions@0.1",
     "ledge:platform/caller@0.1",
 ];
-
-/// Why a component cannot be deployed. Every variant is the uploader's to fix.
-#[derive(Debug, Error)]
-pub enum ValidateError {
-    #[error("the upload is not a WebAssembly binary (it does not start with `\\0asm`)")]
-    NotWasm,
-    #[error(
-        "the upload is a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
-    )]
-    CoreModule,
-    #[error("the upload is a WebAssembly binary of an unsupported version or layer")]
-    UnknownBinaryVersion,
-    #[error("the component is invalid: {0}")]
-    Invalid(String),
-    #[error("the component imports interfaces ledge does not provide: {}", .0.join(", "))]
-    MissingImports(Vec<String>),
-    #[error("the component's imports cannot be satisfied: {0}")]
-    Unlinkable(String),
-    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
-    NotHttpProxy(String),
-    #[error("pre-initialization failed: {0}")]
-    BadInit(String),
-    #[error("{0}")]
-    Precompiled(String),
-    #[error("the component exceeds a per-component limit: {0}")]
-    Limits(String),
-}
 
 impl Runtime {
     /// Checks the binary's header and compiles it (CPU-heavy: call from a blocking thread).

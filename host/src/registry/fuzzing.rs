@@ -1,7 +1,9 @@
 //! Entry points for the fuzz targets in `fuzz/` and the tests that replay their corpora. Not an
 //! API: each takes arbitrary bytes, hands them to the real parser the way the server does, and
 //! must return without panicking, whatever they hold. The fuzz crate only calls these; no
-//! parsing logic lives there.
+//! parsing logic lives there. They reach down to the access layer (tokens, policies) and the
+//! runtime (validation), so they live in the registry, the lowest layer above both; compiled
+//! only for tests and with the `fuzzing` feature.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};

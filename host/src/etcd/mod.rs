@@ -12,6 +12,9 @@
 //! - only calls that are safe to repeat are retried on another endpoint ([`Retry::Any`]); a
 //!   write whose fate is unknown is reported as [`EtcdError::Unknown`] and resolved by its
 //!   caller, never sent twice blindly.
+//!
+//! Layer: near the bottom, below the cluster (control state) and the guest bindings (global
+//! transactions), which both talk to etcd through it; it uses nothing of ledge's.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

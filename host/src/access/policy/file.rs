@@ -1,0 +1,234 @@
+//! The policy as written in a file ([`PolicyFile`], every field optional) and its sections,
+//! parsed strictly and resolved over a base policy into a complete [`Policy`].
+//!
+//! Invariants: unknown fields are errors (`deny_unknown_fields` on every section), and every
+//! value is checked as it is parsed (the types in `values.rs`), so resolving cannot fail: a
+//! field left out takes the base's value.
+
+use serde::Deserialize;
+
+use super::{
+    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive, RateQuota, RecordPolicy,
+    Route, RoutePrefix, SchedulePath, StoreName,
+};
+
+/// A policy as written in a file: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub public: Option<bool>,
+    pub rate: Option<RateSection>,
+    pub limits: Option<LimitsSection>,
+    pub outbound: Option<OutboundSection>,
+    pub kv: Option<KvSection>,
+    pub versions: Option<VersionsSection>,
+    pub record: Option<RecordSection>,
+    pub schedule: Option<Vec<ScheduleEntry>>,
+    pub route: Option<Vec<RouteEntry>>,
+    pub placement: Option<PlacementSection>,
+}
+
+/// `[[route]]`: requests for this host (exact, or `*.example.com` for any subdomain; omitted:
+/// any host) under this path prefix are served by the function without `/fn/NAME/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub host: Option<HostPattern>,
+    pub path: Option<RoutePrefix>,
+}
+
+/// `[[schedule]]`: a synthetic `GET path` sent to the function on a cron schedule (UTC).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    pub cron: CronPattern,
+    pub path: SchedulePath,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsSection {
+    pub keep: Option<Positive>,
+}
+
+/// `[record]`: which runs are kept for replay, and how many per function.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSection {
+    pub errors: Option<bool>,
+    pub sample: Option<Fraction>,
+    pub max_traces: Option<Positive>,
+    pub max_trace_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    pub quota: Option<Positive>,
+    pub window: Option<HumanDuration>,
+    pub burst: Option<Positive>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+    pub max_concurrency: Option<Positive>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSection {
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSection {
+    pub stores: Option<Vec<StoreName>>,
+    pub max_bytes: Option<ByteSize>,
+    pub scope: Option<KvScope>,
+    pub global_stores: Option<Vec<StoreName>>,
+}
+
+/// `[placement]` (cluster mode): how many nodes host the function; 0 = every node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    pub replicas: Option<u32>,
+}
+
+impl PolicyFile {
+    /// Parses TOML; the error names the field, line and column.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_string())
+    }
+
+    /// Resolves this file over `base` (the default policy, already resolved).
+    pub fn resolve(&self, base: &Policy) -> Policy {
+        let rate = self.rate.clone().unwrap_or_default();
+        let limits = self.limits.clone().unwrap_or_default();
+        let quota = rate.quota.map_or(base.rate.quota, |q| q.0);
+        // burst = quota unless set, so a file that raises the quota raises the burst with it.
+        let burst = rate.burst.map(|b| b.0).or(rate.quota.map(|q| q.0)).unwrap_or(base.rate.burst);
+        Policy {
+            public: self.public.unwrap_or(base.public),
+            rate: RateQuota { quota, window: rate.window.map_or(base.rate.window, |w| w.0), burst },
+            timeout: limits.timeout.map_or(base.timeout, |t| t.0),
+            memory: limits.memory.map_or(base.memory, |m| m.0),
+            max_body: limits.max_body.map_or(base.max_body, |m| m.0),
+            max_concurrency: limits.max_concurrency.map_or(base.max_concurrency, |c| c.0),
+            outbound_allow: self
+                .outbound
+                .as_ref()
+                .and_then(|o| o.allow.clone())
+                .unwrap_or_else(|| base.outbound_allow.clone()),
+            kv_stores: self
+                .kv
+                .as_ref()
+                .and_then(|k| k.stores.as_ref())
+                .map_or_else(|| base.kv_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
+            kv_max_bytes: self.kv.as_ref().and_then(|k| k.max_bytes).map_or(base.kv_max_bytes, |m| m.0),
+            kv_scope: self.kv.as_ref().and_then(|k| k.scope).unwrap_or(base.kv_scope),
+            kv_global_stores: self
+                .kv
+                .as_ref()
+                .and_then(|k| k.global_stores.as_ref())
+                .map_or_else(|| base.kv_global_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
+            replicas: self.placement.as_ref().and_then(|p| p.replicas).unwrap_or(base.replicas),
+            versions_keep: self.versions.as_ref().and_then(|v| v.keep).map_or(base.versions_keep, |k| k.0),
+            schedules: self.schedule.as_ref().map_or_else(
+                || base.schedules.clone(),
+                |entries| entries.iter().map(|e| (e.cron.0.clone(), e.path.0.clone())).collect(),
+            ),
+            record: {
+                let section = self.record.clone().unwrap_or_default();
+                RecordPolicy {
+                    errors: section.errors.unwrap_or(base.record.errors),
+                    sample: section.sample.map_or(base.record.sample, |f| f.0),
+                    max_traces: section.max_traces.map_or(base.record.max_traces, |n| n.0),
+                    max_trace_bytes: section.max_trace_bytes.map_or(base.record.max_trace_bytes, |b| b.0),
+                }
+            },
+            routes: self.route.as_ref().map_or_else(
+                || base.routes.clone(),
+                |entries| {
+                    entries
+                        .iter()
+                        .map(|e| Route {
+                            host: e.host.as_ref().map(|h| h.0.clone()),
+                            path: e.path.as_ref().map_or_else(|| "/".to_string(), |p| p.0.clone()),
+                        })
+                        .collect()
+                },
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::access::policy::Ceilings;
+
+    #[test]
+    fn fields_fall_back_to_the_base_policy() {
+        let base =
+            PolicyFile::parse("public = true\n[limits]\ntimeout = \"2s\"\n").unwrap().resolve(&Policy::default());
+        let own = PolicyFile::parse("[rate]\nquota = 5\nwindow = \"1s\"\n").unwrap().resolve(&base);
+        assert!(own.public);
+        assert_eq!(own.timeout, Duration::from_secs(2));
+        assert_eq!(own.rate, RateQuota { quota: 5, window: Duration::from_secs(1), burst: 5 });
+    }
+
+    #[test]
+    fn cluster_fields_resolve_and_bad_ones_are_named() {
+        let text = "[kv]\nscope = \"global\"\nglobal_stores = [\"tally\"]\n[placement]\nreplicas = 2\n";
+        let policy = PolicyFile::parse(text).unwrap().resolve(&Policy::default());
+        assert_eq!(policy.kv_scope, KvScope::Global);
+        assert_eq!(policy.kv_global_stores, ["tally"]);
+        assert_eq!(policy.replicas, 2);
+        assert_eq!(Policy::default().replicas, 0, "every node hosts every function by default");
+        let scope = PolicyFile::parse("[kv]\nscope = \"planet\"\n").unwrap_err();
+        assert!(scope.contains("scope") && scope.contains("planet"), "{scope}");
+        let store = PolicyFile::parse("[kv]\nglobal_stores = [\"Bad/Name\"]\n").unwrap_err();
+        assert!(store.contains("Bad/Name"), "{store}");
+        let negative = PolicyFile::parse("[placement]\nreplicas = -1\n").unwrap_err();
+        assert!(negative.contains("replicas"), "{negative}");
+        let huge = PolicyFile::parse("[placement]\nreplicas = 5000\n").unwrap().resolve(&Policy::default());
+        let ceilings = Ceilings { max_timeout: Duration::from_secs(300) };
+        assert!(huge.check_ceilings(&ceilings).unwrap_err().contains("placement.replicas"));
+        // A confined token cannot move a keyspace or grant a global store.
+        let widened = Policy::default().widened_by(&policy);
+        assert!(widened.contains(&"kv.scope") && widened.contains(&"kv.global_stores"), "{widened:?}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field_and_line() {
+        let unknown = PolicyFile::parse("public = true\n[limits]\ntimeuot = \"2s\"\n").unwrap_err();
+        assert!(unknown.contains("timeuot") && unknown.contains("line 3"), "{unknown}");
+        let bad = PolicyFile::parse("[limits]\nmemory = \"lots\"\n").unwrap_err();
+        assert!(bad.contains("memory") && bad.contains("line 2") && bad.contains("lots"), "{bad}");
+        let zero = PolicyFile::parse("[rate]\nquota = 0\n").unwrap_err();
+        assert!(zero.contains("quota"), "{zero}");
+    }
+
+    #[test]
+    fn the_record_section_defaults_to_failures_and_checks_its_fraction() {
+        let resolved = PolicyFile::parse("").unwrap().resolve(&Policy::default());
+        assert_eq!(
+            resolved.record,
+            RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20 }
+        );
+        let own = PolicyFile::parse("[record]\nsample = 0.25\nmax_traces = 5\n").unwrap().resolve(&resolved);
+        assert_eq!((own.record.sample, own.record.max_traces, own.record.errors), (0.25, 5, true));
+        let over = PolicyFile::parse("[record]\nsample = 1.5\n").unwrap_err();
+        assert!(over.contains("sample") && over.contains("1.5"), "{over}");
+        let unknown = PolicyFile::parse("[record]\nsamples = 0.5\n").unwrap_err();
+        assert!(unknown.contains("samples"), "{unknown}");
+    }
+}

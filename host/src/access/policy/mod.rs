@@ -1,0 +1,106 @@
+//! Policy files: limits and permissions per function (`policies/NAME.toml`, or uploaded with
+//! `PUT /v1/functions/{name}/policy`), each field falling back to `policies/default.toml` and
+//! then to the built-in defaults.
+//!
+//! Invariants: parsing is strict (unknown fields and bad values are errors that name the field
+//! and line), and a [`Policy`] is always complete, so the hot path never looks at fallbacks.
+//!
+//! This file holds the resolved [`Policy`] and the types it is made of; the rest, all
+//! re-exported here:
+//! - `file.rs`: [`PolicyFile`], the policy as written, its sections, and resolving it over a base;
+//! - `values.rs`: the checked values its fields are written with (sizes, durations, names,
+//!   route hosts and paths, cron patterns);
+//! - `defaults.rs`: the built-in defaults every field falls back to last;
+//! - `ceilings.rs`: [`Ceilings`], the server-wide limits no policy may exceed;
+//! - `tighten.rs`: [`Policy::widened_by`], the check that a proposed policy only tightens.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod ceilings;
+mod defaults;
+mod file;
+mod tighten;
+mod values;
+
+pub use ceilings::{Ceilings, MAX_REPLICAS, MAX_SCHEDULES};
+pub use file::{
+    KvSection, LimitsSection, OutboundSection, PlacementSection, PolicyFile, RateSection, RecordSection, RouteEntry,
+    ScheduleEntry, VersionsSection,
+};
+pub use values::{
+    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, Positive, RESERVED_PREFIXES, RoutePrefix,
+    SchedulePath, StoreName, is_valid_name, path_under,
+};
+
+/// A resolved route: host pattern (`None`: any) and path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path: String,
+}
+
+/// Where a function's own keyspace lives (cluster mode): on each node, or in etcd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvScope {
+    #[default]
+    Local,
+    Global,
+}
+
+/// A complete, resolved policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub public: bool,
+    pub rate: RateQuota,
+    pub timeout: Duration,
+    pub memory: u64,
+    pub max_body: u64,
+    pub max_concurrency: u32,
+    pub outbound_allow: Vec<String>,
+    pub kv_stores: Vec<String>,
+    /// Storage quota of the function's keyspace, and of each shared store it writes to.
+    pub kv_max_bytes: u64,
+    /// Cluster mode: the function's own keyspace lives in etcd, shared by every node.
+    pub kv_scope: KvScope,
+    /// Cluster mode: shared stores granted that live in etcd.
+    pub kv_global_stores: Vec<String>,
+    /// Cluster mode: nodes hosting the function (0 = every node).
+    pub replicas: u32,
+    /// Deployed versions kept for rollback.
+    pub versions_keep: u32,
+    /// `(cron, path)`: synthetic requests on a schedule.
+    pub schedules: Vec<(String, String)>,
+    /// Hosts and paths served without the `/fn/NAME/` prefix.
+    pub routes: Vec<Route>,
+    /// Which runs are recorded for replay.
+    pub record: RecordPolicy,
+}
+
+/// `[record]`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordPolicy {
+    /// Keep every run that fails (5xx, trap, timeout).
+    pub errors: bool,
+    /// Keep this share of all runs.
+    pub sample: f64,
+    pub max_traces: u32,
+    pub max_trace_bytes: u64,
+}
+
+/// GCRA quota: `quota` requests per `window`, bursting up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateQuota {
+    pub quota: u32,
+    pub window: Duration,
+    pub burst: u32,
+}
+
+impl fmt::Display for RateQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {:?} (burst {})", self.quota, self.window, self.burst)
+    }
+}

@@ -1,0 +1,35 @@
+//! The tighten check: which fields of a proposed policy would let the function or its callers
+//! do more than the current one ([`Policy::widened_by`]), for confined tokens that may only
+//! tighten a policy.
+//!
+//! Invariants: every field is compared, and a rate is compared as quota per window without
+//! rounding, so a change that widens anything is never reported as tightening.
+
+use super::{Policy, RateQuota};
+
+impl Policy {
+    /// The fields of `proposed` that let the function or its callers do more than `self`
+    /// allows, as written in a policy file. Empty when `proposed` only tightens or keeps.
+    pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
+        let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
+        let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
+        let checks: [(&'static str, bool); 14] = [
+            ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
+            ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
+            ("public", proposed.public && !self.public),
+            // quota / window compared without rounding: q' * w > q * w'.
+            ("rate.quota", theirs.0 * own.1 > own.0 * theirs.1),
+            ("rate.burst", proposed.rate.burst > self.rate.burst),
+            ("limits.timeout", proposed.timeout > self.timeout),
+            ("limits.memory", proposed.memory > self.memory),
+            ("limits.max_body", proposed.max_body > self.max_body),
+            ("limits.max_concurrency", proposed.max_concurrency > self.max_concurrency),
+            ("outbound.allow", proposed.outbound_allow.iter().any(|h| !self.outbound_allow.contains(h))),
+            ("kv.stores", proposed.kv_stores.iter().any(|s| !self.kv_stores.contains(s))),
+            ("kv.max_bytes", proposed.kv_max_bytes > self.kv_max_bytes),
+            ("kv.global_stores", proposed.kv_global_stores.iter().any(|s| !self.kv_global_stores.contains(s))),
+            ("kv.scope", proposed.kv_scope != self.kv_scope),
+        ];
+        checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
+    }
+}
