@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check of the project: formatting, clippy, the whole test suite (unit tests, the
+# Runs every check of the project: formatting, the layout check, clippy, the whole test suite (unit tests, the
 # ledge-kv engine's tests, the end-to-end suite against a real server), and then the ARM64
 # build with a substantial part of the end-to-end suite under qemu-user emulation.
 set -euo pipefail
@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
 ./scripts/setup.sh
 cargo fmt --all -- --check
+# The layout ARCHITECTURE.md promises: layers used only downward, no import circles, no file
+# over 400 lines before its tests.
+python3 scripts/layers.py
 for guests in functions tests/guests; do (cd "$guests" && cargo fmt -- --check); done
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
