@@ -15,6 +15,16 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// From now on, every file and directory this process creates is its owner's alone (umask
+/// 077: files 0600, directories 0700), whoever writes it: the data dir holds every function's
+/// components, data and secrets, whatever the mode of the folder an operator made for it.
+/// Called by the commands that write a data dir (`serve`, `dev`, `restore`); inherited by
+/// what they spawn.
+pub fn keep_new_files_private() {
+    // SAFETY: umask only swaps the process's file-creation mask; no memory is involved.
+    unsafe { libc::umask(0o077) };
+}
+
 /// Makes a directory's entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -160,6 +160,30 @@ async fn path_prefix_is_checked_on_the_resolved_path_the_guest_receives() {
     assert_eq!(code, 200, "{response}");
     assert!(response.to_ascii_lowercase().contains("x-echo-path: /api/y\r\n"), "{response}");
     assert!(response.to_ascii_lowercase().contains("x-echo-query: q=1\r\n"), "{response}");
+
+    // Whole segments: `/api` takes `/api` and below it, never `/apix`.
+    let segments = server.mint(&["fn = echo", "path-prefix = /api"]);
+    let auth = format!("Bearer {segments}");
+    let headers = [("Authorization", auth.as_str())];
+    for (path, expected) in
+        [("/fn/echo/api", 200), ("/fn/echo/api/x", 200), ("/fn/echo/apix", 403), ("/fn/echo/api-v2/x", 403)]
+    {
+        let (code, response) = raw_request(&server, "GET", path, &headers);
+        assert_eq!(code, expected, "{path}: {response}");
+    }
+    // An encoded slash or backslash would let a guest that decodes before it routes see a path
+    // the check did not: refused under a path-prefix, in either case.
+    for (token, path) in [
+        (&token, "/fn/echo/api/..%2Fadmin"),
+        (&token, "/fn/echo/api/x%2f..%2f..%2fadmin"),
+        (&segments, "/fn/echo/api%2F..%2Fadmin"),
+        (&token, "/fn/echo/api/..%5Cadmin"),
+    ] {
+        let auth = format!("Bearer {token}");
+        let (code, response) = raw_request(&server, "GET", path, &[("Authorization", auth.as_str())]);
+        assert_eq!(code, 403, "{path}: {response}");
+        assert!(response.contains("encoded slash"), "{path}: {response}");
+    }
 }
 
 #[tokio::test]
@@ -223,4 +247,53 @@ async fn metrics_are_open_on_the_metrics_address_only() {
     assert!(open.text().await.unwrap().contains("ledge_live_instances"));
     problem(client().get(format!("http://127.0.0.1:{port}/v1/functions")).send().await.unwrap(), 404).await;
     problem(client().get(format!("{}/metrics", server.url)).send().await.unwrap(), 401).await;
+}
+
+#[tokio::test]
+async fn callers_cannot_set_the_headers_ledge_sets_for_guests() {
+    let server = server_with("echo", "echo", "public = true\n").await;
+    let forged = [
+        ("ledge-schedule", "1"),
+        ("ledge-queue", "orders"),
+        ("ledge-message-id", "m1"),
+        ("ledge-attempt", "1"),
+        ("ledge-sent-at", "2026-01-01T00:00:00Z"),
+        ("ledge-record", "1"),
+        ("ledge-anything", "x"),
+    ];
+    let mut request = client().get(server.fn_url("echo", "/")).header("x-custom", "kept");
+    for (name, value) in forged {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Vec<String> = response
+        .headers()
+        .keys()
+        .filter_map(|name| name.as_str().strip_prefix("x-echo-header-").map(str::to_string))
+        .collect();
+    assert!(seen.iter().any(|name| name == "x-custom"), "the guest sees the caller's own headers: {seen:?}");
+    let leaked: Vec<&String> = seen.iter().filter(|name| name.starts_with("ledge-")).collect();
+    assert!(leaked.is_empty(), "ledge headers from a caller reached the guest: {leaked:?}");
+
+    // `ledge-record` is still read (a manage token gets a trace), then removed: the guest does
+    // not see it, and the recording holds what the guest saw, so it replays the same.
+    let recorded = client()
+        .get(server.fn_url("echo", "/"))
+        .bearer_auth(&server.admin_token)
+        .header("ledge-record", "1")
+        .send()
+        .await
+        .unwrap();
+    let trace = recorded.headers().get("ledge-trace").expect("the run is recorded").to_str().unwrap().to_string();
+    assert!(!recorded.headers().keys().any(|name| name.as_str().starts_with("x-echo-header-ledge-")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let replay = loop {
+        let output = server.cli(&["replay", &trace]);
+        if output.status.code() != Some(2) || std::time::Instant::now() > deadline {
+            break output;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(replay.status.code(), Some(0), "{}", String::from_utf8_lossy(&replay.stdout));
 }

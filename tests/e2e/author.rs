@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, client, ledge, repo_root};
+use crate::harness::{Server, client, guest, ledge, problem, repo_root};
 
 /// PATH with the tools the Python and JavaScript templates build with (scripts/setup.sh
 /// installs componentize-py in target/pyenv and componentize-js in target/node).
@@ -207,6 +207,48 @@ async fn python_and_javascript_projects_run_together_under_one_dev_server() {
     assert_eq!(dev.get("hello-py").await, "Howdy from hello-py! You asked for /\n");
     assert_eq!(dev.get("hello-js").await, "Howdy from hello-js! You asked for /\n");
     assert_eq!(dev.post("hello-py").await, "visit 3\n");
+}
+
+/// A web page on another site can send requests to 127.0.0.1, and the dev server lets this
+/// machine invoke without a token: it refuses any request with a foreign `Origin` (or one the
+/// browser marks cross-site), on `/fn/` and on a route alike, whatever the method, while curl
+/// and a frontend on another loopback port keep working.
+#[tokio::test]
+async fn the_dev_server_refuses_cross_site_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("misbehave"), dir.path().join("app.wasm")).unwrap();
+    let manifest = "[[function]]\nname = \"app\"\nbuild = \"true\"\ncomponent = \"app.wasm\"\n\
+                    [[function.policy.route]]\npath = \"/app\"\n";
+    std::fs::write(dir.path().join("ledge.toml"), manifest).unwrap();
+    let mut dev = Dev::start(&[dir.path()]);
+    dev.wait_for_live(&["app"], 1, Duration::from_secs(120));
+    let client = client();
+    for url in [format!("{}/fn/app/", dev.url), format!("{}/app/x", dev.url)] {
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let send = |header: Option<(&'static str, &'static str)>| {
+                let request = client.request(method.clone(), &url);
+                match header {
+                    Some((name, value)) => request.header(name, value),
+                    None => request,
+                }
+                .send()
+            };
+            for origin in ["http://evil.example", "null", "http://localhost.evil.example"] {
+                let refused = problem(send(Some(("origin", origin))).await.unwrap(), 403).await;
+                let detail = refused["detail"].as_str().unwrap();
+                assert!(detail.contains("the dev server refuses cross-site requests"), "{method} {url}: {detail}");
+            }
+            // A link, an image or a form GET from another site carries no Origin.
+            problem(send(Some(("sec-fetch-site", "cross-site"))).await.unwrap(), 403).await;
+            let curl_or_local_frontend =
+                [None, Some(("origin", "http://localhost:5173")), Some(("origin", "http://127.0.0.1:3000"))];
+            for allowed in curl_or_local_frontend {
+                let response = send(allowed).await.unwrap();
+                assert_eq!(response.status(), 200, "{method} {url} with {allowed:?}");
+                assert_eq!(response.text().await.unwrap(), "fine\n");
+            }
+        }
+    }
 }
 
 #[test]

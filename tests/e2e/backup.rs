@@ -318,6 +318,21 @@ async fn only_a_manage_token_without_fn_caveat_may_take_a_backup() {
     let invoker = server.mint(&["op = invoke"]);
     problem(client().get(&url).bearer_auth(&invoker).send().await.unwrap(), 403).await;
     problem(server.admin().post(&url).send().await.unwrap(), 405).await;
+    // The archive holds the root keys: a manage token narrowed to "read-only" could mint a full
+    // admin token from it, so only a full admin token (caveats `time` and `id` at most) gets one.
+    for narrowed in [
+        server.mint(&["method = GET"]),
+        server.mint(&["op = manage"]),
+        crate::harness::attenuate(&server.admin_token, "path-prefix = /v1/backup"),
+    ] {
+        let refused = problem(client().get(&url).bearer_auth(&narrowed).send().await.unwrap(), 403).await;
+        assert!(refused["detail"].as_str().unwrap().contains("full admin token"), "{refused}");
+    }
+    let tomorrow = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(86_400));
+    let full = crate::harness::attenuate(&server.admin_token, &format!("time < {tomorrow}"));
+    assert!(crate::harness::inspect(&full).contains("id = "), "a branch of the admin token");
+    let response = client().get(&url).bearer_auth(&full).send().await.unwrap();
+    assert_eq!(response.status(), 200, "a full admin token with `time` and `id` caveats takes a backup");
 
     let response = server.admin().get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);

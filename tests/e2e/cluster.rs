@@ -3,14 +3,16 @@
 //! all; global stores stay exact under concurrency through every node and through the loss of
 //! an etcd member; an etcd outage leaves nodes serving and refusing control writes; placement
 //! puts a function on one node and moves it when that node leaves; config, secrets and
-//! canaries set through one node hold on all.
+//! canaries set through one node hold on all; a proxied request reaches its guest as the first
+//! node received it (host, scheme, path), and one client's connections through a proxy count
+//! for that client, not for the proxy.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::harness::{Etcd, Server, client, get_from, guest, problem, version_from};
+use crate::harness::{Etcd, Server, client, deploy_with_policy, get_from, guest, problem, version_from};
 
 /// A node of the cluster on `etcd`, named `name`.
 fn node(etcd: &Etcd, name: &str) -> Server {
@@ -31,16 +33,6 @@ async fn within<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut check:
 
 async fn status(request: reqwest::RequestBuilder) -> u16 {
     request.send().await.map_or(0, |r| r.status().as_u16())
-}
-
-/// Deploys `file` as `name` through `server` with `policy` (multipart), asserting success.
-async fn deploy_with_policy(server: &Server, name: &str, file: &std::path::Path, policy: &str) {
-    let form = reqwest::multipart::Form::new()
-        .part("component", reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()))
-        .part("policy", reqwest::multipart::Part::text(policy.to_string()));
-    let response = server.admin().put(format!("{}/v1/functions/{name}", server.url)).multipart(form).send().await;
-    let response = response.expect("deploy");
-    assert!(response.status().is_success(), "deploy {name}: {}", response.text().await.unwrap_or_default());
 }
 
 const OPEN: &str = "public = true\n[rate]\nquota = 1000000\nwindow = \"1s\"\n[limits]\nmax_concurrency = 250\n";
@@ -519,4 +511,178 @@ async fn nodes_reach_etcd_over_tls_with_a_client_certificate() {
         .put(format!("{}/v1/functions/other", stranger.url))
         .body(std::fs::read(guest("echo")).unwrap());
     problem(refused.send().await.unwrap(), 503).await;
+}
+
+/// `curl -sS -k -D -` with `args` (a TLS node's certificate is self-signed): the response head
+/// and body, lower-cased.
+fn curl(args: &[&str]) -> String {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "-k", "-D", "-", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&output.stdout).to_ascii_lowercase()
+}
+
+/// A `ledge-peer` header with a signature no node made, saying `scheme` and `authority`.
+fn forged_peer_header(scheme: &str, authority: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    format!("b;{now};203.0.113.7;{scheme};{authority};{}", "00".repeat(32))
+}
+
+#[tokio::test]
+async fn a_proxied_request_reaches_its_guest_with_the_host_scheme_and_path_it_came_with() {
+    let etcd = Etcd::start();
+    // `t` serves TLS; `site` ranks `b` first of the three (rendezvous hashing is the same on
+    // every build), so `a` and `t` proxy it to `b`. plain-wasi answers with the authority and
+    // scheme its guest saw (`x-authority`, `x-scheme`) and the path in its body.
+    let (a, b) = (node(&etcd, "a"), node(&etcd, "b"));
+    let t = Server::start_with(&["--cluster", &etcd.endpoints(), "--node-name", "t", "--tls-self-signed"]);
+    let routed = format!("{OPEN}[placement]\nreplicas = 1\n[[route]]\nhost = \"api.a.test\"\n");
+    deploy_with_policy(&a, "site", &guest("plain-wasi"), &routed).await;
+
+    // Over HTTP/1.1 to `a`, which does not host `site`: routed by the Host the caller named,
+    // run on `b`, whose guest sees that authority, the path and the query.
+    let on_a = || client().get(format!("{}/v2/items?q=1", a.url)).header("host", "api.a.test");
+    let mut seen = None;
+    within(Duration::from_secs(20), "a routes api.a.test to b", async || {
+        let Ok(response) = on_a().send().await else { return false };
+        if response.status() != 203 || response.headers()["ledge-node"] != "b" {
+            return false;
+        }
+        let headers = response.headers().clone();
+        seen = Some((headers, response.text().await.unwrap_or_default()));
+        true
+    })
+    .await;
+    let (headers, body) = seen.unwrap();
+    assert_eq!(headers["x-authority"], "api.a.test", "the guest saw the proxying node's address");
+    assert_eq!(headers["x-scheme"], "http");
+    assert_eq!(body, "plain wasi saw /v2/items?q=1\n");
+
+    // Over TLS (HTTP/2: the authority in `:authority`) to `t`: the same, and the guest on `b`,
+    // which serves plain HTTP, sees scheme https, as a guest on `t` would.
+    let t_site = format!("{}/v2/items?q=2", t.url);
+    let mut answer = String::new();
+    within(Duration::from_secs(20), "t routes api.a.test to b", async || {
+        answer = curl(&["--http2", "-H", "host: api.a.test", &t_site]);
+        answer.contains("ledge-node: b")
+    })
+    .await;
+    assert!(answer.starts_with("http/2 203"), "{answer}");
+    for expected in ["x-authority: api.a.test", "x-scheme: https", "plain wasi saw /v2/items?q=2"] {
+        assert!(answer.contains(expected), "no `{expected}` in {answer}");
+    }
+    // Without a route, by `/fn/site/`: the guest sees the authority `t` was asked by.
+    let t_address = t.url.trim_start_matches("https://").to_string();
+    let answer = curl(&["--http1.1", &t.fn_url("site", "/seen?x=1")]);
+    assert!(answer.contains("ledge-node: b"), "{answer}");
+    for expected in [format!("x-authority: {t_address}"), "x-scheme: https".into(), "plain wasi saw /seen?x=1".into()] {
+        assert!(answer.contains(&expected), "no `{expected}` in {answer}");
+    }
+
+    // A caller's own `ledge-peer` header, claiming another authority and scheme, changes nothing:
+    // not on the host...
+    let b_address = b.url.trim_start_matches("http://").to_string();
+    let forged = client()
+        .get(b.fn_url("site", "/x"))
+        .header("ledge-peer", forged_peer_header("https", "api.a.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 203);
+    assert_eq!(forged.headers()["x-authority"], b_address.as_str(), "a forged authority reached the guest");
+    assert_eq!(forged.headers()["x-scheme"], "http", "a forged scheme reached the guest");
+    let unrouted = client()
+        .get(format!("{}/v2/items", b.url))
+        .header("host", "other.test")
+        .header("ledge-peer", forged_peer_header("http", "api.a.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unrouted.status(), 404, "a forged authority routed the request");
+    // ...nor through a node that proxies: it sends its own.
+    let through_a = on_a().header("ledge-peer", forged_peer_header("https", "evil.test")).send().await.unwrap();
+    assert_eq!(through_a.status(), 203);
+    assert_eq!(through_a.headers()["ledge-node"], "b");
+    assert_eq!(through_a.headers()["x-authority"], "api.a.test");
+    assert_eq!(through_a.headers()["x-scheme"], "http");
+}
+
+/// A GET of `path` on `server` from `source` (see [`get_from`]): `None` when the server closes
+/// the connection without an answer (refused at accept).
+async fn try_get_from(server: &Server, path: &str, source: IpAddr) -> Option<(u16, Vec<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let head = response.split("\r\n\r\n").next()?;
+    let status = head.get(9..12)?.parse().ok()?;
+    Some((status, head.lines().skip(1).map(str::to_ascii_lowercase).collect()))
+}
+
+#[tokio::test]
+async fn one_client_holding_its_connections_through_a_proxy_does_not_block_others() {
+    let etcd = Etcd::start();
+    // Four connections per client address, so that one client fills its share with four slow
+    // requests.
+    let capped = |name| {
+        Server::start_with(&["--cluster", &etcd.endpoints(), "--node-name", name, "--max-connections-per-ip", "4"])
+    };
+    let nodes = [capped("a"), capped("b")];
+    deploy_with_policy(&nodes[0], "slow", &guest("misbehave"), &format!("{OPEN}[placement]\nreplicas = 1\n")).await;
+    let (greedy, other) = (IpAddr::from([127, 7, 0, 1]), IpAddr::from([127, 7, 0, 2]));
+    let served_by =
+        |headers: &[String]| headers.iter().find_map(|h| h.strip_prefix("ledge-node: ").map(str::to_string));
+    let mut host = None;
+    within(Duration::from_secs(20), "slow placed", async || {
+        let answer = try_get_from(&nodes[0], "/fn/slow/fine", other).await;
+        host = answer.filter(|(status, _)| *status == 200).and_then(|(_, headers)| served_by(&headers));
+        host.is_some()
+    })
+    .await;
+    let host = ["a", "b"].iter().position(|n| Some(n.to_string()) == host).unwrap();
+    let (proxy, hosting) = (&nodes[1 - host], &nodes[host]);
+    // Through the proxy, until it is proxying (not still serving a copy of its own).
+    within(Duration::from_secs(20), "proxied", async || {
+        let answer = try_get_from(proxy, "/fn/slow/fine", other).await;
+        answer.is_some_and(|(status, headers)| status == 200 && served_by(&headers) == host_name(host))
+    })
+    .await;
+
+    // The greedy client holds four slow requests through the proxy: its whole share there, and
+    // on the host (the proxy's connections count for it, not for the proxy).
+    let slow = join_all((0..4).map(|_| try_get_from(proxy, "/fn/slow/slow-write?ms=4000", greedy)));
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let started = Instant::now();
+        let through_proxy = try_get_from(proxy, "/fn/slow/fine", other).await;
+        let took = started.elapsed();
+        let greedy_direct = try_get_from(hosting, "/fn/slow/fine", greedy).await;
+        let other_direct = try_get_from(hosting, "/fn/slow/fine", other).await;
+        (through_proxy, took, greedy_direct, other_direct)
+    };
+    let (slow, (through_proxy, took, greedy_direct, other_direct)) = tokio::join!(slow, meanwhile);
+    let (status, headers) = through_proxy.expect("another client's request through the proxy was refused");
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(served_by(&headers), host_name(host), "{headers:?}");
+    assert!(took < Duration::from_secs(2), "another client waited {took:?} behind the greedy one");
+    assert_eq!(other_direct.map(|(status, _)| status), Some(200));
+    assert!(
+        greedy_direct.as_ref().is_none_or(|(status, _)| *status == 503),
+        "the greedy client got a fifth connection on the host: {greedy_direct:?}"
+    );
+    for answer in slow {
+        let (status, headers) = answer.expect("a slow request was refused");
+        assert_eq!((status, served_by(&headers)), (200, host_name(host)), "{headers:?}");
+    }
+}
+
+fn host_name(index: usize) -> Option<String> {
+    Some(["a", "b"][index].to_string())
 }

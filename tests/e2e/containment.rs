@@ -67,6 +67,48 @@ async fn every_open_key_value_handle_counts_against_the_instance_limit() {
     settles_to_zero(&server, "ledge_kv_active_transactions").await;
 }
 
+#[tokio::test]
+async fn the_open_transactions_of_an_instance_share_one_write_budget() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    // 20 transactions of 1 MiB each: 16 MiB in all, not 16 MiB each, outside the guest's memory.
+    let hold = || text(server.fn_url("misbehave", "/kv-hold?kib=20480"));
+    let held = hold().await;
+    assert!(held.starts_with("held 16320 KiB in 16 transactions, then: limit exceeded:"), "{held}");
+    assert!(held.contains("per-instance write budget"), "{held}");
+    // The node is fine, and the next instance has its own budget whole again.
+    assert_eq!(client().get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+    assert_eq!(hold().await, held);
+    settles_to_zero(&server, "ledge_kv_active_transactions").await;
+}
+
+#[tokio::test]
+async fn the_node_bounds_the_writes_all_instances_buffer_and_gets_them_back() {
+    let server = Server::start_with(&["--kv-write-buffers", "8MiB"]);
+    server.deploy("misbehave", &guest("misbehave"));
+    // Two instances hold 3 MiB each in open transactions until released.
+    let holders: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|id| tokio::spawn(text(server.fn_url("misbehave", &format!("/kv-hold?kib=3072&id={id}")))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while text(server.fn_url("misbehave", "/kv-held")).await != "Ok(2)\n" {
+        assert!(Instant::now() < deadline, "the holders never held their writes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A third gets what is left of the node's 8 MiB, then a `limit` error naming the flag.
+    let third = text(server.fn_url("misbehave", "/kv-hold?kib=3072")).await;
+    assert!(third.starts_with("held 1984 KiB in 2 transactions, then: limit exceeded:"), "{third}");
+    assert!(third.contains("--kv-write-buffers") && third.contains("8 MiB"), "{third}");
+    // The holders kept theirs; once they are done, the node's whole budget is free again.
+    assert_eq!(text(server.fn_url("misbehave", "/kv-release")).await, "released\n");
+    for holder in holders {
+        assert_eq!(holder.await.unwrap(), "held 3072 KiB in 3 transactions\n");
+    }
+    assert_eq!(text(server.fn_url("misbehave", "/kv-hold?kib=8128")).await, "held 8128 KiB in 8 transactions\n");
+    assert_eq!(client().get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+}
+
 /// A component binary with `instances` instances of the core module `module` (sections of
 /// fewer than 128 bytes, so each length is one LEB128 byte).
 fn component(module: &[u8], instances: u8) -> Vec<u8> {

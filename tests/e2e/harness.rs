@@ -415,6 +415,23 @@ pub fn attenuate(token: &str, caveat: &str) -> String {
     String::from_utf8(output.stdout).expect("utf-8").trim().to_string()
 }
 
+/// Deploys `file` as `name` through `server` with `policy` (multipart), asserting success.
+pub async fn deploy_with_policy(server: &Server, name: &str, file: &Path, policy: &str) {
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()))
+        .part("policy", reqwest::multipart::Part::text(policy.to_string()));
+    let response = server.admin().put(format!("{}/v1/functions/{name}", server.url)).multipart(form).send().await;
+    let response = response.expect("deploy");
+    assert!(response.status().is_success(), "deploy {name}: {}", response.text().await.unwrap_or_default());
+}
+
+/// `ledge token inspect TOKEN`'s output.
+pub fn inspect(token: &str) -> String {
+    let output = ledge().args(["token", "inspect", token]).output().expect("ledge");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
 /// Runs tests/interop/pymacaroons_peer.py with the virtualenv's python (scripts/setup.sh).
 pub fn pymacaroons(args: &[&str]) -> String {
     let python = repo_root().join("target/pyenv/bin/python");

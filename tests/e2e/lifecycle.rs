@@ -236,3 +236,75 @@ async fn the_cli_works_over_https_trusting_the_certificate_it_is_given() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains("hello"));
     assert!(server.cli(&["rm", "hello", "--ca-cert", path]).status.success());
 }
+
+/// Every entry below `dir` that is not a file of mode 0600 or a directory of mode 0700.
+fn not_private(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        let expected = if metadata.is_dir() { 0o700 } else { 0o600 };
+        if mode != expected {
+            found.push(format!("{} {mode:o}", path.display()));
+        }
+        if metadata.is_dir() {
+            found.extend(not_private(&path));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn every_file_ledge_writes_under_the_data_dir_is_private_whatever_the_dir_was_made_with() {
+    use std::os::unix::fs::PermissionsExt;
+    // An operator made the data dir world-readable; what ledge writes in it must not be.
+    let mut server = Server::start_prepared(&[], |dir| {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    server.deploy("counter", &guest("counter"));
+    server.deploy("counter", &guest("counter"));
+    assert!(server.cli(&["config", "set", "counter", "greeting", "hi"]).status.success());
+    assert!(server.cli(&["config", "set", "counter", "password", "s3cret", "--secret"]).status.success());
+    for _ in 0..20 {
+        assert_eq!(client().post(server.fn_url("counter", "/")).send().await.unwrap().status(), 200);
+    }
+    let recorded = client()
+        .post(server.fn_url("counter", "/"))
+        .bearer_auth(&server.admin_token)
+        .header("ledge-record", "1")
+        .send()
+        .await
+        .unwrap();
+    assert!(recorded.headers().contains_key("ledge-trace"), "a trace is kept");
+    // A clean stop, then a restart that recovers from what the first run wrote.
+    assert!(server.terminate().success());
+    server.restart();
+    assert_eq!(client().post(server.fn_url("counter", "/")).send().await.unwrap().status(), 200);
+    let archive = server.data_dir.with_file_name("node.tar");
+    assert!(server.cli(&["backup", "--out", archive.to_str().unwrap()]).status.success());
+
+    let files = walkdir_count(&server.data_dir);
+    assert!(files > 10, "the workload wrote files ({files})");
+    let wide = not_private(&server.data_dir);
+    assert!(wide.is_empty(), "entries readable by others under the data dir:\n{}", wide.join("\n"));
+
+    // A restored data dir is just as private.
+    let restored = server.data_dir.with_file_name("restored");
+    let output =
+        crate::harness::ledge().arg("restore").arg(&archive).arg("--data-dir").arg(&restored).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let wide = not_private(&restored);
+    assert!(wide.is_empty(), "entries readable by others in the restored data dir:\n{}", wide.join("\n"));
+}
+
+/// Files below `dir`, at any depth.
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .map(|path| if path.is_dir() { walkdir_count(&path) } else { 1 })
+        .sum()
+}

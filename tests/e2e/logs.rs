@@ -61,6 +61,37 @@ async fn logs_show_guest_output_and_request_lines_and_follow_them_live() {
     problem(server.admin().get(format!("{}/v1/functions/nothing/logs", server.url)).send().await.unwrap(), 404).await;
 }
 
+/// What misbehave's `/escapes` prints: an OSC 52 clipboard write, cursor movement, a carriage
+/// return that hides what came before it, a C1 CSI, DEL, a tab and a backslash.
+const HOSTILE: &str = "clip\x1b]52;c;bGVkZ2U=\x07 up\x1b[2A hidden\rshown \u{9b}31mred\x7f tab\tback\\slash";
+
+/// A guest's escape sequences reach the operator's terminal only with `--raw`: `ledge logs`
+/// shows them escaped, and `--json` holds the exact text (with no raw control character).
+#[tokio::test]
+async fn guest_control_characters_are_shown_escaped_unless_raw() {
+    let server = Server::start();
+    server.deploy("misbehave", &guest("misbehave"));
+    let printed = client().get(server.fn_url("misbehave", "/escapes")).send().await.unwrap();
+    assert_eq!(printed.status(), 200);
+    let is_control = |c: char| c.is_control() && c != '\n';
+
+    let shown = server.cli_ok(&["logs", "misbehave"]);
+    let escaped = "clip\\x1b]52;c;bGVkZ2U=\\x07 up\\x1b[2A hidden\\rshown \\u{9b}31mred\\x7f tab\\tback\\\\slash";
+    assert!(shown.contains(&format!("misbehave stdout: {escaped}\n")), "{shown:?}");
+    assert!(
+        !shown.contains('\x1b') && !shown.chars().any(is_control),
+        "a control character reached the terminal: {shown:?}"
+    );
+
+    let raw = server.cli_ok(&["logs", "misbehave", "--raw"]);
+    assert!(raw.contains(&format!("misbehave stdout: {HOSTILE}\n")), "{raw:?}");
+
+    let json = server.cli_ok(&["logs", "misbehave", "--json"]);
+    assert!(!json.chars().any(is_control), "a control character in the JSON lines: {json:?}");
+    let entries: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(entries.iter().any(|e| e["kind"] == "stdout" && e["text"] == HOSTILE), "{entries:?}");
+}
+
 /// A server whose stderr nobody reads (a stuck terminal or journal) keeps answering: its log
 /// lines wait in memory up to the writer's 8 MiB bound, lines past it are dropped and counted,
 /// and once stderr drains the server logs how many it dropped.

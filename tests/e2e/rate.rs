@@ -161,3 +161,60 @@ async fn policy_files_apply_without_a_restart_and_a_broken_edit_changes_nothing(
     let response = client().get(server.fn_url("hello", "/")).send().await.unwrap();
     assert_eq!(response.status(), 429, "the old quota stays in force");
 }
+
+#[tokio::test]
+async fn a_flood_of_distinct_rate_caveats_never_shakes_off_a_tokens_own_rate_nor_resets_another_familys() {
+    let server = hello_server("public = false\n[rate]\nquota = 100000\nwindow = \"60s\"\n").await;
+    let url = server.fn_url("hello", "/");
+    let get = |token: &str| client().get(&url).bearer_auth(token).send();
+    let hourly = server.mint(&["fn = hello", "rate = 1/h"]);
+    assert_eq!(get(&hourly).await.unwrap().status(), 200);
+    assert_eq!(get(&hourly).await.unwrap().status(), 429, "its burst of one is spent");
+    // Other families' budgets, before the flood: `rate = n/h` for n = 3..=9, two requests each.
+    let others: Vec<(i64, String)> =
+        (3..=9).map(|n| (n, server.mint(&["fn = hello", &format!("rate = {n}/h")]))).collect();
+    for (n, token) in &others {
+        for expected in [n - 1, n - 2] {
+            let response = get(token).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(param(&structured(&response, "ratelimit").1, "r"), expected);
+        }
+    }
+
+    // No key needed: the holder attenuates its token 150 times, each time with 7 more distinct
+    // rates (10/h to 1059/h: 1,050 in all, none the other families', where 64 caveat limiters once
+    // made a table full), and cycles through the tokens.
+    let flood: Vec<String> = (0..150)
+        .map(|i| {
+            let mut command = crate::harness::ledge();
+            command.args(["token", "attenuate", &hourly]);
+            for n in 0..7 {
+                command.args(["--caveat", &format!("rate = {}/h", 10 + 7 * i + n)]);
+            }
+            let output = command.output().expect("ledge token attenuate");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).expect("utf-8").trim().to_string()
+        })
+        .collect();
+    for round in 0..2 {
+        for (i, token) in flood.iter().enumerate() {
+            let response = get(token).await.unwrap();
+            assert_eq!(response.status(), 429, "round {round}, token {i}: the 1/h limit was shaken off");
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(get(&hourly).await.unwrap().status(), 429, "no fresh burst for the token itself");
+
+    // No other family's limiter was reset: each one's next request leaves what it would have.
+    for (n, token) in &others {
+        let response = get(token).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (_, policy) = structured(&response, "ratelimit-policy");
+        assert_eq!((param(&policy, "q"), param(&policy, "w")), (*n, 3600));
+        assert_eq!(
+            param(&structured(&response, "ratelimit").1, "r"),
+            n - 3,
+            "the flood reset the {n}/h family's budget"
+        );
+    }
+}

@@ -276,12 +276,25 @@ async fn reading_traces_needs_a_manage_token_for_their_function() {
     assert_eq!(bad.status(), 400);
     let none = client().get(url(&format!("/v1/traces/{id}"))).send().await.unwrap();
     assert_eq!(none.status(), 401);
+    // A caller who may not read a trace cannot tell it from one that does not exist, nor learn
+    // whose it is.
+    let last = id.chars().last().unwrap();
+    let absent = format!("{}{}", &id[..id.len() - 1], if last == '0' { '1' } else { '0' });
     for token in [&invoke_only, &other_function] {
         let listing = client().get(url("/v1/traces?function=counter")).bearer_auth(token).send().await.unwrap();
         assert_eq!(listing.status(), 403);
-        for path in [format!("/v1/traces/{id}"), format!("/v1/traces/{id}/component")] {
-            let read = client().get(url(&path)).bearer_auth(token).send().await.unwrap();
-            assert_eq!(read.status(), 403, "{path}");
+        for suffix in ["", "/component"] {
+            let answer = |trace: String| {
+                let request = client().get(url(&format!("/v1/traces/{trace}{suffix}"))).bearer_auth(token);
+                async move {
+                    let response = request.send().await.unwrap();
+                    (response.status().as_u16(), response.text().await.unwrap().replace(&trace, "ID"))
+                }
+            };
+            let (existing, missing) = (answer(id.clone()).await, answer(absent.clone()).await);
+            assert_eq!(existing, missing, "{suffix}");
+            assert_eq!(existing.0, 404, "{suffix}: {}", existing.1);
+            assert!(!existing.1.contains("counter"), "the answer names the function: {}", existing.1);
         }
     }
     let cli = ledge()

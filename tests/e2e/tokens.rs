@@ -49,14 +49,16 @@ async fn missing_or_invalid_tokens_get_401_and_refusing_caveats_403() {
 #[tokio::test]
 async fn each_caveat_kind_allows_and_refuses() {
     let server = private_server().await;
-    let cases: [(&str, &str, &str, u16); 12] = [
+    let cases: [(&str, &str, &str, u16); 13] = [
         ("fn in private,kv", "GET", "/fine", 200),
         ("fn = kv", "GET", "/fine", 403),
         ("op = invoke", "GET", "/fine", 200),
         ("op in deploy,manage", "GET", "/fine", 403),
         ("method in GET,HEAD", "GET", "/fine", 200),
         ("method = GET", "POST", "/fine", 403),
-        ("path-prefix = /fi", "GET", "/fine", 200),
+        ("path-prefix = /fine", "GET", "/fine", 200),
+        // Whole segments: `/fi` is no prefix of `/fine`.
+        ("path-prefix = /fi", "GET", "/fine", 403),
         ("path-prefix = /api/", "GET", "/fine", 403),
         ("time < 2999-01-01T00:00:00Z", "GET", "/fine", 200),
         ("time < 2001-01-01T00:00:00Z", "GET", "/fine", 403),
@@ -258,9 +260,78 @@ async fn tokens_interoperate_with_pymacaroons() {
     let narrowed = crate::harness::pymacaroons(&["attenuate", &token, "method = POST"]).trim().to_string();
     assert_eq!(call(server.fn_url("private", "/fine"), "POST", Some(&narrowed)).await.status(), 200);
     problem(call(server.fn_url("private", "/fine"), "GET", Some(&narrowed)).await, 403).await;
-    // And pymacaroons verifies what ledge attenuated.
+    // And pymacaroons verifies what ledge attenuated, the branch's `id` caveat last.
     let ours = crate::harness::attenuate(&narrowed, "path-prefix = /fine");
-    assert_eq!(crate::harness::pymacaroons(&["verify", secret.trim(), &ours]).lines().count(), 5);
+    let verified = crate::harness::pymacaroons(&["verify", secret.trim(), &ours]);
+    let lines: Vec<&str> = verified.lines().collect();
+    assert_eq!(lines.len(), 6, "{verified}");
+    assert_eq!(lines[4], "path-prefix = /fine");
+    let id = lines[5].strip_prefix("id = ").unwrap_or_else(|| panic!("no id caveat: {verified}"));
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+}
+
+/// `ledge token revoke` of `token`, asserting success; the id it says it revoked.
+fn revoke(server: &Server, token: &str) -> String {
+    let output = server.cli(&["token", "revoke", token]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8(output.stdout).unwrap();
+    said.trim().strip_prefix("revoked ").unwrap_or_else(|| panic!("{said}")).to_string()
+}
+
+#[tokio::test]
+async fn revoking_a_narrowed_token_leaves_its_parent_and_siblings_alone() {
+    let server = private_server().await;
+    let functions = format!("{}/v1/functions", server.url);
+    let fine = || server.fn_url("private", "/fine");
+    // The admin token narrowed for a CI job, and a sibling narrowed for someone else.
+    let ci = crate::harness::attenuate(&server.admin_token, "fn = private");
+    let sibling = crate::harness::attenuate(&server.admin_token, "method = GET");
+    let below_ci = crate::harness::attenuate(&ci, "method = GET");
+    for token in [&ci, &sibling, &below_ci] {
+        assert_eq!(call(fine(), "GET", Some(token)).await.status(), 200);
+    }
+    let takes = crate::harness::inspect(&ci);
+    let revoked = revoke(&server, &ci);
+    assert!(takes.contains(&format!("revoke:   takes {revoked} (its last `id` caveat)")), "{takes}");
+    for gone in [&ci, &below_ci] {
+        let detail = problem(call(fine(), "GET", Some(gone)).await, 401).await;
+        assert!(detail["detail"].as_str().unwrap().contains("revoked"), "{detail}");
+    }
+    assert_eq!(call(fine(), "GET", Some(&sibling)).await.status(), 200, "the sibling still works");
+    assert_eq!(call(functions.clone(), "GET", Some(&server.admin_token)).await.status(), 200, "the parent still works");
+
+    // A branch another library made with its own `id` caveat is revoked on its own too, by
+    // token over HTTP.
+    let foreign = crate::harness::pymacaroons(&["attenuate", &server.admin_token, "id = C0FFEE"]).trim().to_string();
+    assert_eq!(call(functions.clone(), "GET", Some(&foreign)).await.status(), 200);
+    let revoked =
+        server.admin().post(format!("{}/v1/tokens/revoke", server.url)).body(foreign.clone()).send().await.unwrap();
+    assert_eq!(revoked.json::<serde_json::Value>().await.unwrap()["revoked"], "c0ffee");
+    problem(call(functions.clone(), "GET", Some(&foreign)).await, 401).await;
+    assert_eq!(call(fine(), "GET", Some(&sibling)).await.status(), 200);
+
+    // A token without any `id` caveat is its whole family: revoking it takes the root id.
+    let root = server.mint(&["fn = private"]);
+    let branch = crate::harness::attenuate(&root, "method = GET");
+    assert!(crate::harness::inspect(&root).contains("(its root id: every token of the family)"));
+    revoke(&server, &root);
+    problem(call(fine(), "GET", Some(&branch)).await, 401).await;
+    assert_eq!(call(fine(), "GET", Some(&sibling)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn branches_of_one_token_share_its_rate_limit() {
+    let server = private_server().await;
+    server.set_policy("private", "public = false\n[rate]\nquota = 4\nwindow = \"1h\"\n").await;
+    let root = server.mint(&["fn = private"]);
+    let mut statuses = Vec::new();
+    for index in 0..8 {
+        // A fresh branch for every request: more branches must never mean more quota.
+        let branch = crate::harness::attenuate(&root, &format!("path-prefix = /{index}"));
+        let response = call(server.fn_url("private", &format!("/{index}")), "GET", Some(&branch)).await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|&&status| status == 429).count(), 4, "{statuses:?}");
 }
 
 #[tokio::test]
@@ -278,5 +349,60 @@ async fn a_forged_key_id_is_refused_without_echoing_its_bytes() {
         let well_formed = key_id.len() == 16;
         assert_eq!(detail.contains(key_id), well_formed, "{detail}");
         assert!(!detail.contains('\u{0}') && !detail.contains("<script>"), "{detail}");
+    }
+}
+
+/// The body of a GET.
+async fn text(url: String) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_revocation_holds_on_a_node_whose_engine_guests_filled() {
+    let mut server = Server::start_with(&["--kv-max-bytes", "1048576"]);
+    server.deploy("filler", &guest("misbehave"));
+    server.set_policy("filler", "public = true\n[kv]\nmax_bytes = \"64MiB\"\n").await;
+    let token = server.mint(&["op in manage"]);
+    let functions = format!("{}/v1/functions", server.url);
+    assert_eq!(call(functions.clone(), "GET", Some(&token)).await.status(), 200);
+    let filled = text(server.fn_url("filler", "/kv-fill?kib=4")).await;
+    assert!(filled.contains("budget"), "the guests filled the engine: {filled}");
+    revoke(&server, &token);
+    problem(call(functions.clone(), "GET", Some(&token)).await, 401).await;
+    server.kill();
+    server.restart();
+    problem(call(format!("{}/v1/functions", server.url), "GET", Some(&token)).await, 401).await;
+}
+
+#[tokio::test]
+async fn a_token_revoked_through_one_node_is_refused_on_a_node_whose_engine_is_full() {
+    let etcd = crate::harness::Etcd::start();
+    let endpoints = etcd.endpoints();
+    let a = Server::start_with(&["--cluster", &endpoints, "--node-name", "a"]);
+    let _b = Server::start_with(&["--cluster", &endpoints, "--node-name", "b"]);
+    // C's engine is small, and its guests fill it.
+    let c = Server::start_with(&["--cluster", &endpoints, "--node-name", "c", "--kv-max-bytes", "1048576"]);
+    a.deploy("filler", &guest("misbehave"));
+    a.set_policy("filler", "public = true\n[kv]\nmax_bytes = \"64MiB\"\n").await;
+    let token = a.mint(&["op in manage"]);
+    let on_c = format!("{}/v1/functions", c.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let filled = loop {
+        // Until C has installed the function it proxies the fill to a node that has.
+        let response = client().get(c.fn_url("filler", "/kv-fill?kib=4")).send().await.unwrap();
+        let from_c = response.headers().get("ledge-node").is_some_and(|node| node == "c");
+        let body = response.text().await.unwrap();
+        if from_c || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(filled.contains("budget"), "the guests filled C's engine: {filled}");
+    assert_eq!(call(on_c.clone(), "GET", Some(&token)).await.status(), 200);
+    revoke(&a, &token);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while call(on_c.clone(), "GET", Some(&token)).await.status() != 401 {
+        assert!(std::time::Instant::now() < deadline, "the revocation did not reach C within 2 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -101,7 +101,7 @@ impl Db {
         let rec = recovery::recover(&*fs, dir)?;
         let segment = wal::create_segment(&*fs, dir, rec.next_segment)?;
         let last = rec.last_stamp;
-        let usage = Usage::count(&rec.store, opts.keyspace_of);
+        let usage = Usage::count(&rec.store, opts.keyspace_of, opts.unbudgeted_prefix);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             store: rec.store,

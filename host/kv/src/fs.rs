@@ -7,10 +7,19 @@
 //!   returned after it;
 //! - [`Fs::truncate`] returns only when the new length is durable;
 //! - a crash may keep, drop or tear any write that was not synced, in any order.
+//!
+//! Every file the engine creates is private to its owner (0600) and every directory 0700: the
+//! WAL and checkpoints hold every function's data, whatever the mode of the folder around them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// The mode of every file the engine creates.
+const PRIVATE_FILE: u32 = 0o600;
+/// The mode of every directory the engine creates.
+const PRIVATE_DIR: u32 = 0o700;
 
 use crate::error::Error;
 
@@ -73,12 +82,13 @@ impl FsFile for File {
 
 impl Fs for RealFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir)
     }
 
     fn lock(&self, dir: &Path) -> Result<DirLock, Error> {
         use std::os::fd::AsRawFd;
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+        let f =
+            OpenOptions::new().create(true).truncate(false).write(true).mode(PRIVATE_FILE).open(dir.join("LOCK"))?;
         // SAFETY: flock on a valid, open descriptor owned by `f`; no memory is involved.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -102,11 +112,11 @@ impl Fs for RealFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        Ok(Box::new(OpenOptions::new().create_new(true).append(true).open(path)?))
+        Ok(Box::new(OpenOptions::new().create_new(true).append(true).mode(PRIVATE_FILE).open(path)?))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        Ok(Box::new(File::create(path)?))
+        Ok(Box::new(OpenOptions::new().create(true).truncate(true).write(true).mode(PRIVATE_FILE).open(path)?))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

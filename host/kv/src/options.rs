@@ -57,6 +57,11 @@ pub struct Options {
     /// Most bytes of live data the database may hold; commits that would grow past it fail
     /// with [`crate::TxError::OutOfSpace`]. Default unlimited.
     pub max_live_bytes: u64,
+    /// Keyspaces under this prefix (the host's own records: revocations, kept traces) do not
+    /// count toward `max_live_bytes`, so data in the others filling the budget never blocks a
+    /// write there; they are still counted in the total and per keyspace (and held to their
+    /// quotas). Default none.
+    pub unbudgeted_prefix: Option<&'static [u8]>,
     /// The file system the database lives on: the real one, or a test's simulated disk.
     pub(crate) fs: Arc<dyn Fs>,
 }
@@ -74,6 +79,7 @@ impl Default for Options {
             max_scan_bytes: 4 << 20,
             keyspace_of: None,
             max_live_bytes: u64::MAX,
+            unbudgeted_prefix: None,
             fs: Arc::new(RealFs),
         }
     }
@@ -101,6 +107,12 @@ impl Options {
     /// Sets the budget of live data in bytes.
     pub fn max_live_bytes(mut self, n: u64) -> Self {
         self.max_live_bytes = n;
+        self
+    }
+
+    /// Exempts the keyspaces under `prefix` from the budget of live data.
+    pub fn unbudgeted_prefix(mut self, prefix: &'static [u8]) -> Self {
+        self.unbudgeted_prefix = Some(prefix);
         self
     }
 

@@ -29,6 +29,10 @@ pub(crate) fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> i64 {
 pub(crate) struct Usage {
     by_keyspace: HashMap<Vec<u8>, u64>,
     total: u64,
+    /// Keyspaces under this prefix are not held to the budget ([`crate::Options::unbudgeted_prefix`]).
+    unbudgeted_prefix: Option<&'static [u8]>,
+    /// Their bytes, part of `total`.
+    unbudgeted: u64,
 }
 
 /// What one commit changes: bytes per keyspace and in total (negative frees).
@@ -57,23 +61,38 @@ impl Delta {
 
 impl Usage {
     /// Recounts a recovered store.
-    pub(crate) fn count(store: &Store, keyspace_of: Option<KeyspaceOf>) -> Usage {
+    pub(crate) fn count(
+        store: &Store,
+        keyspace_of: Option<KeyspaceOf>,
+        unbudgeted_prefix: Option<&'static [u8]>,
+    ) -> Usage {
         let mut delta = Delta::default();
         for entry in store.iter() {
             if let Some(latest) = entry.value().latest() {
                 delta.add(keyspace_of, entry.key(), 0, entry_bytes(entry.key(), latest.value.as_deref()));
             }
         }
-        let mut usage = Usage::default();
+        let mut usage = Usage { unbudgeted_prefix, ..Usage::default() };
         usage.apply(&delta);
         usage
     }
 
-    /// Refuses `delta` if it grows a keyspace past its quota in `quotas` or the total past
-    /// `budget`.
+    fn is_unbudgeted(&self, keyspace: &[u8]) -> bool {
+        self.unbudgeted_prefix.is_some_and(|prefix| keyspace.starts_with(prefix))
+    }
+
+    /// Refuses `delta` if it grows a keyspace past its quota in `quotas` or the budgeted data
+    /// (the total less the unbudgeted keyspaces) past `budget`.
     pub(crate) fn check(&self, delta: &Delta, quotas: &[(Vec<u8>, u64)], budget: u64) -> Result<(), TxError> {
-        if delta.total > 0 {
-            let would_hold = self.total.saturating_add(delta.total as u64);
+        let unbudgeted: i64 = delta
+            .by_keyspace
+            .iter()
+            .filter(|(keyspace, _)| self.is_unbudgeted(keyspace))
+            .map(|(_, change)| change)
+            .sum();
+        let budgeted_change = delta.total - unbudgeted;
+        if budgeted_change > 0 {
+            let would_hold = self.total.saturating_sub(self.unbudgeted).saturating_add(budgeted_change as u64);
             if would_hold > budget {
                 return Err(TxError::OutOfSpace { would_hold, max: budget });
             }
@@ -91,6 +110,9 @@ impl Usage {
     pub(crate) fn apply(&mut self, delta: &Delta) {
         self.total = self.total.saturating_add_signed(delta.total);
         for (keyspace, change) in &delta.by_keyspace {
+            if self.is_unbudgeted(keyspace) {
+                self.unbudgeted = self.unbudgeted.saturating_add_signed(*change);
+            }
             let bytes = self.by_keyspace.entry(keyspace.clone()).or_default();
             *bytes = bytes.saturating_add_signed(*change);
             if *bytes == 0 {

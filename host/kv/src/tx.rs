@@ -85,6 +85,11 @@ impl Tx {
         self.snapshot
     }
 
+    /// Bytes of keys and values buffered for writing (an overwritten key counts once).
+    pub fn write_bytes(&self) -> usize {
+        self.write_bytes
+    }
+
     /// The isolation level.
     pub fn isolation(&self) -> Isolation {
         self.iso

@@ -139,3 +139,26 @@ fn dropping_a_read_only_transaction_is_not_an_abort() {
     drop(writer);
     assert_eq!(db.stats().aborted_by_caller, 1);
 }
+
+#[test]
+fn unbudgeted_keyspaces_are_never_refused_for_the_budget_and_do_not_use_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::default().keyspace_of(keyspace_of).max_live_bytes(1000).unbudgeted_prefix(b"sys/");
+    let db = Db::open_with(dir.path(), options()).unwrap();
+    put(&db, "ks/b/full", 990).unwrap();
+    let refused = put(&db, "ks/b/more", 10).unwrap_err();
+    assert!(matches!(refused, TxError::OutOfSpace { .. }), "{refused:?}");
+    // The budget is full of ordinary data; the system keyspace still takes writes, and they
+    // leave the budget as it was.
+    put(&db, "sys/revoked/0123", 500).unwrap();
+    put(&db, "sys/trace/1", 500).unwrap();
+    assert_eq!(db.live_bytes(), (9 + 990) + (16 + 500) + (11 + 500), "still counted in the total");
+    put(&db, "ks/b/full", 900).unwrap_or_else(|e| panic!("shrinking frees budget: {e}"));
+    put(&db, "ks/b/more", 50).unwrap();
+    // Recovery recounts the same split.
+    drop(db);
+    let db = Db::open_with(dir.path(), options()).unwrap();
+    let refused = put(&db, "ks/b/third", 100).unwrap_err();
+    assert!(matches!(refused, TxError::OutOfSpace { .. }), "{refused:?}");
+    put(&db, "sys/revoked/4567", 100).unwrap();
+}

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::access::policy::RateQuota;
+use crate::access::policy::{RateQuota, path_under};
 
 /// What a request asks to do; `op` caveats name these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub(crate) enum Caveat {
     KvPrefix(String),
     KvRead,
     Rate(RateQuota),
+    /// `id = HEX`: names a revocable branch of a token family (lowercase, 1 to 64 hex digits).
+    Id(String),
 }
 
 /// Parses `key op value`; `=` and `in` (comma-separated list) both work for list caveats.
@@ -80,6 +82,7 @@ pub(crate) fn parse_caveat(text: &str) -> Result<Caveat, String> {
         ("kv-prefix", "=") => Ok(Caveat::KvPrefix(value.to_string())),
         ("kv", "=") if value == "read" => Ok(Caveat::KvRead),
         ("rate", "=") => parse_rate(value).map(Caveat::Rate),
+        ("id", "=") => parse_branch_id(value).map(Caveat::Id),
         _ => Err("unknown caveat".into()),
     }
 }
@@ -99,12 +102,40 @@ impl Caveat {
             Caveat::Ops(_) => Err(format!("operation `{:?}` is not allowed", request.op).to_lowercase()),
             Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
             Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
-            Caveat::PathPrefix(prefix) if request.path.starts_with(prefix.as_str()) => Ok(()),
+            Caveat::PathPrefix(_) if has_encoded_slash(request.path) => Err(format!(
+                "path `{}` holds an encoded slash or backslash (%2F, %5C), which a guest may read as a separator: refused under a path-prefix",
+                request.path
+            )),
+            Caveat::PathPrefix(prefix) if under_path_prefix(request.path, prefix) => Ok(()),
             Caveat::PathPrefix(_) => Err(format!("path `{}` is outside the allowed prefix", request.path)),
-            // Key-value and rate caveats narrow what the request may do, not whether it runs.
-            Caveat::KvPrefix(_) | Caveat::KvRead | Caveat::Rate(_) => Ok(()),
+            // Key-value and rate caveats narrow what the request may do, not whether it runs; an
+            // `id` only names the branch for revocation (checked by the verifier).
+            Caveat::KvPrefix(_) | Caveat::KvRead | Caveat::Rate(_) | Caveat::Id(_) => Ok(()),
         }
     }
+}
+
+/// Whether `path` lies under a `path-prefix`, by whole segments: `/api/` takes `/api/` and
+/// everything below it, `/api` also `/api` itself; neither takes `/apix`.
+fn under_path_prefix(path: &str, prefix: &str) -> bool {
+    if prefix.ends_with('/') { path.starts_with(prefix) } else { path_under(path, prefix) }
+}
+
+/// `%2F` or `%5C` in any case: a separator to a guest that decodes before it routes, plain text
+/// to the prefix check, so the two could disagree on where the path leads.
+fn has_encoded_slash(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F') | (b'5', b'C')))
+}
+
+/// The value of an `id` caveat: 1 to 64 hex digits (ledge writes 32), kept lowercase so that
+/// one branch has one revocation key whoever wrote the caveat.
+pub fn parse_branch_id(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{value}` is not a branch id: expected 1 to 64 hex digits"));
+    }
+    Ok(value.to_ascii_lowercase())
 }
 
 /// Parses a token `rate` caveat value "N/s" | "N/m" | "N/h" into a RateQuota (burst = N).
@@ -146,6 +177,27 @@ mod tests {
         assert!(parse_caveat("time < tomorrow").is_err());
         assert!(parse_caveat("path-prefix = api").is_err());
         assert!(parse_caveat("kv = write").is_err());
+    }
+
+    #[test]
+    fn a_path_prefix_takes_whole_segments_and_no_encoded_slash() {
+        let at = |path: &'static str| request(Op::Invoke, Some("echo"), "GET", path);
+        let api = parse_caveat("path-prefix = /api").unwrap();
+        let api_dir = parse_caveat("path-prefix = /api/").unwrap();
+        for (path, under_api, under_api_dir) in [
+            ("/api", true, false),
+            ("/api/", true, true),
+            ("/api/x", true, true),
+            ("/apix", false, false),
+            ("/", false, false),
+        ] {
+            assert_eq!(api.check(&at(path)).is_ok(), under_api, "/api vs {path}");
+            assert_eq!(api_dir.check(&at(path)).is_ok(), under_api_dir, "/api/ vs {path}");
+        }
+        for encoded in ["/api/a%2Fb", "/api/a%2fb", "/api/a%5cb"] {
+            assert!(api.check(&at(encoded)).unwrap_err().contains("encoded slash"), "{encoded}");
+        }
+        assert!(parse_caveat("path-prefix = /").unwrap().check(&at("/anything")).is_ok());
     }
 
     #[test]

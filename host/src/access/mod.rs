@@ -13,6 +13,7 @@
 //! policy file that does not parse never grant anything); attenuation only narrows.
 
 pub mod caveats;
+pub mod keyless;
 pub mod policy;
 pub mod rate;
 pub mod tokens;

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use libmacaroon::{Caveat as RawCaveat, Format, Macaroon, MacaroonKey, Verifier};
 use thiserror::Error;
 
-use crate::access::caveats::{Caveat, Request, parse_caveat};
+use crate::access::caveats::{Caveat, Op, Request, parse_caveat};
 use crate::access::policy::RateQuota;
 use crate::storage::{create_private_dir, write_durably};
 
@@ -46,6 +46,15 @@ pub struct Caller {
     pub rates: Vec<RateQuota>,
     /// The token carries an `fn` caveat: it may tighten its functions' policies, never widen.
     pub function_scoped: bool,
+    /// No `op` caveat leaves out `manage`: with no `fn` caveat either, the token may widen
+    /// policies; any other token (a deploy-only CI token) may only tighten them.
+    pub manages: bool,
+    /// The token's branch: its last `id` caveat, or `None` when it has none (the root id is
+    /// then what a revoke takes). Audit lines name it beside the root id.
+    pub branch_id: Option<String>,
+    /// No caveats but `time` and `id`, no third-party caveat: a full admin token, the only kind
+    /// that may take what holds the root keys (a backup).
+    pub unconfined: bool,
 }
 
 impl Caller {
@@ -93,6 +102,9 @@ pub struct Authority {
     /// Newest last. Grows at run time in cluster mode, when another node adds a key.
     keys: parking_lot::RwLock<Vec<RootKey>>,
     revoked: Option<ledge_kv::Db>,
+    /// Ids revoked in the cluster's state as this node follows it, refused whether or not the
+    /// engine took the local copy (bounded by what etcd holds).
+    followed: parking_lot::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Authority {
@@ -104,7 +116,7 @@ impl Authority {
         if keys.is_empty() {
             keys.push(create_key(&dir)?);
         }
-        Ok(Authority { keys: parking_lot::RwLock::new(keys), revoked: None })
+        Ok(Authority { keys: parking_lot::RwLock::new(keys), revoked: None, followed: Default::default() })
     }
 
     /// Checks revocations against `db` from now on.
@@ -170,23 +182,41 @@ impl Authority {
         }
 
         // Step 2: every caveat, of the token and of its discharges, against the request.
-        let mut caller = Caller { token_id: Some(token_id), ..Caller::default() };
-        for raw in std::iter::once(&token).chain(&discharges).flat_map(|m| m.caveats()) {
+        let mut caller = Caller { token_id: Some(token_id), unconfined: true, manages: true, ..Caller::default() };
+        let mut branches = Vec::new();
+        for (index, raw) in std::iter::once(&token).chain(&discharges).flat_map(|m| m.caveats()).enumerate() {
             let RawCaveat::FirstParty(first_party) = raw else {
-                continue; // Third-party caveats were discharged in step 1.
+                // Discharged in step 1; it still confines the token.
+                caller.unconfined = false;
+                continue;
             };
             let text = String::from_utf8_lossy(first_party.predicate()).into_owned();
             let refuse = |reason: String| AuthError::Refused { caveat: text.clone(), reason };
             let caveat = parse_caveat(&text).map_err(refuse)?;
             caveat.check(request).map_err(refuse)?;
+            if !matches!(caveat, Caveat::TimeBefore(_) | Caveat::Id(_)) {
+                caller.unconfined = false;
+            }
             match caveat {
                 Caveat::KvPrefix(prefix) => caller.key_prefixes.push(prefix.into_bytes()),
                 Caveat::KvRead => caller.read_only = true,
                 Caveat::Rate(quota) => caller.rates.push(quota),
                 Caveat::Functions(_) => caller.function_scoped = true,
+                Caveat::Ops(ops) if !ops.contains(&Op::Manage) => caller.manages = false,
+                Caveat::Id(id) => {
+                    // The token's own caveats come first: its last `id` among them is its branch.
+                    if index < token.caveats().len() {
+                        caller.branch_id = Some(id.clone());
+                    }
+                    branches.push(id);
+                }
                 _ => {}
             }
             caller.caveats.push(text);
+        }
+        // A revoked branch refuses every token below it, whatever else the token carries.
+        if branches.iter().any(|id| self.is_revoked(id)) {
+            return Err(AuthError::Revoked);
         }
         Ok(caller)
     }
@@ -219,10 +249,19 @@ impl Authority {
     }
 
     pub fn is_revoked(&self, token_id: &str) -> bool {
+        if self.followed.read().contains(token_id) {
+            return true;
+        }
         let Some(db) = &self.revoked else { return false };
         let key = [REVOKED_PREFIX, token_id.as_bytes()].concat();
         // A read error fails closed.
         db.begin(ledge_kv::Isolation::Snapshot).get(&key).map_or(true, |value| value.is_some())
+    }
+
+    /// Refuses `token_id` from now on: a revocation this node saw in the cluster's state, held
+    /// in memory so that it holds even when the engine cannot take the local copy.
+    pub fn revoked_in_cluster(&self, token_id: &str) {
+        self.followed.write().insert(token_id.to_string());
     }
 
     /// Records `token_id` as revoked, durably.
@@ -253,49 +292,7 @@ pub fn is_ledge_token(authorization: &str) -> bool {
     decode(first).is_ok_and(|macaroon| parse_identifier(macaroon.identifier()).is_ok())
 }
 
-/// Adds first-party caveats to a token: needs no key, only the token.
-pub fn attenuate(token: &str, caveats: &[String]) -> Result<String, String> {
-    let mut macaroon = decode(token).map_err(|e| e.to_string())?;
-    for caveat in caveats {
-        parse_caveat(caveat).map_err(|reason| format!("caveat `{caveat}`: {reason}"))?;
-        macaroon.add_first_party_caveat(caveat.as_bytes()).map_err(|e| e.to_string())?;
-    }
-    encode(&macaroon)
-}
-
-/// What `ledge token inspect` prints: identifiers and caveats, never the signature.
-pub fn inspect(token: &str) -> Result<String, String> {
-    let macaroon = decode(token).map_err(|e| e.to_string())?;
-    let mut lines = Vec::new();
-    match parse_identifier(macaroon.identifier()) {
-        Ok((key_id, token_id)) => lines.push(format!("token id: {token_id}\nkey id:   {key_id}")),
-        Err(_) => lines.push(format!("identifier: {}", String::from_utf8_lossy(macaroon.identifier()))),
-    }
-    if let Some(location) = macaroon.location() {
-        lines.push(format!("location: {location}"));
-    }
-    lines.push(format!("caveats:  {}", macaroon.caveats().len()));
-    for caveat in macaroon.caveats() {
-        match caveat {
-            RawCaveat::FirstParty(fp) => lines.push(format!("  {}", String::from_utf8_lossy(fp.predicate()))),
-            RawCaveat::ThirdParty(tp) => {
-                lines.push(format!("  third-party at {} (id {})", tp.location(), String::from_utf8_lossy(tp.id())))
-            }
-        }
-    }
-    Ok(lines.join("\n"))
-}
-
-/// The token id of a token, or the argument itself when it already is one.
-pub fn token_id_of(token_or_id: &str) -> Result<String, String> {
-    if token_or_id.len() <= 64 && token_or_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(token_or_id.to_string());
-    }
-    let macaroon = decode(token_or_id).map_err(|e| e.to_string())?;
-    parse_identifier(macaroon.identifier()).map(|(_, id)| id).map_err(|e| e.to_string())
-}
-
-fn parse_identifier(identifier: &[u8]) -> Result<(String, String), AuthError> {
+pub(super) fn parse_identifier(identifier: &[u8]) -> Result<(String, String), AuthError> {
     let text = std::str::from_utf8(identifier).map_err(|_| AuthError::Malformed("identifier is not text".into()))?;
     match text.split(' ').collect::<Vec<_>>().as_slice() {
         [IDENTIFIER_VERSION, key_id, token_id] => Ok((key_id.to_string(), token_id.to_string())),
@@ -303,11 +300,11 @@ fn parse_identifier(identifier: &[u8]) -> Result<(String, String), AuthError> {
     }
 }
 
-fn encode(macaroon: &Macaroon) -> Result<String, String> {
+pub(super) fn encode(macaroon: &Macaroon) -> Result<String, String> {
     macaroon.serialize(Format::V2).map(|text| text.trim_end_matches('=').to_string()).map_err(|e| e.to_string())
 }
 
-fn decode(text: &str) -> Result<Macaroon, AuthError> {
+pub(super) fn decode(text: &str) -> Result<Macaroon, AuthError> {
     if text.is_empty() || text.len() > 64 << 10 {
         return Err(AuthError::Malformed("empty or oversized token".into()));
     }
@@ -355,7 +352,7 @@ fn create_key(dir: &Path) -> io::Result<RootKey> {
     Ok(RootKey { id, key: MacaroonKey::generate(&secret) })
 }
 
-fn random_hex(bytes: usize) -> io::Result<String> {
+pub(super) fn random_hex(bytes: usize) -> io::Result<String> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(hex::encode(buffer))

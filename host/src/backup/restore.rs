@@ -233,19 +233,18 @@ fn extract(archive: &Path, dest: &Path, manifest: &Manifest) -> Result<(), Backu
             image = Some(bytes);
             continue;
         }
-        let mode = restored_mode(&path, entry.header().mode().unwrap_or(0o600));
         let target = dest.join(&path);
         let failed = || io_error(format!("writing {}", target.display()));
         if let Some(parent) = target.parent() {
             create_private_dir(parent).map_err(failed())?;
         }
+        // Every restored file is private (0600), as the node writes them, whatever the archive says.
         let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(failed())?;
         let mut hashing = Hashing::new(&mut entry);
         io::copy(&mut hashing, &mut out).map_err(read_error(archive))?;
         if hashing.finish() != (listed.size, listed.sha256.clone()) {
             return Err(changed());
         }
-        out.set_permissions(Permissions::from_mode(mode)).map_err(failed())?;
         out.sync_all().map_err(failed())?;
     }
     let image = image.ok_or_else(|| damaged(format!("{KV_IMAGE} is missing")))?;
@@ -257,16 +256,6 @@ fn extract(archive: &Path, dest: &Path, manifest: &Manifest) -> Result<(), Backu
         return Err(damaged(format!("the image holds stamp {stamp}, the manifest says {}", manifest.kv_stamp)));
     }
     Ok(())
-}
-
-/// The mode a restored file gets: as archived but never executable or writable by others,
-/// and keys, tokens and configuration (which may hold secrets) always 0600.
-fn restored_mode(path: &str, archived: u32) -> u32 {
-    let secret = path.starts_with("keys/")
-        || path == "admin.token"
-        || (path.starts_with("tls/") && path.ends_with(".key"))
-        || (path.starts_with("functions/") && path.ends_with("/config.json"));
-    if secret { 0o600 } else { (archived & 0o644) | 0o600 }
 }
 
 /// Fsyncs every folder under `dir` (and `dir`), deepest first; files are synced as written.
@@ -305,15 +294,6 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn secrets_are_restored_private_and_nothing_executable() {
-        assert_eq!(restored_mode("keys/secrets.key", 0o644), 0o600);
-        assert_eq!(restored_mode("admin.token", 0o777), 0o600);
-        assert_eq!(restored_mode("functions/a/config.json", 0o644), 0o600);
-        assert_eq!(restored_mode("functions/a/v1/component.wasm", 0o777), 0o644);
-        assert_eq!(restored_mode("functions/a/meta.json", 0o600), 0o600);
     }
 
     #[test]

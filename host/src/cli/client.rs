@@ -197,13 +197,15 @@ pub async fn remove(server: &ServerArgs, name: &str, keep_data: bool) -> anyhow:
     Ok(())
 }
 
-/// Prints function `name`'s log lines (JSON as sent, or one readable line each).
+/// Prints function `name`'s log lines (JSON as sent, or one readable line each), guest control
+/// characters escaped unless `raw` (`log_text`).
 pub async fn logs(
     server: &ServerArgs,
     name: &str,
     follow: bool,
     since: Option<&str>,
     json: bool,
+    raw: bool,
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     let mut query = vec![];
@@ -222,37 +224,12 @@ pub async fn logs(
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line).trim().to_string();
-            if line.is_empty() {
-                continue;
-            }
-            if json {
-                println!("{line}");
-            } else {
-                println!("{}", readable(&line));
+            if !line.is_empty() {
+                println!("{}", super::log_text::shown(&line, json, raw));
             }
         }
     }
     Ok(())
-}
-
-/// `TIME FUNCTION stdout: text`, or `TIME FUNCTION GET /path -> 200 in 1.2 ms (v3, id …)`.
-fn readable(line: &str) -> String {
-    let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else { return line.to_string() };
-    let field = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
-    match entry["kind"].as_str() {
-        Some("request") => format!(
-            "{} {} {} -> {} in {} ms (v{}, id {})",
-            field("time"),
-            field("function"),
-            field("text"),
-            entry["status"],
-            entry["duration_ms"],
-            entry["version"],
-            field("request_id")
-        ),
-        Some("lagged") => format!("(missed {} lines)", entry["missed"]),
-        _ => format!("{} {} {}: {}", field("time"), field("function"), field("kind"), field("text")),
-    }
 }
 
 pub async fn versions(server: &ServerArgs, name: &str) -> anyhow::Result<()> {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::project::{FunctionSpec, Project};
-use super::serve::{LogFormat, ServeArgs, init_logging, start};
+use super::serve::{init_logging, start};
+use super::serve_args::{LogFormat, ServeArgs};
 use crate::http::App;
 use crate::registry::{PolicyChange, sha256_hex};
 

@@ -15,17 +15,19 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::runtime::Profile;
 use compile::Arch;
-use serve::ServeArgs;
+use serve_args::ServeArgs;
 use token::{TokenCommand, token};
 
 pub mod client;
 pub mod compile;
 pub mod dev;
+mod log_text;
 mod log_writer;
 pub mod new;
 pub mod project;
 pub mod replay;
 pub mod serve;
+pub mod serve_args;
 mod token;
 
 #[derive(Debug, Parser)]
@@ -98,6 +100,7 @@ enum Command {
         server: ServerArgs,
     },
     /// Show function NAME's recent guest output and request lines; --follow streams new ones.
+    /// Guest control characters shown escaped unless --raw.
     Logs {
         name: String,
         /// Keep streaming new lines until interrupted.
@@ -106,9 +109,15 @@ enum Command {
         /// Only lines from this far back, e.g. 10m, 1h.
         #[arg(long)]
         since: Option<String>,
-        /// JSON lines, as the server sends them.
+        /// JSON lines, as the server sends them (strings decode to the exact guest text; DEL
+        /// and C1 controls written as \uXXXX unless --raw).
         #[arg(long)]
         json: bool,
+        /// Print guest text as it is, escape sequences and all: guest control characters
+        /// (ESC, CR, C1, DEL, ...) are shown escaped (\x1b, \r, \u{9b}, \\ for a backslash)
+        /// unless --raw.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -286,8 +295,8 @@ pub fn main() -> ExitCode {
             Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
             Command::Nodes { json, server } => client::nodes(&server, json).await,
-            Command::Logs { name, follow, since, json, server } => {
-                client::logs(&server, &name, follow, since.as_deref(), json).await
+            Command::Logs { name, follow, since, json, raw, server } => {
+                client::logs(&server, &name, follow, since.as_deref(), json, raw).await
             }
             Command::Versions { name, server } => client::versions(&server, &name).await,
             Command::Rollback { name, version, server } => {
@@ -332,6 +341,7 @@ pub fn main() -> ExitCode {
 
 /// `ledge restore FILE --data-dir DIR`: verifies the archive, then builds DIR from it.
 async fn restore(file: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
+    crate::storage::keep_new_files_private();
     let (archive, target) = (file.clone(), data_dir.clone());
     let manifest = tokio::task::spawn_blocking(move || crate::backup::restore(&archive, &target))
         .await?

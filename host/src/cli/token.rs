@@ -10,7 +10,8 @@ use clap::Subcommand;
 
 use super::ServerArgs;
 use super::client;
-use crate::access::tokens::{self, Authority};
+use crate::access::keyless;
+use crate::access::tokens::Authority;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
@@ -23,16 +24,19 @@ pub(super) enum TokenCommand {
         #[arg(long = "caveat")]
         caveats: Vec<String>,
     },
-    /// Narrow a token with more caveats; needs no key, only the token.
+    /// Narrow a token with more caveats; needs no key, only the token. Adds a caveat
+    /// `id = <32 hex>` after them: the new token is a branch of its own, which `ledge token revoke`
+    /// revokes without touching the token it came from or its siblings.
     Attenuate {
         token: String,
         /// A first-party caveat to add; repeatable.
         #[arg(long = "caveat")]
         caveats: Vec<String>,
     },
-    /// Print a token's id, key id and caveats (never its signature).
+    /// Print a token's id, key id, caveats and the id a revoke of it takes (never its signature).
     Inspect { token: String },
-    /// Revoke a token (and every token attenuated from it) on a server, by token or token id.
+    /// Revoke a token (and every token attenuated from it) on a server, by token or id: a
+    /// token's last `id` caveat, or its root id when it has none (then its whole family).
     Revoke {
         token_or_id: String,
         #[command(flatten)]
@@ -47,11 +51,11 @@ pub(super) async fn token(command: TokenCommand) -> anyhow::Result<()> {
             Authority::open(&data_dir)?.mint(&caveats).map_err(anyhow::Error::msg)?
         }
         TokenCommand::Attenuate { token, caveats } => {
-            tokens::attenuate(&token, &caveats).map_err(anyhow::Error::msg)?
+            keyless::attenuate_branch(&token, &caveats).map_err(anyhow::Error::msg)?
         }
-        TokenCommand::Inspect { token } => tokens::inspect(&token).map_err(anyhow::Error::msg)?,
+        TokenCommand::Inspect { token } => keyless::inspect(&token).map_err(anyhow::Error::msg)?,
         TokenCommand::Revoke { token_or_id, server } => {
-            let id = tokens::token_id_of(&token_or_id).map_err(anyhow::Error::msg)?;
+            let id = keyless::revocation_id_of(&token_or_id).map_err(anyhow::Error::msg)?;
             client::revoke(&server, &id).await?;
             format!("revoked {id}")
         }

@@ -1,12 +1,14 @@
 //! Followers: each lists one prefix of etcd, applies the whole state, then watches it from the
 //! listing's revision on. A broken watch (an endpoint gone, a compacted revision, an outage)
 //! starts over with a fresh listing, so nothing depends on a log etcd may have compacted.
+//! Listings are read in pages at one revision ([`crate::etcd::Etcd::list`]), so no prefix
+//! outgrows what one reply from etcd may carry.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 
 use super::{Cluster, ROOT};
 use crate::etcd::EtcdError;
@@ -48,11 +50,19 @@ impl Follower {
     }
 }
 
-/// One change a watch delivered: the key's name below the prefix, and its value (`None`:
-/// deleted).
+/// One change a watch delivered: the key's name below the prefix, its value (`None`:
+/// deleted), and the revision it was made at.
 pub struct Change<'a> {
     pub name: &'a str,
     pub value: Option<&'a [u8]>,
+    pub revision: i64,
+}
+
+/// One key of a listing: its name below the prefix, its value, and its `mod_revision`.
+pub struct Listed {
+    pub name: String,
+    pub value: Vec<u8>,
+    pub revision: i64,
 }
 
 /// Follows `follower`'s prefix until the cluster is dropped.
@@ -72,10 +82,14 @@ pub async fn run(cluster: Weak<Cluster>, follower: Follower) {
 
 async fn follow_once(cluster: &Cluster, follower: Follower) -> Result<(), EtcdError> {
     let prefix = follower.prefix();
-    let listing = cluster.etcd.get(prefix, Some(GetOptions::new().with_prefix())).await?;
-    let revision = listing.header().map_or(0, |h| h.revision());
-    let entries: Vec<(String, Vec<u8>)> =
-        listing.kvs().iter().filter_map(|kv| Some((name_of(kv, prefix)?, kv.value().to_vec()))).collect();
+    let (revision, listing) = cluster.etcd.list(prefix, false).await?;
+    let entries: Vec<Listed> = listing
+        .into_iter()
+        .filter_map(|kv| {
+            let (name, revision) = (name_of(&kv, prefix)?, kv.mod_revision());
+            Some(Listed { name, revision, value: kv.into_key_value().1 })
+        })
+        .collect();
     cluster.apply_listing(follower, &entries).await?;
     if follower == Follower::Functions {
         cluster.applied.send_replace(revision);
@@ -105,7 +119,7 @@ async fn follow_once(cluster: &Cluster, follower: Follower) -> Result<(), EtcdEr
             let Some(kv) = event.kv() else { continue };
             let Some(name) = name_of(kv, prefix) else { continue };
             let value = (event.event_type() == EventType::Put).then(|| kv.value());
-            cluster.apply_change(follower, Change { name: &name, value }).await;
+            cluster.apply_change(follower, Change { name: &name, value, revision: kv.mod_revision() }).await;
         }
         if follower == Follower::Functions
             && let Some(header) = response.header()
@@ -124,7 +138,7 @@ fn name_of(kv: &KeyValue, prefix: &str) -> Option<String> {
 
 impl Cluster {
     /// Applies the whole state of a prefix (a fresh listing).
-    async fn apply_listing(&self, follower: Follower, entries: &[(String, Vec<u8>)]) -> Result<(), EtcdError> {
+    async fn apply_listing(&self, follower: Follower, entries: &[Listed]) -> Result<(), EtcdError> {
         match follower {
             Follower::Functions => self.apply_function_listing(entries).await,
             Follower::Nodes => {
@@ -133,8 +147,9 @@ impl Cluster {
             }
             Follower::Keys => self.sync_keys(entries).await,
             _ => {
-                for (name, value) in entries {
-                    self.apply_change(follower, Change { name, value: Some(value) }).await;
+                for entry in entries {
+                    let change = Change { name: &entry.name, value: Some(&entry.value), revision: entry.revision };
+                    self.apply_change(follower, change).await;
                 }
                 if entries.is_empty() {
                     match follower {

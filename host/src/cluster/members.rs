@@ -3,10 +3,14 @@
 //! hosted by the N live nodes that rank highest for it by rendezvous (highest-random-weight)
 //! hashing, so a node joining or leaving moves only the functions whose winners changed.
 //!
-//! Invariants: a node's key lives exactly as long as its lease (a node that stops renewing
+//! On the same lease each node publishes `/ledge/applied/NAME`: the etcd revision up to which
+//! it has applied function records, which tells when every live node has applied a removal
+//! (`control/tombstones.rs`).
+//!
+//! Invariants: a node's keys live exactly as long as its lease (a node that stops renewing
 //! disappears after [`LEASE_TTL_SECONDS`]); a name held by another live node (another
 //! `node.id`) is refused at start; every node ranks with the same hash, so nodes that see the
-//! same members agree on the hosts.
+//! same members agree on the hosts; a node publishes only revisions it has applied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +22,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::follow::Change;
+use super::follow::{Change, Listed};
 use super::{Cluster, ROOT};
 use crate::etcd::{REQUEST_TIMEOUT, Retry};
 
@@ -53,6 +57,9 @@ pub struct NodeInfo {
 fn node_key(name: &str) -> String {
     format!("{ROOT}nodes/{name}")
 }
+
+/// Where each live node publishes the revision up to which it has applied function records.
+pub(super) const APPLIED_PREFIX: &str = "/ledge/applied/";
 
 /// This node's identity: a random id kept in `<data-dir>/node.id`.
 pub fn node_id(data_dir: &Path) -> anyhow::Result<String> {
@@ -102,10 +109,10 @@ impl Cluster {
         self.nodes.read().values().cloned().collect()
     }
 
-    pub(super) fn replace_nodes(&self, entries: &[(String, Vec<u8>)]) {
+    pub(super) fn replace_nodes(&self, entries: &[Listed]) {
         let nodes: BTreeMap<String, NodeInfo> = entries
             .iter()
-            .filter_map(|(name, value)| Some((name.clone(), serde_json::from_slice(value).ok()?)))
+            .filter_map(|entry| Some((entry.name.clone(), serde_json::from_slice(&entry.value).ok()?)))
             .collect();
         let moved = placement_view(&self.nodes.read()) != placement_view(&nodes);
         *self.nodes.write() = nodes;
@@ -188,12 +195,17 @@ async fn hold_lease(cluster: &Cluster) -> anyhow::Result<()> {
     // and every REPORT_EVERY for its load, not on every renewal (each write is a quorum write
     // every node's watch receives).
     let mut written: Option<(NodeInfo, Instant)> = None;
+    // The applied revision last published on this lease.
+    let mut published = None;
     loop {
         let info = cluster.info();
         let stale =
             written.as_ref().is_none_or(|(last, at)| last.functions != info.functions || at.elapsed() >= REPORT_EVERY);
         if stale && cluster.register(&key, &info, lease_id).await? {
             written = Some((info, Instant::now()));
+        }
+        if written.is_some() {
+            published = cluster.publish_applied(lease_id, published).await;
         }
         let renewed = tokio::time::timeout(REQUEST_TIMEOUT, async {
             keeper.keep_alive().await?;
@@ -224,6 +236,23 @@ impl Cluster {
         let put = TxnOp::put(key, serde_json::to_vec(info)?, Some(PutOptions::new().with_lease(lease_id)));
         let txn = Txn::new().when(vec![Compare::mod_revision(key, CompareOp::Equal, seen)]).and_then(vec![put]);
         Ok(self.etcd.txn(Retry::Any, txn).await?.succeeded())
+    }
+
+    /// Publishes, on this node's lease, the revision up to which it has applied function
+    /// records, when it moved since `published`; returns what is published now.
+    async fn publish_applied(&self, lease_id: i64, published: Option<i64>) -> Option<i64> {
+        let applied = *self.applied.borrow();
+        if applied == 0 || published == Some(applied) {
+            return published;
+        }
+        let key = format!("{APPLIED_PREFIX}{}", self.node);
+        match self.etcd.put(key, applied.to_string(), Some(PutOptions::new().with_lease(lease_id))).await {
+            Ok(_) => Some(applied),
+            Err(error) => {
+                tracing::debug!(%error, "could not publish the applied revision");
+                published
+            }
+        }
     }
 }
 

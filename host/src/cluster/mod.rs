@@ -4,8 +4,9 @@
 //! etcd holds the control state under `/ledge/`: function records (`fn/NAME`: kept versions,
 //! the live one, a canary, the uploaded policy, config with sealed secrets), components by
 //! SHA-256 in chunks (`blob/SHA/`), the root key ring (`keys/ID`), revocations (`revoked/ID`),
-//! the key that seals secrets (`secrets-key`), live nodes (`nodes/NAME`, each on its node's
-//! lease), the peer key (`peer-key`), and global key-value data (`kv/`).
+//! the key that seals secrets (`secrets-key`), live nodes (`nodes/NAME`, and `applied/NAME`: the
+//! revision up to which the node has applied records; each on its node's lease), the peer key
+//! (`peer-key`), and global key-value data (`kv/`, its usage per keyspace in `kv-usage/`).
 //!
 //! Layer: beside the registry, which it drives; the HTTP edge calls it for control writes.
 //!
@@ -87,6 +88,8 @@ pub struct JoinOptions {
     pub secrets_cache: PathBuf,
     /// Bytes of components the cluster may keep in etcd.
     pub max_artifact_bytes: u64,
+    /// The node's global key-value data: its keyspaces' quotas come from the registry.
+    pub global_kv: Option<Arc<crate::guest_kv::global::GlobalStore>>,
 }
 
 pub struct Cluster {
@@ -129,6 +132,8 @@ pub struct Cluster {
     load: Box<dyn Fn() -> i64 + Send + Sync>,
     /// Proxies requests to the nodes that host a function.
     peer_client: reqwest::Client,
+    /// The routes uploaded policies claim, parsed once per applied revision (`peers`).
+    claimed_routes: parking_lot::Mutex<Option<peers::ClaimedRoutes>>,
 }
 
 impl Cluster {
@@ -171,8 +176,12 @@ impl Cluster {
                 .connect_timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            claimed_routes: Default::default(),
         });
         cluster.check_name_is_free().await?;
+        if let Some(store) = &options.global_kv {
+            control::serve_quotas(store, &cluster.registry);
+        }
         let weak = Arc::downgrade(&cluster);
         cluster.registry.run_schedules_where(move |name| weak.upgrade().is_some_and(|c| c.runs_schedules_of(name)));
         for follower in follow::Follower::ALL {
@@ -180,6 +189,7 @@ impl Cluster {
         }
         tokio::spawn(members::keep_membership(Arc::downgrade(&cluster)));
         tokio::spawn(members::check_health(Arc::downgrade(&cluster)));
+        tokio::spawn(Cluster::keep_collecting(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
 

@@ -1,27 +1,55 @@
 //! Requests between nodes: a node that does not host a function proxies the request to one
-//! that does (one hop), and passes the client's address in [`PEER_HEADER`], signed with the
-//! cluster's peer key (kept in etcd, created by the first node), so that rate limits and canary
-//! stickiness on the host see the real caller.
+//! that does (one hop), and passes in [`PEER_HEADER`], signed with the cluster's peer key (kept
+//! in etcd, created by the first node), what the request was when it reached the first node:
+//! the client's address, so that rate limits, canary stickiness and connection caps on the host
+//! see the real caller, and the scheme and authority the client used, so that the host routes
+//! it (`[[route]] host`) and its guest sees it as the first node would have.
 //!
 //! Invariants: the header is trusted only when its HMAC-SHA256 verifies (constant time, `ring`)
 //! and it is at most [`MAX_SKEW_SECONDS`] old; anything else is removed and the request counts
-//! as coming from its TCP peer. A request that arrived from a peer is never proxied again.
+//! as coming from its TCP peer, with the authority and scheme it arrived with. Nothing but the
+//! signed header carries these facts: no header a caller can set is trusted for them. A request
+//! that arrived from a peer is never proxied again.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 
 use super::Cluster;
+use crate::access::policy::{Policy, PolicyFile, Route};
 use crate::etcd::EtcdError;
+use crate::registry::routes::{Rank, rank};
 
-/// `NODE;UNIX-SECONDS;CLIENT-IP;HMAC-HEX`: who proxied, when, for which client.
+/// `NODE;UNIX-SECONDS;CLIENT-IP;SCHEME;AUTHORITY;HMAC-HEX`: who proxied, when, for which
+/// client, and how the client asked (`http` or `https`; the authority, empty when it had none).
+/// A header without the last two fields (from a node of an older version) vouches for the
+/// client alone.
 pub const PEER_HEADER: &str = "ledge-peer";
 
 /// How old a peer header may be (clock skew between nodes plus the hop).
 const MAX_SKEW_SECONDS: u64 = 30;
 
 const PEER_KEY: &str = "/ledge/peer-key";
+
+/// What a proxying node vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The client's address, as the first node saw it.
+    pub client: IpAddr,
+    /// How the client asked; `None` from a node that does not say.
+    pub origin: Option<Origin>,
+}
+
+/// How the client's request reached the first node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Over TLS (the guest sees scheme `https`).
+    pub https: bool,
+    /// The authority (the URI's, else `Host`); `None` when the request had none.
+    pub authority: Option<String>,
+}
 
 impl Cluster {
     pub(super) fn set_peer_key(&self, value: Option<&[u8]>) {
@@ -36,54 +64,186 @@ impl Cluster {
         Ok(())
     }
 
-    /// The header value that vouches for `client` on a proxied request.
-    pub fn vouch(&self, client: IpAddr) -> Option<String> {
+    /// The header value that vouches for `vouched` on a proxied request; `None` without a peer
+    /// key, or for an authority that cannot travel in a header.
+    pub fn vouch(&self, vouched: &Vouched) -> Option<String> {
         let key = self.peer_key.read().clone()?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let signed = format!("{};{now};{client}", self.node);
-        let tag = hmac::sign(&key, signed.as_bytes());
-        Some(format!("{signed};{}", hex::encode(tag.as_ref())))
+        sign(&key, &self.node, unix_now(), vouched)
     }
 
-    /// The client address a peer vouched for, when the header verifies.
-    pub fn vouched_client(&self, header: &str) -> Option<IpAddr> {
-        vouched(self.peer_key.read().as_ref()?, header)
+    /// What a peer vouched for, when `header` verifies.
+    pub fn vouched(&self, header: &str) -> Option<Vouched> {
+        verify(self.peer_key.read().as_ref()?, header)
+    }
+
+    /// Whether `ip` is the address of a live member, as its advertised URL names it (a host
+    /// name is not resolved here): its connections are admitted as a peer's.
+    pub fn is_member_address(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nodes.read().values().any(|node| advertised_ip(&node.address) == Some(ip))
     }
 }
 
-/// The client address `header` vouches for, when it is signed with `key` and fresh.
-fn vouched(key: &hmac::Key, header: &str) -> Option<IpAddr> {
+/// The routes each deployed function's uploaded policy claims, as of an applied revision.
+pub(super) type ClaimedRoutes = (i64, Arc<Vec<(String, Vec<Route>)>>);
+
+impl Cluster {
+    /// The function, among those deployed in the cluster that `served_here` says this node does
+    /// not serve, whose uploaded policy's `[[route]]` matches `host` and `path` best, and how
+    /// well: a request this node routes to it is proxied to a node that hosts it. (Routes that
+    /// only an operator's policy files give are known to the nodes that serve the function.)
+    pub fn route_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        served_here: impl Fn(&str) -> bool,
+    ) -> Option<(String, Rank)> {
+        let claimed = self.claimed_routes();
+        let mut best: Option<(&String, Rank)> = None;
+        for (name, routes) in claimed.iter().filter(|(name, _)| !served_here(name)) {
+            let Some(found) = routes.iter().filter_map(|route| rank(route, host, path)).max() else { continue };
+            // Ties go to the first name, as on the nodes that serve them.
+            if best.is_none_or(|(_, rank)| found > rank) {
+                best = Some((name, found));
+            }
+        }
+        best.map(|(name, rank)| (name.clone(), rank))
+    }
+
+    /// The routes uploaded policies claim, parsed again only when records were applied since.
+    fn claimed_routes(&self) -> Arc<Vec<(String, Vec<Route>)>> {
+        let revision = *self.applied.borrow();
+        let mut cached = self.claimed_routes.lock();
+        if let Some((at, routes)) = cached.as_ref()
+            && *at == revision
+        {
+            return routes.clone();
+        }
+        let mut claimed: Vec<(String, Vec<Route>)> = self
+            .records
+            .read()
+            .iter()
+            .filter(|(_, known)| known.record.serving().is_some())
+            .filter_map(|(name, known)| {
+                let file = PolicyFile::parse(known.record.policy.as_deref()?).ok()?;
+                let routes = file.resolve(&Policy::default()).routes;
+                (!routes.is_empty()).then(|| (name.clone(), routes))
+            })
+            .collect();
+        claimed.sort_by(|a, b| a.0.cmp(&b.0));
+        let claimed = Arc::new(claimed);
+        *cached = Some((revision, claimed.clone()));
+        claimed
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The IP address in an advertised URL's host, if it is one.
+fn advertised_ip(url: &str) -> Option<IpAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// The signed header for `vouched`, made by `node` at `now`.
+fn sign(key: &hmac::Key, node: &str, now: u64, vouched: &Vouched) -> Option<String> {
+    let mut signed = format!("{node};{now};{}", vouched.client);
+    if let Some(origin) = &vouched.origin {
+        let authority = origin.authority.as_deref().unwrap_or_default();
+        // What a header value may hold (the authority came from one, or from a parsed URI).
+        if !authority.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        let scheme = if origin.https { "https" } else { "http" };
+        signed = format!("{signed};{scheme};{authority}");
+    }
+    let tag = hmac::sign(key, signed.as_bytes());
+    Some(format!("{signed};{}", hex::encode(tag.as_ref())))
+}
+
+/// What `header` vouches for, when it is signed with `key` and fresh.
+fn verify(key: &hmac::Key, header: &str) -> Option<Vouched> {
     let (signed, tag) = header.rsplit_once(';')?;
-    let mut fields = signed.split(';');
+    // The authority is last and may itself hold `;`: the other fields cannot.
+    let mut fields = signed.splitn(5, ';');
     let (_node, at, client) = (fields.next()?, fields.next()?, fields.next()?);
+    let origin = match (fields.next(), fields.next()) {
+        (None, _) => None,
+        (Some(scheme), Some(authority)) => Some(Origin {
+            https: match scheme {
+                "https" => true,
+                "http" => false,
+                _ => return None,
+            },
+            authority: (!authority.is_empty()).then(|| authority.to_string()),
+        }),
+        (Some(_), None) => return None,
+    };
     let at: u64 = at.parse().ok()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if now.abs_diff(at) > MAX_SKEW_SECONDS {
+    if unix_now().abs_diff(at) > MAX_SKEW_SECONDS {
         return None;
     }
     hmac::verify(key, signed.as_bytes(), &hex::decode(tag).ok()?).ok()?;
-    client.parse().ok()
+    Some(Vouched { client: client.parse().ok()?, origin })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn client(ip: &str) -> Vouched {
+        Vouched { client: ip.parse().unwrap(), origin: None }
+    }
+
     #[test]
     fn only_a_signed_fresh_header_vouches_for_a_client() {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let sign = |signed: &str| format!("{signed};{}", hex::encode(hmac::sign(&key, signed.as_bytes()).as_ref()));
-        let good = sign(&format!("a;{now};203.0.113.9"));
-        assert_eq!(vouched(&key, &good), Some("203.0.113.9".parse().unwrap()));
+        let now = unix_now();
+        let good = sign(&key, "a", now, &client("203.0.113.9")).unwrap();
+        assert_eq!(verify(&key, &good), Some(client("203.0.113.9")));
         // Another client address under the same signature.
         let forged = good.replace("203.0.113.9", "198.51.100.1");
-        assert_eq!(vouched(&key, &forged), None);
+        assert_eq!(verify(&key, &forged), None);
         // Too old.
-        assert_eq!(vouched(&key, &sign(&format!("a;{};203.0.113.9", now - 120))), None);
+        assert_eq!(verify(&key, &sign(&key, "a", now - 120, &client("203.0.113.9")).unwrap()), None);
         // Signed with another key.
         let other = hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]);
-        assert_eq!(vouched(&other, &good), None);
-        assert_eq!(vouched(&key, "garbage"), None);
+        assert_eq!(verify(&other, &good), None);
+        assert_eq!(verify(&key, "garbage"), None);
+    }
+
+    #[test]
+    fn the_scheme_and_authority_travel_signed() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
+        let now = unix_now();
+        let origin = |https, authority: Option<&str>| Vouched {
+            client: "203.0.113.9".parse().unwrap(),
+            origin: Some(Origin { https, authority: authority.map(str::to_string) }),
+        };
+        for vouched in [origin(true, Some("api.a.test")), origin(false, Some("a;b@x.test:8443")), origin(false, None)] {
+            let header = sign(&key, "a", now, &vouched).unwrap();
+            assert_eq!(verify(&key, &header), Some(vouched), "{header}");
+        }
+        let good = sign(&key, "a", now, &origin(false, Some("api.a.test"))).unwrap();
+        for forged in [good.replace(";http;", ";https;"), good.replace("api.a.test", "api.b.test")] {
+            assert_eq!(verify(&key, &forged), None, "{forged}");
+        }
+        // An authority that cannot be a header value is not vouched for.
+        assert_eq!(sign(&key, "a", now, &origin(false, Some("a b"))), None);
+        // A node of an older version vouches for the client alone; its peers read that.
+        let old = format!("a;{now};203.0.113.9");
+        let old = format!("{old};{}", hex::encode(hmac::sign(&key, old.as_bytes()).as_ref()));
+        assert_eq!(verify(&key, &old), Some(client("203.0.113.9")));
+    }
+
+    #[test]
+    fn member_addresses_come_from_advertised_urls() {
+        assert_eq!(advertised_ip("http://127.0.0.1:8080"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(advertised_ip("https://[::ffff:10.0.0.5]:443"), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(advertised_ip("https://[2001:db8::1]:8443"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(advertised_ip("http://node-b.internal:8080"), None);
     }
 }

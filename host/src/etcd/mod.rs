@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn};
 use thiserror::Error;
 
 /// How long one endpoint has to answer one call.
@@ -30,6 +30,10 @@ const ELECTION_PAUSE: Duration = Duration::from_millis(500);
 
 /// How long a connection attempt to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Keys a listing asks for per page at most; fewer while pages of large values would not fit
+/// one reply (the client takes replies of at most 4 MiB).
+const LIST_PAGE: i64 = 256;
 
 #[derive(Debug, Error, Clone)]
 pub enum EtcdError {
@@ -158,6 +162,43 @@ impl Etcd {
         .await
     }
 
+    /// Every key under `prefix` (values too unless `keys_only`), and the revision they were
+    /// read at: read in pages at that one revision, so the listing is one consistent snapshot
+    /// however large (each page continues after the last key of the one before). A page whose
+    /// reply would pass the client's 4 MiB limit is asked for again with fewer keys. Fails on a
+    /// revision compacted meanwhile (the caller lists again).
+    pub async fn list(&self, prefix: &str, keys_only: bool) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+        let end = prefix_end(prefix.as_bytes());
+        let (mut start, mut revision, mut limit) = (prefix.as_bytes().to_vec(), 0, LIST_PAGE);
+        let mut listed = Vec::new();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit).with_revision(revision);
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            let mut page = match self.get(start.clone(), Some(options)).await {
+                Ok(page) => page,
+                Err(error) if error.is_reply_too_large() && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            let more = page.more();
+            let kvs = page.take_kvs();
+            let Some(last) = kvs.last() else { return Ok((revision, listed)) };
+            start = [last.key(), &[0]].concat();
+            listed.extend(kvs);
+            if !more {
+                return Ok((revision, listed));
+            }
+            limit = (limit * 2).min(LIST_PAGE);
+        }
+    }
+
     /// A put whose repetition is harmless (the same value again).
     pub async fn put(
         &self,
@@ -211,6 +252,18 @@ impl Etcd {
     }
 }
 
+/// The first key after every key that starts with `prefix` (empty: no end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// A failure in a few words (tonic's own text repeats the whole error chain).
 fn summary(error: &etcd_client::Error) -> String {
     match error {
@@ -238,4 +291,16 @@ fn is_unavailable(error: &etcd_client::Error) -> bool {
 fn never_sent(error: &etcd_client::Error) -> bool {
     let text = format!("{error:?}").to_ascii_lowercase();
     text.contains("connection refused") || text.contains("connecterror") || text.contains("tcp connect error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_the_next_key_after_all_it_starts() {
+        assert_eq!(prefix_end(b"/ledge/fn/"), b"/ledge/fn0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
+    }
 }

@@ -3,46 +3,67 @@
 //! `wasi:keyvalue`) run their transactions through it, so a keyspace behaves the same whichever
 //! API reaches it.
 //!
-//! Invariant: a transaction touches one backend only; which one is the keyspace's
-//! ([`Keyspace::global`]), fixed when it begins.
+//! Invariants: a transaction touches one backend only; which one is the keyspace's
+//! ([`Keyspace::global`]), fixed when it begins. Every byte it buffers for writing is charged
+//! to its instance's [`WriteBudget`] first, and given back when it ends ([`Charge`]).
 
 use std::sync::Arc;
 
 use ledge_kv::{Db, Isolation, Tx, TxError};
 
 use super::bindings::ledge::platform::transactions::Error as WitError;
+use super::budget::{Charge, WriteBudget};
 use super::global::{GlobalError, GlobalStore, GlobalTx};
 use super::{Denied, Keyspace, KvAccess, Quota};
 
-pub enum Backend {
+/// An open transaction and what its buffered writes hold of the write budgets.
+pub struct Backend {
+    tx: Engine,
+    charge: Charge,
+}
+
+enum Engine {
     Local(Tx),
     Global(GlobalTx),
 }
 
-/// Where a keyspace's transactions begin.
+/// Where a keyspace's transactions begin, and the write budget they draw on.
 #[derive(Clone)]
-pub enum Source {
+pub struct Source {
+    place: Place,
+    budget: WriteBudget,
+}
+
+#[derive(Clone)]
+enum Place {
     Local { db: Db, quota: Quota },
     Global(Arc<GlobalStore>),
 }
 
 impl Source {
     pub fn begin(&self, isolation: Isolation) -> Backend {
-        match self {
-            Source::Local { db, quota } => Backend::Local(quota.begin(db, isolation)),
-            Source::Global(store) => Backend::Global(store.begin(isolation == Isolation::Serializable)),
-        }
+        let tx = match &self.place {
+            Place::Local { db, quota } => Engine::Local(quota.begin(db, isolation)),
+            Place::Global(store) => Engine::Global(store.begin(isolation == Isolation::Serializable)),
+        };
+        Backend { tx, charge: self.budget.charge() }
+    }
+
+    /// Its transactions commit in etcd (cluster mode).
+    pub fn is_global(&self) -> bool {
+        matches!(self.place, Place::Global(_))
     }
 }
 
 impl KvAccess {
     /// Where transactions on `keyspace` begin (denied where that backend is not available).
     pub fn source(&self, keyspace: &Keyspace) -> Result<Source, Denied> {
-        if keyspace.global {
-            Ok(Source::Global(self.global()?.clone()))
+        let place = if keyspace.global {
+            Place::Global(self.global()?.clone())
         } else {
-            Ok(Source::Local { db: self.db()?.clone(), quota: keyspace.quota() })
-        }
+            Place::Local { db: self.db()?.clone(), quota: keyspace.quota() }
+        };
+        Ok(Source { place, budget: self.write_budget.clone() })
     }
 }
 
@@ -50,42 +71,67 @@ impl KvAccess {
 // transaction's futures, which wasmtime moves into a box for every host call, stay small.
 impl Backend {
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, WitError> {
-        match self {
-            Backend::Local(tx) => tx.get(key).map_err(tx_error),
-            Backend::Global(tx) => Box::pin(tx.get(key)).await.map_err(global_error),
+        match &mut self.tx {
+            Engine::Local(tx) => tx.get(key).map_err(tx_error),
+            Engine::Global(tx) => Box::pin(tx.get(key)).await.map_err(global_error),
         }
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), WitError> {
-        match self {
-            Backend::Local(tx) => tx.put(key, value).map_err(tx_error),
-            Backend::Global(tx) => tx.put(key, value).map_err(global_error),
-        }
+        self.charged(key.len() + value.len(), |tx| match tx {
+            Engine::Local(tx) => tx.put(key, value).map_err(tx_error),
+            Engine::Global(tx) => tx.put(key, value).map_err(global_error),
+        })
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), WitError> {
-        match self {
-            Backend::Local(tx) => tx.delete(key).map_err(tx_error),
-            Backend::Global(tx) => tx.delete(key).map_err(global_error),
+        self.charged(key.len(), |tx| match tx {
+            Engine::Local(tx) => tx.delete(key).map_err(tx_error),
+            Engine::Global(tx) => tx.delete(key).map_err(global_error),
+        })
+    }
+
+    /// Bytes this transaction buffers for writing.
+    fn buffered(&self) -> u64 {
+        match &self.tx {
+            Engine::Local(tx) => tx.write_bytes() as u64,
+            Engine::Global(tx) => tx.written_bytes() as u64,
         }
+    }
+
+    /// Runs `write`, which buffers at most `most` more bytes, once the budgets have them; then
+    /// holds exactly what is buffered (less where it replaced an earlier write of the key).
+    fn charged(
+        &mut self,
+        most: usize,
+        write: impl FnOnce(&mut Engine) -> Result<(), WitError>,
+    ) -> Result<(), WitError> {
+        self.charge.grow_to(self.buffered() + most as u64).map_err(WitError::Limit)?;
+        let written = write(&mut self.tx);
+        self.charge.shrink_to(self.buffered());
+        written
     }
 
     pub async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WitError> {
-        match self {
-            Backend::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
-            Backend::Global(tx) => Box::pin(tx.scan(start, end, limit)).await.map_err(global_error),
+        match &mut self.tx {
+            Engine::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
+            Engine::Global(tx) => Box::pin(tx.scan(start, end, limit)).await.map_err(global_error),
         }
     }
 
+    /// Commits; the budgets get the buffered bytes back once the commit is done.
     pub async fn commit(self) -> Result<u64, WitError> {
-        match self {
+        let Backend { tx, charge } = self;
+        let committed = match tx {
             // Conflicts come back at once; only the wait for the group fsync is awaited.
-            Backend::Local(tx) => match tx.commit_async() {
+            Engine::Local(tx) => match tx.commit_async() {
                 Ok(ticket) => ticket.await.map_err(tx_error),
                 Err(error) => Err(tx_error(error)),
             },
-            Backend::Global(tx) => Box::pin(tx.commit()).await.map_err(global_error),
-        }
+            Engine::Global(tx) => Box::pin(tx.commit()).await.map_err(global_error),
+        };
+        drop(charge);
+        committed
     }
 }
 

@@ -16,6 +16,9 @@
 //!   after a lost answer the node tries to create the same marker itself (a fence). If the
 //!   fence wins, the commit can never apply (a conflict, retried by the guest); if the marker
 //!   is there, the commit applied. Markers expire with a lease after a few minutes.
+//! - The same etcd transaction keeps the keyspace's storage accounting (`usage.rs`): the
+//!   function's `[kv] max_bytes` and the cluster's `--global-kv-max-bytes` hold for global
+//!   data as the engine's quotas hold for local data (`commit.rs` sends it).
 //!
 //! Bounds (etcd 3.4: 128 operations per transaction, 1.5 MiB per request): at most
 //! [`MAX_WRITES`] keys written and [`MAX_COMPARES`] keys and ranges read per transaction, at most
@@ -25,16 +28,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::GetOptions;
 use thiserror::Error;
 
-use crate::etcd::{Etcd, EtcdError, Retry};
+use crate::etcd::{Etcd, EtcdError};
+
+mod commit;
+mod usage;
 
 /// Where global data lives in etcd: this prefix, then the engine key (`f/NAME/...`,
 /// `s/STORE/...`).
 const DATA_PREFIX: &str = "/ledge/kv/";
 
-/// Keys one transaction may write (etcd allows 128 operations; one is the marker).
+/// Keys one transaction may write (etcd allows 128 operations; the marker and the storage
+/// accounting take the others).
 pub const MAX_WRITES: usize = 120;
 
 /// Keys and ranges one transaction may read under serializable isolation (each is a compare).
@@ -48,9 +55,6 @@ const MARKER_TTL_SECONDS: i64 = 300;
 
 /// A marker lease is replaced after this long, so markers expire in bounded batches.
 const MARKER_LEASE_ROTATION: Duration = Duration::from_secs(60);
-
-/// How long a lost commit answer is worked on before the outcome is given up as unknown.
-const RESOLVE_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum GlobalError {
@@ -81,11 +85,22 @@ pub struct GlobalStore {
     etcd: Arc<Etcd>,
     /// The lease commit markers are attached to, and when it was granted.
     marker_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+    /// The storage accounting: quotas, the cluster's ceiling, the usage last seen.
+    accounts: usage::Accounts,
 }
 
 impl GlobalStore {
-    pub fn new(etcd: Arc<Etcd>) -> Arc<GlobalStore> {
-        Arc::new(GlobalStore { etcd, marker_lease: tokio::sync::Mutex::new(None) })
+    /// `max_total`: the bytes all global data may take in etcd (`--global-kv-max-bytes`).
+    /// Until [`GlobalStore::set_quotas`] is called, no keyspace may grow.
+    pub fn new(etcd: Arc<Etcd>, max_total: u64) -> Arc<GlobalStore> {
+        let accounts = usage::Accounts::new(max_total);
+        Arc::new(GlobalStore { etcd, marker_lease: tokio::sync::Mutex::new(None), accounts })
+    }
+
+    /// Where the quota of a keyspace (`f/NAME/`, `s/STORE/`) comes from: the `[kv] max_bytes`
+    /// of the function that owns it, or of those a shared store is granted to.
+    pub fn set_quotas(&self, quota_of: impl Fn(&[u8]) -> u64 + Send + Sync + 'static) {
+        self.accounts.set_quotas(Box::new(quota_of));
     }
 
     /// A transaction on global data.
@@ -95,6 +110,7 @@ impl GlobalStore {
             serializable,
             base: None,
             reads: BTreeMap::new(),
+            sizes: BTreeMap::new(),
             ranges: Vec::new(),
             writes: BTreeMap::new(),
             written_bytes: 0,
@@ -122,6 +138,8 @@ pub struct GlobalTx {
     base: Option<i64>,
     /// Keys read, with the `mod_revision` seen (0: absent).
     reads: BTreeMap<Vec<u8>, i64>,
+    /// The bytes (key plus value; 0: absent) of each key read, as of the base revision.
+    sizes: BTreeMap<Vec<u8>, u64>,
     /// Ranges scanned, as etcd keys `[start, end)`.
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// Buffered writes (`None`: delete).
@@ -131,6 +149,22 @@ pub struct GlobalTx {
 
 fn etcd_key(key: &[u8]) -> Vec<u8> {
     [DATA_PREFIX.as_bytes(), key].concat()
+}
+
+/// The guest's retryable error when what a transaction read changed before it committed.
+fn conflict() -> GlobalError {
+    GlobalError::Conflict("a concurrent transaction changed what this one read; run it again".into())
+}
+
+/// The keyspace of an engine key (`f/NAME/`, `s/STORE/`), as quotas are charged.
+fn keyspace(key: &[u8]) -> &[u8] {
+    super::keyspace_of(key).map_or(key, |end| &key[..end])
+}
+
+/// The bytes an entry counts for in its keyspace's usage, as the engine counts them: key plus
+/// value (engine key, keyspace prefix included); nothing when absent.
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> u64 {
+    value.map_or(0, |value| (key.len() + value.len()) as u64)
 }
 
 impl GlobalTx {
@@ -155,17 +189,19 @@ impl GlobalTx {
         let response = self.store.etcd.get(etcd_key.clone(), Some(options.clone())).await?;
         self.fix_base(response.header());
         let found = response.kvs().first();
-        self.note_read(key, found.map_or(0, |kv| kv.mod_revision()))?;
+        self.note_read(key, found.map_or((0, None), |kv| (kv.mod_revision(), Some(kv.value()))))?;
         Ok(found.map(|kv| kv.value().to_vec()))
     }
 
-    fn note_read(&mut self, key: &[u8], mod_revision: i64) -> Result<(), GlobalError> {
+    /// Notes a key read at the base: its `mod_revision` and value (`None`: absent).
+    fn note_read(&mut self, key: &[u8], (mod_revision, value): (i64, Option<&[u8]>)) -> Result<(), GlobalError> {
         if self.serializable && !self.reads.contains_key(key) && self.reads.len() + self.ranges.len() >= MAX_COMPARES {
             return Err(GlobalError::Limit(format!(
                 "a serializable global transaction reads at most {MAX_COMPARES} keys and ranges"
             )));
         }
         self.reads.entry(key.to_vec()).or_insert(mod_revision);
+        self.sizes.entry(key.to_vec()).or_insert_with(|| entry_bytes(key, value));
         Ok(())
     }
 
@@ -194,7 +230,7 @@ impl GlobalTx {
         let mut merged = BTreeMap::new();
         for kv in response.kvs() {
             let key = kv.key()[DATA_PREFIX.len()..].to_vec();
-            self.note_read(&key, kv.mod_revision())?;
+            self.note_read(&key, (kv.mod_revision(), Some(kv.value())))?;
             merged.insert(key, kv.value().to_vec());
         }
         for (key, value) in self.writes.iter().filter(|(key, _)| in_range(key)) {
@@ -204,6 +240,11 @@ impl GlobalTx {
             };
         }
         Ok(merged.into_iter().take(limit).collect())
+    }
+
+    /// Bytes of keys and values written so far (as [`MAX_TXN_BYTES`] counts them).
+    pub fn written_bytes(&self) -> usize {
+        self.written_bytes
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), GlobalError> {
@@ -228,94 +269,6 @@ impl GlobalTx {
         self.writes.insert(key.to_vec(), value);
         Ok(())
     }
-
-    /// Commits; returns the etcd revision it committed at.
-    pub async fn commit(self) -> Result<u64, GlobalError> {
-        if self.writes.is_empty() {
-            return Ok(self.base.unwrap_or(0).max(0) as u64);
-        }
-        let mut compares = Vec::new();
-        if let Some(base) = self.base {
-            if self.serializable {
-                for (key, seen) in &self.reads {
-                    compares.push(Compare::mod_revision(etcd_key(key), CompareOp::Equal, *seen));
-                }
-                for (start, end) in &self.ranges {
-                    compares
-                        .push(Compare::mod_revision(start.clone(), CompareOp::Less, base + 1).with_range(end.clone()));
-                }
-            }
-            for key in self.writes.keys().filter(|key| !self.serializable || !self.reads.contains_key(*key)) {
-                compares.push(Compare::mod_revision(etcd_key(key), CompareOp::Less, base + 1));
-            }
-        }
-        if compares.len() >= 128 {
-            return Err(GlobalError::Limit(format!(
-                "this global transaction needs {} checks; etcd allows 127 besides the commit marker",
-                compares.len()
-            )));
-        }
-        let marker = marker_key()?;
-        compares.push(Compare::version(marker.clone(), CompareOp::Equal, 0));
-        let lease = self.store.marker_lease().await?;
-        let mut operations: Vec<TxnOp> = self
-            .writes
-            .iter()
-            .map(|(key, value)| match value {
-                Some(value) => TxnOp::put(etcd_key(key), value.clone(), None),
-                None => TxnOp::delete(etcd_key(key), None),
-            })
-            .collect();
-        operations.push(TxnOp::put(marker.clone(), "c", Some(PutOptions::new().with_lease(lease))));
-        let txn = Txn::new().when(compares).and_then(operations);
-        match self.store.etcd.txn(Retry::Unsent, txn.clone()).await {
-            Ok(response) if response.succeeded() => Ok(response.header().map_or(0, |h| h.revision()).max(0) as u64),
-            Ok(_) => {
-                Err(GlobalError::Conflict("a concurrent transaction changed what this one read; run it again".into()))
-            }
-            Err(EtcdError::Unknown(why)) => self.store.resolve(&marker, lease, &why).await,
-            Err(error) => Err(error.into()),
-        }
-    }
-}
-
-impl GlobalStore {
-    /// Settles a commit whose answer was lost: fence its marker, or find it committed.
-    async fn resolve(&self, marker: &[u8], lease: i64, why: &str) -> Result<u64, GlobalError> {
-        let started = Instant::now();
-        let fence = Txn::new()
-            .when(vec![Compare::version(marker.to_vec(), CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(marker.to_vec(), "f", Some(PutOptions::new().with_lease(lease)))])
-            .or_else(vec![TxnOp::get(marker.to_vec(), None)]);
-        while started.elapsed() < RESOLVE_FOR {
-            match self.etcd.txn(Retry::Any, fence.clone()).await {
-                Ok(response) if response.succeeded() => {
-                    return Err(GlobalError::Conflict(format!("the commit did not apply ({why}); run it again")));
-                }
-                Ok(response) => {
-                    let committed = response.op_responses().into_iter().any(|op| match op {
-                        etcd_client::TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.value() == b"c"),
-                        _ => false,
-                    });
-                    let revision = response.header().map_or(0, |h| h.revision()).max(0) as u64;
-                    return if committed {
-                        Ok(revision)
-                    } else {
-                        Err(GlobalError::Conflict(format!("the commit did not apply ({why}); run it again")))
-                    };
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        Err(GlobalError::Unavailable(format!("the commit's outcome is unknown: etcd stopped answering ({why})")))
-    }
-}
-
-/// A fresh marker key, unique across nodes and restarts.
-fn marker_key() -> Result<Vec<u8>, GlobalError> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| GlobalError::Unavailable(e.to_string()))?;
-    Ok(format!("/ledge/txn/{}", hex::encode(id)).into_bytes())
 }
 
 #[cfg(test)]
@@ -325,7 +278,7 @@ mod tests {
     /// A transaction on a store whose etcd is never dialled (writes are buffered locally).
     async fn transaction() -> GlobalTx {
         let etcd = Etcd::connect(&["http://127.0.0.1:9".to_string()], None).await.unwrap();
-        GlobalStore::new(Arc::new(etcd)).begin(true)
+        GlobalStore::new(Arc::new(etcd), 1 << 20).begin(true)
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@
 //! bucket is a shared store the policy must grant; a global keyspace (cluster mode) is reached
 //! through the same [`Backend`] as `ledge:platform/transactions` uses, so it stays
 //! serializable across nodes; integers written by `increment` are decimal text, the encoding
-//! the SDK's typed helpers read.
+//! the SDK's typed helpers read; what a batch or a CAS buffers is charged to the write budgets
+//! like any transaction's writes ([`super::budget`]), until it commits or fails.
 
 use std::time::Duration;
 
@@ -118,7 +119,7 @@ async fn transact<T>(
             Err(WitError::Conflict(_)) if attempt < MAX_ATTEMPTS => {
                 // Across nodes every attempt is a round trip to etcd: contenders back off (with
                 // jitter) instead of colliding again at once. A local conflict retries at once.
-                if let Source::Global(_) = source {
+                if source.is_global() {
                     let ceiling = 1u64 << attempt.min(7);
                     tokio::time::sleep(Duration::from_millis(rand::random_range(1..=ceiling))).await;
                 }

@@ -17,6 +17,8 @@
 //!   at call time and fail with a guest-visible `denied`, never a trap;
 //! - a transaction left open when the request ends is rolled back: it lives in the request's
 //!   resource table and `Drop` of [`ledge_kv::Tx`] aborts it;
+//! - the writes open transactions buffer are held to the instance's and the node's write
+//!   budgets ([`budget`]), and given back when the transaction ends, however it ends;
 //! - commits await their group fsync without blocking a request worker.
 
 use ledge_kv::{Db, Isolation, Tx, TxError, prefix_end};
@@ -26,6 +28,7 @@ use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 
 pub mod backend;
+pub mod budget;
 pub mod global;
 pub mod keyvalue;
 pub mod taped;
@@ -63,15 +66,19 @@ pub struct KvAccess {
     max_bytes: u64,
     caller: Caller,
     open_handles: usize,
+    /// The write budgets its transactions draw on: this instance's own and the node's.
+    write_budget: budget::WriteBudget,
 }
 
 impl KvAccess {
+    /// `write_buffers`: the node's write budget, which every instance's transactions share.
     pub fn new(
         db: Db,
         global: Option<std::sync::Arc<global::GlobalStore>>,
         function: &str,
         policy: &Policy,
         caller: Caller,
+        write_buffers: &std::sync::Arc<budget::Pool>,
     ) -> Self {
         KvAccess {
             db: Some(db),
@@ -83,6 +90,7 @@ impl KvAccess {
             max_bytes: policy.kv_max_bytes,
             caller,
             open_handles: 0,
+            write_budget: budget::WriteBudget::for_instance(write_buffers),
         }
     }
 
@@ -98,6 +106,7 @@ impl KvAccess {
             max_bytes: 0,
             caller: Caller::default(),
             open_handles: 0,
+            write_budget: budget::WriteBudget::for_instance(&budget::Pool::new(0)),
         }
     }
 

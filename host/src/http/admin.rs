@@ -21,6 +21,7 @@ use super::audit::audit;
 use super::problem::with_rate_headers;
 use super::{App, Problem, ResponseBody, authorization, empty, json, method_not_allowed};
 use crate::access::caveats::{self, Op};
+use crate::access::keyless;
 use crate::access::rate::ADMIN_QUOTA;
 use crate::access::tokens::{self, Caller};
 use crate::cluster::ClusterError;
@@ -44,7 +45,8 @@ impl App {
         };
         let caller = self.authorize(&request, op, function, peer)?;
         self.charge_admin(&caller)?;
-        let who = if caller.function_scoped { PolicyChange::OnlyTighten } else { PolicyChange::Any };
+        // Only a manage token without `fn` caveat may widen a policy, through either route.
+        let who = if caller.manages && !caller.function_scoped { PolicyChange::Any } else { PolicyChange::OnlyTighten };
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => {
                 let functions = match &self.cluster {
@@ -237,7 +239,7 @@ impl App {
         let bytes = read_upload(request.into_body(), MAX_POLICY_BYTES).await?;
         let text = String::from_utf8_lossy(&bytes);
         let token_id =
-            tokens::token_id_of(text.trim()).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
+            keyless::revocation_id_of(text.trim()).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
         if let Some(cluster) = &self.cluster {
             tokens::check_token_id(&token_id).map_err(|reason| Problem::new(StatusCode::BAD_REQUEST, reason))?;
             let outcome = cluster.revoke(&token_id).await;

@@ -1,6 +1,7 @@
 //! `GET /v1/backup`: a consistent backup of the node as a tar archive ([`crate::backup`]).
-//! It holds every function, the root keys and the secrets key, so it needs what `/metrics`
-//! needs: a manage token without an `fn` caveat.
+//! It holds every function, the root keys and the secrets key, so whoever has it can mint any
+//! token: it needs a full admin token, with no caveats other than `time` and `id` (a manage
+//! token narrowed to `method = GET` is no read-only backup token: it gets 403).
 //!
 //! The archive is built in an unnamed temporary file in the data dir (nothing to clean up,
 //! whatever happens: the file has no name and goes when its last handle does), with registry
@@ -10,7 +11,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::AsyncReadExt;
@@ -31,6 +32,15 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let caller = self.authorize_manage(&request, method, "GET", peer)?;
+        if !caller.unconfined {
+            // Whoever holds the archive holds the root keys and can mint any token.
+            let refusal = Problem::new(
+                StatusCode::FORBIDDEN,
+                "a backup holds the root key ring: it needs a full admin token (no caveats other than `time` and `id`)",
+            );
+            audit("backup", "node", &caller, Err::<String, _>(&refusal.detail));
+            return Err(refusal);
+        }
         let (data_dir, db) = (self.data_dir.clone(), self.db.clone());
         let outcome = self
             .registry

@@ -100,10 +100,7 @@ impl App {
             .as_ref()
             .map(|limiter| limiter.check(name, &caller_key, deployment.policy.rate, &caller.rates));
         if let Some(decision) = decision.as_ref().filter(|d| !d.allowed) {
-            let problem = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("rate limit of {} reached; retry later", decision.quota),
-            );
+            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, decision.problem_detail());
             return Err(with_rate_headers(problem, Some(decision)));
         }
         let Some(permit) = deployment.concurrency.try_acquire() else {
@@ -119,6 +116,7 @@ impl App {
         let chosen = deployment.choose(&caller_key);
         let version = chosen.version;
         let recording = self.recording(&request, deployment, &chosen, &caller, token.as_deref(), &path_and_query);
+        strip_ledge_headers(request.headers_mut());
         let invocation = Invocation {
             function: name,
             pre: chosen.pre,
@@ -126,7 +124,7 @@ impl App {
             cold: chosen.cold,
             caller,
             permit,
-            tls: self.tls,
+            tls: self.tls_of(&request),
             config: deployment.config.clone(),
             tape: recording.as_ref().map(|recording| recording.tape.clone()),
         };
@@ -169,5 +167,16 @@ fn invoke_facts<'a, B>(request: &'a http::Request<B>, name: &'a str, guest_path:
         method: request.method().as_str(),
         path: guest_path,
         now: SystemTime::now(),
+    }
+}
+
+/// Removes every `ledge-*` header from a caller's request before the guest sees it: those a
+/// caller may send (`ledge-record`) have been read by now, and those ledge sets for guests
+/// (`ledge-schedule`, ...) must come from ledge alone, so a guest can trust them.
+fn strip_ledge_headers(headers: &mut http::HeaderMap) {
+    let ours: Vec<http::HeaderName> =
+        headers.keys().filter(|name| name.as_str().starts_with("ledge-")).cloned().collect();
+    for name in ours {
+        headers.remove(name);
     }
 }

@@ -116,8 +116,58 @@ impl App {
             Ok(parsed) => parsed.host().to_string(),
             Err(_) => return false,
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        is_loopback_host(&host)
+    }
+
+    /// `ledge dev` refuses what a web page on another site sends it: such a page may POST (or
+    /// GET) to 127.0.0.1, and [`App::is_local`] would let it invoke the author's functions
+    /// without a token. A request with an `Origin` that is not loopback (`http://localhost:5173`,
+    /// `https://127.0.0.1`, `http://[::1]:3000`; `null` is not) gets 403, whatever its method;
+    /// without `Origin` (curl, a GET from the address bar), a browser's `Sec-Fetch-Site:
+    /// cross-site` (a link, an image or a form GET from another site) gets 403 too.
+    fn refuse_cross_site<B>(&self, request: &http::Request<B>) -> Result<(), Problem> {
+        if !self.dev {
+            return Ok(());
+        }
+        let headers = request.headers();
+        let fetch_site = headers.get("sec-fetch-site").map(|site| site.as_bytes().to_ascii_lowercase());
+        let mut origins = headers.get_all(http::header::ORIGIN).iter().peekable();
+        let why = if origins.peek().is_some() {
+            let foreign = origins.find(|origin| !origin.to_str().is_ok_and(is_loopback_origin));
+            match foreign.map(|origin| origin.to_str().map(str::to_string)) {
+                None => return Ok(()),
+                Some(Ok(origin)) => format!("Origin `{origin}` is not this machine"),
+                Some(Err(_)) => "its Origin is not this machine".to_string(),
+            }
+        } else if fetch_site.as_deref() == Some(b"cross-site") {
+            "the browser says it comes from another site (Sec-Fetch-Site: cross-site)".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the dev server refuses cross-site requests: {why}; call it from this machine \
+                 without an Origin (curl) or from a page served on localhost or a loopback address"
+            ),
+        ))
+    }
+}
+
+/// `localhost` or a loopback address (an IPv6 one in brackets or not).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An `Origin` of a page on this machine: `http` or `https`, a loopback host, any port.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+        return false;
+    };
+    match authority.parse::<http::uri::Authority>() {
+        Ok(parsed) => !authority.contains('@') && is_loopback_host(parsed.host()),
+        Err(_) => false,
     }
 }
 
@@ -155,4 +205,29 @@ fn empty(status: StatusCode) -> http::Response<ResponseBody> {
     let mut response = http::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pages_on_this_machine_are_loopback_origins() {
+        for origin in ["http://localhost:5173", "https://localhost", "http://127.0.0.1:8080", "http://[::1]:3000"] {
+            assert!(is_loopback_origin(origin), "{origin}");
+        }
+        for origin in [
+            "null",
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example:80",
+            "http://evil.example@localhost",
+            "ftp://localhost",
+            "localhost:5173",
+            "http://localhost/",
+            "",
+        ] {
+            assert!(!is_loopback_origin(origin), "{origin}");
+        }
+    }
 }

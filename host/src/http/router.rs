@@ -2,7 +2,7 @@
 //!
 //! | route | handler |
 //! |---|---|
-//! | `ANY /fn/{name}/{rest}` | invoke (`http/invoke.rs`) |
+//! | `ANY /fn/{name}/{rest}` | invoke (`http/invoke.rs`); under `ledge dev`, cross-site requests are refused first |
 //! | `GET /v1/functions` | list (`http/admin.rs`, as every route below but the open ones) |
 //! | `GET`/`PUT`/`DELETE /v1/functions/{name}` | metadata, deploy, remove |
 //! | `PUT /v1/functions/{name}/policy` | set the function's policy |
@@ -13,7 +13,7 @@
 //! | `GET /v1/backup` | the node as a tar archive (`http/backup.rs`; a manage token without `fn` caveat) |
 //! | `GET /v1/nodes` | cluster members (`http/admin.rs`; a manage token) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; in cluster mode: in sync with etcd) |
-//! | anything else matching a policy's `[[route]]` | that function, with the path as it came |
+//! | anything else matching a policy's `[[route]]` | that function, with the path as it came (in a cluster, a function another node hosts too: proxied, `http/proxy.rs`) |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
 
 use std::net::SocketAddr;
@@ -39,7 +39,11 @@ impl App {
         let method = request.method().clone();
         let admin = path.strip_prefix("/v1/functions").filter(|rest| rest.is_empty() || rest.starts_with('/'));
         let result = if let Some(rest) = path.strip_prefix("/fn/") {
-            self.invoke(request, rest, peer).await
+            async {
+                self.refuse_cross_site(&request)?;
+                self.invoke(request, rest, peer).await
+            }
+            .await
         } else if let Some(rest) = admin {
             self.admin(request, &method, rest, peer).await
         } else if path == "/v1/tokens/revoke" {
@@ -67,8 +71,14 @@ impl App {
                     _ => Ok(text(StatusCode::OK, "ready\n")),
                 },
                 (_, "/healthz" | "/readyz" | "/metrics") => Err(method_not_allowed("GET")),
-                _ => match self.registry.route_for(request_host(&request).as_deref(), &path) {
-                    Some(function) => self.invoke_function(request, &function, &path[1..], peer).await,
+                _ => match self.route_for(request_host(&request).as_deref(), &path) {
+                    Some(function) => {
+                        async {
+                            self.refuse_cross_site(&request)?;
+                            self.invoke_function(request, &function, &path[1..], peer).await
+                        }
+                        .await
+                    }
                     None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no route for `{path}`"))),
                 },
             }

@@ -12,13 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::body::{BoxError, ResponseBody};
-use super::connections::{Activity, Admission, Tracked};
+use super::connections::{Activity, Admission, Admitted, Slot, Tracked};
+use super::problem::Problem;
 use crate::http::App;
 use crate::http::tls::Tls;
 use crate::runtime::logs::RequestLine;
@@ -41,8 +43,12 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Open connections in all (`--max-connections`).
     pub max_connections: usize,
-    /// Open connections from one client address (`--max-connections-per-ip`).
+    /// Open connections from one client address (`--max-connections-per-ip`); a request a
+    /// cluster peer proxies counts as a connection of the client it vouches for.
     pub max_connections_per_address: usize,
+    /// Open connections from cluster peers (see `http::connections`): their own cap, apart from
+    /// the two above.
+    pub max_peer_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -55,6 +61,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_connections_per_address: 256,
+            max_peer_connections: 4096,
         }
     }
 }
@@ -77,7 +84,8 @@ pub async fn serve(
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let admission = Admission::new(limits.max_connections, limits.max_connections_per_address);
+    let admission =
+        Admission::new(limits.max_connections, limits.max_connections_per_address, limits.max_peer_connections);
     // Every connection task holds a sender; draining waits until all are gone.
     let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -96,22 +104,26 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = admission.admit(peer.ip()) else {
+        let member = app.cluster.as_ref().is_some_and(|cluster| cluster.is_member_address(peer.ip()));
+        let Some(slot) = admission.admit_connection(peer.ip(), member) else {
             tracing::debug!(%peer, "connection refused: connection cap reached");
             continue;
         };
+        let slot = Arc::new(slot);
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let stream = Tracked::new(stream, activity.clone());
         let app = app.clone();
         let request_ids = request_ids.clone();
         let in_service = activity.clone();
+        let (admission, in_slot) = (admission.clone(), slot.clone());
         let service = hyper::service::service_fn(move |request| {
             let app = app.clone();
             let id = request_ids.next_for(&request);
             let in_flight = in_service.request();
+            let (admission, slot) = (admission.clone(), in_slot.clone());
             async move {
-                let response = handle(app, request, peer, id).await;
+                let response = handle(app, request, peer, id, (&admission, &slot)).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(response)
             }
@@ -212,14 +224,26 @@ where
 
 async fn handle(
     app: Arc<App>,
-    request: http::Request<Incoming>,
+    mut request: http::Request<Incoming>,
     peer: SocketAddr,
     id: HeaderValue,
+    (admission, slot): (&Arc<Admission>, &Slot),
 ) -> http::Response<ResponseBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let started = std::time::Instant::now();
-    let mut response = app.route(request, peer).await;
+    // A proxied request becomes what the first node received, and is counted for its client.
+    let vouched = app.accept_peer(&mut request);
+    let mut response = match admission.admit_request(slot, peer.ip(), vouched) {
+        Ok(held) => {
+            let response = app.route(request, peer).await;
+            match held {
+                Some(held) => response.map(|body| hold_until_done(body, held)),
+                None => response,
+            }
+        }
+        Err(address) => refused(&request, address, vouched.is_none()),
+    };
     let elapsed = started.elapsed();
     let request_id = id.to_str().unwrap_or_default();
     tracing::info!(
@@ -246,6 +270,51 @@ async fn handle(
     }
     response.headers_mut().insert("x-request-id", id);
     response
+}
+
+/// `body`, keeping `held` until the body is done (or dropped).
+fn hold_until_done(body: ResponseBody, held: Admitted) -> ResponseBody {
+    Holding { body, _held: held }.boxed_unsync()
+}
+
+/// A response body that holds a connection slot while it lasts (its size hint, and so
+/// `content-length`, unchanged).
+struct Holding {
+    body: ResponseBody,
+    _held: Admitted,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request that `address`'s connection cap refuses (a proxied one for its client, or the first
+/// unvouched one on a peer's connection): 503, and in the second case the connection closes
+/// (HTTP/1.1), since it never got a slot of its own.
+fn refused<B>(request: &http::Request<B>, address: std::net::IpAddr, close: bool) -> http::Response<ResponseBody> {
+    tracing::debug!(%address, "request refused: connection cap reached");
+    let detail = format!("too many connections from {address}; retry when some have closed");
+    let mut problem = Problem::new(http::StatusCode::SERVICE_UNAVAILABLE, detail).with_header("retry-after", "1");
+    if close && request.version() < http::Version::HTTP_2 {
+        problem = problem.with_header("connection", "close");
+    }
+    problem.into_response()
 }
 
 /// Request ids: the caller's `x-request-id` when it is short and printable, else

@@ -83,7 +83,7 @@ impl App {
             recorded_on: std::env::consts::ARCH.to_string(),
             recorded_at_ms: now.as_millis() as u64,
             reason,
-            request: recorded_request(request, self.tls, path_and_query),
+            request: recorded_request(request, self.tls_of(request), path_and_query),
             facts: GuestFacts {
                 caller: caller.token_id.as_ref().map(|_| CallerFacts {
                     token_id: caller.token_id.clone(),
@@ -209,7 +209,11 @@ impl App {
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading traces: {e}")))?
             .ok_or_else(not_found)?;
-        let caller = self.authorize(request, Op::Manage, Some(&function), peer)?;
+        // A caller who may not read the trace learns nothing from the answer: not whether it
+        // exists, nor whose it is.
+        let caller = self
+            .authorize(request, Op::Manage, Some(&function), peer)
+            .map_err(|problem| if problem.status == 403 { not_found() } else { problem })?;
         self.charge_admin(&caller)?;
         let (traces, owned, name) = (self.traces.clone(), id.to_string(), function.clone());
         let (meta, compressed) = tokio::task::spawn_blocking(move || traces.get(&name, &owned))
@@ -232,7 +236,8 @@ impl App {
     }
 }
 
-/// The request head as the guest sees it (the ledge token already removed).
+/// The request head as the guest sees it: the ledge token already removed, and without the
+/// `ledge-*` headers, which the invoke handler removes once this is taken.
 fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
     let authority = crate::runtime::invoke::guest_authority(request.uri(), request.headers());
     RecordedRequest {
@@ -240,7 +245,10 @@ fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &s
         scheme: if tls { "https" } else { "http" }.to_string(),
         authority,
         path_and_query: path_and_query.to_string(),
-        headers: crate::record::headers(request.headers()),
+        headers: crate::record::headers(request.headers())
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("ledge-"))
+            .collect(),
         body: Vec::new(),
         body_error: None,
     }

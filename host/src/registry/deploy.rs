@@ -159,12 +159,12 @@ impl Registry {
         let needed: Vec<u64> = std::iter::once(deployment.meta.version)
             .chain(deployment.canary.as_ref().map(|c| c.meta.version))
             .collect();
-        let keep = deployment.policy.versions_keep;
+        let policy = deployment.policy.clone();
         self.live.write().expect("registry lock poisoned").insert(name.to_string(), Arc::new(deployment));
         self.rebuild_routes();
         // In-flight requests keep older code alive through their `Arc`; only versions past
-        // `[versions] keep` lose their files.
-        if let Err(error) = prune_versions(&self.function_dir(name), keep, &needed) {
+        // `[versions] keep` or `max_bytes` lose their files.
+        if let Err(error) = prune_versions(&self.function_dir(name), &policy, &needed) {
             tracing::warn!(function = name, %error, "could not prune old versions");
         }
         tracing::info!(function = name, version = meta.version, size = meta.size, canary, "deployed");

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 
 use crate::access::caveats::{Op, Request, parse_caveat, parse_rate};
+use crate::access::keyless::{attenuate, inspect, revocation_id_of};
 use crate::access::policy::{Ceilings, Policy, PolicyFile, path_under};
-use crate::access::tokens::{AuthError, Authority, attenuate, inspect, is_ledge_token, token_id_of};
+use crate::access::tokens::{AuthError, Authority, is_ledge_token};
 use crate::registry::FunctionMeta;
 use crate::runtime::validate::is_provided;
 use crate::runtime::{Runtime, RuntimeOptions, preinit};
@@ -72,7 +73,7 @@ pub fn token(data: &[u8]) {
         1 => {
             verify_header(&fixture.authority, &format!("Bearer {text}"));
             let _ = inspect(&text);
-            let _ = token_id_of(&text);
+            let _ = revocation_id_of(&text);
         }
         _ => {
             let _ = parse_rate(&text);

@@ -87,7 +87,7 @@ impl Registry {
                 fs::remove_dir_all(entry.path())?;
             }
         }
-        prune_versions(&dir, policy.versions_keep, &needed)?;
+        prune_versions(&dir, &policy, &needed)?;
         let live = self.load_version(name, meta, report)?;
         let live_file = dir.join(version_dir_name(live.meta.version)).join(VERSION_FILE);
         if !live_file.exists() {
@@ -217,14 +217,35 @@ pub(super) fn kept_versions(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(versions)
 }
 
-/// Removes the oldest versions beyond `keep`, never one of `needed` (live, canary).
-pub(super) fn prune_versions(dir: &Path, keep: u32, needed: &[u64]) -> io::Result<()> {
-    let versions = kept_versions(dir)?;
-    let excess = versions.len().saturating_sub(keep.max(1) as usize);
-    for version in versions.into_iter().filter(|v| !needed.contains(v)).take(excess) {
+/// Removes the oldest versions beyond `[versions] keep`, and then while the kept components
+/// hold more than `[versions] max_bytes` together; never one of `needed` (live, canary).
+pub(super) fn prune_versions(dir: &Path, policy: &Policy, needed: &[u64]) -> io::Result<()> {
+    let mut sized = Vec::new();
+    for version in kept_versions(dir)? {
+        let component = dir.join(version_dir_name(version)).join("component.wasm");
+        sized.push((version, fs::metadata(component).map_or(0, |m| m.len())));
+    }
+    for version in versions_to_prune(&sized, policy.versions_keep, policy.versions_max_bytes, needed) {
         fs::remove_dir_all(dir.join(version_dir_name(version)))?;
     }
     sync_dir(dir)
+}
+
+/// Which of `versions` (`(version, component bytes)`, oldest first) to drop, oldest first,
+/// for at most `keep` of them holding at most `max_bytes`, never one of `needed`. The cluster's
+/// records are pruned by the same rule.
+pub fn versions_to_prune(versions: &[(u64, u64)], keep: u32, max_bytes: u64, needed: &[u64]) -> Vec<u64> {
+    let (mut count, mut bytes) = (versions.len(), versions.iter().map(|(_, size)| size).sum::<u64>());
+    let mut dropped = Vec::new();
+    for &(version, size) in versions.iter().filter(|(version, _)| !needed.contains(version)) {
+        if count <= keep.max(1) as usize && bytes <= max_bytes {
+            break;
+        }
+        dropped.push(version);
+        count -= 1;
+        bytes -= size;
+    }
+    dropped
 }
 
 pub(super) fn version_dir_name(version: u64) -> String {
@@ -289,4 +310,24 @@ pub(super) fn store_version(
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::versions_to_prune;
+
+    #[test]
+    fn the_oldest_versions_go_past_the_count_or_the_bytes_never_the_needed_ones() {
+        let versions = [(1, 100), (2, 100), (3, 100), (4, 100)];
+        assert_eq!(versions_to_prune(&versions, 10, 400, &[4]), Vec::<u64>::new());
+        assert_eq!(versions_to_prune(&versions, 2, 400, &[4]), [1, 2]);
+        assert_eq!(versions_to_prune(&versions, 10, 250, &[4]), [1, 2]);
+        // The live version (1 after a rollback) and a canary stay, whatever they cost.
+        assert_eq!(versions_to_prune(&versions, 10, 250, &[1, 4]), [2, 3]);
+        assert_eq!(versions_to_prune(&versions, 1, 0, &[1, 4]), [2, 3]);
+        // An 18 MB component keeps its default ten versions under the default budget.
+        let python: Vec<(u64, u64)> = (1..=11).map(|v| (v, 18 << 20)).collect();
+        let defaults = crate::access::policy::Policy::default();
+        assert_eq!(versions_to_prune(&python, defaults.versions_keep, defaults.versions_max_bytes, &[11]), [1]);
+    }
 }

@@ -32,7 +32,7 @@ use ledge_kv::Db;
 use thiserror::Error;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::access::policy::{Ceilings, Policy, Route, is_valid_name};
+use crate::access::policy::{Ceilings, Policy, Route, UploadCeilings, is_valid_name};
 use crate::guest_kv::delete_function_data;
 use crate::runtime::concurrency::ConcurrencyLimit;
 use crate::runtime::{GuestConfig, GuestState, Runtime, ValidateError};
@@ -54,7 +54,7 @@ pub mod versions;
 
 use layout::LoadedVersion;
 pub use layout::{CanarySplit, FunctionMeta, sha256_hex};
-use policies::read_policy_file;
+use policies::read_default_file;
 
 /// A live function version, ready to instantiate.
 pub struct Deployment {
@@ -192,7 +192,7 @@ pub enum PolicyError {
     #[error("{0}")]
     Conflict(String),
     #[error(
-        "this token is confined to some functions, so it may only tighten their policies; this policy widens {}: that needs a manage token without an `fn` caveat",
+        "only a manage token without an `fn` caveat may widen a policy, and this token may only tighten it; this policy widens {}",
         .0.iter().map(|field| format!("`{field}`")).collect::<Vec<_>>().join(", ")
     )]
     Widens(Vec<&'static str>),
@@ -210,13 +210,13 @@ pub struct Deployed {
     pub created: bool,
 }
 
-/// Who is changing a function's policy: anyone may tighten it, only an unconfined manage token
-/// may widen it.
+/// Who is changing a function's policy: anyone may tighten it, only a manage token without
+/// `fn` caveat may widen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyChange {
-    /// A token without `fn` caveats.
+    /// A manage token without `fn` caveats.
     Any,
-    /// A token confined to some functions: widening fields are refused.
+    /// Any other token (confined to some functions, or deploy-only): widening fields are refused.
     OnlyTighten,
 }
 
@@ -224,6 +224,8 @@ pub struct Registry {
     functions_dir: PathBuf,
     policies_dir: Option<PathBuf>,
     default_policy: RwLock<Policy>,
+    /// What an uploaded policy may set at most (`[ceilings]` in `policies/default.toml`).
+    upload_ceilings: RwLock<UploadCeilings>,
     /// What no policy may exceed (`--max-timeout`).
     ceilings: Ceilings,
     runtime: Arc<Runtime>,
@@ -273,14 +275,13 @@ impl Registry {
     ) -> anyhow::Result<(Registry, LoadReport)> {
         let functions_dir = data_dir.join("functions");
         create_private_dir(&functions_dir)?;
-        let default_policy = match policies_dir.map(|dir| dir.join("default.toml")) {
-            Some(path) if path.exists() => read_policy_file(&path, &Policy::default().within(&ceilings), &ceilings)?,
-            _ => Policy::default().within(&ceilings),
-        };
+        let default_file = policies_dir.map_or_else(PathBuf::new, |dir| dir.join("default.toml"));
+        let (default_policy, upload_ceilings) = read_default_file(&default_file, &ceilings)?;
         let registry = Registry {
             functions_dir,
             policies_dir: policies_dir.map(Path::to_path_buf),
             default_policy: RwLock::new(default_policy),
+            upload_ceilings: RwLock::new(upload_ceilings),
             ceilings,
             runtime,
             db,

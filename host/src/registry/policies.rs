@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{PolicyChange, PolicyError, Registry, RegistryError, validate_name};
-use crate::access::policy::{Ceilings, Policy, PolicyFile};
+use crate::access::policy::{Ceilings, Policy, PolicyFile, UploadCeilings};
 use crate::storage::write_durably;
 
 impl Registry {
@@ -26,13 +26,11 @@ impl Registry {
     pub async fn reload_policies(&self) {
         let _change = self.changes.lock().await;
         if let Some(path) = self.policies_dir.as_ref().map(|dir| dir.join("default.toml")) {
-            let parsed = if path.exists() {
-                read_policy_file(&path, &Policy::default().within(&self.ceilings), &self.ceilings)
-            } else {
-                Ok(Policy::default().within(&self.ceilings))
-            };
-            match parsed {
-                Ok(policy) => *self.default_policy.write().expect("policy lock poisoned") = policy,
+            match read_default_file(&path, &self.ceilings) {
+                Ok((policy, ceilings)) => {
+                    *self.default_policy.write().expect("policy lock poisoned") = policy;
+                    *self.upload_ceilings.write().expect("policy lock poisoned") = ceilings;
+                }
                 Err(error) => return tracing::error!(%error, "policy file refused; keeping the policies in force"),
             }
         }
@@ -78,42 +76,74 @@ impl Registry {
 
     /// The effective policy: uploaded, else `policies/NAME.toml`, else the default.
     pub(super) fn policy_for(&self, name: &str) -> anyhow::Result<Policy> {
-        let uploaded = self.function_dir(name).join("policy.toml");
-        let file = self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")));
-        for path in [Some(uploaded), file].into_iter().flatten() {
-            if path.exists() {
-                return read_policy_file(&path, &self.default_policy(), &self.ceilings);
-            }
+        match self.function_dir(name).join("policy.toml") {
+            uploaded if uploaded.exists() => read_policy_file(&uploaded, &self.default_policy(), &self.ceilings),
+            _ => self.policy_from_files(name),
         }
-        Ok(self.default_policy())
     }
 
-    /// Parses an uploaded policy for `name`, holds it to the server's ceilings and, for a
-    /// confined token, refuses any field that widens what the function has now. Call with the
-    /// change lock held, so that "now" cannot move before the policy is applied.
+    /// The policy the operator's files give `name`: `policies/NAME.toml`, else the default.
+    fn policy_from_files(&self, name: &str) -> anyhow::Result<Policy> {
+        match self.policies_dir.as_ref().map(|dir| dir.join(format!("{name}.toml"))) {
+            Some(path) if path.exists() => read_policy_file(&path, &self.default_policy(), &self.ceilings),
+            _ => Ok(self.default_policy()),
+        }
+    }
+
+    /// Parses an uploaded policy for `name`, holds it to the server's ceilings and, for anyone
+    /// but an unconfined manage token, refuses any field that widens what the function has now
+    /// (this node's view of it). Call with the change lock held, so that "now" cannot move
+    /// before the policy is applied.
     pub(super) fn check_upload(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
-        let policy = PolicyFile::parse(text).map_err(PolicyError::Invalid)?.resolve(&self.default_policy());
+        let current = || match self.lookup(name) {
+            Some(deployment) => Ok((*deployment.policy).clone()),
+            None => self.policy_for(name).map_err(|error| PolicyError::Invalid(format!("{error:#}"))),
+        };
+        self.check_upload_over(name, text, who, current)
+    }
+
+    /// [`Registry::check_upload`] against the function's policy as a cluster record has it:
+    /// `uploaded` (the record's policy text) over this node's default, else the operator's
+    /// files, whether or not this node hosts the function.
+    pub fn check_upload_for_record(
+        &self,
+        name: &str,
+        text: &str,
+        who: PolicyChange,
+        uploaded: Option<&str>,
+    ) -> Result<Policy, PolicyError> {
+        let current = || match uploaded {
+            Some(current) => {
+                Ok(PolicyFile::parse(current).map_err(PolicyError::Invalid)?.resolve(&self.default_policy()))
+            }
+            None => self.policy_from_files(name).map_err(|error| PolicyError::Invalid(format!("{error:#}"))),
+        };
+        self.check_upload_over(name, text, who, current)
+    }
+
+    fn check_upload_over(
+        &self,
+        name: &str,
+        text: &str,
+        who: PolicyChange,
+        current: impl FnOnce() -> Result<Policy, PolicyError>,
+    ) -> Result<Policy, PolicyError> {
+        let file = PolicyFile::parse(text).map_err(PolicyError::Invalid)?;
+        if file.ceilings.is_some() {
+            return Err(PolicyError::Invalid(CEILINGS_ONLY_IN_DEFAULT.into()));
+        }
+        let policy = file.resolve(&self.default_policy());
         policy.check_ceilings(&self.ceilings).map_err(PolicyError::Invalid)?;
+        let ceilings = *self.upload_ceilings.read().expect("policy lock poisoned");
+        policy.check_upload_ceilings(&ceilings).map_err(PolicyError::Invalid)?;
         self.check_routes(name, &policy.routes)?;
         if who == PolicyChange::OnlyTighten {
-            let current = match self.lookup(name) {
-                Some(deployment) => (*deployment.policy).clone(),
-                None => self.policy_for(name).map_err(|error| PolicyError::Invalid(format!("{error:#}")))?,
-            };
-            let widened = current.widened_by(&policy);
+            let widened = current()?.widened_by(&policy);
             if !widened.is_empty() {
                 return Err(PolicyError::Widens(widened));
             }
         }
         Ok(policy)
-    }
-
-    /// Checks an uploaded policy as [`Registry::set_policy`] would, without applying it (a
-    /// cluster node checks a policy so before it publishes it).
-    pub async fn check_policy(&self, name: &str, text: &str, who: PolicyChange) -> Result<Policy, PolicyError> {
-        validate_name(name)?;
-        let _change = self.changes.lock().await;
-        self.check_upload(name, text, who)
     }
 
     /// Stores an uploaded policy for a deployed function and applies it to new requests at once.
@@ -150,11 +180,36 @@ fn policy_files_state(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<System
     state
 }
 
+/// Why a `[ceilings]` table anywhere else is refused.
+const CEILINGS_ONLY_IN_DEFAULT: &str =
+    "[ceilings] belongs in the operator's policies/default.toml, not in a function's policy";
+
 /// Reads a policy file, resolves it over `base` and holds it to `ceilings`; errors name the file.
 pub(super) fn read_policy_file(path: &Path, base: &Policy, ceilings: &Ceilings) -> anyhow::Result<Policy> {
-    let text = fs::read_to_string(path)?;
-    let policy =
-        PolicyFile::parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?.resolve(base);
-    policy.check_ceilings(ceilings).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let (file, policy) = read_file(path, base, ceilings)?;
+    if file.ceilings.is_some() {
+        anyhow::bail!("{}: {CEILINGS_ONLY_IN_DEFAULT}", path.display());
+    }
     Ok(policy)
+}
+
+/// `policies/default.toml` (or the built-in default where there is none): the default policy
+/// and the ceilings on uploaded policies its `[ceilings]` table sets.
+pub(super) fn read_default_file(path: &Path, ceilings: &Ceilings) -> anyhow::Result<(Policy, UploadCeilings)> {
+    let base = Policy::default().within(ceilings);
+    if !path.exists() {
+        return Ok((base, UploadCeilings::default()));
+    }
+    let (file, policy) = read_file(path, &base, ceilings)?;
+    let section = file.ceilings.unwrap_or_default();
+    let upload = section.resolve().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok((policy, upload))
+}
+
+fn read_file(path: &Path, base: &Policy, ceilings: &Ceilings) -> anyhow::Result<(PolicyFile, Policy)> {
+    let text = fs::read_to_string(path)?;
+    let file = PolicyFile::parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let policy = file.resolve(base);
+    policy.check_ceilings(ceilings).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok((file, policy))
 }

@@ -33,6 +33,16 @@ fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
     }
 }
 
+/// How well a route matches a request: compared as a tuple, larger wins ([`rank`]).
+pub type Rank = (u8, usize, usize);
+
+/// How specific `route` is for a request to `host` (lower case, no port) and `path`, when it
+/// matches: the order [`Registry::route_for`] picks by, for tables kept elsewhere (a cluster's
+/// routes of functions other nodes host).
+pub fn rank(route: &Route, host: Option<&str>, path: &str) -> Option<Rank> {
+    (host_matches(route.host.as_deref(), host) && path_under(path, &route.path)).then(|| specificity(route))
+}
+
 impl Registry {
     /// The function serving `host` (lower case, no port) and `path`, if a route matches.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<String> {

@@ -150,6 +150,7 @@ impl Runtime {
                 invocation.function,
                 policy,
                 invocation.caller.clone(),
+                &self.kv_write_buffers,
             ),
             None => KvAccess::none(),
         };

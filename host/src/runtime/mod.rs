@@ -96,6 +96,8 @@ pub struct Runtime {
     logs: Arc<Logs>,
     /// Cluster mode: global key-value data in etcd.
     global_kv: Option<Arc<crate::guest_kv::global::GlobalStore>>,
+    /// The node's write budget, shared by the open transactions of every instance.
+    kv_write_buffers: Arc<crate::guest_kv::budget::Pool>,
 }
 
 impl Runtime {
@@ -143,6 +145,7 @@ impl Runtime {
             own_addresses: Arc::from([]),
             logs: Arc::default(),
             global_kv: None,
+            kv_write_buffers: crate::guest_kv::budget::Pool::new(options.kv_write_buffers),
         })
     }
 

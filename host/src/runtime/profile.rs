@@ -30,15 +30,20 @@ pub struct RuntimeOptions {
     /// Emit DWARF for guest code and register it with a native debugger (`ledge replay
     /// --debug`): breakpoints in a guest's source under gdb or lldb. Unoptimized code.
     pub debug_info: bool,
+    /// Bytes the open key-value transactions of all instances may buffer for writing together
+    /// (`--kv-write-buffers`); each instance's transactions share 16 MiB of it at most.
+    pub kv_write_buffers: u64,
 }
 
 /// Memory and address-space sizing presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// Servers: 256 pooled instances, 4 GiB reservations, 16 MiB kept resident per slot.
+    /// Servers: 256 pooled instances, 4 GiB reservations, 16 MiB kept resident per slot,
+    /// 256 MiB of write buffers.
     Standard,
     /// ARM64 boards (39-bit address space, 1 GB RAM): 32 pooled instances, 128 MiB memories
-    /// reserved exactly, 1 MiB kept resident. About 9 GiB of address space in all.
+    /// reserved exactly, 1 MiB kept resident, 64 MiB of write buffers. About 9 GiB of address
+    /// space in all.
     Small,
 }
 
@@ -53,6 +58,7 @@ impl RuntimeOptions {
                 memory_reservation: None,
                 trust_precompiled: false,
                 debug_info: false,
+                kv_write_buffers: 256 << 20,
             },
             Profile::Small => RuntimeOptions {
                 pooling: true,
@@ -62,6 +68,7 @@ impl RuntimeOptions {
                 memory_reservation: Some(128 << 20),
                 trust_precompiled: false,
                 debug_info: false,
+                kv_write_buffers: 64 << 20,
             },
         }
     }

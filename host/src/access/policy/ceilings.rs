@@ -1,12 +1,19 @@
 //! Server-wide ceilings ([`Ceilings`], from `ledge serve` flags) and the fixed limits on what
-//! one policy may name ([`MAX_SCHEDULES`], [`MAX_REPLICAS`]), and the checks against them.
+//! one policy may name ([`MAX_SCHEDULES`], [`MAX_REPLICAS`]); the node's ceilings on uploaded
+//! policies ([`UploadCeilings`], the `[ceilings]` table of the operator's `default.toml`); and
+//! the checks against them.
 //!
 //! Invariants: a value someone wrote past a ceiling is refused, never quietly lowered; only the
-//! built-in values are brought under the ceilings ([`Policy::within`]).
+//! built-in values are brought under the ceilings ([`Policy::within`]). Every numeric field a
+//! policy has is bounded for uploads (rate only when the operator sets one); a new numeric
+//! field gets a ceiling here.
 
 use std::time::Duration;
 
-use super::Policy;
+use serde::Deserialize;
+
+use super::{ByteSize, Fraction, Policy, Positive, RateQuota};
+use crate::access::caveats::parse_rate;
 
 /// Schedules one function may have.
 pub const MAX_SCHEDULES: usize = 16;
@@ -52,4 +59,149 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// `[ceilings]` as the operator writes it in `policies/default.toml`: what a policy uploaded
+/// over the API may set at most (the operator's own files are not bound by it). Every key is
+/// optional and falls back to [`UploadCeilings::default`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeilingsSection {
+    /// `"N/s"`, `"N/m"` or `"N/h"`: the fastest sustained `[rate]` (none unless set).
+    pub rate: Option<String>,
+    pub rate_burst: Option<Positive>,
+    pub memory: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+    pub max_concurrency: Option<Positive>,
+    pub kv_max_bytes: Option<ByteSize>,
+    pub record_sample: Option<Fraction>,
+    pub record_max_traces: Option<Positive>,
+    pub record_max_trace_bytes: Option<ByteSize>,
+    pub versions_keep: Option<Positive>,
+    pub versions_max_bytes: Option<ByteSize>,
+    pub placement_replicas: Option<u32>,
+    pub schedules: Option<u32>,
+    pub routes: Option<u32>,
+}
+
+/// What a policy uploaded over the API (`PUT .../policy`, a multipart deploy) may set at most,
+/// resolved. The defaults never refuse what the built-in policy or the examples use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UploadCeilings {
+    pub rate: Option<RateQuota>,
+    pub rate_burst: Option<u32>,
+    pub memory: u64,
+    pub max_body: u64,
+    pub max_concurrency: u32,
+    pub kv_max_bytes: u64,
+    pub record_sample: f64,
+    pub record_max_traces: u32,
+    pub record_max_trace_bytes: u64,
+    pub versions_keep: u32,
+    pub versions_max_bytes: u64,
+    pub placement_replicas: u32,
+    pub schedules: u32,
+    pub routes: u32,
+}
+
+impl Default for UploadCeilings {
+    fn default() -> Self {
+        UploadCeilings {
+            rate: None,
+            rate_burst: None,
+            memory: 4 << 30,
+            max_body: 256 << 20,
+            max_concurrency: 1024,
+            kv_max_bytes: 4 << 30,
+            record_sample: 1.0,
+            record_max_traces: 10_000,
+            record_max_trace_bytes: 1 << 30,
+            versions_keep: 100,
+            versions_max_bytes: 1 << 30,
+            placement_replicas: MAX_REPLICAS,
+            schedules: MAX_SCHEDULES as u32,
+            routes: 32,
+        }
+    }
+}
+
+impl CeilingsSection {
+    /// The ceilings this table sets over the defaults; a malformed `rate` is an error.
+    pub fn resolve(&self) -> Result<UploadCeilings, String> {
+        let base = UploadCeilings::default();
+        let rate = match &self.rate {
+            Some(text) => Some(parse_rate(text).map_err(|error| format!("ceilings.rate: {error}"))?),
+            None => None,
+        };
+        Ok(UploadCeilings {
+            rate,
+            rate_burst: self.rate_burst.map(|b| b.0),
+            memory: self.memory.map_or(base.memory, |b| b.0),
+            max_body: self.max_body.map_or(base.max_body, |b| b.0),
+            max_concurrency: self.max_concurrency.map_or(base.max_concurrency, |n| n.0),
+            kv_max_bytes: self.kv_max_bytes.map_or(base.kv_max_bytes, |b| b.0),
+            record_sample: self.record_sample.map_or(base.record_sample, |f| f.0),
+            record_max_traces: self.record_max_traces.map_or(base.record_max_traces, |n| n.0),
+            record_max_trace_bytes: self.record_max_trace_bytes.map_or(base.record_max_trace_bytes, |b| b.0),
+            versions_keep: self.versions_keep.map_or(base.versions_keep, |n| n.0),
+            versions_max_bytes: self.versions_max_bytes.map_or(base.versions_max_bytes, |b| b.0),
+            placement_replicas: self.placement_replicas.unwrap_or(base.placement_replicas),
+            schedules: self.schedules.unwrap_or(base.schedules),
+            routes: self.routes.unwrap_or(base.routes),
+        })
+    }
+}
+
+impl Policy {
+    /// Refuses an uploaded policy that sets a field past this node's [`UploadCeilings`]; the
+    /// message names the field, the value, the ceiling and where the operator sets it.
+    pub fn check_upload_ceilings(&self, ceilings: &UploadCeilings) -> Result<(), String> {
+        let sustained = |q: &RateQuota| q.quota as f64 / q.window.as_secs_f64().max(f64::MIN_POSITIVE);
+        let above_rate = ceilings.rate.filter(|ceiling| sustained(&self.rate) > sustained(ceiling));
+        let checks: [(&str, &str, Exceeded); 14] = [
+            (
+                "rate.quota",
+                "rate",
+                above_rate.map(|c| (self.rate.to_string(), format!("{} per {:?}", c.quota, c.window))),
+            ),
+            ("rate.burst", "rate_burst", above(self.rate.burst, ceilings.rate_burst)),
+            ("limits.memory", "memory", above(self.memory, Some(ceilings.memory))),
+            ("limits.max_body", "max_body", above(self.max_body, Some(ceilings.max_body))),
+            ("limits.max_concurrency", "max_concurrency", above(self.max_concurrency, Some(ceilings.max_concurrency))),
+            ("kv.max_bytes", "kv_max_bytes", above(self.kv_max_bytes, Some(ceilings.kv_max_bytes))),
+            ("record.sample", "record_sample", above(self.record.sample, Some(ceilings.record_sample))),
+            ("record.max_traces", "record_max_traces", above(self.record.max_traces, Some(ceilings.record_max_traces))),
+            (
+                "record.max_trace_bytes",
+                "record_max_trace_bytes",
+                above(self.record.max_trace_bytes, Some(ceilings.record_max_trace_bytes)),
+            ),
+            ("versions.keep", "versions_keep", above(self.versions_keep, Some(ceilings.versions_keep))),
+            (
+                "versions.max_bytes",
+                "versions_max_bytes",
+                above(self.versions_max_bytes, Some(ceilings.versions_max_bytes)),
+            ),
+            // 0 (every node, the default) is where placement leaves a function: not refused.
+            ("placement.replicas", "placement_replicas", above(self.replicas, Some(ceilings.placement_replicas))),
+            ("schedule", "schedules", above(self.schedules.len() as u32, Some(ceilings.schedules))),
+            ("route", "routes", above(self.routes.len() as u32, Some(ceilings.routes))),
+        ];
+        for (field, key, exceeded) in checks {
+            if let Some((value, ceiling)) = exceeded {
+                return Err(format!(
+                    "{field} = {value} is above this node's ceiling of {ceiling} ([ceilings] {key} in the operator's policies/default.toml)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `(value, ceiling)` as text, for a field above its ceiling.
+type Exceeded = Option<(String, String)>;
+
+/// `(value, ceiling)` as text when `value` is above `ceiling`.
+fn above<T: PartialOrd + std::fmt::Display>(value: T, ceiling: Option<T>) -> Exceeded {
+    ceiling.filter(|ceiling| value > *ceiling).map(|ceiling| (value.to_string(), ceiling.to_string()))
 }

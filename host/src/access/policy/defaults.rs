@@ -30,6 +30,8 @@ impl Default for Policy {
             kv_global_stores: Vec::new(),
             replicas: 0,
             versions_keep: 10,
+            // Ten versions of an 18 MB Python component fit.
+            versions_max_bytes: 256 << 20,
             schedules: Vec::new(),
             routes: Vec::new(),
             record: RecordPolicy::default(),

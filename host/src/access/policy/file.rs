@@ -8,8 +8,8 @@
 use serde::Deserialize;
 
 use super::{
-    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive, RateQuota, RecordPolicy,
-    Route, RoutePrefix, SchedulePath, StoreName,
+    ByteSize, CeilingsSection, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive, RateQuota,
+    RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
 };
 
 /// A policy as written in a file: every field optional.
@@ -26,6 +26,8 @@ pub struct PolicyFile {
     pub schedule: Option<Vec<ScheduleEntry>>,
     pub route: Option<Vec<RouteEntry>>,
     pub placement: Option<PlacementSection>,
+    /// Only in the operator's `policies/default.toml`: what uploaded policies may set at most.
+    pub ceilings: Option<CeilingsSection>,
 }
 
 /// `[[route]]`: requests for this host (exact, or `*.example.com` for any subdomain; omitted:
@@ -49,6 +51,7 @@ pub struct ScheduleEntry {
 #[serde(deny_unknown_fields)]
 pub struct VersionsSection {
     pub keep: Option<Positive>,
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// `[record]`: which runs are kept for replay, and how many per function.
@@ -139,6 +142,11 @@ impl PolicyFile {
                 .map_or_else(|| base.kv_global_stores.clone(), |stores| stores.iter().map(|s| s.0.clone()).collect()),
             replicas: self.placement.as_ref().and_then(|p| p.replicas).unwrap_or(base.replicas),
             versions_keep: self.versions.as_ref().and_then(|v| v.keep).map_or(base.versions_keep, |k| k.0),
+            versions_max_bytes: self
+                .versions
+                .as_ref()
+                .and_then(|v| v.max_bytes)
+                .map_or(base.versions_max_bytes, |b| b.0),
             schedules: self.schedule.as_ref().map_or_else(
                 || base.schedules.clone(),
                 |entries| entries.iter().map(|e| (e.cron.0.clone(), e.path.0.clone())).collect(),

@@ -11,7 +11,8 @@
 //! - `values.rs`: the checked values its fields are written with (sizes, durations, names,
 //!   route hosts and paths, cron patterns);
 //! - `defaults.rs`: the built-in defaults every field falls back to last;
-//! - `ceilings.rs`: [`Ceilings`], the server-wide limits no policy may exceed;
+//! - `ceilings.rs`: [`Ceilings`], the server-wide limits no policy may exceed, and
+//!   [`UploadCeilings`], what a policy uploaded over the API may set at most;
 //! - `tighten.rs`: [`Policy::widened_by`], the check that a proposed policy only tightens.
 
 use std::fmt;
@@ -25,7 +26,7 @@ mod file;
 mod tighten;
 mod values;
 
-pub use ceilings::{Ceilings, MAX_REPLICAS, MAX_SCHEDULES};
+pub use ceilings::{Ceilings, CeilingsSection, MAX_REPLICAS, MAX_SCHEDULES, UploadCeilings};
 pub use file::{
     KvSection, LimitsSection, OutboundSection, PlacementSection, PolicyFile, RateSection, RecordSection, RouteEntry,
     ScheduleEntry, VersionsSection,
@@ -72,6 +73,9 @@ pub struct Policy {
     pub replicas: u32,
     /// Deployed versions kept for rollback.
     pub versions_keep: u32,
+    /// The most component bytes the kept versions may hold together (the oldest past it are
+    /// pruned, never the live version or a canary).
+    pub versions_max_bytes: u64,
     /// `(cron, path)`: synthetic requests on a schedule.
     pub schedules: Vec<(String, String)>,
     /// Hosts and paths served without the `/fn/NAME/` prefix.

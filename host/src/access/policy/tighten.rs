@@ -2,8 +2,9 @@
 //! do more than the current one ([`Policy::widened_by`]), for confined tokens that may only
 //! tighten a policy.
 //!
-//! Invariants: every field is compared, and a rate is compared as quota per window without
-//! rounding, so a change that widens anything is never reported as tightening.
+//! Invariants: every field is compared (a new field must join the list: its length is fixed),
+//! and a rate is compared as quota per window without rounding, so a change that widens
+//! anything is never reported as tightening. Claiming a route or adding a schedule widens.
 
 use super::{Policy, RateQuota};
 
@@ -13,7 +14,9 @@ impl Policy {
     pub fn widened_by(&self, proposed: &Policy) -> Vec<&'static str> {
         let sustained = |q: &RateQuota| (u128::from(q.quota), q.window.as_nanos().max(1));
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
-        let checks: [(&'static str, bool); 14] = [
+        // 0 replicas is every node: the most a placement can ask for.
+        let nodes = |replicas: u32| if replicas == 0 { u32::MAX } else { replicas };
+        let checks: [(&'static str, bool); 21] = [
             ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
@@ -29,6 +32,14 @@ impl Policy {
             ("kv.max_bytes", proposed.kv_max_bytes > self.kv_max_bytes),
             ("kv.global_stores", proposed.kv_global_stores.iter().any(|s| !self.kv_global_stores.contains(s))),
             ("kv.scope", proposed.kv_scope != self.kv_scope),
+            // Recording and keeping runs and versions costs the node memory and disk.
+            ("record.errors", proposed.record.errors && !self.record.errors),
+            ("record.sample", proposed.record.sample > self.record.sample),
+            ("record.max_traces", proposed.record.max_traces > self.record.max_traces),
+            ("record.max_trace_bytes", proposed.record.max_trace_bytes > self.record.max_trace_bytes),
+            ("versions.keep", proposed.versions_keep > self.versions_keep),
+            ("versions.max_bytes", proposed.versions_max_bytes > self.versions_max_bytes),
+            ("placement.replicas", nodes(proposed.replicas) > nodes(self.replicas)),
         ];
         checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
     }

@@ -20,24 +20,45 @@
 //! - **One governor limiter per distinct quota.** A governor keyed limiter has a single quota, but
 //!   callers of one function may be under different quotas (a token's `rate` caveat, a policy
 //!   replaced at run time). So each distinct [`RateQuota`] gets its own keyed limiter, created on
-//!   first use and cached; at most [`MAX_QUOTAS`] policy quotas and as many caveat quotas are
-//!   kept (the one tracking the fewest callers is dropped to make room, and its callers start
-//!   over with fresh buckets). A caller whose quota changes therefore also starts with a fresh
-//!   bucket under the new quota.
+//!   first use and cached, shared by every caller under that quota. Policy quotas and caveat
+//!   quotas are cached apart, at most [`MAX_QUOTAS`] and [`MAX_CAVEAT_QUOTAS`] of them, so
+//!   caveats, which token holders choose, never take a policy's place. A caller whose quota
+//!   changes starts with a fresh bucket under the new quota.
 //! - **Every quota is charged.** A request is charged against the policy's quota and against
 //!   each `rate` caveat of its token, each in its own bucket, and runs only if all allow it; a
 //!   caveat's burst is capped at the policy's. So attenuation only narrows: a caveat with a
 //!   higher rate changes nothing, and a caveat nobody used before brings no fresh budget (the
-//!   policy's bucket was charged all along). Caveat quotas, which token holders choose, can
-//!   only evict each other's limiters, never a policy's.
+//!   policy's bucket was charged all along).
+//! - **No caveat limiter is dropped while it still limits anyone.** Making room for a new
+//!   caveat quota drops a caveat limiter whose buckets are all full again (its latest stored
+//!   arrival time has passed, even if a sweep, below, dropped the key that set it): every
+//!   caller under it would find a full bucket anyway, so nothing is lost. If there is none,
+//!   nothing is dropped and the request is refused (429, [`RateDecision::problem_detail`] says
+//!   why, `Retry-After` until the first caveat limiter is idle). Otherwise anyone could attenuate a `rate = 1/h`
+//!   token with 64 other rates (no key needed), cycle through them until the 1/h limiter was
+//!   dropped, and get a fresh burst each time, while resetting other tokens' caveat limiters
+//!   on the way. (A new policy quota drops the policy limiter tracking the fewest callers:
+//!   policies are the operator's, and few.)
+//! - **A token family holds at most [`MAX_FAMILY_CAVEATS`] caveat limiters busy.** Refusing
+//!   new caveat quotas while the table is busy would let one family fill it (each attenuation
+//!   a new rate) and refuse every other family's new rates. So each family (the caller: a
+//!   token's root id) is charged for the caveat limiters it keeps busy, across every function:
+//!   a request whose caveats would make it more than [`MAX_FAMILY_CAVEATS`] is refused (429,
+//!   nothing charged but the policy's quota), and the rest of the table stays for others.
+//!   Filling it takes [`MAX_CAVEAT_QUOTAS`] / [`MAX_FAMILY_CAVEATS`] families, that is root
+//!   tokens, which only a key holder mints. The family table holds at most `max_keys / 4`
+//!   families with a busy limiter (the idle ones are dropped to make room); a family that
+//!   finds no room is not remembered, which weakens only this bound, never a rate.
 //! - **Keys.** The key is a 64-bit keyed SipHash of `(scope, caller)` (random key per process), so
 //!   a tracked caller costs 16 bytes of table (key and theoretical arrival time) however long its
 //!   name. Two callers collide with probability about n²/2⁶⁵ (3·10⁻¹⁰ for 100,000 callers), and
 //!   then share one budget; the random key stops anyone from choosing colliding names.
-//! - **Memory bound.** governor's own stores grow without bound unless pruned, and its
-//!   `retain_recent` only drops keys whose bucket is full again. The state store here is this
-//!   module's own (it implements governor's `StateStore`, so governor still does all the GCRA
-//!   arithmetic) and counts keys across every quota's limiter:
+//! - **Memory bound.** At most [`MAX_QUOTAS`] + [`MAX_CAVEAT_QUOTAS`] limiters, `max_keys / 4`
+//!   families of at most [`MAX_FAMILY_CAVEATS`] entries each, and `max_keys` keys. governor's own
+//!   stores grow without bound unless pruned, and its `retain_recent` only drops keys whose
+//!   bucket is full again. The state store here is this module's own (it implements governor's
+//!   `StateStore`, so governor still does all the GCRA arithmetic) and counts keys across every
+//!   quota's limiter:
 //!   - once [`RateLimiter::tracked_keys`] reaches 7/8 of `max_keys`, the request that sees it runs
 //!     a sweep: governor's `retain_recent` on every limiter, then, if still above 3/4 of
 //!     `max_keys`, eviction of the keys whose bucket would refill soonest (smallest debt
@@ -72,6 +93,8 @@ use governor::clock::MonotonicClock;
 use crate::access::policy::RateQuota;
 use table::Limiter;
 
+mod bucket;
+mod families;
 mod table;
 
 /// What one token may do to the admin API: generous for deploy scripts, bounded for a leaked
@@ -83,8 +106,16 @@ pub const ADMIN_QUOTA: RateQuota = RateQuota { quota: 50, window: Duration::from
 /// tokens cannot make it compute signatures without bound.
 pub const AUTH_FAILURE_QUOTA: RateQuota = RateQuota { quota: 30, window: Duration::from_secs(60), burst: 30 };
 
-/// The most distinct quotas (policies and token caveats) with a limiter of their own.
+/// The most distinct policy quotas with a limiter of their own.
 pub const MAX_QUOTAS: usize = 64;
+
+/// The most distinct token `rate` caveat quotas with a limiter of their own (an idle one costs
+/// about a kilobyte).
+pub const MAX_CAVEAT_QUOTAS: usize = 256;
+
+/// The most caveat limiters one token family may keep busy at once (its buckets in them not
+/// yet full again), across every function.
+pub const MAX_FAMILY_CAVEATS: usize = 8;
 
 /// The rate-limit key of an anonymous caller: its IPv4 address, or the /64 of its IPv6 address
 /// (one host usually holds a whole /64, so keying single IPv6 addresses would let it rotate
@@ -166,9 +197,20 @@ pub struct RateDecision {
     /// `Retry-After` in seconds when refused (ceil of the wait, at least 1, and equal to
     /// `reset_seconds`, so never earlier than `t`); `None` when allowed.
     pub retry_after_seconds: Option<u64>,
+    /// For a refusal that no spent budget explains (too many distinct `rate` caveats), why:
+    /// see [`RateDecision::problem_detail`]. `None` otherwise.
+    pub detail: Option<String>,
 }
 
 impl RateDecision {
+    /// The detail of a 429 for this refusal: that `quota`'s limit is reached, or [`Self::detail`].
+    pub fn problem_detail(&self) -> String {
+        match &self.detail {
+            Some(detail) => detail.clone(),
+            None => format!("rate limit of {} reached; retry later", self.quota),
+        }
+    }
+
     /// The two IETF headers as (name, value) pairs, RFC 9651 structured fields per
     /// draft-ietf-httpapi-ratelimit-headers, e.g. ("ratelimit-policy", "\"fn\";q=100;w=60") and
     /// ("ratelimit", "\"fn\";r=42;t=3"), plus ("retry-after", "N") when refused.
@@ -229,6 +271,12 @@ impl QuotaKey {
         // `with_period` is `None` only for a zero period, and `period()` is at least 1ns.
         Quota::with_period(self.period()).unwrap_or(Quota::per_second(NonZeroU32::MIN)).allow_burst(burst)
     }
+}
+
+// The maps behind these locks hold plain integers and stay consistent whatever a panicking
+// holder was doing, so a poisoned lock is used as it is.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Rounds up to whole seconds, capped at the largest sf-integer.
@@ -408,6 +456,88 @@ mod tests {
             let caveat = RateQuota { quota: n, window: Duration::from_secs(7200), burst: 1 };
             assert!(!limiter.check("fn", "mallory", policy, &[caveat]).allowed, "caveat {n}");
         }
+    }
+
+    /// `n` per `secs` seconds, bursting to 1: busy for `secs / n` after one request.
+    fn slow(n: u32, secs: u64) -> RateQuota {
+        RateQuota { quota: n, window: Duration::from_secs(secs), burst: 1 }
+    }
+
+    #[test]
+    fn a_caveat_limiter_that_still_limits_someone_is_never_dropped_to_make_room() {
+        let (limiter, clock) = fake(100_000);
+        let policy = per(1_000_000, 1);
+        let hourly = slow(1, 3600);
+        assert!(limiter.check("fn", "alice", policy, &[hourly]).allowed);
+        assert!(!limiter.check("fn", "alice", policy, &[hourly]).allowed);
+        // Other families fill every other caveat limiter, each kept busy for two hours or more.
+        for i in 0..MAX_CAVEAT_QUOTAS as u64 - 1 {
+            let family = format!("family-{}", i as usize / MAX_FAMILY_CAVEATS);
+            assert!(limiter.check("fn", &family, policy, &[slow(1, 7200 + i)]).allowed, "{i}");
+        }
+        assert_eq!(limiter.quotas_cached(), 1 + MAX_CAVEAT_QUOTAS);
+        // A new rate finds no room: refused, saying why, and nothing is dropped.
+        let crowded = limiter.check("fn", "bob", policy, &[slow(5, 60)]);
+        assert!(!crowded.allowed && crowded.detail.as_deref().is_some_and(|d| d.contains("busy")), "{crowded:?}");
+        assert_eq!(crowded.retry_after_seconds, Some(3600), "until alice's limiter is idle");
+        assert!(crowded.problem_detail().contains("retry later"));
+        assert!(!limiter.check("fn", "alice", policy, &[hourly]).allowed, "alice's 1/h bucket was kept");
+        let family = limiter.check("fn", "family-0", policy, &[slow(1, 7200)]);
+        assert!(!family.allowed && family.detail.is_none(), "{family:?}");
+        // Once alice's bucket is full again her limiter is idle, and dropping it loses nothing.
+        clock.advance(Duration::from_secs(3600));
+        assert!(limiter.check("fn", "bob", policy, &[slow(5, 60)]).allowed);
+        assert!(!limiter.check("fn", "family-0", policy, &[slow(1, 7200)]).allowed, "the others were kept");
+        assert_eq!(limiter.quotas_cached(), 1 + MAX_CAVEAT_QUOTAS);
+    }
+
+    #[test]
+    fn a_flood_of_distinct_caveats_from_one_family_is_refused_and_resets_nobody() {
+        let (limiter, clock) = fake(100_000);
+        let policy = per(1_000_000, 1);
+        let hourly = slow(1, 3600);
+        let carol = per(5, 3600);
+        for _ in 0..2 {
+            assert!(limiter.check("fn", "carol", policy, &[carol]).allowed);
+        }
+        for scope in ["fn", "other"] {
+            assert!(limiter.check(scope, "mallory", policy, &[hourly]).allowed);
+        }
+        let mut refused_for_the_family = 0;
+        for round in 0..3 {
+            for n in 2..=(MAX_CAVEAT_QUOTAS as u32 + 70) {
+                // Another function of the same family counts too.
+                let scope = if n % 2 == 0 { "fn" } else { "other" };
+                let decision = limiter.check(scope, "mallory", policy, &[hourly, slow(n, 3600)]);
+                assert!(!decision.allowed, "round {round}, {n}/h: {decision:?}");
+                refused_for_the_family += usize::from(decision.detail.is_some_and(|d| d.contains("family")));
+            }
+        }
+        assert!(refused_for_the_family > 3 * MAX_CAVEAT_QUOTAS, "{refused_for_the_family}");
+        // The policy's limiter, carol's, and the family's share: the flood made no others.
+        assert_eq!(limiter.quotas_cached(), 2 + MAX_FAMILY_CAVEATS);
+        let next = limiter.check("fn", "carol", policy, &[carol]);
+        assert_eq!((next.allowed, next.remaining), (true, 2), "carol's budget is untouched");
+        // Once its buckets are full again the family may use other rates.
+        clock.advance(Duration::from_secs(3600));
+        assert!(limiter.check("fn", "mallory", policy, &[hourly, slow(1000, 3600)]).allowed);
+        assert!(!limiter.check("fn", "mallory", policy, &[hourly]).allowed);
+        // A token with more distinct rates than a family may hold is refused outright.
+        let many: Vec<RateQuota> = (1..=MAX_FAMILY_CAVEATS as u32 + 1).map(|n| slow(n, 60)).collect();
+        let refused = limiter.check("fn", "dave", policy, &many);
+        assert!(!refused.allowed && refused.detail.is_some(), "{refused:?}");
+    }
+
+    #[test]
+    fn the_family_table_stays_bounded() {
+        let (limiter, _clock) = fake(1000);
+        let policy = per(1_000_000, 1);
+        for i in 0..5000 {
+            limiter.check("fn", &format!("family-{i}"), policy, &[slow(1, 3600)]);
+            assert!(limiter.busy_families() <= 1000 / 4 + 16, "{}", limiter.busy_families());
+            assert!(limiter.tracked_keys() <= 1000);
+        }
+        assert!(limiter.busy_families() >= 200, "{}", limiter.busy_families());
     }
 
     #[test]

@@ -1,34 +1,31 @@
-//! The key tables behind [`super::RateLimiter`]: one governor limiter per distinct quota, a
-//! state store of this module's own under each (so that the number of tracked keys is bounded
-//! across all of them), and the sweep that keeps it so. The design is in the parent module's
-//! docs.
+//! The limiter behind [`super::RateLimiter`]: one governor limiter per distinct quota (each
+//! with a key table of this module's own, [`super::bucket`]), each token family's share of the
+//! caveat limiters ([`super::families`]), and the sweep that keeps the number of tracked keys
+//! bounded. The design is in the parent module's docs.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::StateStore;
-use governor::state::keyed::ShrinkableKeyedStateStore;
 
-use super::{MAX_QUOTAS, QuotaKey, RateDecision, ceil_seconds, first_to_refuse};
+use super::bucket::{Bucket, Outcome, Shared};
+use super::families::{Families, TooMany};
+use super::{MAX_CAVEAT_QUOTAS, MAX_FAMILY_CAVEATS, MAX_QUOTAS, QuotaKey, RateDecision, ceil_seconds, first_to_refuse};
 use crate::access::policy::RateQuota;
-
-/// Shards of one quota's key table (each behind its own mutex); a power of two.
-const SHARDS: usize = 16;
 
 /// The limiter, generic over governor's clock so that tests can move time by hand.
 pub(super) struct Limiter<C: Clock> {
     buckets: RwLock<Buckets<C>>,
+    families: Families,
     shared: Arc<Shared>,
     /// Keys the (scope, caller) hash; random per process.
     hasher: RandomState,
     clock: C,
+    /// The clock reading that `families` counts nanoseconds from.
+    origin: C::Instant,
     /// Held by the one request running a sweep.
     sweeping: Mutex<()>,
     /// Sweep once this many keys are tracked (7/8 of `max_keys`)...
@@ -37,9 +34,8 @@ pub(super) struct Limiter<C: Clock> {
     keep: usize,
 }
 
-/// Who chose a quota. Token holders choose caveat quotas freely, so a flood of distinct caveats
-/// may only ever evict other caveats' buckets, never a policy's: the policy's budget is the one
-/// every request is charged against, and evicting it would hand out fresh budgets.
+/// Who chose a quota. Policy quotas and caveat quotas have tables of their own, so caveats, which
+/// token holders choose freely, never take a policy's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Class {
     Policy,
@@ -49,27 +45,19 @@ enum Class {
 /// Every quota's limiter, by who chose the quota.
 type Buckets<C> = HashMap<(Class, QuotaKey), Arc<Bucket<C>>>;
 
-/// Counts shared by every quota's key table.
-struct Shared {
-    /// Keys tracked across all tables; never above `max_keys`.
-    total: AtomicUsize,
-    max_keys: usize,
-}
-
-impl Shared {
-    /// Counts one more key, unless that would exceed `max_keys`.
-    fn try_reserve(&self) -> bool {
-        self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_keys).then_some(n + 1)).is_ok()
-    }
-}
+/// The detail of a refusal for want of a caveat limiter (every one is busy).
+const NO_ROOM: &str = "every limiter for token `rate` caveats is busy, so a new rate cannot be tracked yet; retry \
+                       later, or use a rate that other tokens use";
 
 impl<C: Clock + Clone> Limiter<C> {
     pub(super) fn with_clock(max_keys: usize, clock: C) -> Self {
         let max_keys = max_keys.max(1);
         Limiter {
             buckets: RwLock::new(HashMap::new()),
-            shared: Arc::new(Shared { total: AtomicUsize::new(0), max_keys }),
+            families: Families::new(max_keys / 4),
+            shared: Arc::new(Shared { total: std::sync::atomic::AtomicUsize::new(0), max_keys }),
             hasher: RandomState::new(),
+            origin: clock.now(),
             clock,
             sweeping: Mutex::new(()),
             sweep_at: (max_keys - max_keys / 8).max(1),
@@ -78,35 +66,95 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     pub(super) fn check(&self, scope: &str, caller: &str, policy: RateQuota, caveats: &[RateQuota]) -> RateDecision {
-        let capped = caveats.iter().map(|c| (Class::Caveat, RateQuota { burst: c.burst.min(policy.burst), ..*c }));
-        let quotas: Vec<(Class, RateQuota)> = std::iter::once((Class::Policy, policy)).chain(capped).collect();
         let key = self.hasher.hash_one((scope, caller));
-        let decisions: Vec<RateDecision> = quotas
-            .iter()
-            .map(|&(class, quota)| {
-                let quota = QuotaKey::from(quota);
-                let (allowed, remaining, reset_seconds) = self.with_bucket(class, quota, |bucket| bucket.decide(key));
-                RateDecision {
+        let (policy_decision, _) = self.charge(scope, key, Class::Policy, QuotaKey::from(policy));
+        let mut decisions = vec![policy_decision];
+        if !caveats.is_empty() {
+            decisions.extend(self.check_caveats(scope, caller, key, policy.burst, caveats));
+        }
+        if self.shared.total.load(Ordering::Relaxed) >= self.sweep_at {
+            self.sweep();
+        }
+        // A refusal for want of room says so; otherwise the quota that refuses first.
+        match decisions.iter().position(|d| d.detail.is_some()) {
+            Some(crowded) => decisions.swap_remove(crowded),
+            None => first_to_refuse(decisions),
+        }
+    }
+
+    /// Charges each distinct caveat quota (its burst capped at `burst`, the policy's) in its own
+    /// bucket, if the caller's family keeps at most [`MAX_FAMILY_CAVEATS`] caveat limiters busy
+    /// with them; a single refusal otherwise, with nothing charged.
+    fn check_caveats(
+        &self,
+        scope: &str,
+        caller: &str,
+        key: u64,
+        burst: u32,
+        caveats: &[RateQuota],
+    ) -> Vec<RateDecision> {
+        let mut quotas: Vec<QuotaKey> = Vec::with_capacity(caveats.len());
+        for caveat in caveats {
+            let quota = QuotaKey::from(RateQuota { burst: caveat.burst.min(burst), ..*caveat });
+            if !quotas.contains(&quota) {
+                quotas.push(quota);
+            }
+        }
+        let ids: Vec<u64> = quotas.iter().map(|quota| self.hasher.hash_one(quota)).collect();
+        let now = self.now();
+        let charged = self.families.hold(self.hasher.hash_one(caller), now, &ids, || {
+            let mut held = Vec::with_capacity(quotas.len());
+            let decisions = quotas
+                .iter()
+                .zip(&ids)
+                .map(|(&quota, &id)| {
+                    let (decision, busy_for) = self.charge(scope, key, Class::Caveat, quota);
+                    if let Some(busy_for) = busy_for {
+                        held.push((id, now.saturating_add(u64::try_from(busy_for.as_nanos()).unwrap_or(u64::MAX))));
+                    }
+                    decision
+                })
+                .collect();
+            (decisions, held)
+        });
+        charged.unwrap_or_else(|TooMany { wait }| {
+            let detail = format!(
+                "this token's family (its root token and every token narrowed from it) may keep at most \
+                 {MAX_FAMILY_CAVEATS} distinct `rate` caveats busy at once, and this request would make more; \
+                 retry later, or use fewer distinct rates"
+            );
+            vec![refusal(scope, quotas[0], Duration::from_nanos(wait), detail)]
+        })
+    }
+
+    /// One request of `key` under `quota`: its decision, and how long it keeps the limiter busy
+    /// (at least, at most one T more; `None` when no limiter could be had: then it is refused).
+    fn charge(&self, scope: &str, key: u64, class: Class, quota: QuotaKey) -> (RateDecision, Option<Duration>) {
+        match self.with_bucket(class, quota, |bucket| bucket.decide(key)) {
+            Ok(Outcome { allowed, remaining, reset_seconds, busy_for }) => {
+                let decision = RateDecision {
                     allowed,
                     policy_id: scope.to_owned(),
                     quota: quota.into(),
                     remaining,
                     reset_seconds,
                     retry_after_seconds: (!allowed).then_some(reset_seconds),
-                }
-            })
-            .collect();
-        if self.shared.total.load(Ordering::Relaxed) >= self.sweep_at {
-            self.sweep();
+                    detail: None,
+                };
+                (decision, Some(busy_for))
+            }
+            Err(wait) => (refusal(scope, quota, wait, NO_ROOM.to_owned()), None),
         }
-        first_to_refuse(decisions)
     }
 
     /// `Some(seconds to wait)` when one more request under `quota` would be refused now, without
     /// charging anything: for budgets charged only after the fact (failed authentications).
     pub(super) fn peek(&self, scope: &str, caller: &str, quota: RateQuota) -> Option<u64> {
         let key = self.hasher.hash_one((scope, caller));
-        self.with_bucket(Class::Policy, QuotaKey::from(quota), |bucket| bucket.wait_before_next(key))
+        match self.with_bucket(Class::Policy, QuotaKey::from(quota), |bucket| bucket.wait_before_next(key)) {
+            Ok(wait) => wait,
+            Err(wait) => Some(ceil_seconds(wait).max(1)),
+        }
     }
 
     /// How many quotas have a limiter of their own now.
@@ -115,35 +163,50 @@ impl<C: Clock + Clone> Limiter<C> {
         read(&self.buckets).len()
     }
 
+    /// How many token families keep a caveat limiter busy now.
+    #[cfg(test)]
+    pub(super) fn busy_families(&self) -> usize {
+        self.families.len()
+    }
+
     pub(super) fn tracked_keys(&self) -> usize {
         self.shared.total.load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the limiter for `quota`, creating it if needed (and dropping the one of the
-    /// same class with the fewest tracked callers when [`MAX_QUOTAS`] of it are cached).
-    fn with_bucket<R>(&self, class: Class, quota: QuotaKey, f: impl FnOnce(&Bucket<C>) -> R) -> R {
+    /// Nanoseconds since this limiter was made.
+    fn now(&self) -> u64 {
+        self.clock.now().duration_since(self.origin).as_u64()
+    }
+
+    /// Runs `f` on the limiter for `quota`, creating it if needed. When [`MAX_QUOTAS`] of its
+    /// class ([`MAX_CAVEAT_QUOTAS`] for caveats) are cached, one of them must go first: for
+    /// policies the one tracking the fewest callers; for caveats one whose buckets are all full
+    /// again, which loses nothing, and failing that none: `Err(wait)`, until one is idle.
+    fn with_bucket<R>(&self, class: Class, quota: QuotaKey, f: impl FnOnce(&Bucket<C>) -> R) -> Result<R, Duration> {
         if let Some(bucket) = read(&self.buckets).get(&(class, quota)) {
-            return f(bucket);
+            return Ok(f(bucket));
         }
         let bucket = {
             let mut buckets = write(&self.buckets);
             match buckets.get(&(class, quota)) {
                 Some(bucket) => Arc::clone(bucket),
                 None => {
-                    let same_class = buckets.iter().filter(|((c, _), _)| *c == class);
-                    if same_class.clone().count() >= MAX_QUOTAS {
-                        let victim = same_class.min_by_key(|(_, b)| b.shards.len.load(Ordering::Relaxed));
-                        if let Some(victim) = victim.map(|(key, _)| *key) {
-                            buckets.remove(&victim);
-                        }
+                    let limit = match class {
+                        Class::Policy => MAX_QUOTAS,
+                        Class::Caveat => MAX_CAVEAT_QUOTAS,
+                    };
+                    if buckets.keys().filter(|(c, _)| *c == class).count() >= limit {
+                        let victim = victim(&buckets, class)?;
+                        buckets.remove(&victim);
                     }
-                    let bucket = Arc::new(Bucket::new(quota, &self.shared, self.clock.clone()));
+                    let watch_busy = class == Class::Caveat;
+                    let bucket = Arc::new(Bucket::new(quota, &self.shared, self.clock.clone(), watch_busy));
                     buckets.insert((class, quota), Arc::clone(&bucket));
                     bucket
                 }
             }
         };
-        f(&bucket)
+        Ok(f(&bucket))
     }
 
     /// Brings the tracked keys down to `keep`: governor's `retain_recent` first (keys whose
@@ -193,198 +256,34 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 }
 
-/// One quota's governor limiter and its key table.
-struct Bucket<C: Clock> {
-    limiter: governor::RateLimiter<u64, Store, C, StateInformationMiddleware>,
-    shards: Arc<Shards>,
-    /// T in nanoseconds.
-    period: Duration,
-    burst: u32,
-    /// The clock reading governor's time frame starts at (taken together with the limiter's own,
-    /// nanoseconds apart): where `peek` places "now" among the stored arrival times.
-    start: C::Instant,
-}
-
-impl<C: Clock> Bucket<C> {
-    fn new(quota: QuotaKey, shared: &Arc<Shared>, clock: C) -> Self {
-        let shards = Arc::new(Shards {
-            maps: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
-            len: AtomicUsize::new(0),
-            shared: Arc::clone(shared),
-            drop_below: AtomicU64::new(0),
-        });
-        let start = clock.now();
-        Bucket {
-            limiter: governor::RateLimiter::new(quota.governor_quota(), Store(Arc::clone(&shards)), clock),
-            shards,
-            period: quota.period(),
-            burst: quota.burst,
-            start,
+/// The limiter of `class` to drop for a new one (see [`Limiter::with_bucket`]), or how long
+/// until one of them may go.
+fn victim<C: Clock>(buckets: &Buckets<C>, class: Class) -> Result<(Class, QuotaKey), Duration> {
+    let same = || buckets.iter().filter(move |((c, _), _)| *c == class);
+    match class {
+        Class::Policy => {
+            let fewest = same().min_by_key(|(_, bucket)| bucket.shards.len.load(Ordering::Relaxed));
+            fewest.map(|(key, _)| *key).ok_or(Duration::ZERO)
         }
-    }
-
-    /// (allowed, r, t) for one request of the caller whose key is `key`.
-    fn decide(&self, key: u64) -> (bool, u32, u64) {
-        match self.limiter.check_key(&key) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity().min(self.burst);
-                // tat - now <= (B - r)·T: see the module docs.
-                let until_full = self.period.saturating_mul(self.burst - remaining);
-                (true, remaining, ceil_seconds(until_full))
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                (false, 0, ceil_seconds(wait).max(1))
-            }
-        }
-    }
-
-    /// governor's test without the update: a request at `now` is allowed when
-    /// `now >= tat - tau`, with tau = T·(B - 1).
-    fn wait_before_next(&self, key: u64) -> Option<u64> {
-        let tat = *self.shards.shard(key).get(&key)?;
-        let now = self.limiter.clock().now().duration_since(self.start).as_u64();
-        let tau = self.period.saturating_mul(self.burst.saturating_sub(1)).as_nanos() as u64;
-        let earliest = tat.saturating_sub(tau);
-        (now < earliest).then(|| ceil_seconds(Duration::from_nanos(earliest - now)).max(1))
-    }
-
-    /// The arrival time (in this limiter's frame, as of the last `retain_recent`) at or below
-    /// which a key's bucket is full: governor's `drop_below` (now - T) plus T.
-    fn full_at(&self) -> u64 {
-        self.shards.drop_below.load(Ordering::Acquire).saturating_add(self.period.as_nanos() as u64)
+        Class::Caveat => match same().map(|(key, bucket)| (bucket.busy_for(), key)).min_by_key(|(busy, _)| *busy) {
+            Some((busy_for, key)) if busy_for.is_zero() => Ok(*key),
+            busy => Err(busy.map(|(busy_for, _)| busy_for).unwrap_or_default()),
+        },
     }
 }
 
-/// Identity hasher: keys are already SipHash values.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+/// A refusal for want of room, `wait` long at least.
+fn refusal(scope: &str, quota: QuotaKey, wait: Duration, detail: String) -> RateDecision {
+    let seconds = ceil_seconds(wait).max(1);
+    RateDecision {
+        allowed: false,
+        policy_id: scope.to_owned(),
+        quota: quota.into(),
+        remaining: 0,
+        reset_seconds: seconds,
+        retry_after_seconds: Some(seconds),
+        detail: Some(detail),
     }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// Key hash → theoretical arrival time (nanoseconds since the limiter's start).
-type Map = HashMap<u64, u64, BuildHasherDefault<KeyHasher>>;
-
-/// One quota's key table. Invariant: `len` is the sum of the shards' lengths, and each of those
-/// keys is counted once in `shared.total` (given back on removal and on drop).
-struct Shards {
-    maps: Box<[Mutex<Map>]>,
-    len: AtomicUsize,
-    shared: Arc<Shared>,
-    /// governor's `drop_below` (its now - T) at the last `retain_recent`.
-    drop_below: AtomicU64,
-}
-
-impl Shards {
-    fn shard(&self, key: u64) -> MutexGuard<'_, Map> {
-        // The top bits pick the shard; the map's buckets use the low ones.
-        let index = (key >> (u64::BITS - SHARDS.trailing_zeros())) as usize % self.maps.len();
-        lock(&self.maps[index])
-    }
-
-    fn for_each(&self, mut f: impl FnMut(u64)) {
-        for map in &self.maps {
-            lock(map).values().for_each(|&tat| f(tat));
-        }
-    }
-
-    /// Removes the keys whose arrival time satisfies `drop`, and gives back memory that a
-    /// shrunken shard no longer needs.
-    fn remove_where(&self, mut drop: impl FnMut(u64) -> bool) {
-        for map in &self.maps {
-            let mut map = lock(map);
-            let before = map.len();
-            map.retain(|_, tat| !drop(*tat));
-            let removed = before - map.len();
-            if removed > 0 {
-                self.len.fetch_sub(removed, Ordering::AcqRel);
-                self.shared.total.fetch_sub(removed, Ordering::AcqRel);
-            }
-            if map.capacity() > 4 * map.len().max(256) {
-                let keep = 2 * map.len();
-                map.shrink_to(keep);
-            }
-        }
-    }
-}
-
-impl Drop for Shards {
-    fn drop(&mut self) {
-        self.shared.total.fetch_sub(*self.len.get_mut(), Ordering::AcqRel);
-    }
-}
-
-/// governor's view of a [`Shards`]: the limiter owns this, the sweep keeps the other `Arc`.
-struct Store(Arc<Shards>);
-
-impl StateStore for Store {
-    type Key = u64;
-
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let mut map = self.0.shard(*key);
-        match map.entry(*key) {
-            Entry::Occupied(mut entry) => {
-                let (outcome, tat) = f(Some(Nanos::from(*entry.get())))?;
-                entry.insert(tat.as_u64());
-                Ok(outcome)
-            }
-            Entry::Vacant(entry) => {
-                let (outcome, tat) = f(None)?;
-                // At `max_keys`, a new caller is checked as fresh but not remembered until a
-                // sweep makes room (see the module docs).
-                if self.0.shared.try_reserve() {
-                    entry.insert(tat.as_u64());
-                    self.0.len.fetch_add(1, Ordering::AcqRel);
-                }
-                Ok(outcome)
-            }
-        }
-    }
-}
-
-impl ShrinkableKeyedStateStore<u64> for Store {
-    fn retain_recent(&self, drop_below: Nanos) {
-        let drop_below = drop_below.as_u64();
-        self.0.drop_below.store(drop_below, Ordering::Release);
-        self.0.remove_where(|tat| tat <= drop_below);
-    }
-
-    fn shrink_to_fit(&self) {
-        for map in &self.0.maps {
-            lock(map).shrink_to_fit();
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.len.load(Ordering::Acquire)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-// The maps behind these locks hold plain integers and stay consistent whatever a panicking
-// holder was doing, so a poisoned lock is used as it is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -4,12 +4,14 @@
 //!
 //! Invariants: a node installs a component only after its SHA-256 matches the record's (it is
 //! read back through `blobs.rs`, which checks it), and compiles only versions that do not run
-//! here yet; a removed or unlisted function keeps its data unless its removal said otherwise.
+//! here yet; a removed or unlisted function keeps its data unless its removal said otherwise;
+//! a fresh listing is the whole truth: a function it lacks (its tombstone deleted while this
+//! node was away) is no longer served nor known here.
 
 use std::collections::HashSet;
 
 use super::{FunctionRecord, Known, VersionRecord};
-use crate::cluster::follow::Change;
+use crate::cluster::follow::{Change, Listed};
 use crate::cluster::{Cluster, ClusterError};
 use crate::etcd::EtcdError;
 use crate::registry::PolicyChange;
@@ -17,21 +19,19 @@ use crate::registry::PolicyChange;
 impl Cluster {
     /// Applies a fresh listing of every record: removes what the cluster no longer has, then
     /// applies each record.
-    pub(in crate::cluster) async fn apply_function_listing(
-        &self,
-        entries: &[(String, Vec<u8>)],
-    ) -> Result<(), EtcdError> {
-        let listed: HashSet<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+    pub(in crate::cluster) async fn apply_function_listing(&self, entries: &[Listed]) -> Result<(), EtcdError> {
+        let listed: HashSet<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
+        self.records.write().retain(|name, _| listed.contains(name.as_str()));
         let local: Vec<String> = self.registry.list().into_iter().map(|m| m.name).collect();
         for name in local.iter().filter(|name| !listed.contains(name.as_str())) {
-            // Deployed here before this node joined, unknown to the cluster: stop serving it,
-            // keep its data.
+            // Deployed here before this node joined, or removed while it was away (and its
+            // tombstone deleted since): stop serving it, keep its data.
             tracing::warn!(function = %name, "not deployed in the cluster; no longer served here (data kept)");
-            self.records.write().remove(name);
             self.stop_serving(name, true).await;
         }
-        for (name, value) in entries {
-            self.apply_function_change(Change { name, value: Some(value) }).await;
+        for entry in entries {
+            let change = Change { name: &entry.name, value: Some(&entry.value), revision: entry.revision };
+            self.apply_function_change(change).await;
         }
         Ok(())
     }
@@ -46,7 +46,7 @@ impl Cluster {
                 None
             }
         });
-        let known = record.map(|record| Known { replicas: record.replicas(), record });
+        let known = record.map(|record| Known { replicas: record.replicas(), record, revision: change.revision });
         let serving = known.as_ref().filter(|k| k.record.serving().is_some()).map(|k| (k.record.clone(), k.replicas));
         let removal = known.as_ref().and_then(|k| k.record.removed);
         match known {

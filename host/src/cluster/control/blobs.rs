@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionRecord;
@@ -131,18 +131,16 @@ impl Cluster {
     }
 
     async fn try_collect_blobs(&self) -> Result<(), EtcdError> {
-        let records = self.etcd.get("/ledge/fn/", Some(GetOptions::new().with_prefix())).await?;
-        let seen = records.header().map_or(0, |h| h.revision());
+        let (seen, records) = self.etcd.list("/ledge/fn/", false).await?;
         let referenced: HashSet<String> = records
-            .kvs()
             .iter()
             .filter_map(|kv| serde_json::from_slice::<FunctionRecord>(kv.value()).ok())
             .filter(|record| record.removed.is_none())
             .flat_map(|record| record.versions.into_iter().map(|v| v.sha256))
             .collect();
-        let metas = self.etcd.get("/ledge/blob/", Some(GetOptions::new().with_prefix().with_keys_only())).await?;
+        drop(records);
+        let (_, metas) = self.etcd.list("/ledge/blob/", true).await?;
         let stored: HashSet<String> = metas
-            .kvs()
             .iter()
             .filter_map(|kv| kv.key_str().ok()?.strip_prefix("/ledge/blob/")?.split('/').next().map(str::to_string))
             .collect();

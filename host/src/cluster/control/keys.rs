@@ -7,6 +7,7 @@
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
+use crate::cluster::follow::Listed;
 use crate::cluster::{Cluster, ClusterError};
 use crate::etcd::{EtcdError, Retry};
 
@@ -19,8 +20,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Records a revocation in this node's engine (so it holds while etcd is away).
+    /// Refuses a token revoked in etcd on this node at once, and records the revocation in its
+    /// engine too (so it holds across a restart while etcd is away). The engine's copy is a
+    /// cache: when it cannot be written, the node still refuses the token.
     pub(in crate::cluster) async fn revoke_locally(&self, token_id: &str) {
+        self.authority.revoked_in_cluster(token_id);
         let authority = self.authority.clone();
         let id = token_id.to_string();
         let outcome =
@@ -33,13 +37,13 @@ impl Cluster {
 
     /// Adopts the cluster's root keys, and publishes this node's own (put-if-absent: the first
     /// writer of an id wins, so every node ends with the same ring).
-    pub(in crate::cluster) async fn sync_keys(&self, entries: &[(String, Vec<u8>)]) -> Result<(), EtcdError> {
-        for (id, secret) in entries {
-            self.adopt_key(id, secret);
+    pub(in crate::cluster) async fn sync_keys(&self, entries: &[Listed]) -> Result<(), EtcdError> {
+        for entry in entries {
+            self.adopt_key(&entry.name, &entry.value);
         }
         let local =
             crate::access::tokens::key_secrets(&self.data_dir).map_err(|e| EtcdError::Refused(e.to_string()))?;
-        for (id, secret) in local.into_iter().filter(|(id, _)| !entries.iter().any(|(listed, _)| listed == id)) {
+        for (id, secret) in local.into_iter().filter(|(id, _)| !entries.iter().any(|listed| listed.name == *id)) {
             let key = format!("/ledge/keys/{id}");
             let txn = Txn::new()
                 .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])

@@ -15,12 +15,14 @@
 //! it); `records.rs` reads records and publishes changes to them, `blobs.rs` stores, fetches and
 //! collects components (and keeps them under the cluster's budget), `deploy.rs` publishes
 //! deploys, policies and removals, `versions.rs` shows versions and moves the live one and the
-//! canary, `apply.rs` applies records on this node, and `keys.rs` shares the root key ring and
-//! revocations.
+//! canary, `apply.rs` applies records on this node, `tombstones.rs` deletes the records of
+//! removed functions once every live node has applied them, `keys.rs` shares the root key ring
+//! and revocations, and `quotas.rs` gives global keyspaces their quotas.
 
 use serde::{Deserialize, Serialize};
 
 use crate::registry::config::ConfigEntries;
+use crate::registry::layout::versions_to_prune;
 use crate::registry::versions::Versions;
 use crate::registry::{CanarySplit, FunctionMeta};
 
@@ -28,10 +30,13 @@ mod apply;
 mod blobs;
 mod deploy;
 mod keys;
+mod quotas;
 mod records;
+mod tombstones;
 mod versions;
 
 pub use blobs::CHUNK_BYTES;
+pub use quotas::serve_quotas;
 
 /// Bytes of one function's record (kept versions, policy, config): under etcd's 1.5 MiB
 /// request limit.
@@ -87,10 +92,12 @@ impl VersionRecord {
     }
 }
 
-/// A record as a node keeps it: with its placement parsed once, not per request.
+/// A record as a node keeps it: with its placement parsed once, not per request, and the
+/// revision it was written at.
 pub(super) struct Known {
     pub(super) record: FunctionRecord,
     replicas: u32,
+    revision: i64,
 }
 
 impl FunctionRecord {
@@ -120,13 +127,13 @@ impl FunctionRecord {
         Versions { live: self.live, canary: self.canary, kept: self.versions.iter().map(|v| v.meta(name)).collect() }
     }
 
-    /// Drops the oldest versions past `keep`, never the live one or the canary.
-    fn prune(&mut self, keep: usize) {
-        let needed = [Some(self.live), self.canary.map(|c| c.version)];
-        while self.versions.len() > keep {
-            let Some(oldest) = self.versions.iter().position(|v| !needed.contains(&Some(v.version))) else { break };
-            self.versions.remove(oldest);
-        }
+    /// Drops the oldest versions past `[versions] keep` and `max_bytes` (as a node prunes its
+    /// files), never the live one or the canary.
+    fn prune(&mut self, keep: u32, max_bytes: u64) {
+        let needed: Vec<u64> = std::iter::once(self.live).chain(self.canary.map(|c| c.version)).collect();
+        let sized: Vec<(u64, u64)> = self.versions.iter().map(|v| (v.version, v.size)).collect();
+        let dropped = versions_to_prune(&sized, keep, max_bytes, &needed);
+        self.versions.retain(|v| !dropped.contains(&v.version));
     }
 
     /// `[placement] replicas` of the uploaded policy (0: every node). Parses the policy: call

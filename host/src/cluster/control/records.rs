@@ -18,7 +18,7 @@ use crate::registry::{FunctionMeta, RegistryError, validate_name};
 /// Attempts at a compare-and-swap on a record before giving up (concurrent writers).
 const CAS_ATTEMPTS: usize = 8;
 
-fn record_key(name: &str) -> String {
+pub(super) fn record_key(name: &str) -> String {
     format!("/ledge/fn/{name}")
 }
 

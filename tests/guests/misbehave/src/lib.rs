@@ -1,7 +1,8 @@
 //! A guest that misbehaves on request, to show the host survives it:
 //! `/trap` panics, `/count-then-trap` commits an increment and then panics, `/spin` never returns, `/hog` allocates without end,
 //! `/outbound?url=...` makes an outgoing request and reports what happened,
-//! `/print` writes to stdout and stderr, `/flood` writes 128 KiB of 4,000-byte lines to stdout,
+//! `/print` writes to stdout and stderr, `/escapes` prints terminal escape sequences,
+//! `/flood` writes 128 KiB of 4,000-byte lines to stdout,
 //! `/slow-write?ms=N` sleeps then commits a write,
 //! `/whoami` reports the caller's token, `/leak-tx` leaves a transaction open, `/other-store?store=s` tries a store it was not granted,
 //! `/kv-hog` buffers 1 MiB writes in one transaction until refused, `/kv-fill?kib=N` commits
@@ -9,8 +10,10 @@
 //! transaction, `/kv-scan?limit=N` scans its keyspace, `/kv-drop` deletes what `/kv-fill` wrote,
 //! `/config?key=K` reports K from wasi:config and from the environment, `/claim?cap=N&id=X`
 //! takes seat X in one serializable transaction only if fewer than N seats are taken (a scan
-//! then an insert: the phantom a serializable store must prevent), anything else answers
-//! `fine`.
+//! then an insert: the phantom a serializable store must prevent), `/kv-hold?kib=N&id=X` buffers
+//! N KiB across open transactions (a new one every MiB) and, given an id, commits `held/X` and
+//! keeps them open until `/kv-release`; `/kv-held` counts the `held/` keys, anything else
+//! answers `fine`.
 use ledge_sdk::http::{Request, Response};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
@@ -62,6 +65,13 @@ fn handle(req: Request) -> Response {
             println!("hello from the guest's stdout");
             eprintln!("and from its stderr");
             Response::text("printed\n")
+        }
+        "/escapes" => {
+            // What a hostile guest prints to take over the operator's terminal: an OSC 52 write
+            // to the clipboard, cursor movement, a carriage return hiding what came before, a
+            // C1 CSI, DEL, and a tab and a backslash.
+            println!("clip\x1b]52;c;bGVkZ2U=\x07 up\x1b[2A hidden\rshown \u{9b}31mred\x7f tab\tback\\slash");
+            Response::text("escaped\n")
         }
         "/flood" => {
             let line = "x".repeat(4000);
@@ -152,6 +162,34 @@ fn handle(req: Request) -> Response {
             let outcome = ledge_sdk::kv::transaction(|tx| tx.scan_prefix("", limit).map(|entries| entries.len()));
             Response::text(format!("{outcome:?}\n"))
         }
+        "/kv-hold" => {
+            let kib: usize = req.query_param("kib").and_then(|v| v.parse().ok()).unwrap_or(1024);
+            // The transactions stay open (and their writes buffered) until this answers.
+            let (held, open, refused) = hold_writes(kib);
+            let held = format!("held {held} KiB in {} transactions", open.len());
+            if let Some(error) = refused {
+                return Response::text(format!("{held}, then: {error}\n"));
+            }
+            if let Some(id) = req.query_param("id") {
+                ledge_sdk::kv::transaction(|tx| tx.put(format!("held/{id}"), "1")).unwrap();
+                // Bounded: the test releases the holders within seconds.
+                for _ in 0..400 {
+                    if ledge_sdk::kv::transaction(|tx| tx.get("release")).unwrap().is_some() {
+                        break;
+                    }
+                    wasip2::clocks::monotonic_clock::subscribe_duration(20_000_000).block();
+                }
+            }
+            Response::text(format!("{held}\n"))
+        }
+        "/kv-held" => {
+            let held = ledge_sdk::kv::transaction(|tx| tx.scan_prefix("held/", 1000).map(|keys| keys.len()));
+            Response::text(format!("{held:?}\n"))
+        }
+        "/kv-release" => {
+            ledge_sdk::kv::transaction(|tx| tx.put("release", "1")).unwrap();
+            Response::text("released\n")
+        }
         "/config" => {
             let key = req.query_param("key").unwrap_or("GREETING");
             Response::text(format!("wasi:config={:?} env={:?}\n", ledge_sdk::config::get(key), std::env::var(key).ok()))
@@ -161,6 +199,28 @@ fn handle(req: Request) -> Response {
         }
         _ => Response::text("fine\n"),
     }
+}
+
+/// Buffers `kib` KiB of 64 KiB values in transactions it hands back open, a new one every MiB;
+/// returns the KiB buffered, the transactions, and the error that stopped it.
+fn hold_writes(kib: usize) -> (usize, Vec<ledge_sdk::kv::Tx>, Option<ledge_sdk::kv::Error>) {
+    let value = vec![3u8; 64 << 10];
+    let mut open: Vec<ledge_sdk::kv::Tx> = Vec::new();
+    let mut held = 0;
+    while held < kib {
+        if held % 1024 == 0 {
+            match ledge_sdk::kv::begin(ledge_sdk::kv::Isolation::Serializable, None) {
+                Ok(tx) => open.push(tx),
+                Err(error) => return (held, open, Some(error)),
+            }
+        }
+        let tx = open.last_mut().expect("one is open");
+        if let Err(error) = tx.put(format!("hold/{held}"), value.as_slice()) {
+            return (held, open, Some(error));
+        }
+        held += 64;
+    }
+    (held, open, None)
 }
 
 fn outbound(authority: &str, path: &str) -> Response {

@@ -1,5 +1,6 @@
 //! A wasi:http component written against the plain `wasi` crate (wasi 0.2.4), with no ledge
-//! SDK: ledge must run it unmodified. Answers with the path it saw, and the scheme in `x-scheme`;
+//! SDK: ledge must run it unmodified. Answers with the path it saw, the scheme in `x-scheme` and
+//! the authority in `x-authority`;
 //! `/stream` answers in two parts, half a second apart (a body written while the guest runs).
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
@@ -16,6 +17,7 @@ impl wasi::exports::http::incoming_handler::Guest for Component {
         let headers = Fields::from_list(&[
             ("content-type".to_string(), b"text/plain".to_vec()),
             ("x-scheme".to_string(), scheme.into_bytes()),
+            ("x-authority".to_string(), request.authority().unwrap_or_default().into_bytes()),
         ])
         .unwrap();
         let response = OutgoingResponse::new(headers);

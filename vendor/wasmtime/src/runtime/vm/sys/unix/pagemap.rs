@@ -136,7 +136,7 @@ impl PageMap {
 /// this function will perform a scan of `ptr` for `len` bytes which will search
 /// for pages that:
 ///
-/// * Are present.
+/// * Are present, or swapped out.
 /// * Have been written.
 /// * Are NOT backed by the "zero" page.
 /// * Are NOT backed by a "file" page.
@@ -173,6 +173,10 @@ impl PageMap {
 /// * `Categories::PRESENT` - we're only interested in present pages, anything
 ///   unmapped wasn't touched by the guest so no need for the host to touch it
 ///   either.
+///
+/// * `Categories::SWAPPED` - ... or swapped out (ledge patch): a written page
+///   the kernel swapped out is as dirty as a present one, and is reset the same
+///   way (writing it faults it back in first).
 ///
 /// * `Categories::WRITTEN` - if a page was only read by the guest no need to
 ///   take a look at it as the contents aren't changed from the initial image.
@@ -285,7 +289,9 @@ pub unsafe fn reset_with_pagemap(
     // interpreter's refcounts all over its heap) used to have everything after the 32nd run
     // decommitted, so every request faulted those pages back in (copy-on-write faults and a
     // TLB-shootdown IPI each). The scan now resumes where a full batch stopped, until the
-    // end of memory or the `keep_resident` budget.
+    // end of memory or the `keep_resident` budget. It also reports written pages that are
+    // swapped out, not only present ones: a dirty page the kernel had swapped out was
+    // neither reset nor decommitted, so the next instance in the slot read it back.
     let end_addr = ptr.addr() + len.byte_count();
     let mut scan_from = ptr;
     let mut pages_left = keep_resident.byte_count() / host_page_size;
@@ -297,13 +303,14 @@ pub unsafe fn reset_with_pagemap(
             // backed by files. Such pages mean that they haven't changed from their
             // original contents, so they're inverted.
             .category_inverted(Categories::PFNZERO | Categories::FILE)
-            // Search for pages that are written and present as those are the dirty
-            // pages. Additionally search for the zero page/file page as those are
+            // Search for pages that are written as those are the dirty pages.
+            // Additionally search for the zero page/file page as those are
             // inverted above meaning we're searching for pages that specifically
             // don't have those flags.
-            .category_mask(
-                Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-            )
+            .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+            // ... and that are present or swapped out: a dirty page in swap must
+            // be reset too (`reset_manually` faults it back in and overwrites it).
+            .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
             // Don't return any categories back. This helps group regions together
             // since the reported set of categories is always empty and we otherwise
             // aren't looking for anything in particular.
@@ -468,7 +475,6 @@ mod ioctl {
         ///
         /// For more detail see the `pagemap_scan_is_interesting_page` function
         /// in the Linux kernel source.
-        #[expect(dead_code, reason = "bindings for the future if we need them")]
         pub fn category_anyof_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.category_anyof_mask = flags;
             self
