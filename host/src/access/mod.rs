@@ -1,5 +1,6 @@
-//! Access: who may do what, and how often. Tokens ([`tokens`], macaroons) and the caveats
-//! that narrow them ([`caveats`]), rate limits ([`rate`], GCRA with the IETF headers), and
+//! Access: who may do what, and how often. Tokens ([`tokens`], macaroons: minting and
+//! verification), what a holder does with a token alone ([`keyless`]: attenuate, inspect, the
+//! id a revoke takes) and the caveats that narrow them ([`caveats`]), rate limits ([`rate`], GCRA with the IETF headers), and
 //! policies ([`policy`], per-function limits and permissions: a folder holding the policy
 //! types, the file format and its checked values, the built-in defaults, the server's ceilings
 //! and the tighten check).

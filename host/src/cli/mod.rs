@@ -1,6 +1,9 @@
-//! The `ledge` command line (spec: "Command line"): [`serve`] runs a node, [`client`] holds the
-//! commands that talk to one over HTTP, [`compile`] builds artifacts for other nodes; token
-//! commands (`token.rs`) work on a local data dir or a token alone.
+//! The `ledge` command line (spec: "Command line"): [`serve`] runs a node (its arguments in
+//! [`serve_args`]), [`dev`] the author's loop on top of it, [`new`] and [`project`] function
+//! projects, [`client`] holds the commands that talk to one over HTTP (`log_text.rs`: how
+//! `ledge logs` shows guest text), [`replay`] replays traces offline, [`compile`] builds
+//! artifacts for other nodes; token commands (`token.rs`) work on a local data dir or a token
+//! alone.
 //!
 //! Layer: the top; it wires every other layer together and nothing imports from it but
 //! `main.rs`.
