@@ -178,6 +178,7 @@ async fn path_prefix_is_checked_on_the_resolved_path_the_guest_receives() {
         (&token, "/fn/echo/api/x%2f..%2f..%2fadmin"),
         (&segments, "/fn/echo/api%2F..%2Fadmin"),
         (&token, "/fn/echo/api/..%5Cadmin"),
+        (&token, "/fn/echo/api/..\\admin"),
     ] {
         let auth = format!("Bearer {token}");
         let (code, response) = raw_request(&server, "GET", path, &[("Authorization", auth.as_str())]);

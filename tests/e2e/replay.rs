@@ -331,6 +331,19 @@ async fn reading_traces_needs_a_manage_token_for_their_function() {
         .unwrap();
     assert_eq!(asked.status(), 200);
     assert!(asked.headers().get("ledge-trace").is_none());
+
+    // Nor once the address has used up its failed authentications: the refusal comes before
+    // the lookup, the same for a trace that exists and one that does not.
+    for _ in 0..40 {
+        client().get(url("/v1/traces")).bearer_auth("garbage").send().await.unwrap();
+    }
+    let answer = async |trace: &str| {
+        let response = client().get(url(&format!("/v1/traces/{trace}"))).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap().replace(trace, "ID"))
+    };
+    let (existing, missing) = (answer(&id).await, answer(&absent).await);
+    assert_eq!(existing, missing);
+    assert_eq!(existing.0, 429, "{}", existing.1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

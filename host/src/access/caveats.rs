@@ -103,7 +103,7 @@ impl Caveat {
             Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
             Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
             Caveat::PathPrefix(_) if has_encoded_slash(request.path) => Err(format!(
-                "path `{}` holds an encoded slash or backslash (%2F, %5C), which a guest may read as a separator: refused under a path-prefix",
+                "path `{}` holds an encoded slash or a backslash (%2F, %5C, \\), which a guest may read as a separator: refused under a path-prefix",
                 request.path
             )),
             Caveat::PathPrefix(prefix) if under_path_prefix(request.path, prefix) => Ok(()),
@@ -121,12 +121,15 @@ fn under_path_prefix(path: &str, prefix: &str) -> bool {
     if prefix.ends_with('/') { path.starts_with(prefix) } else { path_under(path, prefix) }
 }
 
-/// `%2F` or `%5C` in any case: a separator to a guest that decodes before it routes, plain text
-/// to the prefix check, so the two could disagree on where the path leads.
+/// `%2F` or `%5C` in any case, or a literal `\`: a separator to a guest that decodes before it
+/// routes, or that parses URLs as browsers do (`\` is `/` there), but plain text to the prefix
+/// check, so the two could disagree on where the path leads.
 fn has_encoded_slash(path: &str) -> bool {
-    path.as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F') | (b'5', b'C')))
+    path.contains('\\')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F') | (b'5', b'C')))
 }
 
 /// The value of an `id` caveat: 1 to 64 hex digits (ledge writes 32), kept lowercase so that
@@ -194,7 +197,7 @@ mod tests {
             assert_eq!(api.check(&at(path)).is_ok(), under_api, "/api vs {path}");
             assert_eq!(api_dir.check(&at(path)).is_ok(), under_api_dir, "/api/ vs {path}");
         }
-        for encoded in ["/api/a%2Fb", "/api/a%2fb", "/api/a%5cb"] {
+        for encoded in ["/api/a%2Fb", "/api/a%2fb", "/api/a%5cb", "/api/..\\admin"] {
             assert!(api.check(&at(encoded)).unwrap_err().contains("encoded slash"), "{encoded}");
         }
         assert!(parse_caveat("path-prefix = /").unwrap().check(&at("/anything")).is_ok());

@@ -195,9 +195,12 @@ impl App {
             path: request.uri().path(),
             now: SystemTime::now(),
         };
+        // Any answer but "valid, yet not for every function" (403) comes before the lookup, so it
+        // cannot depend on whether the trace exists (a 401, or a 429 once the address has used up
+        // its failed authentications).
         let checked = self.authenticate(super::authorization(request), &facts, peer);
         if let Err(problem) = &checked
-            && problem.status == 401
+            && problem.status != 403
         {
             return Err(checked.expect_err("checked above"));
         }
@@ -211,9 +214,7 @@ impl App {
             .ok_or_else(not_found)?;
         // A caller who may not read the trace learns nothing from the answer: not whether it
         // exists, nor whose it is.
-        let caller = self
-            .authorize(request, Op::Manage, Some(&function), peer)
-            .map_err(|problem| if problem.status == 403 { not_found() } else { problem })?;
+        let caller = self.authorize(request, Op::Manage, Some(&function), peer).map_err(|_| not_found())?;
         self.charge_admin(&caller)?;
         let (traces, owned, name) = (self.traces.clone(), id.to_string(), function.clone());
         let (meta, compressed) = tokio::task::spawn_blocking(move || traces.get(&name, &owned))

@@ -373,7 +373,42 @@ where
             if let (Some(tape), Some(chunk)) = (&recording, frame.data_ref()) {
                 tape.request_chunk(chunk);
             }
-            frame
+            match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    strip_from_trailers(&mut trailers);
+                    http_body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            }
         });
     Ok(http::Request::from_parts(parts, body))
+}
+
+/// Request trailers are the caller's headers too: ledge's own (`ledge-*`) and credentials
+/// never reach the guest through them, as through the head.
+fn strip_from_trailers(trailers: &mut http::HeaderMap) {
+    let theirs: Vec<http::HeaderName> = trailers
+        .keys()
+        .filter(|name| name.as_str().starts_with("ledge-") || *name == http::header::AUTHORIZATION)
+        .cloned()
+        .collect();
+    for name in theirs {
+        trailers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_from_trailers;
+
+    #[test]
+    fn request_trailers_lose_ledge_headers_and_credentials() {
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in [("ledge-schedule", "1"), ("Authorization", "Bearer x"), ("x-checksum", "abc")] {
+            trailers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        strip_from_trailers(&mut trailers);
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["x-checksum"], "abc");
+    }
 }

@@ -182,7 +182,9 @@ impl Policy {
                 "versions_max_bytes",
                 above(self.versions_max_bytes, Some(ceilings.versions_max_bytes)),
             ),
-            // 0 (every node, the default) is where placement leaves a function: not refused.
+            // 0 (every node) is what the default policy says unless the operator's default.toml
+            // places functions: not refused, since a policy that leaves placement out inherits it
+            // (a confined token still cannot raise replicas to it: the tighten check).
             ("placement.replicas", "placement_replicas", above(self.replicas, Some(ceilings.placement_replicas))),
             ("schedule", "schedules", above(self.schedules.len() as u32, Some(ceilings.schedules))),
             ("route", "routes", above(self.routes.len() as u32, Some(ceilings.routes))),
