@@ -102,7 +102,7 @@ impl Caveat {
             Caveat::Ops(_) => Err(format!("operation `{:?}` is not allowed", request.op).to_lowercase()),
             Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
             Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
-            Caveat::PathPrefix(_) if has_encoded_slash(request.path) => Err(format!(
+            Caveat::PathPrefix(_) if may_hide_a_separator(request.path) => Err(format!(
                 "path `{}` holds an encoded slash or a backslash (%2F, %5C, \\), which a guest may read as a separator: refused under a path-prefix",
                 request.path
             )),
@@ -124,7 +124,7 @@ fn under_path_prefix(path: &str, prefix: &str) -> bool {
 /// `%2F` or `%5C` in any case, or a literal `\`: a separator to a guest that decodes before it
 /// routes, or that parses URLs as browsers do (`\` is `/` there), but plain text to the prefix
 /// check, so the two could disagree on where the path leads.
-fn has_encoded_slash(path: &str) -> bool {
+fn may_hide_a_separator(path: &str) -> bool {
     path.contains('\\')
         || path
             .as_bytes()

@@ -22,6 +22,7 @@ use crate::access::rate::{RateDecision, client_key};
 use crate::access::tokens::{Caller, is_ledge_token};
 use crate::registry::{Deployment, RegistryError};
 use crate::runtime::Invocation;
+use crate::runtime::invoke::remove_ledge_headers;
 
 impl App {
     /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` (dot segments resolved) plus the
@@ -116,7 +117,9 @@ impl App {
         let chosen = deployment.choose(&caller_key);
         let version = chosen.version;
         let recording = self.recording(&request, deployment, &chosen, &caller, token.as_deref(), &path_and_query);
-        strip_ledge_headers(request.headers_mut());
+        // Those a caller may send (`ledge-record`) have been read by now; those ledge sets for
+        // guests (`ledge-schedule`, ...) must come from ledge alone, so a guest can trust them.
+        remove_ledge_headers(request.headers_mut());
         let invocation = Invocation {
             function: name,
             pre: chosen.pre,
@@ -167,16 +170,5 @@ fn invoke_facts<'a, B>(request: &'a http::Request<B>, name: &'a str, guest_path:
         method: request.method().as_str(),
         path: guest_path,
         now: SystemTime::now(),
-    }
-}
-
-/// Removes every `ledge-*` header from a caller's request before the guest sees it: those a
-/// caller may send (`ledge-record`) have been read by now, and those ledge sets for guests
-/// (`ledge-schedule`, ...) must come from ledge alone, so a guest can trust them.
-fn strip_ledge_headers(headers: &mut http::HeaderMap) {
-    let ours: Vec<http::HeaderName> =
-        headers.keys().filter(|name| name.as_str().starts_with("ledge-")).cloned().collect();
-    for name in ours {
-        headers.remove(name);
     }
 }

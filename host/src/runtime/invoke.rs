@@ -369,37 +369,51 @@ where
                 wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
             }
         })
-        .map_frame(move |frame| {
+        .map_frame(move |mut frame| {
             if let (Some(tape), Some(chunk)) = (&recording, frame.data_ref()) {
                 tape.request_chunk(chunk);
             }
-            match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    strip_from_trailers(&mut trailers);
-                    http_body::Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
+            if let Some(trailers) = frame.trailers_mut() {
+                strip_trailers(trailers);
             }
+            frame
         });
     Ok(http::Request::from_parts(parts, body))
 }
 
-/// Request trailers are the caller's headers too: ledge's own (`ledge-*`) and credentials
-/// never reach the guest through them, as through the head.
-fn strip_from_trailers(trailers: &mut http::HeaderMap) {
-    let theirs: Vec<http::HeaderName> = trailers
-        .keys()
-        .filter(|name| name.as_str().starts_with("ledge-") || *name == http::header::AUTHORIZATION)
-        .cloned()
-        .collect();
-    for name in theirs {
-        trailers.remove(name);
+/// Request trailers are the caller's headers too: neither ledge's own nor credentials reach the
+/// guest through them.
+fn strip_trailers(trailers: &mut http::HeaderMap) {
+    remove_ledge_headers(trailers);
+    trailers.remove(http::header::AUTHORIZATION);
+}
+
+/// Removes every `ledge-*` header (all their values) from what a caller sent: those names are
+/// ledge's alone (spec: Tokens).
+pub fn remove_ledge_headers(headers: &mut http::HeaderMap) {
+    let ours: Vec<http::HeaderName> =
+        headers.keys().filter(|name| name.as_str().starts_with("ledge-")).cloned().collect();
+    for name in ours {
+        headers.remove(name);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::strip_from_trailers;
+    use super::{remove_ledge_headers, strip_trailers};
+
+    #[test]
+    fn every_value_of_every_ledge_header_goes_and_nothing_else() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in
+            [("ledge-schedule", "1"), ("Ledge-Queue", "a"), ("ledge-queue", "b"), ("x-checksum", "abc")]
+        {
+            headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        remove_ledge_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-checksum"], "abc");
+    }
 
     #[test]
     fn request_trailers_lose_ledge_headers_and_credentials() {
@@ -407,7 +421,7 @@ mod tests {
         for (name, value) in [("ledge-schedule", "1"), ("Authorization", "Bearer x"), ("x-checksum", "abc")] {
             trailers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
-        strip_from_trailers(&mut trailers);
+        strip_trailers(&mut trailers);
         assert_eq!(trailers.len(), 1);
         assert_eq!(trailers["x-checksum"], "abc");
     }
