@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// Bytes the open key-value transactions of all instances may buffer for writing together,
     /// e.g. "256MiB" (each instance's share at most 16 MiB); a write past it fails with a
     /// `limit` error. Default from the profile: 256 MiB standard, 64 MiB small.
-    #[arg(long, value_parser = crate::guest_kv::budget::parse_size)]
+    #[arg(long, value_parser = crate::access::policy::parse_size)]
     pub(super) kv_write_buffers: Option<u64>,
     /// The key that seals functions' secrets (created, mode 0600, if missing). Default
     /// `<data-dir>/keys/secrets.key`; keep it elsewhere so that the data dir alone does not
@@ -123,7 +123,7 @@ pub struct ServeArgs {
     #[arg(long, requires = "cluster", default_value_t = crate::cluster::DEFAULT_MAX_ARTIFACT_BYTES)]
     pub(super) cluster_max_artifact_bytes: u64,
     /// Bytes of global key-value data in etcd, all keyspaces together (the same on every node).
-    #[arg(long, requires = "cluster", default_value = "512MiB", value_parser = crate::guest_kv::budget::parse_size)]
+    #[arg(long, requires = "cluster", default_value = "512MiB", value_parser = crate::access::policy::parse_size)]
     pub(super) global_kv_max_bytes: u64,
 }
 

@@ -127,22 +127,6 @@ fn show_size(bytes: u64) -> String {
     }
 }
 
-/// A size as policies write it: bytes, or a whole number of `KiB`, `MiB` or `GiB`; not zero.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size `{text}`: expected e.g. \"64MiB\", \"1GiB\" or a number of bytes");
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit.trim_start() {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(1 << shift).filter(|&bytes| bytes > 0).ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,11 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_as_policies_write_them() {
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("8 MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert!(parse_size("1TB").is_err() && parse_size("MiB").is_err() && parse_size("0").is_err());
+    fn sizes_show_in_whole_units() {
         assert_eq!(show_size(256 << 20), "256 MiB");
         assert_eq!(show_size(1000), "1000 bytes");
     }

@@ -33,7 +33,7 @@ pub use file::{
 };
 pub use values::{
     ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, Positive, RESERVED_PREFIXES, RoutePrefix,
-    SchedulePath, StoreName, is_valid_name, path_under,
+    SchedulePath, StoreName, is_valid_name, parse_size, path_under,
 };
 
 /// A resolved route: host pattern (`None`: any) and path prefix.

@@ -195,12 +195,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+/// A size as policies and `ledge serve`'s size flags write it: bytes, or a whole number of
+/// `KiB`, `MiB` or `GiB` (a space before the unit allowed); never zero.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("invalid size `{text}`: expected e.g. \"512KiB\", \"64MiB\", \"1GiB\"");
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit {
+    let shift = match unit.trim_start() {
         "" | "B" => 0,
         "KiB" => 10,
         "MiB" => 20,
@@ -222,6 +224,8 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1024"), Ok(1024));
         assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_size("8 MiB"), Ok(8 << 20));
+        assert!(parse_size("MiB").is_err() && parse_size("0").is_err() && parse_size("0MiB").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("0s").is_err());
