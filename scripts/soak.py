@@ -270,7 +270,7 @@ def soak(args, duration, work):
     log_path = os.path.join(work, "server.log")
     env = dict(os.environ)
     # One log line per request at this rate would be gigabytes; warnings and the rest stay.
-    env.setdefault("LEDGE_LOG", "info,wasmtime_wasi_http=warn,ledge::http::server=warn")
+    env.setdefault("LEDGE_LOG", "info,wasmtime_wasi_http=warn,ledge::access=warn")
     with open(log_path, "wb") as log:
         server = subprocess.Popen([args.ledge, "serve", "--listen", f"{HOST}:{port}", "--data-dir", data,
                                    "--policies", policies, "--metrics-listen", f"{HOST}:{metrics_port}"],

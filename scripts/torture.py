@@ -60,7 +60,7 @@ class Server:
         log = open(self.log_path, "wb")
         env = dict(os.environ)
         # Request lines at a thousand restarts fill the disk and tell nothing; keep the rest.
-        env.setdefault("LEDGE_LOG", "info,wasmtime_wasi_http=warn,ledge::http::server=warn")
+        env.setdefault("LEDGE_LOG", "info,wasmtime_wasi_http=warn,ledge::access=warn")
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--listen", f"{HOST}:{self.port}", "--data-dir", self.data_dir,

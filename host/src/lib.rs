@@ -23,6 +23,8 @@
 //! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
 //! - [`etcd`]: the etcd client of a node, with endpoint failover (cluster mode's only
 //!   consensus, used by the cluster and by global transactions);
+//! - [`telemetry`]: OpenTelemetry export over OTLP: the trace context a run carries through
+//!   the layers above, the bounded export queues, the metrics and logs it sends;
 //! - [`storage`] and [`metrics`]: durable file writes and Prometheus metrics, used by every
 //!   layer above.
 //!
@@ -43,3 +45,4 @@ pub mod record;
 pub mod registry;
 pub mod runtime;
 pub mod storage;
+pub mod telemetry;

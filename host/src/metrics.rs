@@ -61,6 +61,9 @@ pub struct Metrics {
     pub traces_stored: Counter,
     /// Finished traces not kept: the writer was behind, or one was too large to store.
     pub traces_dropped: Counter,
+    /// Spans and log records not exported: the queue was full, a new trace was over
+    /// `--otlp-max-traces-per-second`, or the collector refused or could not be reached.
+    pub otel_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -116,6 +119,12 @@ impl Metrics {
             "Recorded runs not kept: the trace writer was behind (its queue was full), or one was too large to store",
             traces_dropped.clone(),
         );
+        let otel_dropped = Counter::default();
+        registry.register(
+            "otel_dropped",
+            "Spans and log records not exported over OTLP: the queue was full, over the cap of new traces per second, or the collector was down or refused them",
+            otel_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -126,6 +135,7 @@ impl Metrics {
             artifact_loads,
             traces_stored,
             traces_dropped,
+            otel_dropped,
         }
     }
 

@@ -89,6 +89,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// Extra environment variables for `ledge serve`.
+    env: Vec<(String, String)>,
     /// The admin token the server wrote on first start.
     pub admin_token: String,
     /// Every line the server printed on stdout.
@@ -113,16 +115,22 @@ impl Server {
     /// A server on a data dir that `prepare` makes first (e.g. `ledge restore` into it; the
     /// folder does not exist when it is called), with extra `ledge serve` arguments.
     pub fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Server {
-        Self::start_full(extra, prepare, false)
+        Self::start_full(extra, prepare, false, &[])
+    }
+
+    /// A server on a fresh data dir with extra `ledge serve` arguments and extra environment
+    /// variables (e.g. the standard `OTEL_*` ones).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_full(extra, |_| {}, false, env)
     }
 
     /// A server on a fresh data dir whose stderr is a pipe: [`Server::take_stderr`] hands it
     /// to the test, and nothing reads it until the test does ([`Server::log`] stays empty).
     pub fn start_with_piped_stderr() -> Server {
-        Self::start_full(&[], |_| {}, true)
+        Self::start_full(&[], |_| {}, true, &[])
     }
 
-    fn start_full(extra: &[&str], prepare: impl FnOnce(&Path), stderr_piped: bool) -> Server {
+    fn start_full(extra: &[&str], prepare: impl FnOnce(&Path), stderr_piped: bool, env: &[(&str, &str)]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         prepare(&data_dir);
@@ -132,6 +140,7 @@ impl Server {
             log: temp.path().join("ledge.log"),
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
             admin_token: String::new(),
             printed: Default::default(),
             stderr_piped,
@@ -163,6 +172,7 @@ impl Server {
             // Extra arguments for every server of a run, e.g. `--profile small` under emulation.
             .args(std::env::var("LEDGE_TEST_SERVE_ARGS").unwrap_or_default().split_whitespace())
             .env("LEDGE_LOG", "info")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::piped())
             .stderr(if self.stderr_piped { Stdio::piped() } else { Stdio::from(log) })
             .spawn()

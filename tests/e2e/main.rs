@@ -16,6 +16,8 @@ mod invoke;
 mod kv;
 mod lifecycle;
 mod logs;
+mod otel;
+mod otlp;
 mod policies;
 mod preinit;
 mod production;

@@ -31,9 +31,11 @@ pub async fn dev(dirs: Vec<PathBuf>, listen: SocketAddr) -> anyhow::Result<()> {
     if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
         bail!("two projects define a function named `{}`", pair[0]);
     }
-    let _log_writer = init_logging(LogFormat::Human);
     let data_dir = projects[0].dir.join(".ledge");
-    let node = start(ServeArgs::defaults(listen, &data_dir), true).await?;
+    // `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on here too, as for `ledge serve`.
+    let args = ServeArgs::defaults(listen, &data_dir);
+    let _log_writer = init_logging(LogFormat::Human, args.otlp_endpoint.is_some());
+    let node = start(args, true).await?;
     println!("ledge dev listening on http://{} (data in {})", node.address, data_dir.display());
     for name in &names {
         println!("  {name}: http://{}/fn/{name}/", node.address);

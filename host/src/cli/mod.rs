@@ -187,6 +187,10 @@ enum Command {
     /// List recorded runs (newest first), of FUNCTION or of every function.
     Traces {
         function: Option<String>,
+        /// Only the recordings of this OpenTelemetry trace (32 hex digits, as a trace view
+        /// shows it).
+        #[arg(long, value_name = "ID")]
+        otel_trace: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -310,7 +314,9 @@ pub fn main() -> ExitCode {
             Command::Backup { out, server } => client::backup(&server, &out).await,
             Command::Restore { file, data_dir } => restore(file, data_dir).await,
             Command::Token(command) => token(command).await,
-            Command::Traces { function, server } => replay::list(&server, function.as_deref()).await,
+            Command::Traces { function, otel_trace, server } => {
+                replay::list(&server, function.as_deref(), otel_trace.as_deref()).await
+            }
             Command::Trace(TraceCommand::Get { id, out, with_component, server }) => {
                 replay::get(&server, &id, &out, with_component).await
             }

@@ -22,6 +22,10 @@ use crate::metrics::{ArtifactLabels, Metrics};
 use crate::registry::Registry;
 use crate::registry::config::SecretsKey;
 use crate::runtime::{Runtime, RuntimeOptions};
+use crate::telemetry::{LogBridge, OtlpOptions};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Callers the rate limiter tracks at most (see `access::rate` for the memory this bounds).
 const RATE_LIMITER_KEYS: usize = 100_000;
@@ -40,6 +44,7 @@ impl Node {
     /// Serves until `shutdown`, drains, then flushes and closes the engine.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         crate::http::server::serve(self.listener, self.app, self.tls, self.limits, shutdown).await?;
+        crate::telemetry::flush(TELEMETRY_FLUSH).await;
         // Every request has finished (or the drain deadline passed): flush and close the engine.
         let db = self.db;
         tokio::task::spawn_blocking(move || db.close()).await??;
@@ -48,8 +53,11 @@ impl Node {
     }
 }
 
+/// How long the last spans, logs and metrics may take to leave at shutdown.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let _log_writer = init_logging(args.log_format);
+    let _log_writer = init_logging(args.log_format, args.otlp_endpoint.is_some());
     let node = start(args, false).await?;
     let scheme = if node.app.tls { "https" } else { "http" };
     println!("ledge listening on {scheme}://{}", node.address);
@@ -82,6 +90,11 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         tokio::task::spawn_blocking(move || ledge_kv::Db::open_with(&dir, options)).await??
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let node = args.node_name.clone().unwrap_or_else(host_name);
+        let options = OtlpOptions::from_env(endpoint, args.otlp_max_traces_per_second, &node)?;
+        crate::telemetry::install(&options, metrics.clone())?;
+    }
     let own_addresses = crate::runtime::outbound::own_addresses(args.listen.ip());
     let etcd = match args.cluster.is_empty() {
         true => None,
@@ -227,8 +240,9 @@ fn default_kv_budget() -> u64 {
 /// Logs go to stderr through a writer thread ([`LogWriter`]): a request's log line is buffered
 /// (up to 8 MiB; beyond it lines are dropped and counted, never waited for) and written in
 /// batches, so no worker ever blocks on the terminal or the journal. Keep the guard until exit:
-/// dropping it writes what is buffered.
-pub(super) fn init_logging(format: LogFormat) -> LogWriterGuard {
+/// dropping it writes what is buffered. `otlp`: ledge's events (info and above, whatever
+/// `LEDGE_LOG` says) also go to the OTLP log exporter once it is installed.
+pub(super) fn init_logging(format: LogFormat, otlp: bool) -> LogWriterGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
     // Colours only for a person at a terminal, never into files or journald.
@@ -236,10 +250,12 @@ pub(super) fn init_logging(format: LogFormat) -> LogWriterGuard {
     let (writer, guard) = LogWriter::spawn(std::io::stderr(), |dropped| {
         tracing::warn!(dropped, "log writer behind: lines dropped");
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let text = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    let text: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
+        LogFormat::Human => Box::new(text.with_filter(filter)),
+        LogFormat::Json => Box::new(text.json().with_filter(filter)),
+    };
+    let otlp = otlp.then(|| LogBridge.with_filter(LogBridge::targets()));
+    tracing_subscriber::registry().with(text).with(otlp).init();
     guard
 }

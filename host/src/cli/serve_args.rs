@@ -125,6 +125,18 @@ pub struct ServeArgs {
     /// Bytes of global key-value data in etcd, all keyspaces together (the same on every node).
     #[arg(long, requires = "cluster", default_value = "512MiB", value_parser = crate::access::policy::parse_size)]
     pub(super) global_kv_max_bytes: u64,
+    /// Export traces, metrics and logs over OTLP to this collector (a base URL: /v1/traces,
+    /// /v1/metrics, /v1/logs are appended for http/protobuf). Off when neither this nor
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set. OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc),
+    /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER(_ARG) and
+    /// OTEL_METRIC_EXPORT_INTERVAL are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
+    pub(super) otlp_endpoint: Option<String>,
+    /// Most new traces exported per second (started here, or continuing a caller's or a
+    /// peer's), a quarter of them for any one function; more are not exported and count in
+    /// ledge_otel_dropped_total.
+    #[arg(long, default_value = "1000")]
+    pub(super) otlp_max_traces_per_second: std::num::NonZeroU32,
 }
 
 fn parse_url(text: &str) -> Result<String, String> {

@@ -18,6 +18,7 @@ use wasmtime::component::Resource;
 use super::backend::{Backend, Source};
 use super::bindings::ledge::platform::transactions::Error as WitError;
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::spans::TxSpan;
 use super::taped::{RecordedError, described, observed, taped};
 use super::{Denied, Keyspace, KvCtx};
 
@@ -95,6 +96,7 @@ impl Op {
 /// Runs `op` (unless the keys were denied) in its own serializable transaction on `source`,
 /// committing it and retrying conflicts, and hands what it found to `answer`.
 async fn transact<T>(
+    mut span: TxSpan,
     source: Source,
     op: Result<Op, Denied>,
     answer: impl FnOnce(Found) -> Result<T, store::Error>,
@@ -104,6 +106,7 @@ async fn transact<T>(
         Err(denied) => {
             // wasi:keyvalue's `access-denied` carries no detail; the reason is logged instead.
             tracing::debug!(reason = %denied.0, "wasi:keyvalue access denied");
+            span.note(&Err::<(), _>(WitError::from(denied)));
             return Ok(Err(store::Error::AccessDenied));
         }
     };
@@ -127,6 +130,8 @@ async fn transact<T>(
             other => break other,
         }
     };
+    span.retries(attempt - 1);
+    span.finish(&outcome);
     Ok(outcome.map_err(|error| store::Error::from(RecordedError::from(error))).and_then(answer))
 }
 
@@ -170,7 +175,9 @@ impl store::HostBucket for KvCtx<'_> {
         let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keyspace.read_key(key.as_bytes()).map(|key| Op::Get(vec![key]));
-        let live = transact(source, op, |found| Ok(found.values.into_iter().next().flatten()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |found| {
+            Ok(found.values.into_iter().next().flatten())
+        });
         taped(self.tape, "wasi:keyvalue/store.bucket.get", args, live).await
     }
 
@@ -183,7 +190,7 @@ impl store::HostBucket for KvCtx<'_> {
         let args = described(self.tape, || format!("{key:?}, {}", crate::record::tape::show_bytes(&value)));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Put(vec![(key, value)]));
-        let live = transact(source, op, |_| Ok(()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/store.bucket.set", args, live).await
     }
 
@@ -191,7 +198,7 @@ impl store::HostBucket for KvCtx<'_> {
         let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Delete(vec![key]));
-        let live = transact(source, op, |_| Ok(()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/store.bucket.delete", args, live).await
     }
 
@@ -199,7 +206,9 @@ impl store::HostBucket for KvCtx<'_> {
         let args = described(self.tape, || format!("{key:?}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keyspace.read_key(key.as_bytes()).map(|key| Op::Get(vec![key]));
-        let live = transact(source, op, |found| Ok(found.values.into_iter().next().flatten().is_some()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |found| {
+            Ok(found.values.into_iter().next().flatten().is_some())
+        });
         taped(self.tape, "wasi:keyvalue/store.bucket.exists", args, live).await
     }
 
@@ -215,18 +224,19 @@ impl store::HostBucket for KvCtx<'_> {
         let (start, end) = keyspace.range(&start, b"");
         let page = if keyspace.global { GLOBAL_LIST_PAGE } else { LIST_PAGE };
         let op = Ok(Op::Scan { start, end, limit: page + 1 });
-        let live = transact(source, op, move |found| {
-            let mut entries = found.entries;
-            let more = entries.len() > page;
-            entries.truncate(page);
-            let keys = entries
-                .iter()
-                .map(|(key, _)| String::from_utf8(keyspace.guest_key(key).to_vec()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| store::Error::Other("the bucket holds a key that is not UTF-8".into()))?;
-            let cursor = if more { keys.last().cloned() } else { None };
-            Ok((keys, cursor))
-        });
+        let live =
+            transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, move |found| {
+                let mut entries = found.entries;
+                let more = entries.len() > page;
+                entries.truncate(page);
+                let keys = entries
+                    .iter()
+                    .map(|(key, _)| String::from_utf8(keyspace.guest_key(key).to_vec()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| store::Error::Other("the bucket holds a key that is not UTF-8".into()))?;
+                let cursor = if more { keys.last().cloned() } else { None };
+                Ok((keys, cursor))
+            });
         let listed = taped(self.tape, "wasi:keyvalue/store.bucket.list-keys", args, live).await?;
         Ok(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
     }
@@ -248,7 +258,9 @@ impl atomics::Host for KvCtx<'_> {
         let args = described(self.tape, || format!("{key:?}, {delta}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keyspace.write_key(key.as_bytes()).map(|key| Op::Increment(key, delta));
-        let live = transact(source, op, |found| Ok(found.number));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |found| {
+            Ok(found.number)
+        });
         taped(self.tape, "wasi:keyvalue/atomics.increment", args, live).await
     }
 
@@ -256,6 +268,7 @@ impl atomics::Host for KvCtx<'_> {
         let args = described(self.tape, || crate::record::tape::show_bytes(&value));
         let Cas { mut tx, key, source, .. } = self.table.delete(cas)?;
         self.access.close_handle();
+        let span = self.access.tx_span(Isolation::Serializable, source.is_global());
         let written = key.clone();
         // A failed swap is recorded as `conflict`: the fresh CAS handed back is made below.
         let live = async move {
@@ -263,6 +276,7 @@ impl atomics::Host for KvCtx<'_> {
                 Ok(()) => tx.commit().await,
                 Err(error) => Err(error),
             };
+            span.finish(&outcome);
             Ok(outcome.map(drop).map_err(RecordedError::from))
         };
         match taped(self.tape, "wasi:keyvalue/atomics.swap", args, live).await? {
@@ -335,7 +349,9 @@ impl batch::Host for KvCtx<'_> {
         let args = described(self.tape, || format!("{keys:?}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keys.iter().map(|key| keyspace.read_key(key.as_bytes())).collect::<Result<_, _>>().map(Op::Get);
-        let live = transact(source, op, |found| Ok(keys.into_iter().zip(found.values).collect()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |found| {
+            Ok(keys.into_iter().zip(found.values).collect())
+        });
         taped(self.tape, "wasi:keyvalue/batch.get-many", args, live).await
     }
 
@@ -355,7 +371,7 @@ impl batch::Host for KvCtx<'_> {
             .map(|(key, value)| Ok((keyspace.write_key(key.as_bytes())?, value)))
             .collect::<Result<_, _>>()
             .map(Op::Put);
-        let live = transact(source, op, |_| Ok(()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/batch.set-many", args, live).await
     }
 
@@ -367,7 +383,7 @@ impl batch::Host for KvCtx<'_> {
         let args = described(self.tape, || format!("{keys:?}"));
         let (keyspace, source) = self.bucket(&bucket)?;
         let op = keys.iter().map(|key| keyspace.write_key(key.as_bytes())).collect::<Result<_, _>>().map(Op::Delete);
-        let live = transact(source, op, |_| Ok(()));
+        let live = transact(self.access.tx_span(Isolation::Serializable, source.is_global()), source, op, |_| Ok(()));
         taped(self.tape, "wasi:keyvalue/batch.delete-many", args, live).await
     }
 }

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod budget;
 pub mod global;
 pub mod keyvalue;
+pub mod spans;
 pub mod taped;
 pub mod transactions;
 
@@ -68,6 +69,8 @@ pub struct KvAccess {
     open_handles: usize,
     /// The write budgets its transactions draw on: this instance's own and the node's.
     write_budget: budget::WriteBudget,
+    /// The run's span, which each transaction's span is a child of.
+    trace: crate::telemetry::TraceCx,
 }
 
 impl KvAccess {
@@ -91,7 +94,24 @@ impl KvAccess {
             caller,
             open_handles: 0,
             write_budget: budget::WriteBudget::for_instance(write_buffers),
+            trace: Default::default(),
         }
+    }
+
+    /// The same access, its transactions traced as children of `trace`.
+    pub fn traced(mut self, trace: crate::telemetry::TraceCx) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// A span for a transaction of `isolation` about to begin on a `global` keyspace or a
+    /// node-local one.
+    pub fn tx_span(&self, isolation: ledge_kv::Isolation, global: bool) -> spans::TxSpan {
+        let isolation = match isolation {
+            ledge_kv::Isolation::Serializable => "serializable",
+            ledge_kv::Isolation::Snapshot => "snapshot",
+        };
+        spans::TxSpan::begin(&self.trace, isolation, global)
     }
 
     /// No key-value access at all.
@@ -107,6 +127,7 @@ impl KvAccess {
             caller: Caller::default(),
             open_handles: 0,
             write_budget: budget::WriteBudget::for_instance(&budget::Pool::new(0)),
+            trace: Default::default(),
         }
     }
 

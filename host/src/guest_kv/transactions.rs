@@ -11,6 +11,7 @@ use wasmtime::component::Resource;
 
 use super::backend::Backend;
 use super::bindings::ledge::platform::transactions::{self as wit, Error as WitError};
+use super::spans::TxSpan;
 use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
 use crate::record::tape::show_bytes;
@@ -25,6 +26,7 @@ const MAX_SCAN_LIMIT: u32 = 10_000;
 pub struct OpenTransaction {
     tx: Backend,
     keyspace: Keyspace,
+    span: TxSpan,
 }
 
 impl From<Denied> for WitError {
@@ -35,14 +37,21 @@ impl From<Denied> for WitError {
 
 impl KvCtx<'_> {
     fn begin_in(&mut self, store: Option<&str>, isolation: wit::Isolation) -> Result<OpenTransaction, WitError> {
-        let keyspace = self.access.keyspace(store)?;
         let isolation = match isolation {
             wit::Isolation::Serializable => Isolation::Serializable,
             wit::Isolation::Snapshot => Isolation::Snapshot,
         };
-        let tx = self.access.source(&keyspace)?.begin(isolation);
-        self.access.open_handle().map_err(WitError::Limit)?;
-        Ok(OpenTransaction { tx, keyspace })
+        let keyspace = self.access.keyspace(store);
+        let mut span = self.access.tx_span(isolation, keyspace.as_ref().is_ok_and(|keyspace| keyspace.global));
+        let opened = keyspace.map_err(WitError::from).and_then(|keyspace| {
+            let tx = self.access.source(&keyspace)?.begin(isolation);
+            self.access.open_handle().map_err(WitError::Limit)?;
+            Ok((tx, keyspace))
+        });
+        // A refusal ends the span (dropped here) with the refusal as its outcome.
+        span.note(&opened);
+        let (tx, keyspace) = opened?;
+        Ok(OpenTransaction { tx, keyspace, span })
     }
 
     fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
@@ -88,9 +97,15 @@ impl wit::HostTransaction for KvCtx<'_> {
         taped(self.tape, "ledge:platform/transactions.get", args, async {
             let key = match open.keyspace.read_key(&key) {
                 Ok(key) => key,
-                Err(denied) => return Ok(Err(denied.into())),
+                Err(denied) => {
+                    let refused = Err(denied.into());
+                    open.span.note(&refused);
+                    return Ok(refused);
+                }
             };
-            Ok(open.tx.get(&key).await)
+            let got = open.tx.get(&key).await;
+            open.span.note(&got);
+            Ok(got)
         })
         .await
     }
@@ -104,7 +119,9 @@ impl wit::HostTransaction for KvCtx<'_> {
         let args = described(self.tape, || format!("{}, {}", show_bytes(&key), show_bytes(&value)));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.put", args, async {
-            Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.put(&key, &value)))
+            let put = open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.put(&key, &value));
+            open.span.note(&put);
+            Ok(put)
         })
         .await
     }
@@ -117,7 +134,9 @@ impl wit::HostTransaction for KvCtx<'_> {
         let args = described(self.tape, || show_bytes(&key));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.delete", args, async {
-            Ok(open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key)))
+            let deleted = open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.delete(&key));
+            open.span.note(&deleted);
+            Ok(deleted)
         })
         .await
     }
@@ -141,7 +160,9 @@ impl wit::HostTransaction for KvCtx<'_> {
             if !end.is_empty() && start >= end {
                 return Ok(Ok(Vec::new()));
             }
-            Ok(open.tx.scan(&start, &end, limit as usize).await.map(|entries| {
+            let scanned = open.tx.scan(&start, &end, limit as usize).await;
+            open.span.note(&scanned);
+            Ok(scanned.map(|entries| {
                 entries.into_iter().map(|(key, value)| (open.keyspace.guest_key(&key).to_vec(), value)).collect()
             }))
         })
@@ -149,10 +170,14 @@ impl wit::HostTransaction for KvCtx<'_> {
     }
 
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
-        let open = self.table.delete(this)?;
+        let OpenTransaction { tx, span, .. } = self.table.delete(this)?;
         self.access.close_handle();
-        taped(self.tape, "ledge:platform/transactions.commit", String::new(), async { Ok(open.tx.commit().await) })
-            .await
+        taped(self.tape, "ledge:platform/transactions.commit", String::new(), async {
+            let committed = tx.commit().await;
+            span.finish(&committed);
+            Ok(committed)
+        })
+        .await
     }
 
     async fn rollback(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<()> {

@@ -22,7 +22,9 @@ use crate::access::rate::{RateDecision, client_key};
 use crate::access::tokens::{Caller, is_ledge_token};
 use crate::registry::{Deployment, RegistryError};
 use crate::runtime::Invocation;
-use crate::runtime::invoke::remove_ledge_headers;
+use crate::runtime::request::remove_ledge_headers;
+use crate::telemetry::{TraceCx, names};
+use opentelemetry::trace::SpanKind;
 
 impl App {
     /// `ANY /fn/{name}/{rest}`: the guest sees `/{rest}` (dot segments resolved) plus the
@@ -110,12 +112,26 @@ impl App {
             return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), decision.as_ref()));
         };
 
+        // The run's span, from here on (a refusal above is in the metrics and the access log,
+        // and costs no trace): a child of the caller's `traceparent` if it sent one. The
+        // runtime finds it among the request's extensions.
+        let span = TraceCx::start(Some(request.headers()), names::REQUEST, SpanKind::Server, name);
+        span.set("http.request.method", request.method().as_str().to_string());
+        span.set("url.path", guest_path.to_string());
+        if let Some(id) = &caller.token_id {
+            span.set("ledge.token.id", id.clone());
+        }
+        request.extensions_mut().insert(span.clone());
         let path_and_query = match request.uri().query() {
             Some(query) => format!("{guest_path}?{query}"),
             None => guest_path.to_string(),
         };
         let chosen = deployment.choose(&caller_key);
         let version = chosen.version;
+        span.set("ledge.version", version as i64);
+        // The guest's parent is ledge's span, not the caller's; set before the recording reads
+        // the request, so a replay gives the guest the same `traceparent`.
+        span.inject(request.headers_mut());
         let recording = self.recording(&request, deployment, &chosen, &caller, token.as_deref(), &path_and_query);
         // Those a caller may send (`ledge-record`) have been read by now; those ledge sets for
         // guests (`ledge-schedule`, ...) must come from ledge alone, so a guest can trust them.
@@ -132,6 +148,9 @@ impl App {
             tape: recording.as_ref().map(|recording| recording.tape.clone()),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
+        if let Some(recording) = recording.as_ref().filter(|recording| recording.tape.keeps()) {
+            span.set("ledge.trace", recording.id.clone());
+        }
         let trace = recording.and_then(|recording| self.trace_header(&recording, token.as_deref(), name));
         let outcome = match result {
             Ok(response) => {
@@ -158,6 +177,12 @@ impl App {
         };
         let status = outcome.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
         self.metrics.observe_version(name, version, status);
+        span.set("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.fail(&format!("status {status}"));
+        }
+        // Ends with the response head; a body still streaming is not in the span's time.
+        span.end();
         outcome
     }
 }

@@ -16,6 +16,7 @@ use crate::cluster::ClusterError;
 use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
+use crate::telemetry::logs::GUEST_RUN;
 
 /// One problem document.
 #[derive(Debug, Clone, Serialize)]
@@ -155,7 +156,7 @@ impl From<InvokeError> for Problem {
         match &error {
             InvokeError::Host(_) => Problem::internal("running the function", &error),
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
-                tracing::warn!(error = %error, "guest failed");
+                tracing::warn!(target: GUEST_RUN, error = %error, "guest failed");
                 Problem::new(status, error.to_string())
             }
             _ => Problem::new(status, error.to_string()),

@@ -21,6 +21,8 @@ use super::{App, Problem, ResponseBody};
 use crate::cluster::Cluster;
 use crate::cluster::peers::{Origin, PEER_HEADER, Vouched};
 use crate::registry::routes::rank;
+use crate::telemetry::{TraceCx, names};
+use opentelemetry::trace::SpanKind;
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus `host`.
 const HOP_BY_HOP: &[&str] =
@@ -92,6 +94,26 @@ impl App {
         replicas: u32,
         client: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
+        // The hop's span; the host's `ledge.request` continues the trace as its child.
+        let span = TraceCx::start(Some(request.headers()), names::PROXY, SpanKind::Client, name);
+        let forwarded = self.forward(cluster, request, name, replicas, client, &span).await;
+        match &forwarded {
+            Ok(response) => span.set("http.response.status_code", i64::from(response.status().as_u16())),
+            Err(problem) => span.fail(&problem.detail),
+        }
+        span.end();
+        forwarded
+    }
+
+    async fn forward(
+        &self,
+        cluster: &Cluster,
+        request: http::Request<Incoming>,
+        name: &str,
+        replicas: u32,
+        client: SocketAddr,
+        span: &TraceCx,
+    ) -> Result<http::Response<ResponseBody>, Problem> {
         let mut hosts = cluster.hosts_of(name, replicas);
         // This node may be a host that has not installed the function yet: not a target.
         hosts.retain(|node| node.name != cluster.node);
@@ -119,6 +141,8 @@ impl App {
         if let Some(vouch) = cluster.vouch(&vouched).and_then(|v| http::HeaderValue::from_str(&v).ok()) {
             forwarded.insert(PEER_HEADER, vouch);
         }
+        span.set("ledge.peer", host.name.clone());
+        span.inject(&mut forwarded);
         let body = BodyStream::new(body).try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
         let sent = cluster
             .peer_client()
@@ -130,7 +154,8 @@ impl App {
             .map_err(|error| {
                 Problem::new(
                     StatusCode::BAD_GATEWAY,
-                    format!("node `{}` that hosts `{name}` did not answer: {error}", host.name),
+                    // Without the URL: it holds the caller's query, and the peer's address.
+                    format!("node `{}` that hosts `{name}` did not answer: {}", host.name, error.without_url()),
                 )
             })?;
         let mut response = http::Response::builder().status(sent.status());

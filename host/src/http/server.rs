@@ -24,6 +24,7 @@ use super::problem::Problem;
 use crate::http::App;
 use crate::http::tls::Tls;
 use crate::runtime::logs::RequestLine;
+use crate::telemetry::logs::ACCESS_LOG;
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -246,7 +247,10 @@ async fn handle(
     };
     let elapsed = started.elapsed();
     let request_id = id.to_str().unwrap_or_default();
+    // The access line has a target of its own: `LEDGE_LOG=ledge::access=warn` silences it, and
+    // it is not exported over OTLP (a function's run has its `ledge.request` span instead).
     tracing::info!(
+        target: ACCESS_LOG,
         request_id,
         %method,
         %path,

@@ -27,6 +27,7 @@ use crate::record::store::{MAX_LISTED, Retention, new_id};
 use crate::record::trace::{CallerFacts, GuestFacts, Reason, RecordedRequest, Trace};
 use crate::record::{Keep, Tape, TraceMeta, trace};
 use crate::registry::{Chosen, Deployment};
+use crate::telemetry::TraceCx;
 
 /// The request header that asks for a recording.
 pub const RECORD_HEADER: &str = "ledge-record";
@@ -102,7 +103,8 @@ impl App {
             ..Trace::default()
         };
         let retention = Retention { max_traces: policy.max_traces, max_bytes: policy.max_trace_bytes };
-        let (config, sink) = (deployment.config.clone(), self.traces.sink(retention));
+        let otel_trace_id = request.extensions().get::<TraceCx>().and_then(TraceCx::trace_id);
+        let (config, sink) = (deployment.config.clone(), self.traces.sink(retention, otel_trace_id));
         let keep_with_config = Box::new(move |mut trace: Trace, bytes: usize| {
             trace.facts.config = config.recorded();
             sink(trace, bytes)
@@ -153,14 +155,21 @@ impl App {
                 if let Some(name) = &query.function {
                     crate::registry::validate_name(name)?;
                 }
+                if let Some(id) = query.otel_trace.as_ref().filter(|id| !is_otel_trace_id(id)) {
+                    return Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("otel_trace `{id}` is not an OpenTelemetry trace id (32 hex digits, not all zero)"),
+                    ));
+                }
                 let caller = self.authorize(&request, Op::Manage, query.function.as_deref(), peer)?;
                 self.charge_admin(&caller)?;
-                let (traces, function) = (self.traces.clone(), query.function.clone());
+                let (traces, function, otel_trace) = (self.traces.clone(), query.function.clone(), query.otel_trace);
                 let limit = query.limit.unwrap_or(100).min(MAX_LISTED);
-                let listed = tokio::task::spawn_blocking(move || traces.list(function.as_deref(), limit))
-                    .await
-                    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing traces: {e}")))?;
+                let listed =
+                    tokio::task::spawn_blocking(move || traces.list(function.as_deref(), otel_trace.as_deref(), limit))
+                        .await
+                        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing traces: {e}")))?;
                 Ok(json(StatusCode::OK, &ListReply { traces: listed }))
             }
             [id] => {
@@ -240,7 +249,7 @@ impl App {
 /// The request head as the guest sees it: the ledge token already removed, and without the
 /// `ledge-*` headers, which the invoke handler removes once this is taken.
 fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
-    let authority = crate::runtime::invoke::guest_authority(request.uri(), request.headers());
+    let authority = crate::runtime::request::guest_authority(request.uri(), request.headers());
     RecordedRequest {
         method: request.method().as_str().to_string(),
         scheme: if tls { "https" } else { "http" }.to_string(),
@@ -256,9 +265,16 @@ fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &s
 }
 
 /// `?function=NAME&limit=N&component=true`.
+/// A W3C trace id: 32 lowercase hex digits, not all zero.
+fn is_otel_trace_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
+}
+
 #[derive(Default)]
 struct Query {
     function: Option<String>,
+    /// Only the recordings of this OpenTelemetry trace (32 hex digits).
+    otel_trace: Option<String>,
     limit: Option<usize>,
     component: bool,
 }
@@ -270,6 +286,7 @@ impl Query {
             match pair.split_once('=') {
                 Some(("function", name)) => parsed.function = Some(name.to_string()),
                 Some(("limit", n)) => parsed.limit = n.parse().ok(),
+                Some(("otel_trace", id)) => parsed.otel_trace = Some(id.to_ascii_lowercase()),
                 Some(("component", value)) => parsed.component = value == "true" || value == "1",
                 _ => {}
             }

@@ -51,7 +51,20 @@ pub struct TraceMeta {
     pub size: u64,
     /// `error`, `sampled` or `requested`.
     pub reason: String,
+    /// The OpenTelemetry trace id (32 hex digits) of the run, when it was exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otel_trace_id: Option<String>,
     chunks: u32,
+}
+
+/// A finished trace on its way to the writer.
+struct Pending {
+    trace: Box<Trace>,
+    retention: Retention,
+    /// What it holds, counted in the queue's bound.
+    bytes: usize,
+    /// The OpenTelemetry trace its run was part of, when it was exported.
+    otel_trace_id: Option<String>,
 }
 
 /// How many traces, and how many bytes of them, a function keeps.
@@ -63,7 +76,7 @@ pub struct Retention {
 
 enum Job {
     /// A trace, its retention, and the bytes it holds (counted in the queue's bound).
-    Store(Box<Trace>, Retention, usize),
+    Store(Pending),
     /// Delete every trace of the function, then answer.
     Forget(String, std::sync::mpsc::Sender<()>),
 }
@@ -90,12 +103,17 @@ impl Traces {
         Ok(Arc::new(Traces { db, jobs, queued, dropped }))
     }
 
-    /// Where a finished recording of `bytes` goes: the writer, unless its queue is full.
-    pub fn sink(&self, retention: Retention) -> Box<dyn FnOnce(Trace, usize) + Send> {
+    /// Where a finished recording of `bytes` goes: the writer, unless its queue is full. Its
+    /// listing names `otel_trace_id`, the OpenTelemetry trace of the run, when there is one.
+    pub fn sink(&self, retention: Retention, otel_trace_id: Option<String>) -> Box<dyn FnOnce(Trace, usize) + Send> {
         let (jobs, queued, dropped) = (self.jobs.clone(), self.queued.clone(), self.dropped.clone());
         Box::new(move |trace, bytes| {
             let fits = queued.fetch_add(bytes, Ordering::AcqRel) + bytes <= MAX_QUEUED_BYTES;
-            if fits && jobs.try_send(Job::Store(Box::new(trace), retention, bytes)).is_ok() {
+            if fits
+                && jobs
+                    .try_send(Job::Store(Pending { trace: Box::new(trace), retention, bytes, otel_trace_id }))
+                    .is_ok()
+            {
                 return;
             }
             queued.fetch_sub(bytes, Ordering::AcqRel);
@@ -117,16 +135,25 @@ impl Traces {
         .await;
     }
 
-    /// The newest traces (of `function`, or of all), newest first, at most `limit`.
-    pub fn list(&self, function: Option<&str>, limit: usize) -> Result<Vec<TraceMeta>, TxError> {
+    /// The newest traces (of `function`, or of all; of one OpenTelemetry trace, or of any),
+    /// newest first, at most `limit`.
+    pub fn list(
+        &self,
+        function: Option<&str>,
+        otel_trace_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TraceMeta>, TxError> {
         let prefix = match function {
             Some(name) => format!("sys/trace-list/{name}/"),
             None => "sys/trace-list/".to_string(),
         };
         let mut tx = self.db.begin(Isolation::Snapshot);
         let entries = tx.scan(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), usize::MAX)?;
-        let mut metas: Vec<TraceMeta> =
-            entries.iter().filter_map(|(_, value)| serde_json::from_slice(value).ok()).collect();
+        let mut metas: Vec<TraceMeta> = entries
+            .iter()
+            .filter_map(|(_, value)| serde_json::from_slice::<TraceMeta>(value).ok())
+            .filter(|meta| otel_trace_id.is_none_or(|id| meta.otel_trace_id.as_deref() == Some(id)))
+            .collect();
         metas.sort_by(|a, b| b.id.cmp(&a.id));
         metas.truncate(limit);
         Ok(metas)
@@ -219,7 +246,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Store(trace, retention, bytes) => batch.push((trace, retention, bytes)),
+                    Job::Store(pending) => batch.push(pending),
                     Job::Forget(function, done) => forget = Some((function, done)),
                 }
                 if forget.is_none() && batch.len() < BATCH {
@@ -229,7 +256,7 @@ impl Writer {
             if let Err(error) = self.store(&batch) {
                 tracing::warn!(%error, "storing traces");
             }
-            self.queued.fetch_sub(batch.iter().map(|(_, _, bytes)| bytes).sum(), Ordering::AcqRel);
+            self.queued.fetch_sub(batch.iter().map(|pending| pending.bytes).sum(), Ordering::AcqRel);
             if let Some((function, done)) = forget {
                 if let Err(error) = self.forget(&function) {
                     tracing::warn!(%error, function, "removing traces");
@@ -241,7 +268,7 @@ impl Writer {
 
     /// Stores the batch and prunes past each function's retention, in as few commits as the
     /// transaction size allows. On failure the cached lists are dropped and read again.
-    fn store(&mut self, batch: &[(Box<Trace>, Retention, usize)]) -> Result<(), TxError> {
+    fn store(&mut self, batch: &[Pending]) -> Result<(), TxError> {
         let outcome = self.try_store(batch);
         if outcome.is_err() {
             self.kept.clear();
@@ -249,14 +276,14 @@ impl Writer {
         outcome
     }
 
-    fn try_store(&mut self, batch: &[(Box<Trace>, Retention, usize)]) -> Result<(), TxError> {
+    fn try_store(&mut self, batch: &[Pending]) -> Result<(), TxError> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut tx = self.db.begin(Isolation::Snapshot);
         let mut buffered = 0;
         let mut stored = 0;
-        for (trace, retention, _) in batch {
+        for Pending { trace, retention, otel_trace_id, .. } in batch {
             let compressed = trace::compress(trace);
             if compressed.len() > BATCH_BYTES {
                 // Larger than one transaction may hold with its batch: never stored.
@@ -280,6 +307,7 @@ impl Writer {
                 duration_us: trace.duration_us,
                 size: compressed.len() as u64,
                 reason: format!("{:?}", trace.reason).to_lowercase(),
+                otel_trace_id: otel_trace_id.clone(),
                 chunks: compressed.chunks(CHUNK).count() as u32,
             };
             for (n, chunk) in compressed.chunks(CHUNK).enumerate() {
@@ -357,17 +385,17 @@ mod tests {
     #[test]
     fn a_trace_over_the_queues_byte_bound_is_dropped_and_counted() {
         let (_dir, traces, stored, dropped) = traces();
-        traces.sink(KEEP)(trace(&new_id(1)), MAX_QUEUED_BYTES + 1);
+        traces.sink(KEEP, None)(trace(&new_id(1)), MAX_QUEUED_BYTES + 1);
         assert_eq!(dropped.get(), 1);
-        traces.sink(KEEP)(trace(&new_id(2)), 100);
+        traces.sink(KEEP, None)(trace(&new_id(2)), 100);
         let deadline = Instant::now() + Duration::from_secs(10);
         while stored.get() < 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!((stored.get(), dropped.get()), (1, 1));
-        assert_eq!(traces.list(Some("f"), 10).unwrap().len(), 1);
+        assert_eq!(traces.list(Some("f"), None, 10).unwrap().len(), 1);
         // What the queue held is given back once written: a full-size trace fits again.
-        traces.sink(KEEP)(trace(&new_id(3)), MAX_QUEUED_BYTES);
+        traces.sink(KEEP, None)(trace(&new_id(3)), MAX_QUEUED_BYTES);
         assert_eq!(dropped.get(), 1);
     }
 
@@ -377,14 +405,14 @@ mod tests {
         let mut large = trace(&new_id(1));
         // Incompressible: random bytes stay over the bound after deflate.
         large.request.body = vec![(0..BATCH_BYTES + 1024).map(|_| rand::random::<u8>()).collect()];
-        traces.sink(KEEP)(large, 100);
-        traces.sink(KEEP)(trace(&new_id(2)), 100);
+        traces.sink(KEEP, None)(large, 100);
+        traces.sink(KEEP, None)(trace(&new_id(2)), 100);
         let deadline = Instant::now() + Duration::from_secs(10);
         while stored.get() + dropped.get() < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!((stored.get(), dropped.get()), (1, 1));
-        let listed = traces.list(Some("f"), 10).unwrap();
+        let listed = traces.list(Some("f"), None, 10).unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].id.starts_with("00000000002"));
     }
@@ -393,13 +421,13 @@ mod tests {
     fn a_listing_returns_the_newest_first_up_to_its_limit() {
         let (_dir, traces, stored, _) = traces();
         for ms in 1..=5 {
-            traces.sink(KEEP)(trace(&new_id(ms)), 100);
+            traces.sink(KEEP, None)(trace(&new_id(ms)), 100);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while stored.get() < 5 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let listed = traces.list(Some("f"), 2).unwrap();
+        let listed = traces.list(Some("f"), None, 2).unwrap();
         assert_eq!(listed.len(), 2);
         assert!(listed[0].id.starts_with("00000000005") && listed[1].id.starts_with("00000000004"), "{listed:?}");
         assert_eq!(traces.function_of(&listed[0].id).unwrap().as_deref(), Some("f"));

@@ -20,6 +20,8 @@ use super::Registry;
 use crate::access::tokens::Caller;
 use crate::runtime::Invocation;
 use crate::runtime::logs::RequestLine;
+use crate::telemetry::{TraceCx, names};
+use opentelemetry::trace::SpanKind;
 
 /// How often the clock is looked at: well under a second, the finest schedule.
 const TICK: Duration = Duration::from_millis(200);
@@ -96,11 +98,18 @@ impl Registry {
                 return;
             }
             Some(permit) => {
-                let request = http::Request::get(path)
+                // A scheduled run starts a trace of its own.
+                let span = TraceCx::start(None, names::REQUEST, SpanKind::Internal, name);
+                span.set("ledge.trigger", "schedule");
+                span.set("ledge.version", chosen.version as i64);
+                span.set("url.path", path.to_string());
+                let mut request = http::Request::get(path)
                     .header(http::header::HOST, "localhost")
                     .header("ledge-schedule", "1")
                     .body(Empty::<Bytes>::new())
                     .expect("a checked path makes a valid request");
+                span.inject(request.headers_mut());
+                request.extensions_mut().insert(span.clone());
                 let invocation = Invocation {
                     function: name,
                     pre: chosen.pre,
@@ -112,7 +121,7 @@ impl Registry {
                     config: deployment.config.clone(),
                     tape: None,
                 };
-                match self.runtime.invoke(invocation, request, path).await {
+                let status = match self.runtime.invoke(invocation, request, path).await {
                     Ok(response) => {
                         let status = response.status().as_u16();
                         // Read the body so that the guest finishes; its time limit still holds.
@@ -121,9 +130,13 @@ impl Registry {
                     }
                     Err(error) => {
                         tracing::warn!(function = name, path, %error, "scheduled run failed");
+                        span.fail(&error.to_string());
                         error.status()
                     }
-                }
+                };
+                span.set("http.response.status_code", i64::from(status));
+                span.end();
+                status
             }
         };
         let elapsed = started.elapsed();

@@ -9,8 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::guestlog::GuestLog;
-use super::logs::Logs;
+use super::guestlog::{GuestLog, GuestLogs};
 use super::outbound::OutboundHooks;
 use crate::guest_kv::{KvAccess, KvCtx};
 use crate::record::Tape;
@@ -60,7 +59,7 @@ impl GuestState {
         memory_cap: u64,
         kv: KvAccess,
         config: Arc<GuestConfig>,
-        logs: Arc<Logs>,
+        logs: GuestLogs,
         tape: Option<Arc<Tape>>,
     ) -> Self {
         GuestState {

@@ -13,16 +13,25 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use super::logs::Logs;
 use crate::record::Tape;
+use crate::telemetry::TraceCx;
+use crate::telemetry::logs::GUEST_RUN;
 
 const MAX_LINE: usize = 4096;
 const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
+
+/// Where a run's output goes besides the host's log: its function's live log (`ledge logs`),
+/// and the run's span, whose trace and span ids its lines carry as OTLP log records.
+#[derive(Clone)]
+pub struct GuestLogs {
+    pub logs: Arc<Logs>,
+    pub trace: TraceCx,
+}
 
 /// One guest output stream (`stdout` or `stderr`) of one request.
 #[derive(Clone)]
 pub struct GuestLog {
     function: Arc<str>,
-    /// The function's live log (`ledge logs`), besides the host's.
-    logs: Arc<Logs>,
+    logs: GuestLogs,
     stream: &'static str,
     state: Arc<Mutex<LineBuffer>>,
     /// The run's recording or replay: it gets the bytes as written.
@@ -37,7 +46,7 @@ struct LineBuffer {
 }
 
 impl GuestLog {
-    pub fn new(function: &str, stream: &'static str, logs: Arc<Logs>, tape: Option<Arc<Tape>>) -> Self {
+    pub fn new(function: &str, stream: &'static str, logs: GuestLogs, tape: Option<Arc<Tape>>) -> Self {
         GuestLog { function: function.into(), logs, stream, state: Arc::default(), tape }
     }
 
@@ -65,14 +74,18 @@ impl GuestLog {
         if state.logged >= MAX_BYTES_PER_REQUEST {
             if !state.truncated {
                 state.truncated = true;
-                tracing::warn!(function = %self.function, stream = self.stream, "guest output over {MAX_BYTES_PER_REQUEST} bytes; dropping the rest of this request's output");
+                let _current = self.logs.trace.enter();
+                tracing::warn!(target: GUEST_RUN, function = %self.function, stream = self.stream, "guest output over {MAX_BYTES_PER_REQUEST} bytes; dropping the rest of this request's output");
             }
             return;
         }
         state.logged += line.len();
         let text = String::from_utf8_lossy(line);
-        tracing::info!(function = %self.function, stream = self.stream, "{text}");
-        self.logs.guest_line(&self.function, self.stream, &text);
+        {
+            let _current = self.logs.trace.enter();
+            tracing::info!(target: GUEST_RUN, function = %self.function, stream = self.stream, "{text}");
+        }
+        self.logs.logs.guest_line(&self.function, self.stream, &text);
     }
 }
 

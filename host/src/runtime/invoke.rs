@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Limited};
-use thiserror::Error;
+use http_body_util::BodyExt;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -18,13 +17,16 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 use super::concurrency::Permit;
-use super::{GuestConfig, GuestState, Runtime};
+use super::request::guest_request;
+use super::{GuestConfig, GuestState, InvokeError, Runtime};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 use crate::guest_kv::KvAccess;
 use crate::metrics::Metrics;
 use crate::record::Tape;
 use crate::record::trace::RecordedResponse;
+use crate::telemetry::{TraceCx, names};
+use opentelemetry::trace::SpanKind;
 
 /// One request's view of a deployed version.
 pub struct Invocation<'a> {
@@ -43,54 +45,6 @@ pub struct Invocation<'a> {
     pub config: Arc<GuestConfig>,
     /// Record this run onto (or replay it from) this tape.
     pub tape: Option<Arc<Tape>>,
-}
-
-/// Why an invocation failed.
-#[derive(Debug, Error)]
-pub enum InvokeError {
-    #[error("the request body is larger than this function's limit of {limit} bytes")]
-    BodyTooLarge { limit: u64 },
-    #[error("the function did not finish within its time limit of {0:?}")]
-    Timeout(Duration),
-    #[error("the function hit its memory limit of {limit} bytes")]
-    MemoryLimit { limit: u64 },
-    #[error("the function trapped: {0}")]
-    Trap(String),
-    #[error("every instance slot of this server is in use; retry shortly")]
-    PoolExhausted,
-    #[error("the function returned without sending a response")]
-    NoResponse,
-    #[error("the request cannot be passed to the function: {0}")]
-    BadRequest(String),
-    #[error("host failure while running the function: {0}")]
-    Host(String),
-}
-
-impl InvokeError {
-    /// The failure's kind as a trace names it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            InvokeError::BodyTooLarge { .. } => "body-too-large",
-            InvokeError::Timeout(_) => "timeout",
-            InvokeError::MemoryLimit { .. } => "memory",
-            InvokeError::Trap(_) => "trap",
-            InvokeError::NoResponse => "no-response",
-            InvokeError::PoolExhausted | InvokeError::BadRequest(_) | InvokeError::Host(_) => "host",
-        }
-    }
-
-    /// The HTTP status this failure answers with.
-    pub fn status(&self) -> u16 {
-        match self {
-            InvokeError::BodyTooLarge { .. } => 413,
-            InvokeError::Timeout(_) => 504,
-            InvokeError::PoolExhausted => 503,
-            InvokeError::BadRequest(_) => 400,
-            InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::Host(_) => {
-                500
-            }
-        }
-    }
 }
 
 impl Runtime {
@@ -142,6 +96,7 @@ impl Runtime {
         let overflowed = Arc::new(AtomicBool::new(false));
         let scheme = if invocation.tls { Scheme::Https } else { Scheme::Http };
         let recording = invocation.tape.clone().filter(|tape| !tape.is_replay());
+        let trace = request.extensions().get::<TraceCx>().cloned().unwrap_or_default();
         let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone(), recording)?;
         let kv = match &self.db {
             Some(db) => KvAccess::new(
@@ -151,11 +106,18 @@ impl Runtime {
                 policy,
                 invocation.caller.clone(),
                 &self.kv_write_buffers,
-            ),
+            )
+            .traced(trace.clone()),
             None => KvAccess::none(),
         };
-        let mut store =
-            self.guest_store(invocation.function, policy, kv, invocation.config.clone(), invocation.tape.clone());
+        let mut store = self.guest_store(
+            invocation.function,
+            policy,
+            kv,
+            invocation.config.clone(),
+            invocation.tape.clone(),
+            trace.clone(),
+        );
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;
@@ -173,7 +135,14 @@ impl Runtime {
             let _live = LiveInstance::new(&metrics);
             let run = async {
                 let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let span = trace.child(names::INSTANTIATE, SpanKind::Internal);
+                let proxy = pre.instantiate_async(&mut store).await;
+                span.set("ledge.cold", cold);
+                if let Err(error) = &proxy {
+                    span.fail(&error.to_string());
+                }
+                span.end();
+                let proxy = proxy?;
                 metrics.observe_instantiation(&function, cold, started.elapsed());
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
             };
@@ -309,120 +278,4 @@ pub fn describe_failure(error: &wasmtime::Error) -> String {
 
 fn host_error(error: wasmtime::Error) -> InvokeError {
     InvokeError::Host(format!("{error:#}"))
-}
-
-/// The authority the guest sees: the URI's (HTTP/2), else `Host`, else `localhost`.
-pub fn guest_authority(uri: &http::Uri, headers: &http::HeaderMap) -> String {
-    uri.authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Rewrites the request to what the guest sees: `/{rest}?query` on the original authority,
-/// with the body capped at the policy's limit.
-fn guest_request<B>(
-    request: http::Request<B>,
-    scheme: &Scheme,
-    path_and_query: &str,
-    max_body: u64,
-    overflowed: Arc<AtomicBool>,
-    recording: Option<Arc<Tape>>,
-) -> Result<
-    http::Request<impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + use<B>>,
-    InvokeError,
->
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let declared = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_body) {
-        return Err(InvokeError::BodyTooLarge { limit: max_body });
-    }
-    let (mut parts, body) = request.into_parts();
-    let authority = guest_authority(&parts.uri, &parts.headers);
-    parts.uri = http::Uri::builder()
-        .scheme(match scheme {
-            Scheme::Https => "https",
-            _ => "http",
-        })
-        .authority(authority.as_str())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|error| InvokeError::BadRequest(error.to_string()))?;
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let failed = recording.clone();
-    let body = Limited::new(body, limit)
-        .map_err(move |error| {
-            if let Some(tape) = &failed {
-                tape.request_error(&error.to_string());
-            }
-            if error.is::<http_body_util::LengthLimitError>() {
-                overflowed.store(true, Ordering::Relaxed);
-                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
-            } else {
-                wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
-            }
-        })
-        .map_frame(move |mut frame| {
-            if let (Some(tape), Some(chunk)) = (&recording, frame.data_ref()) {
-                tape.request_chunk(chunk);
-            }
-            if let Some(trailers) = frame.trailers_mut() {
-                strip_trailers(trailers);
-            }
-            frame
-        });
-    Ok(http::Request::from_parts(parts, body))
-}
-
-/// Request trailers are the caller's headers too: neither ledge's own nor credentials reach the
-/// guest through them.
-fn strip_trailers(trailers: &mut http::HeaderMap) {
-    remove_ledge_headers(trailers);
-    trailers.remove(http::header::AUTHORIZATION);
-}
-
-/// Removes every `ledge-*` header (all their values) from what a caller sent: those names are
-/// ledge's alone (spec: Tokens).
-pub fn remove_ledge_headers(headers: &mut http::HeaderMap) {
-    let ours: Vec<http::HeaderName> =
-        headers.keys().filter(|name| name.as_str().starts_with("ledge-")).cloned().collect();
-    for name in ours {
-        headers.remove(name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{remove_ledge_headers, strip_trailers};
-
-    #[test]
-    fn every_value_of_every_ledge_header_goes_and_nothing_else() {
-        let mut headers = http::HeaderMap::new();
-        for (name, value) in
-            [("ledge-schedule", "1"), ("Ledge-Queue", "a"), ("ledge-queue", "b"), ("x-checksum", "abc")]
-        {
-            headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
-        }
-        remove_ledge_headers(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert_eq!(headers["x-checksum"], "abc");
-    }
-
-    #[test]
-    fn request_trailers_lose_ledge_headers_and_credentials() {
-        let mut trailers = http::HeaderMap::new();
-        for (name, value) in [("ledge-schedule", "1"), ("Authorization", "Bearer x"), ("x-checksum", "abc")] {
-            trailers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
-        }
-        strip_trailers(&mut trailers);
-        assert_eq!(trailers.len(), 1);
-        assert_eq!(trailers["x-checksum"], "abc");
-    }
 }

@@ -1,10 +1,11 @@
 //! The wasm runtime: one [`Engine`] and [`Linker`] for the process, compilation and validation
 //! of deployed components ([`validate`]), per-request instantiation ([`invoke`]), and what a
-//! guest gets: its per-request state and limits ([`guest`]), its stdout/stderr in the log
-//! ([`guestlog`]) and in its function's live log ([`logs`], also fed the request lines by the
-//! HTTP edge and the scheduler), the outbound HTTP allow-list ([`outbound`]), pre-initialized
-//! snapshots ([`preinit`]); [`ValidateError`], why a component cannot be deployed, is shared
-//! by validation and pre-initialization.
+//! guest gets: its view of the request ([`request`]), its per-request state and limits
+//! ([`guest`]), its stdout/stderr in the log ([`guestlog`]) and in its function's live log
+//! ([`logs`], also fed the request lines by the HTTP edge and the scheduler), the outbound HTTP
+//! allow-list ([`outbound`]), pre-initialized snapshots ([`preinit`]). [`ValidateError`], why a
+//! component cannot be deployed, is shared by validation and pre-initialization;
+//! [`InvokeError`], why a run failed, by invocation and the request view.
 //!
 //! Layer: below the HTTP edge and the registry (which call it), above [`crate::guest_kv`] (the
 //! key-value capabilities it links into every instance) and [`crate::access`] (whose policy
@@ -32,6 +33,8 @@ use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 use crate::metrics::Metrics;
 use crate::record::Tape;
+use crate::telemetry::TraceCx;
+use guestlog::GuestLogs;
 use logs::Logs;
 
 pub mod concurrency;
@@ -42,10 +45,11 @@ pub mod logs;
 pub mod outbound;
 pub mod preinit;
 pub mod profile;
+pub mod request;
 pub mod validate;
 
 pub use guest::{GuestConfig, GuestState};
-pub use invoke::{Invocation, InvokeError};
+pub use invoke::Invocation;
 pub use profile::{Allocator, Profile, RuntimeOptions};
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -73,6 +77,54 @@ pub enum ValidateError {
     Precompiled(String),
     #[error("the component exceeds a per-component limit: {0}")]
     Limits(String),
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Error)]
+pub enum InvokeError {
+    #[error("the request body is larger than this function's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the function did not finish within its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("the function hit its memory limit of {limit} bytes")]
+    MemoryLimit { limit: u64 },
+    #[error("the function trapped: {0}")]
+    Trap(String),
+    #[error("every instance slot of this server is in use; retry shortly")]
+    PoolExhausted,
+    #[error("the function returned without sending a response")]
+    NoResponse,
+    #[error("the request cannot be passed to the function: {0}")]
+    BadRequest(String),
+    #[error("host failure while running the function: {0}")]
+    Host(String),
+}
+
+impl InvokeError {
+    /// The failure's kind as a trace names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::BodyTooLarge { .. } => "body-too-large",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::MemoryLimit { .. } => "memory",
+            InvokeError::Trap(_) => "trap",
+            InvokeError::NoResponse => "no-response",
+            InvokeError::PoolExhausted | InvokeError::BadRequest(_) | InvokeError::Host(_) => "host",
+        }
+    }
+
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::BodyTooLarge { .. } => 413,
+            InvokeError::Timeout(_) => 504,
+            InvokeError::PoolExhausted => 503,
+            InvokeError::BadRequest(_) => 400,
+            InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::Host(_) => {
+                500
+            }
+        }
+    }
 }
 
 /// How often the epoch ticker advances; the granularity of request timeouts.
@@ -227,10 +279,16 @@ impl Runtime {
         kv: KvAccess,
         config: Arc<GuestConfig>,
         tape: Option<Arc<Tape>>,
+        trace: TraceCx,
     ) -> Store<GuestState> {
-        let outbound =
-            outbound::OutboundHooks::new(policy.outbound_allow.clone(), self.own_addresses.clone(), tape.clone());
-        let state = GuestState::new(function, outbound, self.memory_cap(policy), kv, config, self.logs.clone(), tape);
+        let outbound = outbound::OutboundHooks::new(
+            policy.outbound_allow.clone(),
+            self.own_addresses.clone(),
+            tape.clone(),
+            trace.clone(),
+        );
+        let logs = GuestLogs { logs: self.logs.clone(), trace };
+        let state = GuestState::new(function, outbound, self.memory_cap(policy), kv, config, logs, tape);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);

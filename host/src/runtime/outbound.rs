@@ -28,6 +28,9 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::record::Tape;
 use crate::record::outbound::ResponseFuture;
+use crate::telemetry::logs::GUEST_RUN;
+use crate::telemetry::{TraceCx, names};
+use opentelemetry::trace::SpanKind;
 
 /// Outbound requests one instance may have open at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -45,11 +48,14 @@ pub struct OutboundHooks {
     in_flight: Arc<AtomicUsize>,
     /// The run's recording (responses are recorded) or replay (responses come from the trace).
     tape: Option<Arc<Tape>>,
+    /// The run's span: each request to the network gets a child, and carries it in
+    /// `traceparent` unless the guest set its own.
+    trace: TraceCx,
 }
 
 impl OutboundHooks {
-    pub fn new(allow: Vec<String>, own_addresses: Arc<[IpAddr]>, tape: Option<Arc<Tape>>) -> Self {
-        OutboundHooks { allow, own_addresses, in_flight: Arc::default(), tape }
+    pub fn new(allow: Vec<String>, own_addresses: Arc<[IpAddr]>, tape: Option<Arc<Tape>>, trace: TraceCx) -> Self {
+        OutboundHooks { allow, own_addresses, in_flight: Arc::default(), tape, trace }
     }
 
     fn allows(&self, host: &str) -> bool {
@@ -73,25 +79,45 @@ impl WasiHttpHooks for OutboundHooks {
 }
 
 impl OutboundHooks {
-    /// The request to the network, if the policy allows it.
-    fn live(&mut self, request: http::Request<WasiBody>, options: Option<RequestOptions>) -> ResponseFuture {
+    /// The request to the network, if the policy allows it. (A replay never gets here, so the
+    /// `traceparent` added below is never part of what a trace recorded the guest sending.)
+    fn live(&mut self, mut request: http::Request<WasiBody>, options: Option<RequestOptions>) -> ResponseFuture {
         let host = request.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let span = self.trace.child(names::OUTBOUND, SpanKind::Client);
+        span.set("http.request.method", request.method().as_str().to_string());
+        span.set("server.address", host.clone());
         if !self.allows(&host) {
-            tracing::info!(%host, "outbound request denied by policy");
+            let _current = self.trace.enter();
+            tracing::info!(target: GUEST_RUN, %host, "outbound request denied by policy");
+            span.fail("denied by the function's policy");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let Some(slot) = InFlight::take(&self.in_flight) else {
-            tracing::info!(%host, "outbound request refused: {MAX_IN_FLIGHT} already open");
+            let _current = self.trace.enter();
+            tracing::info!(target: GUEST_RUN, %host, "outbound request refused: {MAX_IN_FLIGHT} already open");
+            span.fail("too many outbound requests open");
             return Box::new(async { Err(Error::ConnectionLimitReached) });
         };
+        if !request.headers().contains_key("traceparent") {
+            span.inject(request.headers_mut());
+        }
         // An address the policy names literally is the operator's explicit choice.
         let explicit = host.parse::<IpAddr>().is_ok();
         let own = self.own_addresses.clone();
         Box::new(async move {
             let tls = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
             let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let destination = resolve(&host, port, explicit, &own).await?;
-            send(request, destination, &host, tls, options, slot).await
+            let sent = async {
+                let destination = resolve(&host, port, explicit, &own).await?;
+                send(request, destination, &host, tls, options, slot).await
+            };
+            let sent = sent.await;
+            match &sent {
+                Ok((response, _)) => span.set("http.response.status_code", i64::from(response.status().as_u16())),
+                Err(error) => span.fail(&error.to_string()),
+            }
+            span.end();
+            sent
         })
     }
 }
@@ -122,7 +148,7 @@ async fn resolve(host: &str, port: u16, explicit: bool, own: &[IpAddr]) -> Resul
     if !explicit
         && let Some(refused) = addresses.iter().find(|address| !is_public(address.ip()) || own.contains(&address.ip()))
     {
-        tracing::info!(%host, address = %refused.ip(), "outbound request refused: the name resolves to a non-public or own address");
+        tracing::info!(target: GUEST_RUN, %host, address = %refused.ip(), "outbound request refused: the name resolves to a non-public or own address");
         return Err(Error::DestinationIpProhibited);
     }
     Ok(first)

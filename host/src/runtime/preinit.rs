@@ -17,6 +17,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 use crate::runtime::{Runtime, ValidateError};
+use crate::telemetry::TraceCx;
 
 /// The export a component names to ask for pre-initialization.
 pub const INIT_EXPORT: &str = "init";
@@ -51,6 +52,7 @@ pub async fn snapshot(runtime: &Runtime, wasm: &[u8]) -> Result<Vec<u8>, Validat
         KvAccess::none(),
         Default::default(),
         None,
+        TraceCx::default(),
     );
     let run = async {
         let instance = runtime

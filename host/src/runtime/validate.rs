@@ -16,6 +16,7 @@ use super::invoke::describe_failure;
 use super::{Allocator, GuestState, Runtime, RuntimeOptions, ValidateError, anyhow_from};
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
+use crate::telemetry::TraceCx;
 
 /// How long the deploy-time instantiation may take.
 const TRIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -134,7 +135,14 @@ impl Runtime {
     /// Instantiates the component once, under the same limits as a request: catches too many
     /// core instances whatever the allocator, and a start function that traps or never returns.
     pub async fn check_instantiation(&self, pre: &ProxyPre<GuestState>) -> Result<(), ValidateError> {
-        let mut store = self.guest_store("(deploy check)", &Policy::default(), KvAccess::none(), Arc::default(), None);
+        let mut store = self.guest_store(
+            "(deploy check)",
+            &Policy::default(),
+            KvAccess::none(),
+            Arc::default(),
+            None,
+            TraceCx::default(),
+        );
         match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if format!("{error:#}").contains("count too high") => Err(ValidateError::Limits(format!(

@@ -66,21 +66,32 @@ pub struct ReplayArgs {
     pub server: ServerArgs,
 }
 
-/// `ledge traces [FUNCTION]`.
-pub async fn list(server: &ServerArgs, function: Option<&str>) -> anyhow::Result<()> {
+/// `ledge traces [FUNCTION] [--otel-trace ID]`.
+pub async fn list(server: &ServerArgs, function: Option<&str>, otel_trace: Option<&str>) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
     struct Reply {
         traces: Vec<TraceMeta>,
     }
-    let query = function.map(|f| format!("?function={f}")).unwrap_or_default();
+    if let Some(id) = otel_trace {
+        anyhow::ensure!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "`{id}` is not an OpenTelemetry trace id (32 hexadecimal digits)"
+        );
+    }
+    let filters: Vec<String> =
+        [function.map(|f| format!("function={f}")), otel_trace.map(|id| format!("otel_trace={id}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+    let query = if filters.is_empty() { String::new() } else { format!("?{}", filters.join("&")) };
     let reply: Reply = client::get(server, &format!("/v1/traces{query}")).await?.json().await?;
     println!(
-        "{:<21}  {:<20} {:>7}  {:<24}  {:>6} {:>10} {:>9}  REASON",
-        "ID", "FUNCTION", "VERSION", "TIME", "STATUS", "DURATION", "SIZE"
+        "{:<21}  {:<20} {:>7}  {:<24}  {:>6} {:>10} {:>9}  {:<9} OTEL TRACE",
+        "ID", "FUNCTION", "VERSION", "TIME", "STATUS", "DURATION", "SIZE", "REASON"
     );
     for meta in reply.traces {
         println!(
-            "{:<21}  {:<20} {:>7}  {:<24}  {:>6} {:>8}µs {:>9}  {}",
+            "{:<21}  {:<20} {:>7}  {:<24}  {:>6} {:>8}µs {:>9}  {:<9} {}",
             meta.id,
             meta.function,
             meta.version,
@@ -88,7 +99,8 @@ pub async fn list(server: &ServerArgs, function: Option<&str>) -> anyhow::Result
             meta.status,
             meta.duration_us,
             meta.size,
-            meta.reason
+            meta.reason,
+            meta.otel_trace_id.as_deref().unwrap_or("-")
         );
     }
     Ok(())
