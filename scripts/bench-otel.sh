@@ -10,6 +10,8 @@
 #   scripts/bench-otel.sh [DURATION_SECONDS] [ROUNDS]     (default 5 s, 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 duration="${1:-5}"
 rounds="${2:-3}"
 ledge=./target/release/ledge
@@ -45,25 +47,17 @@ for mode in off on; do
   done
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks=$(getconf CLK_TCK)
 for round in $(seq "$rounds"); do
   for fn in hello counter; do
     for mode in off on; do
-      before=$(cpu_ticks "${pid[$mode]}")
       sink_before=$(cpu_ticks "$sink")
-      rps=$(wrk -t1 -c32 -d"${duration}s" "http://127.0.0.1:${port[$mode]}/fn/$fn/" | awk '/^Requests\/sec/ {print $2}')
-      after=$(cpu_ticks "${pid[$mode]}")
-      sink_after=$(cpu_ticks "$sink")
-      echo "$rps" >>"$work/$fn-$mode.rps"
-      awk -v t=$((after - before)) -v hz="$ticks" -v r="$rps" -v d="$duration" 'BEGIN {printf "%.1f\n", t / hz * 1e6 / (r * d)}' >>"$work/$fn-$mode.cpu"
-      awk -v t=$((sink_after - sink_before)) -v hz="$ticks" -v r="$rps" -v d="$duration" 'BEGIN {printf "%.1f\n", t / hz * 1e6 / (r * d)}' >>"$work/$fn-$mode.sink"
+      wrk_round "http://127.0.0.1:${port[$mode]}/fn/$fn/" "$duration" "${pid[$mode]}" "$work/$fn-$mode"
+      per_request "$sink_before" "$(cpu_ticks "$sink")" "$(tail -1 "$work/$fn-$mode.rps")" "$duration" >>"$work/$fn-$mode.sink"
     done
   done
   echo "round $round of $rounds done" >&2
 done
 
-median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 dropped=$(curl -fsS -H "authorization: Bearer $(cat "$work/data-on/admin.token")" http://127.0.0.1:18095/metrics |
   awk '$1 == "ledge_otel_dropped_total" {print $2}')
 echo "OpenTelemetry export: wrk -t1 -c32 -d${duration}s, median of $rounds interleaved rounds (requests/s, server CPU µs per request; ratio to off)"

@@ -8,6 +8,8 @@
 #   scripts/bench-record.sh [DURATION_SECONDS] [ROUNDS]     (default 5 s, 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 duration="${1:-5}"
 rounds="${2:-3}"
 ledge=./target/release/ledge
@@ -33,24 +35,15 @@ for fn in hello counter; do
   done
 done
 
-# Throughput on a 2-core machine is noisy; the server's CPU time per request (user + system,
-# from /proc) is the steadier figure.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-ticks=$(getconf CLK_TCK)
 for round in $(seq "$rounds"); do
   for fn in hello counter; do
     for mode in off default all; do
-      before=$(cpu_ticks)
-      rps=$(wrk -t1 -c32 -d"${duration}s" "http://127.0.0.1:18088/fn/$fn-$mode/" | awk '/^Requests\/sec/ {print $2}')
-      after=$(cpu_ticks)
-      echo "$rps" >>"$work/$fn-$mode.rps"
-      awk -v t=$((after - before)) -v hz="$ticks" -v r="$rps" -v d="$duration" 'BEGIN {printf "%.1f\n", t / hz * 1e6 / (r * d)}' >>"$work/$fn-$mode.cpu"
+      wrk_round "http://127.0.0.1:18088/fn/$fn-$mode/" "$duration" "$pid" "$work/$fn-$mode"
     done
   done
   echo "round $round of $rounds done" >&2
 done
 
-median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "recording: wrk -t1 -c32 -d${duration}s, median of $rounds interleaved rounds (requests/s and server CPU µs per request; ratio to off)"
 printf '  %-8s %18s %18s %8s %18s %8s\n' "" off default ratio all ratio
 for fn in hello counter; do
@@ -61,7 +54,7 @@ for fn in hello counter; do
     "$all" "$(median "$work/$fn-all.cpu")" "$(awk -v a="$all" -v b="$off" 'BEGIN {printf "%.2f", a/b}')"
 done
 for fn in hello counter; do
-  "$ledge" traces "$fn-all" | awk -v fn="$fn" 'NR == 2 {print "  one kept " fn " trace: " $(NF-1) " bytes (compressed)"}'
+  "$ledge" traces "$fn-all" | awk -v fn="$fn" 'NR == 2 {print "  one kept " fn " trace: " $(NF-2) " bytes (compressed)"}'
 done
 kept=$("$ledge" traces | awk 'NR > 1' | wc -l)
 echo "  traces listed after the run (newest 100 shown by default): $kept"
