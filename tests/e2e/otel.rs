@@ -876,3 +876,28 @@ async fn a_run_exports_at_most_128_spans_and_counts_the_rest_as_dropped() {
     assert!(dropped >= (made - 128) as f64, "{dropped} counted as dropped of at least {} over the budget", made - 128);
     assert_nothing_refused(&receiver);
 }
+
+/// Export settings that cannot work stop `ledge serve` at once, with the reason, before it
+/// writes anything: no data dir is made.
+#[test]
+fn export_settings_that_cannot_work_stop_the_start_before_anything_is_written() {
+    /// The endpoint, the environment, what the error must name.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        ("ftp://collector:4318", &[], "not an http:// or https:// URL"),
+        ("http://127.0.0.1:4318", &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "http/json"),
+        ("http://127.0.0.1:4318", &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")], "OTEL_METRIC_EXPORT_INTERVAL"),
+    ];
+    for (endpoint, env, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut command = crate::harness::ledge();
+        command.args(["serve", "--listen", "127.0.0.1:0", "--otlp-endpoint", endpoint, "--data-dir"]);
+        command.arg(&data_dir).envs(env.iter().copied());
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{endpoint} {env:?}: {stderr}");
+        assert!(stderr.contains(reason), "{endpoint} {env:?}: {stderr}");
+        assert!(!data_dir.exists(), "{endpoint} {env:?}: the data dir was made");
+    }
+}

@@ -67,6 +67,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Opens the data dir, the engine, the runtime and the registry, and binds the listener.
 /// `dev`: requests from this machine need no token (`ledge dev`).
 pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
+    // Export settings are checked before anything is written: a wrong variable stops the start
+    // with its reason and an untouched data dir.
+    let otlp = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let node = args.node_name.clone().unwrap_or_else(host_name);
+            Some(OtlpOptions::from_env(endpoint, args.otlp_max_traces_per_second, &node)?)
+        }
+        None => None,
+    };
     crate::storage::keep_new_files_private();
     crate::storage::create_private_dir(&args.data_dir)?;
     let defaults = RuntimeOptions::for_profile(args.profile);
@@ -90,10 +99,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         tokio::task::spawn_blocking(move || ledge_kv::Db::open_with(&dir, options)).await??
     };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
-    if let Some(endpoint) = &args.otlp_endpoint {
-        let node = args.node_name.clone().unwrap_or_else(host_name);
-        let options = OtlpOptions::from_env(endpoint, args.otlp_max_traces_per_second, &node)?;
-        crate::telemetry::install(&options, metrics.clone())?;
+    if let Some(options) = &otlp {
+        crate::telemetry::install(options, metrics.clone())?;
     }
     let own_addresses = crate::runtime::outbound::own_addresses(args.listen.ip());
     let etcd = match args.cluster.is_empty() {
