@@ -8,7 +8,8 @@
 //! what a caller or a guest controls stays bounded: a recorded run replays exactly with export
 //! on, trace headers past the W3C limits are not read, a refused request costs no trace, the
 //! access log and unsampled runs' output are not exported, one function gets a quarter of the
-//! cap, and one run exports at most 128 spans (a denied transaction says so on its span).
+//! cap, and one run exports at most 128 spans (a denied transaction says so on its span). A
+//! scheduled run starts a trace of its own.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -900,4 +901,30 @@ fn export_settings_that_cannot_work_stop_the_start_before_anything_is_written() 
         assert!(stderr.contains(reason), "{endpoint} {env:?}: {stderr}");
         assert!(!data_dir.exists(), "{endpoint} {env:?}: the data dir was made");
     }
+}
+
+/// A scheduled run starts a trace of its own: an internal `ledge.request` with no parent,
+/// `ledge.trigger = schedule`, the scheduled path, and its transaction under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_run_starts_a_trace_of_its_own() {
+    let receiver = OtlpReceiver::start().await;
+    let server = exporting_to(&receiver, &[]);
+    server.deploy("counter", &guest("counter"));
+    server.set_policy("counter", "[[schedule]]\ncron = \"* * * * * *\"\npath = \"/tick\"\n").await;
+    let scheduled = receiver
+        .wait_for_span("a scheduled run's ledge.request", WAIT, |s| {
+            s.name() == "ledge.request" && s.str_attr("ledge.trigger") == Some("schedule")
+        })
+        .await;
+    assert_eq!(scheduled.span.kind, SpanKind::Internal as i32, "{scheduled:?}");
+    assert_eq!(scheduled.parent_span_id(), "", "a scheduled run starts its own trace");
+    assert_eq!(scheduled.str_attr("ledge.function"), Some("counter"));
+    assert_eq!(scheduled.str_attr("url.path"), Some("/tick"));
+    assert_eq!(scheduled.int_attr("http.response.status_code"), Some(200), "{scheduled:?}");
+    let transaction = receiver
+        .wait_for_span("the scheduled run's transaction", WAIT, named_in("ledge.transaction", &scheduled.trace_id()))
+        .await;
+    assert_child_of(&transaction, &scheduled);
+    assert_eq!(transaction.str_attr("ledge.tx.outcome"), Some("committed"));
+    assert_nothing_refused(&receiver);
 }

@@ -3,6 +3,7 @@
 //! `conflict`, `denied`, `limit`, or `rolled-back` for one the guest abandoned; `error` for a
 //! host failure), and for `wasi:keyvalue` operations the conflicts retried (`ledge.tx.retries`).
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use super::bindings::ledge::platform::transactions::Error as WitError;
@@ -20,9 +21,12 @@ impl TxSpan {
     /// A span under `parent` for a transaction of `isolation` (`serializable`, `snapshot`) on a
     /// node-local or global keyspace.
     pub fn begin(parent: &TraceCx, isolation: &'static str, global: bool) -> TxSpan {
-        let span = parent.child(names::TRANSACTION, SpanKind::Internal);
-        span.set("ledge.tx.isolation", isolation);
-        span.set("ledge.tx.scope", if global { "global" } else { "local" });
+        let span = parent.child(names::TRANSACTION, SpanKind::Internal, || {
+            vec![
+                KeyValue::new("ledge.tx.isolation", isolation),
+                KeyValue::new("ledge.tx.scope", if global { "global" } else { "local" }),
+            ]
+        });
         TxSpan { span, refused: None, finished: false }
     }
 

@@ -24,6 +24,7 @@ use crate::registry::{Deployment, RegistryError};
 use crate::runtime::Invocation;
 use crate::runtime::request::remove_ledge_headers;
 use crate::telemetry::{TraceCx, names};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 impl App {
@@ -112,23 +113,27 @@ impl App {
             return Err(with_rate_headers(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail), decision.as_ref()));
         };
 
-        // The run's span, from here on (a refusal above is in the metrics and the access log,
-        // and costs no trace): a child of the caller's `traceparent` if it sent one. The
-        // runtime finds it among the request's extensions.
-        let span = TraceCx::start(Some(request.headers()), names::REQUEST, SpanKind::Server, name);
-        span.set("http.request.method", request.method().as_str().to_string());
-        span.set("url.path", guest_path.to_string());
-        if let Some(id) = &caller.token_id {
-            span.set("ledge.token.id", id.clone());
-        }
-        request.extensions_mut().insert(span.clone());
         let path_and_query = match request.uri().query() {
             Some(query) => format!("{guest_path}?{query}"),
             None => guest_path.to_string(),
         };
         let chosen = deployment.choose(&caller_key);
         let version = chosen.version;
-        span.set("ledge.version", version as i64);
+        // The run's span, from here on (a refusal above is in the metrics and the access log,
+        // and costs no trace): a child of the caller's `traceparent` if it sent one. The
+        // runtime finds it among the request's extensions.
+        let span = TraceCx::start(Some(request.headers()), names::REQUEST, SpanKind::Server, name, || {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", request.method().as_str().to_string()),
+                KeyValue::new("url.path", guest_path.to_string()),
+                KeyValue::new("ledge.version", version as i64),
+            ];
+            attributes.extend(caller.token_id.clone().map(|id| KeyValue::new("ledge.token.id", id)));
+            attributes
+        });
+        if !span.is_off() {
+            request.extensions_mut().insert(span.clone());
+        }
         // The guest's parent is ledge's span, not the caller's; set before the recording reads
         // the request, so a replay gives the guest the same `traceparent`.
         span.inject(request.headers_mut());
@@ -148,7 +153,7 @@ impl App {
             tape: recording.as_ref().map(|recording| recording.tape.clone()),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
-        if let Some(recording) = recording.as_ref().filter(|recording| recording.tape.keeps()) {
+        if let Some(recording) = recording.as_ref().filter(|r| span.is_recording() && r.tape.keeps()) {
             span.set("ledge.trace", recording.id.clone());
         }
         let trace = recording.and_then(|recording| self.trace_header(&recording, token.as_deref(), name));
@@ -179,7 +184,7 @@ impl App {
         self.metrics.observe_version(name, version, status);
         span.set("http.response.status_code", i64::from(status));
         if status >= 500 {
-            span.fail(&format!("status {status}"));
+            span.fail(format_args!("status {status}"));
         }
         // Ends with the response head; a body still streaming is not in the span's time.
         span.end();

@@ -95,7 +95,7 @@ impl App {
         client: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         // The hop's span; the host's `ledge.request` continues the trace as its child.
-        let span = TraceCx::start(Some(request.headers()), names::PROXY, SpanKind::Client, name);
+        let span = TraceCx::start(Some(request.headers()), names::PROXY, SpanKind::Client, name, Vec::new);
         let forwarded = self.forward(cluster, request, name, replicas, client, &span).await;
         match &forwarded {
             Ok(response) => span.set("http.response.status_code", i64::from(response.status().as_u16())),
@@ -141,7 +141,9 @@ impl App {
         if let Some(vouch) = cluster.vouch(&vouched).and_then(|v| http::HeaderValue::from_str(&v).ok()) {
             forwarded.insert(PEER_HEADER, vouch);
         }
-        span.set("ledge.peer", host.name.clone());
+        if span.is_recording() {
+            span.set("ledge.peer", host.name.clone());
+        }
         span.inject(&mut forwarded);
         let body = BodyStream::new(body).try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
         let sent = cluster

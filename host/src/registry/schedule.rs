@@ -21,6 +21,7 @@ use crate::access::tokens::Caller;
 use crate::runtime::Invocation;
 use crate::runtime::logs::RequestLine;
 use crate::telemetry::{TraceCx, names};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 /// How often the clock is looked at: well under a second, the finest schedule.
@@ -99,17 +100,22 @@ impl Registry {
             }
             Some(permit) => {
                 // A scheduled run starts a trace of its own.
-                let span = TraceCx::start(None, names::REQUEST, SpanKind::Internal, name);
-                span.set("ledge.trigger", "schedule");
-                span.set("ledge.version", chosen.version as i64);
-                span.set("url.path", path.to_string());
+                let span = TraceCx::start(None, names::REQUEST, SpanKind::Internal, name, || {
+                    vec![
+                        KeyValue::new("ledge.trigger", "schedule"),
+                        KeyValue::new("ledge.version", chosen.version as i64),
+                        KeyValue::new("url.path", path.to_string()),
+                    ]
+                });
                 let mut request = http::Request::get(path)
                     .header(http::header::HOST, "localhost")
                     .header("ledge-schedule", "1")
                     .body(Empty::<Bytes>::new())
                     .expect("a checked path makes a valid request");
                 span.inject(request.headers_mut());
-                request.extensions_mut().insert(span.clone());
+                if !span.is_off() {
+                    request.extensions_mut().insert(span.clone());
+                }
                 let invocation = Invocation {
                     function: name,
                     pre: chosen.pre,
@@ -130,7 +136,7 @@ impl Registry {
                     }
                     Err(error) => {
                         tracing::warn!(function = name, path, %error, "scheduled run failed");
-                        span.fail(&error.to_string());
+                        span.fail(&error);
                         error.status()
                     }
                 };

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::record::Tape;
 use crate::record::trace::RecordedResponse;
 use crate::telemetry::{TraceCx, names};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 /// One request's view of a deployed version.
@@ -135,11 +136,11 @@ impl Runtime {
             let _live = LiveInstance::new(&metrics);
             let run = async {
                 let started = Instant::now();
-                let span = trace.child(names::INSTANTIATE, SpanKind::Internal);
+                let span =
+                    trace.child(names::INSTANTIATE, SpanKind::Internal, || vec![KeyValue::new("ledge.cold", cold)]);
                 let proxy = pre.instantiate_async(&mut store).await;
-                span.set("ledge.cold", cold);
                 if let Err(error) = &proxy {
-                    span.fail(&error.to_string());
+                    span.fail(error);
                 }
                 span.end();
                 let proxy = proxy?;

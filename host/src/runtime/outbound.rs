@@ -30,6 +30,7 @@ use crate::record::Tape;
 use crate::record::outbound::ResponseFuture;
 use crate::telemetry::logs::GUEST_RUN;
 use crate::telemetry::{TraceCx, names};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 /// Outbound requests one instance may have open at once.
@@ -83,9 +84,12 @@ impl OutboundHooks {
     /// `traceparent` added below is never part of what a trace recorded the guest sending.)
     fn live(&mut self, mut request: http::Request<WasiBody>, options: Option<RequestOptions>) -> ResponseFuture {
         let host = request.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-        let span = self.trace.child(names::OUTBOUND, SpanKind::Client);
-        span.set("http.request.method", request.method().as_str().to_string());
-        span.set("server.address", host.clone());
+        let span = self.trace.child(names::OUTBOUND, SpanKind::Client, || {
+            vec![
+                KeyValue::new("http.request.method", request.method().as_str().to_string()),
+                KeyValue::new("server.address", host.clone()),
+            ]
+        });
         if !self.allows(&host) {
             let _current = self.trace.enter();
             tracing::info!(target: GUEST_RUN, %host, "outbound request denied by policy");
@@ -114,7 +118,7 @@ impl OutboundHooks {
             let sent = sent.await;
             match &sent {
                 Ok((response, _)) => span.set("http.response.status_code", i64::from(response.status().as_u16())),
-                Err(error) => span.fail(&error.to_string()),
+                Err(error) => span.fail(error),
             }
             span.end();
             sent

@@ -51,28 +51,38 @@ impl TraceCx {
     /// A span that starts a run here: its parent is the W3C `traceparent` (and `tracestate`)
     /// in `headers` if there is a well-formed one, else it starts a new trace. `kind` is
     /// `Server` for a request, `Client` for the proxy hop, `Internal` for a scheduled run.
-    pub fn start(headers: Option<&http::HeaderMap>, name: &'static str, kind: SpanKind, function: &str) -> TraceCx {
+    /// `attributes` are the span's besides its function and node; like every value given here,
+    /// they are made only when export is on, so a node without it allocates nothing for spans.
+    pub fn start(
+        headers: Option<&http::HeaderMap>,
+        name: &'static str,
+        kind: SpanKind,
+        function: &str,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> TraceCx {
         let Some(telemetry) = super::get() else { return TraceCx(None) };
         let parent = match headers {
             Some(headers) => TraceContextPropagator::new().extract_with_context(&Context::new(), &Bounded(headers)),
             None => Context::new(),
         };
+        let mut all = vec![
+            KeyValue::new("ledge.function", function.to_string()),
+            KeyValue::new("ledge.node", telemetry.node.clone()),
+        ];
+        all.extend(attributes().into_iter().map(bounded));
         let span = telemetry
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes([
-                KeyValue::new("ledge.function", function.to_string()),
-                KeyValue::new("ledge.node", telemetry.node.clone()),
-            ])
+            .with_attributes(all)
             .start_with_context(&telemetry.tracer, &parent);
         let budget = Arc::new(AtomicU32::new(MAX_SPANS_PER_RUN - 1));
         TraceCx(Some(Traced { cx: parent.with_span(span), budget }))
     }
 
-    /// A child span of this one: nothing when this one is empty, or when the run has made its
-    /// [`MAX_SPANS_PER_RUN`] (then counted as dropped, if the run is exported).
-    pub fn child(&self, name: &'static str, kind: SpanKind) -> TraceCx {
+    /// A child span of this one, with `attributes`: nothing when this one is empty, or when the
+    /// run has made its [`MAX_SPANS_PER_RUN`] (then counted as dropped, if the run is exported).
+    pub fn child(&self, name: &'static str, kind: SpanKind, attributes: impl FnOnce() -> Vec<KeyValue>) -> TraceCx {
         let (Some(telemetry), Some(parent)) = (super::get(), &self.0) else { return TraceCx(None) };
         if parent.budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_err() {
             if parent.cx.span().span_context().is_sampled() {
@@ -80,8 +90,13 @@ impl TraceCx {
             }
             return TraceCx(None);
         }
-        let span =
-            telemetry.tracer.span_builder(name).with_kind(kind).start_with_context(&telemetry.tracer, &parent.cx);
+        let attributes = attributes().into_iter().map(bounded).collect::<Vec<_>>();
+        let span = telemetry
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(&telemetry.tracer, &parent.cx);
         TraceCx(Some(Traced { cx: parent.cx.with_span(span), budget: parent.budget.clone() }))
     }
 
@@ -89,28 +104,34 @@ impl TraceCx {
         self.0.as_ref().map(|traced| &traced.cx).filter(|cx| cx.span().is_recording())
     }
 
+    /// Whether export is off (then every span site is skipped, and nothing needs carrying).
+    pub fn is_off(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether this span records what is set on it: make a value only for such a span.
+    pub fn is_recording(&self) -> bool {
+        self.recording().is_some()
+    }
+
     /// Whether this run is traced and its spans are exported.
     pub fn is_sampled(&self) -> bool {
         self.0.as_ref().is_some_and(|traced| traced.cx.span().span_context().is_sampled())
     }
 
-    /// Sets an attribute; a string keeps its first [`MAX_VALUE_BYTES`] bytes.
+    /// Sets an attribute (no allocation of its own: pass a number or a `&'static str`, or
+    /// check [`TraceCx::is_recording`] first); a string keeps its first [`MAX_VALUE_BYTES`].
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
         if let Some(cx) = self.recording() {
-            let value = match value.into() {
-                Value::String(text) if text.as_str().len() > MAX_VALUE_BYTES => {
-                    Value::from(truncated(text.as_str()).to_string())
-                }
-                value => value,
-            };
-            cx.span().set_attribute(KeyValue::new(key, value));
+            cx.span().set_attribute(bounded(KeyValue::new(key, value)));
         }
     }
 
-    /// Marks the span failed, with a description for the trace view.
-    pub fn fail(&self, description: &str) {
+    /// Marks the span failed, with a description for the trace view (written only when the
+    /// span records).
+    pub fn fail(&self, description: impl std::fmt::Display) {
         if let Some(cx) = self.recording() {
-            cx.span().set_status(Status::error(truncated(description).to_string()));
+            cx.span().set_status(Status::error(truncated(&description.to_string()).to_string()));
         }
     }
 
@@ -147,6 +168,16 @@ impl std::fmt::Debug for TraceCx {
             Some(traced) => write!(f, "TraceCx({:?})", traced.cx.span().span_context()),
             None => f.write_str("TraceCx(off)"),
         }
+    }
+}
+
+/// `attribute` with a string value cut to [`MAX_VALUE_BYTES`].
+fn bounded(attribute: KeyValue) -> KeyValue {
+    match &attribute.value {
+        Value::String(text) if text.as_str().len() > MAX_VALUE_BYTES => {
+            KeyValue::new(attribute.key, truncated(text.as_str()).to_string())
+        }
+        _ => attribute,
     }
 }
 
