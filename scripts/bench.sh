@@ -26,6 +26,7 @@ wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
 cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink
 (cd functions && cargo build --release --quiet)
+(cd tests/guests && cargo build --release --quiet -p queue-worker)
 
 work=$(mktemp -d)
 pids=()
@@ -191,3 +192,4 @@ echo
 
 echo
 ./scripts/bench-otel.sh "$duration" 3
+./scripts/bench-queues.sh "$duration" 3

@@ -32,4 +32,5 @@ cargo test --target aarch64-unknown-linux-gnu -p ledge --test e2e -- --test-thre
   kv::shared_stores kv::a_transaction_left kv::a_guest_written tokens:: rate::a_burst \
   rate::two_callers rate::bad_policies rate::concurrent_instances production::a_memory_hog \
   production::oversized production::sigterm production::metrics \
-  replay::a_recorded_counter replay::a_trap_is_recorded otel::a_counter_request_is_one_trace
+  replay::a_recorded_counter replay::a_trap_is_recorded otel::a_counter_request_is_one_trace \
+  queues::a_crash_loses_nothing_queued

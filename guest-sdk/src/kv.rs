@@ -234,6 +234,17 @@ impl Tx {
         self.scan(prefix, prefix_end(prefix), limit)
     }
 
+    /// Sends `body` to `queue` as part of this transaction: delivered if and only if it
+    /// commits (see [`crate::queue`]). Returns the message's id.
+    pub fn send(
+        &mut self,
+        queue: &str,
+        body: impl AsRef<[u8]>,
+        options: crate::queue::SendOptions,
+    ) -> Result<String, Error> {
+        crate::queue::send_in(&self.inner, queue, body.as_ref(), &options)
+    }
+
     /// Commits; returns the commit stamp.
     pub fn commit(self) -> Result<u64, Error> {
         Ok(wit::Transaction::commit(self.inner)?)

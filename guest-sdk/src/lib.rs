@@ -25,6 +25,11 @@
 //! [`kv::transaction`] gives a function serializable transactions on its own keyspace, retried
 //! automatically on conflict; see [`kv`].
 //!
+//! ## Queues
+//!
+//! [`queue::send`] hands work to a consumer function, retried until it acknowledges;
+//! [`kv::Tx::send`] sends only if the transaction commits; see [`queue`].
+//!
 //! ## Pre-initialization
 //!
 //! Expensive setup (building tables, parsing embedded data) can run once, at deploy, instead
@@ -43,6 +48,7 @@
 
 pub mod http;
 pub mod kv;
+pub mod queue;
 
 /// The verified token the request came with: its id and caveats, e.g. to know which user a
 /// request acts for from its `kv-prefix` caveat.

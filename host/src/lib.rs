@@ -20,6 +20,8 @@
 //!   on the transactional engine (crate `ledge-kv`) or, for global stores, on etcd;
 //! - [`record`]: record and replay: the tape every taped host call goes through, the trace
 //!   format, kept traces;
+//! - [`queue`]: queues: messages kept in the engine's system keyspace until acknowledged, what
+//!   to deliver next, retries and dead letters (the HTTP layer runs the deliveries);
 //! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
 //! - [`etcd`]: the etcd client of a node, with endpoint failover (cluster mode's only
 //!   consensus, used by the cluster and by global transactions);
@@ -41,6 +43,7 @@ pub mod etcd;
 pub mod guest_kv;
 pub mod http;
 pub mod metrics;
+pub mod queue;
 pub mod record;
 pub mod registry;
 pub mod runtime;

@@ -514,6 +514,12 @@ struct EtcdMember {
     child: Option<Child>,
 }
 
+/// Why an etcd cluster did not come up: `exited` when a member stopped (a port taken under it).
+struct EtcdStartFailure {
+    exited: bool,
+    reason: String,
+}
+
 /// A free loopback port (bound then released; the caller binds it again at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
@@ -532,6 +538,20 @@ impl Etcd {
     }
 
     fn start_with(tls: bool) -> Etcd {
+        // A port found free may be taken by another test's server before etcd binds it; a
+        // member that exits at start is retried on fresh ports, a bounded number of times.
+        for attempt in 1..=5 {
+            let mut etcd = Etcd::spawn_all(tls);
+            match etcd.wait_until_healthy() {
+                Ok(()) => return etcd,
+                Err(failure) if failure.exited && attempt < 5 => eprintln!("etcd start retried: {}", failure.reason),
+                Err(failure) => panic!("{}", failure.reason),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_all(tls: bool) -> Etcd {
         let temp = tempfile::tempdir().expect("temp dir");
         let tls = tls.then(|| EtcdTlsFiles::generate(temp.path()));
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -550,7 +570,6 @@ impl Etcd {
         for index in 0..3 {
             etcd.spawn(index);
         }
-        etcd.wait_healthy();
         etcd
     }
 
@@ -577,12 +596,19 @@ impl Etcd {
     }
 
     /// Waits until every running member reports itself healthy (it has a leader).
-    pub fn wait_healthy(&self) {
+    pub fn wait_healthy(&mut self) {
+        if let Err(failure) = self.wait_until_healthy() {
+            panic!("{}", failure.reason);
+        }
+    }
+
+    fn wait_until_healthy(&mut self) -> Result<(), EtcdStartFailure> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        for member in self.members.iter().filter(|m| m.child.is_some()) {
+        let tls = self.tls.as_ref();
+        for member in self.members.iter_mut().filter(|m| m.child.is_some()) {
             loop {
                 let mut curl = Command::new("curl");
-                if let Some(tls) = &self.tls {
+                if let Some(tls) = tls {
                     curl.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert);
                     curl.arg("--key").arg(&tls.client_key);
                 }
@@ -593,14 +619,18 @@ impl Etcd {
                 if String::from_utf8_lossy(&health.stdout).contains("\"health\":\"true\"") {
                     break;
                 }
-                if Instant::now() > deadline {
+                let exited = member.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+                if exited || Instant::now() > deadline {
                     let log = std::fs::read_to_string(member.dir.with_extension("log")).unwrap_or_default();
                     let asked = String::from_utf8_lossy(&health.stderr);
-                    panic!("etcd member {} did not become healthy ({asked}); its log:\n{log}", member.name);
+                    let state = if exited { "exited" } else { "did not become healthy" };
+                    let reason = format!("etcd member {} {state} ({asked}); its log:\n{log}", member.name);
+                    return Err(EtcdStartFailure { exited, reason });
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        Ok(())
     }
 
     /// The client endpoints, as `--cluster` takes them.

@@ -16,6 +16,8 @@ pub enum Op {
     Deploy,
     Invoke,
     Manage,
+    /// Sending a message to a queue over HTTP; a token allowed `manage` may send too.
+    Send,
 }
 
 impl Op {
@@ -24,6 +26,7 @@ impl Op {
             "deploy" => Some(Op::Deploy),
             "invoke" => Some(Op::Invoke),
             "manage" => Some(Op::Manage),
+            "send" => Some(Op::Send),
             _ => None,
         }
     }
@@ -35,6 +38,8 @@ pub struct Request<'a> {
     pub op: Op,
     /// The function the request is about, if any (`GET /v1/functions` has none).
     pub function: Option<&'a str>,
+    /// The queue the request is about, if any.
+    pub queue: Option<&'a str>,
     pub method: &'a str,
     /// For invocations the path the function sees; else the request path.
     pub path: &'a str,
@@ -52,6 +57,8 @@ pub(crate) enum Caveat {
     KvPrefix(String),
     KvRead,
     Rate(RateQuota),
+    /// `queue = NAME` / `queue in A,B`: the queues a request may be about.
+    Queues(Vec<String>),
     /// `id = HEX`: names a revocable branch of a token family (lowercase, 1 to 64 hex digits).
     Id(String),
 }
@@ -72,9 +79,10 @@ pub(crate) fn parse_caveat(text: &str) -> Result<Caveat, String> {
         ("fn", _) if is_list_op => Ok(Caveat::Functions(list())),
         ("op", _) if is_list_op => list()
             .iter()
-            .map(|op| Op::parse(op).ok_or_else(|| format!("unknown operation `{op}` (deploy, invoke, manage)")))
+            .map(|op| Op::parse(op).ok_or_else(|| format!("unknown operation `{op}` (deploy, invoke, manage, send)")))
             .collect::<Result<_, _>>()
             .map(Caveat::Ops),
+        ("queue", _) if is_list_op => Ok(Caveat::Queues(list())),
         ("method", _) if is_list_op => {
             Ok(Caveat::Methods(list().into_iter().map(|m| m.to_ascii_uppercase()).collect()))
         }
@@ -99,7 +107,13 @@ impl Caveat {
                 None => Err("the request is not about one function".into()),
             },
             Caveat::Ops(ops) if ops.contains(&request.op) => Ok(()),
+            Caveat::Ops(ops) if request.op == Op::Send && ops.contains(&Op::Manage) => Ok(()),
             Caveat::Ops(_) => Err(format!("operation `{:?}` is not allowed", request.op).to_lowercase()),
+            Caveat::Queues(names) => match request.queue {
+                Some(queue) if names.iter().any(|n| n == queue) => Ok(()),
+                Some(queue) => Err(format!("queue `{queue}` is not allowed")),
+                None => Err("the request is not about one queue".into()),
+            },
             Caveat::Methods(methods) if methods.iter().any(|m| m == request.method) => Ok(()),
             Caveat::Methods(_) => Err(format!("method {} is not allowed", request.method)),
             Caveat::PathPrefix(_) if may_hide_a_separator(request.path) => Err(format!(
@@ -166,7 +180,7 @@ mod tests {
     use super::*;
 
     fn request(op: Op, function: Option<&'static str>, method: &'static str, path: &'static str) -> Request<'static> {
-        Request { op, function, method, path, now: SystemTime::now() }
+        Request { op, function, queue: None, method, path, now: SystemTime::now() }
     }
 
     #[test]
@@ -214,5 +228,20 @@ mod tests {
         assert!(parse_caveat("method = POST").unwrap().check(&invoke).is_err());
         assert!(parse_caveat("time < 2000-01-01T00:00:00Z").unwrap().check(&invoke).is_err());
         assert!(parse_caveat("time < 2999-01-01T00:00:00Z").unwrap().check(&invoke).is_ok());
+    }
+
+    #[test]
+    fn queue_caveats_name_the_queues_a_sender_may_reach() {
+        let send = |queue: Option<&'static str>| Request { queue, ..request(Op::Send, None, "POST", "/v1/queues") };
+        let orders = parse_caveat("queue = orders").unwrap();
+        assert!(orders.check(&send(Some("orders"))).is_ok());
+        assert!(orders.check(&send(Some("emails"))).unwrap_err().contains("emails"));
+        assert!(orders.check(&send(None)).is_err(), "a queue caveat refuses what is not about one queue");
+        assert!(parse_caveat("queue in a, orders").unwrap().check(&send(Some("orders"))).is_ok());
+        // A manage token may send; a send token may do nothing else.
+        assert!(parse_caveat("op = manage").unwrap().check(&send(Some("orders"))).is_ok());
+        assert!(parse_caveat("op = send").unwrap().check(&request(Op::Manage, None, "GET", "/v1/queues")).is_err());
+        assert!(parse_caveat("op = invoke").unwrap().check(&send(Some("orders"))).is_err());
+        assert!(parse_caveat("fn = hello").unwrap().check(&send(Some("orders"))).is_err(), "a function token");
     }
 }

@@ -52,6 +52,8 @@ pub struct Caller {
     /// The token's branch: its last `id` caveat, or `None` when it has none (the root id is
     /// then what a revoke takes). Audit lines name it beside the root id.
     pub branch_id: Option<String>,
+    /// The token carries a `queue` caveat: the queues it may send to are named.
+    pub queue_scoped: bool,
     /// No caveats but `time` and `id`, no third-party caveat: a full admin token, the only kind
     /// that may take what holds the root keys (a backup).
     pub unconfined: bool,
@@ -202,6 +204,7 @@ impl Authority {
                 Caveat::KvRead => caller.read_only = true,
                 Caveat::Rate(quota) => caller.rates.push(quota),
                 Caveat::Functions(_) => caller.function_scoped = true,
+                Caveat::Queues(_) => caller.queue_scoped = true,
                 Caveat::Ops(ops) if !ops.contains(&Op::Manage) => caller.manages = false,
                 Caveat::Id(id) => {
                     // The token's own caveats come first: its last `id` among them is its branch.

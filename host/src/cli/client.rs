@@ -35,7 +35,11 @@ fn client(server: &ServerArgs) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot set up the HTTP client")
 }
 
-fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+pub(super) fn request(
+    server: &ServerArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
     let builder = client(server)?.request(method, url);
     Ok(match &server.token {
@@ -45,7 +49,7 @@ fn request(server: &ServerArgs, method: reqwest::Method, path: &str) -> anyhow::
 }
 
 /// Sends the request; a non-2xx answer becomes an error carrying the problem's detail.
-async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::Result<reqwest::Response> {
+pub(super) async fn send(builder: reqwest::RequestBuilder, server: &ServerArgs) -> anyhow::Result<reqwest::Response> {
     let response = builder.send().await.map_err(|error| {
         // reqwest's top-level message hides the cause (an untrusted certificate, a refused
         // connection): say all of it.

@@ -78,7 +78,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// A JSON line with its raw control and bidirectional characters written as `\uXXXX`. In valid
 /// JSON they can only stand inside strings (a tab aside, which may separate tokens), so the
 /// line decodes to the same values.
-fn escape_json(line: &str) -> Cow<'_, str> {
+pub(super) fn escape_json(line: &str) -> Cow<'_, str> {
     let needs = |c: char| (c.is_control() && c != '\t') || is_bidi(c);
     if !line.chars().any(needs) {
         return Cow::Borrowed(line);

@@ -1,9 +1,9 @@
 //! The `ledge` command line (spec: "Command line"): [`serve`] runs a node (its arguments in
 //! [`serve_args`]), [`dev`] the author's loop on top of it, [`new`] and [`project`] function
 //! projects, [`client`] holds the commands that talk to one over HTTP (`log_text.rs`: how
-//! `ledge logs` shows guest text), [`replay`] replays traces offline, [`compile`] builds
-//! artifacts for other nodes; token commands (`token.rs`) work on a local data dir or a token
-//! alone.
+//! `ledge logs` shows guest text; `queues.rs`: `ledge queues` and `ledge queue`, built on
+//! it), [`replay`] replays traces offline, [`compile`] builds artifacts for other nodes; token
+//! commands (`token.rs`) work on a local data dir or a token alone.
 //!
 //! Layer: the top; it wires every other layer together and nothing imports from it but
 //! `main.rs`.
@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::runtime::Profile;
 use compile::Arch;
+use queues::QueueCommand;
 use serve_args::ServeArgs;
 use token::{TokenCommand, token};
 
@@ -28,6 +29,7 @@ mod log_text;
 mod log_writer;
 pub mod new;
 pub mod project;
+mod queues;
 pub mod replay;
 pub mod serve;
 pub mod serve_args;
@@ -137,6 +139,17 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List the node's queues: name, depth, in_flight, oldest_age, dead.
+    Queues {
+        /// Print the server's JSON reply.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send to a queue, peek at its messages, redrive or purge them.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Remove function NAME and its key-value data.
     Rm {
         name: String,
@@ -302,6 +315,8 @@ pub fn main() -> ExitCode {
             Command::Dev { dirs, listen } => dev::dev(dirs, listen).await,
             Command::Functions { server } => client::functions(&server).await,
             Command::Nodes { json, server } => client::nodes(&server, json).await,
+            Command::Queues { json, server } => queues::list(&server, json).await,
+            Command::Queue(command) => queues::queue(command).await,
             Command::Logs { name, follow, since, json, raw, server } => {
                 client::logs(&server, &name, follow, since.as_deref(), json, raw).await
             }

@@ -14,11 +14,13 @@ use crate::access::tokens::Authority;
 use crate::cluster::{Cluster, JoinOptions};
 use crate::etcd::{Etcd, EtcdTls};
 use crate::guest_kv::global::GlobalStore;
+use crate::guest_kv::global_queues::GlobalQueues;
 use crate::guest_kv::keyspace_of;
 use crate::http::App;
 use crate::http::server::ConnectionLimits;
 use crate::http::tls::{CertSource, Tls};
 use crate::metrics::{ArtifactLabels, Metrics};
+use crate::queue::Queues;
 use crate::registry::Registry;
 use crate::registry::config::SecretsKey;
 use crate::runtime::{Runtime, RuntimeOptions};
@@ -98,6 +100,11 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
             .unbudgeted_prefix(b"sys/");
         tokio::task::spawn_blocking(move || ledge_kv::Db::open_with(&dir, options)).await??
     };
+    let queues = {
+        let (db, max_body) = (db.clone(), args.queue_max_body);
+        let max_total = args.queues_max_bytes.unwrap_or_else(|| default_kv_budget() / 4);
+        tokio::task::spawn_blocking(move || Queues::open(db, max_body, max_total)).await??
+    };
     let metrics = Arc::new(Metrics::new().with_kv(db.clone()));
     if let Some(options) = &otlp {
         crate::telemetry::install(options, metrics.clone())?;
@@ -108,7 +115,16 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         false => Some(Arc::new(Etcd::connect(&args.cluster, etcd_tls(&args)?.as_ref()).await?)),
     };
     let global_kv = etcd.as_ref().map(|etcd| GlobalStore::new(etcd.clone(), args.global_kv_max_bytes));
-    let runtime = Runtime::new(&options, metrics.clone(), Some(db.clone()))?.with_own_addresses(own_addresses);
+    let global_queues = match (&etcd, &global_kv) {
+        (Some(etcd), Some(store)) => {
+            let node = args.node_name.clone().unwrap_or_else(host_name);
+            Some(GlobalQueues::new(store.clone(), etcd.clone(), &node, args.queue_max_body))
+        }
+        _ => None,
+    };
+    let runtime = Runtime::new(&options, metrics.clone(), Some(db.clone()))?
+        .with_own_addresses(own_addresses)
+        .with_queues(queues.clone(), global_queues.clone());
     let runtime = Arc::new(global_kv.iter().fold(runtime, |runtime, store| runtime.with_global_kv(store.clone())));
     let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
@@ -203,7 +219,17 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         data_dir: args.data_dir.clone(),
         db: db.clone(),
         traces,
+        queues,
+        global_queues,
+        global_polls: Default::default(),
+        global_in_flight: Default::default(),
     });
+    let consumers = Arc::downgrade(&app.registry);
+    app.queues.take_bounds_from(Box::new(move |queue| {
+        let (_, consumer) = consumers.upgrade()?.consumer_of(queue)?;
+        Some(crate::queue::Bounds { max_depth: consumer.max_depth, max_bytes: consumer.max_bytes })
+    }));
+    app.spawn_deliveries();
     // Tests and scripts wait for this line to learn the port.
     println!("admin token in {}", admin_token.display());
     let limits = ConnectionLimits {

@@ -122,6 +122,15 @@ pub struct ServeArgs {
     /// which global key-value data shares.
     #[arg(long, requires = "cluster", default_value_t = crate::cluster::DEFAULT_MAX_ARTIFACT_BYTES)]
     pub(super) cluster_max_artifact_bytes: u64,
+    /// Largest queue message body, e.g. "256KiB" (at most 1MiB, the engine's largest value); a
+    /// bigger send is refused (a guest `limit` error, HTTP 413).
+    #[arg(long, default_value = "1MiB", value_parser = parse_message_size)]
+    pub(super) queue_max_body: u64,
+    /// Bytes of messages this node's queues may keep together, e.g. "512MiB" (the engine holds
+    /// them in memory, outside --kv-max-bytes); a send past it is refused like a full queue.
+    /// Default: a quarter of --kv-max-bytes' default (a sixteenth of the machine's memory).
+    #[arg(long, value_parser = crate::access::policy::parse_size)]
+    pub(super) queues_max_bytes: Option<u64>,
     /// Bytes of global key-value data in etcd, all keyspaces together (the same on every node).
     #[arg(long, requires = "cluster", default_value = "512MiB", value_parser = crate::access::policy::parse_size)]
     pub(super) global_kv_max_bytes: u64,
@@ -176,4 +185,14 @@ impl ServeArgs {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
+}
+
+/// A queue message size: at most the engine's largest value, which holds the body.
+fn parse_message_size(text: &str) -> Result<u64, String> {
+    let size = crate::access::policy::parse_size(text)?;
+    let most = ledge_kv::Options::default().max_value_len as u64;
+    if size > most {
+        return Err(format!("at most {most} bytes (the engine's largest value)"));
+    }
+    Ok(size)
 }

@@ -14,7 +14,9 @@ use ledge_kv::{Db, Isolation, Tx, TxError};
 use super::bindings::ledge::platform::transactions::Error as WitError;
 use super::budget::{Charge, WriteBudget};
 use super::global::{GlobalError, GlobalStore, GlobalTx};
+use super::global_queues::GlobalQueues;
 use super::{Denied, Keyspace, KvAccess, Quota};
+use crate::queue::{QueueError, Queues, SendOptions, Staged};
 
 /// An open transaction and what its buffered writes hold of the write budgets.
 pub struct Backend {
@@ -99,13 +101,54 @@ impl Backend {
         }
     }
 
+    /// Writes a message for the global queue `queue` into this transaction (on the cluster's
+    /// global data only, where global queues live), sent iff it commits; its id.
+    pub async fn stage_global_message(
+        &mut self,
+        queues: &GlobalQueues,
+        queue: &str,
+        body: &[u8],
+        options: &SendOptions,
+    ) -> Result<String, WitError> {
+        let local = || {
+            WitError::Denied(format!(
+                "queue `{queue}` is global (in etcd), and this transaction on this node's engine: send it with `send`, or from a transaction on a global keyspace"
+            ))
+        };
+        let Engine::Global(tx) = &mut self.tx else { return Err(local()) };
+        let position = queues.free_position(tx, queue).await.map_err(queue_error)?;
+        self.charged(body.len() + 1024, |tx| match tx {
+            Engine::Global(tx) => queues.stage(tx, queue, position, body, options).map_err(queue_error),
+            Engine::Local(_) => Err(local()),
+        })
+    }
+
+    /// Writes a message for `queue` into this transaction, sent if and only if it commits; its
+    /// bytes are charged to the write budgets like a put. Only a transaction on this node's
+    /// engine holds one: node-local queues live there.
+    pub fn stage_message(
+        &mut self,
+        queues: &Arc<Queues>,
+        queue: &str,
+        body: &[u8],
+        options: &SendOptions,
+    ) -> Result<Staged, WitError> {
+        // The body, its entry and the keys: a few hundred bytes over the body at most.
+        self.charged(body.len() + 1024, |tx| match tx {
+            Engine::Local(tx) => queues.stage(tx, queue, body, options).map_err(queue_error),
+            Engine::Global(_) => Err(WitError::Denied(format!(
+                "queue `{queue}` lives on this node, and this transaction in the cluster's global data: send it with `send`, or from a transaction on a node-local keyspace"
+            ))),
+        })
+    }
+
     /// Runs `write`, which buffers at most `most` more bytes, once the budgets have them; then
     /// holds exactly what is buffered (less where it replaced an earlier write of the key).
-    fn charged(
+    fn charged<T>(
         &mut self,
         most: usize,
-        write: impl FnOnce(&mut Engine) -> Result<(), WitError>,
-    ) -> Result<(), WitError> {
+        write: impl FnOnce(&mut Engine) -> Result<T, WitError>,
+    ) -> Result<T, WitError> {
         self.charge.grow_to(self.buffered() + most as u64).map_err(WitError::Limit)?;
         let written = write(&mut self.tx);
         self.charge.shrink_to(self.buffered());
@@ -117,6 +160,21 @@ impl Backend {
             Engine::Local(tx) => tx.scan(start, end, limit).map_err(tx_error),
             Engine::Global(tx) => Box::pin(tx.scan(start, end, limit)).await.map_err(global_error),
         }
+    }
+
+    /// Commits a transaction that sent `staged` messages (on this node's engine: see
+    /// [`Backend::stage_message`]), publishing them once it is durable.
+    pub async fn commit_publishing(self, queues: &Arc<Queues>, staged: Vec<Staged>) -> Result<u64, WitError> {
+        let Backend { tx, charge } = self;
+        let committed = match tx {
+            Engine::Local(tx) => match tx.commit_async() {
+                Ok(ticket) => queues.publish_when_durable(ticket, staged).await.map_err(tx_error),
+                Err(error) => Err(tx_error(error)),
+            },
+            Engine::Global(_) => Err(WitError::Internal("a global transaction holds no node-local message".into())),
+        };
+        drop(charge);
+        committed
     }
 
     /// Commits; the budgets get the buffered bytes back once the commit is done.
@@ -132,6 +190,17 @@ impl Backend {
         };
         drop(charge);
         committed
+    }
+}
+
+/// A queue's refusal as a guest sees it: the sender's mistakes and a full queue are limits.
+pub fn queue_error(error: QueueError) -> WitError {
+    match error {
+        QueueError::Engine(error) => tx_error(error),
+        QueueError::InvalidName(_) => WitError::Denied(error.to_string()),
+        QueueError::Conflict(why) => WitError::Conflict(why),
+        QueueError::Unavailable(_) => WitError::Internal(error.to_string()),
+        limit => WitError::Limit(limit.to_string()),
     }
 }
 

@@ -30,7 +30,9 @@ use crate::access::tokens::Caller;
 pub mod backend;
 pub mod budget;
 pub mod global;
+pub mod global_queues;
 pub mod keyvalue;
+pub mod queues;
 pub mod spans;
 pub mod taped;
 pub mod transactions;
@@ -71,6 +73,12 @@ pub struct KvAccess {
     write_budget: budget::WriteBudget,
     /// The run's span, which each transaction's span is a child of.
     trace: crate::telemetry::TraceCx,
+    /// The node's queues, and those the function may send to (`[queues]`).
+    queues: Option<std::sync::Arc<crate::queue::Queues>>,
+    /// Cluster mode: the queues in etcd.
+    global_queues: Option<std::sync::Arc<global_queues::GlobalQueues>>,
+    queues_send: Vec<String>,
+    queues_global: Vec<String>,
 }
 
 impl KvAccess {
@@ -95,7 +103,22 @@ impl KvAccess {
             open_handles: 0,
             write_budget: budget::WriteBudget::for_instance(write_buffers),
             trace: Default::default(),
+            queues: None,
+            global_queues: None,
+            queues_send: policy.queues_send.clone(),
+            queues_global: policy.queues_global.clone(),
         }
+    }
+
+    /// The same access, its sends going to `queues` (and, for global queues, `global`).
+    pub fn with_queues(
+        mut self,
+        queues: Option<std::sync::Arc<crate::queue::Queues>>,
+        global: Option<std::sync::Arc<global_queues::GlobalQueues>>,
+    ) -> Self {
+        self.queues = queues;
+        self.global_queues = global;
+        self
     }
 
     /// The same access, its transactions traced as children of `trace`.
@@ -128,6 +151,10 @@ impl KvAccess {
             open_handles: 0,
             write_budget: budget::WriteBudget::for_instance(&budget::Pool::new(0)),
             trace: Default::default(),
+            queues: None,
+            global_queues: None,
+            queues_send: Vec::new(),
+            queues_global: Vec::new(),
         }
     }
 

@@ -94,7 +94,7 @@ macro_rules! shown_by_display {
         }
     })*};
 }
-shown_by_display!(u64, i64, bool);
+shown_by_display!(u64, i64, bool, String);
 
 impl Shown for Vec<(Vec<u8>, Vec<u8>)> {
     fn shown(&self) -> String {

@@ -6,6 +6,8 @@
 //! traps. A transaction lives in the request's resource table, so one left open is aborted
 //! when the instance goes away.
 
+use std::sync::Arc;
+
 use ledge_kv::Isolation;
 use wasmtime::component::Resource;
 
@@ -14,6 +16,7 @@ use super::bindings::ledge::platform::transactions::{self as wit, Error as WitEr
 use super::spans::TxSpan;
 use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
+use crate::queue::{Queues, SendOptions, Staged};
 use crate::record::tape::show_bytes;
 
 const API: &str = "ledge:platform/transactions";
@@ -24,9 +27,27 @@ const MAX_SCAN_LIMIT: u32 = 10_000;
 /// An open `ledge:platform/transactions.transaction`: on this node's engine, or on the
 /// cluster's global data.
 pub struct OpenTransaction {
-    tx: Backend,
+    pub(super) tx: Backend,
     keyspace: Keyspace,
     span: TxSpan,
+    /// Messages sent in it (`send-in`), published once it commits.
+    sent: Vec<Staged>,
+}
+
+impl OpenTransaction {
+    /// Sends a message to a node-local queue as part of this transaction; its id.
+    pub fn send(
+        &mut self,
+        queues: &Arc<Queues>,
+        queue: &str,
+        body: &[u8],
+        options: &SendOptions,
+    ) -> Result<String, WitError> {
+        let staged = self.tx.stage_message(queues, queue, body, options)?;
+        let id = staged.id().to_string();
+        self.sent.push(staged);
+        Ok(id)
+    }
 }
 
 impl From<Denied> for WitError {
@@ -51,7 +72,7 @@ impl KvCtx<'_> {
         // A refusal ends the span (dropped here) with the refusal as its outcome.
         span.note(&opened);
         let (tx, keyspace) = opened?;
-        Ok(OpenTransaction { tx, keyspace, span })
+        Ok(OpenTransaction { tx, keyspace, span, sent: Vec::new() })
     }
 
     fn push(&mut self, open: OpenTransaction) -> wasmtime::Result<Resource<OpenTransaction>> {
@@ -170,10 +191,16 @@ impl wit::HostTransaction for KvCtx<'_> {
     }
 
     async fn commit(&mut self, this: Resource<OpenTransaction>) -> wasmtime::Result<Result<u64, WitError>> {
-        let OpenTransaction { tx, span, .. } = self.table.delete(this)?;
+        let OpenTransaction { tx, span, sent, .. } = self.table.delete(this)?;
         self.access.close_handle();
+        let queues = self.access.queues.clone().filter(|_| !sent.is_empty());
         taped(self.tape, "ledge:platform/transactions.commit", String::new(), async {
-            let committed = tx.commit().await;
+            let committed = match queues {
+                // Messages sent in it enter their queues once it is durable, even if this run
+                // is cancelled while it waits.
+                Some(queues) => tx.commit_publishing(&queues, sent).await,
+                None => tx.commit().await,
+            };
             span.finish(&committed);
             Ok(committed)
         })

@@ -182,10 +182,9 @@ impl App {
 
     /// Charges an admin request to its token's admin quota (429 past it).
     pub(super) fn charge_admin(&self, caller: &Caller) -> Result<(), Problem> {
-        let decision = self
-            .limiter
-            .as_ref()
-            .map(|limiter| limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &[]));
+        let decision = self.limiter.as_ref().map(|limiter| {
+            limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &caller.rates)
+        });
         if let Some(decision) = decision.filter(|d| !d.allowed) {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
             return Err(with_rate_headers(problem, Some(&decision)));
@@ -218,9 +217,23 @@ impl App {
         function: Option<&str>,
         peer: SocketAddr,
     ) -> Result<Caller, Problem> {
+        self.authorize_about(request, op, function, None, peer)
+    }
+
+    /// Checks the request's token for `op` on what the request is about: a function, a queue,
+    /// or neither (the whole node).
+    pub(super) fn authorize_about<B>(
+        &self,
+        request: &http::Request<B>,
+        op: Op,
+        function: Option<&str>,
+        queue: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<Caller, Problem> {
         let facts = caveats::Request {
             op,
             function,
+            queue,
             method: request.method().as_str(),
             path: request.uri().path(),
             now: SystemTime::now(),
@@ -338,7 +351,7 @@ impl Upload {
 }
 
 /// Reads a request body, refusing it (without buffering the rest) once it passes `limit`.
-async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployError> {
+pub(super) async fn read_upload(mut body: Incoming, limit: u64) -> Result<Vec<u8>, DeployError> {
     use http_body::Body;
     if body.size_hint().lower() > limit {
         drain_briefly(body).await;

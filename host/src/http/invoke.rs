@@ -197,6 +197,7 @@ fn invoke_facts<'a, B>(request: &'a http::Request<B>, name: &'a str, guest_path:
     caveats::Request {
         op: Op::Invoke,
         function: Some(name),
+        queue: None,
         method: request.method().as_str(),
         path: guest_path,
         now: SystemTime::now(),

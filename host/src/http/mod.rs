@@ -34,11 +34,13 @@ mod audit;
 mod backup;
 pub mod body;
 mod connections;
+mod deliveries;
 mod invoke;
 mod logs;
 mod path;
 pub mod problem;
 mod proxy;
+mod queues;
 pub mod router;
 pub mod server;
 pub mod tls;
@@ -69,6 +71,13 @@ pub struct App {
     pub db: ledge_kv::Db,
     /// Recorded runs kept for replay.
     pub traces: Arc<crate::record::Traces>,
+    /// The node's queues (`/v1/queues`, and deliveries to consumers).
+    pub queues: Arc<crate::queue::Queues>,
+    /// Cluster mode: the queues in etcd (`[queues] global`).
+    pub global_queues: Option<Arc<crate::guest_kv::global_queues::GlobalQueues>>,
+    /// Global queues being looked at in etcd now, and their deliveries running on this node.
+    pub global_polls: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub global_in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl App {

@@ -13,6 +13,7 @@ use crate::access::rate::RateDecision;
 use crate::access::tokens::AuthError;
 use crate::backup::BackupError;
 use crate::cluster::ClusterError;
+use crate::queue::QueueError;
 use crate::registry::config::ConfigError;
 use crate::registry::{DeployError, PolicyError, RegistryError};
 use crate::runtime::InvokeError;
@@ -128,6 +129,24 @@ impl From<ConfigError> for Problem {
             ConfigError::InvalidKey(_) | ConfigError::InvalidValue | ConfigError::TooManyKeys => {
                 Problem::new(StatusCode::BAD_REQUEST, error.to_string())
             }
+        }
+    }
+}
+
+impl From<QueueError> for Problem {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Full { .. } | QueueError::NodeFull { .. } | QueueError::Refused(_) => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, error.to_string())
+            }
+            QueueError::Conflict(_) | QueueError::Unavailable(_) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error}; retry shortly"))
+            }
+            QueueError::TooLarge { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+            QueueError::InvalidName(_) | QueueError::KeyTooLong | QueueError::DelayTooLong => {
+                Problem::new(StatusCode::BAD_REQUEST, error.to_string())
+            }
+            QueueError::Engine(_) => Problem::internal("using a queue", &error),
         }
     }
 }

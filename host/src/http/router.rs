@@ -10,6 +10,7 @@
 //! | `PUT`/`DELETE /v1/functions/{name}/config/{key}` | set (`?secret=true`: sealed) or remove one |
 //! | `POST /v1/tokens/revoke` | revoke a token by id (or whole token) |
 //! | `GET /v1/traces`, `GET /v1/traces/{id}[/component]` | recorded runs (`http/traces.rs`) |
+//! | `/v1/queues`, `/v1/queues/{name}/messages`, `/v1/queues/{name}/redrive` | send, list, peek, purge, redrive (`http/queues.rs`) |
 //! | `GET /v1/backup` | the node as a tar archive (`http/backup.rs`; a manage token without `fn` caveat) |
 //! | `GET /v1/nodes` | cluster members (`http/admin.rs`; a manage token) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; in cluster mode: in sync with etcd) |
@@ -50,6 +51,8 @@ impl App {
             self.revoke(request, &method, peer).await
         } else if let Some(rest) = path.strip_prefix("/v1/traces").filter(|r| r.is_empty() || r.starts_with('/')) {
             self.traces(request, &method, rest, peer).await
+        } else if let Some(rest) = path.strip_prefix("/v1/queues").filter(|r| r.is_empty() || r.starts_with('/')) {
+            self.queues(request, &method, rest, peer).await
         } else if path == "/v1/backup" {
             self.backup(request, &method, peer).await
         } else if path == "/v1/nodes" {

@@ -42,6 +42,11 @@ pub(super) struct Recording {
     may_read: Option<bool>,
 }
 
+/// Marks a request ledge made itself (a queue delivery): its `ledge-*` headers are ledge's, for
+/// the guest, and are recorded with it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MadeByLedge;
+
 #[derive(Serialize)]
 struct ListReply {
     traces: Vec<TraceMeta>,
@@ -130,6 +135,7 @@ impl App {
         let facts = caveats::Request {
             op: Op::Manage,
             function: Some(name),
+            queue: None,
             method: "GET",
             path: "/v1/traces",
             now: SystemTime::now(),
@@ -200,6 +206,7 @@ impl App {
         let facts = caveats::Request {
             op: Op::Manage,
             function: None,
+            queue: None,
             method: "GET",
             path: request.uri().path(),
             now: SystemTime::now(),
@@ -246,18 +253,21 @@ impl App {
     }
 }
 
-/// The request head as the guest sees it: the ledge token already removed, and without the
-/// `ledge-*` headers, which the invoke handler removes once this is taken.
+/// The request head as the guest sees it: the ledge token already removed, and without a
+/// caller's `ledge-*` headers, which the invoke handler removes once this is taken.
 fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
+    let made_by_ledge = request.extensions().get::<MadeByLedge>().is_some();
     let authority = crate::runtime::request::guest_authority(request.uri(), request.headers());
     RecordedRequest {
         method: request.method().as_str().to_string(),
         scheme: if tls { "https" } else { "http" }.to_string(),
         authority,
         path_and_query: path_and_query.to_string(),
+        // A caller's `ledge-*` headers never reach the guest; those of a request ledge made (a
+        // queue delivery's) do, so a replay gives them to the guest as the run had them.
         headers: crate::record::headers(request.headers())
             .into_iter()
-            .filter(|(name, _)| !name.starts_with("ledge-"))
+            .filter(|(name, _)| made_by_ledge || !name.starts_with("ledge-"))
             .collect(),
         body: Vec::new(),
         body_error: None,

@@ -51,8 +51,8 @@ pub fn token_fixture() -> &'static TokenFixture {
 fn requests() -> [Request<'static>; 2] {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
     [
-        Request { op: Op::Invoke, function: Some("hello"), method: "GET", path: "/api/x", now },
-        Request { op: Op::Deploy, function: None, method: "PUT", path: "/v1/functions", now },
+        Request { op: Op::Invoke, function: Some("hello"), queue: None, method: "GET", path: "/api/x", now },
+        Request { op: Op::Deploy, function: None, queue: None, method: "PUT", path: "/v1/functions", now },
     ]
 }
 

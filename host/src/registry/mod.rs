@@ -2,7 +2,7 @@
 //! of each function. [`layout`] is the on-disk format, [`deploy`] the deploy pipeline,
 //! [`versions`] the kept versions and canaries, [`policies`] how each function's effective
 //! policy is found and kept current, [`config`] config and sealed secrets, [`routes`] host
-//! routes, [`schedule`] cron schedules. The fuzz targets' entry points (`fuzzing`) live here,
+//! routes, [`schedule`] cron schedules, [`consumers`] queue consumers. The fuzz targets' entry points (`fuzzing`) live here,
 //! the lowest layer above everything they parse, compiled only for tests and with the
 //! `fuzzing` feature.
 //!
@@ -40,6 +40,7 @@ use crate::storage::{create_private_dir, sync_dir};
 use config::SecretsKey;
 
 pub mod config;
+pub mod consumers;
 pub mod deploy;
 /// The fuzz targets' entry points (`fuzz/`): compiled only for tests and with the `fuzzing`
 /// feature, never into the release binary.

@@ -137,6 +137,7 @@ impl Registry {
         let ceilings = *self.upload_ceilings.read().expect("policy lock poisoned");
         policy.check_upload_ceilings(&ceilings).map_err(PolicyError::Invalid)?;
         self.check_routes(name, &policy.routes)?;
+        self.check_queues(name, &policy)?;
         if who == PolicyChange::OnlyTighten {
             let widened = current()?.widened_by(&policy);
             if !widened.is_empty() {

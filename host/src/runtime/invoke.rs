@@ -108,6 +108,7 @@ impl Runtime {
                 invocation.caller.clone(),
                 &self.kv_write_buffers,
             )
+            .with_queues(self.queues.clone(), self.global_queues.clone())
             .traced(trace.clone()),
             None => KvAccess::none(),
         };

@@ -150,6 +150,9 @@ pub struct Runtime {
     global_kv: Option<Arc<crate::guest_kv::global::GlobalStore>>,
     /// The node's write budget, shared by the open transactions of every instance.
     kv_write_buffers: Arc<crate::guest_kv::budget::Pool>,
+    /// The node's queues, which guests send to, and in cluster mode the global ones.
+    queues: Option<Arc<crate::queue::Queues>>,
+    global_queues: Option<Arc<crate::guest_kv::global_queues::GlobalQueues>>,
 }
 
 impl Runtime {
@@ -198,6 +201,8 @@ impl Runtime {
             logs: Arc::default(),
             global_kv: None,
             kv_write_buffers: crate::guest_kv::budget::Pool::new(options.kv_write_buffers),
+            queues: None,
+            global_queues: None,
         })
     }
 
@@ -220,6 +225,17 @@ impl Runtime {
     /// Gives guests the cluster's global stores (cluster mode).
     pub fn with_global_kv(mut self, store: Arc<crate::guest_kv::global::GlobalStore>) -> Self {
         self.global_kv = Some(store);
+        self
+    }
+
+    /// Lets guests send to the node's queues (and in cluster mode to the global ones).
+    pub fn with_queues(
+        mut self,
+        queues: Arc<crate::queue::Queues>,
+        global: Option<Arc<crate::guest_kv::global_queues::GlobalQueues>>,
+    ) -> Self {
+        self.queues = Some(queues);
+        self.global_queues = global;
         self
     }
 

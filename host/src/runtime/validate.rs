@@ -60,6 +60,7 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:keyvalue/batch@0.2.0-draft2",
     "ledge:platform/transactions@0.1",
     "ledge:platform/caller@0.1",
+    "ledge:platform/queues@0.1",
 ];
 
 impl Runtime {

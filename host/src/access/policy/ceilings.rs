@@ -18,6 +18,10 @@ use crate::access::caveats::parse_rate;
 /// Schedules one function may have.
 pub const MAX_SCHEDULES: usize = 16;
 
+/// Consumers one function may have, and queues one `[queues]` list may name.
+pub const MAX_CONSUMERS: usize = 16;
+pub const MAX_QUEUES_LISTED: usize = 64;
+
 /// Most nodes a `[placement] replicas` may name (more is a typo, not a cluster).
 pub const MAX_REPLICAS: u32 = 1000;
 
@@ -47,6 +51,32 @@ impl Policy {
     pub fn check_ceilings(&self, ceilings: &Ceilings) -> Result<(), String> {
         if self.schedules.len() > MAX_SCHEDULES {
             return Err(format!("schedule: at most {MAX_SCHEDULES} entries per function"));
+        }
+        if self.consumers.len() > MAX_CONSUMERS {
+            return Err(format!("consumer: at most {MAX_CONSUMERS} entries per function"));
+        }
+        if self.queues_send.len().max(self.queues_global.len()) > MAX_QUEUES_LISTED {
+            return Err(format!("queues: at most {MAX_QUEUES_LISTED} queues in `send` and in `global`"));
+        }
+        for (index, consumer) in self.consumers.iter().enumerate() {
+            if self.consumers[..index].iter().any(|earlier| earlier.queue == consumer.queue) {
+                return Err(format!("consumer: queue `{}` is consumed twice; give it one entry", consumer.queue));
+            }
+            let global = |queue: &str| self.queues_global.iter().any(|q| q == queue);
+            if let Some(target) =
+                consumer.dead_letter.as_deref().filter(|target| global(target) != global(&consumer.queue))
+            {
+                return Err(format!(
+                    "consumer.dead_letter: `{target}` and `{}` must both be global ([queues] global) or both not: a message moves within one store",
+                    consumer.queue
+                ));
+            }
+            if consumer.dead_letter.as_deref() == Some(consumer.queue.as_str()) {
+                return Err(format!(
+                    "consumer.dead_letter: `{}` is the queue itself; name another queue, or leave it out to keep failed messages on the queue's dead side",
+                    consumer.queue
+                ));
+            }
         }
         if self.replicas > MAX_REPLICAS {
             return Err(format!("placement.replicas: at most {MAX_REPLICAS} (0 = every node)"));
@@ -82,6 +112,10 @@ pub struct CeilingsSection {
     pub placement_replicas: Option<u32>,
     pub schedules: Option<u32>,
     pub routes: Option<u32>,
+    pub queue_max_depth: Option<Positive>,
+    pub queue_max_bytes: Option<ByteSize>,
+    pub consumer_concurrency: Option<Positive>,
+    pub consumer_max_attempts: Option<Positive>,
 }
 
 /// What a policy uploaded over the API (`PUT .../policy`, a multipart deploy) may set at most,
@@ -102,6 +136,10 @@ pub struct UploadCeilings {
     pub placement_replicas: u32,
     pub schedules: u32,
     pub routes: u32,
+    pub queue_max_depth: u32,
+    pub queue_max_bytes: u64,
+    pub consumer_concurrency: u32,
+    pub consumer_max_attempts: u32,
 }
 
 impl Default for UploadCeilings {
@@ -121,6 +159,10 @@ impl Default for UploadCeilings {
             placement_replicas: MAX_REPLICAS,
             schedules: MAX_SCHEDULES as u32,
             routes: 32,
+            queue_max_depth: 100_000,
+            queue_max_bytes: 1 << 30,
+            consumer_concurrency: 64,
+            consumer_max_attempts: 100,
         }
     }
 }
@@ -148,6 +190,10 @@ impl CeilingsSection {
             placement_replicas: self.placement_replicas.unwrap_or(base.placement_replicas),
             schedules: self.schedules.unwrap_or(base.schedules),
             routes: self.routes.unwrap_or(base.routes),
+            queue_max_depth: self.queue_max_depth.map_or(base.queue_max_depth, |n| n.0),
+            queue_max_bytes: self.queue_max_bytes.map_or(base.queue_max_bytes, |b| b.0),
+            consumer_concurrency: self.consumer_concurrency.map_or(base.consumer_concurrency, |n| n.0),
+            consumer_max_attempts: self.consumer_max_attempts.map_or(base.consumer_max_attempts, |n| n.0),
         })
     }
 }
@@ -158,7 +204,9 @@ impl Policy {
     pub fn check_upload_ceilings(&self, ceilings: &UploadCeilings) -> Result<(), String> {
         let sustained = |q: &RateQuota| q.quota as f64 / q.window.as_secs_f64().max(f64::MIN_POSITIVE);
         let above_rate = ceilings.rate.filter(|ceiling| sustained(&self.rate) > sustained(ceiling));
-        let checks: [(&str, &str, Exceeded); 14] = [
+        // Each consumer's bounds, the largest of each kind (the message names that one).
+        let most = |field: fn(&super::Consumer) -> u64| self.consumers.iter().map(field).max().unwrap_or(0);
+        let checks: [(&str, &str, Exceeded); 18] = [
             (
                 "rate.quota",
                 "rate",
@@ -188,6 +236,22 @@ impl Policy {
             ("placement.replicas", "placement_replicas", above(self.replicas, Some(ceilings.placement_replicas))),
             ("schedule", "schedules", above(self.schedules.len() as u32, Some(ceilings.schedules))),
             ("route", "routes", above(self.routes.len() as u32, Some(ceilings.routes))),
+            (
+                "consumer.max_depth",
+                "queue_max_depth",
+                above(most(|c| c.max_depth.into()), Some(ceilings.queue_max_depth.into())),
+            ),
+            ("consumer.max_bytes", "queue_max_bytes", above(most(|c| c.max_bytes), Some(ceilings.queue_max_bytes))),
+            (
+                "consumer.concurrency",
+                "consumer_concurrency",
+                above(most(|c| c.concurrency.into()), Some(ceilings.consumer_concurrency.into())),
+            ),
+            (
+                "consumer.max_attempts",
+                "consumer_max_attempts",
+                above(most(|c| c.max_attempts.into()), Some(ceilings.consumer_max_attempts.into())),
+            ),
         ];
         for (field, key, exceeded) in checks {
             if let Some((value, ceiling)) = exceeded {

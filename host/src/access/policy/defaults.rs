@@ -35,6 +35,9 @@ impl Default for Policy {
             schedules: Vec::new(),
             routes: Vec::new(),
             record: RecordPolicy::default(),
+            queues_send: Vec::new(),
+            queues_global: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 }

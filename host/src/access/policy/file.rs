@@ -8,8 +8,8 @@
 use serde::Deserialize;
 
 use super::{
-    ByteSize, CeilingsSection, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive, RateQuota,
-    RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
+    ByteSize, CeilingsSection, Consumer, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive,
+    QueueName, RateQuota, RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
 };
 
 /// A policy as written in a file: every field optional.
@@ -26,6 +26,8 @@ pub struct PolicyFile {
     pub schedule: Option<Vec<ScheduleEntry>>,
     pub route: Option<Vec<RouteEntry>>,
     pub placement: Option<PlacementSection>,
+    pub queues: Option<QueuesSection>,
+    pub consumer: Option<Vec<ConsumerEntry>>,
     /// Only in the operator's `policies/default.toml`: what uploaded policies may set at most.
     pub ceilings: Option<CeilingsSection>,
 }
@@ -45,6 +47,28 @@ pub struct RouteEntry {
 pub struct ScheduleEntry {
     pub cron: CronPattern,
     pub path: SchedulePath,
+}
+
+/// `[queues]`: the queues the function may send to, and which of them live in etcd.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesSection {
+    pub send: Option<Vec<QueueName>>,
+    pub global: Option<Vec<QueueName>>,
+}
+
+/// `[[consumer]]`: the function takes the messages of `queue`, each as a `POST path`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerEntry {
+    pub queue: QueueName,
+    pub path: SchedulePath,
+    pub max_attempts: Option<Positive>,
+    pub backoff: Option<HumanDuration>,
+    pub dead_letter: Option<QueueName>,
+    pub concurrency: Option<Positive>,
+    pub max_depth: Option<Positive>,
+    pub max_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -160,6 +184,12 @@ impl PolicyFile {
                     max_trace_bytes: section.max_trace_bytes.map_or(base.record.max_trace_bytes, |b| b.0),
                 }
             },
+            queues_send: names_or(self.queues.as_ref().and_then(|q| q.send.as_ref()), &base.queues_send),
+            queues_global: names_or(self.queues.as_ref().and_then(|q| q.global.as_ref()), &base.queues_global),
+            consumers: self
+                .consumer
+                .as_ref()
+                .map_or_else(|| base.consumers.clone(), |entries| entries.iter().map(ConsumerEntry::resolve).collect()),
             routes: self.route.as_ref().map_or_else(
                 || base.routes.clone(),
                 |entries| {
@@ -172,6 +202,26 @@ impl PolicyFile {
                         .collect()
                 },
             ),
+        }
+    }
+}
+
+/// The names a section lists, or the base's when it lists none.
+fn names_or(names: Option<&Vec<QueueName>>, base: &[String]) -> Vec<String> {
+    names.map_or_else(|| base.to_vec(), |names| names.iter().map(|name| name.0.clone()).collect())
+}
+
+impl ConsumerEntry {
+    fn resolve(&self) -> Consumer {
+        let defaults = Consumer::defaults(&self.queue.0, &self.path.0);
+        Consumer {
+            max_attempts: self.max_attempts.map_or(defaults.max_attempts, |n| n.0),
+            backoff: self.backoff.map_or(defaults.backoff, |d| d.0),
+            dead_letter: self.dead_letter.as_ref().map(|name| name.0.clone()),
+            concurrency: self.concurrency.map_or(defaults.concurrency, |n| n.0),
+            max_depth: self.max_depth.map_or(defaults.max_depth, |n| n.0),
+            max_bytes: self.max_bytes.map_or(defaults.max_bytes, |b| b.0),
+            ..defaults
         }
     }
 }
@@ -238,5 +288,46 @@ mod tests {
         assert!(over.contains("sample") && over.contains("1.5"), "{over}");
         let unknown = PolicyFile::parse("[record]\nsamples = 0.5\n").unwrap_err();
         assert!(unknown.contains("samples"), "{unknown}");
+    }
+
+    #[test]
+    fn queues_and_consumers_resolve_with_defaults_and_widen_when_added() {
+        let text = "[queues]\nsend = [\"orders\"]\n[[consumer]]\nqueue = \"orders\"\npath = \"/jobs/order\"\nbackoff = \"2s\"\ndead_letter = \"orders-dlq\"\n";
+        let policy = PolicyFile::parse(text).unwrap().resolve(&Policy::default());
+        assert_eq!(policy.queues_send, ["orders"]);
+        let consumer = &policy.consumers[0];
+        assert_eq!((consumer.max_attempts, consumer.concurrency, consumer.max_depth), (5, 4, 10_000));
+        assert_eq!(consumer.dead_letter.as_deref(), Some("orders-dlq"));
+        assert_eq!(consumer.backoff_after(1), Duration::from_secs(2));
+        assert_eq!(consumer.backoff_after(3), Duration::from_secs(8));
+        assert_eq!(consumer.backoff_after(40), Duration::from_secs(600), "capped at ten minutes");
+        let widened = Policy::default().widened_by(&policy);
+        assert!(widened.contains(&"queues.send") && widened.contains(&"consumer"), "{widened:?}");
+        // Dropping a consumer or a queue only tightens; changing a consumer widens.
+        assert!(policy.widened_by(&Policy::default()).is_empty());
+        let mut faster = policy.clone();
+        faster.consumers[0].concurrency = 64;
+        assert_eq!(policy.widened_by(&faster), ["consumer"]);
+        let bad = PolicyFile::parse("[[consumer]]\nqueue = \"Orders\"\npath = \"/x\"\n").unwrap_err();
+        assert!(bad.contains("Orders"), "{bad}");
+        let no_path = PolicyFile::parse("[[consumer]]\nqueue = \"orders\"\n").unwrap_err();
+        assert!(no_path.contains("path"), "{no_path}");
+    }
+
+    #[test]
+    fn consumers_are_held_to_the_ceilings() {
+        let ceilings = Ceilings { max_timeout: Duration::from_secs(300) };
+        let twice = "[[consumer]]\nqueue = \"a\"\npath = \"/x\"\n[[consumer]]\nqueue = \"a\"\npath = \"/y\"\n";
+        let error =
+            PolicyFile::parse(twice).unwrap().resolve(&Policy::default()).check_ceilings(&ceilings).unwrap_err();
+        assert!(error.contains("consumed twice"), "{error}");
+        let itself = "[[consumer]]\nqueue = \"a\"\npath = \"/x\"\ndead_letter = \"a\"\n";
+        let error =
+            PolicyFile::parse(itself).unwrap().resolve(&Policy::default()).check_ceilings(&ceilings).unwrap_err();
+        assert!(error.contains("dead_letter"), "{error}");
+        let deep = "[[consumer]]\nqueue = \"a\"\npath = \"/x\"\nmax_depth = 100001\n";
+        let policy = PolicyFile::parse(deep).unwrap().resolve(&Policy::default());
+        let error = policy.check_upload_ceilings(&crate::access::policy::UploadCeilings::default()).unwrap_err();
+        assert!(error.contains("consumer.max_depth") && error.contains("queue_max_depth"), "{error}");
     }
 }

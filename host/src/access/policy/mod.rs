@@ -26,13 +26,15 @@ mod file;
 mod tighten;
 mod values;
 
-pub use ceilings::{Ceilings, CeilingsSection, MAX_REPLICAS, MAX_SCHEDULES, UploadCeilings};
+pub use ceilings::{
+    Ceilings, CeilingsSection, MAX_CONSUMERS, MAX_QUEUES_LISTED, MAX_REPLICAS, MAX_SCHEDULES, UploadCeilings,
+};
 pub use file::{
-    KvSection, LimitsSection, OutboundSection, PlacementSection, PolicyFile, RateSection, RecordSection, RouteEntry,
-    ScheduleEntry, VersionsSection,
+    ConsumerEntry, KvSection, LimitsSection, OutboundSection, PlacementSection, PolicyFile, QueuesSection, RateSection,
+    RecordSection, RouteEntry, ScheduleEntry, VersionsSection,
 };
 pub use values::{
-    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, Positive, RESERVED_PREFIXES, RoutePrefix,
+    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, Positive, QueueName, RESERVED_PREFIXES, RoutePrefix,
     SchedulePath, StoreName, is_valid_name, parse_size, path_under,
 };
 
@@ -82,6 +84,59 @@ pub struct Policy {
     pub routes: Vec<Route>,
     /// Which runs are recorded for replay.
     pub record: RecordPolicy,
+    /// Queues the function may send to (`[queues] send`).
+    pub queues_send: Vec<String>,
+    /// Cluster mode: queues that live in etcd (`[queues] global`).
+    pub queues_global: Vec<String>,
+    /// Queues whose messages the function takes (`[[consumer]]`).
+    pub consumers: Vec<Consumer>,
+}
+
+/// `[[consumer]]`, resolved: how the messages of `queue` are delivered to the function, and the
+/// queue's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumer {
+    pub queue: String,
+    /// Each message is a `POST` of its body to this path.
+    pub path: String,
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each one after, at most [`MAX_BACKOFF`].
+    pub backoff: Duration,
+    /// Where dead-lettered messages go; `None` keeps them on the queue's dead side.
+    pub dead_letter: Option<String>,
+    /// Deliveries of this queue running at once.
+    pub concurrency: u32,
+    /// Messages the queue keeps at most (its dead side included).
+    pub max_depth: u32,
+    /// Message bytes the queue keeps at most (its dead side included).
+    pub max_bytes: u64,
+}
+
+/// The longest wait between two attempts, however many have failed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+impl Consumer {
+    /// A consumer of `queue` at `path` with every other field at its default.
+    pub fn defaults(queue: &str, path: &str) -> Consumer {
+        Consumer {
+            queue: queue.to_string(),
+            path: path.to_string(),
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            dead_letter: None,
+            concurrency: 4,
+            max_depth: 10_000,
+            max_bytes: 64 << 20,
+        }
+    }
+
+    /// The wait after the `failed`-th failed attempt (1 for the first): `backoff` doubled for
+    /// each failure after the first, at most [`MAX_BACKOFF`].
+    pub fn backoff_after(&self, failed: u32) -> Duration {
+        let doublings = failed.saturating_sub(1).min(20);
+        self.backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    }
 }
 
 /// `[record]`, resolved.

@@ -4,7 +4,8 @@
 //!
 //! Invariants: every field is compared (a new field must join the list: its length is fixed),
 //! and a rate is compared as quota per window without rounding, so a change that widens
-//! anything is never reported as tightening. Claiming a route or adding a schedule widens.
+//! anything is never reported as tightening. Claiming a route, adding a schedule or adding or
+//! changing a consumer widens.
 
 use super::{Policy, RateQuota};
 
@@ -16,7 +17,7 @@ impl Policy {
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
         // 0 replicas is every node: the most a placement can ask for.
         let nodes = |replicas: u32| if replicas == 0 { u32::MAX } else { replicas };
-        let checks: [(&'static str, bool); 21] = [
+        let checks: [(&'static str, bool); 24] = [
             ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
@@ -40,6 +41,11 @@ impl Policy {
             ("versions.keep", proposed.versions_keep > self.versions_keep),
             ("versions.max_bytes", proposed.versions_max_bytes > self.versions_max_bytes),
             ("placement.replicas", nodes(proposed.replicas) > nodes(self.replicas)),
+            ("queues.send", proposed.queues_send.iter().any(|q| !self.queues_send.contains(q))),
+            // Moving a queue between the node and etcd changes where its messages live.
+            ("queues.global", proposed.queues_global != self.queues_global),
+            // A new or changed consumer takes messages, runs the function and sizes its queue.
+            ("consumer", proposed.consumers.iter().any(|c| !self.consumers.contains(c))),
         ];
         checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
     }

@@ -118,16 +118,31 @@ pub fn is_valid_name(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreName(pub String);
 
+/// A queue's name, held to the function-name rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueName(pub String);
+
 impl<'de> Deserialize<'de> for StoreName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        if is_valid_name(&name) {
-            Ok(StoreName(name))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "invalid store name `{name}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
-            )))
-        }
+        checked_name(d, "store").map(StoreName)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_name(d, "queue").map(QueueName)
+    }
+}
+
+/// A `kind` name (a store's, a queue's) held to the function-name rule.
+fn checked_name<'de, D: Deserializer<'de>>(d: D, kind: &str) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    if is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "invalid {kind} name `{name}`: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+        )))
     }
 }
 

@@ -1,8 +1,10 @@
 //! The quotas of global keyspaces, whose bytes `guest_kv::global` counts in etcd: a function's
 //! own keyspace (`f/NAME/`) is held to its effective `[kv] max_bytes` on this node, as its
 //! local keyspace is; a global shared store (`s/STORE/`) to the largest `max_bytes` among the
-//! functions here whose policy grants it (any of them may write to it). A keyspace that no
-//! function here owns or is granted may not grow.
+//! functions here whose policy grants it (any of them may write to it); a global queue
+//! (`q/QUEUE/`) to its consumer's `max_bytes` when its consumer is here, else to the default
+//! bound when a function here lists it in `[queues] global`. A keyspace that no function here
+//! owns, is granted or sends to may not grow.
 
 use std::sync::{Arc, Weak};
 
@@ -31,6 +33,17 @@ fn quota_of(registry: &Weak<Registry>, keyspace: &[u8]) -> u64 {
             .map(|deployment| deployment.policy.kv_max_bytes)
             .max()
             .unwrap_or(0),
+        "q" => {
+            let deployments = registry.list().iter().filter_map(|meta| registry.lookup(&meta.name)).collect::<Vec<_>>();
+            let consumed = deployments
+                .iter()
+                .flat_map(|deployment| deployment.policy.consumers.iter())
+                .find(|consumer| consumer.queue == name)
+                .map(|consumer| consumer.max_bytes);
+            // Listed as global by a function here (as a queue it sends to or dead-letters to).
+            let listed = deployments.iter().any(|deployment| deployment.policy.queues_global.iter().any(|q| q == name));
+            consumed.or(listed.then(|| crate::queue::Bounds::default().max_bytes)).unwrap_or(0)
+        }
         _ => 0,
     }
 }
