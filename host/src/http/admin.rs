@@ -182,11 +182,19 @@ impl App {
 
     /// Charges an admin request to its token's admin quota (429 past it).
     pub(super) fn charge_admin(&self, caller: &Caller) -> Result<(), Problem> {
+        self.charge_quota("admin", caller)
+    }
+
+    /// Charges a request to its token family's quota in `bucket` (`admin`; `send` for messages
+    /// sent over HTTP, so that a delegated sender never uses up the operator's admin API) and
+    /// to the token's `rate` caveats (429 past any).
+    pub(super) fn charge_quota(&self, bucket: &'static str, caller: &Caller) -> Result<(), Problem> {
         let decision = self.limiter.as_ref().map(|limiter| {
-            limiter.check("admin", caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &caller.rates)
+            limiter.check(bucket, caller.token_id.as_deref().unwrap_or_default(), ADMIN_QUOTA, &caller.rates)
         });
         if let Some(decision) = decision.filter(|d| !d.allowed) {
-            let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit reached; retry later");
+            let problem =
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, format!("{bucket} API rate limit reached; retry later"));
             return Err(with_rate_headers(problem, Some(&decision)));
         }
         Ok(())

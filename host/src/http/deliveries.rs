@@ -92,21 +92,34 @@ impl App {
             && self.registry.lookup(function).is_some_and(|d| d.policy.queues_global.iter().any(|q| q == queue))
     }
 
-    /// Claims due messages of a global queue from etcd and delivers them, unless a poll of that
-    /// queue is still going.
+    /// Claims due messages of a global queue from etcd and delivers them, unless a look at that
+    /// queue is still going or not yet due: after a look that found nothing to deliver, the next
+    /// waits until the earliest waiting message falls due, and at most [`IDLE_LOOK`] (messages
+    /// other nodes send); after one that did, [`GLOBAL_POLL_GAP`].
     fn poll_global(self: &Arc<Self>, function: String, consumer: Consumer) {
         let Some(global) = self.global_queues.clone() else { return };
-        if !self.global_polls.lock().expect("poll lock poisoned").insert(consumer.queue.clone()) {
-            return;
+        {
+            let mut looks = self.global_polls.lock().expect("poll lock poisoned");
+            let next = looks.entry(consumer.queue.clone()).or_insert(0);
+            if *next > now_ms() {
+                return;
+            }
+            // Going now: no other look until this one ends.
+            *next = u64::MAX;
         }
         let app = self.clone();
         tokio::spawn(async move {
             let queue = consumer.queue.clone();
-            let running = app.global_running(&queue);
-            let most = (consumer.concurrency as usize).saturating_sub(running);
+            let most = (consumer.concurrency as usize).saturating_sub(app.global_running(&queue));
+            let mut next = now_ms() + IDLE_LOOK.as_millis() as u64;
             if most > 0 {
                 match global.claim(&queue, most).await {
-                    Ok((deliveries, _)) => {
+                    Ok((deliveries, due)) => {
+                        if !deliveries.is_empty() {
+                            next = now_ms() + GLOBAL_POLL_GAP.as_millis() as u64;
+                        } else if let Some(due) = due {
+                            next = next.min(due);
+                        }
                         for delivery in deliveries {
                             let (app, function, consumer) = (app.clone(), function.clone(), consumer.clone());
                             app.global_started(&queue, 1);
@@ -119,9 +132,8 @@ impl App {
                     Err(error) => tracing::warn!(queue, %error, "looking for global queue messages failed"),
                 }
             }
-            // At most one look in etcd per queue and gap, however often the dispatcher wakes.
-            tokio::time::sleep(GLOBAL_POLL_GAP).await;
-            app.global_polls.lock().expect("poll lock poisoned").remove(&queue);
+            let next = next.max(now_ms() + GLOBAL_POLL_GAP.as_millis() as u64);
+            app.global_polls.lock().expect("poll lock poisoned").insert(queue, next);
         });
     }
 
@@ -135,6 +147,12 @@ impl App {
         *count = count.saturating_add_signed(change);
         drop(running);
         if change < 0 {
+            // A delivery slot is free: the queue may be looked at again at once.
+            self.global_polls.lock().expect("poll lock poisoned").entry(queue.to_string()).and_modify(|next| {
+                if *next != u64::MAX {
+                    *next = 0;
+                }
+            });
             self.queues.wake();
         }
     }

@@ -75,8 +75,10 @@ pub struct App {
     pub queues: Arc<crate::queue::Queues>,
     /// Cluster mode: the queues in etcd (`[queues] global`).
     pub global_queues: Option<Arc<crate::guest_kv::global_queues::GlobalQueues>>,
-    /// Global queues being looked at in etcd now, and their deliveries running on this node.
-    pub global_polls: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per global queue, the time (ms) before which it is not looked at in etcd again
+    /// (`u64::MAX`: a look is going).
+    pub global_polls: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Per global queue, its deliveries running on this node.
     pub global_in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 

@@ -76,13 +76,17 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-        let query = Query::parse(request.uri().query())?;
+        let raw_query = request.uri().query().map(str::to_string);
+        // The parameters a route takes (after its authorization: a caller without a token
+        // learns nothing from a 400); any other is a 400 naming it.
+        let query = |allowed: &[&str]| Query::parse(raw_query.as_deref(), allowed);
         match (method, segments.as_slice()) {
             (&Method::GET, [""]) => {
                 self.authorize_queue(&request, Op::Manage, None, peer)?;
+                query(&[])?;
                 let mut queues = self.queues.list();
                 if let Some(global) = &self.global_queues {
-                    let names = self.registry.global_queues();
+                    let names = self.global_queue_names();
                     queues.retain(|queue| !names.contains(&queue.name));
                     queues.extend(global.list(&names).await?);
                     queues.sort_by(|a, b| a.name.cmp(&b.name));
@@ -93,7 +97,7 @@ impl App {
             (&Method::POST, [name, "messages"]) => {
                 let name = checked(name)?;
                 self.authorize_queue(&request, Op::Send, Some(name), peer)?;
-                let options = query.send_options()?;
+                let options = query(&["delay_ms", "key"])?.send_options()?;
                 let body = read_upload(request.into_body(), self.queues.max_body()).await?;
                 let id = match self.global_queue(name) {
                     Some(global) => global.send(name, &body, &options, self.queues.bounds_of(name)).await?,
@@ -104,6 +108,7 @@ impl App {
             (&Method::GET, [name, "messages"]) => {
                 let name = checked(name)?;
                 self.authorize_queue(&request, Op::Manage, Some(name), peer)?;
+                let query = query(&["dead", "limit"])?;
                 let limit = query.limit()?;
                 let peeked = match self.global_queue(name) {
                     Some(global) => global.peek(name, query.dead, limit).await?,
@@ -116,6 +121,7 @@ impl App {
             (&Method::DELETE, [name, "messages"]) => {
                 let name = checked(name)?;
                 let caller = self.authorize_queue(&request, Op::Manage, Some(name), peer)?;
+                let query = query(&["dead"])?;
                 // Run to the end even if the caller goes away: a purge cut off halfway would leave
                 // the index and the engine apart.
                 let (queues, global, queue, dead) =
@@ -134,6 +140,7 @@ impl App {
             (&Method::POST, [name, "redrive"]) => {
                 let name = checked(name)?;
                 let caller = self.authorize_queue(&request, Op::Manage, Some(name), peer)?;
+                query(&[])?;
                 let (queues, global, queue) = (self.queues.clone(), self.global_queue(name).cloned(), name.to_string());
                 let redriven = finish(async move {
                     match global {
@@ -152,7 +159,19 @@ impl App {
 
     /// The global queues, when `name` is one (cluster mode, listed in `[queues] global`).
     fn global_queue(&self, name: &str) -> Option<&std::sync::Arc<GlobalQueues>> {
-        self.global_queues.as_ref().filter(|_| self.registry.global_queues().iter().any(|q| q == name))
+        self.global_queues.as_ref().filter(|_| self.global_queue_names().iter().any(|q| q == name))
+    }
+
+    /// The queues kept in etcd: those the policies of the functions here list, and those of
+    /// every function in the cluster's records (a function placed on other nodes too).
+    fn global_queue_names(&self) -> Vec<String> {
+        let mut names = self.registry.global_queues();
+        if let Some(cluster) = &self.cluster {
+            names.extend(cluster.global_queues());
+            names.sort();
+            names.dedup();
+        }
+        names
     }
 
     /// Checks the request's token for `op` on `queue` (never a function: a token confined to
@@ -173,7 +192,7 @@ impl App {
                 "a token without `op manage` sends only to the queues a `queue` caveat names",
             ));
         }
-        self.charge_admin(&caller)?;
+        self.charge_quota(if op == Op::Send { "send" } else { "admin" }, &caller)?;
         Ok(caller)
     }
 }
@@ -206,11 +225,15 @@ struct Query {
 }
 
 impl Query {
-    /// The parameters; an unknown one, or a `dead` that is not `true` or `false`, is a 400 that
-    /// names it (a purge must never take the wrong side).
-    fn parse(query: Option<&str>) -> Result<Query, Problem> {
+    /// The parameters, of those in `allowed`; any other, or a `dead` that is not `true` or
+    /// `false`, is a 400 that names it (a purge must never take the wrong side).
+    fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Query, Problem> {
         let mut parsed = Query::default();
         for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if !allowed.contains(&name.as_ref()) {
+                let takes = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+                return Err(bad_parameter(format!("unknown parameter `{name}` (this route takes {takes})")));
+            }
             match name.as_ref() {
                 "dead" => {
                     parsed.dead = match value.as_ref() {
@@ -221,10 +244,7 @@ impl Query {
                 }
                 "delay_ms" => parsed.delay_ms = Some(value.into_owned()),
                 "key" => parsed.key = Some(value.into_owned()),
-                "limit" => parsed.limit = Some(value.into_owned()),
-                other => {
-                    return Err(bad_parameter(format!("unknown parameter `{other}` (dead, delay_ms, key, limit)")));
-                }
+                _ => parsed.limit = Some(value.into_owned()),
             }
         }
         Ok(parsed)

@@ -24,6 +24,10 @@ pub struct Entry {
     pub failed: u32,
     /// The body's length.
     pub size: u64,
+    /// It came here from another queue's failed attempts (a `dead_letter` move): failing here
+    /// too, it stays on this queue's dead side, so a cycle of dead-letter queues ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moved: bool,
 }
 
 /// A queue's bounds: what it keeps at most, its dead side included.
@@ -52,8 +56,17 @@ pub struct QueueIndex {
     /// Sent in transactions not yet committed.
     pub reserved: u64,
     pub reserved_bytes: u64,
-    /// Body bytes of every kept message, live and dead.
+    /// Bytes charged for every kept message, live and dead ([`charged`]).
     pub bytes: u64,
+}
+
+/// What a message costs besides its body (its keys, its entry in the engine and here, their
+/// versions), charged with it so that empty messages are not free.
+pub const MESSAGE_OVERHEAD: u64 = 256;
+
+/// The bytes a message of `size` body bytes is charged for.
+pub fn charged(size: u64) -> u64 {
+    size + MESSAGE_OVERHEAD
 }
 
 /// Why a send does not fit a queue.
@@ -71,26 +84,26 @@ impl QueueIndex {
     /// Holds room for a message of `size` bytes, or says the queue is full.
     pub fn reserve(&mut self, size: u64, bounds: Bounds) -> Result<(), Full> {
         let over_depth = self.depth() + 1 > u64::from(bounds.max_depth);
-        let over_bytes = self.bytes + self.reserved_bytes + size > bounds.max_bytes;
+        let over_bytes = self.bytes + self.reserved_bytes + charged(size) > bounds.max_bytes;
         if over_depth || over_bytes {
             return Err(Full { bounds });
         }
         self.reserved += 1;
-        self.reserved_bytes += size;
+        self.reserved_bytes += charged(size);
         Ok(())
     }
 
     /// Gives back a reservation (its transaction ended, committed or not).
     pub fn unreserve(&mut self, size: u64) {
         self.reserved = self.reserved.saturating_sub(1);
-        self.reserved_bytes = self.reserved_bytes.saturating_sub(size);
+        self.reserved_bytes = self.reserved_bytes.saturating_sub(charged(size));
     }
 
     /// Adds a committed message.
     pub fn insert(&mut self, seq: u64, entry: Entry) {
-        self.bytes += entry.size;
+        self.bytes += charged(entry.size);
         if let Some(replaced) = self.live.insert(seq, entry) {
-            self.bytes -= replaced.size;
+            self.bytes = self.bytes.saturating_sub(charged(replaced.size));
         }
     }
 
@@ -98,7 +111,22 @@ impl QueueIndex {
     pub fn remove(&mut self, seq: u64) -> Option<Entry> {
         self.in_flight.remove(&seq);
         let entry = self.live.remove(&seq)?;
-        self.bytes -= entry.size;
+        self.bytes = self.bytes.saturating_sub(charged(entry.size));
+        Some(entry)
+    }
+
+    /// Adds a dead-lettered message to the dead side.
+    pub fn insert_dead(&mut self, seq: u64, entry: Entry) {
+        self.bytes += charged(entry.size);
+        if let Some(replaced) = self.dead.insert(seq, entry) {
+            self.bytes = self.bytes.saturating_sub(charged(replaced.size));
+        }
+    }
+
+    /// Removes a message from the dead side.
+    pub fn remove_dead(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.dead.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(charged(entry.size));
         Some(entry)
     }
 
@@ -151,7 +179,15 @@ mod tests {
     use super::*;
 
     fn entry(key: Option<&str>, not_before_ms: u64) -> Entry {
-        Entry { id: "m".into(), key: key.map(String::from), sent_at_ms: 0, not_before_ms, failed: 0, size: 1 }
+        Entry {
+            id: "m".into(),
+            key: key.map(String::from),
+            sent_at_ms: 0,
+            not_before_ms,
+            failed: 0,
+            size: 1,
+            moved: false,
+        }
     }
 
     fn index(entries: &[(Option<&str>, u64)]) -> QueueIndex {
@@ -206,12 +242,20 @@ mod tests {
 
     #[test]
     fn reservations_count_against_the_bounds_until_given_back() {
-        let bounds = Bounds { max_depth: 2, max_bytes: 10 };
+        // One kept message of 1 byte; room for 2 messages and 10 body bytes besides overheads.
+        let bounds = Bounds { max_depth: 2, max_bytes: 2 * MESSAGE_OVERHEAD + 10 };
         let mut index = index(&[(None, 0)]);
         index.reserve(5, bounds).unwrap();
         assert_eq!(index.reserve(1, bounds), Err(Full { bounds }), "depth");
         index.unreserve(5);
         assert_eq!(index.reserve(10, bounds), Err(Full { bounds }), "bytes: 1 kept + 10");
         index.reserve(9, bounds).unwrap();
+        // Empty messages are not free.
+        let mut empty = QueueIndex::default();
+        let small = Bounds { max_depth: 100, max_bytes: 3 * MESSAGE_OVERHEAD };
+        for _ in 0..3 {
+            empty.reserve(0, small).unwrap();
+        }
+        assert_eq!(empty.reserve(0, small), Err(Full { bounds: small }));
     }
 }

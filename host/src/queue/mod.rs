@@ -153,6 +153,7 @@ pub fn new_entry(queue: &str, body: &[u8], options: &SendOptions, max_body: u64)
         not_before_ms: sent_at_ms + options.delay.as_millis() as u64,
         failed: 0,
         size,
+        moved: false,
     })
 }
 
@@ -236,7 +237,7 @@ impl Queues {
         {
             let mut indexes = self.indexes.lock().expect("queue lock poisoned");
             let held: u64 = indexes.values().map(|index| index.bytes + index.reserved_bytes).sum();
-            if held + entry.size > self.max_total {
+            if held + index::charged(entry.size) > self.max_total {
                 return Err(QueueError::NodeFull { limit: self.max_total });
             }
             let index = indexes.entry(queue.to_string()).or_default();

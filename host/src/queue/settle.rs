@@ -18,6 +18,9 @@ use super::{Entry, QueueError, Queues, now_ms};
 /// Attempts at a settling transaction that conflicted (with a purge or redrive).
 const SETTLE_TRIES: usize = 3;
 
+/// How long a message the engine failed to read or settle waits before it is delivered again.
+const SETTLE_FAILED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Messages moved or removed per transaction by redrive and purge.
 const BATCH: usize = 500;
 
@@ -25,7 +28,7 @@ const BATCH: usize = 500;
 const SWEEP_TRIES: usize = 10;
 
 /// Body bytes one peek returns at most (the rest of the page is left out).
-const PEEK_MAX_BYTES: u64 = 8 << 20;
+pub const PEEK_MAX_BYTES: u64 = 8 << 20;
 
 /// A message out for delivery.
 #[derive(Debug, Clone)]
@@ -89,7 +92,8 @@ impl Queues {
                 Ok(None) => drop(self.forget(queue, seq)),
                 Err(error) => {
                     tracing::warn!(queue, %error, "reading a message to deliver failed; it waits");
-                    self.unclaim(queue, seq);
+                    let waits = Entry { not_before_ms: now_ms() + SETTLE_FAILED_WAIT.as_millis() as u64, ..entry };
+                    self.apply(queue, seq, Change::Waits(waits));
                 }
             }
         }
@@ -101,23 +105,18 @@ impl Queues {
         self.indexes.lock().expect("queue lock poisoned").get(queue).map_or(0, |index| index.in_flight.len())
     }
 
-    fn unclaim(&self, queue: &str, seq: u64) {
-        if let Some(index) = self.indexes.lock().expect("queue lock poisoned").get_mut(queue) {
-            index.in_flight.remove(&seq);
-        }
-        self.wake.notify_one();
-    }
-
     fn forget(&self, queue: &str, seq: u64) -> Option<Entry> {
         let removed = self.indexes.lock().expect("queue lock poisoned").get_mut(queue).and_then(|i| i.remove(seq));
         self.wake.notify_one();
         removed
     }
 
-    /// Settles a delivery. On an engine failure the message stays as it was (waiting), to be
-    /// delivered again.
+    /// Settles a delivery. On an engine failure the message stays as it was, to be delivered
+    /// again after [`SETTLE_FAILED_WAIT`].
     pub async fn settle(self: &Arc<Self>, delivery: &Delivery, outcome: Outcome) -> Result<(), QueueError> {
         let Delivery { queue, seq, entry, .. } = delivery;
+        // Purge and redrive wait until this settle's commit and its index change are both done.
+        let _settling = self.settling.read().await;
         let decided = match outcome {
             Outcome::NotDelivered { retry_at_ms } => {
                 // Only the index waits: nothing about the message changed.
@@ -129,8 +128,6 @@ impl Queues {
             Outcome::Retry { not_before_ms } => Decided::Retry { not_before_ms },
             Outcome::DeadLetter { to } => Decided::DeadLetter { to },
         };
-        // Purge and redrive wait until this settle's commit and its index change are both done.
-        let _settling = self.settling.read().await;
         let mut tries = 0;
         let settled = loop {
             tries += 1;
@@ -144,7 +141,10 @@ impl Queues {
             Ok(None) => drop(self.forget(queue, *seq)),
             Ok(Some(change)) => self.apply(queue, *seq, change),
             Err(error) => {
-                self.unclaim(queue, *seq);
+                // The engine refused (a full disk, a failed WAL): the message waits a while as
+                // it was, rather than running its consumer again at once.
+                let waits = Entry { not_before_ms: now_ms() + SETTLE_FAILED_WAIT.as_millis() as u64, ..entry.clone() };
+                self.apply(queue, *seq, Change::Waits(waits));
                 return Err(error);
             }
         }
@@ -176,9 +176,9 @@ impl Queues {
                 tx.put(&waiting, &store::encode(&retried))?;
                 Some(Change::Waits(retried))
             }
-            Decided::DeadLetter { to: Some(target) } => {
+            Decided::DeadLetter { to: Some(target) } if !entry.moved => {
                 // The same message on another queue: its id, key and send time stay.
-                let moved = Entry { failed: 0, not_before_ms: now_ms(), ..entry.clone() };
+                let moved = Entry { failed: 0, not_before_ms: now_ms(), moved: true, ..entry.clone() };
                 match self.stage_entry(&mut tx, target, body, moved) {
                     Ok(staged) => {
                         remove_message(&mut tx, queue, seq)?;
@@ -194,7 +194,8 @@ impl Queues {
                     }
                 }
             }
-            Decided::DeadLetter { to: None } => {
+            // No dead-letter queue, or the message failed in one already.
+            Decided::DeadLetter { .. } => {
                 tx.delete(&waiting)?;
                 tx.put(&store::key(Record::Dead, queue, seq), &store::encode(&failed))?;
                 Some(Change::Dead(failed))
@@ -215,8 +216,7 @@ impl Queues {
                 }
                 Change::Dead(entry) => {
                     if index.remove(seq).is_some() {
-                        index.bytes += entry.size;
-                        index.dead.insert(seq, entry);
+                        index.insert_dead(seq, entry);
                     }
                 }
             }
@@ -282,17 +282,15 @@ impl Queues {
                     tx.put(&store::key(Record::Waiting, queue, seq), &store::encode(&entry))?;
                     revived.push((seq, entry));
                 }
-                tx.commit()?;
-                Ok((page, revived))
-            })?;
+                Ok((tx, (page, revived)))
+            })
+            .await?;
             moved += revived.len() as u64;
             {
                 let mut indexes = self.indexes.lock().expect("queue lock poisoned");
                 let index = indexes.entry(queue.to_string()).or_default();
                 for (seq, entry) in revived {
-                    if let Some(was) = index.dead.remove(&seq) {
-                        index.bytes -= was.size;
-                    }
+                    index.remove_dead(seq);
                     index.insert(seq, entry);
                 }
             }
@@ -323,9 +321,9 @@ impl Queues {
                         seqs.push(seq);
                     }
                 }
-                tx.commit()?;
-                Ok((page.len(), seqs))
-            })?;
+                Ok((tx, (page.len(), seqs)))
+            })
+            .await?;
             if seqs.0 == 0 {
                 return Ok(removed);
             }
@@ -334,9 +332,7 @@ impl Queues {
             let index = indexes.entry(queue.to_string()).or_default();
             for seq in seqs.1 {
                 if dead {
-                    if let Some(was) = index.dead.remove(&seq) {
-                        index.bytes -= was.size;
-                    }
+                    index.remove_dead(seq);
                 } else {
                     index.remove(seq);
                 }
@@ -345,13 +341,21 @@ impl Queues {
     }
 }
 
-/// Runs an engine transaction again while it conflicts (with sends and settles racing it), a
-/// bounded number of times.
-fn retried<T>(mut run: impl FnMut() -> Result<T, TxError>) -> Result<T, QueueError> {
+/// Commits the transaction `prepare` makes (and returns what it found), preparing it again
+/// while it conflicts with sends and settles racing it, a bounded number of times. The commit's
+/// fsync is awaited, never waited for on a runtime worker.
+async fn retried<T>(mut prepare: impl FnMut() -> Result<(Tx, T), TxError>) -> Result<T, QueueError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match run() {
+        let committed = match prepare() {
+            Ok((tx, found)) => match tx.commit_async() {
+                Ok(ticket) => ticket.await.map(|_| found),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        match committed {
             Err(error) if error.is_retryable() && tries < SWEEP_TRIES => continue,
             other => return other.map_err(QueueError::from),
         }

@@ -86,10 +86,7 @@ pub fn load(db: &Db) -> Result<(HashMap<String, QueueIndex>, u64), TxError> {
                 last_seq = last_seq.max(seq);
                 let index = indexes.entry(queue.to_string()).or_default();
                 match record {
-                    Record::Dead => {
-                        index.bytes += entry.size;
-                        index.dead.insert(seq, entry);
-                    }
+                    Record::Dead => index.insert_dead(seq, entry),
                     _ => index.insert(seq, entry),
                 }
             }

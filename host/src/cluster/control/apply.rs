@@ -46,7 +46,10 @@ impl Cluster {
                 None
             }
         });
-        let known = record.map(|record| Known { replicas: record.replicas(), record, revision: change.revision });
+        let known = record.map(|record| {
+            let (replicas, global_queues) = record.policy_facts();
+            Known { replicas, global_queues, record, revision: change.revision }
+        });
         let serving = known.as_ref().filter(|k| k.record.serving().is_some()).map(|k| (k.record.clone(), k.replicas));
         let removal = known.as_ref().and_then(|k| k.record.removed);
         match known {

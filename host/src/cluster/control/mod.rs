@@ -97,6 +97,8 @@ impl VersionRecord {
 pub(super) struct Known {
     pub(super) record: FunctionRecord,
     replicas: u32,
+    /// The queues its uploaded policy keeps in etcd (`[queues] global`).
+    global_queues: Vec<String>,
     revision: i64,
 }
 
@@ -138,11 +140,12 @@ impl FunctionRecord {
 
     /// `[placement] replicas` of the uploaded policy (0: every node). Parses the policy: call
     /// once per record ([`Known`] keeps the result).
-    fn replicas(&self) -> u32 {
-        self.policy
-            .as_deref()
-            .and_then(|text| crate::access::policy::PolicyFile::parse(text).ok())
-            .and_then(|file| file.placement.and_then(|p| p.replicas))
-            .unwrap_or(0)
+    /// What the cluster reads from the uploaded policy: its `[placement] replicas` and the
+    /// queues it keeps in etcd (`[queues] global`).
+    fn policy_facts(&self) -> (u32, Vec<String>) {
+        let file = self.policy.as_deref().and_then(|text| crate::access::policy::PolicyFile::parse(text).ok());
+        let replicas = file.as_ref().and_then(|file| file.placement.as_ref()?.replicas).unwrap_or(0);
+        let global = file.and_then(|file| file.queues?.global).unwrap_or_default();
+        (replicas, global.into_iter().map(|name| name.0).collect())
     }
 }

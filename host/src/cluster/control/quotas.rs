@@ -3,8 +3,7 @@
 //! local keyspace is; a global shared store (`s/STORE/`) to the largest `max_bytes` among the
 //! functions here whose policy grants it (any of them may write to it); a global queue
 //! (`q/QUEUE/`) to its consumer's `max_bytes` when its consumer is here, else to the default
-//! bound when a function here lists it in `[queues] global`. A keyspace that no function here
-//! owns, is granted or sends to may not grow.
+//! bound. Any other keyspace that no function here owns or is granted may not grow.
 
 use std::sync::{Arc, Weak};
 
@@ -33,17 +32,12 @@ fn quota_of(registry: &Weak<Registry>, keyspace: &[u8]) -> u64 {
             .map(|deployment| deployment.policy.kv_max_bytes)
             .max()
             .unwrap_or(0),
-        "q" => {
-            let deployments = registry.list().iter().filter_map(|meta| registry.lookup(&meta.name)).collect::<Vec<_>>();
-            let consumed = deployments
-                .iter()
-                .flat_map(|deployment| deployment.policy.consumers.iter())
-                .find(|consumer| consumer.queue == name)
-                .map(|consumer| consumer.max_bytes);
-            // Listed as global by a function here (as a queue it sends to or dead-letters to).
-            let listed = deployments.iter().any(|deployment| deployment.policy.queues_global.iter().any(|q| q == name));
-            consumed.or(listed.then(|| crate::queue::Bounds::default().max_bytes)).unwrap_or(0)
-        }
+        // Only queues some function lists as global are ever written (guests send to the queues
+        // their policy lists; HTTP sends go to etcd only for those): the consumer's bound when it
+        // is here, else the default.
+        "q" => registry
+            .consumer_of(name)
+            .map_or_else(|| crate::queue::Bounds::default().max_bytes, |(_, consumer)| consumer.max_bytes),
         _ => 0,
     }
 }

@@ -28,6 +28,17 @@ impl Cluster {
         self.records.read().get(name).filter(|k| k.record.serving().is_some()).map(|k| k.replicas)
     }
 
+    /// The queues any deployed function's uploaded policy keeps in etcd (`[queues] global`),
+    /// wherever it is placed.
+    pub fn global_queues(&self) -> Vec<String> {
+        let records = self.records.read();
+        let serving = records.values().filter(|known| known.record.serving().is_some());
+        let mut names: Vec<String> = serving.flat_map(|known| known.global_queues.iter().cloned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The live version's metadata of a deployed function as last seen.
     pub fn meta(&self, name: &str) -> Option<FunctionMeta> {
         self.records.read().get(name)?.record.meta(name)

@@ -13,6 +13,9 @@ use crate::etcd::Retry;
 use crate::queue::settle::Delivery;
 use crate::queue::{Entry, QueueError, index::QueueIndex, now_ms};
 
+/// How long one renewal may take before the next endpoint is tried.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl GlobalQueues {
     /// Up to `most` due messages of `queue`, now claimed by this node; and when the next one
     /// waiting falls due. Looks at most [`LIST_PAGES`] pages of waiting messages.
@@ -118,28 +121,32 @@ impl GlobalQueues {
         }
     }
 
-    /// Renews `lease` every third of its time to live until [`GlobalQueues::release`] or
-    /// [`GlobalQueues::abandon`] stops it.
+    /// Renews `lease` every quarter of its time to live until [`GlobalQueues::release`] or
+    /// [`GlobalQueues::abandon`] stops it, or etcd says it expired (the claim is lost then: the
+    /// settle finds the claim gone and leaves the message to whoever holds it now).
     fn renew(&self, lease: i64) {
         let etcd = self.etcd.clone();
         let task = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(CLAIM_TTL_SECONDS as u64 / 3)).await;
-                let renewed = tokio::time::timeout(Duration::from_secs(2), async {
-                    let (mut keeper, mut answers) = etcd.client().lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    answers.message().await
-                })
-                .await;
+                tokio::time::sleep(Duration::from_secs(CLAIM_TTL_SECONDS as u64) / 4).await;
+                // One call sends a renewal and reads its answer; an expired lease is an error.
+                let renewed = tokio::time::timeout(RENEW_TIMEOUT, etcd.client().lease_keep_alive(lease)).await;
                 match renewed {
-                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
-                    // Expired (etcd was away longer than its time to live): the claim is gone.
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return,
+                    // This endpoint did not answer: the next one is asked next time, while the
+                    // lease still has three quarters of its time.
                     _ => etcd.next_endpoint(),
                 }
             }
         });
         self.renewals.lock().expect("renewals lock poisoned").insert(lease, task.abort_handle());
+    }
+
+    /// Whether the claim on `position` is still on `lease` (its renewals held).
+    pub(super) async fn still_claimed(&self, queue: &str, position: u64, lease: i64) -> Result<bool, QueueError> {
+        let claim = self.etcd.get(claim_key(queue, position), None).await.map_err(unavailable)?;
+        Ok(claim.kvs().first().is_some_and(|kv| kv.lease() == lease))
     }
 
     /// Stops renewing `lease`: its claim expires within [`CLAIM_TTL_SECONDS`] (a backoff).

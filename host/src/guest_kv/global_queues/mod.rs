@@ -144,7 +144,8 @@ impl GlobalQueues {
     /// the same one first, `tx` fails its commit (a conflict) instead of overwriting it.
     pub async fn free_position(&self, tx: &mut GlobalTx, queue: &str) -> Result<u64, QueueError> {
         let position = self.next_position();
-        match tx.get(&key(Record::Waiting, queue, position)).await.map_err(from_global)? {
+        // The body key: a waiting or a dead message at this position has one.
+        match tx.get(&key(Record::Body, queue, position)).await.map_err(from_global)? {
             None => Ok(position),
             Some(_) => Err(QueueError::Conflict("a message position was taken by another node; send again".into())),
         }

@@ -7,7 +7,7 @@ use etcd_client::GetOptions;
 
 use super::{BATCH, CLAIM_PREFIX, GlobalQueues, Record, data_key, from_global, key, position_of, range, unavailable};
 use crate::guest_kv::global::{GlobalError, GlobalTx};
-use crate::queue::settle::{Delivery, Outcome, Peeked, QueueStats};
+use crate::queue::settle::{Delivery, Outcome, PEEK_MAX_BYTES, Peeked, QueueStats};
 use crate::queue::{Bounds, Entry, QueueError, now_ms};
 
 impl GlobalQueues {
@@ -20,7 +20,7 @@ impl GlobalQueues {
         dead_letter_bounds: Bounds,
     ) -> Result<(), QueueError> {
         let Some(lease) = delivery.claim_lease else { return Ok(()) };
-        let Delivery { queue, seq: position, entry, body, .. } = delivery;
+        let Delivery { queue, seq: position, body, .. } = delivery;
         let decided = match outcome {
             Outcome::NotDelivered { retry_at_ms } => {
                 // Held a little longer, so that a busy consumer is not asked again at once.
@@ -30,7 +30,21 @@ impl GlobalQueues {
             }
             decided => decided,
         };
-        match self.settle_in_etcd(queue, *position, entry, &decided, body, dead_letter_bounds).await {
+        // A claim whose renewals failed may be another node's now: that node settles it.
+        if !self.still_claimed(queue, *position, lease).await? {
+            self.abandon(lease);
+            tracing::warn!(queue, "a delivery's claim expired before it was settled; its new holder settles it");
+            return Ok(());
+        }
+        let mut settled = self.settle_in_etcd(queue, *position, &decided, body, dead_letter_bounds).await;
+        if let Err(QueueError::Refused(why)) = &settled {
+            // A retry or a move the etcd quotas refuse (a full dead-letter queue): the message
+            // goes to the queue's own dead side rather than being tried forever.
+            tracing::warn!(queue, %why, "settling refused by the quotas; the message goes to the queue's dead side");
+            let dead = Outcome::DeadLetter { to: None };
+            settled = self.settle_in_etcd(queue, *position, &dead, body, dead_letter_bounds).await;
+        }
+        match settled {
             Ok(()) => {
                 self.release(lease).await;
                 Ok(())
@@ -42,22 +56,28 @@ impl GlobalQueues {
         }
     }
 
+    /// Applies `outcome` to the message at `position`, as it is in etcd now (attempts counted
+    /// from the entry read here, not the one delivered).
     async fn settle_in_etcd(
         &self,
         queue: &str,
         position: u64,
-        entry: &Entry,
         outcome: &Outcome,
         body: &[u8],
         dead_letter_bounds: Bounds,
     ) -> Result<(), QueueError> {
         let waiting = key(Record::Waiting, queue, position);
         let mut tx = self.store.begin(true);
-        if tx.get(&waiting).await.map_err(from_global)?.is_none() {
-            return Ok(());
-        }
+        let Some(stored) = tx.get(&waiting).await.map_err(from_global)? else { return Ok(()) };
+        let Ok(entry) = serde_json::from_slice::<Entry>(&stored) else {
+            return Err(QueueError::Unavailable(format!("message {position:016x} of `{queue}` is unreadable")));
+        };
         let failed = Entry { failed: entry.failed + 1, ..entry.clone() };
         let encode = |entry: &Entry| serde_json::to_vec(entry).expect("an entry serializes");
+        let to_dead_side = |tx: &mut GlobalTx| -> Result<(), GlobalError> {
+            tx.delete(&waiting)?;
+            tx.put(&key(Record::Dead, queue, position), &encode(&failed))
+        };
         match outcome {
             Outcome::Acknowledged => {
                 tx.delete(&waiting).map_err(from_global)?;
@@ -66,12 +86,10 @@ impl GlobalQueues {
             // Settled in `settle`, never here.
             Outcome::NotDelivered { .. } => return Ok(()),
             Outcome::Retry { not_before_ms } => {
-                let retried = Entry { not_before_ms: *not_before_ms, ..failed };
+                let retried = Entry { not_before_ms: *not_before_ms, ..failed.clone() };
                 tx.put(&waiting, &encode(&retried)).map_err(from_global)?;
             }
-            Outcome::DeadLetter { to: Some(target) } => {
-                let moved = Entry { failed: 0, not_before_ms: now_ms(), ..entry.clone() };
-                let target_position = self.next_position();
+            Outcome::DeadLetter { to: Some(target) } if !entry.moved => {
                 let depth = self.count(target, Record::Waiting).await? + self.count(target, Record::Dead).await?;
                 if depth >= u64::from(dead_letter_bounds.max_depth) {
                     tracing::warn!(
@@ -79,19 +97,18 @@ impl GlobalQueues {
                         target,
                         "dead-letter queue is full; the message stays on the queue's dead side"
                     );
-                    tx.delete(&waiting).map_err(from_global)?;
-                    tx.put(&key(Record::Dead, queue, position), &encode(&failed)).map_err(from_global)?;
+                    to_dead_side(&mut tx).map_err(from_global)?;
                 } else {
+                    let moved = Entry { failed: 0, not_before_ms: now_ms(), moved: true, ..entry.clone() };
+                    let target_position = self.free_position(&mut tx, target).await?;
                     tx.put(&key(Record::Body, target, target_position), body).map_err(from_global)?;
                     tx.put(&key(Record::Waiting, target, target_position), &encode(&moved)).map_err(from_global)?;
                     tx.delete(&waiting).map_err(from_global)?;
                     tx.delete(&key(Record::Body, queue, position)).map_err(from_global)?;
                 }
             }
-            Outcome::DeadLetter { to: None } => {
-                tx.delete(&waiting).map_err(from_global)?;
-                tx.put(&key(Record::Dead, queue, position), &encode(&failed)).map_err(from_global)?;
-            }
+            // No dead-letter queue, or the message failed in one already.
+            Outcome::DeadLetter { .. } => to_dead_side(&mut tx).map_err(from_global)?,
         }
         tx.commit().await.map_err(from_global)?;
         Ok(())
@@ -135,12 +152,16 @@ impl GlobalQueues {
         let (start, end) = range(record, queue);
         let options = GetOptions::new().with_range(data_key(&end)).with_limit(limit as i64);
         let listed = self.etcd.get(data_key(&start), Some(options)).await.map_err(unavailable)?;
-        let mut peeked = Vec::new();
+        let (mut peeked, mut shown) = (Vec::new(), 0);
         for kv in listed.kvs() {
             let (Some(position), Ok(entry)) = (position_of(kv.key()), serde_json::from_slice::<Entry>(kv.value()))
             else {
                 continue;
             };
+            shown += entry.size;
+            if shown > PEEK_MAX_BYTES && !peeked.is_empty() {
+                break;
+            }
             let body = self.etcd.get(data_key(&key(Record::Body, queue, position)), None).await.map_err(unavailable)?;
             peeked.push(Peeked { entry, body: body.kvs().first().map(|kv| kv.value().to_vec()).unwrap_or_default() });
         }
