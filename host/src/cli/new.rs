@@ -61,6 +61,7 @@ const SDK: Files = embed! {
     "src/lib.rs" => "../guest-sdk/src/lib.rs",
     "src/http.rs" => "../guest-sdk/src/http.rs",
     "src/kv.rs" => "../guest-sdk/src/kv.rs",
+    "src/queue.rs" => "../guest-sdk/src/queue.rs",
 };
 
 /// ledge's WIT: the SDK's `wit/` folder.
@@ -68,6 +69,7 @@ const WIT: Files = embed! {
     "worlds.wit" => "../guest-sdk/wit/worlds.wit",
     "transactions.wit" => "../guest-sdk/wit/transactions.wit",
     "caller.wit" => "../guest-sdk/wit/caller.wit",
+    "queues.wit" => "../guest-sdk/wit/queues.wit",
     "deps/README.md" => "../guest-sdk/wit/deps/README.md",
     "deps/cli/cli.wit" => "../guest-sdk/wit/deps/cli/cli.wit",
     "deps/clocks/clocks.wit" => "../guest-sdk/wit/deps/clocks/clocks.wit",
@@ -178,5 +180,31 @@ mod tests {
         let project = super::super::project::Project::load(&root).unwrap();
         assert_eq!(project.functions[0].name, "my-fn");
         assert_eq!(project.functions[0].policy_text().unwrap().trim(), "public = true");
+    }
+
+    #[test]
+    fn projects_carry_every_file_of_the_sdk_and_its_wit() {
+        // A file added to the SDK but not embedded breaks every new project's first build.
+        fn files(root: &Path, dir: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    files(root, &path, found);
+                } else {
+                    found.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+        let mut on_disk = Vec::new();
+        for part in ["src", "wit"] {
+            files(&sdk, &sdk.join(part), &mut on_disk);
+        }
+        on_disk.push("Cargo.toml".into());
+        let mut embedded: Vec<String> = SDK.iter().map(|(path, _)| path.to_string()).collect();
+        embedded.extend(WIT.iter().map(|(path, _)| format!("wit/{path}")));
+        on_disk.sort();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
     }
 }
