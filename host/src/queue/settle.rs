@@ -161,7 +161,9 @@ impl Queues {
         body: &[u8],
     ) -> Result<Option<Change>, QueueError> {
         let waiting = store::key(Record::Waiting, queue, seq);
-        let mut tx = self.db.begin(Isolation::Serializable);
+        // Snapshot isolation is enough: every outcome writes the record it read, so a purge or
+        // redrive changing it meanwhile conflicts with this transaction (first committer wins).
+        let mut tx = self.db.begin(Isolation::Snapshot);
         if tx.get(&waiting)?.is_none() {
             return Ok(None);
         }
