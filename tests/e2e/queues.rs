@@ -565,3 +565,26 @@ async fn send_tokens_name_their_queues_and_pay_their_rate_and_queues_stay_apart(
     let split = problem(deploy(split).send().await.unwrap(), 409).await;
     assert!(split["detail"].as_str().unwrap().contains("global"), "{split}");
 }
+
+#[tokio::test]
+async fn a_confined_token_cannot_add_a_consumer_or_a_queue_and_uploads_stay_under_the_ceilings() {
+    let server = worker_server(&[], &format!("public = true\n{JOBS}")).await;
+    let url = format!("{}/v1/functions/{WORKER}/policy", server.url);
+    let upload = |token: String, policy: String| client().put(&url).bearer_auth(token).body(policy).send();
+    let confined = server.mint(&["fn = queue-worker"]);
+    // Sending to one more queue, and consuming one more, each widen the policy.
+    let more_send = format!("public = true\n{}", JOBS.replace("send = [\"jobs\"]", "send = [\"jobs\", \"mail\"]"));
+    let refused = problem(upload(confined.clone(), more_send).await.unwrap(), 403).await;
+    assert!(refused["detail"].as_str().unwrap().contains("queues.send"), "{refused}");
+    let more_consumers = format!("public = true\n{JOBS}[[consumer]]\nqueue = \"mail\"\npath = \"/jobs/m\"\n");
+    let refused = problem(upload(confined.clone(), more_consumers).await.unwrap(), 403).await;
+    assert!(refused["detail"].as_str().unwrap().contains("`consumer`"), "{refused}");
+    // Narrowing its consumer is allowed to the same token.
+    let narrower = format!("public = true\n{}", JOBS.replace("concurrency = 4", "concurrency = 2"));
+    assert_eq!(upload(confined, narrower).await.unwrap().status(), 204);
+    // Even the operator's token cannot upload a queue deeper than the node's ceiling.
+    let deep = format!("public = true\n{JOBS}max_depth = 100001\n");
+    let refused = problem(upload(server.admin_token.clone(), deep).await.unwrap(), 400).await;
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(detail.contains("consumer.max_depth") && detail.contains("queue_max_depth"), "{refused}");
+}

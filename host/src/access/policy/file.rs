@@ -303,11 +303,21 @@ mod tests {
         assert_eq!(consumer.backoff_after(40), Duration::from_secs(600), "capped at ten minutes");
         let widened = Policy::default().widened_by(&policy);
         assert!(widened.contains(&"queues.send") && widened.contains(&"consumer"), "{widened:?}");
-        // Dropping a consumer or a queue only tightens; changing a consumer widens.
+        // Dropping a consumer or a queue only tightens; raising a consumer's bounds widens.
         assert!(policy.widened_by(&Policy::default()).is_empty());
         let mut faster = policy.clone();
         faster.consumers[0].concurrency = 64;
         assert_eq!(policy.widened_by(&faster), ["consumer"]);
+        let mut sooner = policy.clone();
+        sooner.consumers[0].backoff = Duration::from_millis(100);
+        assert_eq!(policy.widened_by(&sooner), ["consumer"]);
+        let mut elsewhere = policy.clone();
+        elsewhere.consumers[0].dead_letter = None;
+        assert_eq!(policy.widened_by(&elsewhere), ["consumer"]);
+        let mut narrower = policy.clone();
+        narrower.consumers[0].concurrency = 1;
+        narrower.consumers[0].max_attempts = 2;
+        assert!(policy.widened_by(&narrower).is_empty(), "lowering a consumer's bounds only tightens");
         let bad = PolicyFile::parse("[[consumer]]\nqueue = \"Orders\"\npath = \"/x\"\n").unwrap_err();
         assert!(bad.contains("Orders"), "{bad}");
         let no_path = PolicyFile::parse("[[consumer]]\nqueue = \"orders\"\n").unwrap_err();

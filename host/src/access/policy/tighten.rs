@@ -4,10 +4,10 @@
 //!
 //! Invariants: every field is compared (a new field must join the list: its length is fixed),
 //! and a rate is compared as quota per window without rounding, so a change that widens
-//! anything is never reported as tightening. Claiming a route, adding a schedule or adding or
-//! changing a consumer widens.
+//! anything is never reported as tightening. Claiming a route, adding a schedule or a consumer,
+//! or raising a consumer's bounds widens.
 
-use super::{Policy, RateQuota};
+use super::{Consumer, Policy, RateQuota};
 
 impl Policy {
     /// The fields of `proposed` that let the function or its callers do more than `self`
@@ -44,9 +44,25 @@ impl Policy {
             ("queues.send", proposed.queues_send.iter().any(|q| !self.queues_send.contains(q))),
             // Moving a queue between the node and etcd changes where its messages live.
             ("queues.global", proposed.queues_global != self.queues_global),
-            // A new or changed consumer takes messages, runs the function and sizes its queue.
-            ("consumer", proposed.consumers.iter().any(|c| !self.consumers.contains(c))),
+            // A consumer takes messages, runs the function and sizes its queue: a new one widens,
+            // and so does raising any of its bounds or moving where its messages go.
+            ("consumer", proposed.consumers.iter().any(|c| !self.consumers.iter().any(|own| c.within(own)))),
         ];
         checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
+    }
+}
+
+impl Consumer {
+    /// Whether this consumer asks for no more than `own`: the same queue, path and dead-letter
+    /// queue, no more attempts, deliveries at once or room, and no shorter backoff.
+    fn within(&self, own: &Consumer) -> bool {
+        self.queue == own.queue
+            && self.path == own.path
+            && self.dead_letter == own.dead_letter
+            && self.max_attempts <= own.max_attempts
+            && self.backoff >= own.backoff
+            && self.concurrency <= own.concurrency
+            && self.max_depth <= own.max_depth
+            && self.max_bytes <= own.max_bytes
     }
 }
