@@ -5,6 +5,7 @@ mod harness;
 mod access;
 mod author;
 mod backup;
+mod cli_flags;
 mod cluster;
 mod cluster_state;
 mod config;

@@ -150,6 +150,8 @@ enum Command {
     /// Send to a queue, peek at its messages, redrive or purge them.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Print the shell completion script (e.g. `ledge completions bash > ~/.local/share/bash-completion/completions/ledge`).
+    Completions { shell: clap_complete::Shell },
     /// Remove function NAME and its key-value data.
     Rm {
         name: String,
@@ -317,6 +319,11 @@ pub fn main() -> ExitCode {
             Command::Nodes { json, server } => client::nodes(&server, json).await,
             Command::Queues { json, server } => queues::list(&server, json).await,
             Command::Queue(command) => queues::queue(command).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "ledge", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Logs { name, follow, since, json, raw, server } => {
                 client::logs(&server, &name, follow, since.as_deref(), json, raw).await
             }

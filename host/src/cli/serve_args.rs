@@ -19,8 +19,8 @@ pub struct ServeArgs {
     /// Directory of policy files (default.toml and NAME.toml).
     #[arg(long, default_value = "./policies")]
     pub(super) policies: PathBuf,
-    /// Largest component accepted by deploy, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Largest component accepted by deploy, e.g. "64MiB" (a bare number is bytes).
+    #[arg(long, default_value = "64MiB", value_parser = crate::access::policy::parse_size)]
     pub(super) max_upload: u64,
     /// Memory and address-space sizing: `standard` for servers, `small` for ARM64 boards
     /// (39-bit address space, 1 GB RAM).
@@ -57,11 +57,13 @@ pub struct ServeArgs {
     /// when it changes; other host names get the default certificate, if any.
     #[arg(long)]
     pub(super) tls_dir: Option<PathBuf>,
-    /// Seconds a client has to send its request head (slow-client protection).
-    #[arg(long, default_value_t = 10)]
+    /// How long a client has to send its request head (slow-client protection), e.g. "10s" (a
+    /// bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
     pub(super) header_timeout: u64,
-    /// Seconds a connection may stay open with no request in flight and no bytes moving.
-    #[arg(long, default_value_t = 60)]
+    /// How long a connection may stay open with no request in flight and no bytes moving, e.g.
+    /// "60s" or "2m" (a bare number is seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
     pub(super) idle_timeout: u64,
     /// Open connections in all; more are closed at accept.
     #[arg(long, default_value_t = 4096)]
@@ -77,9 +79,10 @@ pub struct ServeArgs {
     /// The longest `limits.timeout` any policy may set, e.g. "5m"; longer policies are refused.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub(super) max_timeout: std::time::Duration,
-    /// Bytes of key-value data (keys plus values) the node may hold in memory; writes past it
-    /// fail with a `limit` error. Default: a quarter of the machine's memory.
-    #[arg(long)]
+    /// Bytes of key-value data (keys plus values) the node may hold in memory, e.g. "2GiB" (a
+    /// bare number is bytes); writes past it fail with a `limit` error. Default: a quarter of
+    /// the machine's memory.
+    #[arg(long, value_parser = crate::access::policy::parse_size)]
     pub(super) kv_max_bytes: Option<u64>,
     /// Bytes the open key-value transactions of all instances may buffer for writing together,
     /// e.g. "256MiB" (each instance's share at most 16 MiB); a write past it fails with a
@@ -120,7 +123,12 @@ pub struct ServeArgs {
     /// Bytes of components the cluster may keep in etcd (every kept version of every distinct
     /// component); a deploy past it is refused. Keep it under etcd's quota (2 GiB by default),
     /// which global key-value data shares.
-    #[arg(long, requires = "cluster", default_value_t = crate::cluster::DEFAULT_MAX_ARTIFACT_BYTES)]
+    #[arg(
+        long,
+        requires = "cluster",
+        default_value_t = crate::cluster::DEFAULT_MAX_ARTIFACT_BYTES,
+        value_parser = crate::access::policy::parse_size
+    )]
     pub(super) cluster_max_artifact_bytes: u64,
     /// Largest queue message body, e.g. "256KiB" (at most 1MiB, the engine's largest value); a
     /// bigger send is refused (a guest `limit` error, HTTP 413).
@@ -185,6 +193,18 @@ impl ServeArgs {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error} (e.g. \"30s\", \"5m\")"))
+}
+
+/// Whole seconds: a bare number, or a duration with its unit ("10s", "2m").
+fn parse_seconds(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!("`{text}`: give whole seconds (e.g. \"10s\", \"2m\")"));
+    }
+    Ok(duration.as_secs())
 }
 
 /// A queue message size: at most the engine's largest value, which holds the body.
