@@ -41,3 +41,23 @@ async fn size_and_duration_flags_take_units_and_refuse_what_they_cannot_mean() {
         assert!(String::from_utf8_lossy(&output.stderr).contains(value), "the error names `{value}`");
     }
 }
+
+#[test]
+fn the_version_is_one_line_naming_the_commit_wasmtime_and_the_target() {
+    let output = ledge().arg("--version").output().expect("ledge");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let line = text.strip_suffix('\n').expect("one line");
+    assert!(!line.contains('\n'), "{text}");
+    let words: Vec<&str> = line.split(' ').collect();
+    let [name, version, commit, wasmtime, wasmtime_version, triple] = words.as_slice() else {
+        panic!("not `ledge X.Y.Z (COMMIT) wasmtime A.B.C TRIPLE`: {line}");
+    };
+    assert_eq!((*name, *wasmtime), ("ledge", "wasmtime"), "{line}");
+    assert_eq!(*version, env!("CARGO_PKG_VERSION"));
+    let commit = commit.strip_prefix('(').and_then(|c| c.strip_suffix(')')).expect("(COMMIT)");
+    // The tests run from a checkout: the commit is known.
+    assert!(commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    assert!(wasmtime_version.starts_with("48."), "{line}");
+    assert!(triple.contains("-linux-"), "{line}");
+}

@@ -34,9 +34,10 @@ pub mod replay;
 pub mod serve;
 pub mod serve_args;
 mod token;
+mod version;
 
 #[derive(Debug, Parser)]
-#[command(name = "ledge", version, about = "WebAssembly edge functions with serializable transactions")]
+#[command(name = "ledge", version = version::VERSION, about = "WebAssembly edge functions with serializable transactions")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
