@@ -27,6 +27,23 @@ for wasm in functions/target/wasm32-wasip2/release/*.wasm; do
   name=$(basename "$wasm" .wasm | tr '_' '-')
   ./target/release/ledge deploy "$name" "$wasm"
 done
-echo "ledge is serving the examples on $LEDGE_SERVER (try: curl $LEDGE_SERVER/fn/hello/world)"
-echo "admin token: $data_dir/admin.token"
+# What a new user runs next, in another terminal (ledge dev's default port is this server's, so
+# the dev server gets another).
+bin_dir="$PWD/target/release"
+token_file="$(cd "$data_dir" && pwd)/admin.token"
+cat <<EOF
+
+ledge is serving the examples on $LEDGE_SERVER (admin token: $token_file).
+Next, in another terminal:
+
+  export PATH="$bin_dir:\$PATH" LEDGE_SERVER=$LEDGE_SERVER LEDGE_TOKEN="\$(cat '$token_file')"
+
+  # 1. invoke a function
+  curl $LEDGE_SERVER/fn/hello/world
+  # 2. deploy your own (or, with live reload: ledge dev --listen 127.0.0.1:8081)
+  ledge new my-fn --lang rust && cd my-fn && ledge deploy && curl $LEDGE_SERVER/fn/my-fn/
+  # 3. follow a function's logs (its requests, and what it prints)
+  ledge logs hello --follow
+
+EOF
 wait $server

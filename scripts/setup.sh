@@ -13,9 +13,10 @@ rustup target add wasm32-wasip2 aarch64-unknown-linux-gnu >/dev/null
 # curl for the TLS tests, strace for the test that watches directory fsyncs (scripts/bench.sh
 # installs wrk and h2load itself).
 missing=()
-# etcd (Debian's etcd-server) for the cluster tests, protoc for the etcd client's build.
+# etcd (Debian's etcd-server) for the cluster tests, protoc for the etcd client's build,
+# lintian for the packaging test.
 for tool in aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user curl:curl strace:strace \
-  etcd:etcd-server protoc:protobuf-compiler; do
+  etcd:etcd-server protoc:protobuf-compiler lintian:lintian; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 [ -d /usr/aarch64-linux-gnu/lib ] || missing+=(libc6-dev-arm64-cross)

@@ -9,12 +9,16 @@ cd "$(dirname "$0")/.."
 # (a CI run on a fresh clone failed with a full disk), so the suite builds without it.
 export CARGO_INCREMENTAL=0
 ./scripts/setup.sh
+# cargo-deb (into target/tools, about a minute): the packaging test builds a .deb with it.
+./scripts/package.sh --tools-only
 cargo fmt --all -- --check
 # The layout ARCHITECTURE.md promises: layers used only downward, no import circles, no file
 # over 400 lines before its tests.
 python3 scripts/layers.py
 for guests in functions tests/guests; do (cd "$guests" && cargo fmt -- --check); done
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The SDK is publishable on its own: packaged and built from the package as crates.io would.
+cargo package --quiet --allow-dirty --manifest-path guest-sdk/Cargo.toml --target-dir target/sdk-package
 cargo test --workspace
 
 # ARM64: the host cross-compiled for aarch64 (.cargo/config.toml names the linker and the

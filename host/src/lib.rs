@@ -27,8 +27,8 @@
 //!   consensus, used by the cluster and by global transactions);
 //! - [`telemetry`]: OpenTelemetry export over OTLP: the trace context a run carries through
 //!   the layers above, the bounded export queues, the metrics and logs it sends;
-//! - [`storage`] and [`metrics`]: durable file writes and Prometheus metrics, used by every
-//!   layer above.
+//! - [`storage`], [`datadir`] and [`metrics`]: durable file writes, the data dir's format
+//!   versions (`format.json`) and Prometheus metrics, used by every layer above.
 //!
 //! `ARCHITECTURE.md` at the repository's root is the map: the path of a request, where state
 //! lives, the invariants every change keeps. `scripts/layers.py` (run by the test command)
@@ -39,6 +39,7 @@ pub mod access;
 pub mod backup;
 pub mod cli;
 pub mod cluster;
+pub mod datadir;
 pub mod etcd;
 pub mod guest_kv;
 pub mod http;

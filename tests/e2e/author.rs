@@ -9,14 +9,26 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Server, client, guest, ledge, problem, repo_root};
 
-/// PATH with the tools the Python and JavaScript templates build with (scripts/setup.sh
-/// installs componentize-py in target/pyenv and componentize-js in target/node).
-fn tool_path() -> String {
+/// PATH without the folders that hold componentize-py or componentize-js: a project finds its
+/// tools in its own `.venv/bin` and `node_modules/.bin` (scripts/setup.sh installs them in
+/// target/pyenv and target/node, which the tests link there).
+fn path_without_tools() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let tools = ["componentize-py", "componentize-js"];
+    let kept: Vec<&str> =
+        path.split(':').filter(|dir| !tools.iter().any(|tool| Path::new(dir).join(tool).exists())).collect();
+    kept.join(":")
+}
+
+/// Links the tools scripts/setup.sh installed where a project's own would be: componentize-py's
+/// virtual env as `.venv`, componentize-js's `node_modules`.
+fn link_tools(project: &Path) {
     let root = repo_root();
-    let tools = [root.join("target/pyenv/bin"), root.join("target/node/node_modules/.bin")];
-    let mut path: Vec<String> = tools.iter().map(|p| p.display().to_string()).collect();
-    path.push(std::env::var("PATH").unwrap_or_default());
-    path.join(":")
+    if project.join("package.json").exists() {
+        std::os::unix::fs::symlink(root.join("target/node/node_modules"), project.join("node_modules")).unwrap();
+    } else {
+        std::os::unix::fs::symlink(root.join("target/pyenv"), project.join(".venv")).unwrap();
+    }
 }
 
 fn new_project(dir: &Path, name: &str, lang: &str) -> PathBuf {
@@ -40,7 +52,7 @@ impl Dev {
             .arg("dev")
             .args(projects)
             .args(["--listen", "127.0.0.1:0"])
-            .env("PATH", tool_path())
+            .env("PATH", path_without_tools())
             .env("LEDGE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -98,7 +110,11 @@ impl Dev {
     }
 
     async fn get(&self, name: &str) -> String {
-        client().get(format!("{}/fn/{name}/", self.url)).send().await.unwrap().text().await.unwrap()
+        self.request(name).await.text().await.unwrap()
+    }
+
+    async fn request(&self, name: &str) -> reqwest::Response {
+        client().get(format!("{}/fn/{name}/", self.url)).send().await.unwrap()
     }
 
     async fn post(&self, name: &str) -> String {
@@ -140,13 +156,30 @@ async fn reloaded(dev: &mut Dev, name: &str, saved: Instant, text: &str) -> (Dur
 async fn a_rust_project_reloads_on_save_survives_a_syntax_error_and_deploys_as_its_manifest_says() {
     let dir = tempfile::tempdir().unwrap();
     let root = new_project(dir.path(), "hello-rs", "rust");
+    let source = root.join("src/lib.rs");
+    // The first build fails on a type error.
+    edit(&source, "unwrap_or(0) + 1", "unwrap_or(0) + \"1\"");
     let mut dev = Dev::start(&[&root]);
-    dev.wait_for(|l| l.starts_with("hello-rs: version 1 live"), Duration::from_secs(300));
+    // Until then, the function says it is building: its first build compiles every dependency
+    // and takes seconds, while this request comes right after the server starts listening.
+    let building = dev.request("hello-rs").await;
+    assert_eq!(building.headers()["retry-after"], "5");
+    let building = problem(building, 503).await;
+    assert!(building["detail"].as_str().unwrap().starts_with("building hello-rs (first build)"), "{building}");
+    dev.wait_for(|l| l.starts_with("hello-rs: build failed; nothing deployed yet"), Duration::from_secs(300));
+    // Nothing is live: the function answers with the compiler's first error, bounded.
+    let failed = problem(dev.request("hello-rs").await, 500).await;
+    let detail = failed["detail"].as_str().unwrap();
+    let first_error = detail.split_once("the first error:\n").unwrap().1;
+    assert!(first_error.starts_with("error[E0277]: cannot add") && first_error.contains("src/lib.rs"), "{detail}");
+    assert!(detail.len() <= 4200, "{} bytes", detail.len());
+    let saved = edit(&source, "unwrap_or(0) + \"1\"", "unwrap_or(0) + 1");
+    let timing = reloaded(&mut dev, "hello-rs", saved, "Hello from hello-rs").await;
+    println!("rust: fixed first build → live, live → served: {timing:?}");
     assert_eq!(dev.get("hello-rs").await, "Hello from hello-rs! You asked for /\n");
     assert_eq!(dev.post("hello-rs").await, "visit 1\n");
     assert_eq!(dev.post("hello-rs").await, "visit 2\n");
 
-    let source = root.join("src/lib.rs");
     let saved = edit(&source, "\"Hello from", "\"Hey from");
     let timing = reloaded(&mut dev, "hello-rs", saved, "Hey from hello-rs").await;
     println!("rust: save → live, live → served: {timing:?}");
@@ -183,6 +216,9 @@ async fn python_and_javascript_projects_run_together_under_one_dev_server() {
     let dir = tempfile::tempdir().unwrap();
     let python = new_project(dir.path(), "hello-py", "python");
     let js = new_project(dir.path(), "hello-js", "js");
+    // Each finds its build tool in the project (.venv/bin, node_modules/.bin), not on PATH.
+    link_tools(&python);
+    link_tools(&js);
     // The JavaScript one is private: only requests from this machine get through without a token.
     let manifest = js.join("ledge.toml");
     edit(&manifest, "public = true", "public = false");
@@ -207,6 +243,38 @@ async fn python_and_javascript_projects_run_together_under_one_dev_server() {
     assert_eq!(dev.get("hello-py").await, "Howdy from hello-py! You asked for /\n");
     assert_eq!(dev.get("hello-js").await, "Howdy from hello-js! You asked for /\n");
     assert_eq!(dev.post("hello-py").await, "visit 3\n");
+}
+
+/// A build that fails for want of its tool says which command installs it: `ledge deploy`
+/// before it uploads anything, and the dev server to a request (nothing of it is live).
+#[tokio::test]
+async fn a_missing_build_tool_names_the_command_that_installs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = new_project(dir.path(), "tool-py", "python");
+    let js = new_project(dir.path(), "tool-js", "js");
+    for (project, command) in
+        [(&python, "python3 -m venv .venv && .venv/bin/pip install componentize-py"), (&js, "npm install")]
+    {
+        let deployed = ledge()
+            .arg("deploy")
+            .current_dir(project)
+            .env("PATH", path_without_tools())
+            .env("LEDGE_SERVER", "http://127.0.0.1:9")
+            .env("LEDGE_TOKEN", "unused")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&deployed.stderr);
+        assert_eq!(deployed.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("run `{command}` in {}", project.display())), "{stderr}");
+    }
+    let mut dev = Dev::start(&[&python]);
+    dev.wait_for(|l| l.starts_with("tool-py: build failed; nothing deployed yet"), Duration::from_secs(60));
+    let failed = problem(dev.request("tool-py").await, 500).await;
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("componentize-py is not installed: run `python3 -m venv .venv"), "{detail}");
+    assert!(detail.contains("componentize-py: not found"), "{detail}");
+    // A name no project declares is missing, as on any server (this machine needs no token).
+    problem(dev.request("nothing-here").await, 404).await;
 }
 
 /// A web page on another site can send requests to 127.0.0.1, and the dev server lets this

@@ -2,7 +2,7 @@
 //! definition, and size and duration flags that take the units policies take (a bare number
 //! keeping its old meaning).
 
-use crate::harness::{Server, client, ledge};
+use crate::harness::{Server, build_version, client, ledge};
 
 #[test]
 fn completions_are_generated_for_bash_zsh_and_fish_and_name_every_command() {
@@ -34,7 +34,15 @@ async fn size_and_duration_flags_take_units_and_refuse_what_they_cannot_mean() {
     let response =
         server.admin().put(format!("{}/v1/functions/big", server.url)).body(vec![0u8; 2 << 20]).send().await.unwrap();
     assert_eq!(response.status(), 413);
-    assert_eq!(client().get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+    // Liveness is open to anyone, so it says nothing about the build: no version, no commit.
+    let health = client().get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let (version, commit) = build_version();
+    for (name, value) in health.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        assert!(!value.contains(&version) && !value.contains(&commit), "{name}: {value}");
+    }
+    assert_eq!(health.text().await.unwrap(), "ok\n");
     for (flag, value) in [("--idle-timeout", "1.5s"), ("--kv-max-bytes", "64 apples"), ("--header-timeout", "soon")] {
         let output = ledge().args(["serve", flag, value]).output().expect("ledge");
         assert_eq!(output.status.code(), Some(2), "{flag} {value}");

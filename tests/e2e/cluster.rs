@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::harness::{Etcd, Server, client, deploy_with_policy, get_from, guest, problem, version_from};
+use crate::harness::{Etcd, Server, build_version, client, deploy_with_policy, get_from, guest, problem, version_from};
 
 /// A node of the cluster on `etcd`, named `name`.
 fn node(etcd: &Etcd, name: &str) -> Server {
@@ -96,6 +96,15 @@ async fn a_deploy_policy_and_revocation_through_one_node_hold_on_every_node() {
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(listed["in_sync"], true);
     assert_eq!(listed["nodes"][0]["address"], a.url.as_str());
+    // Each names the ledge it runs, as `ledge --version` does: a rolling upgrade shows who runs what.
+    let (version, commit) = build_version();
+    for node in listed["nodes"].as_array().unwrap() {
+        assert_eq!((node["version"].as_str(), node["commit"].as_str()), (Some(&*version), Some(&*commit)), "{node}");
+    }
+    let table = b.cli_ok(&["nodes"]);
+    assert!(table.lines().next().is_some_and(|head| head.contains("VERSION") && head.contains("COMMIT")), "{table}");
+    let naming = table.lines().filter(|line| line.contains(&format!(" {version} ")) && line.contains(&commit));
+    assert_eq!(naming.count(), 3, "{table}");
 
     // A node started late catches up from etcd and serves everything.
     let d = node(&etcd, "d");

@@ -26,6 +26,18 @@ pub fn ledge() -> Command {
     command
 }
 
+/// The version and commit `ledge --version` names (`ledge X.Y.Z (COMMIT) wasmtime ...`).
+pub fn build_version() -> (String, String) {
+    let output = ledge().arg("--version").output().expect("ledge --version");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let commit = words.get(2).and_then(|c| c.strip_prefix('(')?.strip_suffix(')'));
+    match (words.get(1), commit) {
+        (Some(version), Some(commit)) => (version.to_string(), commit.to_string()),
+        _ => panic!("not `ledge X.Y.Z (COMMIT) ...`: {text}"),
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
@@ -363,6 +375,18 @@ pub async fn version_from(server: &Server, function: &str, source: std::net::IpA
     assert_eq!(status, 200, "{headers:?}");
     let version = headers.iter().find_map(|line| line.strip_prefix("ledge-version: ").map(str::to_string));
     version.unwrap_or_else(|| panic!("no ledge-version in {headers:?}")).trim().parse().unwrap()
+}
+
+/// `POST` to `function` at `path` with the admin token, asking for the run to be recorded
+/// (`ledge-record: 1`): the reply names the kept trace in `ledge-trace`.
+pub async fn recorded_post(server: &Server, function: &str, path: &str) -> reqwest::Response {
+    client()
+        .post(server.fn_url(function, path))
+        .bearer_auth(&server.admin_token)
+        .header("ledge-record", "1")
+        .send()
+        .await
+        .expect("recorded request")
 }
 
 pub fn client() -> reqwest::Client {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Server, client, guest, metric, problem};
+use crate::harness::{Server, client, guest, metric, problem, recorded_post};
 
 #[tokio::test]
 async fn a_refused_deploy_leaves_no_policy_behind_for_a_later_deploy() {
@@ -271,13 +271,7 @@ async fn every_file_ledge_writes_under_the_data_dir_is_private_whatever_the_dir_
     for _ in 0..20 {
         assert_eq!(client().post(server.fn_url("counter", "/")).send().await.unwrap().status(), 200);
     }
-    let recorded = client()
-        .post(server.fn_url("counter", "/"))
-        .bearer_auth(&server.admin_token)
-        .header("ledge-record", "1")
-        .send()
-        .await
-        .unwrap();
+    let recorded = recorded_post(&server, "counter", "/").await;
     assert!(recorded.headers().contains_key("ledge-trace"), "a trace is kept");
     // A clean stop, then a restart that recovers from what the first run wrote.
     assert!(server.terminate().success());

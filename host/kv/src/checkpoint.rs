@@ -17,6 +17,11 @@ use crate::error::Error;
 use crate::fs::Fs;
 
 const MAGIC: &[u8; 8] = b"LKVCKPT1";
+/// The checkpoint format this build writes and reads (the digit that ends [`MAGIC`]); a backup
+/// image is in it too.
+pub const FORMAT: u32 = 1;
+/// What the magic of every checkpoint format starts with, the format's digit after it.
+const MAGIC_PREFIX: &[u8; 7] = b"LKVCKPT";
 const END_MAGIC: &[u8; 8] = b"LKVEND01";
 const TRAILER: usize = 8 + 8 + 4;
 
@@ -121,6 +126,15 @@ pub(crate) fn parse(b: &[u8], file: &Path) -> Result<Loaded, Error> {
         offset: offset as u64,
         reason: reason.to_string(),
     };
+    if let Some(magic) = b.get(..8).filter(|magic| magic.starts_with(MAGIC_PREFIX) && magic != MAGIC) {
+        // A later format: refused as such, never misread or taken for damage.
+        let found = match magic[7] {
+            digit @ b'0'..=b'9' => char::from(digit).to_string(),
+            _ => format!("{:?}", String::from_utf8_lossy(magic)),
+        };
+        let reads = FORMAT.to_string();
+        return Err(Error::UnsupportedFormat { file: file.to_path_buf(), what: "checkpoint", found, reads });
+    }
     if b.len() < 16 + TRAILER || &b[..8] != MAGIC {
         return Err(corrupt(0, "bad checkpoint header"));
     }

@@ -39,6 +39,23 @@ pub enum Error {
     /// because it can no longer tell what is durable.
     #[error("WAL writer failed: {0}")]
     WalFailed(Arc<io::Error>),
+    /// A file of the database is in a format this build does not read: one written by a newer
+    /// build (its header names a later WAL or checkpoint format). Opening refuses before it
+    /// changes anything in the directory, rather than misread the file or drop it as damage.
+    #[error(
+        "{} is in {what} format {found}; this build reads {what} format {reads}: open the database with the newer build that wrote it",
+        file.display()
+    )]
+    UnsupportedFormat {
+        /// The file.
+        file: PathBuf,
+        /// What kind of file: `WAL segment` or `checkpoint`.
+        what: &'static str,
+        /// The format its header names.
+        found: String,
+        /// The formats this build reads, e.g. `1 to 2`.
+        reads: String,
+    },
     /// A restore was pointed at a directory that already holds a database.
     #[error("{0} already holds a database; restore into a new, empty directory")]
     NotEmpty(PathBuf),

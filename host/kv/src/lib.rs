@@ -32,6 +32,11 @@
 //! should use [`Tx::commit_async`] and await the [`CommitTicket`]: the conflict check happens
 //! at once and only the fsync wait is asynchronous, so no executor thread blocks on the disk.
 //!
+//! On-disk formats: the WAL segment format this build writes is [`WAL_FORMAT`] (it also reads
+//! back to [`WAL_OLDEST_FORMAT`]), the checkpoint (and backup image) format
+//! [`CHECKPOINT_FORMAT`]. A file whose header names a later format refuses the open with
+//! [`Error::UnsupportedFormat`] before anything in the directory changes.
+//!
 //! Module map: `db` (handle, threads, checkpoints), `tx` (operations, commit), `mvcc` (versions),
 //! `ssn` (certification), `wal` (group-commit flusher; `wal::frame` the format), `checkpoint`,
 //! `recovery`, `gc`, `error`. Each module's docs state its invariants.
@@ -53,12 +58,14 @@ mod stats;
 mod tx;
 mod wal;
 
+pub use checkpoint::FORMAT as CHECKPOINT_FORMAT;
 pub use db::Db;
 pub use error::{Error, TxError};
 pub use options::{Durability, Isolation, Options};
 pub use space::KeyspaceOf;
 pub use stats::Stats;
 pub use tx::{CommitTicket, KeyValue, Tx, prefix_end};
+pub use wal::{FORMAT as WAL_FORMAT, OLDEST_FORMAT as WAL_OLDEST_FORMAT};
 
 /// Entry points for the fuzz targets in `fuzz/` and the tests that replay their corpora. Not an
 /// API: each takes arbitrary bytes and must return without panicking, whatever they hold.

@@ -11,6 +11,8 @@
 //!   from a crash: it was never acknowledged (its fsync did not finish), so it is truncated away,
 //!   durably, before anything new is written. Any other bad batch or frame is [`Error::Corrupt`].
 //! - Segments that never got a record (empty, or a header alone) are removed wherever they are.
+//! - A checkpoint or segment whose header names a later format than this build reads is
+//!   [`Error::UnsupportedFormat`], found before anything is removed or truncated.
 
 use std::path::Path;
 
@@ -37,22 +39,42 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let mut ckpts = Vec::new();
     let mut segs = Vec::new();
+    let mut unfinished = Vec::new();
     for name in fs.list(dir)? {
         if let Some(s) = checkpoint::parse_checkpoint_name(&name) {
             ckpts.push(s);
         } else if let Some(s) = wal::parse_segment_name(&name) {
             segs.push(s);
         } else if name.starts_with("ckpt-") && name.ends_with(".tmp") {
-            fs.remove(&dir.join(name))?;
+            unfinished.push(dir.join(name));
         }
     }
     ckpts.sort_unstable();
     segs.sort_unstable();
 
+    // Everything is read, and every header's format checked, before anything is removed or cut:
+    // a file in a format this build does not read refuses the open with the directory as it was.
+    let loaded = match ckpts.last() {
+        Some(&s) => Some(checkpoint::load(fs, &checkpoint::checkpoint_path(dir, s))?),
+        None => None,
+    };
+    let mut segments = Vec::with_capacity(segs.len());
+    for &seq in &segs {
+        let path = wal::segment_path(dir, seq);
+        let bytes = fs.read(&path)?;
+        if let Some(found) = wal::unsupported_format(&bytes) {
+            let reads = format!("{} to {}", wal::OLDEST_FORMAT, wal::FORMAT);
+            return Err(Error::UnsupportedFormat { file: path, what: "WAL segment", found, reads });
+        }
+        segments.push((path, bytes));
+    }
+    for path in unfinished {
+        fs.remove(&path)?;
+    }
+
     let store = Store::default();
     let mut ckpt_stamp = 0;
-    if let Some(&s) = ckpts.last() {
-        let loaded = checkpoint::load(fs, &checkpoint::checkpoint_path(dir, s))?;
+    if let Some(loaded) = loaded {
         ckpt_stamp = loaded.stamp;
         for (cstamp, k, v) in loaded.entries {
             store.install(None, &k, Version::new(cstamp, Some(v.into_boxed_slice())), cstamp);
@@ -62,10 +84,8 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     // Every open starts a fresh segment; ones that never got a record are noise. Drop them so
     // that "the last segment" below means the last one written to.
     let next_segment = segs.last().map_or(1, |s| s + 1);
-    let mut written = Vec::with_capacity(segs.len());
-    for seq in segs {
-        let path = wal::segment_path(dir, seq);
-        let bytes = fs.read(&path)?;
+    let mut written = Vec::with_capacity(segments.len());
+    for (path, bytes) in segments {
         if wal::never_written(&bytes) {
             fs.remove(&path)?;
         } else {

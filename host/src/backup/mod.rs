@@ -8,8 +8,9 @@
 //!   version's component and snapshot, `meta.json`, `version.json`, `policy.toml`,
 //!   `config.json`). Left out: the precompiled code (`code.cwasm`), a cache that a start
 //!   rebuilds from the component (`registry::layout`), hidden files and `*.staging` folders
-//!   (debris of interrupted writes, removed at start), and `kv/` itself (the image stands for
-//!   it);
+//!   (debris of interrupted writes, removed at start), `kv/` itself (the image stands for
+//!   it) and `format.json` (restore writes the restoring build's: a change to a format the
+//!   archive holds changes the archive's format too);
 //! - `ledge-backup.json`, the [`Manifest`]: format, ledge version, creation time, kv stamp and
 //!   every other entry with its size and SHA-256. It comes last because only then are the
 //!   image's size and digest known.

@@ -181,6 +181,10 @@ pub fn restore(archive: &Path, data_dir: &Path) -> Result<Manifest, BackupError>
     fs::set_permissions(staging.path(), Permissions::from_mode(0o700))
         .map_err(io_error(format!("setting the mode of {}", staging.path().display())))?;
     extract(archive, staging.path(), &manifest)?;
+    // The archive's format stands for the formats of what it holds: the new data dir is in
+    // this build's (`datadir`), and says so from the start.
+    crate::datadir::record(staging.path())
+        .map_err(io_error(format!("writing {}", staging.path().join(crate::datadir::MARKER).display())))?;
     sync_tree(staging.path()).map_err(io_error(format!("syncing {}", staging.path().display())))?;
     fs::rename(staging.path(), data_dir).map_err(|error| match error.kind() {
         io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => BackupError::NotEmpty(data_dir.into()),

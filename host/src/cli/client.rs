@@ -176,11 +176,16 @@ pub async fn nodes(server: &ServerArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let reply: Reply = response.json().await?;
-    println!("{:<20} {:<32} {:<9} {:>9} {:>6}  STARTED", "NAME", "ADDRESS", "VERSION", "FUNCTIONS", "LOAD");
+    println!(
+        "{:<20} {:<32} {:<9} {:<12} {:>9} {:>6}  STARTED",
+        "NAME", "ADDRESS", "VERSION", "COMMIT", "FUNCTIONS", "LOAD"
+    );
     for node in &reply.nodes {
+        // A node from before commits were published names none.
+        let commit = if node.commit.is_empty() { "-" } else { node.commit.as_str() };
         println!(
-            "{:<20} {:<32} {:<9} {:>9} {:>6}  {}",
-            node.name, node.address, node.version, node.functions, node.load, node.started_at
+            "{:<20} {:<32} {:<9} {:<12} {:>9} {:>6}  {}",
+            node.name, node.address, node.version, commit, node.functions, node.load, node.started_at
         );
     }
     if !reply.in_sync {

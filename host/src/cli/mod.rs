@@ -3,7 +3,8 @@
 //! projects, [`client`] holds the commands that talk to one over HTTP (`log_text.rs`: how
 //! `ledge logs` shows guest text; `queues.rs`: `ledge queues` and `ledge queue`, built on
 //! it), [`replay`] replays traces offline, [`compile`] builds artifacts for other nodes; token
-//! commands (`token.rs`) work on a local data dir or a token alone.
+//! commands (`token.rs`) and `ledge restore` (`restore.rs`) work on a local data dir or a token
+//! alone; `docs.rs` writes completions and man pages from this definition.
 //!
 //! Layer: the top; it wires every other layer together and nothing imports from it but
 //! `main.rs`.
@@ -25,12 +26,14 @@ use token::{TokenCommand, token};
 pub mod client;
 pub mod compile;
 pub mod dev;
+mod docs;
 mod log_text;
 mod log_writer;
 pub mod new;
 pub mod project;
 mod queues;
 pub mod replay;
+mod restore;
 pub mod serve;
 pub mod serve_args;
 mod token;
@@ -153,6 +156,9 @@ enum Command {
     Queue(QueueCommand),
     /// Print the shell completion script (e.g. `ledge completions bash > ~/.local/share/bash-completion/completions/ledge`).
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages (ledge.1 and one per subcommand) into DIR: for packagers.
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
     /// Remove function NAME and its key-value data.
     Rm {
         name: String,
@@ -321,10 +327,10 @@ pub fn main() -> ExitCode {
             Command::Queues { json, server } => queues::list(&server, json).await,
             Command::Queue(command) => queues::queue(command).await,
             Command::Completions { shell } => {
-                let mut command = <Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut command, "ledge", &mut std::io::stdout());
+                docs::completions(shell);
                 Ok(())
             }
+            Command::ManPages { dir } => docs::man_pages(&dir),
             Command::Logs { name, follow, since, json, raw, server } => {
                 client::logs(&server, &name, follow, since.as_deref(), json, raw).await
             }
@@ -335,7 +341,7 @@ pub fn main() -> ExitCode {
             Command::Promote { name, server } => client::change_version(&server, &name, "promote", None).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Backup { out, server } => client::backup(&server, &out).await,
-            Command::Restore { file, data_dir } => restore(file, data_dir).await,
+            Command::Restore { file, data_dir } => restore::restore(file, data_dir).await,
             Command::Token(command) => token(command).await,
             Command::Traces { function, otel_trace, server } => {
                 replay::list(&server, function.as_deref(), otel_trace.as_deref()).await
@@ -369,31 +375,4 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `ledge restore FILE --data-dir DIR`: verifies the archive, then builds DIR from it.
-async fn restore(file: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
-    crate::storage::keep_new_files_private();
-    let (archive, target) = (file.clone(), data_dir.clone());
-    let manifest = tokio::task::spawn_blocking(move || crate::backup::restore(&archive, &target))
-        .await?
-        .map_err(|error| anyhow::anyhow!("cannot restore {}: {error}", file.display()))?;
-    println!(
-        "restored {} functions and the key-value data (stamp {}) from a backup made by ledge {} at {} into {}",
-        manifest.functions().len(),
-        manifest.kv_stamp,
-        manifest.ledge_version,
-        manifest.created_at,
-        data_dir.display()
-    );
-    println!(
-        "start it with `ledge serve --data-dir {}`: it is a copy of the node (same keys), so the original's tokens work on it",
-        data_dir.display()
-    );
-    if !manifest.has_secrets_key() {
-        println!(
-            "note: the backup holds no secrets key (the node kept it outside its data dir): start with the same --secrets-key FILE"
-        );
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
+use super::project::PYTHON_SETUP;
 use crate::access::policy::is_valid_name;
 
 /// The languages `ledge new` writes projects in.
@@ -141,9 +142,10 @@ fn at_wasi(text: &str, wasi: &str) -> String {
 /// What to tell the user after `ledge new`.
 pub fn next_steps(root: &Path, lang: Lang) -> String {
     let prepare = match lang {
-        Lang::Rust => "rustup target add wasm32-wasip2   # once",
-        Lang::Python => "pip install componentize-py   # once",
-        Lang::Js => "npm install   # once: componentize-js",
+        Lang::Rust => "rustup target add wasm32-wasip2   # once".to_string(),
+        // A project-local env: Debian 12 and Raspberry Pi OS refuse a system-wide pip (PEP 668).
+        Lang::Python => format!("{PYTHON_SETUP}   # once (Debian: apt install python3-venv)"),
+        Lang::Js => "npm install   # once: componentize-js (Debian: apt install nodejs npm)".to_string(),
     };
     format!("created {}\n  cd {}\n  {prepare}\n  ledge dev", root.display(), root.display())
 }

@@ -55,6 +55,26 @@ impl Node {
     }
 }
 
+/// Records this build's formats in a data dir that is new, predates recorded formats, or holds
+/// older versions this build reads (`datadir`): the marker is the only file written for it.
+fn record_formats(data_dir: &std::path::Path, state: &crate::datadir::State) -> anyhow::Result<()> {
+    use crate::datadir::State;
+    match state {
+        State::Current => return Ok(()),
+        State::New => {}
+        State::Unrecorded => {
+            tracing::info!(formats = ?crate::datadir::current(), "the data dir predates recorded format versions: recording them")
+        }
+        State::Older { found } => tracing::warn!(
+            from = ?found,
+            to = ?crate::datadir::current(),
+            "upgrading the data dir's formats: ledge builds that read only the older ones will refuse it from now on"
+        ),
+    }
+    let marker = data_dir.join(crate::datadir::MARKER);
+    crate::datadir::record(data_dir).map_err(|error| anyhow::anyhow!("cannot write {}: {error}", marker.display()))
+}
+
 /// How long the last spans, logs and metrics may take to leave at shutdown.
 const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -78,8 +98,12 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         }
         None => None,
     };
+    // So are the data dir's formats: one this build cannot read stops the start with the
+    // versions found and what to do, before anything in the data dir changes.
+    let formats = crate::datadir::inspect(&args.data_dir)?;
     crate::storage::keep_new_files_private();
     crate::storage::create_private_dir(&args.data_dir)?;
+    record_formats(&args.data_dir, &formats)?;
     let defaults = RuntimeOptions::for_profile(args.profile);
     let options = RuntimeOptions {
         pooling: !args.no_pooling,
@@ -216,6 +240,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         auth_failures,
         tls: tls.is_some(),
         dev,
+        dev_builds: Default::default(),
         data_dir: args.data_dir.clone(),
         db: db.clone(),
         traces,

@@ -44,7 +44,11 @@ pub struct NodeInfo {
     pub name: String,
     /// How peers and clients reach it.
     pub address: String,
+    /// The version and the commit of the ledge it runs (`ledge --version`), so that a rolling
+    /// upgrade shows which node runs what. A node from before the commit was published has none.
     pub version: String,
+    #[serde(default)]
+    pub commit: String,
     /// Functions it serves.
     pub functions: usize,
     /// Guest instances running on it.
@@ -97,6 +101,7 @@ impl Cluster {
             name: self.node.clone(),
             address: self.advertise.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("LEDGE_COMMIT").to_string(),
             functions: self.registry.list().len(),
             load: (self.load)(),
             started_at: self.started_at.clone(),
@@ -310,5 +315,19 @@ mod tests {
         assert_eq!(weight("a", "hello"), weight("a", "hello"));
         assert_ne!(weight("a", "hello"), weight("b", "hello"));
         assert_ne!(weight("ab", "c"), weight("a", "bc"), "the separator keeps names apart");
+    }
+
+    #[test]
+    fn a_record_from_a_node_that_publishes_no_commit_still_lists() {
+        // What a node from before the commit was published writes under `nodes/NAME`.
+        let older = r#"{"name":"a","address":"http://10.0.0.1:8080","version":"0.1.0","functions":2,
+            "load":0,"started_at":"2026-01-01T00:00:00Z","id":"ab12"}"#;
+        let node: NodeInfo = serde_json::from_str(older).unwrap();
+        assert_eq!((node.version.as_str(), node.commit.as_str()), ("0.1.0", ""));
+        let json = serde_json::to_value(NodeInfo { commit: "0123456789ab".into(), ..node }).unwrap();
+        assert_eq!(
+            (&json["version"], &json["commit"]),
+            (&serde_json::json!("0.1.0"), &serde_json::json!("0123456789ab"))
+        );
     }
 }

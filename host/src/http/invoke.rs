@@ -3,7 +3,9 @@
 //! Invariants: the guest never sees a ledge token (the `Authorization` header carrying one is
 //! removed; a header that is not a ledge token reaches a public function untouched); a caller
 //! without a valid token cannot tell a private function from a missing one (both ask for a
-//! token); the path the token's `path-prefix` is checked against is the path the guest gets.
+//! token), except from this machine under `ledge dev`, where a declared function not live yet
+//! says why (503 while it builds, 500 with the first error when its build failed); the path the
+//! token's `path-prefix` is checked against is the path the guest gets.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -58,8 +60,14 @@ impl App {
             {
                 return self.proxy(cluster, request, name, replicas, peer).await;
             }
-            // Answer exactly as a private function would until the caller proves it may know.
-            self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
+            // Answer exactly as a private function would until the caller proves it may know
+            // (this machine may know everything under `ledge dev`).
+            if !self.is_local(&request, peer) {
+                self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
+            }
+            if let Some(pending) = self.dev_builds.not_live_yet(name) {
+                return Err(pending.into());
+            }
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
         let started = Instant::now();

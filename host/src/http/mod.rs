@@ -1,7 +1,8 @@
 //! The HTTP edge: the server (HTTP/1.1 and HTTP/2 on one port, TLS, graceful shutdown), the
 //! router, the invoke and admin handlers (traces, logs and backups among them), proxying to
 //! the hosting peer, and [`problem`], the one place where errors become responses. [`body`] is
-//! the one response body type; `audit` the audit log of admin changes. This file holds [`App`],
+//! the one response body type; `audit` the audit log of admin changes; [`dev_builds`] what
+//! `ledge dev` answers for a declared function not live yet. This file holds [`App`],
 //! the state every handler shares, and the small response helpers.
 //!
 //! Layer: the top of the server; it may use every layer below (cluster, registry, backup,
@@ -35,6 +36,7 @@ mod backup;
 pub mod body;
 mod connections;
 mod deliveries;
+pub mod dev_builds;
 mod invoke;
 mod logs;
 mod path;
@@ -65,6 +67,9 @@ pub struct App {
     pub tls: bool,
     /// `ledge dev`: invocations from this machine need no token (see [`App::is_local`]).
     pub dev: bool,
+    /// `ledge dev`: declared functions not live yet (building, or their build failed); empty
+    /// on any other server.
+    pub dev_builds: dev_builds::DevBuilds,
     /// `--data-dir`: what `GET /v1/backup` copies (and where it stages the archive).
     pub data_dir: PathBuf,
     /// The engine, whose image `GET /v1/backup` takes.

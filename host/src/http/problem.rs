@@ -3,12 +3,15 @@
 //!
 //! Invariant: a client error keeps its status and a detail a person can act on; an internal
 //! error becomes a generic 500 whose detail never carries paths, keys or backtraces (the cause
-//! is logged once, here, with the request's function name).
+//! is logged once, here, with the request's function name). The one 500 that carries what
+//! went wrong is `ledge dev`'s failed first build ([`NotLiveYet`]): the author's own compiler
+//! output, on the author's own machine.
 
 use http::StatusCode;
 use serde::Serialize;
 
 use super::body::{ResponseBody, full};
+use super::dev_builds::NotLiveYet;
 use crate::access::rate::RateDecision;
 use crate::access::tokens::AuthError;
 use crate::backup::BackupError;
@@ -179,6 +182,17 @@ impl From<InvokeError> for Problem {
                 Problem::new(status, error.to_string())
             }
             _ => Problem::new(status, error.to_string()),
+        }
+    }
+}
+
+impl From<NotLiveYet> for Problem {
+    fn from(error: NotLiveYet) -> Self {
+        match error {
+            NotLiveYet::Building(_) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_header("retry-after", "5")
+            }
+            NotLiveYet::BuildFailed { .. } => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         }
     }
 }

@@ -24,8 +24,9 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The format this ledge writes and reads.
-pub const FORMAT: u16 = 1;
+/// The format this ledge writes and reads: one of the data dir's formats (`traces` in
+/// `format.json`), so it is set in `datadir`.
+pub const FORMAT: u16 = crate::datadir::TRACES as u16;
 const MAGIC: &[u8; 8] = b"LEDGETRC";
 const HEADER_LEN: usize = 32;
 const HAS_COMPONENT: u16 = 1;

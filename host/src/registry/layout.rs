@@ -4,6 +4,9 @@
 //! component exports `init`) and precompiled `code.cwasm`; `NAME/policy.toml` is an uploaded
 //! policy.
 //!
+//! This layout (with the rest of the data dir outside `kv/`) is the `registry` format of the
+//! data dir, version `datadir::REGISTRY`: a change that an older build would misread bumps it.
+//!
 //! Invariant: a version directory is written under a staging name, fsynced and renamed before
 //! `meta.json` names it, so a crash leaves either the old version or the new one.
 

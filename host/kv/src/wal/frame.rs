@@ -32,6 +32,15 @@ const MIN_PAYLOAD: usize = 12;
 /// Largest accepted frame payload; larger lengths are treated as damage.
 pub(crate) const MAX_PAYLOAD: usize = 1 << 30;
 const SEGMENT_MAGIC: &[u8; 8] = b"LKVWAL02";
+/// The WAL format this build writes (the digits that end [`SEGMENT_MAGIC`]).
+pub const FORMAT: u32 = 2;
+/// The oldest WAL format this build still reads.
+pub const OLDEST_FORMAT: u32 = 1;
+/// What the magic of every segment of format 2 or later starts with, two digits naming the
+/// format after it. A format-1 segment never starts with it: its first frame's length would be
+/// past [`MAX_PAYLOAD`].
+const MAGIC_PREFIX: &[u8; 6] = b"LKVWAL";
+const _: () = assert!(u32::from_le_bytes(*b"LKVW") as usize > MAX_PAYLOAD);
 /// Bytes before the first batch of a format-2 segment.
 pub(crate) const SEGMENT_HEADER: usize = 20;
 /// A batch's length, its checksum, and the header's own checksum.
@@ -151,6 +160,19 @@ pub(crate) fn scan_segment(b: &[u8], last_stamp: u64) -> SegmentScan {
         Some(salt) => scan_batches(b, salt, last_stamp),
         None => SegmentScan { records: Vec::new(), valid_len: 0, corrupt_at: Some((0, "bad segment header")) },
     }
+}
+
+/// The format a segment's header names when this build does not read it (a later format than
+/// [`FORMAT`]), as its header writes it: `Some("3")` for `LKVWAL03`. Recovery refuses such a
+/// segment rather than take its header for a torn format-1 frame and cut it away.
+pub(crate) fn unsupported_format(b: &[u8]) -> Option<String> {
+    let magic = b.get(..SEGMENT_MAGIC.len())?;
+    if !magic.starts_with(MAGIC_PREFIX) || magic == SEGMENT_MAGIC {
+        return None;
+    }
+    let digits = &magic[MAGIC_PREFIX.len()..];
+    let number = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u32>().ok());
+    Some(number.map_or_else(|| format!("{:?}", String::from_utf8_lossy(magic)), |n| n.to_string()))
 }
 
 /// The salt of a format-2 segment whose header verifies.
@@ -416,6 +438,18 @@ mod tests {
         assert!(never_written(&segment(3, &[], b"")));
         assert!(never_written(&SEGMENT_MAGIC[..5]));
         assert!(!never_written(&segment(3, &[&[1]], b"v")));
+    }
+
+    #[test]
+    fn a_later_format_is_named_and_neither_earlier_one_is_taken_for_it() {
+        let mut later = segment(3, &[&[1]], b"v");
+        later[6..8].copy_from_slice(b"03");
+        assert_eq!(unsupported_format(&later).as_deref(), Some("3"));
+        later[6..8].copy_from_slice(b"x!");
+        assert_eq!(unsupported_format(&later).as_deref(), Some("\"LKVWALx!\""));
+        assert_eq!(unsupported_format(&segment(3, &[&[1]], b"v")), None);
+        assert_eq!(unsupported_format(&log(3)), None, "format 1 has no header");
+        assert_eq!(unsupported_format(&SEGMENT_MAGIC[..5]), None);
     }
 
     #[test]

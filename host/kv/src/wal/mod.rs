@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+pub use frame::{FORMAT, OLDEST_FORMAT};
 pub(crate) use frame::{
     MAX_PAYLOAD, Segment, create_segment, encode, never_written, parse_segment_name, scan_segment, segment_path,
+    unsupported_format,
 };
 
 use crate::error::TxError;
