@@ -3,7 +3,9 @@
 #   install (user, data dir and its mode, conffiles, unit enabled), the service's own command
 #   line run there as the ledge user (a function deployed and invoked, SIGTERM drains), an
 #   upgrade to a rebuilt .deb that keeps an edited conffile and the data, remove (data kept),
-#   purge (data, config and user gone); then the arm64 package's binary under qemu-user.
+#   purge (data and config gone, the system user kept as Debian advises); then the arm64
+#   package's binary under qemu-user. Also: the unit passes `systemd-analyze verify`, and the
+#   install refuses to take over a login account named ledge.
 #
 #   sudo scripts/package-check.sh [--reuse]
 #
@@ -43,9 +45,16 @@ work=$(mktemp -d /var/tmp/ledge-package-check.XXXXXX)
 root=$work/root
 mounted=()
 cleanup() {
-  for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
   [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
+  for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+  # Never remove through a bind mount of the host's /proc or /dev that failed to come off.
+  for mount in "${mounted[@]}"; do
+    if mountpoint -q "$mount"; then
+      echo "package-check: $mount is still mounted; left $work in place" >&2
+      return
+    fi
+  done
+  rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -57,6 +66,10 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
 step "root ready"
 
+# systemd as on any Debian system (installed, not running: a chroot starts no services), for
+# deb-systemd-helper and systemd-analyze.
+in_root apt-get install -y -qq --no-install-recommends systemd >"$work/systemd.log" 2>&1 ||
+  { cat "$work/systemd.log"; fail "installing systemd in the root"; }
 cp "$packages/ledge_${version}_amd64.deb" "$root/tmp/"
 in_root apt-get install -y -qq "/tmp/ledge_${version}_amd64.deb" >"$work/install.log" 2>&1 ||
   { cat "$work/install.log"; fail "apt-get install"; }
@@ -76,14 +89,17 @@ for page in ledge ledge-serve ledge-deploy ledge-token-mint; do
   [ -f "$root/usr/share/man/man1/$page.1.gz" ] || fail "no man page $page"
 done
 in_root ledge --version
-step "user $user; /var/lib/ledge 700 ledge:ledge; conffiles $conffiles; unit enabled; man pages"
+[ "$(stat -c '%a %U' "$root/etc/default/ledge")" = "600 root" ] || fail "/etc/default/ledge is not root's alone"
+in_root systemd-analyze verify --man=no /usr/lib/systemd/system/ledge.service 2>"$work/analyze.log" ||
+  { cat "$work/analyze.log"; fail "systemd-analyze verify"; }
+step "user $user; /var/lib/ledge 700 ledge:ledge; conffiles $conffiles; unit enabled and valid; man pages"
 
 # The service's command line, as systemd would run it: the unit's ExecStart with
 # /etc/default/ledge's LEDGE_OPTS, as the ledge user; only --listen moves to a free loopback port.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 exec_start=$(sed -n 's/^ExecStart=//p' "$root/usr/lib/systemd/system/ledge.service")
 command_line=$(. "$root/etc/default/ledge"; echo "${exec_start/\$LEDGE_OPTS/$LEDGE_OPTS}")
-command_line=${command_line/--listen 0.0.0.0:8080/--listen 127.0.0.1:$port}
+command_line=${command_line/--listen 127.0.0.1:8080/--listen 127.0.0.1:$port}
 echo "  $command_line"
 chroot --userspec=ledge:ledge "$root" /usr/bin/env -i HOME=/var/lib/ledge $command_line >"$work/serve.log" 2>&1 &
 server_pid=$!
@@ -121,8 +137,17 @@ step "removed: binary gone, data and configuration kept"
 in_root dpkg --purge ledge >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "purge"; }
 [ ! -e "$root/var/lib/ledge" ] || fail "purge left /var/lib/ledge"
 [ ! -e "$root/etc/default/ledge" ] && [ ! -e "$root/etc/ledge" ] || fail "purge left the configuration"
-! in_root getent passwd ledge >/dev/null || fail "purge left the ledge user"
-step "purged: data, configuration and user gone"
+in_root getent passwd ledge >/dev/null || fail "purge removed the system user"
+step "purged: data and configuration gone (the system user stays)"
+
+# A login account named ledge is never taken over: the install stops instead.
+in_root deluser --quiet ledge >/dev/null
+in_root useradd --create-home --shell /bin/bash ledge
+if in_root apt-get install -y -qq "/tmp/ledge_${version}_amd64.deb" >"$work/takeover.log" 2>&1; then
+  fail "the package took over the login account ledge"
+fi
+in_root dpkg --purge ledge >/dev/null 2>&1 || true
+step "a login account named ledge: the install refused to configure"
 
 # The arm64 package: its binary runs (and serves, with the packaged flags' small profile)
 # under qemu-user.

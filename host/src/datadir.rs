@@ -39,6 +39,8 @@ use crate::storage::write_durably;
 
 /// The marker's name in the data dir.
 pub const MARKER: &str = "format.json";
+/// The most a marker may hold: a few formats take a few hundred bytes.
+const MAX_MARKER_BYTES: u64 = 64 << 10;
 /// The layout of the data dir's files outside `kv/`.
 pub const REGISTRY: u32 = 1;
 /// The trace format (`record::trace`: the version in each trace's header).
@@ -206,7 +208,7 @@ pub fn compare(found: &Versions) -> Vec<Mismatch> {
 /// Reads the marker of `data_dir` and checks it against this build's formats. Writes nothing.
 pub fn inspect(data_dir: &Path) -> Result<State, FormatError> {
     let path = data_dir.join(MARKER);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match read_marker(&path) {
         Ok(bytes) => Some(bytes),
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
         Err(error) => return Err(FormatError::Io { path, error }),
@@ -236,6 +238,21 @@ pub fn inspect(data_dir: &Path) -> Result<State, FormatError> {
         true => Ok(State::Current),
         false => Ok(State::Older { found: marker.formats }),
     }
+}
+
+/// The marker's bytes: a regular file (never followed through a link, never a FIFO that would
+/// hang the start) of at most [`MAX_MARKER_BYTES`].
+fn read_marker(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_MARKER_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MARKER_BYTES {
+        return Err(io::Error::other(format!("larger than {MAX_MARKER_BYTES} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// Writes the marker of `data_dir` (which exists) with this build's versions, durably.

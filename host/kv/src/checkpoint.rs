@@ -126,12 +126,11 @@ pub(crate) fn parse(b: &[u8], file: &Path) -> Result<Loaded, Error> {
         offset: offset as u64,
         reason: reason.to_string(),
     };
-    if let Some(magic) = b.get(..8).filter(|magic| magic.starts_with(MAGIC_PREFIX) && magic != MAGIC) {
-        // A later format: refused as such, never misread or taken for damage.
-        let found = match magic[7] {
-            digit @ b'0'..=b'9' => char::from(digit).to_string(),
-            _ => format!("{:?}", String::from_utf8_lossy(magic)),
-        };
+    // A later format is refused as such, never misread; any other header is damage.
+    if let Some(found) = b.get(..8).filter(|magic| magic.starts_with(MAGIC_PREFIX)).and_then(|magic| {
+        let digit = magic[7];
+        (digit.is_ascii_digit() && u32::from(digit - b'0') > FORMAT).then(|| char::from(digit).to_string())
+    }) {
         let reads = FORMAT.to_string();
         return Err(Error::UnsupportedFormat { file: file.to_path_buf(), what: "checkpoint", found, reads });
     }

@@ -64,7 +64,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
         let bytes = fs.read(&path)?;
         if let Some(found) = wal::unsupported_format(&bytes) {
             let reads = format!("{} to {}", wal::OLDEST_FORMAT, wal::FORMAT);
-            return Err(Error::UnsupportedFormat { file: path, what: "WAL segment", found, reads });
+            return Err(Error::UnsupportedFormat { file: path, what: "WAL segment", found: found.to_string(), reads });
         }
         segments.push((path, bytes));
     }

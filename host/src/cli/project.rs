@@ -98,7 +98,9 @@ impl Project {
     /// Runs `spec`'s build command in the project folder, with the project's tool folders
     /// first on `PATH`.
     pub fn build(&self, spec: &FunctionSpec) -> Result<(), BuildFailure> {
-        let output = Command::new("sh")
+        // The shell by its path: the project's tool folders come first on PATH and must not
+        // choose it.
+        let output = Command::new("/bin/sh")
             .arg("-c")
             .arg(&spec.build)
             .current_dir(&self.dir)
@@ -117,7 +119,8 @@ impl Project {
         let inherited = std::env::var_os("PATH").unwrap_or_default();
         let mut dirs: Vec<PathBuf> =
             TOOL_DIRS.iter().map(|dir| self.dir.join(dir)).filter(|dir| dir.is_dir()).collect();
-        dirs.extend(std::env::split_paths(&inherited));
+        // An empty entry would mean the current folder.
+        dirs.extend(std::env::split_paths(&inherited).filter(|dir| !dir.as_os_str().is_empty()));
         std::env::join_paths(dirs).unwrap_or(inherited)
     }
 

@@ -103,7 +103,12 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let formats = crate::datadir::inspect(&args.data_dir)?;
     crate::storage::keep_new_files_private();
     crate::storage::create_private_dir(&args.data_dir)?;
-    record_formats(&args.data_dir, &formats)?;
+    // A new data dir names its formats first; one that exists is marked only once the engine
+    // and the registry have opened it, so a start that fails leaves it as it was.
+    let new_data_dir = formats == crate::datadir::State::New;
+    if new_data_dir {
+        record_formats(&args.data_dir, &formats)?;
+    }
     let defaults = RuntimeOptions::for_profile(args.profile);
     let options = RuntimeOptions {
         pooling: !args.no_pooling,
@@ -168,6 +173,9 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         })
         .await??
     };
+    if !new_data_dir {
+        record_formats(&args.data_dir, &formats)?;
+    }
     tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
     let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
     for (outcome, count) in loads {

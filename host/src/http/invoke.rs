@@ -60,13 +60,15 @@ impl App {
             {
                 return self.proxy(cluster, request, name, replicas, peer).await;
             }
-            // Answer exactly as a private function would until the caller proves it may know
-            // (this machine may know everything under `ledge dev`).
-            if !self.is_local(&request, peer) {
+            // Answer exactly as a private function would until the caller proves it may know.
+            // Under `ledge dev` this machine may know everything, its builds' state and errors
+            // included; no other caller ever learns them, whatever its token.
+            if self.is_local(&request, peer) {
+                if let Some(pending) = self.dev_builds.not_live_yet(name) {
+                    return Err(pending.into());
+                }
+            } else {
                 self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
-            }
-            if let Some(pending) = self.dev_builds.not_live_yet(name) {
-                return Err(pending.into());
             }
             return Err(RegistryError::NotFound(name.to_string()).into());
         };

@@ -162,17 +162,19 @@ pub(crate) fn scan_segment(b: &[u8], last_stamp: u64) -> SegmentScan {
     }
 }
 
-/// The format a segment's header names when this build does not read it (a later format than
-/// [`FORMAT`]), as its header writes it: `Some("3")` for `LKVWAL03`. Recovery refuses such a
-/// segment rather than take its header for a torn format-1 frame and cut it away.
-pub(crate) fn unsupported_format(b: &[u8]) -> Option<String> {
+/// The format a segment's header names when it is a later one than this build reads (past
+/// [`FORMAT`]): `Some(3)` for `LKVWAL03`. Recovery refuses such a segment rather than take its
+/// header for a torn format-1 frame and cut it away. Anything else, a header torn mid-write
+/// (`LKVWAL0\0`) included, is for the usual rules: a crash may leave one, and must not stop
+/// the next start.
+pub(crate) fn unsupported_format(b: &[u8]) -> Option<u32> {
     let magic = b.get(..SEGMENT_MAGIC.len())?;
-    if !magic.starts_with(MAGIC_PREFIX) || magic == SEGMENT_MAGIC {
+    let digits = magic.strip_prefix(MAGIC_PREFIX.as_slice())?;
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let digits = &magic[MAGIC_PREFIX.len()..];
-    let number = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u32>().ok());
-    Some(number.map_or_else(|| format!("{:?}", String::from_utf8_lossy(magic)), |n| n.to_string()))
+    let number: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (number > FORMAT).then_some(number)
 }
 
 /// The salt of a format-2 segment whose header verifies.
@@ -444,9 +446,12 @@ mod tests {
     fn a_later_format_is_named_and_neither_earlier_one_is_taken_for_it() {
         let mut later = segment(3, &[&[1]], b"v");
         later[6..8].copy_from_slice(b"03");
-        assert_eq!(unsupported_format(&later).as_deref(), Some("3"));
-        later[6..8].copy_from_slice(b"x!");
-        assert_eq!(unsupported_format(&later).as_deref(), Some("\"LKVWALx!\""));
+        assert_eq!(unsupported_format(&later), Some(3));
+        // Damage or a header torn mid-write is not a format: the usual rules handle it.
+        for torn in [b"x!", b"0\0", b"01", b"00"] {
+            later[6..8].copy_from_slice(torn);
+            assert_eq!(unsupported_format(&later), None, "{torn:?}");
+        }
         assert_eq!(unsupported_format(&segment(3, &[&[1]], b"v")), None);
         assert_eq!(unsupported_format(&log(3)), None, "format 1 has no header");
         assert_eq!(unsupported_format(&SEGMENT_MAGIC[..5]), None);
