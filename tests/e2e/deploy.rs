@@ -130,9 +130,12 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
     server.deploy("svc", &guest("hello"));
     let url = server.fn_url("svc", "/load");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers so far from each version: the redeploy waits for the old one to have served, and
+    // the load goes on until the new one has (under emulation a first answer takes seconds).
+    let served = std::sync::Arc::new([std::sync::atomic::AtomicU32::new(0), std::sync::atomic::AtomicU32::new(0)]);
     let mut workers = Vec::new();
     for _ in 0..8 {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, served) = (url.clone(), stop.clone(), served.clone());
         workers.push(tokio::spawn(async move {
             let http = client();
             let (mut hello, mut echo) = (0u32, 0u32);
@@ -144,15 +147,32 @@ async fn redeploy_under_concurrent_load_fails_no_request() {
                 assert_eq!(response.status(), 200, "a request failed during redeploy");
                 let from_echo = response.headers().contains_key("x-echo-method");
                 let _ = response.bytes().await.expect("body failed during redeploy");
-                if from_echo { echo += 1 } else { hello += 1 }
+                if from_echo {
+                    echo += 1
+                } else {
+                    hello += 1
+                }
+                served[usize::from(from_echo)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             (hello, echo)
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let answered = |version: usize| {
+        let served = served.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while served[version].load(std::sync::atomic::Ordering::Relaxed) == 0
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    };
+    answered(0).await;
     let redeploy = server.cli(&["deploy", "svc", guest("echo").to_str().unwrap()]);
     assert!(redeploy.status.success());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    answered(1).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut hello, mut echo) = (0, 0);
     for worker in workers {
