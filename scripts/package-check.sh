@@ -80,8 +80,9 @@ IFS=: read -r _ _ uid _ _ home shell <<<"$user"
 [ "$uid" -lt 1000 ] || fail "ledge is not a system user (uid $uid)"
 [ "$home" = /var/lib/ledge ] || fail "ledge's home is $home"
 in_root getent group ledge >/dev/null || fail "no ledge group"
-[ "$(stat -c '%a %U %G' "$root/var/lib/ledge")" = "700 ledge ledge" ] ||
-  fail "/var/lib/ledge is $(stat -c '%a %U %G' "$root/var/lib/ledge")"
+# Owners are named by the root's own user database, so stat runs in it.
+[ "$(in_root stat -c '%a %U %G' /var/lib/ledge)" = "700 ledge ledge" ] ||
+  fail "/var/lib/ledge is $(in_root stat -c '%a %U %G' /var/lib/ledge)"
 conffiles=$(in_root dpkg-query -W -f='${Conffiles}' ledge | awk '{ print $1 }' | sort | tr '\n' ' ')
 [ "$conffiles" = "/etc/default/ledge /etc/ledge/policies/default.toml " ] || fail "conffiles: $conffiles"
 [ -L "$root/etc/systemd/system/multi-user.target.wants/ledge.service" ] || fail "the unit is not enabled"
@@ -89,7 +90,7 @@ for page in ledge ledge-serve ledge-deploy ledge-token-mint; do
   [ -f "$root/usr/share/man/man1/$page.1.gz" ] || fail "no man page $page"
 done
 in_root ledge --version
-[ "$(stat -c '%a %U' "$root/etc/default/ledge")" = "600 root" ] || fail "/etc/default/ledge is not root's alone"
+[ "$(in_root stat -c '%a %U' /etc/default/ledge)" = "600 root" ] || fail "/etc/default/ledge is not root's alone"
 in_root systemd-analyze verify --man=no /usr/lib/systemd/system/ledge.service 2>"$work/analyze.log" ||
   { cat "$work/analyze.log"; fail "systemd-analyze verify"; }
 step "user $user; /var/lib/ledge 700 ledge:ledge; conffiles $conffiles; unit enabled and valid; man pages"
@@ -105,7 +106,7 @@ chroot --userspec=ledge:ledge "$root" /usr/bin/env -i HOME=/var/lib/ledge $comma
 server_pid=$!
 wait_healthy 20 "$work/serve.log" "the service did not start"
 token=$(cat "$root/var/lib/ledge/admin.token")
-[ "$(stat -c '%a %U' "$root/var/lib/ledge/admin.token")" = "600 ledge" ] || fail "admin.token is not the ledge user's, 0600"
+[ "$(in_root stat -c '%a %U' /var/lib/ledge/admin.token)" = "600 ledge" ] || fail "admin.token is not the ledge user's, 0600"
 hello=functions/target/wasm32-wasip2/release/hello.wasm
 [ -f "$hello" ] || (cd functions && cargo build --release --quiet)
 curl -fsS -X PUT -H "authorization: Bearer $token" --data-binary "@$hello" "http://127.0.0.1:$port/v1/functions/hello" >/dev/null ||
