@@ -193,3 +193,4 @@ echo
 echo
 ./scripts/bench-otel.sh "$duration" 3
 ./scripts/bench-queues.sh "$duration" 3
+./scripts/bench-verify.sh 3

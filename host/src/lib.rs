@@ -8,6 +8,8 @@
 //!   client commands (`deploy`, `logs`, `backup`, `replay`, ...), `ledge compile`, `ledge dev`;
 //! - [`http`]: the HTTP edge: server and TLS, the router, the admin and invoke handlers, and
 //!   [`http::problem`], the one mapping from errors to problem+json responses;
+//! - [`verify`]: deploy verification: recent real traffic of a function replayed against a new
+//!   build and the live one, and what users would observe compared;
 //! - [`cluster`]: cluster mode: control state in etcd, membership and placement, each node's
 //!   registry driven from it;
 //! - [`registry`]: deployed functions: the live map, the on-disk layout, the deploy pipeline,
@@ -50,3 +52,4 @@ pub mod registry;
 pub mod runtime;
 pub mod storage;
 pub mod telemetry;
+pub mod verify;

@@ -40,15 +40,20 @@ async fn post(url: String) -> String {
     response.text().await.unwrap()
 }
 
-/// The ids of the function's kept traces, once there are at least `count` (traces are stored
-/// after the response).
+/// The ids of the function's kept traces (its verification corpus left out), once there are at
+/// least `count` (traces are stored after the response).
 async fn kept_traces(server: &Server, count: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let url = format!("{}/v1/traces?function=counter", server.url);
         let listed: serde_json::Value = server.admin().get(url).send().await.unwrap().json().await.unwrap();
-        let ids: Vec<String> =
-            listed["traces"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<String> = listed["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["reason"] != "corpus")
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
         if ids.len() >= count || Instant::now() > deadline {
             return ids;
         }

@@ -61,6 +61,7 @@ async fn every_field_takes_part_in_the_tighten_check() {
         ("[record]\nsample = 0.5\n", "`record.sample`"),
         ("[record]\nmax_traces = 5000\n", "`record.max_traces`"),
         ("[record]\nmax_trace_bytes = \"512MiB\"\n", "`record.max_trace_bytes`"),
+        ("[record]\nkeep_sample = 50\n", "`record.keep_sample`"),
         ("[versions]\nkeep = 50\n", "`versions.keep`"),
         ("[versions]\nmax_bytes = \"1GiB\"\n", "`versions.max_bytes`"),
         ("[placement]\nreplicas = 3\n", "`placement.replicas`"),
@@ -98,6 +99,7 @@ async fn uploads_stay_under_the_nodes_ceilings_and_the_operators_own_files_do_no
         ("[record]\nmax_traces = 20000\n", "record.max_traces = 20000", "ceiling of 10000"),
         ("[limits]\nmemory = \"8GiB\"\n", "limits.memory", "[ceilings] memory"),
         ("[record]\nmax_trace_bytes = \"2GiB\"\n", "record.max_trace_bytes", "[ceilings] record_max_trace_bytes"),
+        ("[record]\nkeep_sample = 201\n", "record.keep_sample = 201", "ceiling of 200 ([ceilings] record_keep_sample"),
     ] {
         let refused = problem(put_policy(&server, &admin, "hello", policy).await, 400).await;
         let detail = refused["detail"].as_str().unwrap();

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use super::ServerArgs;
+use super::verification::VerifyArgs;
 use crate::registry::FunctionMeta;
 use crate::registry::config::ConfigListing;
 use crate::registry::versions::Versions;
@@ -85,6 +86,7 @@ pub async fn deploy(
     file: &Path,
     policy: Option<&Path>,
     canary: Option<&str>,
+    verify: &VerifyArgs,
 ) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
     let policy = match policy {
@@ -104,11 +106,11 @@ pub async fn deploy(
         ),
         None => None,
     };
-    deploy_bytes(server, name, bytes, policy, canary).await
+    deploy_bytes(server, name, bytes, policy, canary, verify).await
 }
 
 /// Deploys every function of the project in `dir`, building those whose component is stale.
-pub async fn deploy_project(server: &ServerArgs, dir: &Path) -> anyhow::Result<()> {
+pub async fn deploy_project(server: &ServerArgs, dir: &Path, verify: &VerifyArgs) -> anyhow::Result<()> {
     let project = super::project::Project::load(dir)?;
     for spec in &project.functions {
         if project.is_stale(spec) {
@@ -118,7 +120,7 @@ pub async fn deploy_project(server: &ServerArgs, dir: &Path) -> anyhow::Result<(
         }
         let path = project.component(spec);
         let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
-        deploy_bytes(server, &spec.name, bytes, spec.policy_text(), None).await?;
+        deploy_bytes(server, &spec.name, bytes, spec.policy_text(), None, verify).await?;
     }
     Ok(())
 }
@@ -129,9 +131,18 @@ async fn deploy_bytes(
     bytes: Vec<u8>,
     policy: Option<String>,
     canary: Option<u8>,
+    verify: &VerifyArgs,
 ) -> anyhow::Result<()> {
-    let query = canary.map(|percent| format!("?canary={percent}")).unwrap_or_default();
-    let builder = request(server, reqwest::Method::PUT, &format!("/v1/functions/{name}{query}"))?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(percent) = canary {
+        query.append_pair("canary", &percent.to_string());
+    }
+    for (name, value) in verify.query() {
+        query.append_pair(name, &value);
+    }
+    let query = query.finish();
+    let path = if query.is_empty() { format!("/v1/functions/{name}") } else { format!("/v1/functions/{name}?{query}") };
+    let builder = request(server, reqwest::Method::PUT, &path)?;
     let builder = match policy {
         Some(text) => {
             let form = reqwest::multipart::Form::new()
@@ -141,8 +152,16 @@ async fn deploy_bytes(
         }
         None => builder.header("content-type", "application/wasm").body(bytes),
     };
-    let response = send(builder, server).await?;
-    let meta: FunctionMeta = response.json().await?;
+    #[derive(serde::Deserialize)]
+    struct Deployed {
+        #[serde(flatten)]
+        meta: FunctionMeta,
+        verification: Option<crate::verify::Report>,
+    }
+    let Deployed { meta, verification } = send(builder, server).await?.json().await?;
+    if let Some(report) = &verification {
+        super::verification::print_report(report);
+    }
     println!("deployed {} version {} ({} bytes, sha256 {})", meta.name, meta.version, meta.size, meta.sha256);
     Ok(())
 }
@@ -248,7 +267,7 @@ pub async fn versions(server: &ServerArgs, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rollback` or `promote`, then the resulting versions.
+/// `rollback`, then the resulting versions (`promote.rs` has `ledge promote`).
 pub async fn change_version(server: &ServerArgs, name: &str, action: &str, version: Option<u64>) -> anyhow::Result<()> {
     let body = version.map(|v| v.to_string()).unwrap_or_default();
     let path = format!("/v1/functions/{name}/{action}");
@@ -258,7 +277,7 @@ pub async fn change_version(server: &ServerArgs, name: &str, action: &str, versi
     Ok(())
 }
 
-fn print_versions(versions: &Versions) {
+pub(super) fn print_versions(versions: &Versions) {
     println!("{:>8}  {:<20}  {:>10}  STATE", "VERSION", "DEPLOYED", "SIZE");
     for meta in &versions.kept {
         let state = match versions.canary {

@@ -25,18 +25,22 @@ use token::{TokenCommand, token};
 
 pub mod client;
 pub mod compile;
+mod config;
 pub mod dev;
 mod docs;
 mod log_text;
 mod log_writer;
 pub mod new;
 pub mod project;
+mod promote;
 mod queues;
 pub mod replay;
 mod restore;
 pub mod serve;
 pub mod serve_args;
 mod token;
+mod verification;
+mod verify;
 mod version;
 
 #[derive(Debug, Parser)]
@@ -66,6 +70,8 @@ enum Command {
         /// getting the same version, until `ledge promote` or `ledge rollback`.
         #[arg(long, requires = "file")]
         canary: Option<String>,
+        #[command(flatten)]
+        verify: verification::VerifyArgs,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -102,9 +108,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Make NAME's canary the live version.
+    /// Make NAME's canary the live version, unless it fails more often than the live one.
     Promote {
         name: String,
+        #[command(flatten)]
+        gate: promote::GateArgs,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -219,6 +227,9 @@ enum Command {
     /// Export a recorded run.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Replay the function's recent real requests against FILE and the live build, without
+    /// deploying: exit 0 same, 1 diverged, 2 could not verify.
+    Verify(verify::VerifyCommand),
     /// Re-execute a recorded run offline and check that it reproduces: exit 0 same, 1 diverged
     /// (the first divergence is printed), 2 no replay was possible.
     Replay(replay::ReplayArgs),
@@ -228,7 +239,7 @@ enum Command {
     /// A function's configuration and secrets, read by its guests through wasi:config and the
     /// environment; changes apply to new requests without a redeploy.
     #[command(subcommand)]
-    Config(ConfigCommand),
+    Config(config::ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,39 +252,6 @@ enum TraceCommand {
         out: PathBuf,
         #[arg(long)]
         with_component: bool,
-        #[command(flatten)]
-        server: ServerArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Set KEY of FUNCTION to VALUE (or to the contents of --from-file).
-    Set {
-        function: String,
-        /// Letters, digits and '_', not starting with a digit.
-        key: String,
-        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
-        value: Option<String>,
-        /// Read the value from this file (UTF-8, at most 64 KiB).
-        #[arg(long)]
-        from_file: Option<PathBuf>,
-        /// Store it sealed; listings show only its name.
-        #[arg(long)]
-        secret: bool,
-        #[command(flatten)]
-        server: ServerArgs,
-    },
-    /// List FUNCTION's configuration (secrets by name only).
-    List {
-        function: String,
-        #[command(flatten)]
-        server: ServerArgs,
-    },
-    /// Remove KEY from FUNCTION's configuration.
-    Rm {
-        function: String,
-        key: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -304,20 +282,23 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = match cli.command {
-        // A replay has three outcomes (same, diverged, could not replay).
+        // A replay and a verification have three outcomes (same, diverged, could not tell).
         Command::Replay(args) => return runtime.block_on(replay::replay(args)),
+        Command::Verify(args) => return runtime.block_on(verify::verify(args)),
         command => Cli { command },
     };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(*args).await,
-            Command::Deploy { name: Some(name), file: Some(file), policy, canary, server } => {
-                client::deploy(&server, &name, &file, policy.as_deref(), canary.as_deref()).await
+            Command::Deploy { name: Some(name), file: Some(file), policy, canary, verify, server } => {
+                client::deploy(&server, &name, &file, policy.as_deref(), canary.as_deref(), &verify).await
             }
             Command::Deploy { policy: Some(_), .. } => {
                 Err(anyhow::anyhow!("--policy goes with NAME FILE; a project's policies are in its ledge.toml"))
             }
-            Command::Deploy { server, .. } => client::deploy_project(&server, std::path::Path::new(".")).await,
+            Command::Deploy { verify, server, .. } => {
+                client::deploy_project(&server, std::path::Path::new("."), &verify).await
+            }
             Command::New { name, lang, dir } => {
                 new::create(&name, lang, &dir).map(|root| println!("{}", new::next_steps(&root, lang)))
             }
@@ -338,7 +319,7 @@ pub fn main() -> ExitCode {
             Command::Rollback { name, version, server } => {
                 client::change_version(&server, &name, "rollback", version).await
             }
-            Command::Promote { name, server } => client::change_version(&server, &name, "promote", None).await,
+            Command::Promote { name, gate, server } => promote::promote(&server, &name, &gate).await,
             Command::Rm { name, keep_data, server } => client::remove(&server, &name, keep_data).await,
             Command::Backup { out, server } => client::backup(&server, &out).await,
             Command::Restore { file, data_dir } => restore::restore(file, data_dir).await,
@@ -349,20 +330,8 @@ pub fn main() -> ExitCode {
             Command::Trace(TraceCommand::Get { id, out, with_component, server }) => {
                 replay::get(&server, &id, &out, with_component).await
             }
-            Command::Replay(_) => unreachable!("handled above"),
-            Command::Config(ConfigCommand::Set { function, key, value, from_file, secret, server }) => {
-                let value = match (value, from_file) {
-                    (Some(value), _) => value,
-                    (None, Some(path)) => std::fs::read_to_string(&path)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
-                    (None, None) => unreachable!("clap requires one of them"),
-                };
-                client::set_config(&server, &function, &key, value, secret).await
-            }
-            Command::Config(ConfigCommand::List { function, server }) => client::list_config(&server, &function).await,
-            Command::Config(ConfigCommand::Rm { function, key, server }) => {
-                client::remove_config(&server, &function, &key).await
-            }
+            Command::Replay(_) | Command::Verify(_) => unreachable!("handled above"),
+            Command::Config(command) => config::config(command).await,
             Command::Compile { file, target, profile, output } => {
                 compile::compile(&file, target, profile, output).await
             }

@@ -237,6 +237,10 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
             tokio::spawn(async move { traces.forget(&name).await });
         });
     }
+    let scratch = args.data_dir.join("verify-scratch");
+    let verifier =
+        crate::verify::Verifier::new(runtime.clone(), registry.clone(), traces.clone(), cluster.clone(), scratch)?;
+    let verifier = Arc::new(verifier);
     let app = Arc::new(App {
         cluster,
         registry,
@@ -252,6 +256,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         data_dir: args.data_dir.clone(),
         db: db.clone(),
         traces,
+        verifier,
         queues,
         global_queues,
         global_polls: Default::default(),

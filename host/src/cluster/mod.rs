@@ -8,6 +8,10 @@
 //! revision up to which the node has applied records; each on its node's lease), the peer key
 //! (`peer-key`), and global key-value data (`kv/`, its usage per keyspace in `kv-usage/`).
 //!
+//! Between nodes, besides proxying (`peers`): the node verifying a deploy fetches the
+//! function's corpus from the nodes that host it (`corpus`) and, when it does not run the
+//! function itself, compiles the live build from etcd (`control/live.rs`).
+//!
 //! Layer: beside the registry, which it drives; the HTTP edge calls it for control writes.
 //!
 //! Invariants:
@@ -36,6 +40,7 @@ use crate::registry::{DeployError, PolicyError, Registry, RegistryError};
 
 mod config;
 pub mod control;
+pub mod corpus;
 mod follow;
 pub mod members;
 pub mod peers;

@@ -10,6 +10,13 @@
 //! as coming from its TCP peer, with the authority and scheme it arrived with. Nothing but the
 //! signed header carries these facts: no header a caller can set is trusted for them. A request
 //! that arrived from a peer is never proxied again.
+//!
+//! A node also asks its peers for things of their own (`/v1/peer/...`, e.g. a function's corpus
+//! for deploy verification): such a request carries [`PEER_REQUEST_HEADER`], an HMAC-SHA256
+//! under the same peer key of the method, the path with query, the asking and the asked node's
+//! names and the time, checked the same way (constant time, at most [`MAX_SKEW_SECONDS`] old,
+//! for this node); the signed text starts with its own label, so neither header passes for the
+//! other.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +34,11 @@ use crate::registry::routes::{Rank, rank};
 /// A header without the last two fields (from a node of an older version) vouches for the
 /// client alone.
 pub const PEER_HEADER: &str = "ledge-peer";
+
+/// `FROM;TO;UNIX-SECONDS;HMAC-HEX` on a request one node makes of another (`/v1/peer/...`):
+/// the HMAC-SHA256, under the peer key, of the method, the path with query, both nodes' names
+/// and the time ([`request_text`]).
+pub const PEER_REQUEST_HEADER: &str = "ledge-peer-request";
 
 /// How old a peer header may be (clock skew between nodes plus the hop).
 const MAX_SKEW_SECONDS: u64 = 30;
@@ -74,6 +86,19 @@ impl Cluster {
     /// What a peer vouched for, when `header` verifies.
     pub fn vouched(&self, header: &str) -> Option<Vouched> {
         verify(self.peer_key.read().as_ref()?, header)
+    }
+
+    /// The [`PEER_REQUEST_HEADER`] for a `method` request of `target` (path and query, as the
+    /// asked node will see it) to node `to`; `None` without a peer key.
+    pub fn sign_request(&self, method: &str, target: &str, to: &str) -> Option<String> {
+        let key = self.peer_key.read().clone()?;
+        Some(sign_request(&key, &self.node, to, unix_now(), method, target))
+    }
+
+    /// The asking node's name, when `header` is a fresh signature, made for this node, of a
+    /// `method` request of `target`.
+    pub fn verify_request(&self, method: &str, target: &str, header: &str) -> Option<String> {
+        verify_request(self.peer_key.read().as_ref()?, &self.node, method, target, header, unix_now())
     }
 
     /// Whether `ip` is the address of a live member, as its advertised URL names it (a host
@@ -164,6 +189,33 @@ fn sign(key: &hmac::Key, node: &str, now: u64, vouched: &Vouched) -> Option<Stri
     Some(format!("{signed};{}", hex::encode(tag.as_ref())))
 }
 
+/// What a [`PEER_REQUEST_HEADER`] signs: a label of its own first (a node name holds no
+/// newline), so that it is never the text of a proxy's header.
+fn request_text(from: &str, to: &str, at: u64, method: &str, target: &str) -> String {
+    format!("{PEER_REQUEST_HEADER}\n{from}\n{to}\n{at}\n{method}\n{target}")
+}
+
+fn sign_request(key: &hmac::Key, from: &str, to: &str, now: u64, method: &str, target: &str) -> String {
+    let tag = hmac::sign(key, request_text(from, to, now, method, target).as_bytes());
+    format!("{from};{to};{now};{}", hex::encode(tag.as_ref()))
+}
+
+/// The asking node, when `header` signs a `method` request of `target` to node `me` with `key`
+/// at most [`MAX_SKEW_SECONDS`] from `now`.
+fn verify_request(key: &hmac::Key, me: &str, method: &str, target: &str, header: &str, now: u64) -> Option<String> {
+    let mut fields = header.split(';');
+    let (from, to, at, tag) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() || to != me {
+        return None;
+    }
+    let at: u64 = at.parse().ok()?;
+    if now.abs_diff(at) > MAX_SKEW_SECONDS {
+        return None;
+    }
+    hmac::verify(key, request_text(from, to, at, method, target).as_bytes(), &hex::decode(tag).ok()?).ok()?;
+    Some(from.to_string())
+}
+
 /// What `header` vouches for, when it is signed with `key` and fresh.
 fn verify(key: &hmac::Key, header: &str) -> Option<Vouched> {
     let (signed, tag) = header.rsplit_once(';')?;
@@ -237,6 +289,34 @@ mod tests {
         let old = format!("a;{now};203.0.113.9");
         let old = format!("{old};{}", hex::encode(hmac::sign(&key, old.as_bytes()).as_ref()));
         assert_eq!(verify(&key, &old), Some(client("203.0.113.9")));
+    }
+
+    #[test]
+    fn only_a_fresh_request_signed_for_this_node_passes() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
+        let now = unix_now();
+        let target = "/v1/peer/corpus/orders?limit=50";
+        let good = sign_request(&key, "a", "b", now, "GET", target);
+        assert_eq!(verify_request(&key, "b", "GET", target, &good, now).as_deref(), Some("a"));
+        // Asked of another node, for another path, query or method, too old, another key.
+        assert_eq!(verify_request(&key, "c", "GET", target, &good, now), None);
+        assert_eq!(verify_request(&key, "b", "GET", "/v1/peer/corpus/other?limit=50", &good, now), None);
+        assert_eq!(verify_request(&key, "b", "GET", "/v1/peer/corpus/orders?limit=200", &good, now), None);
+        assert_eq!(verify_request(&key, "b", "POST", target, &good, now), None);
+        assert_eq!(verify_request(&key, "b", "GET", target, &good, now + MAX_SKEW_SECONDS + 1), None);
+        let other = hmac::Key::new(hmac::HMAC_SHA256, &[8u8; 32]);
+        assert_eq!(verify_request(&other, "b", "GET", target, &good, now), None);
+        // Another sender or time under the same signature; garbage; an extra field.
+        for forged in [good.replacen("a;", "c;", 1), good.replace(&format!(";{now};"), &format!(";{};", now + 1))] {
+            assert_eq!(verify_request(&key, "b", "GET", target, &forged, now), None, "{forged}");
+        }
+        for bad in ["", "garbage", "a;b;1", &format!("{good};x")] {
+            assert_eq!(verify_request(&key, "b", "GET", target, bad, now), None, "{bad}");
+        }
+        // A proxy's header is no request signature, nor the other way round.
+        let vouch = sign(&key, "a", now, &client("203.0.113.9")).unwrap();
+        assert_eq!(verify_request(&key, "b", "GET", target, &vouch, now), None);
+        assert_eq!(verify(&key, &good), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `ledge:platform/transactions` (interactive transactions, [`transactions`]) and
 //! `wasi:keyvalue` ([`keyvalue`]), both on the one [`ledge_kv::Db`] of the process, or in
 //! cluster mode on global data in etcd ([`global`]); [`backend`] is the one transaction type
-//! both APIs use.
+//! both APIs use; [`recorded`] reads back what a recorded run read (deploy verification seeds
+//! its scratch engine with it).
 //!
 //! Layer: below the runtime (which links these bindings into every instance), above
 //! [`crate::record`] (every call goes through the run's tape), [`crate::access`] (the verified
@@ -33,6 +34,7 @@ pub mod global;
 pub mod global_queues;
 pub mod keyvalue;
 pub mod queues;
+pub mod recorded;
 pub mod spans;
 pub mod taped;
 pub mod transactions;

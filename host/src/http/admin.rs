@@ -62,21 +62,7 @@ impl App {
                 let meta = local.or_else(placed).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
                 Ok(json(StatusCode::OK, &meta))
             }
-            (&Method::PUT, [name]) => {
-                let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
-                let canary = canary_percent(request.uri().query())?;
-                let bytes = read_upload(request.into_body(), self.max_upload).await?;
-                let upload = Upload::parse(content_type.as_ref(), bytes).await?;
-                let policy = upload.policy.as_deref();
-                let outcome = match &self.cluster {
-                    Some(cluster) => cluster.deploy(name, upload.component, policy, who, canary).await,
-                    None => self.registry.deploy(name, upload.component, policy, who, canary).await.map_err(Into::into),
-                };
-                audit("deploy", name, &caller, outcome.as_ref().map(|d| format!("version {}", d.meta.version)));
-                let deployed = outcome?;
-                let status = if deployed.created { StatusCode::CREATED } else { StatusCode::OK };
-                Ok(json(status, &deployed.meta))
-            }
+            (&Method::PUT, [name]) => self.deploy(request, name, &caller, who, peer).await,
             (&Method::DELETE, [name]) => {
                 let keep_data = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "keep-data=true"));
                 let outcome = match &self.cluster {
@@ -136,16 +122,10 @@ impl App {
                 audit("rollback", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
                 Ok(json(StatusCode::OK, &outcome?))
             }
-            (&Method::POST, [name, "promote"]) => {
-                let outcome = match &self.cluster {
-                    Some(cluster) => cluster.promote(name).await,
-                    None => self.registry.promote(name).await.map_err(Into::into),
-                };
-                audit("promote", name, &caller, outcome.as_ref().map(|v| format!("version {} live", v.live)));
-                Ok(json(StatusCode::OK, &outcome?))
-            }
+            (&Method::POST, [name, "promote"]) => self.promote(request.uri().query(), name, &caller).await,
+            (&Method::POST, [name, "verify"]) => self.verify_only(request, name).await,
             (_, [_, "versions"]) => Err(method_not_allowed("GET")),
-            (_, [_, "rollback" | "promote"]) => Err(method_not_allowed("POST")),
+            (_, [_, "rollback" | "promote" | "verify"]) => Err(method_not_allowed("POST")),
             (&Method::GET, [name, "config"]) => match &self.cluster {
                 Some(cluster) => Ok(json(StatusCode::OK, &cluster.list_config(name)?)),
                 None => Ok(json(StatusCode::OK, &self.registry.list_config(name)?)),
@@ -296,18 +276,6 @@ impl App {
     }
 }
 
-/// `?canary=P` (or `P%`) on a deploy: the share of callers the new version serves.
-fn canary_percent(query: Option<&str>) -> Result<Option<u8>, Problem> {
-    let Some(value) = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("canary="))) else {
-        return Ok(None);
-    };
-    let number = value.trim_end_matches("%25").trim_end_matches('%');
-    match number.parse::<u8>() {
-        Ok(percent) if (1..=99).contains(&percent) => Ok(Some(percent)),
-        _ => Err(Problem::new(StatusCode::BAD_REQUEST, format!("canary `{value}`: give a share from 1% to 99%"))),
-    }
-}
-
 /// Policies are small text files; anything larger is a mistake.
 const MAX_POLICY_BYTES: u64 = 64 << 10;
 
@@ -321,13 +289,13 @@ struct ListReply {
 
 /// A deploy's body: the component alone, or `multipart/form-data` with parts `component` and
 /// `policy` (spec: applied together or not at all).
-struct Upload {
-    component: Vec<u8>,
-    policy: Option<String>,
+pub(super) struct Upload {
+    pub(super) component: Vec<u8>,
+    pub(super) policy: Option<String>,
 }
 
 impl Upload {
-    async fn parse(content_type: Option<&http::HeaderValue>, bytes: Vec<u8>) -> Result<Upload, DeployError> {
+    pub(super) async fn parse(content_type: Option<&http::HeaderValue>, bytes: Vec<u8>) -> Result<Upload, DeployError> {
         let multipart = content_type.and_then(|v| v.to_str().ok()).and_then(|v| multer::parse_boundary(v).ok());
         let Some(boundary) = multipart else {
             return Ok(Upload { component: bytes, policy: None });

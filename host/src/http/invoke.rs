@@ -192,6 +192,8 @@ impl App {
         };
         let status = outcome.as_ref().map_or_else(|problem| problem.status, |response| response.status().as_u16());
         self.metrics.observe_version(name, version, status);
+        // The canary's record, which `ledge promote` judges (a 5xx is a failure).
+        chosen.observe(status);
         span.set("http.response.status_code", i64::from(status));
         if status >= 500 {
             span.fail(format_args!("status {status}"));

@@ -1,9 +1,10 @@
 //! The HTTP edge: the server (HTTP/1.1 and HTTP/2 on one port, TLS, graceful shutdown), the
 //! router, the invoke and admin handlers (traces, logs and backups among them), proxying to
-//! the hosting peer, and [`problem`], the one place where errors become responses. [`body`] is
-//! the one response body type; `audit` the audit log of admin changes; [`dev_builds`] what
-//! `ledge dev` answers for a declared function not live yet. This file holds [`App`],
-//! the state every handler shares, and the small response helpers.
+//! the hosting peer, the node-to-node routes (`peer_corpus`: `/v1/peer/...`, only for a request
+//! signed with the cluster's peer key), and [`problem`], the one place where errors become
+//! responses. [`body`] is the one response body type; `audit` the audit log of admin changes;
+//! [`dev_builds`] what `ledge dev` answers for a declared function not live yet. This file holds
+//! [`App`], the state every handler shares, and the small response helpers.
 //!
 //! Layer: the top of the server; it may use every layer below (cluster, registry, backup,
 //! runtime, record, access, storage, metrics), and nothing below imports from it.
@@ -36,11 +37,14 @@ mod backup;
 pub mod body;
 mod connections;
 mod deliveries;
+mod deploys;
 pub mod dev_builds;
 mod invoke;
 mod logs;
 mod path;
+mod peer_corpus;
 pub mod problem;
+mod promote;
 mod proxy;
 mod queues;
 pub mod router;
@@ -76,6 +80,8 @@ pub struct App {
     pub db: ledge_kv::Db,
     /// Recorded runs kept for replay.
     pub traces: Arc<crate::record::Traces>,
+    /// Deploy verification against those runs (`?verify=N`, `POST .../verify`).
+    pub verifier: Arc<crate::verify::Verifier>,
     /// The node's queues (`/v1/queues`, and deliveries to consumers).
     pub queues: Arc<crate::queue::Queues>,
     /// Cluster mode: the queues in etcd (`[queues] global`).

@@ -33,6 +33,9 @@ pub struct Problem {
     /// Headers the response carries besides the body (`WWW-Authenticate`, `Retry-After`, ...).
     #[serde(skip)]
     pub headers: Vec<(&'static str, String)>,
+    /// Extension members (RFC 9457 section 3.2), e.g. a refused verification's report.
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -45,7 +48,16 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             headers: Vec::new(),
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// Adds the members of `value` (a JSON object) to the problem.
+    pub fn with_members(mut self, value: serde_json::Value) -> Self {
+        if let serde_json::Value::Object(members) = value {
+            self.extensions.extend(members);
+        }
+        self
     }
 
     /// Adds a response header.
@@ -69,6 +81,19 @@ impl Problem {
     fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%context, error = %error, "internal error");
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error while {context}; see the server log"))
+    }
+}
+
+impl From<crate::verify::Refusal> for Problem {
+    fn from(refusal: crate::verify::Refusal) -> Self {
+        let status = match refusal {
+            crate::verify::Refusal::Diverged { .. } => StatusCode::CONFLICT,
+            crate::verify::Refusal::TimedOut { .. } | crate::verify::Refusal::NothingVerified { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let report = serde_json::to_value(refusal.report()).unwrap_or_default();
+        Problem::new(status, refusal.to_string()).with_members(report)
     }
 }
 

@@ -16,6 +16,7 @@
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; in cluster mode: in sync with etcd) |
 //! | anything else matching a policy's `[[route]]` | that function, with the path as it came (in a cluster, a function another node hosts too: proxied, `http/proxy.rs`) |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
+//! | `/v1/peer/...` | node to node, not in the spec (`http/peer_corpus.rs`): only a request signed with the cluster's peer key; any other gets the 404 of a missing route |
 
 use std::net::SocketAddr;
 
@@ -57,6 +58,8 @@ impl App {
             self.backup(request, &method, peer).await
         } else if path == "/v1/nodes" {
             self.nodes(request, &method, peer)
+        } else if path.starts_with("/v1/peer/") {
+            self.peer(&request, &method, &path).await
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),

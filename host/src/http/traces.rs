@@ -7,6 +7,10 @@
 //! | `GET /v1/traces/{id}[?component=true]` | one trace file (with the component that ran) |
 //! | `GET /v1/traces/{id}/component` | the component that ran |
 //!
+//! Besides `errors`, `sample` and `ledge-record`, a run may be drawn for the function's
+//! verification corpus (`[record] keep_sample`; `record::corpus`): a few runs a second at
+//! most, routes the corpus lacks first, kept only when the run succeeds.
+//!
 //! Invariants: traces hold request data and key-value contents, so every route needs a token
 //! allowed `op manage` on the trace's function (listing all functions' traces: a manage token
 //! without `fn` caveat); a trace id alone grants nothing. `ledge-trace` is only ever sent to a
@@ -23,9 +27,9 @@ use serde::Serialize;
 use super::{App, Problem, ResponseBody, json, method_not_allowed};
 use crate::access::caveats::{self, Op};
 use crate::access::tokens::Caller;
-use crate::record::store::{MAX_LISTED, Retention, new_id};
+use crate::record::store::{MAX_LISTED, new_id};
 use crate::record::trace::{CallerFacts, GuestFacts, Reason, RecordedRequest, Trace};
-use crate::record::{Keep, Tape, TraceMeta, trace};
+use crate::record::{Keep, Retention, Tape, TraceMeta, trace};
 use crate::registry::{Chosen, Deployment};
 use crate::telemetry::TraceCx;
 
@@ -68,9 +72,15 @@ impl App {
         let policy = deployment.policy.record;
         let asked = request.headers().get(RECORD_HEADER).is_some_and(|value| value.as_bytes() == b"1");
         let may_read = asked.then(|| self.may_read_traces(authorization, name));
+        let sampled = policy.sample > 0.0 && rand::random::<f64>() < policy.sample;
         let (keep, reason) = if may_read == Some(true) {
             (Keep::Always, Reason::Requested)
-        } else if policy.sample > 0.0 && rand::random::<f64>() < policy.sample {
+        } else if self.traces.draw_for_corpus(name, policy.keep_sample, request.method().as_str(), path_and_query) {
+            // The corpus draws apart from `sample` (which would otherwise leave it nothing at
+            // 1.0): kept for it if the run succeeds, else as the failure or sample it also is.
+            let failed = if sampled { Some(Reason::Sampled) } else { policy.errors.then_some(Reason::Error) };
+            (Keep::Corpus { failed }, Reason::Corpus)
+        } else if sampled {
             (Keep::Always, Reason::Sampled)
         } else if policy.errors {
             (Keep::OnFailure, Reason::Error)
@@ -107,10 +117,24 @@ impl App {
             },
             ..Trace::default()
         };
-        let retention = Retention { max_traces: policy.max_traces, max_bytes: policy.max_trace_bytes };
+        let retention = Retention {
+            max_traces: policy.max_traces,
+            max_bytes: policy.max_trace_bytes,
+            keep_sample: policy.keep_sample,
+        };
         let otel_trace_id = request.extensions().get::<TraceCx>().and_then(TraceCx::trace_id);
         let (config, sink) = (deployment.config.clone(), self.traces.sink(retention, otel_trace_id));
         let keep_with_config = Box::new(move |mut trace: Trace, bytes: usize| {
+            // Secrets never reach a trace ledge keeps on its own: a run whose recording holds a
+            // secret's value (a guest that answered or logged it) is not kept. One a manager
+            // asked for (`ledge-record: 1`) is: they got the same bytes in the response.
+            if trace.reason != Reason::Requested
+                && let Some((key, _)) =
+                    config.secrets().find(|(_, value)| secret_forms(value).iter().any(|form| trace.holds(form)))
+            {
+                tracing::info!(function = %trace.function, secret = key, "trace not kept: it holds a secret's value");
+                return;
+            }
             trace.facts.config = config.recorded();
             sink(trace, bytes)
         });
@@ -251,6 +275,22 @@ impl App {
             )
         })
     }
+}
+
+/// The forms a secret's value takes in a trace: as is, and as the tape writes a host call's
+/// arguments (`show_bytes`: escaped, only its first 32 bytes when long; `{:?}`).
+fn secret_forms(value: &str) -> Vec<Vec<u8>> {
+    let bytes = value.as_bytes();
+    let debug = format!("{value:?}");
+    let mut forms = vec![
+        bytes.to_vec(),
+        bytes.escape_ascii().to_string().into_bytes(),
+        bytes[..bytes.len().min(32)].escape_ascii().to_string().into_bytes(),
+        debug.as_bytes()[1..debug.len() - 1].to_vec(),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 /// The request head as the guest sees it: the ledge token already removed, and without a

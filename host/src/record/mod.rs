@@ -5,7 +5,11 @@
 //!   tape and its host calls, the recording side, the replay side, the run's input and output);
 //! - [`wasi`]: `wasi:clocks` and `wasi:random` through the tape;
 //! - [`trace`]: the trace and its versioned, compressed, checksummed file format;
-//! - [`store`]: kept traces in the engine's system keyspace, with retention per function.
+//! - [`store`]: kept traces in the engine's system keyspace, with retention per function
+//!   (`retention.rs`: what one function keeps, and what goes past its bounds; `listing.rs`:
+//!   reading them back);
+//! - [`corpus`]: the verification corpus (`[record] keep_sample`): its draw, route keys and
+//!   eviction rule.
 //!
 //! What is taped: the request (head, body chunks as handed over), clock readings, random
 //! bytes and seeds, every `ledge:platform` and `wasi:keyvalue` call and result, outbound HTTP
@@ -17,13 +21,18 @@
 //! Layer: beside the runtime, below it (the runtime and `guest_kv` call the tape) and above
 //! the engine (the store); imports nothing from `runtime`, `registry`, `http` or `cli`.
 
+pub mod corpus;
+mod listing;
 pub mod outbound;
+mod retention;
 pub mod store;
 pub mod tape;
 pub mod trace;
 pub mod wasi;
 
-pub use store::{Retention, TraceMeta, Traces};
+pub use listing::LoadError;
+pub use retention::Retention;
+pub use store::{TraceMeta, Traces};
 pub use tape::{Keep, Tape};
 pub use trace::Trace;
 

@@ -15,6 +15,9 @@ pub type Sent = (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Er
 /// What the hooks hand wasi-http.
 pub type ResponseFuture = Box<dyn Future<Output = Result<Sent, Error>> + Send>;
 
+/// The most of an outbound request's body a verification compares between builds.
+const MAX_COMPARED_BODY: usize = 8 << 20;
+
 /// A response head as recorded, or the error's name.
 type Recorded = Result<(u16, Vec<(String, Vec<u8>)>), String>;
 
@@ -25,10 +28,18 @@ pub fn send(
     live: impl FnOnce(http::Request<WasiBody>) -> ResponseFuture,
 ) -> ResponseFuture {
     let args = format!("{} {}", request.method(), request.uri());
-    match tape.outbound(args) {
+    match tape.outbound(args.clone()) {
         Err(stopped) => Box::new(async move { Err(Error::InternalError(Some(format!("{stopped:#}")))) }),
         Ok(Outbound::Replayed(event)) => {
-            tokio::spawn(request.into_body().collect());
+            // A replay drops what the guest sent; a verification keeps it to compare builds.
+            let sent = tape.clone();
+            tokio::spawn(async move {
+                let body = match http_body_util::Limited::new(request.into_body(), MAX_COMPARED_BODY).collect().await {
+                    Ok(collected) => collected.to_bytes().to_vec(),
+                    Err(error) => format!("(a body that failed: {error})").into_bytes(),
+                };
+                sent.outbound_sent(args, body);
+            });
             Box::new(async move { replayed(&event.result, event.body) })
         }
         Ok(Outbound::Recording(index)) => {

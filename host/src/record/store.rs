@@ -1,17 +1,21 @@
 //! Kept traces, in the engine's system keyspace:
 //! `sys/trace/ID/NNNN` the compressed trace in chunks of at most [`CHUNK`] bytes,
-//! `sys/trace-list/FUNCTION/ID` its [`TraceMeta`] (JSON), `sys/trace-id/ID` its function.
+//! `sys/trace-list/FUNCTION/ID` its [`TraceMeta`] (JSON), `sys/trace-id/ID` its function,
+//! and for a trace of the verification corpus `sys/trace-corpus/FUNCTION/ID` its route key.
 //!
 //! Invariants:
 //! - a trace's keys are written in one transaction, so it is listed only once it is whole;
 //! - ids sort by recording time, so retention drops the oldest first: per function at most
-//!   `[record] max_traces` traces and `max_trace_bytes` bytes;
+//!   `[record] max_traces` traces and `max_trace_bytes` bytes, the corpus counted apart
+//!   (`keep_sample`; see `retention.rs`);
+//! - the corpus's routes per function, which the [`Sampler`] draws by, are read from the
+//!   engine at start and follow every store and eviction after;
 //! - one writer thread compresses, stores (what is waiting, in one commit) and prunes; recording only hands it a finished trace
 //!   through a bounded queue ([`QUEUE`]), so a flood of traces drops traces (counted), never
 //!   requests, and never grows memory without bound;
 //! - removing a function removes its traces, after every trace already queued for it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -21,7 +25,9 @@ use ledge_kv::{Db, Isolation, TxError};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use super::trace::{self, Trace};
+use super::corpus::{self, Sampler};
+use super::retention::{Kept, KeptTrace, Retention};
+use super::trace::{self, Reason, Trace};
 use ledge_kv::prefix_end;
 
 /// Largest chunk of a stored trace (the engine's values are at most 1 MiB).
@@ -49,12 +55,16 @@ pub struct TraceMeta {
     pub duration_us: u64,
     /// Bytes stored (compressed).
     pub size: u64,
-    /// `error`, `sampled` or `requested`.
+    /// `error`, `sampled`, `requested` or `corpus`.
     pub reason: String,
+    /// The run's route key: method and path with ids and query values stripped
+    /// ([`corpus::route_key`]); empty in traces stored before it was kept.
+    #[serde(default)]
+    pub route: String,
     /// The OpenTelemetry trace id (32 hex digits) of the run, when it was exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otel_trace_id: Option<String>,
-    chunks: u32,
+    pub(super) chunks: u32,
 }
 
 /// A finished trace on its way to the writer.
@@ -67,13 +77,6 @@ struct Pending {
     otel_trace_id: Option<String>,
 }
 
-/// How many traces, and how many bytes of them, a function keeps.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Retention {
-    pub max_traces: u32,
-    pub max_bytes: u64,
-}
-
 enum Job {
     /// A trace, its retention, and the bytes it holds (counted in the queue's bound).
     Store(Pending),
@@ -83,12 +86,14 @@ enum Job {
 
 /// The node's kept traces.
 pub struct Traces {
-    db: Db,
+    pub(super) db: Db,
     jobs: SyncSender<Job>,
     /// Bytes of the traces in the queue.
     queued: Arc<AtomicUsize>,
     /// Traces not kept because the writer was behind (`ledge_traces_dropped_total`).
     dropped: Counter,
+    /// The corpus draw, and the routes each function's corpus holds.
+    sampler: Arc<Sampler>,
 }
 
 impl Traces {
@@ -97,10 +102,39 @@ impl Traces {
     pub fn start(db: Db, stored: Counter, dropped: Counter) -> std::io::Result<Arc<Traces>> {
         let (jobs, queue) = sync_channel(QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer =
-            Writer { db: db.clone(), kept: HashMap::new(), stored, dropped: dropped.clone(), queued: queued.clone() };
+        let sampler = Arc::new(Sampler::default());
+        // The corpus's routes, as stored: what the draw takes for covered.
+        let mut routes: HashMap<String, HashMap<String, u32>> = HashMap::new();
+        let mut tx = db.begin(Isolation::Snapshot);
+        for (key, route) in
+            tx.scan(CORPUS.as_bytes(), &prefix_end(CORPUS.as_bytes()), usize::MAX).map_err(std::io::Error::other)?
+        {
+            let key = String::from_utf8_lossy(&key);
+            if let Some((function, _)) = key[CORPUS.len()..].split_once('/') {
+                let route = String::from_utf8_lossy(&route).into_owned();
+                *routes.entry(function.to_string()).or_default().entry(route).or_default() += 1;
+            }
+        }
+        drop(tx);
+        for (function, routes) in routes {
+            sampler.set_routes(&function, routes);
+        }
+        let writer = Writer {
+            db: db.clone(),
+            kept: HashMap::new(),
+            stored,
+            dropped: dropped.clone(),
+            queued: queued.clone(),
+            sampler: sampler.clone(),
+        };
         std::thread::Builder::new().name("ledge-traces".into()).spawn(move || writer.run(queue))?;
-        Ok(Arc::new(Traces { db, jobs, queued, dropped }))
+        Ok(Arc::new(Traces { db, jobs, queued, dropped, sampler }))
+    }
+
+    /// Whether this run of `function` is recorded for its corpus (`keep_sample` from its
+    /// policy; 0 draws nothing): see [`Sampler::draw`].
+    pub fn draw_for_corpus(&self, function: &str, keep_sample: u32, method: &str, path_and_query: &str) -> bool {
+        self.sampler.draw(function, keep_sample, method, path_and_query)
     }
 
     /// Where a finished recording of `bytes` goes: the writer, unless its queue is full. Its
@@ -124,6 +158,7 @@ impl Traces {
 
     /// Removes every trace of `function` (after those queued for it are written).
     pub async fn forget(&self, function: &str) {
+        self.sampler.forget(function);
         let (done, wait) = std::sync::mpsc::channel();
         let jobs = self.jobs.clone();
         let job = Job::Forget(function.to_string(), done);
@@ -134,54 +169,12 @@ impl Traces {
         })
         .await;
     }
-
-    /// The newest traces (of `function`, or of all; of one OpenTelemetry trace, or of any),
-    /// newest first, at most `limit`.
-    pub fn list(
-        &self,
-        function: Option<&str>,
-        otel_trace_id: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TraceMeta>, TxError> {
-        let prefix = match function {
-            Some(name) => format!("sys/trace-list/{name}/"),
-            None => "sys/trace-list/".to_string(),
-        };
-        let mut tx = self.db.begin(Isolation::Snapshot);
-        let entries = tx.scan(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), usize::MAX)?;
-        let mut metas: Vec<TraceMeta> = entries
-            .iter()
-            .filter_map(|(_, value)| serde_json::from_slice::<TraceMeta>(value).ok())
-            .filter(|meta| otel_trace_id.is_none_or(|id| meta.otel_trace_id.as_deref() == Some(id)))
-            .collect();
-        metas.sort_by(|a, b| b.id.cmp(&a.id));
-        metas.truncate(limit);
-        Ok(metas)
-    }
-
-    /// The function trace `id` belongs to.
-    pub fn function_of(&self, id: &str) -> Result<Option<String>, TxError> {
-        if !is_valid_id(id) {
-            return Ok(None);
-        }
-        let mut tx = self.db.begin(Isolation::Snapshot);
-        Ok(tx.get(format!("sys/trace-id/{id}").as_bytes())?.map(|f| String::from_utf8_lossy(&f).into_owned()))
-    }
-
-    /// Trace `id` of `function`: its metadata and its compressed bytes.
-    pub fn get(&self, function: &str, id: &str) -> Result<Option<(TraceMeta, Vec<u8>)>, TxError> {
-        let mut tx = self.db.begin(Isolation::Snapshot);
-        let Some(meta) = tx.get(format!("sys/trace-list/{function}/{id}").as_bytes())? else { return Ok(None) };
-        let Ok(meta) = serde_json::from_slice::<TraceMeta>(&meta) else { return Ok(None) };
-        let mut bytes = Vec::with_capacity(meta.size as usize);
-        for n in 0..meta.chunks {
-            bytes.extend(tx.get(chunk_key(id, n).as_bytes())?.unwrap_or_default());
-        }
-        Ok(Some((meta, bytes)))
-    }
 }
 
-fn chunk_key(id: &str, n: u32) -> String {
+/// Where the corpus's markers are: `sys/trace-corpus/FUNCTION/ID`, its route key.
+pub(super) const CORPUS: &str = "sys/trace-corpus/";
+
+pub(super) fn chunk_key(id: &str, n: u32) -> String {
     format!("sys/trace/{id}/{n:04}")
 }
 
@@ -203,37 +196,7 @@ struct Writer {
     stored: Counter,
     dropped: Counter,
     queued: Arc<AtomicUsize>,
-}
-
-/// One function's kept traces, oldest first, and their total size.
-#[derive(Default)]
-struct Kept {
-    traces: VecDeque<KeptTrace>,
-    bytes: u64,
-}
-
-struct KeptTrace {
-    id: String,
-    size: u64,
-    chunks: u32,
-}
-
-impl Kept {
-    fn push(&mut self, trace: KeptTrace) {
-        self.bytes += trace.size;
-        self.traces.push_back(trace);
-    }
-
-    /// Takes the oldest traces out until what is left is within `retention`.
-    fn over(&mut self, retention: Retention) -> Vec<KeptTrace> {
-        let mut victims = Vec::new();
-        while self.traces.len() > retention.max_traces as usize || self.bytes > retention.max_bytes {
-            let Some(oldest) = self.traces.pop_front() else { break };
-            self.bytes -= oldest.size;
-            victims.push(oldest);
-        }
-        victims
-    }
+    sampler: Arc<Sampler>,
 }
 
 impl Writer {
@@ -261,6 +224,7 @@ impl Writer {
                 if let Err(error) = self.forget(&function) {
                     tracing::warn!(%error, function, "removing traces");
                 }
+                self.sampler.forget(&function);
                 let _ = done.send(());
             }
         }
@@ -277,6 +241,8 @@ impl Writer {
     }
 
     fn try_store(&mut self, batch: &[Pending]) -> Result<(), TxError> {
+        // The functions whose corpus changed: the draw learns their routes once committed.
+        let mut corpora: Vec<String> = Vec::new();
         if batch.is_empty() {
             return Ok(());
         }
@@ -296,6 +262,8 @@ impl Writer {
                 buffered = 0;
             }
             buffered += compressed.len();
+            let route = corpus::route_key(&trace.request.method, &trace.request.path_and_query);
+            let in_corpus = trace.reason == Reason::Corpus;
             let meta = TraceMeta {
                 id: trace.id.clone(),
                 function: trace.function.clone(),
@@ -307,6 +275,7 @@ impl Writer {
                 duration_us: trace.duration_us,
                 size: compressed.len() as u64,
                 reason: format!("{:?}", trace.reason).to_lowercase(),
+                route: route.clone(),
                 otel_trace_id: otel_trace_id.clone(),
                 chunks: compressed.chunks(CHUNK).count() as u32,
             };
@@ -316,14 +285,31 @@ impl Writer {
             let meta_json = serde_json::to_vec(&meta).expect("metadata encodes");
             tx.put(format!("sys/trace-list/{}/{}", trace.function, trace.id).as_bytes(), &meta_json)?;
             tx.put(format!("sys/trace-id/{}", trace.id).as_bytes(), trace.function.as_bytes())?;
+            if in_corpus {
+                tx.put(format!("{CORPUS}{}/{}", trace.function, trace.id).as_bytes(), route.as_bytes())?;
+            }
             stored += 1;
             let kept = self.kept(&trace.function)?;
-            kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks });
+            kept.push(KeptTrace {
+                id: meta.id,
+                size: meta.size,
+                chunks: meta.chunks,
+                corpus: in_corpus.then_some(route),
+            });
+            let mut corpus_changed = in_corpus;
             for victim in kept.over(*retention) {
+                corpus_changed |= victim.corpus.is_some();
                 delete(&mut tx, &trace.function, &victim)?;
+            }
+            if corpus_changed && !corpora.contains(&trace.function) {
+                corpora.push(trace.function.clone());
             }
         }
         tx.commit()?;
+        for function in corpora {
+            let routes = self.kept.get(&function).map(Kept::routes).unwrap_or_default();
+            self.sampler.set_routes(&function, routes);
+        }
         self.stored.inc_by(stored);
         Ok(())
     }
@@ -336,7 +322,8 @@ impl Writer {
             let entries = tx.scan(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), usize::MAX)?;
             let mut kept = Kept::default();
             for meta in entries.iter().filter_map(|(_, value)| serde_json::from_slice::<TraceMeta>(value).ok()) {
-                kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks });
+                let corpus = (meta.reason == "corpus").then_some(meta.route);
+                kept.push(KeptTrace { id: meta.id, size: meta.size, chunks: meta.chunks, corpus });
             }
             self.kept.insert(function.to_string(), kept);
         }
@@ -361,6 +348,9 @@ fn delete(tx: &mut ledge_kv::Tx, function: &str, trace: &KeptTrace) -> Result<()
         tx.delete(chunk_key(&trace.id, n).as_bytes())?;
     }
     tx.delete(format!("sys/trace-list/{function}/{}", trace.id).as_bytes())?;
+    if trace.corpus.is_some() {
+        tx.delete(format!("{CORPUS}{function}/{}", trace.id).as_bytes())?;
+    }
     tx.delete(format!("sys/trace-id/{}", trace.id).as_bytes())
 }
 
@@ -380,7 +370,7 @@ mod tests {
         Trace { id: id.into(), function: "f".into(), ..Trace::default() }
     }
 
-    const KEEP: Retention = Retention { max_traces: 10, max_bytes: 1 << 20 };
+    const KEEP: Retention = Retention { max_traces: 10, max_bytes: 1 << 20, keep_sample: 3 };
 
     #[test]
     fn a_trace_over_the_queues_byte_bound_is_dropped_and_counted() {
@@ -415,6 +405,66 @@ mod tests {
         let listed = traces.list(Some("f"), None, 10).unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].id.starts_with("00000000002"));
+    }
+
+    fn corpus_trace(ms: u64, method: &str, path: &str) -> Trace {
+        let mut trace = trace(&new_id(ms));
+        trace.reason = Reason::Corpus;
+        trace.request.method = method.into();
+        trace.request.path_and_query = path.into();
+        trace
+    }
+
+    /// Waits until the writer stored `count` traces in all.
+    fn stored_by_then(stored: &Counter, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored.get() < count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stored.get(), count);
+    }
+
+    #[test]
+    fn the_corpus_is_bounded_apart_keeps_rare_routes_and_is_read_again_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let stored = Counter::default();
+        let traces = Traces::start(db.clone(), stored.clone(), Counter::default()).unwrap();
+        // KEEP: 10 others, 3 corpus traces. One rare route among many runs of a common one.
+        traces.sink(KEEP, None)(corpus_trace(1, "POST", "/orders?id=7"), 100);
+        for ms in 2..=9 {
+            traces.sink(KEEP, None)(corpus_trace(ms, "GET", &format!("/users/{ms}")), 100);
+        }
+        for ms in 10..=11 {
+            traces.sink(KEEP, None)(trace(&new_id(ms)), 100);
+        }
+        stored_by_then(&stored, 11);
+        let corpus = traces.corpus("f", 10).unwrap();
+        let routes: Vec<&str> = corpus.iter().map(|m| m.route.as_str()).collect();
+        assert_eq!(routes, ["GET /users/:id", "POST /orders?id", "GET /users/:id"], "distinct routes first");
+        assert!(corpus[0].id.starts_with("00000000009") && corpus[2].id.starts_with("00000000008"), "{corpus:?}");
+        assert!(corpus.iter().all(|m| m.reason == "corpus"));
+        assert_eq!(traces.corpus("f", 1).unwrap().len(), 1);
+        // The others are not evicted by the corpus, nor counted with it.
+        let listed = traces.list(Some("f"), None, 100).unwrap();
+        assert_eq!(listed.len(), 5);
+        assert_eq!(listed.iter().filter(|m| m.reason == "error").count(), 2);
+        let loaded = traces.load("f", &corpus[1].id).unwrap().expect("kept");
+        assert_eq!((loaded.reason, loaded.request.method.as_str()), (Reason::Corpus, "POST"));
+        assert!(traces.load("f", &new_id(99)).unwrap().is_none());
+        // The draw knows both routes: neither is new.
+        let sampler = &traces.sampler;
+        assert!(sampler.draw("f", 3, "GET", "/"), "the first steady draw");
+        assert!(!sampler.draw("f", 3, "GET", "/users/12") && !sampler.draw("f", 3, "POST", "/orders?id=8"));
+        assert!(sampler.draw("f", 3, "PUT", "/orders"), "a new route is drawn");
+
+        // A new start reads the corpus's routes back from the engine.
+        drop(traces);
+        let again = Traces::start(db, Counter::default(), Counter::default()).unwrap();
+        assert!(again.sampler.draw("f", 3, "GET", "/"));
+        assert!(!again.sampler.draw("f", 3, "GET", "/users/1"), "stored routes are not new after a restart");
+        assert!(again.sampler.draw("f", 3, "PUT", "/orders"));
+        assert_eq!(again.corpus("f", 10).unwrap().len(), 3);
     }
 
     #[test]

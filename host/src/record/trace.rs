@@ -67,6 +67,9 @@ pub enum Reason {
     Sampled,
     /// `ledge-record: 1` from a caller allowed to manage the function.
     Requested,
+    /// `[record] keep_sample`: a successful run kept for the verification corpus. (Variants
+    /// are encoded by position: new ones go last, so older traces still decode.)
+    Corpus,
 }
 
 /// The request as the guest received it.
@@ -159,6 +162,27 @@ impl Trace {
     /// The run ended in a failure or a 5xx.
     pub fn failed(&self) -> bool {
         self.output.failure.is_some() || self.output.response.as_ref().is_some_and(|r| r.status >= 500)
+    }
+
+    /// Whether `needle` appears anywhere in what the trace holds (request, host calls, output):
+    /// how a secret's value is kept out of kept traces.
+    pub fn holds(&self, needle: &[u8]) -> bool {
+        let finder = memchr::memmem::Finder::new(needle);
+        let found = |bytes: &[u8]| !needle.is_empty() && finder.find(bytes).is_some();
+        let request = &self.request;
+        let events = self.events.iter().flat_map(|e| {
+            [e.args.as_bytes(), &e.result, e.summary.as_bytes()].into_iter().chain(e.body.iter().map(Vec::as_slice))
+        });
+        let response = self.output.response.iter().flat_map(|r| r.headers.iter().map(|(_, v)| v.as_slice()));
+        [request.path_and_query.as_bytes(), request.authority.as_bytes(), &self.output.body]
+            .into_iter()
+            .chain(request.headers.iter().map(|(_, value)| value.as_slice()))
+            .chain(request.body.iter().map(Vec::as_slice))
+            .chain(events)
+            .chain(response)
+            .chain(self.output.logs.iter().map(|chunk| chunk.bytes.as_slice()))
+            .chain(self.output.failure.iter().map(|failure| failure.message.as_bytes()))
+            .any(found)
     }
 
     /// The status the caller got: the guest's, or the one its failure answers with.

@@ -203,14 +203,20 @@ fn read_stored(dir: &Path) -> io::Result<ConfigEntries> {
 impl Registry {
     /// The config guests of `name` see, decrypted (at start and after every change).
     pub(super) fn load_config(&self, name: &str) -> io::Result<Arc<GuestConfig>> {
-        let stored = read_stored(&self.function_dir(name))?;
-        let mut pairs: Vec<(String, String)> = stored.values.into_iter().collect();
-        let mut secrets = Vec::with_capacity(stored.secrets.len());
+        self.guest_config(name, &read_stored(&self.function_dir(name))?)
+    }
+
+    /// The config guests of `name` see with `entries` (secrets sealed under this node's key),
+    /// decrypted; also what deploy verification on a cluster node that does not run `name`
+    /// gives it from the function's record.
+    pub fn guest_config(&self, name: &str, entries: &ConfigEntries) -> io::Result<Arc<GuestConfig>> {
+        let mut pairs: Vec<(String, String)> = entries.values.clone().into_iter().collect();
+        let mut secrets = Vec::with_capacity(entries.secrets.len());
         let sealing = self.secrets_key();
-        for (key, sealed) in stored.secrets {
-            let value = sealing.open_sealed(name, &key, &sealed)?;
+        for (key, sealed) in &entries.secrets {
+            let value = sealing.open_sealed(name, key, sealed)?;
             secrets.push(key.clone());
-            pairs.push((key, value));
+            pairs.push((key.clone(), value));
         }
         Ok(Arc::new(GuestConfig::new(pairs, secrets)))
     }

@@ -47,10 +47,10 @@ impl Registry {
         self.deploy_numbered(name, bytes, policy, PolicyChange::Any, canary, numbered).await
     }
 
-    /// Validates, pre-initializes and compiles `bytes` without deploying them; a deploy of the
-    /// same bytes soon after reuses the work. A cluster node checks a component so before it
-    /// publishes it.
-    pub async fn check_component(&self, bytes: Vec<u8>) -> Result<(), DeployError> {
+    /// Validates, pre-initializes and compiles `bytes` without deploying them, and hands back
+    /// the build ready to instantiate (deploy verification runs it); a deploy of the same bytes
+    /// soon after reuses the work. A cluster node checks a component so before it publishes it.
+    pub async fn check_component(&self, bytes: Vec<u8>) -> Result<ProxyPre<GuestState>, DeployError> {
         let sha256 = sha256_hex(&bytes);
         let (runtime, handle) = (self.runtime.clone(), tokio::runtime::Handle::current());
         let artifacts = tokio::task::spawn_blocking(move || build_artifacts(&runtime, &handle, &bytes))
@@ -60,8 +60,9 @@ impl Registry {
         if checked.len() >= MAX_CHECKED {
             checked.clear();
         }
+        let pre = artifacts.pre.clone();
         checked.insert(sha256, artifacts);
-        Ok(())
+        Ok(pre)
     }
 
     async fn deploy_numbered(

@@ -1,6 +1,7 @@
 //! The function registry: deployed components, durable in the data dir, and the live version
 //! of each function. [`layout`] is the on-disk format, [`deploy`] the deploy pipeline,
-//! [`versions`] the kept versions and canaries, [`policies`] how each function's effective
+//! [`versions`] the kept versions and canaries, [`canary`] which version a request runs and the
+//! canary's record that `ledge promote` judges, [`policies`] how each function's effective
 //! policy is found and kept current, [`config`] config and sealed secrets, [`routes`] host
 //! routes, [`schedule`] cron schedules, [`consumers`] queue consumers. The fuzz targets' entry points (`fuzzing`) live here,
 //! the lowest layer above everything they parse, compiled only for tests and with the
@@ -39,6 +40,7 @@ use crate::runtime::{GuestConfig, GuestState, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir};
 use config::SecretsKey;
 
+pub mod canary;
 pub mod config;
 pub mod consumers;
 pub mod deploy;
@@ -53,6 +55,8 @@ pub mod routes;
 pub mod schedule;
 pub mod versions;
 
+use canary::CanaryRecord;
+pub use canary::Chosen;
 use layout::LoadedVersion;
 pub use layout::{CanarySplit, FunctionMeta, sha256_hex};
 use policies::read_default_file;
@@ -78,16 +82,9 @@ pub struct Canary {
     pub meta: FunctionMeta,
     pub pre: ProxyPre<GuestState>,
     pub percent: u8,
+    /// How often it and the live version failed since it started (`ledge promote`'s gate).
+    pub record: CanaryRecord,
     unstarted: AtomicBool,
-}
-
-/// The version one request runs.
-pub struct Chosen<'a> {
-    pub version: u64,
-    pub meta: &'a FunctionMeta,
-    pub pre: &'a ProxyPre<GuestState>,
-    /// This version's first instance (a cold start).
-    pub cold: bool,
 }
 
 impl Deployment {
@@ -108,23 +105,10 @@ impl Deployment {
     /// This deployment with `canary` (a loaded version and its share of callers), or none.
     fn with_canary(mut self, canary: Option<(LoadedVersion, u8)>) -> Self {
         self.canary = canary.map(|(version, percent)| {
-            Arc::new(Canary { meta: version.meta, pre: version.pre, percent, unstarted: AtomicBool::new(true) })
+            let record = CanaryRecord::default();
+            Arc::new(Canary { meta: version.meta, pre: version.pre, percent, record, unstarted: AtomicBool::new(true) })
         });
         self
-    }
-
-    /// The version a caller gets: the canary for its share of callers (the same callers every
-    /// time: a fixed hash of the caller's key), else the live one.
-    pub fn choose(&self, caller_key: &str) -> Chosen<'_> {
-        if let Some(canary) = &self.canary {
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(caller_key, &mut hasher);
-            if std::hash::Hasher::finish(&hasher) % 100 < u64::from(canary.percent) {
-                let cold = first_start(&canary.unstarted);
-                return Chosen { version: canary.meta.version, meta: &canary.meta, pre: &canary.pre, cold };
-            }
-        }
-        Chosen { version: self.meta.version, meta: &self.meta, pre: &self.pre, cold: first_start(&self.unstarted) }
     }
 
     /// This deployment with `config`.
@@ -153,11 +137,6 @@ impl Deployment {
         updated.canary = self.canary.clone();
         updated
     }
-}
-
-/// True exactly once per version: for its first instance (a cold start).
-fn first_start(unstarted: &AtomicBool) -> bool {
-    unstarted.load(Ordering::Relaxed) && unstarted.swap(false, Ordering::Relaxed)
 }
 
 #[derive(Debug, Error)]

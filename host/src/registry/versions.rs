@@ -1,5 +1,5 @@
 //! Kept versions, rollback and canaries: `ledge versions`, `ledge rollback NAME [VERSION]`,
-//! `ledge promote NAME`.
+//! `ledge promote NAME` (its gate on the canary's record is in `canary.rs`).
 //!
 //! Invariants: a rollback or promotion loads code that was compiled at deploy (no recompile
 //! unless the artifact no longer matches), commits the new state with `meta.json`, then swaps
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::canary::{Gate, Judgement};
 use super::layout::{commit_meta, kept_versions};
 use super::{CanarySplit, Deployment, FunctionMeta, LoadReport, Registry, RegistryError, validate_name};
 
@@ -20,6 +21,15 @@ pub struct Versions {
     pub canary: Option<CanarySplit>,
     /// Every kept version, oldest first.
     pub kept: Vec<FunctionMeta>,
+}
+
+/// What `POST /v1/functions/{name}/promote` answers: the versions, and the judgement of the
+/// canary's record.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Promoted {
+    #[serde(flatten)]
+    pub versions: Versions,
+    pub judged: Judgement,
 }
 
 /// A canary of `percent` may be deployed: 1% to 99%, and only beside a live version.
@@ -68,8 +78,18 @@ impl Registry {
         self.versions(name)
     }
 
-    /// Makes the canary the live version.
+    /// Makes the canary the live version, unjudged: how a cluster node applies a promotion.
     pub async fn promote(&self, name: &str) -> Result<Versions, RegistryError> {
+        Ok(self.promote_judged(name, None).await?.0)
+    }
+
+    /// `ledge promote`: with a `gate`, judges the canary's record first, under the same lock
+    /// (so the canary judged is the one promoted), and refuses while it fails too often.
+    pub async fn promote_judged(
+        &self,
+        name: &str,
+        gate: Option<Gate>,
+    ) -> Result<(Versions, Option<Judgement>), RegistryError> {
         validate_name(name)?;
         let _change = self.changes.lock().await;
         let current = self.lookup(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
@@ -79,10 +99,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::Versions(format!("`{name}` has no canary to promote")))?
             .meta
             .version;
+        let judged = gate.and_then(|gate| current.judge_canary(gate)).map(Judgement::refusal).transpose()?;
         self.make_live(name, &current, canary).await?;
         tracing::info!(function = name, version = canary, "canary promoted");
         drop(_change);
-        self.versions(name)
+        Ok((self.versions(name)?, judged))
     }
 
     /// Commits `version` as the live one (no canary) and swaps it in.

@@ -30,6 +30,14 @@ impl GuestConfig {
         GuestConfig { vars, env: pairs, secrets }
     }
 
+    /// The secrets' names and values (a kept trace must hold none of the values).
+    pub fn secrets(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .filter(|(key, value)| !value.is_empty() && self.secrets.contains(key))
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    }
+
     /// The entries as a trace keeps them: secrets by name only (`None`).
     pub fn recorded(&self) -> Vec<(String, Option<String>)> {
         self.env

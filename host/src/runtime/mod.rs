@@ -275,6 +275,27 @@ impl Runtime {
         config
     }
 
+    /// This runtime with `db` as its only key-value engine: no cluster, no queues, its own
+    /// metrics. The same engine and linker, so code compiled for this runtime runs on it; for
+    /// runs that must not touch the node's data (deploy verification).
+    pub fn with_scratch_kv(&self, db: Db) -> Runtime {
+        Runtime {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            allocator: self.allocator,
+            metrics: Arc::default(),
+            db: Some(db),
+            trust_precompiled: false,
+            max_memory: self.max_memory,
+            own_addresses: self.own_addresses.clone(),
+            logs: self.logs.clone(),
+            global_kv: None,
+            kv_write_buffers: self.kv_write_buffers.clone(),
+            queues: None,
+            global_queues: None,
+        }
+    }
+
     /// The engine every component of this process is compiled for.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ByteSize, Fraction, Policy, Positive, RateQuota};
+use super::{ByteSize, Count, Fraction, Policy, Positive, RateQuota};
 use crate::access::caveats::parse_rate;
 
 /// Schedules one function may have.
@@ -107,6 +107,7 @@ pub struct CeilingsSection {
     pub record_sample: Option<Fraction>,
     pub record_max_traces: Option<Positive>,
     pub record_max_trace_bytes: Option<ByteSize>,
+    pub record_keep_sample: Option<Count>,
     pub versions_keep: Option<Positive>,
     pub versions_max_bytes: Option<ByteSize>,
     pub placement_replicas: Option<u32>,
@@ -131,6 +132,7 @@ pub struct UploadCeilings {
     pub record_sample: f64,
     pub record_max_traces: u32,
     pub record_max_trace_bytes: u64,
+    pub record_keep_sample: u32,
     pub versions_keep: u32,
     pub versions_max_bytes: u64,
     pub placement_replicas: u32,
@@ -154,6 +156,7 @@ impl Default for UploadCeilings {
             record_sample: 1.0,
             record_max_traces: 10_000,
             record_max_trace_bytes: 1 << 30,
+            record_keep_sample: 200,
             versions_keep: 100,
             versions_max_bytes: 1 << 30,
             placement_replicas: MAX_REPLICAS,
@@ -185,6 +188,7 @@ impl CeilingsSection {
             record_sample: self.record_sample.map_or(base.record_sample, |f| f.0),
             record_max_traces: self.record_max_traces.map_or(base.record_max_traces, |n| n.0),
             record_max_trace_bytes: self.record_max_trace_bytes.map_or(base.record_max_trace_bytes, |b| b.0),
+            record_keep_sample: self.record_keep_sample.map_or(base.record_keep_sample, |n| n.0),
             versions_keep: self.versions_keep.map_or(base.versions_keep, |n| n.0),
             versions_max_bytes: self.versions_max_bytes.map_or(base.versions_max_bytes, |b| b.0),
             placement_replicas: self.placement_replicas.unwrap_or(base.placement_replicas),
@@ -206,7 +210,7 @@ impl Policy {
         let above_rate = ceilings.rate.filter(|ceiling| sustained(&self.rate) > sustained(ceiling));
         // Each consumer's bounds, the largest of each kind (the message names that one).
         let most = |field: fn(&super::Consumer) -> u64| self.consumers.iter().map(field).max().unwrap_or(0);
-        let checks: [(&str, &str, Exceeded); 18] = [
+        let checks: [(&str, &str, Exceeded); 19] = [
             (
                 "rate.quota",
                 "rate",
@@ -223,6 +227,11 @@ impl Policy {
                 "record.max_trace_bytes",
                 "record_max_trace_bytes",
                 above(self.record.max_trace_bytes, Some(ceilings.record_max_trace_bytes)),
+            ),
+            (
+                "record.keep_sample",
+                "record_keep_sample",
+                above(self.record.keep_sample, Some(ceilings.record_keep_sample)),
             ),
             ("versions.keep", "versions_keep", above(self.versions_keep, Some(ceilings.versions_keep))),
             (

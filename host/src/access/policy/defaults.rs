@@ -10,7 +10,7 @@ use super::{KvScope, Policy, RateQuota, RecordPolicy};
 
 impl Default for RecordPolicy {
     fn default() -> Self {
-        RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20 }
+        RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20, keep_sample: 20 }
     }
 }
 

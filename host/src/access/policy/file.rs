@@ -8,8 +8,8 @@
 use serde::Deserialize;
 
 use super::{
-    ByteSize, CeilingsSection, Consumer, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy, Positive,
-    QueueName, RateQuota, RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
+    ByteSize, CeilingsSection, Consumer, Count, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy,
+    Positive, QueueName, RateQuota, RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
 };
 
 /// A policy as written in a file: every field optional.
@@ -86,6 +86,7 @@ pub struct RecordSection {
     pub sample: Option<Fraction>,
     pub max_traces: Option<Positive>,
     pub max_trace_bytes: Option<ByteSize>,
+    pub keep_sample: Option<Count>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -182,6 +183,7 @@ impl PolicyFile {
                     sample: section.sample.map_or(base.record.sample, |f| f.0),
                     max_traces: section.max_traces.map_or(base.record.max_traces, |n| n.0),
                     max_trace_bytes: section.max_trace_bytes.map_or(base.record.max_trace_bytes, |b| b.0),
+                    keep_sample: section.keep_sample.map_or(base.record.keep_sample, |n| n.0),
                 }
             },
             queues_send: names_or(self.queues.as_ref().and_then(|q| q.send.as_ref()), &base.queues_send),
@@ -280,7 +282,7 @@ mod tests {
         let resolved = PolicyFile::parse("").unwrap().resolve(&Policy::default());
         assert_eq!(
             resolved.record,
-            RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20 }
+            RecordPolicy { errors: true, sample: 0.0, max_traces: 1000, max_trace_bytes: 64 << 20, keep_sample: 20 }
         );
         let own = PolicyFile::parse("[record]\nsample = 0.25\nmax_traces = 5\n").unwrap().resolve(&resolved);
         assert_eq!((own.record.sample, own.record.max_traces, own.record.errors), (0.25, 5, true));
@@ -288,6 +290,35 @@ mod tests {
         assert!(over.contains("sample") && over.contains("1.5"), "{over}");
         let unknown = PolicyFile::parse("[record]\nsamples = 0.5\n").unwrap_err();
         assert!(unknown.contains("samples"), "{unknown}");
+        // keep_sample: 0 keeps no corpus; a negative count names the field.
+        let none = PolicyFile::parse("[record]\nkeep_sample = 0\n").unwrap().resolve(&resolved);
+        assert_eq!((none.record.keep_sample, none.record.max_traces), (0, 1000));
+        let negative = PolicyFile::parse("[record]\nkeep_sample = -1\n").unwrap_err();
+        assert!(negative.contains("keep_sample") && negative.contains("-1"), "{negative}");
+    }
+
+    #[test]
+    fn keep_sample_widens_when_raised_and_is_held_to_its_ceiling() {
+        let base = Policy::default();
+        let more = PolicyFile::parse("[record]\nkeep_sample = 50\n").unwrap().resolve(&base);
+        assert_eq!(base.widened_by(&more), ["record.keep_sample"], "a larger corpus keeps more users' data");
+        let fewer = PolicyFile::parse("[record]\nkeep_sample = 0\n").unwrap().resolve(&base);
+        assert!(base.widened_by(&fewer).is_empty(), "keeping fewer only tightens");
+        assert_eq!(fewer.widened_by(&base), ["record.keep_sample"]);
+        // The built-in ceiling (200) takes the default and refuses more, naming the key.
+        let ceilings = crate::access::policy::UploadCeilings::default();
+        assert!(base.check_upload_ceilings(&ceilings).is_ok());
+        let over = PolicyFile::parse("[record]\nkeep_sample = 201\n").unwrap().resolve(&base);
+        let error = over.check_upload_ceilings(&ceilings).unwrap_err();
+        assert!(
+            error.contains("record.keep_sample = 201") && error.contains("[ceilings] record_keep_sample"),
+            "{error}"
+        );
+        // An operator may allow no corpus at all in uploads.
+        let none =
+            PolicyFile::parse("[ceilings]\nrecord_keep_sample = 0\n").unwrap().ceilings.unwrap().resolve().unwrap();
+        assert_eq!(none.record_keep_sample, 0);
+        assert!(fewer.check_upload_ceilings(&none).is_ok() && base.check_upload_ceilings(&none).is_err());
     }
 
     #[test]

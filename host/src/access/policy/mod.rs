@@ -34,8 +34,8 @@ pub use file::{
     RecordSection, RouteEntry, ScheduleEntry, VersionsSection,
 };
 pub use values::{
-    ByteSize, CronPattern, Fraction, HostPattern, HumanDuration, Positive, QueueName, RESERVED_PREFIXES, RoutePrefix,
-    SchedulePath, StoreName, is_valid_name, parse_size, path_under,
+    ByteSize, Count, CronPattern, Fraction, HostPattern, HumanDuration, Positive, QueueName, RESERVED_PREFIXES,
+    RoutePrefix, SchedulePath, StoreName, is_valid_name, parse_size, path_under,
 };
 
 /// A resolved route: host pattern (`None`: any) and path prefix.
@@ -148,6 +148,9 @@ pub struct RecordPolicy {
     pub sample: f64,
     pub max_traces: u32,
     pub max_trace_bytes: u64,
+    /// Recent successful runs kept per function as the verification corpus (0: none); not
+    /// counted in `max_traces`, within `max_trace_bytes`.
+    pub keep_sample: u32,
 }
 
 /// GCRA quota: `quota` requests per `window`, bursting up to `burst`.

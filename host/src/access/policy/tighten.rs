@@ -17,7 +17,7 @@ impl Policy {
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
         // 0 replicas is every node: the most a placement can ask for.
         let nodes = |replicas: u32| if replicas == 0 { u32::MAX } else { replicas };
-        let checks: [(&'static str, bool); 24] = [
+        let checks: [(&'static str, bool); 25] = [
             ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
@@ -38,6 +38,8 @@ impl Policy {
             ("record.sample", proposed.record.sample > self.record.sample),
             ("record.max_traces", proposed.record.max_traces > self.record.max_traces),
             ("record.max_trace_bytes", proposed.record.max_trace_bytes > self.record.max_trace_bytes),
+            // A larger corpus keeps more users' requests.
+            ("record.keep_sample", proposed.record.keep_sample > self.record.keep_sample),
             ("versions.keep", proposed.versions_keep > self.versions_keep),
             ("versions.max_bytes", proposed.versions_max_bytes > self.versions_max_bytes),
             ("placement.replicas", nodes(proposed.replicas) > nodes(self.replicas)),

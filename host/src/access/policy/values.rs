@@ -1,5 +1,5 @@
 //! The checked values policy fields are written with: sizes (`64MiB`), durations (`10s`),
-//! positive counts, fractions, store names, route hosts and paths, cron patterns and schedule
+//! positive and whole counts, fractions, store names, route hosts and paths, cron patterns and schedule
 //! paths.
 //!
 //! Invariants: each type's `Deserialize` refuses a bad value with a message that says what was
@@ -157,6 +157,19 @@ impl<'de> Deserialize<'de> for Positive {
             Ok(v) if v > 0 => Ok(Positive(v)),
             _ => Err(serde::de::Error::custom(format!("expected a positive integer, got {value}"))),
         }
+    }
+}
+
+/// A whole number from 0 to 4294967295 (a count where 0 means none, e.g. `keep_sample`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Count(pub u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(d)?;
+        u32::try_from(value)
+            .map(Count)
+            .map_err(|_| serde::de::Error::custom(format!("expected a whole number from 0 to 4294967295, got {value}")))
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! This file holds the arguments, the two export commands and the replay itself (load the
 //! trace, run the guest on its tape); `compiled.rs` compiles the guest (cached across replays),
-//! `inputs.rs` rebuilds its configuration and request from the trace, and `report.rs` compares
+//! `inputs.rs` rebuilds its configuration from the trace (`crate::verify::inputs` its request,
+//! limits and caller), and `report.rs` compares
 //! what the replay did with what the trace holds and prints the verdict.
 
 use std::path::{Path, PathBuf};
@@ -26,15 +27,14 @@ use http_body_util::BodyExt;
 
 use super::ServerArgs;
 use super::client;
-use crate::access::policy::Policy;
-use crate::access::tokens::Caller;
 use crate::record::Tape;
 use crate::record::store::{TraceMeta, is_valid_id};
 use crate::record::trace::{self, Trace};
 use crate::runtime::concurrency::ConcurrencyLimit;
 use crate::runtime::{Invocation, Runtime, RuntimeOptions};
+use crate::verify::inputs::{caller, policy, request};
 use compiled::prepare;
-use inputs::{config, request};
+use inputs::config;
 use report::Report;
 
 mod compiled;
@@ -186,21 +186,8 @@ async fn run(args: &ReplayArgs) -> Result<Report, CouldNotReplay> {
     let runtime = Runtime::new(&options, Arc::default(), Some(db))?;
     let pre = prepare(&runtime, &component, args.against.is_some(), args.debug).await?;
 
-    let policy = Policy {
-        memory: trace.facts.memory_limit,
-        timeout: Duration::from_millis(trace.facts.timeout_ms),
-        max_body: trace.facts.max_body,
-        kv_stores: trace.facts.kv_stores.clone(),
-        kv_max_bytes: trace.facts.kv_max_bytes,
-        ..Policy::default()
-    };
-    let caller = trace.facts.caller.clone().map_or_else(Caller::default, |facts| Caller {
-        token_id: facts.token_id,
-        caveats: facts.caveats,
-        key_prefixes: facts.key_prefixes,
-        read_only: facts.read_only,
-        ..Caller::default()
-    });
+    let policy = policy(&trace);
+    let caller = caller(&trace);
     let config = Arc::new(config(&trace, &args.secrets)?);
     let tape = Tape::replay(trace.events.clone(), args.until);
     let permit = ConcurrencyLimit::new(1).try_acquire().expect("a fresh limit has a permit");

@@ -15,7 +15,8 @@
 //! it); `records.rs` reads records and publishes changes to them, `blobs.rs` stores, fetches and
 //! collects components (and keeps them under the cluster's budget), `deploy.rs` publishes
 //! deploys, policies and removals, `versions.rs` shows versions and moves the live one and the
-//! canary, `apply.rs` applies records on this node, `tombstones.rs` deletes the records of
+//! canary, `apply.rs` applies records on this node, `live.rs` compiles the live build of a
+//! function placed elsewhere (for deploy verification here), `tombstones.rs` deletes the records of
 //! removed functions once every live node has applied them, `keys.rs` shares the root key ring
 //! and revocations, and `quotas.rs` gives global keyspaces their quotas.
 
@@ -30,6 +31,7 @@ mod apply;
 mod blobs;
 mod deploy;
 mod keys;
+mod live;
 mod quotas;
 mod records;
 mod tombstones;

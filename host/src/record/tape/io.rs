@@ -3,7 +3,8 @@
 //!
 //! Invariants: recording, body and log bytes count toward the tape's bound (past it they are
 //! dropped and the trace is not kept); replaying, the output is what the guest produces now,
-//! collected afresh, never read from the trace.
+//! collected afresh, never read from the trace; verifying, the body counts toward the
+//! verification's bound and logs are not kept.
 
 use super::{Mode, Tape};
 use crate::record::trace::{Failure, LogChunk, Output, RecordedResponse};
@@ -33,20 +34,21 @@ impl Tape {
 
     /// The guest wrote a chunk of its response body.
     pub fn response_chunk(&self, chunk: &[u8]) {
-        if let Mode::Record(recording) = &self.mode
-            && !recording.lock().grow(chunk.len())
-        {
-            return;
+        match &self.mode {
+            Mode::Record(recording) if !recording.lock().grow(chunk.len()) => return,
+            Mode::Verify(verification) if !verification.lock().keep(chunk.len()) => return,
+            _ => {}
         }
         self.with_output(|output| output.body.extend_from_slice(chunk));
     }
 
     /// The guest wrote to stdout or stderr.
     pub fn log(&self, stream: &str, bytes: &[u8]) {
-        if let Mode::Record(recording) = &self.mode
-            && !recording.lock().grow(bytes.len())
-        {
-            return;
+        match &self.mode {
+            Mode::Record(recording) if !recording.lock().grow(bytes.len()) => return,
+            // A verification does not compare logs: it keeps none.
+            Mode::Verify(_) => return,
+            _ => {}
         }
         let at_call = self.position();
         self.with_output(|output| match output.logs.last_mut() {
@@ -74,6 +76,7 @@ impl Tape {
         match &self.mode {
             Mode::Record(recording) => change(&mut recording.lock().trace.output),
             Mode::Replay(playback) => change(&mut playback.lock().output),
+            Mode::Verify(verification) => change(&mut verification.lock().output),
         }
     }
 }

@@ -16,6 +16,8 @@
 //! - `recording.rs`: the recording side, its bound, and handing the finished trace to its sink;
 //! - `playback.rs`: the replay side: the divergence check, the timeline of [`Step`]s, and what
 //!   a finished replay observed ([`Replayed`]);
+//! - `verification.rs`: a recorded run's world handed to another build, which may make other
+//!   calls than the trace has (deploy verification), and what it did ([`Verified`]);
 //! - `io.rs`: what the run takes in and gives out besides host calls (the request body, the
 //!   response, logs, a failure, memory), taped in either mode.
 
@@ -33,8 +35,10 @@ use recording::Recording;
 mod io;
 mod playback;
 mod recording;
+mod verification;
 
 pub use playback::{Divergence, Replayed, Step};
+pub use verification::{Effects, Verified};
 
 /// Bytes of events, request and response one recording may hold before it gives up.
 pub const MAX_RECORDED_BYTES: usize = 8 << 20;
@@ -47,6 +51,7 @@ pub struct Tape {
 enum Mode {
     Record(Mutex<Recording>),
     Replay(Mutex<Box<Playback>>),
+    Verify(Mutex<Box<verification::Verification>>),
 }
 
 /// When a finished recording is kept.
@@ -56,6 +61,10 @@ pub enum Keep {
     Always,
     /// Only when the run failed or answered 5xx.
     OnFailure,
+    /// For the verification corpus (`[record] keep_sample`): when the run succeeded (status
+    /// under 500, no trap or timeout); when it failed, kept with the reason `failed` names
+    /// (`Error` under `[record] errors`, `Sampled` when `sample` drew it too), or not at all.
+    Corpus { failed: Option<super::trace::Reason> },
 }
 
 /// The host call outbound HTTP is recorded as.
@@ -103,8 +112,9 @@ impl Tape {
         })
     }
 
+    /// The run is replayed or verified, not recorded: nothing it does reaches the live world.
     pub fn is_replay(&self) -> bool {
-        matches!(self.mode, Mode::Replay(_))
+        !matches!(self.mode, Mode::Record(_))
     }
 
     /// A host call whose result the guest observes: recorded, or replayed from the trace.
@@ -130,6 +140,15 @@ impl Tape {
                 playback.step(call, event.args, summarize(&result));
                 Ok(result)
             }
+            Mode::Verify(verification) => {
+                let answered = verification.lock().answer(call, &args())?;
+                match answered {
+                    None => live(),
+                    Some(result) => postcard::from_bytes(&result).map_err(|error| {
+                        wasmtime::format_err!("the trace's result for host call {call} does not decode: {error}")
+                    }),
+                }
+            }
         }
     }
 
@@ -141,12 +160,18 @@ impl Tape {
         summarize: impl Fn(&T) -> String,
         live: impl Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
-        match &self.mode {
-            Mode::Record(_) => {
-                let result = live.await?;
-                self.call(call, args, summarize, || Ok(result))
-            }
-            Mode::Replay(_) => self.call(call, args, summarize, || unreachable!("a replay never runs the live call")),
+        let runs_live = match &self.mode {
+            Mode::Record(_) => true,
+            Mode::Replay(_) => false,
+            Mode::Verify(_) => Tape::verifies_live(call),
+        };
+        if runs_live {
+            let result = live.await?;
+            self.call(call, args, summarize, || Ok(result))
+        } else {
+            self.call(call, args, summarize, || {
+                Err(wasmtime::format_err!("host call {call} has no recorded answer and cannot run live here"))
+            })
         }
     }
 
@@ -169,6 +194,8 @@ impl Tape {
                 playback.step(call, event.args, event.summary);
                 Ok(())
             }
+            // The resource was made live, on the scratch engine.
+            Mode::Verify(_) => Ok(()),
         }
     }
 
@@ -187,6 +214,7 @@ impl Tape {
                 playback.step(OUTBOUND, event.args.clone(), event.summary.clone());
                 Ok(Outbound::Replayed(event))
             }
+            Mode::Verify(verification) => Ok(Outbound::Replayed(verification.lock().outbound(&args)?)),
         }
     }
 
@@ -215,6 +243,7 @@ impl Tape {
         match &self.mode {
             Mode::Record(recording) => recording.lock().calls,
             Mode::Replay(playback) => playback.lock().next as u32,
+            Mode::Verify(verification) => verification.lock().calls,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Keep, MAX_RECORDED_BYTES, Mode, Tape};
-use crate::record::trace::{Event, Trace};
+use crate::record::trace::{Event, Reason, Trace};
 
 /// A recording in progress: the trace so far, and where it goes when the run is over.
 pub(super) struct Recording {
@@ -30,14 +30,26 @@ impl Tape {
         match &self.mode {
             Mode::Record(recording) => {
                 let recording = recording.lock();
-                !recording.overflowed && (recording.keep == Keep::Always || recording.trace.failed())
+                !recording.overflowed && recording.kept()
             }
-            Mode::Replay(_) => false,
+            Mode::Replay(_) | Mode::Verify(_) => false,
         }
     }
 }
 
 impl Recording {
+    /// Whether the run, as it stands, is to be kept (the bound aside).
+    fn kept(&self) -> bool {
+        match self.keep {
+            Keep::Always => true,
+            Keep::OnFailure => self.trace.failed(),
+            // The corpus holds answered runs only: a 4xx (a path nobody serves, say) would let
+            // any caller fill it with junk. Drawn by `sample` too, it is kept as sampled.
+            Keep::Corpus { failed } if self.trace.failed() => failed.is_some(),
+            Keep::Corpus { failed } => self.trace.status() < 400 || failed == Some(Reason::Sampled),
+        }
+    }
+
     /// Accounts `bytes` more; false (and the recording abandoned) past the bound.
     pub(super) fn grow(&mut self, bytes: usize) -> bool {
         self.bytes = self.bytes.saturating_add(bytes);
@@ -71,7 +83,7 @@ impl Drop for Tape {
     fn drop(&mut self) {
         let Mode::Record(recording) = &mut self.mode else { return };
         let recording = recording.get_mut();
-        let keep = recording.keep == Keep::Always || recording.trace.failed();
+        let keep = recording.kept();
         if !keep || recording.overflowed {
             if keep {
                 tracing::warn!(function = %recording.trace.function, "trace over {MAX_RECORDED_BYTES} bytes; not kept");
@@ -79,6 +91,12 @@ impl Drop for Tape {
             return;
         }
         let mut trace = *std::mem::take(&mut recording.trace);
+        if let Keep::Corpus { failed: Some(reason) } = recording.keep
+            && (trace.failed() || trace.status() >= 400)
+        {
+            // Drawn for the corpus, which holds only successful runs: kept for another reason.
+            trace.reason = reason;
+        }
         trace.duration_us = recording.started.elapsed().as_micros() as u64;
         trace.output.calls = recording.calls;
         if let Some(sink) = recording.sink.take() {
@@ -112,5 +130,46 @@ mod tests {
         assert!(!tape.keeps());
         drop(tape);
         assert!(!kept.load(Ordering::SeqCst), "an incomplete recording is not kept");
+    }
+
+    /// A recording drawn for the corpus, finished with `status` (`None`: a trap): the reason it
+    /// was kept with, if it was.
+    fn corpus_run(failed: Option<Reason>, status: Option<u16>) -> Option<Reason> {
+        let kept = Arc::new(parking_lot::Mutex::new(None));
+        let into = kept.clone();
+        let trace = Trace { reason: Reason::Corpus, ..Trace::default() };
+        let tape =
+            Tape::record(trace, Keep::Corpus { failed }, Box::new(move |trace, _| *into.lock() = Some(trace.reason)));
+        {
+            let Mode::Record(recording) = &tape.mode else { unreachable!() };
+            let output = &mut recording.lock().trace.output;
+            match status {
+                Some(status) => {
+                    output.response = Some(crate::record::trace::RecordedResponse { status, ..Default::default() })
+                }
+                None => {
+                    output.failure =
+                        Some(crate::record::trace::Failure { kind: "trap".into(), message: String::new(), at_call: 0 })
+                }
+            }
+        }
+        let said = tape.keeps();
+        drop(tape);
+        let reason = *kept.lock();
+        assert_eq!(said, reason.is_some(), "keeps() says what the drop does");
+        reason
+    }
+
+    #[test]
+    fn a_corpus_recording_is_kept_when_it_succeeded_and_as_an_error_when_errors_are_kept() {
+        let errors = Some(Reason::Error);
+        assert_eq!(corpus_run(None, Some(200)), Some(Reason::Corpus));
+        assert_eq!(corpus_run(errors, Some(404)), None, "a 4xx is neither in the corpus nor a failure");
+        assert_eq!(corpus_run(Some(Reason::Sampled), Some(404)), Some(Reason::Sampled));
+        assert_eq!(corpus_run(errors, Some(503)), errors);
+        assert_eq!(corpus_run(errors, None), errors);
+        assert_eq!(corpus_run(Some(Reason::Sampled), None), Some(Reason::Sampled));
+        assert_eq!(corpus_run(None, Some(500)), None);
+        assert_eq!(corpus_run(None, None), None);
     }
 }

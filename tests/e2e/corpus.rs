@@ -1,0 +1,92 @@
+//! The verification corpus (`[record] keep_sample`): a few successful runs per function, drawn
+//! at a bounded rate, distinct routes first, so a rare route survives among common ones.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, client, guest};
+
+/// The function's corpus traces (`reason` "corpus") as `GET /v1/traces` lists them, once two
+/// listings 300 ms apart agree (the writer stores after the response), or after 10 s.
+async fn settled_corpus(server: &Server, function: &str) -> Vec<serde_json::Value> {
+    let url = format!("{}/v1/traces?function={function}", server.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last: Option<Vec<serde_json::Value>> = None;
+    loop {
+        let listed: serde_json::Value = server.admin().get(&url).send().await.unwrap().json().await.unwrap();
+        let corpus: Vec<serde_json::Value> =
+            listed["traces"].as_array().expect("a list").iter().filter(|t| t["reason"] == "corpus").cloned().collect();
+        if last.as_ref() == Some(&corpus) || Instant::now() > deadline {
+            return corpus;
+        }
+        last = Some(corpus);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn routes(corpus: &[serde_json::Value]) -> Vec<&str> {
+    corpus.iter().map(|t| t["route"].as_str().expect("a route")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corpus_keeps_a_rare_route_among_common_ones() {
+    let server = Server::start();
+    server.deploy("echo", &guest("echo"));
+    server.set_policy("echo", "[record]\nkeep_sample = 5\n").await;
+    // About 3 s of a common route (ids and query values vary, the route does not), with a rare
+    // one twice in the middle.
+    let common = "GET /items/:id?page";
+    for n in 0..120u32 {
+        if n == 60 || n == 61 {
+            let rare = client().post(server.fn_url("echo", "/orders")).body("{}").send().await.unwrap();
+            assert_eq!(rare.status(), 200);
+        }
+        let path = format!("/items/{}?page={n}", 1000 + n);
+        assert_eq!(client().get(server.fn_url("echo", &path)).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let corpus = settled_corpus(&server, "echo").await;
+    let kept = routes(&corpus);
+    assert!(!corpus.is_empty() && corpus.len() <= 5, "at most keep_sample corpus traces: {kept:?}");
+    assert!(kept.contains(&"POST /orders"), "the rare route survives: {kept:?}");
+    assert!(kept.contains(&common), "{kept:?}");
+    assert!(kept.iter().filter(|r| **r == common).count() < corpus.len(), "{kept:?}");
+    assert!(corpus.iter().all(|t| t["status"] == 200), "only successful runs: {corpus:?}");
+    // The corpus is not counted against the other traces: none were kept besides it.
+    let url = format!("{}/v1/traces?function=echo", server.url);
+    let listed: serde_json::Value = server.admin().get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["traces"].as_array().unwrap().len(), corpus.len(), "{listed}");
+
+    // keep_sample = 0 keeps no more (what is kept stays until the function's next trace).
+    server.set_policy("echo", "[record]\nkeep_sample = 0\n").await;
+    for n in 0..5 {
+        client().put(server.fn_url("echo", &format!("/new/{n}"))).send().await.unwrap();
+    }
+    let after = settled_corpus(&server, "echo").await;
+    assert!(!routes(&after).contains(&"PUT /new/:id"), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_one_route_records_a_few_runs_a_second() {
+    let server = Server::start();
+    server.deploy("echo", &guest("echo"));
+    server.set_policy("echo", "[record]\nkeep_sample = 50\n").await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let url = server.fn_url("echo", "/hot?x=1");
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            for _ in 0..25 {
+                assert_eq!(client.get(&url).header("x-worker", worker.to_string()).send().await.unwrap().status(), 200);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let corpus = settled_corpus(&server, "echo").await;
+    // One draw every 500 ms at steady state, whatever the load (and the first run).
+    let most = 2.0 + elapsed * 2.0;
+    assert!(!corpus.is_empty() && corpus.len() as f64 <= most, "{} of 200 runs in {elapsed:.2} s", corpus.len());
+}

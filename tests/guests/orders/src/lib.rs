@@ -1,0 +1,7 @@
+//! The shop the deploy verification tests deploy (see `shop.rs`), as it first ships.
+
+fn describe(id: &str, item: &str) -> String {
+    format!("order {id}: {item}\n")
+}
+
+include!("shop.rs");
