@@ -43,8 +43,10 @@ pub const MARKER: &str = "format.json";
 const MAX_MARKER_BYTES: u64 = 64 << 10;
 /// The layout of the data dir's files outside `kv/`.
 pub const REGISTRY: u32 = 1;
-/// The trace format (`record::trace`: the version in each trace's header).
-pub const TRACES: u32 = 1;
+/// The trace format (`record::trace`: the version in each trace's header). 2 added the
+/// `corpus` reason ([`crate::record::trace::Reason::Corpus`]), which a format-1 reader cannot
+/// decode; format-1 traces decode as they are.
+pub const TRACES: u32 = 2;
 
 /// One on-disk format of the data dir.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_formats_this_build_writes_are_the_ones_it_reads_and_the_engine_writes() {
-        assert_eq!(current(), versions(&[("checkpoint", 1), ("registry", 1), ("traces", 1), ("wal", 2)]));
+        assert_eq!(current(), versions(&[("checkpoint", 1), ("registry", 1), ("traces", 2), ("wal", 2)]));
         for format in FORMATS {
             assert!(format.reads_from <= format.unrecorded && format.unrecorded <= format.writes, "{format:?}");
         }
@@ -338,10 +340,10 @@ mod tests {
     #[test]
     fn a_later_or_unparsable_marker_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write_marker(dir.path(), r#"{"formats": {"wal": 2, "checkpoint": 1, "registry": 1, "traces": 2}}"#);
+        write_marker(dir.path(), r#"{"formats": {"wal": 2, "checkpoint": 1, "registry": 1, "traces": 3}}"#);
         let error = inspect(dir.path()).unwrap_err();
         assert!(matches!(&error, FormatError::Incompatible { recorded: true, .. }), "{error:?}");
-        assert!(error.to_string().contains("trace format 2 (this build reads 1)"), "{error}");
+        assert!(error.to_string().contains("trace format 3 (this build reads 1 to 2)"), "{error}");
         write_marker(dir.path(), "{\"formats\": {\"wal\": \"two\"}}");
         let error = inspect(dir.path()).unwrap_err();
         assert!(matches!(error, FormatError::Marker { .. }), "{error:?}");

@@ -66,7 +66,7 @@ async fn a_data_dir_from_before_recorded_formats_opens_whole_and_a_newer_one_is_
     let mut server = Server::start();
     let (version, commit) = build_version();
     let recorded = marker(&server);
-    let formats = serde_json::json!({"wal": 2, "checkpoint": 1, "registry": 1, "traces": 1});
+    let formats = serde_json::json!({"wal": 2, "checkpoint": 1, "registry": 1, "traces": 2});
     assert_eq!(recorded["formats"], formats, "a new data dir names its formats from the start");
     assert_eq!(recorded["recorded_by"], format!("{version} ({commit})"));
 

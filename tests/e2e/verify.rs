@@ -105,7 +105,10 @@ async fn a_deploy_replays_recent_traffic_and_refuses_a_build_that_answers_a_rout
     let ids_of =
         |route: &str| -> Vec<String> { corpus.iter().filter(|(_, r)| r == route).map(|(id, _)| id.clone()).collect() };
     let changed_route = ids_of("GET /orders/:id");
-    assert!(!changed_route.is_empty() && !ids_of("GET /price").is_empty(), "{corpus:?}");
+    for route in ["GET /price", "POST /orders"] {
+        assert!(!ids_of(route).is_empty(), "{route}: {corpus:?}");
+    }
+    assert!(!changed_route.is_empty(), "{corpus:?}");
     // From here the upstream is down: verification answers outbound calls from the recording.
     upstream.stop();
     let down = client().get(server.fn_url("orders", "/price")).send().await.unwrap();
@@ -162,6 +165,18 @@ async fn a_deploy_replays_recent_traffic_and_refuses_a_build_that_answers_a_rout
     let too_few = server.cli(&["verify", "orders", refactored, "--require", "100"]);
     assert_eq!(too_few.status.code(), Some(2), "{}", stderr(&too_few));
     assert_eq!(server.cli(&["verify", "orders", "/nonexistent.wasm"]).status.code(), Some(2));
+    // A build that also deletes a key no recorded run read: absent from the scratch engines
+    // either way, yet on the node it deletes data, so the creating route diverges.
+    let purging = server.cli(&["verify", "orders", guest("orders_purging").to_str().unwrap(), "--json"]);
+    assert_eq!(purging.status.code(), Some(1), "{}", stderr(&purging));
+    let report: serde_json::Value = serde_json::from_slice(&purging.stdout).unwrap();
+    let diverged = report["diverged"].as_array().unwrap();
+    assert_eq!(diverged.len(), ids_of("POST /orders").len(), "{report}");
+    for trace in diverged {
+        assert!(trace["request"].as_str().unwrap().starts_with("POST /orders"), "{report}");
+        let difference = trace["difference"].as_str().unwrap();
+        assert_eq!(difference, r#"data "f/orders/drafts": live build nothing, new build deleted it"#, "{report}");
+    }
 
     // An intended change deploys once its divergences are accepted, and the audit log says so.
     let mut accept = vec!["deploy", "orders", changed, "--verify"];

@@ -90,6 +90,11 @@ impl Tx {
         self.write_bytes
     }
 
+    /// The keys this transaction deletes (buffered deletes, in key order).
+    pub fn deleted_keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes.iter().filter(|(_, value)| value.is_none()).map(|(key, _)| key.as_slice())
+    }
+
     /// The isolation level.
     pub fn isolation(&self) -> Isolation {
         self.iso

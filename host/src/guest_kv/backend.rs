@@ -17,11 +17,14 @@ use super::global::{GlobalError, GlobalStore, GlobalTx};
 use super::global_queues::GlobalQueues;
 use super::{Denied, Keyspace, KvAccess, Quota};
 use crate::queue::{QueueError, Queues, SendOptions, Staged};
+use crate::record::Tape;
 
 /// An open transaction and what its buffered writes hold of the write budgets.
 pub struct Backend {
     tx: Engine,
     charge: Charge,
+    /// A verification run's tape, told what each commit deleted.
+    verifying: Option<Arc<Tape>>,
 }
 
 enum Engine {
@@ -34,6 +37,7 @@ enum Engine {
 pub struct Source {
     place: Place,
     budget: WriteBudget,
+    verifying: Option<Arc<Tape>>,
 }
 
 #[derive(Clone)]
@@ -48,7 +52,7 @@ impl Source {
             Place::Local { db, quota } => Engine::Local(quota.begin(db, isolation)),
             Place::Global(store) => Engine::Global(store.begin(isolation == Isolation::Serializable)),
         };
-        Backend { tx, charge: self.budget.charge() }
+        Backend { tx, charge: self.budget.charge(), verifying: self.verifying.clone() }
     }
 
     /// Its transactions commit in etcd (cluster mode).
@@ -65,7 +69,7 @@ impl KvAccess {
         } else {
             Place::Local { db: self.db()?.clone(), quota: keyspace.quota() }
         };
-        Ok(Source { place, budget: self.write_budget.clone() })
+        Ok(Source { place, budget: self.write_budget.clone(), verifying: self.verifying.clone() })
     }
 }
 
@@ -165,12 +169,19 @@ impl Backend {
     /// Commits a transaction that sent `staged` messages (on this node's engine: see
     /// [`Backend::stage_message`]), publishing them once it is durable.
     pub async fn commit_publishing(self, queues: &Arc<Queues>, staged: Vec<Staged>) -> Result<u64, WitError> {
-        let Backend { tx, charge } = self;
+        let Backend { tx, charge, verifying } = self;
         let committed = match tx {
-            Engine::Local(tx) => match tx.commit_async() {
-                Ok(ticket) => queues.publish_when_durable(ticket, staged).await.map_err(tx_error),
-                Err(error) => Err(tx_error(error)),
-            },
+            Engine::Local(tx) => {
+                let deleted = deleted_keys(&tx, &verifying);
+                match tx.commit_async() {
+                    Ok(ticket) => {
+                        let committed = queues.publish_when_durable(ticket, staged).await.map_err(tx_error);
+                        tell_deleted(&verifying, &committed, deleted);
+                        committed
+                    }
+                    Err(error) => Err(tx_error(error)),
+                }
+            }
             Engine::Global(_) => Err(WitError::Internal("a global transaction holds no node-local message".into())),
         };
         drop(charge);
@@ -179,17 +190,36 @@ impl Backend {
 
     /// Commits; the budgets get the buffered bytes back once the commit is done.
     pub async fn commit(self) -> Result<u64, WitError> {
-        let Backend { tx, charge } = self;
+        let Backend { tx, charge, verifying } = self;
         let committed = match tx {
-            // Conflicts come back at once; only the wait for the group fsync is awaited.
-            Engine::Local(tx) => match tx.commit_async() {
-                Ok(ticket) => ticket.await.map_err(tx_error),
-                Err(error) => Err(tx_error(error)),
-            },
+            Engine::Local(tx) => {
+                let deleted = deleted_keys(&tx, &verifying);
+                // Conflicts come back at once; only the wait for the group fsync is awaited.
+                let committed = match tx.commit_async() {
+                    Ok(ticket) => ticket.await.map_err(tx_error),
+                    Err(error) => Err(tx_error(error)),
+                };
+                tell_deleted(&verifying, &committed, deleted);
+                committed
+            }
             Engine::Global(tx) => Box::pin(tx.commit()).await.map_err(global_error),
         };
         drop(charge);
         committed
+    }
+}
+
+/// The keys `tx` deletes, when a verification wants them (on a scratch engine: never global).
+fn deleted_keys(tx: &Tx, verifying: &Option<Arc<Tape>>) -> Vec<Vec<u8>> {
+    match verifying {
+        Some(_) => tx.deleted_keys().map(<[u8]>::to_vec).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn tell_deleted(verifying: &Option<Arc<Tape>>, committed: &Result<u64, WitError>, deleted: Vec<Vec<u8>>) {
+    if let (Some(tape), Ok(_)) = (verifying, committed) {
+        tape.committed_deletes(deleted.iter().map(Vec::as_slice));
     }
 }
 

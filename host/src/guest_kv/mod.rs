@@ -81,6 +81,8 @@ pub struct KvAccess {
     global_queues: Option<std::sync::Arc<global_queues::GlobalQueues>>,
     queues_send: Vec<String>,
     queues_global: Vec<String>,
+    /// A verification run's tape ([`Self::verified_by`]).
+    verifying: Option<std::sync::Arc<crate::record::Tape>>,
 }
 
 impl KvAccess {
@@ -109,6 +111,7 @@ impl KvAccess {
             global_queues: None,
             queues_send: policy.queues_send.clone(),
             queues_global: policy.queues_global.clone(),
+            verifying: None,
         }
     }
 
@@ -120,6 +123,12 @@ impl KvAccess {
     ) -> Self {
         self.queues = queues;
         self.global_queues = global;
+        self
+    }
+
+    /// The same access, telling `tape` what its commits delete when it verifies a build.
+    pub fn verified_by(mut self, tape: Option<std::sync::Arc<crate::record::Tape>>) -> Self {
+        self.verifying = tape.filter(|tape| tape.is_verify());
         self
     }
 
@@ -157,6 +166,7 @@ impl KvAccess {
             global_queues: None,
             queues_send: Vec::new(),
             queues_global: Vec::new(),
+            verifying: None,
         }
     }
 

@@ -49,9 +49,14 @@ impl Registry {
 
     /// Validates, pre-initializes and compiles `bytes` without deploying them, and hands back
     /// the build ready to instantiate (deploy verification runs it); a deploy of the same bytes
-    /// soon after reuses the work. A cluster node checks a component so before it publishes it.
+    /// soon after reuses the work, and so does a check of the same bytes (`ledge verify` run
+    /// again, then `ledge deploy --verify`). A cluster node checks a component so before it
+    /// publishes it.
     pub async fn check_component(&self, bytes: Vec<u8>) -> Result<ProxyPre<GuestState>, DeployError> {
         let sha256 = sha256_hex(&bytes);
+        if let Some(artifacts) = self.checked.lock().expect("checked components lock poisoned").get(&sha256) {
+            return Ok(artifacts.pre.clone());
+        }
         let (runtime, handle) = (self.runtime.clone(), tokio::runtime::Handle::current());
         let artifacts = tokio::task::spawn_blocking(move || build_artifacts(&runtime, &handle, &bytes))
             .await

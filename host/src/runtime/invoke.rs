@@ -109,6 +109,7 @@ impl Runtime {
                 &self.kv_write_buffers,
             )
             .with_queues(self.queues.clone(), self.global_queues.clone())
+            .verified_by(invocation.tape.clone())
             .traced(trace.clone()),
             None => KvAccess::none(),
         };

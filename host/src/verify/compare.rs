@@ -2,8 +2,9 @@
 //! did with the same recorded inputs, in what users and other systems observe. In order: a
 //! request the recording could not answer, the failure (its kind: a trap's message names code
 //! offsets that differ between any two builds), the response status, its headers (but `date`),
-//! its body, the data the committed transactions left, the outbound requests (method, URL,
-//! body) and the queue sends. The order of host calls, logs and timings are not compared.
+//! its body, the data the committed transactions left (and the keys they deleted, read or
+//! not), the outbound requests (method, URL, body) and the queue sends. The order of host
+//! calls, logs and timings are not compared.
 
 use super::run::Observed;
 use crate::record::tape::show_bytes;
@@ -36,7 +37,11 @@ pub fn first_difference(live: &Observed, new: &Observed) -> Option<String> {
     if live.data != new.data {
         let keys = live.data.keys().chain(new.data.keys());
         let key = keys.filter(|key| live.data.get(*key) != new.data.get(*key)).min().expect("the maps differ");
-        let show = |value: Option<&Vec<u8>>| value.map_or_else(|| "nothing".into(), |value| show_bytes(value));
+        let show = |value: Option<&Option<Vec<u8>>>| match value {
+            None => "nothing".into(),
+            Some(None) => "deleted it".into(),
+            Some(Some(value)) => show_bytes(value),
+        };
         return differ(&format!("data {}", show_bytes(key)), show(live.data.get(key)), show(new.data.get(key)));
     }
     let outbound = |observed: &Observed| -> Vec<String> {
@@ -115,8 +120,14 @@ mod tests {
         let body = observed(200, &[("a", "1"), ("b", "2")], "ho");
         assert_eq!(first_difference(&live, &body).unwrap(), "body: live build \"hi\", new build \"ho\"");
         let mut wrote = observed(200, &[("a", "1"), ("b", "2")], "hi");
-        wrote.data.insert(b"f/x/k".to_vec(), b"v".to_vec());
+        wrote.data.insert(b"f/x/k".to_vec(), Some(b"v".to_vec()));
         assert_eq!(first_difference(&live, &wrote).unwrap(), "data \"f/x/k\": live build nothing, new build \"v\"");
+        let mut deleted = observed(200, &[("a", "1"), ("b", "2")], "hi");
+        deleted.data.insert(b"f/x/gone".to_vec(), None);
+        assert_eq!(
+            first_difference(&live, &deleted).unwrap(),
+            "data \"f/x/gone\": live build nothing, new build deleted it"
+        );
         let mut sent = observed(200, &[("a", "1"), ("b", "2")], "hi");
         sent.effects.sends.push("send".into());
         assert_eq!(first_difference(&live, &sent).unwrap(), "queue send: live build none, new build send");

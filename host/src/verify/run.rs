@@ -27,8 +27,11 @@ use crate::runtime::{GuestConfig, GuestState, Invocation, Runtime};
 pub struct Observed {
     pub output: Output,
     pub effects: Effects,
-    /// The guest's data after the run (engine keys under `f/` and `s/`), seeds included.
-    pub data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The guest's data after the run (engine keys under `f/` and `s/`), seeds included, and
+    /// as `None` each key a committed transaction deleted that is absent at the end: the
+    /// scratch engine cannot show deleting a key the recording never read, which on the node
+    /// deletes data.
+    pub data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The build asked for something the recording cannot answer.
     pub divergence: Option<String>,
     /// The run produced more than a verification keeps to compare.
@@ -97,6 +100,10 @@ pub async fn run(
         data
     })
     .await??;
+    let mut data: BTreeMap<_, _> = data.into_iter().map(|(key, value)| (key, Some(value))).collect();
+    for key in &verified.effects.deleted {
+        data.entry(key.clone()).or_insert(None);
+    }
     Ok(Observed {
         output: verified.output,
         effects: verified.effects,

@@ -18,7 +18,7 @@
 //! the run is marked `overflowed` (not comparable) and nothing more is kept; its logs are not
 //! kept at all (they are not compared).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -56,6 +56,10 @@ pub struct Effects {
     pub outbound: Vec<(String, Vec<u8>)>,
     /// Queue sends, in the order made: the call and its arguments.
     pub sends: Vec<String>,
+    /// Engine keys its committed transactions deleted. A delete of a key the recording never
+    /// read leaves nothing to see in the scratch engine (the key was absent there already),
+    /// yet on the node it deletes data.
+    pub deleted: BTreeSet<Vec<u8>>,
 }
 
 /// What a verification run observed, once it is over.
@@ -133,6 +137,24 @@ impl Tape {
             let mut verification = verification.lock();
             if verification.keep(body.len()) {
                 verification.effects.outbound.push((args, body));
+            }
+        }
+    }
+
+    /// It hands a recorded run to another build ([`Tape::verify`]).
+    pub fn is_verify(&self) -> bool {
+        matches!(self.mode, Mode::Verify(_))
+    }
+
+    /// `keys`, deleted by a transaction of this run that committed (verifying: collected as an
+    /// effect).
+    pub fn committed_deletes<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        if let Mode::Verify(verification) = &self.mode {
+            let mut verification = verification.lock();
+            for key in keys {
+                if verification.keep(key.len()) {
+                    verification.effects.deleted.insert(key.to_vec());
+                }
             }
         }
     }

@@ -5,4 +5,6 @@ fn describe(id: &str, item: &str) -> String {
     format!("order #{id}: {item}\n")
 }
 
+const PURGES_DRAFTS: bool = false;
+
 include!("../../orders/src/shop.rs");

@@ -9,4 +9,6 @@ fn describe(id: &str, item: &str) -> String {
     line
 }
 
+const PURGES_DRAFTS: bool = false;
+
 include!("../../orders/src/shop.rs");

@@ -4,4 +4,6 @@ fn describe(id: &str, item: &str) -> String {
     format!("order {id}: {item}\n")
 }
 
+const PURGES_DRAFTS: bool = false;
+
 include!("shop.rs");

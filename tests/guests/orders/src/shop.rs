@@ -1,7 +1,9 @@
-// The shop's handler, shared by its builds (`orders`, `orders-changed`, `orders-refactored`),
-// each of which defines `describe` before including this file:
+// The shop's handler, shared by its builds (`orders`, `orders-changed`, `orders-refactored`,
+// `orders-purging`), each of which defines `describe` and `PURGES_DRAFTS` before including
+// this file:
 // - `GET /`: how many orders there are;
-// - `POST /orders` (body = what was ordered): a new order, numbered in one transaction;
+// - `POST /orders` (body = what was ordered): a new order, numbered in one transaction (which
+//   also deletes the key `drafts`, unread, where `PURGES_DRAFTS`);
 // - `GET /orders/{id}`: the order, as `describe` words it;
 // - `GET /price`: asks the upstream named by config `UPSTREAM` (host:port) for `/price`.
 use ledge_sdk::http::{Request, Response};
@@ -21,6 +23,9 @@ fn handle(req: Request) -> Result<Response, kv::Error> {
                 let id = tx.get_u64("count")?.unwrap_or(0) + 1;
                 tx.put("count", id)?;
                 tx.put(format!("order/{id}"), item.as_str())?;
+                if PURGES_DRAFTS {
+                    tx.delete("drafts")?;
+                }
                 Ok(id)
             })?;
             Ok(Response::text(format!("created {id}\n")).with_status(201))
