@@ -23,12 +23,12 @@ wrk_round() {
 # median FILE: the median of the numbers in FILE, one per line.
 median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# start_ledge PORT POLICIES_DIR: a release `ledge serve` on 127.0.0.1:PORT with its data in
-# $work/data (the caller's temp folder, removed with the server by the EXIT trap this sets),
-# waited for; sets `pid`, and exports LEDGE_SERVER and LEDGE_TOKEN for the CLI.
+# start_ledge PORT POLICIES_DIR [SERVE_FLAGS...]: a release `ledge serve` on 127.0.0.1:PORT with
+# its data in $work/data (the caller's temp folder, removed with the server by the EXIT trap
+# this sets), waited for; sets `pid`, and exports LEDGE_SERVER and LEDGE_TOKEN for the CLI.
 start_ledge() {
   trap 'kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-  ./target/release/ledge serve --listen "127.0.0.1:$1" --data-dir "$work/data" --policies "$2" \
+  ./target/release/ledge serve --listen "127.0.0.1:$1" --data-dir "$work/data" --policies "$2" "${@:3}" \
     >"$work/serve.out" 2>"$work/serve.log" &
   pid=$!
   for _ in $(seq 300); do

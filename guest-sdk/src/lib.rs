@@ -30,6 +30,12 @@
 //! [`queue::send`] hands work to a consumer function, retried until it acknowledges;
 //! [`kv::Tx::send`] sends only if the transaction commits; see [`queue`].
 //!
+//! ## WebSockets
+//!
+//! [`websocket_handler!`] exports a [`ws::Handler`]: each event of a connection runs in a
+//! fresh instance; [`ws::send`], [`ws::tag`] and [`ws::connections`] reach the function's
+//! connections from any run; see [`ws`].
+//!
 //! ## Pre-initialization
 //!
 //! Expensive setup (building tables, parsing embedded data) can run once, at deploy, instead
@@ -49,6 +55,7 @@
 pub mod http;
 pub mod kv;
 pub mod queue;
+pub mod ws;
 
 /// The verified token the request came with: its id and caveats, e.g. to know which user a
 /// request acts for from its `kv-prefix` caveat.
@@ -107,6 +114,16 @@ pub mod __private {
         wit_bindgen::generate!({ path: "wit", world: "ledge:platform/platform-imports", generate_all });
     }
 
+    pub mod ws_bindings {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "ledge:platform/websocket-events",
+            pub_export_macro: true,
+            export_macro_name: "__export_websocket_events",
+            default_bindings_module: "ledge_sdk::__private::ws_bindings",
+        });
+    }
+
     pub mod init_bindings {
         wit_bindgen::generate!({
             path: "wit",
@@ -116,6 +133,34 @@ pub mod __private {
             default_bindings_module: "ledge_sdk::__private::init_bindings",
         });
     }
+}
+
+/// Exports a [`ws::Handler`] as the component's WebSocket event handlers
+/// (`ledge:platform/websocket-handler`; see [`ws`]).
+#[macro_export]
+macro_rules! websocket_handler {
+    ($handler:ty) => {
+        struct __LedgeWebSocket;
+
+        impl $crate::ws::__export::Guest for __LedgeWebSocket {
+            fn on_open(
+                conn: String,
+                request: $crate::__private::ws_bindings::ledge::platform::websocket::RequestInfo,
+            ) -> Result<(), $crate::__private::ws_bindings::ledge::platform::websocket::CloseReason> {
+                $crate::ws::__export::on_open::<$handler>(conn, request)
+            }
+
+            fn on_message(conn: String, message: $crate::__private::ws_bindings::ledge::platform::websocket::Message) {
+                $crate::ws::__export::on_message::<$handler>(conn, message)
+            }
+
+            fn on_close(conn: String, code: u16, reason: String) {
+                $crate::ws::__export::on_close::<$handler>(conn, code, reason)
+            }
+        }
+
+        $crate::__private::ws_bindings::__export_websocket_events!(__LedgeWebSocket with_types_in $crate::__private::ws_bindings);
+    };
 }
 
 /// Exports `init` (a `fn()`) as the component's pre-initialization function: ledge runs it

@@ -22,6 +22,8 @@
 //!   on the transactional engine (crate `ledge-kv`) or, for global stores, on etcd;
 //! - [`record`]: record and replay: the tape every taped host call goes through, the trace
 //!   format, kept traces;
+//! - [`websocket`]: the WebSocket connections a node holds: whose each is, its tags (rooms),
+//!   its bounded outbox (the HTTP layer holds the sockets and runs each event);
 //! - [`queue`]: queues: messages kept in the engine's system keyspace until acknowledged, what
 //!   to deliver next, retries and dead letters (the HTTP layer runs the deliveries);
 //! - [`access`]: who may do what and how often: tokens and caveats, rate limits, policies;
@@ -53,3 +55,4 @@ pub mod runtime;
 pub mod storage;
 pub mod telemetry;
 pub mod verify;
+pub mod websocket;

@@ -49,6 +49,13 @@ pub struct FunctionLabels {
     pub function: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebSocketLabels {
+    pub function: String,
+    /// `in` (from clients) or `out` (to clients).
+    pub direction: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -64,6 +71,10 @@ pub struct Metrics {
     /// Spans and log records not exported: the queue was full, a new trace was over
     /// `--otlp-max-traces-per-second`, or the collector refused or could not be reached.
     pub otel_dropped: Counter,
+    /// WebSocket connections open now, by function.
+    pub websocket_connections: Family<FunctionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    /// WebSocket messages, by function and direction.
+    pub websocket_messages: Family<WebSocketLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +136,18 @@ impl Metrics {
             "Spans and log records not exported over OTLP: the queue was full, over the cap of new traces per second, or the collector was down or refused them",
             otel_dropped.clone(),
         );
+        let websocket_connections = Family::<FunctionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        registry.register(
+            "websocket_connections",
+            "WebSocket connections open now, by function",
+            websocket_connections.clone(),
+        );
+        let websocket_messages = Family::<WebSocketLabels, Counter>::default();
+        registry.register(
+            "websocket_messages",
+            "WebSocket messages, by function and direction (in: from clients, out: to clients)",
+            websocket_messages.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -136,6 +159,8 @@ impl Metrics {
             traces_stored,
             traces_dropped,
             otel_dropped,
+            websocket_connections,
+            websocket_messages,
         }
     }
 

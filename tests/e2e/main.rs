@@ -36,3 +36,4 @@ mod tokens;
 mod verify;
 mod verify_cluster;
 mod versions;
+mod websocket;

@@ -63,6 +63,7 @@ const SDK: Files = embed! {
     "src/http.rs" => "../guest-sdk/src/http.rs",
     "src/kv.rs" => "../guest-sdk/src/kv.rs",
     "src/queue.rs" => "../guest-sdk/src/queue.rs",
+    "src/ws.rs" => "../guest-sdk/src/ws.rs",
 };
 
 /// ledge's WIT: the SDK's `wit/` folder.
@@ -71,6 +72,7 @@ const WIT: Files = embed! {
     "transactions.wit" => "../guest-sdk/wit/transactions.wit",
     "caller.wit" => "../guest-sdk/wit/caller.wit",
     "queues.wit" => "../guest-sdk/wit/queues.wit",
+    "websocket.wit" => "../guest-sdk/wit/websocket.wit",
     "deps/README.md" => "../guest-sdk/wit/deps/README.md",
     "deps/cli/cli.wit" => "../guest-sdk/wit/deps/cli/cli.wit",
     "deps/clocks/clocks.wit" => "../guest-sdk/wit/deps/clocks/clocks.wit",

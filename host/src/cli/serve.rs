@@ -151,9 +151,11 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         }
         _ => None,
     };
+    let websockets = crate::websocket::Hub::new(metrics.clone());
     let runtime = Runtime::new(&options, metrics.clone(), Some(db.clone()))?
         .with_own_addresses(own_addresses)
-        .with_queues(queues.clone(), global_queues.clone());
+        .with_queues(queues.clone(), global_queues.clone())
+        .with_websockets(websockets.clone());
     let runtime = Arc::new(global_kv.iter().fold(runtime, |runtime, store| runtime.with_global_kv(store.clone())));
     let authority = Arc::new(Authority::open(&args.data_dir)?.with_revocations(db.clone()));
     let admin_token = authority.ensure_admin_token(&args.data_dir)?;
@@ -230,9 +232,10 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         None => None,
     };
     if let Some(cluster) = &cluster {
-        let (logs, traces) = (runtime.logs().clone(), traces.clone());
+        let (logs, traces, sockets) = (runtime.logs().clone(), traces.clone(), websockets.clone());
         cluster.on_removed(move |name| {
             logs.forget(name);
+            sockets.forget(name);
             let (traces, name) = (traces.clone(), name.to_string());
             tokio::spawn(async move { traces.forget(&name).await });
         });
@@ -261,6 +264,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         global_queues,
         global_polls: Default::default(),
         global_in_flight: Default::default(),
+        websockets,
     });
     let consumers = Arc::downgrade(&app.registry);
     app.queues.take_bounds_from(Box::new(move |queue| {

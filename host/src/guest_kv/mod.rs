@@ -3,7 +3,8 @@
 //! `wasi:keyvalue` ([`keyvalue`]), both on the one [`ledge_kv::Db`] of the process, or in
 //! cluster mode on global data in etcd ([`global`]); [`backend`] is the one transaction type
 //! both APIs use; [`recorded`] reads back what a recorded run read (deploy verification seeds
-//! its scratch engine with it).
+//! its scratch engine with it); [`websocket`] is `ledge:platform/websocket`, a run's reach to
+//! its function's WebSocket connections ([`crate::websocket`]).
 //!
 //! Layer: below the runtime (which links these bindings into every instance), above
 //! [`crate::record`] (every call goes through the run's tape), [`crate::access`] (the verified
@@ -38,12 +39,14 @@ pub mod recorded;
 pub mod spans;
 pub mod taped;
 pub mod transactions;
+pub mod websocket;
 
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../guest-sdk/wit",
         world: "ledge:platform/platform-host",
         imports: { default: async | trappable },
+        exports: { default: async },
         with: {
             "ledge:platform/transactions.transaction": crate::guest_kv::transactions::OpenTransaction,
             "wasi:keyvalue/store.bucket": crate::guest_kv::keyvalue::Bucket,
@@ -83,6 +86,8 @@ pub struct KvAccess {
     queues_global: Vec<String>,
     /// A verification run's tape ([`Self::verified_by`]).
     verifying: Option<std::sync::Arc<crate::record::Tape>>,
+    /// The node's WebSocket connections, which the function's runs may reach.
+    websockets: Option<std::sync::Arc<crate::websocket::Hub>>,
 }
 
 impl KvAccess {
@@ -112,6 +117,7 @@ impl KvAccess {
             queues_send: policy.queues_send.clone(),
             queues_global: policy.queues_global.clone(),
             verifying: None,
+            websockets: None,
         }
     }
 
@@ -129,6 +135,12 @@ impl KvAccess {
     /// The same access, telling `tape` what its commits delete when it verifies a build.
     pub fn verified_by(mut self, tape: Option<std::sync::Arc<crate::record::Tape>>) -> Self {
         self.verifying = tape.filter(|tape| tape.is_verify());
+        self
+    }
+
+    /// The same access, reaching the function's WebSocket connections in `hub`.
+    pub fn with_websockets(mut self, hub: Option<std::sync::Arc<crate::websocket::Hub>>) -> Self {
+        self.websockets = hub;
         self
     }
 
@@ -167,6 +179,7 @@ impl KvAccess {
             queues_send: Vec::new(),
             queues_global: Vec::new(),
             verifying: None,
+            websockets: None,
         }
     }
 

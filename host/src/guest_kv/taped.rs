@@ -96,6 +96,12 @@ macro_rules! shown_by_display {
 }
 shown_by_display!(u64, i64, bool, String);
 
+impl Shown for Vec<String> {
+    fn shown(&self) -> String {
+        format!("{} connections", self.len())
+    }
+}
+
 impl Shown for Vec<(Vec<u8>, Vec<u8>)> {
     fn shown(&self) -> String {
         let keys: Vec<String> = self.iter().take(8).map(|(key, _)| show_bytes(key)).collect();

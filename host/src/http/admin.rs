@@ -57,10 +57,21 @@ impl App {
             }
             (_, [""]) => Err(method_not_allowed("GET")),
             (&Method::GET, [name]) => {
-                let local = self.registry.lookup(name).map(|deployment| deployment.meta.clone());
+                let deployment = self.registry.lookup(name);
+                let local = deployment.as_ref().map(|deployment| deployment.meta.clone());
                 let placed = || self.cluster.as_ref().and_then(|c| c.meta(name));
                 let meta = local.or_else(placed).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-                Ok(json(StatusCode::OK, &meta))
+                let mut shown = serde_json::to_value(&meta).expect("function metadata is JSON");
+                // A function that accepts WebSockets: what this node holds of them.
+                if deployment.is_some_and(|deployment| !deployment.policy.websockets.is_empty()) {
+                    let (connections, messages_in, messages_out) = self.websockets.stats(name);
+                    shown["websockets"] = serde_json::json!({
+                        "connections": connections,
+                        "messages_in": messages_in,
+                        "messages_out": messages_out,
+                    });
+                }
+                Ok(json(StatusCode::OK, &shown))
             }
             (&Method::PUT, [name]) => self.deploy(request, name, &caller, who, peer).await,
             (&Method::DELETE, [name]) => {
@@ -72,6 +83,7 @@ impl App {
                 };
                 if outcome.is_ok() {
                     self.runtime.logs().forget(name);
+                    self.websockets.forget(name);
                     self.traces.forget(name).await;
                 }
                 audit(

@@ -22,3 +22,9 @@ pub fn full(
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+/// An empty body (a protocol switch's answer).
+pub fn empty() -> ResponseBody {
+    use http_body_util::{BodyExt, Empty};
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}

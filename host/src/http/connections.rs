@@ -86,6 +86,16 @@ impl Slot {
     }
 }
 
+/// What a WebSocket upgraded from a connection holds while it lasts: the connection's slot
+/// (`--max-connections` and the per-address limit; over HTTP/2, where one TCP connection carries
+/// many streams, a slot of its own too) and the server's drain.
+#[derive(Clone)]
+pub struct UpgradeHold {
+    _slot: Arc<Slot>,
+    _stream: Option<Arc<Admitted>>,
+    _draining: tokio::sync::mpsc::Sender<()>,
+}
+
 impl Admission {
     pub fn new(max_total: usize, max_per_address: usize, max_peer: usize) -> Arc<Self> {
         Arc::new(Admission {
@@ -108,6 +118,22 @@ impl Admission {
         open.total += 1;
         open.per_address.insert(address.clone(), mine + 1);
         Some(Admitted { admission: self.clone(), held: Held::Connection(address) })
+    }
+
+    /// What an upgrade on the connection holding `slot` holds, if it may have it: over HTTP/2
+    /// (`http2`), a slot of `ip`'s own besides, and none when its address is full.
+    pub fn hold_for_upgrade(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        draining: &tokio::sync::mpsc::Sender<()>,
+        ip: IpAddr,
+        http2: bool,
+    ) -> Option<UpgradeHold> {
+        let stream = match http2 {
+            true => Some(Arc::new(self.admit(ip)?)),
+            false => None,
+        };
+        Some(UpgradeHold { _slot: slot.clone(), _stream: stream, _draining: draining.clone() })
     }
 
     /// A slot for a new connection from `ip`: under the peers' cap when `member` (the address of

@@ -53,11 +53,20 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (peer, from_peer) = self.client_of(&mut request, peer);
+        // A browser's token comes as a WebSocket subprotocol; from here it is `Authorization`.
+        super::websocket::token_from_subprotocol(&mut request);
         let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
             if let Some(cluster) = self.cluster.as_ref().filter(|_| !from_peer)
                 && let Some(replicas) = cluster.replicas_of(name)
             {
+                if super::websocket::is_upgrade(&request) {
+                    // A proxied answer cannot carry the switched protocol: the client connects
+                    // where the function runs. Only a caller that may invoke it learns where.
+                    self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
+                    let detail = format!("`{name}` runs on other nodes: open WebSockets to one of them");
+                    return Err(Problem::new(StatusCode::MISDIRECTED_REQUEST, detail));
+                }
                 return self.proxy(cluster, request, name, replicas, peer).await;
             }
             // Answer exactly as a private function would until the caller proves it may know.
@@ -116,6 +125,28 @@ impl App {
         if let Some(decision) = decision.as_ref().filter(|d| !d.allowed) {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, decision.problem_detail());
             return Err(with_rate_headers(problem, Some(decision)));
+        }
+        if super::websocket::is_upgrade(&request)
+            && let Some(entry) = deployment.policy.websockets.iter().find(|entry| entry.covers(guest_path))
+        {
+            let path_with_query = match request.uri().query() {
+                Some(query) => format!("{guest_path}?{query}"),
+                None => guest_path.to_string(),
+            };
+            let upgrade = super::websocket::Upgrade {
+                name,
+                deployment,
+                entry,
+                caller,
+                token,
+                caller_key,
+                guest_path,
+                path_with_query,
+                peer,
+            };
+            return self
+                .accept_websocket(request, upgrade)
+                .map_err(|problem| with_rate_headers(problem, decision.as_ref()));
         }
         let Some(permit) = deployment.concurrency.try_acquire() else {
             let detail =

@@ -49,8 +49,11 @@ mod proxy;
 mod queues;
 pub mod router;
 pub mod server;
+mod socket_events;
+mod socket_session;
 pub mod tls;
 mod traces;
+pub mod websocket;
 
 /// Shared state of the server.
 pub struct App {
@@ -91,6 +94,8 @@ pub struct App {
     pub global_polls: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Per global queue, its deliveries running on this node.
     pub global_in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The WebSocket connections this node holds.
+    pub websockets: Arc<crate::websocket::Hub>,
 }
 
 impl App {

@@ -83,7 +83,12 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     let builder = Arc::new(builder);
     let admission =
         Admission::new(limits.max_connections, limits.max_connections_per_address, limits.max_peer_connections);
@@ -118,7 +123,16 @@ pub async fn serve(
         let request_ids = request_ids.clone();
         let in_service = activity.clone();
         let (admission, in_slot) = (admission.clone(), slot.clone());
-        let service = hyper::service::service_fn(move |request| {
+        let (upgrade_slot, upgrade_draining) = (slot.clone(), draining.clone());
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            // A WebSocket outlives the connection task once the protocol switches: it holds what
+            // the connection held itself (see `UpgradeHold`).
+            if super::websocket::is_upgrade(&request) {
+                let http2 = request.method() == http::Method::CONNECT;
+                if let Some(hold) = admission.hold_for_upgrade(&upgrade_slot, &upgrade_draining, peer.ip(), http2) {
+                    request.extensions_mut().insert(hold);
+                }
+            }
             let app = app.clone();
             let id = request_ids.next_for(&request);
             let in_flight = in_service.request();
@@ -157,6 +171,8 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop.send(true);
+    // WebSockets close (1001) once the event each is running is done.
+    app.websockets.going_away();
     drop(draining);
     if tokio::time::timeout(DRAIN_DEADLINE, drained.recv()).await.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");

@@ -99,28 +99,7 @@ impl Runtime {
         let recording = invocation.tape.clone().filter(|tape| !tape.is_replay());
         let trace = request.extensions().get::<TraceCx>().cloned().unwrap_or_default();
         let request = guest_request(request, &scheme, path_and_query, policy.max_body, overflowed.clone(), recording)?;
-        let kv = match &self.db {
-            Some(db) => KvAccess::new(
-                db.clone(),
-                self.global_kv.clone(),
-                invocation.function,
-                policy,
-                invocation.caller.clone(),
-                &self.kv_write_buffers,
-            )
-            .with_queues(self.queues.clone(), self.global_queues.clone())
-            .verified_by(invocation.tape.clone())
-            .traced(trace.clone()),
-            None => KvAccess::none(),
-        };
-        let mut store = self.guest_store(
-            invocation.function,
-            policy,
-            kv,
-            invocation.config.clone(),
-            invocation.tape.clone(),
-            trace.clone(),
-        );
+        let mut store = self.instance_store(&invocation, &trace);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;
@@ -211,6 +190,36 @@ impl Runtime {
             Ok(response) => Ok(response),
             Err(code) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
         }
+    }
+}
+
+impl Runtime {
+    /// The store of one run of `invocation`: its key-value access (queues and WebSockets
+    /// included), WASI, outbound hooks and limits, traced as a child of `trace`.
+    pub(super) fn instance_store(&self, invocation: &Invocation<'_>, trace: &TraceCx) -> wasmtime::Store<GuestState> {
+        let kv = match &self.db {
+            Some(db) => KvAccess::new(
+                db.clone(),
+                self.global_kv.clone(),
+                invocation.function,
+                invocation.policy,
+                invocation.caller.clone(),
+                &self.kv_write_buffers,
+            )
+            .with_queues(self.queues.clone(), self.global_queues.clone())
+            .verified_by(invocation.tape.clone())
+            .with_websockets(self.websockets.clone())
+            .traced(trace.clone()),
+            None => KvAccess::none(),
+        };
+        self.guest_store(
+            invocation.function,
+            invocation.policy,
+            kv,
+            invocation.config.clone(),
+            invocation.tape.clone(),
+            trace.clone(),
+        )
     }
 }
 

@@ -38,6 +38,7 @@ use guestlog::GuestLogs;
 use logs::Logs;
 
 pub mod concurrency;
+pub mod events;
 pub mod guest;
 pub mod guestlog;
 pub mod invoke;
@@ -153,6 +154,8 @@ pub struct Runtime {
     /// The node's queues, which guests send to, and in cluster mode the global ones.
     queues: Option<Arc<crate::queue::Queues>>,
     global_queues: Option<Arc<crate::guest_kv::global_queues::GlobalQueues>>,
+    /// The node's WebSocket connections, which guests send to.
+    websockets: Option<Arc<crate::websocket::Hub>>,
 }
 
 impl Runtime {
@@ -203,6 +206,7 @@ impl Runtime {
             kv_write_buffers: crate::guest_kv::budget::Pool::new(options.kv_write_buffers),
             queues: None,
             global_queues: None,
+            websockets: None,
         })
     }
 
@@ -236,6 +240,12 @@ impl Runtime {
     ) -> Self {
         self.queues = Some(queues);
         self.global_queues = global;
+        self
+    }
+
+    /// Lets guests reach their functions' WebSocket connections.
+    pub fn with_websockets(mut self, hub: Arc<crate::websocket::Hub>) -> Self {
+        self.websockets = Some(hub);
         self
     }
 
@@ -293,6 +303,7 @@ impl Runtime {
             kv_write_buffers: self.kv_write_buffers.clone(),
             queues: None,
             global_queues: None,
+            websockets: None,
         }
     }
 

@@ -61,6 +61,7 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "ledge:platform/transactions@0.1",
     "ledge:platform/caller@0.1",
     "ledge:platform/queues@0.1",
+    "ledge:platform/websocket@0.1",
 ];
 
 impl Runtime {

@@ -33,6 +33,9 @@ pub mod names {
     pub const TRANSACTION: &str = "ledge.transaction";
     pub const OUTBOUND: &str = "ledge.outbound";
     pub const PROXY: &str = "ledge.proxy";
+    /// One WebSocket event run (`on-open`, `on-message`, `on-close`): a span the spec does not
+    /// name, so it follows the others.
+    pub const WEBSOCKET_EVENT: &str = "ledge.websocket";
 }
 
 /// A run's place in a trace: the span that host calls made for it are children of. Empty when

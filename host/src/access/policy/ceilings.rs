@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ByteSize, Count, Fraction, Policy, Positive, RateQuota};
+use super::{ByteSize, Count, Fraction, HumanDuration, MAX_ORIGINS, MAX_WEBSOCKETS, Policy, Positive, RateQuota};
 use crate::access::caveats::parse_rate;
 
 /// Schedules one function may have.
@@ -57,6 +57,17 @@ impl Policy {
         }
         if self.queues_send.len().max(self.queues_global.len()) > MAX_QUEUES_LISTED {
             return Err(format!("queues: at most {MAX_QUEUES_LISTED} queues in `send` and in `global`"));
+        }
+        if self.websockets.len() > MAX_WEBSOCKETS {
+            return Err(format!("websocket: at most {MAX_WEBSOCKETS} entries per function"));
+        }
+        for (index, entry) in self.websockets.iter().enumerate() {
+            if self.websockets[..index].iter().any(|earlier| earlier.path == entry.path) {
+                return Err(format!("websocket: path `{}` has two entries; give it one", entry.path));
+            }
+            if entry.origins.len() > MAX_ORIGINS {
+                return Err(format!("websocket.origins: at most {MAX_ORIGINS} per entry"));
+            }
         }
         for (index, consumer) in self.consumers.iter().enumerate() {
             if self.consumers[..index].iter().any(|earlier| earlier.queue == consumer.queue) {
@@ -117,6 +128,12 @@ pub struct CeilingsSection {
     pub queue_max_bytes: Option<ByteSize>,
     pub consumer_concurrency: Option<Positive>,
     pub consumer_max_attempts: Option<Positive>,
+    pub websocket_max_connections: Option<Positive>,
+    pub websocket_max_message: Option<ByteSize>,
+    pub websocket_max_buffer: Option<ByteSize>,
+    pub websocket_idle_timeout: Option<HumanDuration>,
+    /// `"N/s"`, `"N/m"` or `"N/h"`: the fastest `[[websocket]] rate` (none unless set).
+    pub websocket_rate: Option<String>,
 }
 
 /// What a policy uploaded over the API (`PUT .../policy`, a multipart deploy) may set at most,
@@ -142,6 +159,11 @@ pub struct UploadCeilings {
     pub queue_max_bytes: u64,
     pub consumer_concurrency: u32,
     pub consumer_max_attempts: u32,
+    pub websocket_max_connections: u32,
+    pub websocket_max_message: u64,
+    pub websocket_max_buffer: u64,
+    pub websocket_idle_timeout: Duration,
+    pub websocket_rate: Option<RateQuota>,
 }
 
 impl Default for UploadCeilings {
@@ -166,6 +188,11 @@ impl Default for UploadCeilings {
             queue_max_bytes: 1 << 30,
             consumer_concurrency: 64,
             consumer_max_attempts: 100,
+            websocket_max_connections: 10_000,
+            websocket_max_message: 16 << 20,
+            websocket_max_buffer: 16 << 20,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            websocket_rate: None,
         }
     }
 }
@@ -176,6 +203,10 @@ impl CeilingsSection {
         let base = UploadCeilings::default();
         let rate = match &self.rate {
             Some(text) => Some(parse_rate(text).map_err(|error| format!("ceilings.rate: {error}"))?),
+            None => None,
+        };
+        let websocket_rate = match &self.websocket_rate {
+            Some(text) => Some(parse_rate(text).map_err(|error| format!("ceilings.websocket_rate: {error}"))?),
             None => None,
         };
         Ok(UploadCeilings {
@@ -198,6 +229,11 @@ impl CeilingsSection {
             queue_max_bytes: self.queue_max_bytes.map_or(base.queue_max_bytes, |b| b.0),
             consumer_concurrency: self.consumer_concurrency.map_or(base.consumer_concurrency, |n| n.0),
             consumer_max_attempts: self.consumer_max_attempts.map_or(base.consumer_max_attempts, |n| n.0),
+            websocket_max_connections: self.websocket_max_connections.map_or(base.websocket_max_connections, |n| n.0),
+            websocket_max_message: self.websocket_max_message.map_or(base.websocket_max_message, |b| b.0),
+            websocket_max_buffer: self.websocket_max_buffer.map_or(base.websocket_max_buffer, |b| b.0),
+            websocket_idle_timeout: self.websocket_idle_timeout.map_or(base.websocket_idle_timeout, |d| d.0),
+            websocket_rate,
         })
     }
 }
@@ -208,9 +244,26 @@ impl Policy {
     pub fn check_upload_ceilings(&self, ceilings: &UploadCeilings) -> Result<(), String> {
         let sustained = |q: &RateQuota| q.quota as f64 / q.window.as_secs_f64().max(f64::MIN_POSITIVE);
         let above_rate = ceilings.rate.filter(|ceiling| sustained(&self.rate) > sustained(ceiling));
+        // Each WebSocket entry's bounds, the largest of each kind.
+        let widest = |field: fn(&super::WebSocket) -> u64| self.websockets.iter().map(field).max().unwrap_or(0);
+        let fastest = self.websockets.iter().map(|w| w.rate).max_by(|a, b| sustained(a).total_cmp(&sustained(b)));
+        // A rate passes only within the ceiling's sustained rate and its burst ("3600/h" is
+        // 1/s sustained, but bursts 3600).
+        let burstiest = self.websockets.iter().map(|w| w.rate).max_by_key(|rate| rate.burst);
+        let above_message_rate = ceilings
+            .websocket_rate
+            .zip(fastest.zip(burstiest))
+            .filter(|(ceiling, (fast, bursty))| sustained(fast) > sustained(ceiling) || bursty.burst > ceiling.burst)
+            .map(|(c, (fast, bursty))| {
+                let worst = if sustained(&fast) > sustained(&c) { fast } else { bursty };
+                (worst.to_string(), c.to_string())
+            });
+        // Connections are bounded per entry and node; the ceiling is on all of a function's
+        // entries together.
+        let connections: u64 = self.websockets.iter().map(|w| u64::from(w.max_connections)).sum();
         // Each consumer's bounds, the largest of each kind (the message names that one).
         let most = |field: fn(&super::Consumer) -> u64| self.consumers.iter().map(field).max().unwrap_or(0);
-        let checks: [(&str, &str, Exceeded); 19] = [
+        let checks: [(&str, &str, Exceeded); 24] = [
             (
                 "rate.quota",
                 "rate",
@@ -261,6 +314,28 @@ impl Policy {
                 "consumer_max_attempts",
                 above(most(|c| c.max_attempts.into()), Some(ceilings.consumer_max_attempts.into())),
             ),
+            (
+                "websocket.max_connections",
+                "websocket_max_connections",
+                above(connections, Some(ceilings.websocket_max_connections.into())),
+            ),
+            (
+                "websocket.max_message",
+                "websocket_max_message",
+                above(widest(|w| w.max_message), Some(ceilings.websocket_max_message)),
+            ),
+            (
+                "websocket.max_buffer",
+                "websocket_max_buffer",
+                above(widest(|w| w.max_buffer), Some(ceilings.websocket_max_buffer)),
+            ),
+            (
+                "websocket.idle_timeout",
+                "websocket_idle_timeout",
+                above(widest(|w| w.idle_timeout.as_secs()), Some(ceilings.websocket_idle_timeout.as_secs()))
+                    .map(|(value, ceiling)| (format!("{value}s"), format!("{ceiling}s"))),
+            ),
+            ("websocket.rate", "websocket_rate", above_message_rate),
         ];
         for (field, key, exceeded) in checks {
             if let Some((value, ceiling)) = exceeded {

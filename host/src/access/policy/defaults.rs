@@ -38,6 +38,7 @@ impl Default for Policy {
             queues_send: Vec::new(),
             queues_global: Vec::new(),
             consumers: Vec::new(),
+            websockets: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     ByteSize, CeilingsSection, Consumer, Count, CronPattern, Fraction, HostPattern, HumanDuration, KvScope, Policy,
-    Positive, QueueName, RateQuota, RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName,
+    Positive, QueueName, RateQuota, RecordPolicy, Route, RoutePrefix, SchedulePath, StoreName, WebSocketEntry,
 };
 
 /// A policy as written in a file: every field optional.
@@ -28,6 +28,7 @@ pub struct PolicyFile {
     pub placement: Option<PlacementSection>,
     pub queues: Option<QueuesSection>,
     pub consumer: Option<Vec<ConsumerEntry>>,
+    pub websocket: Option<Vec<WebSocketEntry>>,
     /// Only in the operator's `policies/default.toml`: what uploaded policies may set at most.
     pub ceilings: Option<CeilingsSection>,
 }
@@ -192,6 +193,10 @@ impl PolicyFile {
                 .consumer
                 .as_ref()
                 .map_or_else(|| base.consumers.clone(), |entries| entries.iter().map(ConsumerEntry::resolve).collect()),
+            websockets: self.websocket.as_ref().map_or_else(
+                || base.websockets.clone(),
+                |entries| entries.iter().map(WebSocketEntry::resolve).collect(),
+            ),
             routes: self.route.as_ref().map_or_else(
                 || base.routes.clone(),
                 |entries| {

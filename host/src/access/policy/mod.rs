@@ -13,7 +13,8 @@
 //! - `defaults.rs`: the built-in defaults every field falls back to last;
 //! - `ceilings.rs`: [`Ceilings`], the server-wide limits no policy may exceed, and
 //!   [`UploadCeilings`], what a policy uploaded over the API may set at most;
-//! - `tighten.rs`: [`Policy::widened_by`], the check that a proposed policy only tightens.
+//! - `tighten.rs`: [`Policy::widened_by`], the check that a proposed policy only tightens;
+//! - `websocket.rs`: `[[websocket]]`, where a function accepts WebSocket upgrades, and its bounds.
 
 use std::fmt;
 use std::time::Duration;
@@ -25,6 +26,7 @@ mod defaults;
 mod file;
 mod tighten;
 mod values;
+mod websocket;
 
 pub use ceilings::{
     Ceilings, CeilingsSection, MAX_CONSUMERS, MAX_QUEUES_LISTED, MAX_REPLICAS, MAX_SCHEDULES, UploadCeilings,
@@ -37,6 +39,7 @@ pub use values::{
     ByteSize, Count, CronPattern, Fraction, HostPattern, HumanDuration, Positive, QueueName, RESERVED_PREFIXES,
     RoutePrefix, SchedulePath, StoreName, is_valid_name, parse_size, path_under,
 };
+pub use websocket::{MAX_ORIGINS, MAX_WEBSOCKETS, WebSocketEntry};
 
 /// A resolved route: host pattern (`None`: any) and path prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,6 +93,8 @@ pub struct Policy {
     pub queues_global: Vec<String>,
     /// Queues whose messages the function takes (`[[consumer]]`).
     pub consumers: Vec<Consumer>,
+    /// Paths that accept WebSocket upgrades (`[[websocket]]`).
+    pub websockets: Vec<WebSocket>,
 }
 
 /// `[[consumer]]`, resolved: how the messages of `queue` are delivered to the function, and the
@@ -137,6 +142,25 @@ impl Consumer {
         let doublings = failed.saturating_sub(1).min(20);
         self.backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF)
     }
+}
+
+/// `[[websocket]]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSocket {
+    /// The path prefix (under the function) that accepts upgrades.
+    pub path: String,
+    /// Connections open at once through this entry, on this node.
+    pub max_connections: u32,
+    /// The largest message a client may send; past it the connection closes with 1009.
+    pub max_message: u64,
+    /// Bytes waiting to be written to one slow reader; past it the connection closes with 1008.
+    pub max_buffer: u64,
+    /// A connection with no message either way for this long closes with 1001.
+    pub idle_timeout: Duration,
+    /// Messages one connection may send (GCRA, as requests); past it, close 1008.
+    pub rate: RateQuota,
+    /// `Origin`s allowed to open a connection (exact, `scheme://host[:port]`); empty: any.
+    pub origins: Vec<String>,
 }
 
 /// `[record]`, resolved.

@@ -4,8 +4,8 @@
 //!
 //! Invariants: every field is compared (a new field must join the list: its length is fixed),
 //! and a rate is compared as quota per window without rounding, so a change that widens
-//! anything is never reported as tightening. Claiming a route, adding a schedule or a consumer,
-//! or raising a consumer's bounds widens.
+//! anything is never reported as tightening. Claiming a route, adding a schedule, a consumer
+//! or a WebSocket entry, or raising a consumer's or an entry's bounds widens.
 
 use super::{Consumer, Policy, RateQuota};
 
@@ -17,7 +17,7 @@ impl Policy {
         let (own, theirs) = (sustained(&self.rate), sustained(&proposed.rate));
         // 0 replicas is every node: the most a placement can ask for.
         let nodes = |replicas: u32| if replicas == 0 { u32::MAX } else { replicas };
-        let checks: [(&'static str, bool); 25] = [
+        let checks: [(&'static str, bool); 26] = [
             ("route", proposed.routes.iter().any(|r| !self.routes.contains(r))),
             ("schedule", proposed.schedules.iter().any(|s| !self.schedules.contains(s))),
             ("public", proposed.public && !self.public),
@@ -49,6 +49,9 @@ impl Policy {
             // A consumer takes messages, runs the function and sizes its queue: a new one widens,
             // and so does raising any of its bounds or moving where its messages go.
             ("consumer", proposed.consumers.iter().any(|c| !self.consumers.iter().any(|own| c.within(own)))),
+            // A WebSocket entry holds connections open on the node and runs the function per
+            // message: a new one widens, and so does raising any of its bounds.
+            ("websocket", proposed.websockets.iter().any(|w| !self.websockets.iter().any(|own| w.within(own)))),
         ];
         checks.into_iter().filter(|(_, widens)| *widens).map(|(field, _)| field).collect()
     }

@@ -8,8 +8,9 @@
 //! - clocks and randomness: the recorded results for the same call and arguments, in order;
 //!   past them a clock repeats its last reading and randomness comes from a generator seeded
 //!   by the trace, so both builds under comparison see the same values;
-//! - outbound requests and queue sends: a recorded one with the same arguments (each is handed
-//!   out once); one the recording does not have is a divergence, which stops the guest;
+//! - outbound requests, queue sends and WebSocket calls: a recorded one with the same
+//!   arguments (each is handed out once); one the recording does not have is a divergence,
+//!   which stops the guest;
 //! - anything else (the caller's token): the recorded result, else its last one, else live.
 //!
 //! What the run did besides answering (the outbound requests with their bodies, the queue
@@ -29,6 +30,10 @@ use crate::record::trace::{Event, Output, Trace};
 /// The most random bytes one call gets from the seeded generator (a larger ask runs live:
 /// wasmtime-wasi bounds it).
 const MAX_SEEDED_BYTES: u64 = 1 << 20;
+
+/// WebSocket calls (`ledge:platform/websocket.*`): answered from the recording, like queue
+/// sends, since a verification has no connections; what they send is compared as an effect.
+const WEBSOCKET: &str = "ledge:platform/websocket.";
 
 /// The most bytes a verification run keeps to compare.
 pub const MAX_KEPT_BYTES: usize = 16 << 20;
@@ -86,7 +91,7 @@ enum Answer {
 fn answer_for(call: &str) -> Answer {
     if call.starts_with("ledge:platform/transactions.") || call.starts_with("wasi:keyvalue/") {
         Answer::Live
-    } else if call.starts_with("ledge:platform/queues.") || call == OUTBOUND {
+    } else if call.starts_with("ledge:platform/queues.") || call.starts_with(WEBSOCKET) || call == OUTBOUND {
         Answer::Recorded
     } else {
         Answer::Sequence
@@ -186,7 +191,7 @@ impl Verification {
         match answer_for(call) {
             Answer::Live => Ok(None),
             Answer::Recorded => {
-                if call.starts_with("ledge:platform/queues.") {
+                if call.starts_with("ledge:platform/queues.") || call.starts_with(WEBSOCKET) {
                     self.effects.sends.push(format!("{call}({args})"));
                 }
                 match recorded {

@@ -1,0 +1,261 @@
+//! WebSockets: the host holds each connection and runs every event on a fresh instance. A real
+//! WebSocket client (tokio-tungstenite) against the chat example and the `ws-echo` test guest.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::harness::{Server, deploy_with_policy, guest, repo_root};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The `ws://` URL of `rest` under function `name`.
+fn ws_url(server: &Server, name: &str, rest: &str) -> String {
+    server.fn_url(name, rest).replacen("http://", "ws://", 1)
+}
+
+async fn connect(url: &str) -> Socket {
+    let (socket, response) = connect_async(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+/// The HTTP status an upgrade to `url` was refused with.
+async fn refused_status(url: &str) -> u16 {
+    match connect_async(url).await {
+        Err(WsError::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("{url}: expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("{url}: the upgrade was accepted"),
+    }
+}
+
+/// The next text message, within 10 s.
+async fn next_text(socket: &mut Socket) -> String {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("a message in 10 s");
+        match next.expect("the connection is open").expect("a message") {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The close code and reason the server sends, within `within`, past any other message.
+async fn close_of(socket: &mut Socket, within: Duration) -> (u16, String) {
+    let closed = tokio::time::timeout(within, async {
+        while let Some(message) = socket.next().await {
+            if let Ok(Message::Close(frame)) = message {
+                return frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()));
+            }
+        }
+        None
+    });
+    closed.await.expect("closed in time").expect("a close frame with a code")
+}
+
+/// Nothing arrives on `socket` for `wait`.
+async fn silent(socket: &mut Socket, wait: Duration) {
+    if let Ok(Some(message)) = tokio::time::timeout(wait, socket.next()).await {
+        panic!("expected nothing, got {message:?}");
+    }
+}
+
+async fn send(socket: &mut Socket, text: &str) {
+    socket.send(Message::text(text)).await.expect("sent");
+}
+
+fn chat_policy() -> String {
+    std::fs::read_to_string(repo_root().join("policies/chat.toml")).expect("policies/chat.toml")
+}
+
+#[tokio::test]
+async fn two_clients_of_the_chat_example_each_see_the_others_message_and_other_rooms_see_nothing() {
+    let server = Server::start();
+    deploy_with_policy(&server, "chat", &guest("chat"), &chat_policy()).await;
+    let mut alice = connect(&ws_url(&server, "chat", "/?room=tea")).await;
+    let mut bob = connect(&ws_url(&server, "chat", "/lounge?room=tea")).await;
+    let mut carol = connect(&ws_url(&server, "chat", "/?room=coffee")).await;
+    // Plain requests still reach the HTTP handler.
+    let page = reqwest::get(server.fn_url("chat", "/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+
+    let text = "héllo, bob — {\"intact\": true}";
+    send(&mut alice, text).await;
+    assert_eq!(next_text(&mut bob).await, text, "the relayed frame holds the sent text");
+    send(&mut bob, "hi alice").await;
+    assert_eq!(next_text(&mut alice).await, "hi alice");
+    silent(&mut carol, Duration::from_millis(500)).await;
+    silent(&mut alice, Duration::from_millis(100)).await;
+
+    let meta: serde_json::Value =
+        server.admin().get(format!("{}/v1/functions/chat", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["websockets"]["connections"], 3, "{meta}");
+    assert_eq!(meta["websockets"]["messages_in"], 2, "{meta}");
+    assert_eq!(meta["websockets"]["messages_out"], 2, "{meta}");
+}
+
+#[tokio::test]
+async fn a_browser_authenticates_to_a_private_function_with_the_token_subprotocol() {
+    let server = Server::start();
+    let policy = "public = false\n[[websocket]]\npath = \"/\"\n";
+    deploy_with_policy(&server, "private-echo", &guest("ws-echo"), policy).await;
+    let url = ws_url(&server, "private-echo", "/");
+    assert_eq!(refused_status(&url).await, 401, "no token, no connection");
+
+    let token = server.mint(&["fn = private-echo", "op = invoke"]);
+    let mut request = url.as_str().into_client_request().unwrap();
+    let protocols = format!("echo, ledge-token.{token}");
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(&protocols).unwrap());
+    let (mut socket, response) = connect_async(request).await.expect("the token in a subprotocol opens it");
+    let chosen = response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(chosen.as_deref(), Some("echo"), "the token is never echoed back");
+    send(&mut socket, "ping?").await;
+    assert_eq!(next_text(&mut socket).await, "ping?");
+    // The token is checked again before each event: revoked, it ends the connection.
+    let revoke = server.cli(&["token", "revoke", &token]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    send(&mut socket, "after the revocation").await;
+    assert_eq!(close_of(&mut socket, Duration::from_secs(10)).await.0, 1008);
+
+    let other = server.mint(&["fn = someone-else", "op = invoke"]);
+    let mut request = url.as_str().into_client_request().unwrap();
+    let protocols = format!("echo, ledge-token.{other}");
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(&protocols).unwrap());
+    match connect_async(request).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("a token for another function opened it: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_and_traps_close_cleanly_and_a_trap_closes_no_other_connection() {
+    let server = Server::start();
+    deploy_with_policy(&server, "echo-ws", &guest("ws-echo"), "public = true\n[[websocket]]\npath = \"/\"\n").await;
+    let mut refused = connect(&ws_url(&server, "echo-ws", "/?refuse")).await;
+    assert_eq!(close_of(&mut refused, Duration::from_secs(10)).await, (4003, "not today".into()));
+    let mut trapped = connect(&ws_url(&server, "echo-ws", "/?trap")).await;
+    assert_eq!(close_of(&mut trapped, Duration::from_secs(10)).await.0, 1011);
+
+    let mut first = connect(&ws_url(&server, "echo-ws", "/")).await;
+    let mut second = connect(&ws_url(&server, "echo-ws", "/")).await;
+    send(&mut first, "trap").await;
+    send(&mut second, "still here?").await;
+    assert_eq!(next_text(&mut second).await, "still here?");
+    send(&mut first, "and me?").await;
+    assert_eq!(next_text(&mut first).await, "and me?", "a trapping event leaves its connection open");
+    // Each event ran in order on the connection: open, the trap, the echo, this one.
+    send(&mut first, "count").await;
+    assert_eq!(next_text(&mut first).await, "4");
+    send(&mut first, "close").await;
+    assert_eq!(close_of(&mut first, Duration::from_secs(10)).await, (4000, "asked".into()));
+
+    // Removing the function closes its connections.
+    let removed = server.admin().delete(format!("{}/v1/functions/echo-ws", server.url)).send().await.unwrap();
+    assert!(removed.status().is_success(), "{}", removed.status());
+    assert_eq!(close_of(&mut second, Duration::from_secs(10)).await.0, 1001);
+}
+
+#[tokio::test]
+async fn bounds_close_with_their_codes_and_a_full_entry_refuses_with_429() {
+    let server = Server::start();
+    let policy = "public = true\n\
+        [[websocket]]\npath = \"/small\"\nmax_message = \"16B\"\nrate = \"3/s\"\nidle_timeout = \"1s\"\n\
+        [[websocket]]\npath = \"/few\"\nmax_connections = 2\n";
+    deploy_with_policy(&server, "bounded", &guest("ws-echo"), policy).await;
+    let small = ws_url(&server, "bounded", "/small");
+
+    let mut big = connect(&small).await;
+    send(&mut big, &"x".repeat(100)).await;
+    assert_eq!(close_of(&mut big, Duration::from_secs(10)).await.0, 1009, "a message past max_message");
+
+    let mut chatty = connect(&small).await;
+    for n in 0..10 {
+        // The server may close before every message is out.
+        let _ = chatty.send(Message::text(format!("m{n}"))).await;
+    }
+    assert_eq!(close_of(&mut chatty, Duration::from_secs(10)).await.0, 1008, "past the message rate");
+
+    let mut quiet = connect(&small).await;
+    let started = std::time::Instant::now();
+    assert_eq!(close_of(&mut quiet, Duration::from_secs(10)).await.0, 1001, "idle past idle_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}", started.elapsed());
+
+    let few = ws_url(&server, "bounded", "/few");
+    let _one = connect(&few).await;
+    let _two = connect(&few).await;
+    assert_eq!(refused_status(&few).await, 429, "max_connections");
+    let _elsewhere = connect(&ws_url(&server, "bounded", "/small")).await;
+}
+
+#[tokio::test]
+async fn a_stopping_node_closes_every_connection_with_1001() {
+    let mut server = Server::start();
+    deploy_with_policy(&server, "echo-ws", &guest("ws-echo"), "public = true\n[[websocket]]\npath = \"/\"\n").await;
+    let mut socket = connect(&ws_url(&server, "echo-ws", "/")).await;
+    send(&mut socket, "before").await;
+    assert_eq!(next_text(&mut socket).await, "before");
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    assert_eq!(close_of(&mut socket, Duration::from_secs(20)).await.0, 1001);
+    assert!(server.wait_exit().success());
+}
+
+/// An HTTP/2 connection over TLS to `server` (trusting its self-signed certificate), ALPN `h2`.
+async fn h2_connect(server: &Server) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let pem = std::fs::read(server.data_dir.join("tls/self-signed.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(&pem).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let address = server.url.trim_start_matches("https://").to_string();
+    let tcp = TcpStream::connect(&address).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (send, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    send
+}
+
+#[tokio::test]
+async fn http2_extended_connect_over_tls_opens_a_websocket() {
+    let server = Server::start_with(&["--tls-self-signed"]);
+    server.deploy_insecure("echo-ws", &guest("ws-echo"));
+    // The policy over the API, trusting the self-signed certificate as deploy_insecure does.
+    let uploaded = std::process::Command::new("curl")
+        .args(["-sSf", "-k", "-X", "PUT", "--data-binary", "public = true\n[[websocket]]\npath = \"/\"\n"])
+        .args(["-H", &format!("authorization: Bearer {}", server.admin_token)])
+        .arg(format!("{}/v1/functions/echo-ws/policy", server.url))
+        .output()
+        .expect("curl");
+    assert!(uploaded.status.success(), "{}", String::from_utf8_lossy(&uploaded.stderr));
+    let mut send = h2_connect(&server).await;
+    let mut request = hyper::Request::builder()
+        .method("CONNECT")
+        .uri(format!("{}/fn/echo-ws/", server.url))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    request.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "RFC 8441: a 2xx accepts the extended CONNECT");
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut socket = WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    socket.send(Message::text("over h2")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed, Message::text("over h2"));
+}
