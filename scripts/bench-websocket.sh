@@ -18,8 +18,8 @@ ledge=./target/release/ledge
 load=./target/release/examples/ws-load
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Each idle connection is a descriptor on both sides.
-ulimit -n $((idle * 2 + 1024))
+# Each idle connection is a descriptor in the server and one in the client (two processes).
+ulimit -n $((idle + 1024))
 
 mkdir -p "$work/policies"
 printf 'public = true\n[rate]\nquota = 100000000\nwindow = "1s"\n[limits]\nmax_concurrency = 256\n' >"$work/policies/default.toml"

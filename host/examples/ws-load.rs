@@ -5,8 +5,9 @@
 //! - `ws-load echo URL CONNECTIONS SECONDS`: each connection sends a message and waits for its
 //!   echo, again and again; prints messages echoed per second;
 //! - `ws-load broadcast URL CLIENTS ROUNDS`: CLIENTS join one room; one sends ROUNDS messages,
-//!   one at a time, and each round's latency is the time until every other client received
-//!   it; prints p50, p99 and max in microseconds.
+//!   one at a time (after warm-ups that every client received: each joins in its `on-open`,
+//!   which runs after the handshake), and each round's latency is the time until every other
+//!   client received it; prints p50, p99 and max in microseconds.
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,20 @@ async fn broadcast(url: &str, clients: usize, rounds: usize) {
         listeners.push(connect(url).await);
     }
     let mut sender = connect(url).await;
+    // A client joins its room in `on-open`, which runs after the handshake: until every
+    // listener has had a message, keep sending warm-ups; then drain the extras.
+    let mut joined = vec![false; listeners.len()];
+    while joined.contains(&false) {
+        sender.send(Message::text("warm-up")).await.expect("sent");
+        for (listener, joined) in listeners.iter_mut().zip(joined.iter_mut()) {
+            if !*joined {
+                *joined = tokio::time::timeout(Duration::from_millis(200), next_data(listener)).await.is_ok();
+            }
+        }
+    }
+    for listener in &mut listeners {
+        while tokio::time::timeout(Duration::from_millis(100), next_data(listener)).await.is_ok() {}
+    }
     let mut latencies = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let text = format!("round {round}");
