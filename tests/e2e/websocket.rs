@@ -181,7 +181,8 @@ async fn bounds_close_with_their_codes_and_a_full_entry_refuses_with_429() {
     let server = Server::start();
     let policy = "public = true\n\
         [[websocket]]\npath = \"/small\"\nmax_message = \"16B\"\nrate = \"3/s\"\nidle_timeout = \"1s\"\n\
-        [[websocket]]\npath = \"/few\"\nmax_connections = 2\n";
+        [[websocket]]\npath = \"/few\"\nmax_connections = 2\n\
+        [[websocket]]\npath = \"/guarded\"\norigins = [\"https://app.example\"]\n";
     deploy_with_policy(&server, "bounded", &guest("ws-echo"), policy).await;
     let small = ws_url(&server, "bounded", "/small");
 
@@ -206,6 +207,16 @@ async fn bounds_close_with_their_codes_and_a_full_entry_refuses_with_429() {
     let _two = connect(&few).await;
     assert_eq!(refused_status(&few).await, 429, "max_connections");
     let _elsewhere = connect(&ws_url(&server, "bounded", "/small")).await;
+
+    // An origin the entry does not list is closed with 1008; a listed one is served.
+    let guarded = ws_url(&server, "bounded", "/guarded");
+    let mut foreign = connect(&guarded).await;
+    assert_eq!(close_of(&mut foreign, Duration::from_secs(10)).await, (1008, "origin not allowed".into()));
+    let mut request = guarded.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("origin", HeaderValue::from_static("https://app.example"));
+    let (mut allowed, _) = connect_async(request).await.expect("a listed origin connects");
+    send(&mut allowed, "from the app").await;
+    assert_eq!(next_text(&mut allowed).await, "from the app");
 }
 
 #[tokio::test]
