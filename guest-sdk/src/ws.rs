@@ -86,13 +86,16 @@ pub enum Error {
     Limit(String),
     /// Not allowed here.
     Denied(String),
+    /// The node holding the connection could not be reached (cluster mode); it may still be
+    /// open.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::NoSuchConnection => write!(f, "no such connection"),
-            Error::Limit(why) | Error::Denied(why) => write!(f, "{why}"),
+            Error::Limit(why) | Error::Denied(why) | Error::Unavailable(why) => write!(f, "{why}"),
         }
     }
 }
@@ -105,6 +108,7 @@ impl From<wit::Error> for Error {
             wit::Error::NoSuchConnection => Error::NoSuchConnection,
             wit::Error::Limit(why) => Error::Limit(why),
             wit::Error::Denied(why) => Error::Denied(why),
+            wit::Error::Unavailable(why) => Error::Unavailable(why),
         }
     }
 }

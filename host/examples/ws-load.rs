@@ -1,4 +1,4 @@
-//! WebSocket load for `scripts/bench-websocket.sh`, three modes:
+//! WebSocket load for `scripts/bench-websocket.sh`, four modes:
 //!
 //! - `ws-load idle URL N`: opens N connections (32 at a time), prints `open N`, and holds them
 //!   until stdin closes (the script reads the server's memory and descriptors meanwhile);
@@ -7,7 +7,10 @@
 //! - `ws-load broadcast URL CLIENTS ROUNDS`: CLIENTS join one room; one sends ROUNDS messages,
 //!   one at a time (after warm-ups that every client received: each joins in its `on-open`,
 //!   which runs after the handshake), and each round's latency is the time until every other
-//!   client received it; prints p50, p99 and max in microseconds.
+//!   client received it; prints p50, p99 and max in microseconds;
+//! - `ws-load serve-echo`: the floor for `echo`, with no wasm: a WebSocket echo server on the same
+//!   stack as ledge's (tokio, hyper's upgrade, tokio-tungstenite), on 127.0.0.1 and a free port;
+//!   prints `listening PORT` and serves until stdin closes.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,30 @@ async fn echo(url: &str, connections: usize, seconds: u64) {
     );
 }
 
+async fn serve_echo() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    println!("listening {}", listener.local_addr().expect("bound").port());
+    let serve = async {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(socket) = tokio_tungstenite::accept_async(stream).await else { return };
+                let (mut sink, mut stream) = socket.split();
+                while let Some(Ok(message)) = stream.next().await {
+                    if (message.is_text() || message.is_binary()) && sink.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    };
+    let (mut stdin, mut rest) = (tokio::io::stdin(), Vec::new());
+    tokio::select! {
+        () = serve => {}
+        _ = stdin.read_to_end(&mut rest) => {}
+    }
+}
+
 async fn broadcast(url: &str, clients: usize, rounds: usize) {
     let mut listeners = Vec::with_capacity(clients - 1);
     for _ in 1..clients {
@@ -119,8 +146,11 @@ async fn main() {
         Some("idle") => idle(&args[1], number(2)).await,
         Some("echo") => echo(&args[1], number(2), number(3) as u64).await,
         Some("broadcast") => broadcast(&args[1], number(2), number(3)).await,
+        Some("serve-echo") => serve_echo().await,
         _ => {
-            eprintln!("usage: ws-load idle URL N | echo URL CONNECTIONS SECONDS | broadcast URL CLIENTS ROUNDS");
+            eprintln!(
+                "usage: ws-load idle URL N | echo URL CONNECTIONS SECONDS | broadcast URL CLIENTS ROUNDS | serve-echo"
+            );
             std::process::exit(2);
         }
     }

@@ -37,3 +37,4 @@ mod verify;
 mod verify_cluster;
 mod versions;
 mod websocket;
+mod websocket_cluster;

@@ -420,3 +420,65 @@ async fn a_trace_names_secrets_but_never_holds_their_values() {
     let with = ledge().args(["replay", file.to_str().unwrap(), "--secret", "API_KEY=s3cret-value"]).output().unwrap();
     assert_eq!(with.status.code(), Some(0), "{}{}", stdout(&with), stderr(&with));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_event_of_a_recorded_websocket_connection_replays_and_a_failing_event_is_kept_unasked() {
+    use crate::websocket::{close_of, next_text, send, ws_url};
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = Server::start();
+    let policy = "public = true\n[[websocket]]\npath = \"/\"\n";
+    crate::harness::deploy_with_policy(&server, "echo-rec", &guest("ws-echo"), policy).await;
+
+    // A connection nobody asked to record: only its failing event is kept ([record] errors).
+    let mut plain = crate::websocket::connect(&ws_url(&server, "echo-rec", "/")).await;
+    send(&mut plain, "unrecorded").await;
+    assert_eq!(next_text(&mut plain).await, "unrecorded");
+    send(&mut plain, "trap").await;
+    let kept = traces(&server, "echo-rec", 1).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0]["reason"].as_str(), kept[0]["status"].as_u64()), (Some("error"), Some(500)), "{kept:?}");
+
+    // A manager asks for every event of a connection to be recorded.
+    let mut request = ws_url(&server, "echo-rec", "/room?x=1").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {}", server.admin_token).parse().unwrap());
+    headers.insert("ledge-record", "1".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a recorded connection");
+    send(&mut socket, "count").await;
+    assert_eq!(next_text(&mut socket).await, "2", "on-open and this message each counted in the keyspace");
+    socket.send(tokio_tungstenite::tungstenite::Message::binary(vec![0, 159, 255])).await.unwrap();
+    send(&mut socket, "close").await;
+    assert_eq!(close_of(&mut socket, Duration::from_secs(10)).await, (4000, "asked".into()));
+
+    // open, count, binary, close, then on-close: five traces besides the first.
+    let listed = traces(&server, "echo-rec", 6).await;
+    let requested: Vec<&serde_json::Value> = listed.iter().filter(|t| t["reason"] == "requested").collect();
+    assert_eq!(requested.len(), 5, "{listed:?}");
+    let mut statuses: Vec<u64> = requested.iter().map(|t| t["status"].as_u64().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [101, 200, 200, 200, 200], "open accepted, then each event handled");
+    for trace in requested.iter().copied().chain(&kept) {
+        let id = trace["id"].as_str().unwrap();
+        let replayed = replay(&server, &[id, "--json"]);
+        assert_eq!(replayed.status.code(), Some(0), "{id}: {}{}", stdout(&replayed), stderr(&replayed));
+        assert_eq!(json(&replayed)["verdict"], "same", "{id}");
+    }
+    // The trapping event replays to the same trap.
+    let trapped = json(&replay(&server, &[kept[0]["id"].as_str().unwrap(), "--json"]));
+    assert!(trapped["replayed"]["failure"].as_str().is_some_and(|f| f.starts_with("trap")), "{trapped}");
+
+    // A refusal by on-open is kept as a 403 carrying the close code, and replays too.
+    let mut request = ws_url(&server, "echo-rec", "/?refuse").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", server.admin_token).parse().unwrap());
+    request.headers_mut().insert("ledge-record", "1".parse().unwrap());
+    let (mut refused, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(close_of(&mut refused, Duration::from_secs(10)).await, (4003, "not today".into()));
+    let listed = traces(&server, "echo-rec", 7).await;
+    let refusal = &listed[0];
+    assert_eq!(refusal["status"], 403, "{listed:?}");
+    let replayed = json(&replay(&server, &[refusal["id"].as_str().unwrap(), "--json"]));
+    assert_eq!(replayed["verdict"], "same");
+    assert_eq!(replayed["replayed"]["body"], "not today", "{replayed}");
+}

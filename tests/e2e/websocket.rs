@@ -1,7 +1,9 @@
 //! WebSockets: the host holds each connection and runs every event on a fresh instance. A real
 //! WebSocket client (tokio-tungstenite) against the chat example and the `ws-echo` test guest.
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -12,21 +14,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::harness::{Server, deploy_with_policy, guest, repo_root};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The `ws://` URL of `rest` under function `name`.
-fn ws_url(server: &Server, name: &str, rest: &str) -> String {
+pub(crate) fn ws_url(server: &Server, name: &str, rest: &str) -> String {
     server.fn_url(name, rest).replacen("http://", "ws://", 1)
 }
 
-async fn connect(url: &str) -> Socket {
+pub(crate) async fn connect(url: &str) -> Socket {
     let (socket, response) = connect_async(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
     assert_eq!(response.status(), 101);
     socket
 }
 
 /// The HTTP status an upgrade to `url` was refused with.
-async fn refused_status(url: &str) -> u16 {
+pub(crate) async fn refused_status(url: &str) -> u16 {
     match connect_async(url).await {
         Err(WsError::Http(response)) => response.status().as_u16(),
         Err(other) => panic!("{url}: expected an HTTP refusal, got {other}"),
@@ -35,7 +37,7 @@ async fn refused_status(url: &str) -> u16 {
 }
 
 /// The next text message, within 10 s.
-async fn next_text(socket: &mut Socket) -> String {
+pub(crate) async fn next_text(socket: &mut Socket) -> String {
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("a message in 10 s");
         match next.expect("the connection is open").expect("a message") {
@@ -47,7 +49,7 @@ async fn next_text(socket: &mut Socket) -> String {
 }
 
 /// The close code and reason the server sends, within `within`, past any other message.
-async fn close_of(socket: &mut Socket, within: Duration) -> (u16, String) {
+pub(crate) async fn close_of(socket: &mut Socket, within: Duration) -> (u16, String) {
     let closed = tokio::time::timeout(within, async {
         while let Some(message) = socket.next().await {
             if let Ok(Message::Close(frame)) = message {
@@ -60,17 +62,36 @@ async fn close_of(socket: &mut Socket, within: Duration) -> (u16, String) {
 }
 
 /// Nothing arrives on `socket` for `wait`.
-async fn silent(socket: &mut Socket, wait: Duration) {
+pub(crate) async fn silent(socket: &mut Socket, wait: Duration) {
     if let Ok(Some(message)) = tokio::time::timeout(wait, socket.next()).await {
         panic!("expected nothing, got {message:?}");
     }
 }
 
-async fn send(socket: &mut Socket, text: &str) {
+pub(crate) async fn send(socket: &mut Socket, text: &str) {
     socket.send(Message::text(text)).await.expect("sent");
 }
 
-fn chat_policy() -> String {
+/// Each chat client joins its room in `on-open`, which runs after the handshake: `from` sends
+/// warm-ups until `to` gets one (bounded), then `to`'s extras are drained. The warm-ups sent
+/// and those `to` got.
+pub(crate) async fn until_relayed(from: &mut Socket, to: &mut Socket) -> (u64, u64) {
+    let (mut warm_ups, mut relayed) = (0u64, 0u64);
+    while relayed == 0 {
+        assert!(warm_ups < 50, "the receiver never joined the room");
+        send(from, "warm-up").await;
+        warm_ups += 1;
+        if let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), to.next()).await {
+            relayed += 1;
+        }
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), to.next()).await {
+        relayed += 1;
+    }
+    (warm_ups, relayed)
+}
+
+pub(crate) fn chat_policy() -> String {
     std::fs::read_to_string(repo_root().join("policies/chat.toml")).expect("policies/chat.toml")
 }
 
@@ -85,20 +106,7 @@ async fn two_clients_of_the_chat_example_each_see_the_others_message_and_other_r
     let page = reqwest::get(server.fn_url("chat", "/")).await.unwrap();
     assert_eq!(page.status(), 200);
 
-    // Each joins its room in `on-open`, which runs after the handshake: alice sends warm-ups
-    // until bob has one (bounded), then bob's extras are drained.
-    let (mut warm_ups, mut relayed) = (0u64, 0u64);
-    while relayed == 0 {
-        assert!(warm_ups < 50, "bob never joined the room");
-        send(&mut alice, "warm-up").await;
-        warm_ups += 1;
-        if let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), bob.next()).await {
-            relayed += 1;
-        }
-    }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), bob.next()).await {
-        relayed += 1;
-    }
+    let (warm_ups, relayed) = until_relayed(&mut alice, &mut bob).await;
 
     let text = "héllo, bob — {\"intact\": true}";
     send(&mut alice, text).await;
@@ -284,4 +292,183 @@ async fn http2_extended_connect_over_tls_opens_a_websocket() {
     socket.send(Message::text("over h2")).await.unwrap();
     let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(echoed, Message::text("over h2"));
+}
+
+/// The function's WebSocket counts on this node (`websockets` of `GET /v1/functions/NAME`).
+async fn socket_counts(server: &Server, name: &str) -> serde_json::Value {
+    let url = format!("{}/v1/functions/{name}", server.url);
+    let meta: serde_json::Value = server.admin().get(url).send().await.unwrap().json().await.unwrap();
+    meta["websockets"].clone()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_1008_past_max_buffer_and_other_connections_keep_echoing() {
+    let server = Server::start();
+    // A rate far above what the flood reaches: only the buffer bound may close the slow reader.
+    let policy = "public = true\n[[websocket]]\npath = \"/\"\nmax_buffer = \"64KiB\"\nrate = \"100000/s\"\n";
+    deploy_with_policy(&server, "echo-ws", &guest("ws-echo"), policy).await;
+    let url = ws_url(&server, "echo-ws", "/");
+    let mut slow = connect(&url).await;
+    let mut beside = connect(&url).await;
+    send(&mut beside, "before").await;
+    assert_eq!(next_text(&mut beside).await, "before");
+
+    // 32 KiB messages (under the default 64 KiB max_message), each echoed back and never read:
+    // once the socket buffers between the two are full, the echoes queue up on the server
+    // until they pass max_buffer. The server then stops reading this connection, and a send
+    // blocks: that is when this client stops, unless the server is still taking messages (a
+    // slow event, not a stop). Bounded: 2,000 messages (64 MiB, more than any socket buffers).
+    let chunk = vec![0x5a_u8; 32 << 10];
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let mut stopped = None;
+    while sent < 2000 && stopped.is_none() {
+        match tokio::time::timeout(Duration::from_secs(1), slow.send(Message::binary(chunk.clone()))).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(error)) => stopped = Some(format!("a send failed: {error}")),
+            Err(_) => {
+                let before = socket_counts(&server, "echo-ws").await["messages_in"].clone();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let after = socket_counts(&server, "echo-ws").await["messages_in"].clone();
+                if before == after {
+                    stopped = Some(format!("the server stopped reading at {after} messages in"));
+                }
+            }
+        }
+    }
+    eprintln!("slow reader: {sent} messages sent in {:?}; {stopped:?}", started.elapsed());
+    for _ in 0..5 {
+        eprintln!("DEBUG counts {} at {:?}", socket_counts(&server, "echo-ws").await, started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The connection beside it echoes while the slow one's writer is stuck.
+    send(&mut beside, "beside a stuck reader").await;
+    assert_eq!(next_text(&mut beside).await, "beside a stuck reader");
+    // Reading now lets the echoes queued before the close out, then the close frame: 1008 for
+    // the buffer (the rate closes with 1008 too, but with another reason).
+    let (code, reason) = close_of(&mut slow, Duration::from_secs(10)).await;
+    assert_eq!(code, 1008, "closed with {code} {reason:?} after {sent} messages ({stopped:?})");
+    assert_eq!(reason, "send buffer full: the client reads too slowly");
+    send(&mut beside, "after").await;
+    assert_eq!(next_text(&mut beside).await, "after");
+}
+
+/// Deploys `file` as `name` with `policy` from loopback address `source` (so the deploy's
+/// connection counts against that address, not 127.0.0.1).
+async fn deploy_from(server: &Server, source: &str, name: &str, file: &Path, policy: &str) {
+    let client = reqwest::Client::builder()
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()))
+        .part("policy", reqwest::multipart::Part::text(policy.to_string()));
+    let url = format!("{}/v1/functions/{name}", server.url);
+    let response = client.put(url).bearer_auth(&server.admin_token).multipart(form).send().await.expect("deploy");
+    assert!(response.status().is_success(), "deploy {name}: {}", response.text().await.unwrap_or_default());
+}
+
+/// One plain HTTP request (`GET /healthz`) on a fresh connection from loopback address
+/// `source`: the status it was answered with, or `None` when the server closed the connection
+/// without a byte of answer (end of stream or reset), as it does to a connection over a cap.
+async fn plain_request_from(server: &Server, source: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    let mut stream = socket.connect(address).await.expect("the kernel completes the handshake");
+    // Writing to a connection the server already dropped may fail; what comes back tells.
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    read.expect("answered or closed within 5 s").ok();
+    if response.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&response);
+    Some(text.get(9..12).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("not an HTTP answer: {text}")))
+}
+
+/// An upgrade to `url` (from 127.0.0.1) within 5 s: the socket, or the error of a connection
+/// closed without an HTTP answer. An HTTP refusal fails the test.
+async fn try_connect(url: &str) -> Result<Socket, WsError> {
+    let attempt = tokio::time::timeout(Duration::from_secs(5), connect_async(url)).await;
+    match attempt.expect("admitted or closed within 5 s") {
+        Ok((socket, response)) => {
+            assert_eq!(response.status(), 101);
+            Ok(socket)
+        }
+        Err(WsError::Http(response)) => panic!("refused with HTTP {}, not closed at accept", response.status()),
+        Err(error) => Err(error),
+    }
+}
+
+#[tokio::test]
+async fn an_open_websocket_holds_its_connection_slot_of_the_per_address_limit() {
+    let server = Server::start_with(&["--max-connections-per-ip", "3"]);
+    // Deployed from 127.0.0.2: every connection from 127.0.0.1 below is a WebSocket or a probe.
+    let policy = "public = true\n[[websocket]]\npath = \"/\"\n";
+    deploy_from(&server, "127.0.0.2", "echo-ws", &guest("ws-echo"), policy).await;
+    let url = ws_url(&server, "echo-ws", "/");
+    let mut sockets = Vec::new();
+    for n in 0..3 {
+        let mut socket = connect(&url).await;
+        send(&mut socket, &format!("socket {n}")).await;
+        assert_eq!(next_text(&mut socket).await, format!("socket {n}"));
+        sockets.push(socket);
+    }
+
+    // The three WebSockets are 127.0.0.1's three connections: a fourth connection is closed at
+    // accept, unanswered, whether it asks for a plain request or an upgrade.
+    assert_eq!(plain_request_from(&server, "127.0.0.1").await, None, "a plain request past the limit was served");
+    match try_connect(&url).await {
+        Ok(_) => panic!("a fourth WebSocket from one address was admitted"),
+        Err(error) => eprintln!("the fourth upgrade was closed at accept: {error}"),
+    }
+    // The limit is per address: 127.0.0.2 is served meanwhile.
+    assert_eq!(plain_request_from(&server, "127.0.0.2").await, Some(200));
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        send(socket, &format!("still {n}")).await;
+        assert_eq!(next_text(socket).await, format!("still {n}"), "a refused connection closed no open one");
+    }
+
+    // Closing one WebSocket gives its slot back (once its session is over): a new upgrade is
+    // admitted within a bounded wait, and takes the slot, so the address is full again.
+    let mut closed = sockets.pop().unwrap();
+    closed.close(None).await.expect("close sent");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async { while closed.next().await.is_some() {} });
+    ended.await.expect("the server ended the closed WebSocket within 10 s");
+    let started = Instant::now();
+    let mut again = loop {
+        match try_connect(&url).await {
+            Ok(socket) => break socket,
+            Err(error) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "no connection admitted 5 s after a close: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eprintln!("a new WebSocket was admitted {:?} after the close", started.elapsed());
+    send(&mut again, "in again").await;
+    assert_eq!(next_text(&mut again).await, "in again");
+    assert_eq!(plain_request_from(&server, "127.0.0.1").await, None, "the new WebSocket holds the freed slot");
+}
+
+#[tokio::test]
+async fn a_component_serving_only_websockets_deploys_and_plain_requests_get_426() {
+    let server = Server::start();
+    deploy_with_policy(&server, "only", &guest("ws-only"), "public = true\n[[websocket]]\npath = \"/\"\n").await;
+    let mut socket = connect(&ws_url(&server, "only", "/")).await;
+    send(&mut socket, "hi").await;
+    assert_eq!(next_text(&mut socket).await, "only: hi");
+    let plain = reqwest::get(server.fn_url("only", "/")).await.unwrap();
+    assert_eq!(plain.status(), 426);
+    assert_eq!(plain.headers()["upgrade"], "websocket");
+    let problem: serde_json::Value = plain.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("WebSockets only"), "{problem}");
 }

@@ -232,6 +232,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         None => None,
     };
     if let Some(cluster) = &cluster {
+        // Before the server accepts a connection: every id it gives names this node.
+        websockets.join_cluster(cluster.node.clone(), cluster.clone());
         let (logs, traces, sockets) = (runtime.logs().clone(), traces.clone(), websockets.clone());
         cluster.on_removed(move |name| {
             logs.forget(name);

@@ -105,7 +105,7 @@ impl Cluster {
             None => url.path().to_string(),
         };
         let signed = self
-            .sign_request("GET", &target, &peer.name)
+            .sign_request("GET", &target, &peer.name, None)
             .ok_or_else(|| anyhow::anyhow!("this node has no peer key yet"))?;
         let mut response =
             self.peer_client.get(url).header(PEER_REQUEST_HEADER, signed).send().await.map_err(|e| e.without_url())?;

@@ -44,6 +44,7 @@ pub mod corpus;
 mod follow;
 pub mod members;
 pub mod peers;
+pub mod sockets;
 
 pub use members::NodeInfo;
 
@@ -137,8 +138,10 @@ pub struct Cluster {
     load: Box<dyn Fn() -> i64 + Send + Sync>,
     /// Proxies requests to the nodes that host a function.
     peer_client: reqwest::Client,
-    /// The routes uploaded policies claim, parsed once per applied revision (`peers`).
-    claimed_routes: parking_lot::Mutex<Option<peers::ClaimedRoutes>>,
+    /// What uploaded policies say (routes, public), parsed once per applied revision (`peers`).
+    uploaded_facts: parking_lot::Mutex<Option<peers::UploadedFacts>>,
+    /// Calls on other nodes' WebSocket connections in flight (`sockets`).
+    socket_calls: sockets::InFlight,
 }
 
 impl Cluster {
@@ -181,7 +184,8 @@ impl Cluster {
                 .connect_timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
-            claimed_routes: Default::default(),
+            uploaded_facts: Default::default(),
+            socket_calls: Default::default(),
         });
         cluster.check_name_is_free().await?;
         if let Some(store) = &options.global_kv {

@@ -90,14 +90,15 @@ impl Cluster {
 
     /// The [`PEER_REQUEST_HEADER`] for a `method` request of `target` (path and query, as the
     /// asked node will see it) to node `to`; `None` without a peer key.
-    pub fn sign_request(&self, method: &str, target: &str, to: &str) -> Option<String> {
+    pub fn sign_request(&self, method: &str, target: &str, to: &str, body: Option<&[u8]>) -> Option<String> {
         let key = self.peer_key.read().clone()?;
-        Some(sign_request(&key, &self.node, to, unix_now(), method, target))
+        let body = body.map(crate::registry::sha256_hex);
+        Some(sign_request(&key, &self.node, to, unix_now(), method, target, body.as_deref()))
     }
 
-    /// The asking node's name, when `header` is a fresh signature, made for this node, of a
-    /// `method` request of `target`.
-    pub fn verify_request(&self, method: &str, target: &str, header: &str) -> Option<String> {
+    /// Who asked, when `header` is a fresh signature, made for this node, of a `method` request
+    /// of `target`.
+    pub fn verify_request(&self, method: &str, target: &str, header: &str) -> Option<Signed> {
         verify_request(self.peer_key.read().as_ref()?, &self.node, method, target, header, unix_now())
     }
 
@@ -109,8 +110,16 @@ impl Cluster {
     }
 }
 
-/// The routes each deployed function's uploaded policy claims, as of an applied revision.
-pub(super) type ClaimedRoutes = (i64, Arc<Vec<(String, Vec<Route>)>>);
+/// What each deployed function's uploaded policy says, as of an applied revision.
+pub(super) type UploadedFacts = (i64, Arc<Vec<Uploaded>>);
+
+/// What a deployed function's uploaded policy says that nodes not running it need: its routes
+/// and whether it is public.
+pub(super) struct Uploaded {
+    name: String,
+    routes: Vec<Route>,
+    public: bool,
+}
 
 impl Cluster {
     /// The function, among those deployed in the cluster that `served_here` says this node does
@@ -123,9 +132,9 @@ impl Cluster {
         path: &str,
         served_here: impl Fn(&str) -> bool,
     ) -> Option<(String, Rank)> {
-        let claimed = self.claimed_routes();
+        let uploaded = self.uploaded();
         let mut best: Option<(&String, Rank)> = None;
-        for (name, routes) in claimed.iter().filter(|(name, _)| !served_here(name)) {
+        for Uploaded { name, routes, .. } in uploaded.iter().filter(|uploaded| !served_here(&uploaded.name)) {
             let Some(found) = routes.iter().filter_map(|route| rank(route, host, path)).max() else { continue };
             // Ties go to the first name, as on the nodes that serve them.
             if best.is_none_or(|(_, rank)| found > rank) {
@@ -135,30 +144,36 @@ impl Cluster {
         best.map(|(name, rank)| (name.clone(), rank))
     }
 
-    /// The routes uploaded policies claim, parsed again only when records were applied since.
-    fn claimed_routes(&self) -> Arc<Vec<(String, Vec<Route>)>> {
+    /// Whether the policy uploaded with a deployed function makes it public (what a node that
+    /// does not run it knows of it; an operator's policy file on the hosting nodes may say more).
+    pub fn uploaded_public(&self, name: &str) -> bool {
+        self.uploaded().iter().any(|uploaded| uploaded.name == name && uploaded.public)
+    }
+
+    /// What uploaded policies say, by function name, parsed again only when records were
+    /// applied since.
+    fn uploaded(&self) -> Arc<Vec<Uploaded>> {
         let revision = *self.applied.borrow();
-        let mut cached = self.claimed_routes.lock();
-        if let Some((at, routes)) = cached.as_ref()
+        let mut cached = self.uploaded_facts.lock();
+        if let Some((at, uploaded)) = cached.as_ref()
             && *at == revision
         {
-            return routes.clone();
+            return uploaded.clone();
         }
-        let mut claimed: Vec<(String, Vec<Route>)> = self
+        let mut uploaded: Vec<Uploaded> = self
             .records
             .read()
             .iter()
             .filter(|(_, known)| known.record.serving().is_some())
             .filter_map(|(name, known)| {
-                let file = PolicyFile::parse(known.record.policy.as_deref()?).ok()?;
-                let routes = file.resolve(&Policy::default()).routes;
-                (!routes.is_empty()).then(|| (name.clone(), routes))
+                let resolved = PolicyFile::parse(known.record.policy.as_deref()?).ok()?.resolve(&Policy::default());
+                Some(Uploaded { name: name.clone(), routes: resolved.routes, public: resolved.public })
             })
             .collect();
-        claimed.sort_by(|a, b| a.0.cmp(&b.0));
-        let claimed = Arc::new(claimed);
-        *cached = Some((revision, claimed.clone()));
-        claimed
+        uploaded.sort_by(|a, b| a.name.cmp(&b.name));
+        let uploaded = Arc::new(uploaded);
+        *cached = Some((revision, uploaded.clone()));
+        uploaded
     }
 }
 
@@ -191,29 +206,66 @@ fn sign(key: &hmac::Key, node: &str, now: u64, vouched: &Vouched) -> Option<Stri
 
 /// What a [`PEER_REQUEST_HEADER`] signs: a label of its own first (a node name holds no
 /// newline), so that it is never the text of a proxy's header.
-fn request_text(from: &str, to: &str, at: u64, method: &str, target: &str) -> String {
-    format!("{PEER_REQUEST_HEADER}\n{from}\n{to}\n{at}\n{method}\n{target}")
+/// A peer request whose signature verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The asking node.
+    pub from: String,
+    /// The SHA-256 (hex) of the body the signature covers, for a request with a body.
+    body_sha256: Option<String>,
 }
 
-fn sign_request(key: &hmac::Key, from: &str, to: &str, now: u64, method: &str, target: &str) -> String {
-    let tag = hmac::sign(key, request_text(from, to, now, method, target).as_bytes());
-    format!("{from};{to};{now};{}", hex::encode(tag.as_ref()))
+impl Signed {
+    /// Whether the signature covers exactly `body`.
+    pub fn covers(&self, body: &[u8]) -> bool {
+        self.body_sha256.as_deref().is_some_and(|signed| signed == crate::registry::sha256_hex(body))
+    }
 }
 
-/// The asking node, when `header` signs a `method` request of `target` to node `me` with `key`
-/// at most [`MAX_SKEW_SECONDS`] from `now`.
-fn verify_request(key: &hmac::Key, me: &str, method: &str, target: &str, header: &str, now: u64) -> Option<String> {
-    let mut fields = header.split(';');
-    let (from, to, at, tag) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    if fields.next().is_some() || to != me {
+fn request_text(from: &str, to: &str, at: u64, method: &str, target: &str, body: Option<&str>) -> String {
+    let text = format!("{PEER_REQUEST_HEADER}\n{from}\n{to}\n{at}\n{method}\n{target}");
+    match body {
+        Some(sha256) => format!("{text}\n{sha256}"),
+        None => text,
+    }
+}
+
+/// `FROM;TO;AT;HMAC`, or `FROM;TO;AT;BODY-SHA256;HMAC` for a request with a body.
+fn sign_request(
+    key: &hmac::Key,
+    from: &str,
+    to: &str,
+    now: u64,
+    method: &str,
+    target: &str,
+    body: Option<&str>,
+) -> String {
+    let tag = hex::encode(hmac::sign(key, request_text(from, to, now, method, target, body).as_bytes()).as_ref());
+    match body {
+        Some(sha256) => format!("{from};{to};{now};{sha256};{tag}"),
+        None => format!("{from};{to};{now};{tag}"),
+    }
+}
+
+/// Who asked, when `header` signs a `method` request of `target` to node `me` with `key` at
+/// most [`MAX_SKEW_SECONDS`] from `now`.
+fn verify_request(key: &hmac::Key, me: &str, method: &str, target: &str, header: &str, now: u64) -> Option<Signed> {
+    let fields: Vec<&str> = header.split(';').collect();
+    let (from, to, at, body, tag) = match fields.as_slice() {
+        [from, to, at, tag] => (*from, *to, *at, None, *tag),
+        [from, to, at, body, tag] => (*from, *to, *at, Some(*body), *tag),
+        _ => return None,
+    };
+    if to != me {
         return None;
     }
     let at: u64 = at.parse().ok()?;
     if now.abs_diff(at) > MAX_SKEW_SECONDS {
         return None;
     }
-    hmac::verify(key, request_text(from, to, at, method, target).as_bytes(), &hex::decode(tag).ok()?).ok()?;
-    Some(from.to_string())
+    let text = request_text(from, to, at, method, target, body);
+    hmac::verify(key, text.as_bytes(), &hex::decode(tag).ok()?).ok()?;
+    Some(Signed { from: from.to_string(), body_sha256: body.map(str::to_string) })
 }
 
 /// What `header` vouches for, when it is signed with `key` and fresh.
@@ -296,8 +348,10 @@ mod tests {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
         let now = unix_now();
         let target = "/v1/peer/corpus/orders?limit=50";
-        let good = sign_request(&key, "a", "b", now, "GET", target);
-        assert_eq!(verify_request(&key, "b", "GET", target, &good, now).as_deref(), Some("a"));
+        let good = sign_request(&key, "a", "b", now, "GET", target, None);
+        let signed = verify_request(&key, "b", "GET", target, &good, now).expect("verified");
+        assert_eq!(signed.from, "a");
+        assert!(!signed.covers(b""), "no body was signed");
         // Asked of another node, for another path, query or method, too old, another key.
         assert_eq!(verify_request(&key, "c", "GET", target, &good, now), None);
         assert_eq!(verify_request(&key, "b", "GET", "/v1/peer/corpus/other?limit=50", &good, now), None);
@@ -310,9 +364,16 @@ mod tests {
         for forged in [good.replacen("a;", "c;", 1), good.replace(&format!(";{now};"), &format!(";{};", now + 1))] {
             assert_eq!(verify_request(&key, "b", "GET", target, &forged, now), None, "{forged}");
         }
-        for bad in ["", "garbage", "a;b;1", &format!("{good};x")] {
+        for bad in ["", "garbage", "a;b;1", &format!("{good};x"), &format!("{good};x;y")] {
             assert_eq!(verify_request(&key, "b", "GET", target, bad, now), None, "{bad}");
         }
+        // A request with a body: the signature covers its hash, and only that body passes.
+        let body = crate::registry::sha256_hex(b"call");
+        let with_body = sign_request(&key, "a", "b", now, "POST", target, Some(&body));
+        let signed = verify_request(&key, "b", "POST", target, &with_body, now).expect("verified");
+        assert!(signed.covers(b"call") && !signed.covers(b"another call"));
+        let swapped = with_body.replace(&body, &crate::registry::sha256_hex(b"another call"));
+        assert_eq!(verify_request(&key, "b", "POST", target, &swapped, now), None, "the hash is signed");
         // A proxy's header is no request signature, nor the other way round.
         let vouch = sign(&key, "a", now, &client("203.0.113.9")).unwrap();
         assert_eq!(verify_request(&key, "b", "GET", target, &vouch, now), None);

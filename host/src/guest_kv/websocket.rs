@@ -1,5 +1,7 @@
-//! `ledge:platform/websocket`: a run of a function sends to, closes, tags and lists the
-//! WebSocket connections it holds on this node (`crate::websocket::Hub`).
+//! `ledge:platform/websocket`: a run of a function sends to, closes, tags and lists its
+//! WebSocket connections (`crate::websocket::Hub`): those this node holds, and in a cluster
+//! those of other nodes, through the node holding each (`connections` lists every node's when
+//! the function's kv scope is global).
 //!
 //! Invariants: a run reaches only its own function's connections (the hub is asked by
 //! function first, and an id of another function's connection is `no-such-connection`, as
@@ -11,7 +13,7 @@ use super::bindings::ledge::platform::websocket::{self as wit, Error as WitError
 use super::taped::{RecordedError, described, taped};
 use super::{KvAccess, KvCtx};
 use crate::record::tape::show_bytes;
-use crate::websocket::{Message, SocketError};
+use crate::websocket::{Message, SocketError, SocketOp};
 
 /// How `no-such-connection` is kept in a trace (traces keep the errors of every API as one
 /// type; this one has no variant of its own there).
@@ -23,6 +25,7 @@ impl From<WitError> for RecordedError {
             WitError::NoSuchConnection => RecordedError::Other(NO_SUCH_CONNECTION.into()),
             WitError::Limit(message) => RecordedError::Limit(message),
             WitError::Denied(message) => RecordedError::Denied(message),
+            WitError::Unavailable(message) => RecordedError::Internal(message),
         }
     }
 }
@@ -33,6 +36,7 @@ impl From<RecordedError> for WitError {
             RecordedError::Other(message) if message == NO_SUCH_CONNECTION => WitError::NoSuchConnection,
             RecordedError::Limit(message) => WitError::Limit(message),
             RecordedError::Denied(message) => WitError::Denied(message),
+            RecordedError::Internal(message) => WitError::Unavailable(message),
             other => WitError::Denied(format!("{other:?}")),
         }
     }
@@ -43,6 +47,7 @@ fn wit_error(error: SocketError) -> WitError {
         SocketError::NoSuchConnection => WitError::NoSuchConnection,
         SocketError::Limit(message) => WitError::Limit(message),
         SocketError::Denied(message) => WitError::Denied(message),
+        SocketError::Unavailable(message) => WitError::Unavailable(message),
     }
 }
 
@@ -68,51 +73,49 @@ impl KvAccess {
         })?;
         Ok((hub, &self.function))
     }
+
+    /// Does `op` on the function's connection `conn`, wherever it is held.
+    async fn apply(&self, conn: &str, op: SocketOp) -> Result<(), WitError> {
+        let (hub, function) = self.sockets()?;
+        hub.apply(function, conn, op).await.map_err(wit_error)
+    }
 }
 
 impl wit::Host for KvCtx<'_> {
     async fn send(&mut self, conn: String, sent: WitMessage) -> wasmtime::Result<Result<(), WitError>> {
         let args = described(self.tape, || format!("{conn}, {}", shown(&sent)));
-        let access = &*self.access;
-        let live = async {
-            Ok(access.sockets().and_then(|(hub, function)| hub.send(function, &conn, message(sent)).map_err(wit_error)))
-        };
+        let live = async { Ok(self.access.apply(&conn, SocketOp::Send(message(sent))).await) };
         taped(self.tape, "ledge:platform/websocket.send", args, live).await
     }
 
     async fn close(&mut self, conn: String, code: u16, reason: String) -> wasmtime::Result<Result<(), WitError>> {
         let args = described(self.tape, || format!("{conn}, {code}, {reason:?}"));
-        let access = &*self.access;
-        let live = async {
-            Ok(access
-                .sockets()
-                .and_then(|(hub, function)| hub.close(function, &conn, code, &reason).map_err(wit_error)))
-        };
+        let live = async { Ok(self.access.apply(&conn, SocketOp::Close(code, reason)).await) };
         taped(self.tape, "ledge:platform/websocket.close", args, live).await
     }
 
     async fn tag(&mut self, conn: String, tag: String) -> wasmtime::Result<Result<(), WitError>> {
         let args = described(self.tape, || format!("{conn}, {tag:?}"));
-        let access = &*self.access;
-        let live = async {
-            Ok(access.sockets().and_then(|(hub, function)| hub.tag(function, &conn, &tag).map_err(wit_error)))
-        };
+        let live = async { Ok(self.access.apply(&conn, SocketOp::Tag(tag)).await) };
         taped(self.tape, "ledge:platform/websocket.tag", args, live).await
     }
 
     async fn untag(&mut self, conn: String, tag: String) -> wasmtime::Result<Result<(), WitError>> {
         let args = described(self.tape, || format!("{conn}, {tag:?}"));
-        let access = &*self.access;
-        let live = async {
-            Ok(access.sockets().and_then(|(hub, function)| hub.untag(function, &conn, &tag).map_err(wit_error)))
-        };
+        let live = async { Ok(self.access.apply(&conn, SocketOp::Untag(tag)).await) };
         taped(self.tape, "ledge:platform/websocket.untag", args, live).await
     }
 
     async fn connections(&mut self, tag: String) -> wasmtime::Result<Result<Vec<String>, WitError>> {
         let args = described(self.tape, || format!("{tag:?}"));
         let access = &*self.access;
-        let live = async { Ok(access.sockets().map(|(hub, function)| hub.tagged(function, &tag))) };
+        let live = async {
+            let (hub, function) = match access.sockets() {
+                Ok(found) => found,
+                Err(error) => return Ok(Err(error)),
+            };
+            Ok(Ok(hub.connections(function, &tag, access.global_scope).await))
+        };
         taped(self.tape, "ledge:platform/websocket.connections", args, live).await
     }
 }

@@ -19,7 +19,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use super::App;
-use super::traces::MadeByLedge;
+use super::recording::MadeByLedge;
 use crate::access::policy::Consumer;
 use crate::access::tokens::Caller;
 use crate::queue::settle::{Delivery, Outcome};

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::body::BoxError;
 use super::path::guest_path;
 use super::problem::with_rate_headers;
-use super::traces::TRACE_HEADER;
+use super::recording::TRACE_HEADER;
 use super::{App, Problem, ResponseBody, authorization};
 use crate::access::caveats::{self, Op};
 use crate::access::rate::{RateDecision, client_key};
@@ -53,17 +53,24 @@ impl App {
         peer: SocketAddr,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let (peer, from_peer) = self.client_of(&mut request, peer);
+        let upgrade = super::websocket::is_upgrade(&request);
         // A browser's token comes as a WebSocket subprotocol; from here it is `Authorization`.
-        super::websocket::token_from_subprotocol(&mut request);
+        if upgrade {
+            super::websocket::token_from_subprotocol(&mut request);
+        }
         let guest_path = guest_path(rest);
         let Some(deployment) = self.registry.lookup(name) else {
             if let Some(cluster) = self.cluster.as_ref().filter(|_| !from_peer)
                 && let Some(replicas) = cluster.replicas_of(name)
             {
-                if super::websocket::is_upgrade(&request) {
+                if upgrade {
                     // A proxied answer cannot carry the switched protocol: the client connects
-                    // where the function runs. Only a caller that may invoke it learns where.
-                    self.authenticate(authorization(&request), &invoke_facts(&request, name, &guest_path), peer)?;
+                    // where the function runs. Only a caller that may invoke it learns that it
+                    // exists (anyone, for a public function).
+                    if !cluster.uploaded_public(name) {
+                        let facts = invoke_facts(&request, name, &guest_path);
+                        self.authenticate(authorization(&request), &facts, peer)?;
+                    }
                     let detail = format!("`{name}` runs on other nodes: open WebSockets to one of them");
                     return Err(Problem::new(StatusCode::MISDIRECTED_REQUEST, detail));
                 }
@@ -82,7 +89,7 @@ impl App {
             return Err(RegistryError::NotFound(name.to_string()).into());
         };
         let started = Instant::now();
-        let mut result = self.invoke_deployed(request, name, &guest_path, &deployment, peer).await;
+        let mut result = self.invoke_deployed(request, name, &guest_path, &deployment, peer, upgrade).await;
         if let (Some(cluster), Ok(response)) = (&self.cluster, &mut result) {
             response.headers_mut().insert("ledge-node", cluster.node_header.clone());
         }
@@ -98,6 +105,7 @@ impl App {
         guest_path: &str,
         deployment: &Deployment,
         peer: SocketAddr,
+        upgrade: bool,
     ) -> Result<http::Response<ResponseBody>, Problem> {
         let authorization = authorization(&request);
         let ledge_token = authorization.is_some_and(is_ledge_token);
@@ -126,9 +134,7 @@ impl App {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, decision.problem_detail());
             return Err(with_rate_headers(problem, Some(decision)));
         }
-        if super::websocket::is_upgrade(&request)
-            && let Some(entry) = deployment.policy.websockets.iter().find(|entry| entry.covers(guest_path))
-        {
+        if upgrade && let Some(entry) = deployment.policy.websockets.iter().find(|entry| entry.covers(guest_path)) {
             let path_with_query = match request.uri().query() {
                 Some(query) => format!("{guest_path}?{query}"),
                 None => guest_path.to_string(),

@@ -1,7 +1,7 @@
 //! The HTTP edge: the server (HTTP/1.1 and HTTP/2 on one port, TLS, graceful shutdown), the
 //! router, the invoke and admin handlers (traces, logs and backups among them), proxying to
-//! the hosting peer, the node-to-node routes (`peer_corpus`: `/v1/peer/...`, only for a request
-//! signed with the cluster's peer key), and [`problem`], the one place where errors become
+//! the hosting peer, the node-to-node routes (`peer_corpus`, `peer_sockets`: `/v1/peer/...`,
+//! only for a request signed with the cluster's peer key), and [`problem`], the one place where errors become
 //! responses. [`body`] is the one response body type; `audit` the audit log of admin changes;
 //! [`dev_builds`] what `ledge dev` answers for a declared function not live yet. This file holds
 //! [`App`], the state every handler shares, and the small response helpers.
@@ -43,10 +43,12 @@ mod invoke;
 mod logs;
 mod path;
 mod peer_corpus;
+mod peer_sockets;
 pub mod problem;
 mod promote;
 mod proxy;
 mod queues;
+mod recording;
 pub mod router;
 pub mod server;
 mod socket_events;

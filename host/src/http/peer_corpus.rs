@@ -3,15 +3,19 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/peer/corpus/{function}?limit=N` | this node's verification corpus of the function (at most N ≤ 200 traces, newest first, distinct routes first), as stored (compressed), in the frames of `cluster::corpus` (at most 64 MiB) |
+//! | `POST /v1/peer/websocket/{function}/{id}` | a host call (`send`, `close`, `tag`, `untag`) on a WebSocket connection this node holds, as postcard bytes; its result, the same (`peer_sockets.rs`) |
+//! | `GET /v1/peer/websocket/{function}?tag=T` | the ids of the function's connections with tag `T` on this node (postcard) |
 //!
 //! The node verifying a deploy asks the other hosts of the function for it
-//! (`Cluster::peer_corpus`), since traces are kept on the node that ran them.
+//! (`Cluster::peer_corpus`), since traces are kept on the node that ran them; a run reaches a
+//! WebSocket connection another node holds through that node (`cluster::sockets`).
 //!
 //! Invariants: only a peer is answered: the request must carry `ledge-peer-request`, signed
 //! with the cluster's peer key over the method, the path with query, both nodes' names and the
 //! time, at most 30 s old, made for this node (`Cluster::verify_request`, constant time); any
 //! other request, and any request to a node outside a cluster, gets the very 404 a missing
-//! route gets, so the route reveals nothing; no body is read.
+//! route gets, so the route reveals nothing; no body is read before the signature checks, and
+//! then at most `cluster::sockets::MAX_CALL_BYTES`.
 
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
@@ -20,13 +24,14 @@ use super::body::full;
 use super::{App, Problem, ResponseBody};
 use crate::cluster::corpus::{self, MAX_TRACES};
 use crate::cluster::peers::PEER_REQUEST_HEADER;
+use crate::cluster::sockets;
 use crate::registry::validate_name;
 
 impl App {
     /// `/v1/peer/...` (`path` is the request's path).
     pub(super) async fn peer(
         &self,
-        request: &http::Request<Incoming>,
+        request: http::Request<Incoming>,
         method: &Method,
         path: &str,
     ) -> Result<http::Response<ResponseBody>, Problem> {
@@ -34,11 +39,14 @@ impl App {
         let Some(cluster) = &self.cluster else { return Err(missing()) };
         let target = request.uri().path_and_query().map_or(path, |p| p.as_str());
         let header = request.headers().get(PEER_REQUEST_HEADER).and_then(|value| value.to_str().ok());
-        let Some(from) = header.and_then(|header| cluster.verify_request(method.as_str(), target, header)) else {
+        let Some(signed) = header.and_then(|header| cluster.verify_request(method.as_str(), target, header)) else {
             return Err(missing());
         };
+        if let Some(rest) = path.strip_prefix(sockets::PATH) {
+            return self.peer_sockets(request, method, rest, &signed).await.ok_or_else(missing)?;
+        }
         match (method, path.strip_prefix(corpus::PATH)) {
-            (&Method::GET, Some(function)) => self.peer_corpus(function, request.uri().query(), &from).await,
+            (&Method::GET, Some(function)) => self.peer_corpus(function, request.uri().query(), &signed.from).await,
             _ => Err(missing()),
         }
     }

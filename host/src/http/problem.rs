@@ -202,6 +202,7 @@ impl From<InvokeError> for Problem {
         let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         match &error {
             InvokeError::Host(_) => Problem::internal("running the function", &error),
+            InvokeError::NoHttpHandler => Problem::new(status, error.to_string()).with_header("upgrade", "websocket"),
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse => {
                 tracing::warn!(target: GUEST_RUN, error = %error, "guest failed");
                 Problem::new(status, error.to_string())

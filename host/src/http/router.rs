@@ -59,7 +59,7 @@ impl App {
         } else if path == "/v1/nodes" {
             self.nodes(request, &method, peer)
         } else if path.starts_with("/v1/peer/") {
-            self.peer(&request, &method, &path).await
+            self.peer(request, &method, &path).await
         } else {
             match (method, path.as_str()) {
                 (Method::GET | Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),

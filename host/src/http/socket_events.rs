@@ -1,6 +1,7 @@
 //! What a WebSocket connection's events run with ([`Session`]), and how one runs: the caller's
 //! token checked again (a revoked or expired token ends the connection), a turn among the
-//! function's instances, the live version, a fresh instance.
+//! function's instances, the live version, a fresh instance, recorded as `[record]` says (every
+//! event, when a manager of the function opened the connection with `ledge-record: 1`).
 //!
 //! Invariants: an event waits for an instance without queueing ahead of the function's HTTP
 //! requests (it polls, backing off, for at most the policy's timeout); it runs only while the
@@ -13,9 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use super::recording::{self, RunToRecord};
 use crate::access::caveats::{self, Op};
 use crate::access::policy::WebSocket;
 use crate::access::tokens::{Authority, Caller};
+use crate::record::Traces;
 use crate::registry::Registry;
 use crate::runtime::concurrency::Permit;
 use crate::runtime::events::SocketEvent;
@@ -38,6 +41,10 @@ pub struct Session {
     pub caller_key: String,
     pub tls: bool,
     pub peer: std::net::SocketAddr,
+    pub traces: Arc<Traces>,
+    /// A manager of the function opened the connection with `ledge-record: 1`: every event is
+    /// recorded and kept.
+    pub record_requested: bool,
 }
 
 /// Why an event did not run to its end.
@@ -51,6 +58,9 @@ pub enum EventError {
     Gone,
     /// The caller's token is no longer valid (revoked, expired).
     Revoked,
+    /// The function's live version no longer accepts WebSockets here (a redeploy dropped the
+    /// `[[websocket]]` entry, or the handlers).
+    Withdrawn,
 }
 
 impl EventError {
@@ -61,6 +71,7 @@ impl EventError {
             EventError::Busy => (1013, "the function is busy; try again later".into()),
             EventError::Gone => (1001, "the function is gone".into()),
             EventError::Revoked => (1008, "the token is no longer valid".into()),
+            EventError::Withdrawn => (1001, "the function no longer accepts WebSockets here".into()),
         }
     }
 }
@@ -93,6 +104,22 @@ impl Session {
             return Err(EventError::Gone);
         }
         let chosen = deployment.choose(&self.caller_key);
+        let entry_kept = deployment.policy.websockets.iter().any(|entry| entry.path == self.entry.path);
+        if !entry_kept || chosen.pre.websocket_handler().is_none() {
+            return Err(EventError::Withdrawn);
+        }
+        let span = event.span(&self.function);
+        let tape = recording::keep_of(deployment.policy.record, self.record_requested, || false).map(|keep| {
+            let run = RunToRecord {
+                deployment: &deployment,
+                chosen: &chosen,
+                caller: &self.caller,
+                request: event.recorded(conn, &self.path, self.tls),
+                keep,
+                otel_trace_id: span.trace_id(),
+            };
+            recording::start(&self.traces, self.runtime.max_memory(), run).1
+        });
         let invocation = Invocation {
             function: &self.function,
             pre: chosen.pre,
@@ -102,9 +129,9 @@ impl Session {
             permit,
             tls: self.tls,
             config: deployment.config.clone(),
-            tape: None,
+            tape,
         };
-        self.runtime.websocket_event(invocation, conn, event).await.map_err(|error| {
+        self.runtime.websocket_event(invocation, conn, event, span).await.map_err(|error| {
             tracing::info!(function = %self.function, peer = %self.peer, %error, "WebSocket event failed");
             EventError::Failed
         })

@@ -181,12 +181,13 @@ impl Session {
             };
             connection.received();
             // A failed event is the function's to see in its logs and traces; the connection stays.
-            if let Err(error @ (EventError::Busy | EventError::Gone | EventError::Revoked)) =
-                self.event(&conn, SocketEvent::Message(message)).await
-            {
-                let (code, reason) = error.close();
-                connection.close(code, &reason);
-                break;
+            match self.event(&conn, SocketEvent::Message(message)).await {
+                Ok(_) | Err(EventError::Failed) => {}
+                Err(error) => {
+                    let (code, reason) = error.close();
+                    connection.close(code, &reason);
+                    break;
+                }
             }
         }
         let closed_here = ended.is_none();

@@ -1,5 +1,4 @@
-//! Record and replay at the edge: which invocations are recorded (`[record]`, `ledge-record: 1`)
-//! and the trace API.
+//! The trace API (which runs are recorded: `recording.rs`).
 //!
 //! | route | what |
 //! |---|---|
@@ -7,18 +6,13 @@
 //! | `GET /v1/traces/{id}[?component=true]` | one trace file (with the component that ran) |
 //! | `GET /v1/traces/{id}/component` | the component that ran |
 //!
-//! Besides `errors`, `sample` and `ledge-record`, a run may be drawn for the function's
-//! verification corpus (`[record] keep_sample`; `record::corpus`): a few runs a second at
-//! most, routes the corpus lacks first, kept only when the run succeeds.
-//!
 //! Invariants: traces hold request data and key-value contents, so every route needs a token
 //! allowed `op manage` on the trace's function (listing all functions' traces: a manage token
 //! without `fn` caveat); a trace id alone grants nothing. `ledge-trace` is only ever sent to a
-//! caller who may read that trace. `ledge-record: 1` from anyone else records nothing.
+//! caller who may read that trace.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
@@ -27,29 +21,8 @@ use serde::Serialize;
 use super::{App, Problem, ResponseBody, json, method_not_allowed};
 use crate::access::caveats::{self, Op};
 use crate::access::tokens::Caller;
-use crate::record::store::{MAX_LISTED, new_id};
-use crate::record::trace::{CallerFacts, GuestFacts, Reason, RecordedRequest, Trace};
-use crate::record::{Keep, Retention, Tape, TraceMeta, trace};
-use crate::registry::{Chosen, Deployment};
-use crate::telemetry::TraceCx;
-
-/// The request header that asks for a recording.
-pub const RECORD_HEADER: &str = "ledge-record";
-/// The response header naming the trace of a recorded run.
-pub const TRACE_HEADER: &str = "ledge-trace";
-
-/// A run being recorded, and what the edge needs to know about it afterwards.
-pub(super) struct Recording {
-    pub tape: Arc<Tape>,
-    pub id: String,
-    /// The caller may read this function's traces (`None`: not checked yet).
-    may_read: Option<bool>,
-}
-
-/// Marks a request ledge made itself (a queue delivery): its `ledge-*` headers are ledge's, for
-/// the guest, and are recorded with it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct MadeByLedge;
+use crate::record::store::MAX_LISTED;
+use crate::record::{TraceMeta, trace};
 
 #[derive(Serialize)]
 struct ListReply {
@@ -57,105 +30,8 @@ struct ListReply {
 }
 
 impl App {
-    /// Starts recording this invocation when `[record]` or the caller asks for it.
-    /// `authorization` is the caller's ledge token, if it presented one.
-    pub(super) fn recording<B>(
-        &self,
-        request: &http::Request<B>,
-        deployment: &Deployment,
-        chosen: &Chosen<'_>,
-        caller: &Caller,
-        authorization: Option<&str>,
-        path_and_query: &str,
-    ) -> Option<Recording> {
-        let name = chosen.meta.name.as_str();
-        let policy = deployment.policy.record;
-        let asked = request.headers().get(RECORD_HEADER).is_some_and(|value| value.as_bytes() == b"1");
-        let may_read = asked.then(|| self.may_read_traces(authorization, name));
-        let sampled = policy.sample > 0.0 && rand::random::<f64>() < policy.sample;
-        let (keep, reason) = if may_read == Some(true) {
-            (Keep::Always, Reason::Requested)
-        } else if self.traces.draw_for_corpus(name, policy.keep_sample, request.method().as_str(), path_and_query) {
-            // The corpus draws apart from `sample` (which would otherwise leave it nothing at
-            // 1.0): kept for it if the run succeeds, else as the failure or sample it also is.
-            let failed = if sampled { Some(Reason::Sampled) } else { policy.errors.then_some(Reason::Error) };
-            (Keep::Corpus { failed }, Reason::Corpus)
-        } else if sampled {
-            (Keep::Always, Reason::Sampled)
-        } else if policy.errors {
-            (Keep::OnFailure, Reason::Error)
-        } else {
-            return None;
-        };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let id = new_id(now.as_millis() as u64);
-        let trace = Trace {
-            id: id.clone(),
-            function: name.to_string(),
-            version: chosen.version,
-            component_sha256: chosen.meta.sha256.clone(),
-            runs_sha256: chosen.meta.snapshot_sha256.clone().unwrap_or_else(|| chosen.meta.sha256.clone()),
-            ledge_version: env!("CARGO_PKG_VERSION").to_string(),
-            recorded_on: std::env::consts::ARCH.to_string(),
-            recorded_at_ms: now.as_millis() as u64,
-            reason,
-            request: recorded_request(request, self.tls_of(request), path_and_query),
-            facts: GuestFacts {
-                caller: caller.token_id.as_ref().map(|_| CallerFacts {
-                    token_id: caller.token_id.clone(),
-                    caveats: caller.caveats.clone(),
-                    key_prefixes: caller.key_prefixes.clone(),
-                    read_only: caller.read_only,
-                }),
-                // Filled in only if the trace is kept (below): a config can be large.
-                config: Vec::new(),
-                memory_limit: deployment.policy.memory.min(self.runtime.max_memory()),
-                timeout_ms: deployment.policy.timeout.as_millis() as u64,
-                max_body: deployment.policy.max_body,
-                kv_stores: deployment.policy.kv_stores.clone(),
-                kv_max_bytes: deployment.policy.kv_max_bytes,
-            },
-            ..Trace::default()
-        };
-        let retention = Retention {
-            max_traces: policy.max_traces,
-            max_bytes: policy.max_trace_bytes,
-            keep_sample: policy.keep_sample,
-        };
-        let otel_trace_id = request.extensions().get::<TraceCx>().and_then(TraceCx::trace_id);
-        let (config, sink) = (deployment.config.clone(), self.traces.sink(retention, otel_trace_id));
-        let keep_with_config = Box::new(move |mut trace: Trace, bytes: usize| {
-            // Secrets never reach a trace ledge keeps on its own: a run whose recording holds a
-            // secret's value (a guest that answered or logged it) is not kept. One a manager
-            // asked for (`ledge-record: 1`) is: they got the same bytes in the response.
-            if trace.reason != Reason::Requested
-                && let Some((key, _)) =
-                    config.secrets().find(|(_, value)| secret_forms(value).iter().any(|form| trace.holds(form)))
-            {
-                tracing::info!(function = %trace.function, secret = key, "trace not kept: it holds a secret's value");
-                return;
-            }
-            trace.facts.config = config.recorded();
-            sink(trace, bytes)
-        });
-        let tape = Tape::record(trace, keep, keep_with_config);
-        Some(Recording { tape, id, may_read })
-    }
-
-    /// The `ledge-trace` value for a finished run: its id, when the trace is kept and the caller
-    /// may read it.
-    pub(super) fn trace_header(
-        &self,
-        recording: &Recording,
-        authorization: Option<&str>,
-        name: &str,
-    ) -> Option<String> {
-        let may_read = || recording.may_read.unwrap_or_else(|| self.may_read_traces(authorization, name));
-        (recording.tape.keeps() && may_read()).then(|| recording.id.clone())
-    }
-
     /// Whether `authorization` carries a token allowed `op manage` on `name`.
-    fn may_read_traces(&self, authorization: Option<&str>, name: &str) -> bool {
+    pub(super) fn may_read_traces(&self, authorization: Option<&str>, name: &str) -> bool {
         let facts = caveats::Request {
             op: Op::Manage,
             function: Some(name),
@@ -274,43 +150,6 @@ impl App {
                 ),
             )
         })
-    }
-}
-
-/// The forms a secret's value takes in a trace: as is, and as the tape writes a host call's
-/// arguments (`show_bytes`: escaped, only its first 32 bytes when long; `{:?}`).
-fn secret_forms(value: &str) -> Vec<Vec<u8>> {
-    let bytes = value.as_bytes();
-    let debug = format!("{value:?}");
-    let mut forms = vec![
-        bytes.to_vec(),
-        bytes.escape_ascii().to_string().into_bytes(),
-        bytes[..bytes.len().min(32)].escape_ascii().to_string().into_bytes(),
-        debug.as_bytes()[1..debug.len() - 1].to_vec(),
-    ];
-    forms.sort();
-    forms.dedup();
-    forms
-}
-
-/// The request head as the guest sees it: the ledge token already removed, and without a
-/// caller's `ledge-*` headers, which the invoke handler removes once this is taken.
-fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &str) -> RecordedRequest {
-    let made_by_ledge = request.extensions().get::<MadeByLedge>().is_some();
-    let authority = crate::runtime::request::guest_authority(request.uri(), request.headers());
-    RecordedRequest {
-        method: request.method().as_str().to_string(),
-        scheme: if tls { "https" } else { "http" }.to_string(),
-        authority,
-        path_and_query: path_and_query.to_string(),
-        // A caller's `ledge-*` headers never reach the guest; those of a request ledge made (a
-        // queue delivery's) do, so a replay gives them to the guest as the run had them.
-        headers: crate::record::headers(request.headers())
-            .into_iter()
-            .filter(|(name, _)| made_by_ledge || !name.starts_with("ledge-"))
-            .collect(),
-        body: Vec::new(),
-        body_error: None,
     }
 }
 

@@ -16,13 +16,13 @@ use hyper::body::Incoming;
 
 use super::body::empty;
 use super::connections::UpgradeHold;
+use super::recording;
 use super::socket_events::Session;
 use super::socket_session::OpenRequest;
 use super::{App, Problem, ResponseBody};
 use crate::access::policy::WebSocket;
 use crate::access::tokens::Caller;
 use crate::registry::Deployment;
-use crate::runtime::events::handles_websockets;
 use crate::runtime::request::remove_ledge_headers;
 use crate::websocket::OpenError;
 
@@ -56,12 +56,9 @@ fn offered(request: &http::Request<Incoming>) -> Vec<String> {
         .collect()
 }
 
-/// Moves a browser's `ledge-token.<token>` subprotocol into `Authorization` (unless the
-/// request has one), and takes it out of `Sec-WebSocket-Protocol` either way.
+/// Moves a browser's `ledge-token.<token>` subprotocol of an upgrade into `Authorization`
+/// (unless the request has one), and takes it out of `Sec-WebSocket-Protocol` either way.
 pub fn token_from_subprotocol(request: &mut http::Request<Incoming>) {
-    if !is_upgrade(request) {
-        return;
-    }
     let protocols = offered(request);
     let Some(token) = protocols.iter().find_map(|p| p.strip_prefix(TOKEN_PROTOCOL)) else { return };
     if !request.headers().contains_key(header::AUTHORIZATION)
@@ -113,7 +110,7 @@ impl App {
             return Err(Problem::new(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key"));
         }
         let chosen = upgrade.deployment.choose(&upgrade.caller_key);
-        if !handles_websockets(chosen.pre) {
+        if chosen.pre.websocket_handler().is_none() {
             return Err(Problem::new(
                 StatusCode::NOT_IMPLEMENTED,
                 format!(
@@ -140,6 +137,8 @@ impl App {
                 .with_header("retry-after", "10")
         })?;
         let protocol = offered(&request).into_iter().next();
+        let record_requested =
+            recording::asked(&request) && self.may_read_traces(upgrade.token.as_deref(), upgrade.name);
         let on_upgrade = hyper::upgrade::on(&mut request);
         // As for a request: a ledge token is gone already, and headers ledge sets for guests
         // never come from the caller.
@@ -162,6 +161,8 @@ impl App {
             caller_key: upgrade.caller_key,
             tls: self.tls_of(&request),
             peer: upgrade.peer,
+            traces: self.traces.clone(),
+            record_requested,
         };
         let open = OpenRequest { path_with_query: upgrade.path_with_query, headers, origin_allowed };
         tokio::spawn(session.run(on_upgrade, (opened, outbox), hold, open));

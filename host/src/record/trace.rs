@@ -86,6 +86,19 @@ pub struct RecordedRequest {
     pub body_error: Option<String>,
 }
 
+impl RecordedRequest {
+    /// A WebSocket event's trace (`runtime::events`): its scheme is `ws` or `wss` where a
+    /// request's is `http` or `https`, which no caller can make a request say.
+    pub fn is_websocket_event(&self) -> bool {
+        matches!(self.scheme.as_str(), "ws" | "wss")
+    }
+
+    /// It came over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.scheme.as_str(), "https" | "wss")
+    }
+}
+
 /// What the guest could learn besides host calls: caller, configuration, limits.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GuestFacts {

@@ -20,10 +20,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::{Deployment, FunctionMeta, RegistryError};
-use crate::runtime::GuestState;
+use crate::runtime::FunctionPre;
 
 /// Requests the canary must have served before its failure rate is judged.
 pub const MIN_CANARY_REQUESTS: u64 = 100;
@@ -63,7 +62,7 @@ pub struct CanaryRecord {
 pub struct Chosen<'a> {
     pub version: u64,
     pub meta: &'a FunctionMeta,
-    pub pre: &'a ProxyPre<GuestState>,
+    pub pre: &'a FunctionPre,
     /// This version's first instance (a cold start).
     pub cold: bool,
     /// Where its outcome is counted while the function has a canary.

@@ -6,14 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
 use super::layout::{LoadedVersion, kept_versions, prune_versions, store_version, version_dir_name};
 use super::{
     CanarySplit, DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, Registry, RegistryError, sha256_hex,
     validate_name,
 };
-use crate::runtime::{GuestState, Runtime, ValidateError, preinit};
+use crate::runtime::{FunctionPre, Runtime, ValidateError, preinit};
 
 impl Registry {
     /// Validates, compiles, stores durably, then swaps the live version. A `policy` given with
@@ -52,7 +50,7 @@ impl Registry {
     /// soon after reuses the work, and so does a check of the same bytes (`ledge verify` run
     /// again, then `ledge deploy --verify`). A cluster node checks a component so before it
     /// publishes it.
-    pub async fn check_component(&self, bytes: Vec<u8>) -> Result<ProxyPre<GuestState>, DeployError> {
+    pub async fn check_component(&self, bytes: Vec<u8>) -> Result<FunctionPre, DeployError> {
         let sha256 = sha256_hex(&bytes);
         if let Some(artifacts) = self.checked.lock().expect("checked components lock poisoned").get(&sha256) {
             return Ok(artifacts.pre.clone());
@@ -181,7 +179,7 @@ impl Registry {
 impl Registry {
     /// A live version (or canary) deployed from the component with this SHA-256: its folder,
     /// metadata and instance template.
-    fn deployed_with(&self, sha256: &str) -> Option<(PathBuf, FunctionMeta, ProxyPre<GuestState>)> {
+    fn deployed_with(&self, sha256: &str) -> Option<(PathBuf, FunctionMeta, FunctionPre)> {
         let live = self.live.read().expect("registry lock poisoned");
         live.values().find_map(|deployment| {
             let canary = deployment.canary.as_ref().map(|c| (&c.meta, &c.pre));
@@ -195,7 +193,7 @@ impl Registry {
 
 /// The artifacts of a version deployed from the same bytes, when its files are intact
 /// (blocking). Compiled code and pre-initialization depend only on the bytes and this engine.
-fn reuse_artifacts(dir: &Path, meta: &FunctionMeta, pre: ProxyPre<GuestState>) -> Option<Artifacts> {
+fn reuse_artifacts(dir: &Path, meta: &FunctionMeta, pre: FunctionPre) -> Option<Artifacts> {
     let code = std::fs::read(dir.join("code.cwasm")).ok().filter(|code| sha256_hex(code) == meta.code_sha256)?;
     let snapshot = match &meta.snapshot_sha256 {
         Some(expected) => {
@@ -214,7 +212,7 @@ pub(super) const MAX_CHECKED: usize = 4;
 pub(super) struct Artifacts {
     /// The pre-initialized component, when the upload exports `init`.
     snapshot: Option<Vec<u8>>,
-    pre: ProxyPre<GuestState>,
+    pre: FunctionPre,
     code: Vec<u8>,
 }
 

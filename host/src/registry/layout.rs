@@ -19,11 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
 use super::{Deployment, LoadReport, Registry};
 use crate::access::policy::Policy;
-use crate::runtime::GuestState;
+use crate::runtime::FunctionPre;
 use crate::storage::{create_private_dir, sync_dir, write_durably};
 
 /// What `GET /v1/functions/{name}` reports.
@@ -55,7 +53,7 @@ pub struct CanarySplit {
 /// A version loaded and ready to instantiate.
 pub(super) struct LoadedVersion {
     pub meta: FunctionMeta,
-    pub pre: ProxyPre<GuestState>,
+    pub pre: FunctionPre,
 }
 
 impl Registry {

@@ -31,12 +31,11 @@ use std::sync::{Arc, RwLock};
 
 use ledge_kv::Db;
 use thiserror::Error;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::access::policy::{Ceilings, Policy, Route, UploadCeilings, is_valid_name};
 use crate::guest_kv::delete_function_data;
 use crate::runtime::concurrency::ConcurrencyLimit;
-use crate::runtime::{GuestConfig, GuestState, Runtime, ValidateError};
+use crate::runtime::{FunctionPre, GuestConfig, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir};
 use config::SecretsKey;
 
@@ -64,7 +63,7 @@ use policies::read_default_file;
 /// A live function version, ready to instantiate.
 pub struct Deployment {
     pub meta: FunctionMeta,
-    pub pre: ProxyPre<GuestState>,
+    pub pre: FunctionPre,
     pub policy: Arc<Policy>,
     /// Permits for live instances (`limits.max_concurrency`): one per function, shared by all
     /// its versions, so a redeploy never lets twice the limit run.
@@ -80,7 +79,7 @@ pub struct Deployment {
 /// The canary of a deployment: its version, and the share of callers it serves.
 pub struct Canary {
     pub meta: FunctionMeta,
-    pub pre: ProxyPre<GuestState>,
+    pub pre: FunctionPre,
     pub percent: u8,
     /// How often it and the live version failed since it started (`ledge promote`'s gate).
     pub record: CanaryRecord,
@@ -90,7 +89,7 @@ pub struct Canary {
 impl Deployment {
     /// A version under `policy`; `previous` is the function's live version, whose concurrency
     /// limit it takes over (adjusted to the new policy).
-    fn new(meta: FunctionMeta, pre: ProxyPre<GuestState>, policy: Arc<Policy>, previous: Option<&Deployment>) -> Self {
+    fn new(meta: FunctionMeta, pre: FunctionPre, policy: Arc<Policy>, previous: Option<&Deployment>) -> Self {
         let concurrency = match previous {
             Some(previous) => {
                 previous.concurrency.set(policy.max_concurrency);

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use wasmtime::{PoolConcurrencyLimitError, Trap};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -18,7 +17,7 @@ use http_body_util::Full;
 
 use super::concurrency::Permit;
 use super::request::guest_request;
-use super::{GuestConfig, GuestState, InvokeError, Runtime};
+use super::{FunctionPre, GuestConfig, GuestState, InvokeError, Runtime};
 use crate::access::policy::Policy;
 use crate::access::tokens::Caller;
 use crate::guest_kv::KvAccess;
@@ -32,7 +31,7 @@ use opentelemetry::trace::SpanKind;
 /// One request's view of a deployed version.
 pub struct Invocation<'a> {
     pub function: &'a str,
-    pub pre: &'a ProxyPre<GuestState>,
+    pub pre: &'a FunctionPre,
     pub policy: &'a Policy,
     /// This is the version's first instance since deploy or start (a cold start).
     pub cold: bool,
@@ -91,6 +90,7 @@ impl Runtime {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let policy = invocation.policy;
+        let Some(handler) = invocation.pre.http_handler().cloned() else { return Err(InvokeError::NoHttpHandler) };
         let head_only = request.method() == http::Method::HEAD;
         // A body without a declared length is cut off at the cap; whatever the guest answers
         // then, the client gets a 413.
@@ -104,7 +104,7 @@ impl Runtime {
         let mut http = store.data_mut().http();
         let guest_request = http.new_incoming_request(scheme, request).map_err(host_error)?;
         let outparam = http.new_response_outparam(sender).map_err(host_error)?;
-        let pre = invocation.pre.clone();
+        let pre = invocation.pre.instance_pre().clone();
         let timeout = policy.timeout;
         let metrics = self.metrics.clone();
         let (function, cold) = (invocation.function.to_string(), invocation.cold);
@@ -119,12 +119,12 @@ impl Runtime {
                 let started = Instant::now();
                 let span =
                     trace.child(names::INSTANTIATE, SpanKind::Internal, || vec![KeyValue::new("ledge.cold", cold)]);
-                let proxy = pre.instantiate_async(&mut store).await;
-                if let Err(error) = &proxy {
+                let instance = pre.instantiate_async(&mut store).await;
+                if let Err(error) = &instance {
                     span.fail(error);
                 }
                 span.end();
-                let proxy = proxy?;
+                let proxy = handler.load(&mut store, &instance?)?;
                 metrics.observe_instantiation(&function, cold, started.elapsed());
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, guest_request, outparam).await
             };

@@ -13,7 +13,7 @@
 //! and outbound HTTP go through). Never imports from `http`, `cluster`, `registry` or `cli`.
 //!
 //! Invariants:
-//! - every request gets a fresh `Store` and instance from the deployed version's `ProxyPre`
+//! - every request gets a fresh `Store` and instance from the deployed version's `FunctionPre`
 //!   (imports resolved once at deploy); nothing a guest does survives its request;
 //! - a guest can only hurt itself: wall-clock time is bounded (one epoch ticker thread for the
 //!   engine; guests yield at every tick so a busy loop never pins a worker), linear memory is
@@ -45,12 +45,14 @@ pub mod invoke;
 pub mod logs;
 pub mod outbound;
 pub mod preinit;
+pub mod prepared;
 pub mod profile;
 pub mod request;
 pub mod validate;
 
 pub use guest::{GuestConfig, GuestState};
 pub use invoke::Invocation;
+pub use prepared::FunctionPre;
 pub use profile::{Allocator, Profile, RuntimeOptions};
 
 /// Why a component cannot be deployed. Every variant is the uploader's to fix.
@@ -70,8 +72,10 @@ pub enum ValidateError {
     MissingImports(Vec<String>),
     #[error("the component's imports cannot be satisfied: {0}")]
     Unlinkable(String),
-    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve HTTP: {0}")]
-    NotHttpProxy(String),
+    #[error(
+        "the component exports neither `wasi:http/incoming-handler@0.2.x` nor `ledge:platform/websocket-handler@0.1.x`, so it serves nothing: {0}"
+    )]
+    NoHandler(String),
     #[error("pre-initialization failed: {0}")]
     BadInit(String),
     #[error("{0}")]
@@ -99,6 +103,8 @@ pub enum InvokeError {
     BadRequest(String),
     #[error("host failure while running the function: {0}")]
     Host(String),
+    #[error("the function serves WebSockets only: open one (Upgrade: websocket)")]
+    NoHttpHandler,
 }
 
 impl InvokeError {
@@ -110,6 +116,7 @@ impl InvokeError {
             InvokeError::MemoryLimit { .. } => "memory",
             InvokeError::Trap(_) => "trap",
             InvokeError::NoResponse => "no-response",
+            InvokeError::NoHttpHandler => "no-handler",
             InvokeError::PoolExhausted | InvokeError::BadRequest(_) | InvokeError::Host(_) => "host",
         }
     }
@@ -121,6 +128,7 @@ impl InvokeError {
             InvokeError::Timeout(_) => 504,
             InvokeError::PoolExhausted => 503,
             InvokeError::BadRequest(_) => 400,
+            InvokeError::NoHttpHandler => 426,
             InvokeError::MemoryLimit { .. } | InvokeError::Trap(_) | InvokeError::NoResponse | InvokeError::Host(_) => {
                 500
             }

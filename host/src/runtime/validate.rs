@@ -1,5 +1,6 @@
 //! Deploy-time validation: is the upload a component (not a core module, not garbage), can
-//! every import be satisfied, does it export `wasi:http/incoming-handler`; compilation, and
+//! every import be satisfied, does it export a handler (`wasi:http/incoming-handler`, the
+//! WebSocket handlers, or both: `prepared.rs`); compilation, and
 //! precompiled artifacts for other nodes (`ledge compile`).
 //!
 //! Invariant: a refused component gets a [`ValidateError`] that is the uploader's to fix and
@@ -9,11 +10,10 @@ use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::guest::{MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 use super::invoke::describe_failure;
-use super::{Allocator, GuestState, Runtime, RuntimeOptions, ValidateError, anyhow_from};
+use super::{Allocator, FunctionPre, Runtime, RuntimeOptions, ValidateError, anyhow_from};
 use crate::access::policy::Policy;
 use crate::guest_kv::KvAccess;
 use crate::telemetry::TraceCx;
@@ -136,7 +136,7 @@ impl Runtime {
 
     /// Instantiates the component once, under the same limits as a request: catches too many
     /// core instances whatever the allocator, and a start function that traps or never returns.
-    pub async fn check_instantiation(&self, pre: &ProxyPre<GuestState>) -> Result<(), ValidateError> {
+    pub async fn check_instantiation(&self, pre: &FunctionPre) -> Result<(), ValidateError> {
         let mut store = self.guest_store(
             "(deploy check)",
             &Policy::default(),
@@ -145,7 +145,7 @@ impl Runtime {
             None,
             TraceCx::default(),
         );
-        match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
+        match tokio::time::timeout(TRIAL_TIMEOUT, pre.instance_pre().instantiate_async(&mut store)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if format!("{error:#}").contains("count too high") => Err(ValidateError::Limits(format!(
                 "it creates more than {MAX_CORE_INSTANCES} core instances ({})",
@@ -161,7 +161,7 @@ impl Runtime {
     }
 
     /// Resolves the component's imports once, so requests only instantiate.
-    pub fn prepare(&self, component: &Component) -> Result<ProxyPre<GuestState>, ValidateError> {
+    pub fn prepare(&self, component: &Component) -> Result<FunctionPre, ValidateError> {
         let missing: Vec<String> = component
             .component_type()
             .imports(&self.engine)
@@ -173,7 +173,7 @@ impl Runtime {
         }
         let pre =
             self.linker.instantiate_pre(component).map_err(|error| ValidateError::Unlinkable(format!("{error:#}")))?;
-        ProxyPre::new(pre).map_err(|error| ValidateError::NotHttpProxy(format!("{error:#}")))
+        FunctionPre::new(pre)
     }
 }
 

@@ -45,13 +45,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
 use crate::cluster::Cluster;
 use crate::record::Traces;
 use crate::record::trace::Trace;
 use crate::registry::Registry;
-use crate::runtime::{GuestConfig, GuestState, Runtime};
+use crate::runtime::{FunctionPre, GuestConfig, Runtime};
 
 pub mod compare;
 pub mod corpus;
@@ -88,7 +86,7 @@ pub struct Started<'a> {
 }
 
 /// The build a candidate is compared with, and the config its guests see.
-type Live = (ProxyPre<GuestState>, Arc<GuestConfig>);
+type Live = (FunctionPre, Arc<GuestConfig>);
 
 impl Verifier {
     pub fn new(
@@ -121,7 +119,7 @@ impl Verifier {
         &self,
         _slot: &Started<'_>,
         name: &str,
-        candidate: &ProxyPre<GuestState>,
+        candidate: &FunctionPre,
         traces: usize,
         timeout: Duration,
     ) -> anyhow::Result<Report> {
@@ -193,7 +191,7 @@ impl Verifier {
     }
 
     /// Runs `trace` on the live build and on `candidate` and compares them.
-    async fn compare(&self, trace: &Trace, live: &Live, candidate: &ProxyPre<GuestState>) -> anyhow::Result<Compared> {
+    async fn compare(&self, trace: &Trace, live: &Live, candidate: &FunctionPre) -> anyhow::Result<Compared> {
         let (live_pre, config) = live;
         let seeds = crate::guest_kv::recorded::reads(&trace.function, &trace.events);
         let reference = run::run(&self.runtime, &self.scratch, live_pre, trace, &seeds, config.clone()).await?;

@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use ledge_kv::{Db, Isolation};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::inputs;
 use crate::record::Tape;
 use crate::record::tape::Effects;
 use crate::record::trace::{Output, Trace};
 use crate::runtime::concurrency::ConcurrencyLimit;
-use crate::runtime::{GuestConfig, GuestState, Invocation, Runtime};
+use crate::runtime::{FunctionPre, GuestConfig, Invocation, Runtime};
 
 /// What one build did with a recorded trace's inputs.
 pub struct Observed {
@@ -45,7 +44,7 @@ const MAX_SCRATCH_BYTES: u64 = 256 << 20;
 pub async fn run(
     runtime: &Runtime,
     scratch: &Path,
-    pre: &ProxyPre<GuestState>,
+    pre: &FunctionPre,
     trace: &Trace,
     seeds: &[(Vec<u8>, Vec<u8>)],
     config: Arc<GuestConfig>,
@@ -81,7 +80,7 @@ pub async fn run(
         cold: false,
         caller: inputs::caller(trace),
         permit: ConcurrencyLimit::new(1).try_acquire().expect("a fresh limit has a permit"),
-        tls: trace.request.scheme == "https",
+        tls: trace.request.is_tls(),
         config,
         tape: Some(tape.clone()),
     };

@@ -7,7 +7,8 @@
 //! - a connection is found only through the function that accepted it: every lookup is keyed
 //!   by function first, so a guest naming another function's connection id gets
 //!   `no-such-connection`, exactly as for an id that never was;
-//! - ids are 128 random bits (hex): unguessable, never reused;
+//! - ids are 128 random bits (hex): unguessable, never reused; in a cluster they name the node
+//!   holding the connection, and calls on another node's connections go there (`peers.rs`);
 //! - each `[[websocket]]` entry holds at most its `max_connections` open at once
 //!   ([`Hub::open`]); a connection's tags are at most [`MAX_TAGS`], each at most
 //!   [`MAX_TAG_BYTES`];
@@ -27,8 +28,10 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 
 mod connection;
+mod peers;
 
 pub use connection::{Connection, Counts};
+pub use peers::{MAX_REMOTE_MESSAGE, Peers, SocketOp};
 
 /// Tags one connection may have.
 pub const MAX_TAGS: usize = 16;
@@ -40,7 +43,7 @@ pub const MAX_REASON_BYTES: usize = 123;
 pub const MESSAGE_OVERHEAD: u64 = 64;
 
 /// A message to or from a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Message {
     Text(String),
     Binary(Vec<u8>),
@@ -68,7 +71,7 @@ pub enum Outgoing {
 }
 
 /// Why a host call on a connection failed (what the guest gets).
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SocketError {
     #[error("no open connection of this function has this id")]
     NoSuchConnection,
@@ -76,6 +79,9 @@ pub enum SocketError {
     Limit(String),
     #[error("{0}")]
     Denied(String),
+    /// The node holding the connection could not be reached (it may still be open).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why an upgrade was not admitted.
@@ -92,6 +98,8 @@ pub struct Hub {
     functions: Mutex<HashMap<String, Sockets>>,
     going_away: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Set once the node joined a cluster.
+    cluster: std::sync::OnceLock<peers::Membership>,
 }
 
 /// One function's connections.
@@ -120,7 +128,12 @@ impl Drop for Opened {
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Hub> {
-        Arc::new(Hub { functions: Mutex::new(HashMap::new()), going_away: watch::Sender::new(false), metrics })
+        Arc::new(Hub {
+            functions: Mutex::new(HashMap::new()),
+            going_away: watch::Sender::new(false),
+            metrics,
+            cluster: std::sync::OnceLock::new(),
+        })
     }
 
     /// Admits a connection of `function` under the entry at `path`, within `max_connections`:
@@ -150,7 +163,7 @@ impl Hub {
         sockets.counts.open.inc();
         let (outbox, receiver) = mpsc::unbounded_channel();
         let connection = Arc::new(Connection {
-            id: new_id(),
+            id: self.new_id(),
             entry: path.to_string(),
             outbox,
             queued: AtomicU64::new(0),
@@ -207,9 +220,7 @@ impl Hub {
 
     /// Closes `function`'s connection `id` with `code` (1000 or 3000–4999) and `reason`.
     pub fn close(&self, function: &str, id: &str, code: u16, reason: &str) -> Result<(), SocketError> {
-        if code != 1000 && !(3000..=4999).contains(&code) {
-            return Err(SocketError::Denied(format!("close code {code}: a function closes with 1000 or 3000-4999")));
-        }
+        check_close_code(code)?;
         self.connection(function, id)?.close(code, reason);
         Ok(())
     }
@@ -299,16 +310,18 @@ impl Hub {
     }
 }
 
+fn check_close_code(code: u16) -> Result<(), SocketError> {
+    if code != 1000 && !(3000..=4999).contains(&code) {
+        return Err(SocketError::Denied(format!("close code {code}: a function closes with 1000 or 3000-4999")));
+    }
+    Ok(())
+}
+
 fn check_tag(tag: &str) -> Result<(), SocketError> {
     if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
         return Err(SocketError::Denied(format!("a tag is 1 to {MAX_TAG_BYTES} bytes")));
     }
     Ok(())
-}
-
-/// 128 random bits, as 32 hex digits.
-fn new_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.

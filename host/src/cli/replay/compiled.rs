@@ -18,7 +18,7 @@ pub(super) async fn prepare(
     component: &[u8],
     another_build: bool,
     debug: bool,
-) -> anyhow::Result<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::runtime::GuestState>> {
+) -> anyhow::Result<crate::runtime::FunctionPre> {
     let mut compiled = compile_cached(runtime, component, debug)?;
     if another_build && crate::runtime::preinit::wants_preinit(&compiled)? {
         let snapshot = crate::runtime::preinit::snapshot(runtime, component).await?;

@@ -2,7 +2,7 @@
 //! offline.
 //!
 //! A replay runs the guest on this machine in the same runtime as a server (same engine
-//! configuration, same invoke path), with a tape that hands back every recorded host-call
+//! configuration, same invoke path; a WebSocket event's trace through the same event path), with a tape that hands back every recorded host-call
 //! result and an empty scratch key-value engine that nothing reads: no live store, no network,
 //! nothing on any server changes. It then checks the guest's outputs (host calls, response,
 //! stdout/stderr, failure) against the trace, byte for byte.
@@ -31,7 +31,9 @@ use crate::record::Tape;
 use crate::record::store::{TraceMeta, is_valid_id};
 use crate::record::trace::{self, Trace};
 use crate::runtime::concurrency::ConcurrencyLimit;
+use crate::runtime::events::SocketEvent;
 use crate::runtime::{Invocation, Runtime, RuntimeOptions};
+use crate::telemetry::TraceCx;
 use crate::verify::inputs::{caller, policy, request};
 use compiled::prepare;
 use inputs::config;
@@ -198,14 +200,20 @@ async fn run(args: &ReplayArgs) -> Result<Report, CouldNotReplay> {
         cold: false,
         caller,
         permit,
-        tls: trace.request.scheme == "https",
+        tls: trace.request.is_tls(),
         config,
         tape: Some(tape.clone()),
     };
-    let request = request(&trace)?;
-    if let Ok(response) = runtime.invoke(invocation, request, &trace.request.path_and_query).await {
-        // The tape collects the body as it passes; a body that breaks off is a failure there.
-        let _ = response.into_body().collect().await;
+    if trace.request.is_websocket_event() {
+        let (conn, event) = SocketEvent::from_recorded(&trace.request).map_err(anyhow::Error::msg)?;
+        // What the event came to is on the tape, as for a request.
+        let _ = runtime.websocket_event(invocation, &conn, event, TraceCx::default()).await;
+    } else {
+        let request = request(&trace)?;
+        if let Ok(response) = runtime.invoke(invocation, request, &trace.request.path_and_query).await {
+            // The tape collects the body as it passes; a body that breaks off is a failure there.
+            let _ = response.into_body().collect().await;
+        }
     }
     // The instance may still be finishing on a task of its own: the tape is ours once it is gone.
     let deadline = tokio::time::Instant::now() + policy.timeout + Duration::from_secs(1);

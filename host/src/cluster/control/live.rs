@@ -8,19 +8,14 @@
 
 use std::sync::Arc;
 
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
 use crate::cluster::{Cluster, ClusterError};
 use crate::registry::RegistryError;
-use crate::runtime::{GuestConfig, GuestState};
+use crate::runtime::{FunctionPre, GuestConfig};
 
 impl Cluster {
     /// The live build of `name` as the cluster's record says, with the config its guests see;
     /// `None` when the cluster serves no such function.
-    pub async fn live_build(
-        &self,
-        name: &str,
-    ) -> Result<Option<(ProxyPre<GuestState>, Arc<GuestConfig>)>, ClusterError> {
+    pub async fn live_build(&self, name: &str) -> Result<Option<(FunctionPre, Arc<GuestConfig>)>, ClusterError> {
         let serving = self.records.read().get(name).and_then(|known| {
             let live = known.record.serving()?;
             Some((live.sha256.clone(), known.record.config.clone()))

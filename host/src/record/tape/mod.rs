@@ -82,13 +82,14 @@ impl Tape {
     /// A tape recording `trace` (its request and facts filled in); when the run is over and
     /// `keep` says so, the finished trace goes to `sink` with the bytes it recorded.
     pub fn record(trace: Trace, keep: Keep, sink: Box<dyn FnOnce(Trace, usize) + Send>) -> Arc<Tape> {
-        let bytes = trace.request.body.iter().map(Vec::len).sum();
+        let bytes: usize = trace.request.body.iter().map(Vec::len).sum();
         Arc::new(Tape {
             mode: Mode::Record(Mutex::new(Recording {
                 trace: Box::new(trace),
                 bytes,
                 calls: 0,
-                overflowed: false,
+                // A body handed over whole (a WebSocket message) may be past the bound already.
+                overflowed: bytes > MAX_RECORDED_BYTES,
                 started: Instant::now(),
                 keep,
                 sink: Some(sink),
