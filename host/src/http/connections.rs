@@ -93,7 +93,15 @@ impl Slot {
 pub struct UpgradeHold {
     _slot: Arc<Slot>,
     _stream: Option<Arc<Admitted>>,
-    _draining: tokio::sync::mpsc::Sender<()>,
+    draining: tokio::sync::mpsc::Sender<()>,
+}
+
+impl UpgradeHold {
+    /// The socket is closed: its connection slots go back, and what is left holds the server's
+    /// drain only (for the connection's last event).
+    pub fn release_slots(self) -> tokio::sync::mpsc::Sender<()> {
+        self.draining
+    }
 }
 
 impl Admission {
@@ -133,7 +141,7 @@ impl Admission {
             true => Some(Arc::new(self.admit(ip)?)),
             false => None,
         };
-        Some(UpgradeHold { _slot: slot.clone(), _stream: stream, _draining: draining.clone() })
+        Some(UpgradeHold { _slot: slot.clone(), _stream: stream, draining: draining.clone() })
     }
 
     /// A slot for a new connection from `ip`: under the peers' cap when `member` (the address of

@@ -13,8 +13,9 @@
 //!   the close frame is written if the client still reads, and the socket dropped regardless;
 //! - a trapping `on-message` fails that event alone: the connection, and every other one,
 //!   stays open; `on-close` runs once, with the code the connection closed with;
-//! - the connection holds its server connection slot (`--max-connections`, per address) and
-//!   the server's drain until it is over; its hub entry goes with the [`Opened`] guard.
+//! - the connection holds its server connection slot (`--max-connections`, per address) until
+//!   its socket is closed, and the server's drain until its last event (`on-close`) is over;
+//!   its hub entry goes with the [`Opened`] guard.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,7 +73,7 @@ impl Session {
         self,
         upgrade: OnUpgrade,
         (opened, outbox): (Opened, UnboundedReceiver<Outgoing>),
-        _hold: UpgradeHold,
+        hold: UpgradeHold,
         open: OpenRequest,
     ) {
         let upgraded = match upgrade.await {
@@ -198,6 +199,9 @@ impl Session {
         drop(opened);
         finish(writer).await;
         drop(stream);
+        // The socket is gone: its connection slots are free before `on-close` waits for an
+        // instance (the server's drain still waits for it).
+        let _draining = hold.release_slots();
         let _ = self.event(&conn, SocketEvent::Close { code, reason }).await;
     }
 }
