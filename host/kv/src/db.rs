@@ -176,6 +176,16 @@ impl Db {
         checkpoint_now(&self.handle.shared)
     }
 
+    /// Writes a checkpoint if commits were logged since the last one (what [`Db::checkpoint`]
+    /// does, for a database about to close: the next open then replays no WAL). Returns the
+    /// checkpoint's stamp, or `None` when the WAL held nothing new.
+    pub fn checkpoint_if_behind(&self) -> Result<Option<u64>, Error> {
+        if self.handle.shared.wal.bytes_since_checkpoint.load(Ordering::Relaxed) == 0 {
+            return Ok(None);
+        }
+        self.checkpoint().map(Some)
+    }
+
     /// Makes every commit so far durable now, whatever the durability mode (in
     /// [`crate::Durability::Periodic`] mode commits are otherwise written once per interval).
     pub fn flush(&self) -> Result<(), Error> {

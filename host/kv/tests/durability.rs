@@ -274,6 +274,27 @@ fn checkpoints_truncate_the_wal_and_recovery_combines_checkpoint_and_wal() {
 }
 
 #[test]
+fn a_checkpoint_before_close_leaves_the_next_open_no_log_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().checkpoint_wal_bytes(0);
+    let db = Db::open_with(dir.path(), opts.clone()).unwrap();
+    assert_eq!(db.checkpoint_if_behind().unwrap(), None, "a fresh database has nothing to checkpoint");
+    for i in 0..100 {
+        let mut tx = db.begin(Isolation::Serializable);
+        tx.put(format!("k{i:03}").as_bytes(), format!("v{i}").as_bytes()).unwrap();
+        tx.commit().unwrap();
+    }
+    let stamp = db.checkpoint_if_behind().unwrap().expect("100 commits logged since the last checkpoint");
+    assert!(stamp >= 100);
+    assert_eq!(db.checkpoint_if_behind().unwrap(), None, "nothing logged since");
+    db.close().unwrap();
+    let db = Db::open_with(dir.path(), opts).unwrap();
+    assert_eq!(get(&db, "k099").as_deref(), Some("v99"));
+    assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 100);
+    assert_eq!(db.checkpoint_if_behind().unwrap(), None, "the open replayed no log");
+}
+
+#[test]
 fn automatic_checkpoints_keep_the_wal_small() {
     let dir = tempfile::tempdir().unwrap();
     let opts = periodic().checkpoint_wal_bytes(16 << 10).maintenance_interval(Duration::from_millis(5));

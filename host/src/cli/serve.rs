@@ -47,9 +47,20 @@ impl Node {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         crate::http::server::serve(self.listener, self.app, self.tls, self.limits, shutdown).await?;
         crate::telemetry::flush(TELEMETRY_FLUSH).await;
-        // Every request has finished (or the drain deadline passed): flush and close the engine.
+        // Every request has finished (or the drain deadline passed): checkpoint, so that the next
+        // start replays no WAL, then flush and close the engine. A checkpoint that fails leaves
+        // the WAL, which the next start replays as after a crash.
         let db = self.db;
-        tokio::task::spawn_blocking(move || db.close()).await??;
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match db.checkpoint_if_behind() {
+                Ok(Some(stamp)) => tracing::info!(stamp, took = ?started.elapsed(), "checkpoint at stop"),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "no checkpoint at stop: the next start replays the WAL"),
+            }
+            db.close()
+        })
+        .await??;
         tracing::info!("stopped");
         Ok(())
     }
