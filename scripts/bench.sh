@@ -166,6 +166,12 @@ echo "cold starts (ms):"
 echo "  ledge deploy -> first response:           hello ${deploy_ms}, python ${deploy_py_ms}, javascript ${deploy_js_ms}"
 echo "  ledge process start -> first response:    hello $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" hello "$work/policies"), python $(python3 scripts/coldstart.py restart ./target/release/ledge "$work/ledge" py "$work/policies")"
 echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$hello"), python $(python3 scripts/coldstart.py wasmtime "$wasmtime" "$python")"
+# The node above stopped gracefully after the counter's load (a stop checkpoints: its restart
+# replays nothing). After SIGKILL the next start replays the WAL written since the last checkpoint.
+read -r wal_mib killed_ms commits replay_ms <<<"$(python3 scripts/coldstart.py afterkill ./target/release/ledge "$work/ledge" counter "$work/policies" 8)"
+awk -v w="$wal_mib" -v s="$killed_ms" -v c="$commits" -v r="$replay_ms" 'BEGIN {
+  printf "  after 8 s of counter load and SIGKILL:   %s MiB of WAL, start -> first response %s ms (%.1f ms per MiB); %d commits replayed in %s ms (%.0f commits/s)\n", w, s, (w > 0 ? s / w : 0), c, r, (r > 0 ? c / r * 1000 : 0)
+}'
 
 echo
 echo "scale: the hello component deployed under N names (compiled once, reused), then the node"

@@ -9,6 +9,13 @@
                                                   first 200 from the new function
   coldstart.py wasmtime WASMTIME FILE             time from `wasmtime serve FILE` start to its
                                                   first 200
+  coldstart.py afterkill LEDGE DATA_DIR FUNCTION POLICIES_DIR SECONDS
+                                                  serves DATA_DIR (FUNCTION deployed) under wrk
+                                                  load on FUNCTION for SECONDS, SIGKILLs it, then
+                                                  times start to the first 200; prints "WAL_MIB
+                                                  START_MS COMMITS RECOVERY_MS": the log left,
+                                                  and the commits the engine replayed from it and
+                                                  how long that took (its "engine recovered" line)
   coldstart.py quantiles METRICS_URL FUNCTION     p50/p99 of warm instantiation (µs) from the
                                                   ledge_instantiation_duration_seconds histogram
   coldstart.py many LEDGE DATA_DIR POLICIES_DIR N FILE
@@ -119,6 +126,37 @@ def many(ledge, data_dir, policies, count, path):
     print(f"{(ready - started) * 1000:.1f} {rss_kib / 1024:.0f}")
 
 
+def afterkill(ledge, data_dir, function, policies, seconds):
+    port = 18093
+    serve = [ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, "--policies", policies]
+    proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first_ok("127.0.0.1", port, "/healthz")
+        subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/fn/{function}/"],
+                       stdout=subprocess.DEVNULL, check=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    kv = os.path.join(data_dir, "kv")
+    wal_bytes = sum(os.path.getsize(os.path.join(kv, name)) for name in os.listdir(kv) if name.startswith("wal-"))
+    with tempfile.TemporaryFile() as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            ready = first_ok("127.0.0.1", port, f"/fn/{function}/")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    line = next((line for line in text.splitlines() if "engine recovered" in line), "")
+    found = re.search(r"commits=(\d+).*took_us=(\d+)", line)
+    if found is None:
+        raise SystemExit(f"no `engine recovered` line in the server's log: {text[-2000:]}")
+    commits, took_us = int(found.group(1)), int(found.group(2))
+    print(f"{wal_bytes / (1 << 20):.1f} {(ready - started) * 1000:.1f} {commits} {took_us / 1000:.1f}")
+
+
 def quantiles(metrics_url, function):
     text = urllib.request.urlopen(metrics_url).read().decode()
     pattern = re.compile(
@@ -144,4 +182,6 @@ def quantiles(metrics_url, function):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"restart": restart, "deploy": deploy, "wasmtime": wasmtime, "quantiles": quantiles, "many": many}[command](*args)
+    commands = {"restart": restart, "deploy": deploy, "wasmtime": wasmtime, "quantiles": quantiles, "many": many,
+                "afterkill": afterkill}
+    commands[command](*args)

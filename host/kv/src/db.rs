@@ -98,7 +98,9 @@ impl Db {
         let fs = opts.fs.clone();
         fs.create_dir_all(dir)?;
         let lock = fs.lock(dir)?;
+        let recovering = std::time::Instant::now();
         let rec = recovery::recover(&*fs, dir)?;
+        let recovery_micros = recovering.elapsed().as_micros() as u64;
         let segment = wal::create_segment(&*fs, dir, rec.next_segment)?;
         let last = rec.last_stamp;
         let usage = Usage::count(&rec.store, opts.keyspace_of, opts.unbudgeted_prefix);
@@ -117,6 +119,9 @@ impl Db {
             opts,
         });
         Counters::bump(&shared.counters.recovered_torn_tail_bytes, rec.truncated_bytes);
+        Counters::bump(&shared.counters.recovered_wal_bytes, rec.wal_bytes);
+        Counters::bump(&shared.counters.recovered_commits, rec.wal_commits);
+        Counters::bump(&shared.counters.recovery_micros, recovery_micros);
         // The log replayed now counts toward the next checkpoint, and many segments (every open
         // starts one) call for one at once: a node that restarts often must not replay an
         // ever longer log.

@@ -34,6 +34,8 @@ pub(crate) struct Recovered {
     /// WAL bytes replayed (every segment kept since the last checkpoint) and their segments.
     pub wal_bytes: u64,
     pub wal_segments: usize,
+    /// Commits past the checkpoint replayed from the WAL.
+    pub wal_commits: u64,
 }
 
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
@@ -96,6 +98,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let mut last_stamp = ckpt_stamp;
     let mut log_stamp = 0;
     let mut truncated_bytes = 0;
+    let mut wal_commits = 0;
     let segments = written.len();
     let wal_bytes = written.iter().map(|(_, bytes)| bytes.len() as u64).sum();
     for (i, (path, bytes)) in written.into_iter().enumerate() {
@@ -125,6 +128,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
                 store.install(None, &op.key, v, rec.cstamp);
             }
             last_stamp = rec.cstamp;
+            wal_commits += 1;
         }
     }
 
@@ -138,5 +142,5 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
         store.remove_if_dead(&k, last_stamp);
     }
 
-    Ok(Recovered { store, last_stamp, next_segment, truncated_bytes, wal_bytes, wal_segments: segments })
+    Ok(Recovered { store, last_stamp, next_segment, truncated_bytes, wal_bytes, wal_segments: segments, wal_commits })
 }

@@ -35,6 +35,13 @@ pub struct Stats {
     pub active_snapshots: u64,
     /// Bytes of torn WAL tail dropped by recovery when this database was opened.
     pub recovered_torn_tail_bytes: u64,
+    /// WAL bytes read by recovery when this database was opened (every segment since the last
+    /// checkpoint).
+    pub recovered_wal_bytes: u64,
+    /// Commits past the last checkpoint that recovery replayed when this database was opened.
+    pub recovered_commits: u64,
+    /// How long recovery (checkpoint and WAL) took when this database was opened, in µs.
+    pub recovery_micros: u64,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +57,9 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub gc_pruned_versions: AtomicU64,
     pub recovered_torn_tail_bytes: AtomicU64,
+    pub recovered_wal_bytes: AtomicU64,
+    pub recovered_commits: AtomicU64,
+    pub recovery_micros: AtomicU64,
 }
 
 impl Counters {
@@ -73,6 +83,9 @@ impl Counters {
             gc_pruned_versions: self.gc_pruned_versions.load(Relaxed),
             active_snapshots,
             recovered_torn_tail_bytes: self.recovered_torn_tail_bytes.load(Relaxed),
+            recovered_wal_bytes: self.recovered_wal_bytes.load(Relaxed),
+            recovered_commits: self.recovered_commits.load(Relaxed),
+            recovery_micros: self.recovery_micros.load(Relaxed),
         }
     }
 }

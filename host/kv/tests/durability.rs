@@ -288,10 +288,23 @@ fn a_checkpoint_before_close_leaves_the_next_open_no_log_to_replay() {
     assert!(stamp >= 100);
     assert_eq!(db.checkpoint_if_behind().unwrap(), None, "nothing logged since");
     db.close().unwrap();
-    let db = Db::open_with(dir.path(), opts).unwrap();
+    let db = Db::open_with(dir.path(), opts.clone()).unwrap();
     assert_eq!(get(&db, "k099").as_deref(), Some("v99"));
     assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 100);
-    assert_eq!(db.checkpoint_if_behind().unwrap(), None, "the open replayed no log");
+    assert_eq!(db.stats().recovered_commits, 0, "the open replayed no log");
+    assert_eq!(db.checkpoint_if_behind().unwrap(), None, "and has nothing to checkpoint");
+    // Without the checkpoint, the next open replays what was logged, and says so.
+    for i in 0..30 {
+        let mut tx = db.begin(Isolation::Serializable);
+        tx.put(format!("n{i:03}").as_bytes(), b"x").unwrap();
+        tx.commit().unwrap();
+    }
+    db.close().unwrap();
+    let db = Db::open_with(dir.path(), opts).unwrap();
+    let stats = db.stats();
+    assert_eq!(stats.recovered_commits, 30);
+    assert!(stats.recovered_wal_bytes > 30 * 4, "{stats:?}");
+    assert_eq!(db.begin(Isolation::Snapshot).scan(b"", b"", usize::MAX).unwrap().len(), 130);
 }
 
 #[test]

@@ -140,6 +140,13 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
             .unbudgeted_prefix(b"sys/");
         tokio::task::spawn_blocking(move || ledge_kv::Db::open_with(&dir, options)).await??
     };
+    let recovered = db.stats();
+    tracing::info!(
+        wal_bytes = recovered.recovered_wal_bytes,
+        commits = recovered.recovered_commits,
+        took_us = recovered.recovery_micros,
+        "engine recovered"
+    );
     let queues = {
         let (db, max_body) = (db.clone(), args.queue_max_body);
         let max_total = args.queues_max_bytes.unwrap_or_else(|| default_kv_budget() / 4);
