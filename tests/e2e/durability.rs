@@ -16,6 +16,36 @@ async fn functions_survive_a_restart_without_recompiling() {
     assert!(!log.contains("recompiling function"), "{log}");
 }
 
+/// The commits the engine replayed at the server's last start, from its "engine recovered" line.
+fn replayed_at_last_start(server: &Server) -> u64 {
+    let log = server.log();
+    let line = log.lines().rev().find(|line| line.contains("engine recovered")).expect("a recovery line");
+    let commits = line.split("commits=").nth(1).and_then(|rest| rest.split_whitespace().next());
+    commits.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no commit count in {line}"))
+}
+
+#[tokio::test]
+async fn a_graceful_stop_checkpoints_so_the_next_start_replays_nothing_and_a_crash_replays_the_log() {
+    let mut server = Server::start();
+    server.deploy("counter", &guest("counter"));
+    for _ in 0..20 {
+        assert_eq!(client().post(server.fn_url("counter", "/")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+    server.restart();
+    assert_eq!(replayed_at_last_start(&server), 0, "the stop left everything in a checkpoint");
+    let count = client().get(server.fn_url("counter", "/peek")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(count.trim(), "20");
+    for _ in 0..5 {
+        assert_eq!(client().post(server.fn_url("counter", "/")).send().await.unwrap().status(), 200);
+    }
+    server.kill();
+    server.restart();
+    assert!(replayed_at_last_start(&server) >= 5, "after SIGKILL the log since the checkpoint is replayed");
+    let count = client().get(server.fn_url("counter", "/peek")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(count.trim(), "25");
+}
+
 #[tokio::test]
 async fn an_acknowledged_deploy_survives_sigkill() {
     let mut server = Server::start();

@@ -457,6 +457,21 @@ async fn an_open_websocket_holds_its_connection_slot_of_the_per_address_limit() 
 }
 
 #[tokio::test]
+async fn a_policy_that_drops_the_websocket_entry_closes_its_connections_with_1001() {
+    let server = Server::start();
+    deploy_with_policy(&server, "echo-ws", &guest("ws-echo"), "public = true\n[[websocket]]\npath = \"/\"\n").await;
+    let mut socket = connect(&ws_url(&server, "echo-ws", "/")).await;
+    send(&mut socket, "before").await;
+    assert_eq!(next_text(&mut socket).await, "before");
+    server.set_policy("echo-ws", "public = true\n").await;
+    send(&mut socket, "after").await;
+    assert_eq!(
+        close_of(&mut socket, Duration::from_secs(10)).await,
+        (1001, "the function no longer accepts WebSockets here".into())
+    );
+}
+
+#[tokio::test]
 async fn a_component_serving_only_websockets_deploys_and_plain_requests_get_426() {
     let server = Server::start();
     deploy_with_policy(&server, "only", &guest("ws-only"), "public = true\n[[websocket]]\npath = \"/\"\n").await;

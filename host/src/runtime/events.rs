@@ -128,7 +128,8 @@ impl SocketEvent {
             },
             "message" => SocketEvent::Message(match find(MESSAGE_HEADER)?.as_str() {
                 "text" => Message::Text(text(body)?),
-                _ => Message::Binary(body),
+                "binary" => Message::Binary(body),
+                other => return Err(format!("the trace holds an unknown WebSocket message type `{other}`")),
             }),
             "close" => SocketEvent::Close {
                 code: find(CLOSE_CODE_HEADER)?.parse().map_err(|_| "the trace's close code is not a number")?,

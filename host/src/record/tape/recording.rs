@@ -132,6 +132,18 @@ mod tests {
         assert!(!kept.load(Ordering::SeqCst), "an incomplete recording is not kept");
     }
 
+    #[test]
+    fn a_request_body_past_the_bound_is_not_kept_even_without_host_calls() {
+        let kept = Arc::new(AtomicBool::new(false));
+        let sink_kept = kept.clone();
+        let mut trace = Trace::default();
+        trace.request.body = vec![vec![0; MAX_RECORDED_BYTES + 1]];
+        let tape = Tape::record(trace, Keep::Always, Box::new(move |_, _| sink_kept.store(true, Ordering::SeqCst)));
+        assert!(!tape.keeps());
+        drop(tape);
+        assert!(!kept.load(Ordering::SeqCst), "a message handed over whole past the bound is not kept");
+    }
+
     /// A recording drawn for the corpus, finished with `status` (`None`: a trap): the reason it
     /// was kept with, if it was.
     fn corpus_run(failed: Option<Reason>, status: Option<u16>) -> Option<Reason> {
