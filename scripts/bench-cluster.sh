@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Cluster figures: a 3-member etcd (Debian's etcd-server) and 3 ledge nodes on loopback.
-# - propagation: deploy through node a -> answered by b and c themselves; revocation through c ->
-#   refused on a;
+# - propagation (9 samples each, p50 and max): deploy through node a -> served by a, b and c;
+#   revocation through c -> refused on a, b and c;
 # - the counter with its keyspace global (`[kv] scope = "global"`, every increment a
 #   serializable etcd transaction) driven through all 3 nodes at once, against the same counter
-#   node-local on one node, and node-local on all 3 (each node its own count).
-# Run after `cargo build --release --bin ledge` and `(cd functions && cargo build --release)`,
-# or with LEDGE_BIN=path.
+#   node-local on one node, and node-local on all 3 (each node its own count); and against what
+#   the same etcd sustains for the same compare-and-put increments from a plain client
+#   (host/examples/etcd-cas.rs), in the same run.
+# Run after `cargo build --release --bin ledge --example etcd-cas` and
+# `(cd functions && cargo build --release)`, or with LEDGE_BIN=path and CAS_BIN=path.
 #
 #   scripts/bench-cluster.sh [DURATION_SECONDS] [CONNECTIONS_PER_NODE]   (default 5 s, 8)
 set -euo pipefail
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 duration="${1:-5}"
 connections="${2:-8}"
 ledge="${LEDGE_BIN:-./target/release/ledge}"
+cas="${CAS_BIN:-./target/release/examples/etcd-cas}"
 wasm=functions/target/wasm32-wasip2/release
 work=$(mktemp -d)
 pids=()
@@ -52,19 +55,34 @@ token=$(cat "$work/a/admin.token")
 export LEDGE_TOKEN=$token
 
 now_ms() { date +%s%3N; }
-started=$(now_ms)
-LEDGE_SERVER=${urls[0]} "$ledge" deploy hello "$wasm/hello.wasm" >/dev/null
-for url in "${urls[1]}" "${urls[2]}"; do
-  until curl -fsS -D - -o /dev/null "$url/fn/hello/" 2>/dev/null | grep -qi "ledge-node: [bc]"; do sleep 0.005; done
+# p50 and max of the numbers in a file, one per line.
+p50_max() { sort -n "$1" | awk '{a[NR]=$1} END {printf "p50 %d ms, max %d ms (%d samples)", a[int((NR+1)/2)], a[NR], NR}'; }
+samples=9
+for i in $(seq "$samples"); do
+  started=$(now_ms)
+  LEDGE_SERVER=${urls[0]} "$ledge" deploy "hello$i" "$wasm/hello.wasm" >/dev/null
+  for url in "${urls[@]}"; do
+    until curl -fsS -o /dev/null "$url/fn/hello$i/" 2>/dev/null; do sleep 0.002; done
+  done
+  echo $(($(now_ms) - started)) >>"$work/deploys"
 done
-echo "deploy through a -> served by b and c themselves: $(($(now_ms) - started)) ms"
-invoker=$("$ledge" token mint --data-dir "$work/b" --caveat "op in invoke")
-id=$("$ledge" token inspect "$invoker" | awk '/token id/ {print $3}')
-printf 'public = false\n' | curl -fsS -X PUT -H "authorization: Bearer $token" --data-binary @- "${urls[0]}/v1/functions/hello/policy"
-started=$(now_ms)
-LEDGE_SERVER=${urls[2]} "$ledge" token revoke "$id" >/dev/null
-until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $invoker" "${urls[0]}/fn/hello/")" = 401 ]; do sleep 0.002; done
-echo "revocation through c -> refused on a: $(($(now_ms) - started)) ms"
+echo "deploy through a -> served by a, b and c: $(p50_max "$work/deploys")"
+printf 'public = false\n' >"$work/private.toml"
+LEDGE_SERVER=${urls[0]} "$ledge" deploy hello "$wasm/hello.wasm" --policy "$work/private.toml" >/dev/null
+for i in $(seq "$samples"); do
+  invoker=$("$ledge" token mint --data-dir "$work/b" --caveat "op in invoke")
+  id=$("$ledge" token inspect "$invoker" | awk '/token id/ {print $3}')
+  for url in "${urls[@]}"; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $invoker" "$url/fn/hello/")" = 200 ]; do sleep 0.01; done
+  done
+  started=$(now_ms)
+  LEDGE_SERVER=${urls[2]} "$ledge" token revoke "$id" >/dev/null
+  for url in "${urls[@]}"; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $invoker" "$url/fn/hello/")" = 401 ]; do sleep 0.002; done
+  done
+  echo $(($(now_ms) - started)) >>"$work/revocations"
+done
+echo "revocation through c -> refused on a, b and c: $(p50_max "$work/revocations")"
 
 printf 'public = true\n[rate]\nquota = 100000000\nwindow = "1s"\n[kv]\nscope = "global"\n' >"$work/global.toml"
 LEDGE_SERVER=${urls[0]} "$ledge" deploy gcounter "$wasm/counter.wasm" --policy "$work/global.toml" >/dev/null
@@ -83,7 +101,12 @@ global=$(parallel_rate gcounter)
 count=$(curl -fsS "${urls[1]}/fn/gcounter/peek")
 local_one=$(rate "${urls[0]}/fn/counter/")
 local_three=$(parallel_rate counter)
+# The same etcd, the same compare-and-put increments from a plain client (etcd-client, as
+# ledge uses it), as many at once as the 3 nodes' connections: the ceiling.
+read -r plain conflicts <<<"$("$cas" "$endpoints" bench/plain-counter $((3 * connections)) "$duration")"
 echo "global counter through 3 nodes: $global tx/s (final count $count, read on b)"
+echo "the same etcd, plain client:    $plain tx/s ($conflicts conflicts retried)"
+echo "global through ledge / plain client: $(echo "scale=2; $global / $plain" | bc)"
 echo "node-local counter, one node:   $local_one tx/s"
 echo "node-local counter, 3 nodes:    $local_three tx/s (three separate counts)"
 echo "global / local (one node): $(echo "scale=2; $global / $local_one" | bc)"

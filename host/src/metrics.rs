@@ -4,6 +4,8 @@
 //! names of deployed functions), status codes and reasons from fixed sets, so a caller cannot
 //! mint new series.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -75,6 +77,22 @@ pub struct Metrics {
     pub websocket_connections: Family<FunctionLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// WebSocket messages, by function and direction.
     pub websocket_messages: Family<WebSocketLabels, Counter>,
+    /// Per function, the series its every request touches (see [`FunctionSeries`]).
+    series: parking_lot::RwLock<HashMap<Box<str>, FunctionSeries>>,
+}
+
+/// The series of a function that every run touches, each created on its first use (so
+/// `/metrics` shows what happened, as the families alone would) and then reached through one
+/// map probe by `&str`. A family's lookup hashes a label set holding an owned `String` under
+/// the family's lock: four of them a request cost about 1 µs of a hello's ~70. Series are
+/// never removed from the families, so a cached handle never outlives its series; there is
+/// one entry per function a request reached (a deployed one), as in the families.
+#[derive(Default)]
+struct FunctionSeries {
+    ok_requests: OnceLock<Counter>,
+    request_seconds: OnceLock<Histogram>,
+    warm_instantiation_seconds: OnceLock<Histogram>,
+    cold_instantiation_seconds: OnceLock<Histogram>,
 }
 
 impl Default for Metrics {
@@ -161,14 +179,31 @@ impl Metrics {
             otel_dropped,
             websocket_connections,
             websocket_messages,
+            series: Default::default(),
         }
     }
 
+    /// `use_series` on `function`'s cached series.
+    fn with_series<R>(&self, function: &str, use_series: impl FnOnce(&FunctionSeries) -> R) -> R {
+        if let Some(series) = self.series.read().get(function) {
+            return use_series(series);
+        }
+        let mut all = self.series.write();
+        use_series(all.entry(function.into()).or_default())
+    }
+
     pub fn observe_instantiation(&self, function: &str, cold: bool, elapsed: Duration) {
-        let start = if cold { "cold" } else { "warm" };
-        self.instantiation_seconds
-            .get_or_create(&InstantiationLabels { function: function.to_string(), start })
+        self.with_series(function, |series| {
+            let (cell, start) = match cold {
+                true => (&series.cold_instantiation_seconds, "cold"),
+                false => (&series.warm_instantiation_seconds, "warm"),
+            };
+            cell.get_or_init(|| {
+                self.instantiation_seconds
+                    .get_or_create_owned(&InstantiationLabels { function: function.to_string(), start })
+            })
             .observe(elapsed.as_secs_f64());
+        });
     }
 
     pub fn observe_version(&self, function: &str, version: u64, status: u16) {
@@ -176,10 +211,19 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, function: &str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { function: function.to_string(), status }).inc();
-        self.request_seconds
-            .get_or_create(&FunctionLabels { function: function.to_string() })
-            .observe(elapsed.as_secs_f64());
+        let labels = || RequestLabels { function: function.to_string(), status };
+        self.with_series(function, |series| {
+            match status {
+                200 => series.ok_requests.get_or_init(|| self.requests.get_or_create_owned(&labels())).inc(),
+                _ => self.requests.get_or_create(&labels()).inc(),
+            };
+            series
+                .request_seconds
+                .get_or_init(|| {
+                    self.request_seconds.get_or_create_owned(&FunctionLabels { function: function.to_string() })
+                })
+                .observe(elapsed.as_secs_f64());
+        });
     }
 
     /// Adds the engine's counters and gauges, read from [`ledge_kv::Db::stats`] at each scrape.

@@ -1,16 +1,18 @@
 //! `cargo bench -p ledge-kv --bench kvbench`: SmallBank and YCSB-A on ledge-kv (Snapshot and
-//! Serializable) next to redb, plus group-commit throughput against the raw fsync latency.
+//! Serializable) next to redb and fjall (its optimistic serializable transactions), plus
+//! group-commit throughput against the raw fsync latency.
 //!
 //! Environment: `KVBENCH_SECS` (seconds per cell, default 2), `KVBENCH_ACCOUNTS` (SmallBank
 //! accounts, default 10000), `KVBENCH_KEYS` (YCSB keys, default 100000), `KVBENCH_DIR` (where the
 //! databases go; default the target tmp dir, which is on the same disk as the build),
 //! `KVBENCH_ONLY` (comma list of `sb`, `sbfsync`, `sbhot`, `ycsb`, `group`; default all),
-//! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`; default all), `KVBENCH_ROUNDS`
+//! `KVBENCH_ENGINES` (comma list of `si`, `ssn`, `redb`, `fjall`; default all), `KVBENCH_ROUNDS`
 //! (each cell's time is split into this many slices alternating between engines; default 5).
 //!
 //! Durability in the comparison tables: "relaxed" = ledge-kv `Periodic(10ms)` vs redb
-//! `Durability::None` (neither fsyncs per commit); "fsync" = ledge-kv `Fsync` (group commit) vs
-//! redb `Durability::Immediate` (every commit durable before it returns).
+//! `Durability::None` vs fjall `PersistMode::Buffer` (none fsyncs per commit); "fsync" =
+//! ledge-kv `Fsync` (group commit) vs redb `Durability::Immediate` vs fjall
+//! `PersistMode::SyncData` (every commit durable before it returns).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fjall::{KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable};
 use ledge_kv::{Db, Durability, Isolation, Options};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -76,6 +79,31 @@ impl Ops for RedbOps<'_> {
     }
 }
 
+struct FjallOps<'a>(&'a mut fjall::OptimisticWriteTx, &'a OptimisticTxKeyspace);
+
+impl Ops for FjallOps<'_> {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
+        let value = self.0.get(self.1, k).map_err(|_| Step::Retry)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+    fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Step> {
+        self.0.insert(self.1, k, v);
+        Ok(())
+    }
+}
+
+struct FjallRead<'a>(fjall::Snapshot, &'a OptimisticTxKeyspace);
+
+impl Ops for FjallRead<'_> {
+    fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, Step> {
+        let value = self.0.get(self.1, k).map_err(|_| Step::Retry)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+    fn put(&mut self, _: &[u8], _: &[u8]) -> Result<(), Step> {
+        Err(Step::User)
+    }
+}
+
 struct RedbRead<'a>(redb::ReadOnlyTable<&'static [u8], &'static [u8]>, std::marker::PhantomData<&'a ()>);
 
 impl Ops for RedbRead<'_> {
@@ -91,13 +119,14 @@ impl Ops for RedbRead<'_> {
 enum Engine {
     Ledge(Db, Isolation),
     Redb(redb::Database, Dur),
+    Fjall(OptimisticTxDatabase, OptimisticTxKeyspace, Dur),
 }
 
 impl Engine {
     fn ssn_aborts(&self) -> u64 {
         match self {
             Engine::Ledge(db, _) => db.stats().aborted_ssn,
-            Engine::Redb(..) => 0,
+            Engine::Redb(..) | Engine::Fjall(..) => 0,
         }
     }
 
@@ -106,6 +135,7 @@ impl Engine {
             Engine::Ledge(_, Isolation::Snapshot) => "ledge-kv SI",
             Engine::Ledge(_, Isolation::Serializable) => "ledge-kv SSN",
             Engine::Redb(..) => "redb 3.1",
+            Engine::Fjall(..) => "fjall 3.1",
         }
     }
 
@@ -121,6 +151,25 @@ impl Engine {
                             Ok(_) => return aborts,
                             Err(e) if e.is_retryable() => aborts += 1,
                             Err(e) => panic!("commit failed: {e}"),
+                        },
+                        Err(Step::User) => return aborts,
+                        Err(Step::Retry) => aborts += 1,
+                    }
+                }
+                Engine::Fjall(db, keyspace, dur) => {
+                    if read_only {
+                        let _ = body(&mut FjallRead(db.read_tx(), keyspace));
+                        return aborts;
+                    }
+                    let mode = match dur {
+                        Dur::Relaxed => PersistMode::Buffer,
+                        Dur::Fsync => PersistMode::SyncData,
+                    };
+                    let mut tx = db.write_tx().expect("fjall write").durability(Some(mode));
+                    match body(&mut FjallOps(&mut tx, keyspace)) {
+                        Ok(()) => match tx.commit().expect("fjall commit") {
+                            Ok(()) => return aborts,
+                            Err(_conflict) => aborts += 1,
                         },
                         Err(Step::User) => return aborts,
                         Err(Step::Retry) => aborts += 1,
@@ -346,7 +395,7 @@ fn run_threads(threads: usize, secs: f64, f: impl Fn(usize, &AtomicBool) -> (u64
 
 fn engine_wanted(kind: usize) -> bool {
     let only = std::env::var("KVBENCH_ENGINES").unwrap_or_default();
-    let name = ["si", "ssn", "redb"][kind];
+    let name = ["si", "ssn", "redb", "fjall"][kind];
     only.is_empty() || only.split(',').any(|p| p == name)
 }
 
@@ -361,7 +410,12 @@ fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
     match kind {
         0 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Snapshot),
         1 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Serializable),
-        _ => Engine::Redb(redb::Database::create(dir.join("redb")).expect("redb"), dur),
+        2 => Engine::Redb(redb::Database::create(dir.join("redb")).expect("redb"), dur),
+        _ => {
+            let db = OptimisticTxDatabase::builder(dir.join("fjall")).open().expect("fjall");
+            let keyspace = db.keyspace("kv", KeyspaceCreateOptions::default).expect("fjall keyspace");
+            Engine::Fjall(db, keyspace, dur)
+        }
     }
 }
 
@@ -426,7 +480,7 @@ fn main() {
         if !want(part) {
             continue;
         }
-        let engines: Vec<Engine> = (0..3)
+        let engines: Vec<Engine> = (0..4)
             .filter(|&k| engine_wanted(k))
             .map(|kind| {
                 let e = open_engine(kind, &base.join(format!("sb{kind}")), dur);
@@ -445,7 +499,7 @@ fn main() {
     }
     if want("ycsb") {
         let zipf = Zipf::new(keys);
-        let engines: Vec<Engine> = (0..3)
+        let engines: Vec<Engine> = (0..4)
             .filter(|&k| engine_wanted(k))
             .map(|kind| {
                 let e = open_engine(kind, &base.join(format!("y{kind}")), Dur::Relaxed);

@@ -51,6 +51,7 @@ struct State {
 }
 
 /// Where the log subscriber writes (see the module docs).
+#[derive(Clone)]
 pub struct LogWriter {
     shared: Arc<Shared>,
 }
@@ -70,6 +71,11 @@ impl LogWriter {
         report_dropped: impl Fn(u64) + Send + 'static,
     ) -> (LogWriter, LogWriterGuard) {
         Self::spawn_bounded(out, report_dropped, BOUNDS)
+    }
+
+    /// Hands over one whole line (dropped, and counted, when the buffer is full).
+    pub fn append(&self, line: &[u8]) {
+        self.shared.append(line);
     }
 
     fn spawn_bounded(

@@ -24,6 +24,7 @@ use crate::queue::Queues;
 use crate::registry::Registry;
 use crate::registry::config::SecretsKey;
 use crate::runtime::{Runtime, RuntimeOptions};
+use crate::telemetry::access::{self, AccessFormat};
 use crate::telemetry::{LogBridge, OtlpOptions};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -338,17 +339,29 @@ fn default_kv_budget() -> u64 {
 /// dropping it writes what is buffered. `otlp`: ledge's events (info and above, whatever
 /// `LEDGE_LOG` says) also go to the OTLP log exporter once it is installed.
 pub(super) fn init_logging(format: LogFormat, otlp: bool) -> LogWriterGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("LEDGE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn"))
+    };
     // Colours only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = LogWriter::spawn(std::io::stderr(), |dropped| {
         tracing::warn!(dropped, "log writer behind: lines dropped");
     });
+    // The access line, written by hand in the same format (colours aside: at a terminal it
+    // stays a `tracing` event).
+    let access_format = match format {
+        LogFormat::Human => (!ansi).then_some(AccessFormat::Human),
+        LogFormat::Json => Some(AccessFormat::Json),
+    };
+    if let Some(access_format) = access_format.filter(|_| access::filter_passes(filter())) {
+        let access_writer = writer.clone();
+        access::install(access_format, Box::new(move |line| access_writer.append(line)));
+    }
     let text = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
     let text: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
-        LogFormat::Human => Box::new(text.with_filter(filter)),
-        LogFormat::Json => Box::new(text.json().with_filter(filter)),
+        LogFormat::Human => Box::new(text.with_filter(filter())),
+        LogFormat::Json => Box::new(text.json().with_filter(filter())),
     };
     let otlp = otlp.then(|| LogBridge.with_filter(LogBridge::targets()));
     tracing_subscriber::registry().with(text).with(otlp).init();

@@ -248,8 +248,9 @@ impl App {
                 error.status()
             }
         };
-        if let Some(recording) = recording.as_ref().filter(|r| span.is_recording() && r.tape.keeps()) {
-            span.set("ledge.trace", recording.id.clone());
+        let kept = recording.as_ref().filter(|r| span.is_recording() && r.tape.keeps());
+        if let Some(id) = kept.and_then(|recording| recording.tape.trace_id()) {
+            span.set("ledge.trace", id);
         }
         span.set("http.response.status_code", i64::from(status));
         span.end();

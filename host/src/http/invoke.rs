@@ -200,8 +200,9 @@ impl App {
             tape: recording.as_ref().map(|recording| recording.tape.clone()),
         };
         let result = self.runtime.invoke(invocation, request, &path_and_query).await;
-        if let Some(recording) = recording.as_ref().filter(|r| span.is_recording() && r.tape.keeps()) {
-            span.set("ledge.trace", recording.id.clone());
+        let kept = recording.as_ref().filter(|r| span.is_recording() && r.tape.keeps());
+        if let Some(id) = kept.and_then(|recording| recording.tape.trace_id()) {
+            span.set("ledge.trace", id);
         }
         let trace = recording.and_then(|recording| self.trace_header(&recording, token.as_deref(), name));
         let outcome = match result {
@@ -209,7 +210,7 @@ impl App {
                 let mut response =
                     response.map(|body| body.map_err(|error| Box::new(error) as BoxError).boxed_unsync());
                 for (header, value) in decision.iter().flat_map(RateDecision::headers) {
-                    if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    if let Ok(value) = http::HeaderValue::try_from(value) {
                         response.headers_mut().insert(header, value);
                     }
                 }

@@ -13,7 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::App;
 use crate::access::policy::RecordPolicy;
 use crate::access::tokens::Caller;
-use crate::record::store::new_id;
 use crate::record::trace::{CallerFacts, GuestFacts, Reason, RecordedRequest, Trace};
 use crate::record::{Keep, Retention, Tape, Traces};
 use crate::registry::{Chosen, Deployment};
@@ -27,7 +26,6 @@ pub const TRACE_HEADER: &str = "ledge-trace";
 /// A run being recorded, and what the edge needs to know about it afterwards.
 pub(super) struct Recording {
     pub tape: Arc<Tape>,
-    pub id: String,
     /// The caller may read this function's traces (`None`: not checked yet).
     may_read: Option<bool>,
 }
@@ -73,15 +71,13 @@ pub(super) struct RunToRecord<'a> {
     pub otel_trace_id: Option<String>,
 }
 
-/// A tape recording `run`, and the id its trace will have; the finished trace goes to
+/// A tape recording `run` ([`Tape::trace_id`] names its trace); the finished trace goes to
 /// `traces` if it is kept. `max_memory` is the node's ceiling on guest memory.
-pub(super) fn start(traces: &Traces, max_memory: u64, run: RunToRecord<'_>) -> (String, Arc<Tape>) {
+pub(super) fn start(traces: &Traces, max_memory: u64, run: RunToRecord<'_>) -> Arc<Tape> {
     let RunToRecord { deployment, chosen, caller, request, keep: (keep, reason), otel_trace_id } = run;
     let policy = &deployment.policy;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let id = new_id(now.as_millis() as u64);
     let trace = Trace {
-        id: id.clone(),
         function: chosen.meta.name.clone(),
         version: chosen.version,
         component_sha256: chosen.meta.sha256.clone(),
@@ -129,7 +125,7 @@ pub(super) fn start(traces: &Traces, max_memory: u64, run: RunToRecord<'_>) -> (
         trace.facts.config = config.recorded();
         sink(trace, bytes)
     });
-    (id, Tape::record(trace, keep, keep_with_config))
+    Tape::record(trace, keep, keep_with_config)
 }
 
 impl App {
@@ -159,8 +155,8 @@ impl App {
             keep,
             otel_trace_id: request.extensions().get::<TraceCx>().and_then(TraceCx::trace_id),
         };
-        let (id, tape) = start(&self.traces, self.runtime.max_memory(), run);
-        Some(Recording { tape, id, may_read })
+        let tape = start(&self.traces, self.runtime.max_memory(), run);
+        Some(Recording { tape, may_read })
     }
 
     /// The `ledge-trace` value for a finished run: its id, when the trace is kept and the caller
@@ -172,7 +168,7 @@ impl App {
         name: &str,
     ) -> Option<String> {
         let may_read = || recording.may_read.unwrap_or_else(|| self.may_read_traces(authorization, name));
-        (recording.tape.keeps() && may_read()).then(|| recording.id.clone())
+        (recording.tape.keeps() && may_read()).then(|| recording.tape.trace_id()).flatten()
     }
 }
 

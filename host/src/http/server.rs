@@ -24,7 +24,7 @@ use super::problem::Problem;
 use crate::http::App;
 use crate::http::tls::Tls;
 use crate::runtime::logs::RequestLine;
-use crate::telemetry::logs::ACCESS_LOG;
+use crate::telemetry::access::{self, AccessLine};
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -219,22 +219,31 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::pin!(connection);
+    // The stop signal and the idle timer live as long as the connection: made afresh at each
+    // wakeup (every request), each registered and deregistered itself again, a timer-wheel and
+    // a waiter-list lock pair per request that the connection never needed.
+    let stop = stopping.changed();
+    tokio::pin!(stop);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     let mut closing = false;
     loop {
-        let idle_at = activity.idle_at(idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
         tokio::select! {
             outcome = connection.as_mut() => return outcome,
-            _ = stopping.changed(), if !closing => {
+            _ = &mut stop, if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
-                if activity.idle_at(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+            () = &mut idle, if !closing => match activity.idle_at(idle_timeout) {
+                Some(at) if at > Instant::now() => idle.as_mut().reset(at.into()),
+                // Busy (a request in flight): look again a whole timeout later.
+                None => idle.as_mut().reset((Instant::now() + idle_timeout).into()),
+                Some(_) => {
                     tracing::debug!("closing an idle connection");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-            }
+            },
         }
     }
 }
@@ -265,15 +274,13 @@ async fn handle(
     let request_id = id.to_str().unwrap_or_default();
     // The access line has a target of its own: `LEDGE_LOG=ledge::access=warn` silences it, and
     // it is not exported over OTLP (a function's run has its `ledge.request` span instead).
-    tracing::info!(
-        target: ACCESS_LOG,
+    access::log(&AccessLine {
         request_id,
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+        method: method.as_str(),
+        path: &path,
+        status: response.status().as_u16(),
+        micros: elapsed.as_micros() as u64,
+    });
     // A request that reached a function (it answered with its version) joins its live log.
     let version = response.headers().get("ledge-version").and_then(|v| v.to_str().ok()?.parse().ok());
     let function = path.strip_prefix("/fn/").map(|rest| rest.split('/').next().unwrap_or(rest));

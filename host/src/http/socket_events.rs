@@ -118,7 +118,7 @@ impl Session {
                 keep,
                 otel_trace_id: span.trace_id(),
             };
-            recording::start(&self.traces, self.runtime.max_memory(), run).1
+            recording::start(&self.traces, self.runtime.max_memory(), run)
         });
         let invocation = Invocation {
             function: &self.function,

@@ -4,7 +4,8 @@
 //! - [`route_key`]: method and path with ids and query values stripped (`GET /users/:id?page`);
 //! - [`Sampler`]: the draw, per function, independent of `[record] sample`: one run every
 //!   [`STEADY`], and besides, the first run of a route the corpus does not hold yet, at most
-//!   [`MAX_PER_SECOND`] draws a second in all;
+//!   [`MAX_PER_SECOND`] draws a second in all, and at most [`MAX_NODE_PER_SECOND`] a second
+//!   across every function of the node;
 //! - [`victim`]: when the corpus is full, the oldest trace of the route with the most traces
 //!   goes, so a rare route survives among common ones;
 //! - [`round_robin`]: the order the corpus is handed out in, distinct routes first.
@@ -23,6 +24,12 @@ use parking_lot::Mutex;
 pub const STEADY: Duration = Duration::from_millis(500);
 /// The most corpus draws per function in one second, new routes included.
 pub const MAX_PER_SECOND: u32 = 10;
+/// The most corpus draws in one second across all functions. Each draw of a successful run
+/// keeps and stores its trace: without a bound for the node, 1,000 functions would keep 2,000
+/// traces a second at steady state, and 10,000 functions served evenly would record nearly
+/// every run (requests spread over 10,000 functions ran at 0.13x of one function). A function
+/// whose draw is refused is drawn on one of its next runs, so every corpus still fills.
+pub const MAX_NODE_PER_SECOND: u32 = 100;
 /// The longest route key; a longer one is cut (at a character boundary).
 pub const MAX_ROUTE_KEY: usize = 256;
 /// A path segment longer than this is taken for an id.
@@ -73,6 +80,9 @@ fn is_id(segment: &str) -> bool {
 pub struct Sampler {
     epoch: Instant,
     functions: Mutex<HashMap<String, Drawn>>,
+    /// The second (since the epoch) and the draws made in it, all functions together; taken
+    /// after `functions` when both are held.
+    node: Mutex<(u64, u32)>,
 }
 
 /// One function's draws.
@@ -92,7 +102,7 @@ struct Drawn {
 
 impl Default for Sampler {
     fn default() -> Self {
-        Sampler { epoch: Instant::now(), functions: Mutex::new(HashMap::new()) }
+        Sampler { epoch: Instant::now(), functions: Mutex::new(HashMap::new()), node: Mutex::new((0, 0)) }
     }
 }
 
@@ -121,16 +131,32 @@ impl Sampler {
             return false;
         }
         if now_ms >= drawn.next_steady {
+            if !self.node_draws(now_ms) {
+                return false;
+            }
             drawn.next_steady = now_ms + STEADY.as_millis() as u64;
             drawn.in_second += 1;
             return true;
         }
         let route = route_key(method, path_and_query);
-        if drawn.routes.contains_key(&route) || drawn.new_in_second.contains(&route) {
+        if drawn.routes.contains_key(&route) || drawn.new_in_second.contains(&route) || !self.node_draws(now_ms) {
             return false;
         }
         drawn.in_second += 1;
         drawn.new_in_second.push(route);
+        true
+    }
+
+    /// Counts one draw against the node's budget for this second; false when it is spent.
+    fn node_draws(&self, now_ms: u64) -> bool {
+        let mut node = self.node.lock();
+        if node.0 != now_ms / 1000 {
+            *node = (now_ms / 1000, 0);
+        }
+        if node.1 >= MAX_NODE_PER_SECOND {
+            return false;
+        }
+        node.1 += 1;
         true
     }
 
@@ -252,6 +278,21 @@ mod tests {
         assert_eq!(sampler.len(), 0);
         sampler.set_routes("f", HashMap::new());
         assert_eq!(sampler.len(), 0, "an empty corpus makes no entry");
+    }
+
+    #[test]
+    fn the_node_draws_at_most_its_budget_a_second_and_a_refused_function_is_drawn_later() {
+        let sampler = Sampler::default();
+        let budget = MAX_NODE_PER_SECOND as usize;
+        let drawn_at = |ms: u64, functions: std::ops::Range<usize>| {
+            functions.filter(|n| sampler.draw_at(ms, &format!("f{n}"), "GET", "/")).count()
+        };
+        // 3x the budget of functions, each with its first run in the same second.
+        assert_eq!(drawn_at(10_000, 0..3 * budget), budget, "one draw each, up to the node's budget");
+        assert_eq!(drawn_at(10_999, 0..3 * budget), 0, "the budget of that second is spent");
+        // Those refused are drawn on their next runs, a budget's worth a second.
+        assert_eq!(drawn_at(11_000, budget..3 * budget), budget);
+        assert_eq!(drawn_at(12_000, 2 * budget..3 * budget), budget);
     }
 
     #[test]

@@ -80,15 +80,21 @@ impl Registry {
         };
         let canary = meta.canary;
         let needed: Vec<u64> = std::iter::once(meta.version).chain(canary.map(|c| c.version)).collect();
+        let mut removed = false;
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let kept = version_of(&entry.file_name().to_string_lossy())
                 .is_some_and(|v| needed.contains(&v) || entry.path().join(VERSION_FILE).exists());
             if entry.file_type()?.is_dir() && !kept {
                 fs::remove_dir_all(entry.path())?;
+                removed = true;
             }
         }
-        prune_versions(&dir, &policy, &needed)?;
+        // The directory is synced only when it changed: a sync per function at every start
+        // was most of a start with 10,000 functions.
+        if prune_versions(&dir, &policy, &needed)? == 0 && removed {
+            sync_dir(&dir)?;
+        }
         let live = self.load_version(name, meta, report)?;
         let live_file = dir.join(version_dir_name(live.meta.version)).join(VERSION_FILE);
         if !live_file.exists() {
@@ -127,6 +133,20 @@ impl Registry {
         report: &mut LoadReport,
     ) -> anyhow::Result<LoadedVersion> {
         meta.canary = None;
+        // Many functions deployed from the same bytes share one verified, mapped copy of the
+        // code, prepared once (the linker's type check of every import, the costliest part
+        // of loading a function whose code is already compiled).
+        let cached = self
+            .loaded_code
+            .lock()
+            .expect("code cache poisoned")
+            .as_ref()
+            .and_then(|c| c.get(&meta.code_sha256).cloned());
+        if let Some(pre) = cached {
+            report.precompiled += 1;
+            tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
+            return Ok(LoadedVersion { meta, pre });
+        }
         let version_dir = self.function_dir(name).join(version_dir_name(meta.version));
         let component = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
@@ -164,20 +184,13 @@ impl Registry {
             }
         };
         let pre = self.runtime.prepare(&component)?;
+        if let Some(cache) = self.loaded_code.lock().expect("code cache poisoned").as_mut() {
+            cache.insert(meta.code_sha256.clone(), pre.clone());
+        }
         Ok(LoadedVersion { meta, pre })
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
-        // Many functions deployed from the same bytes share one verified, mapped copy.
-        let cached = self
-            .loaded_code
-            .lock()
-            .expect("code cache poisoned")
-            .as_ref()
-            .and_then(|c| c.get(&meta.code_sha256).cloned());
-        if let Some(component) = cached {
-            return Ok(component);
-        }
         let path = version_dir.join("code.cwasm");
         let bytes = fs::read(&path).map_err(|e| format!("precompiled code unreadable: {e}"))?;
         if sha256_hex(&bytes) != meta.code_sha256 {
@@ -186,12 +199,8 @@ impl Registry {
         drop(bytes);
         // SAFETY: the file is ledge's own output (its digest matches the one recorded when ledge
         // wrote it), and wasmtime itself rejects code from another wasmtime build or config.
-        let component = unsafe { Component::deserialize_file(self.runtime.engine(), &path) }
-            .map_err(|e| format!("precompiled code is not valid for this engine: {e}"))?;
-        if let Some(cache) = self.loaded_code.lock().expect("code cache poisoned").as_mut() {
-            cache.insert(meta.code_sha256.clone(), component.clone());
-        }
-        Ok(component)
+        unsafe { Component::deserialize_file(self.runtime.engine(), &path) }
+            .map_err(|e| format!("precompiled code is not valid for this engine: {e}"))
     }
 }
 
@@ -220,16 +229,20 @@ pub(super) fn kept_versions(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Removes the oldest versions beyond `[versions] keep`, and then while the kept components
 /// hold more than `[versions] max_bytes` together; never one of `needed` (live, canary).
-pub(super) fn prune_versions(dir: &Path, policy: &Policy, needed: &[u64]) -> io::Result<()> {
+pub(super) fn prune_versions(dir: &Path, policy: &Policy, needed: &[u64]) -> io::Result<usize> {
     let mut sized = Vec::new();
     for version in kept_versions(dir)? {
         let component = dir.join(version_dir_name(version)).join("component.wasm");
         sized.push((version, fs::metadata(component).map_or(0, |m| m.len())));
     }
-    for version in versions_to_prune(&sized, policy.versions_keep, policy.versions_max_bytes, needed) {
-        fs::remove_dir_all(dir.join(version_dir_name(version)))?;
+    let pruned = versions_to_prune(&sized, policy.versions_keep, policy.versions_max_bytes, needed);
+    for version in &pruned {
+        fs::remove_dir_all(dir.join(version_dir_name(*version)))?;
     }
-    sync_dir(dir)
+    if !pruned.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(pruned.len())
 }
 
 /// Which of `versions` (`(version, component bytes)`, oldest first) to drop, oldest first,

@@ -219,9 +219,9 @@ pub struct Registry {
     /// Serializes every change to the functions' files (deploys, removals, policies, config,
     /// rollbacks); [`Registry::while_unchanged`] holds it to read them whole.
     changes: Arc<tokio::sync::Mutex<()>>,
-    /// Compiled code loaded while the registry opens, by SHA-256: functions deployed from the
-    /// same bytes share it. `None` once open, so removed functions' code is not kept alive.
-    loaded_code: std::sync::Mutex<Option<HashMap<String, wasmtime::component::Component>>>,
+    /// Compiled code loaded and prepared while the registry opens, by its SHA-256: functions
+    /// deployed from the same bytes share it. `None` once open, so removed functions' code is not kept alive.
+    loaded_code: std::sync::Mutex<Option<HashMap<String, FunctionPre>>>,
     /// Components checked before a cluster publishes them, by SHA-256 (at most
     /// [`deploy::MAX_CHECKED`]).
     checked: std::sync::Mutex<HashMap<String, deploy::Artifacts>>,

@@ -62,6 +62,7 @@ impl Runtime {
     {
         let Some(tape) = invocation.tape.clone() else { return self.run(invocation, request, path_and_query).await };
         match self.run(invocation, request, path_and_query).await {
+            Ok(response) if tape.is_settled() => Ok(response),
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let body = body.map_frame(move |frame| {
@@ -186,7 +187,15 @@ impl Runtime {
             });
         }
         match response {
-            Ok(response) if finished.is_some() && !head_only => whole(response).await,
+            Ok(response) if finished.is_some() && !head_only => {
+                let response = whole(response).await?;
+                // The guest returned cleanly and its body is whole: a recording kept only on
+                // failure is settled, and stops taking the output down.
+                if let (Some(tape), Some((Ok(Ok(())), false))) = (&invocation.tape, &finished) {
+                    tape.settle(response.status().as_u16());
+                }
+                Ok(response)
+            }
             Ok(response) => Ok(response),
             Err(code) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
         }

@@ -10,7 +10,8 @@
 //! Layer: above [`crate::metrics`] (whose registry it exports and whose drop counter it
 //! charges), below everything that makes spans. Files: [`queue`] (the bounded queues between
 //! requests and the exporters), [`sampler`] (the per-second cap on new traces), [`metrics`]
-//! (the registry as OTLP metrics), [`logs`] (the `tracing` layer feeding OTLP logs).
+//! (the registry as OTLP metrics), [`logs`] (the `tracing` layer feeding OTLP logs), [`access`]
+//! (the access log's line, formatted by hand).
 //!
 //! Invariants:
 //! - a request never waits on the collector: finished spans and log records go into bounded
@@ -32,6 +33,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use thiserror::Error;
 
+pub mod access;
 pub mod context;
 pub mod logs;
 pub mod metrics;

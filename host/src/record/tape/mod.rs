@@ -92,6 +92,7 @@ impl Tape {
                 overflowed: bytes > MAX_RECORDED_BYTES,
                 started: Instant::now(),
                 keep,
+                settled: false,
                 sink: Some(sink),
             })),
         })

@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Keep, MAX_RECORDED_BYTES, Mode, Tape};
+use crate::record::store::new_id;
 use crate::record::trace::{Event, Reason, Trace};
 
 /// A recording in progress: the trace so far, and where it goes when the run is over.
@@ -21,10 +22,36 @@ pub(super) struct Recording {
     pub(super) overflowed: bool,
     pub(super) started: Instant,
     pub(super) keep: Keep,
+    /// Kept only on failure, the run finished cleanly: nothing more can make it kept, so its
+    /// output is no longer taken down ([`Tape::settle`]).
+    pub(super) settled: bool,
     pub(super) sink: Option<Box<dyn FnOnce(Trace, usize) + Send>>,
 }
 
 impl Tape {
+    /// The id the trace has (made on first use: most recordings are never kept, and never
+    /// need one), or `None` when the tape records nothing.
+    pub fn trace_id(&self) -> Option<String> {
+        let Mode::Record(recording) = &self.mode else { return None };
+        Some(recording.lock().trace_id().to_string())
+    }
+
+    /// The guest finished cleanly with `status`, its response whole: a recording kept only on
+    /// failure (the default `[record] errors`) is then settled as not kept.
+    pub fn settle(&self, status: u16) {
+        if let Mode::Record(recording) = &self.mode {
+            let mut recording = recording.lock();
+            if recording.keep == Keep::OnFailure && status < 500 && !recording.trace.failed() {
+                recording.settled = true;
+            }
+        }
+    }
+
+    /// The recording is settled as not kept: the run's output is not taken down.
+    pub fn is_settled(&self) -> bool {
+        matches!(&self.mode, Mode::Record(recording) if recording.lock().settled)
+    }
+
     /// Would the finished recording be kept as it stands now (for `ledge-trace`)?
     pub fn keeps(&self) -> bool {
         match &self.mode {
@@ -38,8 +65,18 @@ impl Tape {
 }
 
 impl Recording {
+    fn trace_id(&mut self) -> &str {
+        if self.trace.id.is_empty() {
+            self.trace.id = new_id(self.trace.recorded_at_ms);
+        }
+        &self.trace.id
+    }
+
     /// Whether the run, as it stands, is to be kept (the bound aside).
     fn kept(&self) -> bool {
+        if self.settled {
+            return false;
+        }
         match self.keep {
             Keep::Always => true,
             Keep::OnFailure => self.trace.failed(),
@@ -90,6 +127,7 @@ impl Drop for Tape {
             }
             return;
         }
+        recording.trace_id();
         let mut trace = *std::mem::take(&mut recording.trace);
         if let Keep::Corpus { failed: Some(reason) } = recording.keep
             && (trace.failed() || trace.status() >= 400)
