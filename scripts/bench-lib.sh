@@ -27,7 +27,7 @@ median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # its data in $work/data (the caller's temp folder, removed with the server by the EXIT trap
 # this sets), waited for; sets `pid`, and exports LEDGE_SERVER and LEDGE_TOKEN for the CLI.
 start_ledge() {
-  trap 'kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+  trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
   ./target/release/ledge serve --listen "127.0.0.1:$1" --data-dir "$work/data" --policies "$2" "${@:3}" \
     >"$work/serve.out" 2>"$work/serve.log" &
   pid=$!

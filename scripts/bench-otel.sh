@@ -17,7 +17,8 @@ rounds="${2:-3}"
 ledge=./target/release/ledge
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# Each server is waited for: one still writing its data dir would make the removal fail.
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 mkdir -p "$work/policies"

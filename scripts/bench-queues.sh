@@ -20,7 +20,8 @@ ledge=./target/release/ledge
 worker=tests/guests/target/wasm32-wasip2/release/queue_worker.wasm
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# Each server is waited for: one still writing its data dir would make the removal fail.
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 mkdir -p "$work/policies"

@@ -39,7 +39,7 @@ busy=$(ss -Hltn '( sport >= :18080 and sport <= :18113 )' | awk '{print $4}' | p
 [ -z "$busy" ] || { echo "bench.sh: ports in use (an earlier run still going?): $busy" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 wait_http() { for _ in $(seq 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
@@ -236,7 +236,7 @@ echo "  wasmtime serve start -> first response:   hello $(python3 scripts/coldst
 # replays nothing). After SIGKILL the next start replays the WAL written since the last checkpoint.
 read -r wal_mib killed_ms commits replay_ms <<<"$(python3 scripts/coldstart.py afterkill ./target/release/ledge "$work/ledge" counter "$work/policies" 8)"
 awk -v w="$wal_mib" -v s="$killed_ms" -v c="$commits" -v r="$replay_ms" 'BEGIN {
-  printf "  after 8 s of counter load and SIGKILL:   %s MiB of WAL, start -> first response %s ms (%.1f ms per MiB); %d commits replayed in %s ms (%.0f commits/s)\n", w, s, (w > 0 ? s / w : 0), c, r, (r > 0 ? c / r * 1000 : 0)
+  printf "  after 8 s of counter load and SIGKILL:   %s MiB of WAL, start -> first response %s ms; %d commits replayed in %s ms (%.1f ms per MiB, %.0f commits/s)\n", w, s, c, r, (w > 0 ? r / w : 0), (r > 0 ? c / r * 1000 : 0)
 }'
 
 echo
