@@ -28,8 +28,12 @@ pub const MAX_PER_SECOND: u32 = 10;
 /// keeps and stores its trace: without a bound for the node, 1,000 functions would keep 2,000
 /// traces a second at steady state, and 10,000 functions served evenly would record nearly
 /// every run (requests spread over 10,000 functions ran at 0.13x of one function). A function
-/// whose draw is refused is drawn on one of its next runs, so every corpus still fills.
+/// whose draw is refused is owed one: it is drawn before functions not owed on one of its next
+/// runs, so no tenant's functions can keep the budget from another's (see [`NodeDraws`]).
 pub const MAX_NODE_PER_SECOND: u32 = 100;
+/// How long a refused function stays owed a draw (one that no longer runs stops holding a
+/// place).
+const OWED_FOR_SECONDS: u64 = 60;
 /// The longest route key; a longer one is cut (at a character boundary).
 pub const MAX_ROUTE_KEY: usize = 256;
 /// A path segment longer than this is taken for an id.
@@ -80,9 +84,51 @@ fn is_id(segment: &str) -> bool {
 pub struct Sampler {
     epoch: Instant,
     functions: Mutex<HashMap<String, Drawn>>,
-    /// The second (since the epoch) and the draws made in it, all functions together; taken
-    /// after `functions` when both are held.
-    node: Mutex<(u64, u32)>,
+    /// The node's budget; taken after `functions` when both are held.
+    node: Mutex<NodeDraws>,
+}
+
+/// The draws of the current second across the node, and the functions owed one. A function
+/// refused for want of budget is owed a draw, and the owed are served oldest refusal first:
+/// one may draw only from what those refused before it leave, and a function that is not owed
+/// only from what all of them leave. So a tenant flooding new routes on many functions cannot
+/// keep the budget from another's: each refused function holds its place in line until its
+/// next run. At most one entry per function (removed with it, or after [`OWED_FOR_SECONDS`]).
+#[derive(Default)]
+struct NodeDraws {
+    second: u64,
+    drawn: u32,
+    /// Function → the second it was refused in.
+    owed: HashMap<String, u64>,
+    /// How many of `owed` were refused in each second.
+    owed_per_second: std::collections::BTreeMap<u64, usize>,
+}
+
+impl NodeDraws {
+    fn owe(&mut self, function: &str, second: u64) {
+        self.owed.insert(function.to_string(), second);
+        *self.owed_per_second.entry(second).or_default() += 1;
+    }
+
+    fn settle(&mut self, function: &str) {
+        if let Some(since) = self.owed.remove(function)
+            && let Some(count) = self.owed_per_second.get_mut(&since)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.owed_per_second.remove(&since);
+            }
+        }
+    }
+
+    /// Draws that come before one of `function`'s: those owed to functions refused earlier,
+    /// or all owed ones for a function not owed a draw.
+    fn ahead_of(&self, function: &str) -> usize {
+        match self.owed.get(function) {
+            Some(since) => self.owed_per_second.range(..since).map(|(_, count)| count).sum(),
+            None => self.owed.len(),
+        }
+    }
 }
 
 /// One function's draws.
@@ -102,7 +148,7 @@ struct Drawn {
 
 impl Default for Sampler {
     fn default() -> Self {
-        Sampler { epoch: Instant::now(), functions: Mutex::new(HashMap::new()), node: Mutex::new((0, 0)) }
+        Sampler { epoch: Instant::now(), functions: Mutex::new(HashMap::new()), node: Mutex::default() }
     }
 }
 
@@ -131,7 +177,7 @@ impl Sampler {
             return false;
         }
         if now_ms >= drawn.next_steady {
-            if !self.node_draws(now_ms) {
+            if !self.node_draws(now_ms, function) {
                 return false;
             }
             drawn.next_steady = now_ms + STEADY.as_millis() as u64;
@@ -139,7 +185,10 @@ impl Sampler {
             return true;
         }
         let route = route_key(method, path_and_query);
-        if drawn.routes.contains_key(&route) || drawn.new_in_second.contains(&route) || !self.node_draws(now_ms) {
+        if drawn.routes.contains_key(&route)
+            || drawn.new_in_second.contains(&route)
+            || !self.node_draws(now_ms, function)
+        {
             return false;
         }
         drawn.in_second += 1;
@@ -147,16 +196,32 @@ impl Sampler {
         true
     }
 
-    /// Counts one draw against the node's budget for this second; false when it is spent.
-    fn node_draws(&self, now_ms: u64) -> bool {
+    /// Counts one draw of `function` against the node's budget for this second; false (and
+    /// `function` owed a draw, if it was not) when what is left is held for others in line.
+    fn node_draws(&self, now_ms: u64, function: &str) -> bool {
         let mut node = self.node.lock();
-        if node.0 != now_ms / 1000 {
-            *node = (now_ms / 1000, 0);
+        let second = now_ms / 1000;
+        if node.second != second {
+            node.second = second;
+            node.drawn = 0;
+            let expired: Vec<String> = node
+                .owed
+                .iter()
+                .filter(|(_, since)| second.saturating_sub(**since) >= OWED_FOR_SECONDS)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in expired {
+                node.settle(&name);
+            }
         }
-        if node.1 >= MAX_NODE_PER_SECOND {
+        if node.drawn as usize + node.ahead_of(function) >= MAX_NODE_PER_SECOND as usize {
+            if !node.owed.contains_key(function) {
+                node.owe(function, second);
+            }
             return false;
         }
-        node.1 += 1;
+        node.drawn += 1;
+        node.settle(function);
         true
     }
 
@@ -174,7 +239,9 @@ impl Sampler {
 
     /// Drops what is known of `function` (removed).
     pub fn forget(&self, function: &str) {
-        self.functions.lock().remove(function);
+        let mut functions = self.functions.lock();
+        functions.remove(function);
+        self.node.lock().settle(function);
     }
 
     /// Functions with an entry (for tests of the bound).
@@ -293,6 +360,39 @@ mod tests {
         // Those refused are drawn on their next runs, a budget's worth a second.
         assert_eq!(drawn_at(11_000, budget..3 * budget), budget);
         assert_eq!(drawn_at(12_000, 2 * budget..3 * budget), budget);
+    }
+
+    #[test]
+    fn a_flood_of_new_routes_on_many_functions_cannot_keep_the_budget_from_others() {
+        let sampler = Sampler::default();
+        let budget = MAX_NODE_PER_SECOND as usize;
+        let flooders = (budget / MAX_PER_SECOND as usize) * 2;
+        // Each second the flooding tenant's functions come first, each with new routes up to
+        // its own cap, then the other tenant's functions run once each.
+        let mut others_drawn = std::collections::HashSet::new();
+        for second in 0..5u64 {
+            let ms = 20_000 + second * 1000;
+            for route in 0..MAX_PER_SECOND {
+                for flooder in 0..flooders {
+                    sampler.draw_at(ms, &format!("flood{flooder}"), "GET", &format!("/{second}/{route}"));
+                }
+            }
+            for other in 0..50 {
+                if sampler.draw_at(ms + 500, &format!("other{other}"), "GET", "/") {
+                    others_drawn.insert(other);
+                }
+            }
+        }
+        assert_eq!(others_drawn.len(), 50, "every other function was drawn within 5 s: {others_drawn:?}");
+        // A function owed a draw that never runs again stops holding a place.
+        let sampler = Sampler::default();
+        for n in 0..=budget {
+            sampler.draw_at(30_000, &format!("g{n}"), "GET", "/");
+        }
+        assert_eq!(sampler.node.lock().owed.len(), 1, "the one past the budget is owed a draw");
+        sampler.draw_at(30_000 + OWED_FOR_SECONDS * 1000, "g0", "GET", "/x");
+        let node = sampler.node.lock();
+        assert!(node.owed.is_empty() && node.owed_per_second.is_empty(), "owed entries expire");
     }
 
     #[test]
