@@ -90,3 +90,60 @@ async fn a_flood_of_one_route_records_a_few_runs_a_second() {
     let most = 2.0 + elapsed * 2.0;
     assert!(!corpus.is_empty() && corpus.len() as f64 <= most, "{} of 200 runs in {elapsed:.2} s", corpus.len());
 }
+
+/// Corpus traces per function, from one listing of the node's newest traces.
+async fn corpus_by_function(server: &Server) -> std::collections::HashMap<String, usize> {
+    let url = format!("{}/v1/traces?limit=1000", server.url);
+    let listed: serde_json::Value = server.admin().get(&url).send().await.unwrap().json().await.unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for trace in listed["traces"].as_array().expect("a list").iter().filter(|t| t["reason"] == "corpus") {
+        *counts.entry(trace["function"].as_str().expect("a function").to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_flooding_new_routes_cannot_keep_the_nodes_corpus_budget_from_the_others() {
+    let server = Server::start();
+    let (flooding, quiet) = (15, 30);
+    for n in 0..flooding {
+        server.deploy(&format!("flood-{n}"), &guest("echo"));
+    }
+    for n in 0..quiet {
+        server.deploy(&format!("quiet-{n}"), &guest("echo"));
+    }
+    // Each second, first 10 new routes on each flooding function (150 first runs, over the
+    // node's 100 draws a second), then one run of each quiet function.
+    let client = client();
+    let started = Instant::now();
+    for second in 0..4u64 {
+        let floods = (0..flooding).flat_map(|n| (0..10).map(move |route| (n, route))).map(|(n, route)| {
+            let url = server.fn_url(&format!("flood-{n}"), &format!("/route-{second}-{route}"));
+            let client = client.clone();
+            async move { assert_eq!(client.get(url).send().await.unwrap().status(), 200) }
+        });
+        futures::future::join_all(floods).await;
+        for n in 0..quiet {
+            assert_eq!(client.get(server.fn_url(&format!("quiet-{n}"), "/")).send().await.unwrap().status(), 200);
+        }
+        tokio::time::sleep_until((started + Duration::from_secs(second + 1)).into()).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The trace writer stores after the responses: wait (bounded) until every quiet function
+    // has its trace, then judge.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = corpus_by_function(&server).await;
+        if (0..quiet).all(|n| counts.contains_key(&format!("quiet-{n}"))) || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let starved: Vec<String> = (0..quiet).map(|n| format!("quiet-{n}")).filter(|f| !counts.contains_key(f)).collect();
+    assert!(starved.is_empty(), "functions never drawn for their corpus: {starved:?} ({counts:?})");
+    // The node's budget held: at most 100 draws in each second the run touched.
+    let drawn: usize = counts.values().sum();
+    let most = 100 * (elapsed.ceil() as usize + 1);
+    assert!(drawn <= most, "{drawn} corpus traces in {elapsed:.2} s");
+    assert!(counts.keys().any(|f| f.starts_with("flood-")), "the flooding functions are drawn too: {counts:?}");
+}

@@ -92,3 +92,32 @@ async fn a_function_that_cannot_be_loaded_does_not_keep_the_others_down() {
     assert_eq!(server.admin().get(server.fn_url("echo", "/")).send().await.unwrap().status(), 404);
     assert!(server.log().contains("cannot load function; redeploy it"));
 }
+
+#[tokio::test]
+async fn a_request_right_after_a_restart_is_served_while_the_code_loads_and_each_build_loads_once() {
+    let mut server = Server::start();
+    server.deploy("hello", &guest("hello"));
+    server.deploy("echo", &guest("echo"));
+    assert_eq!(server.terminate().code(), Some(0));
+    server.restart_listening();
+    // As soon as the node listens: the code may not be loaded yet, and the request loads it.
+    let response = client().get(server.fn_url("hello", "/early")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /early\n");
+    let mut ready = None;
+    for _ in 0..1000 {
+        let response = client().get(format!("{}/readyz", server.url)).send().await.unwrap();
+        if response.status() == 200 {
+            ready = Some(response.text().await.unwrap());
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["detail"], "still loading the deployed functions' code", "{problem}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready.as_deref(), Some("ready\n"), "ready once the code is loaded");
+    // Loaded once each, by the request or by the start's loader, whichever came first.
+    assert_eq!(metric(&server, "ledge_artifact_loads_total{outcome=\"precompiled\"}").await, 2.0);
+    let response = client().post(server.fn_url("echo", "/")).body("loaded").send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "loaded");
+}

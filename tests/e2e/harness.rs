@@ -164,6 +164,12 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_then(true);
+    }
+
+    /// Starts the server; with `wait_for_loads`, returns only once it has loaded its functions.
+    fn spawn_then(&mut self, wait_for_loads: bool) {
+        let loads_before = self.loads_logged();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let policies = self.data_dir.with_file_name("policies");
         std::fs::create_dir_all(&policies).expect("policies dir");
@@ -207,8 +213,31 @@ impl Server {
             panic!("ledge did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
         });
         self.child = Some(child);
+        if wait_for_loads && !self.stderr_piped {
+            self.wait_for_loads(loads_before);
+        }
         let token = std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token written at start");
         self.admin_token = token.trim().to_string();
+    }
+
+    /// How many times the log says the start's loads ended ("functions loaded").
+    fn loads_logged(&self) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |log| log.matches("functions loaded").count())
+    }
+
+    /// Waits until the server has loaded the code of the functions it found at start (it
+    /// listens before): tests then see every function, its load counted and logged, as a
+    /// start used to leave them.
+    fn wait_for_loads(&self, before: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while self.loads_logged() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ledge did not load its functions; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `ledge token mint` from this server's data dir with `caveats`, asserting success.
@@ -315,6 +344,13 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts the server again, returning as soon as it listens: the code of its functions may
+    /// still be loading.
+    pub fn restart_listening(&mut self) {
+        self.kill();
+        self.spawn_then(false);
     }
 
     /// Runs a client command of the `ledge` CLI against this server.

@@ -21,8 +21,8 @@ use crate::http::server::ConnectionLimits;
 use crate::http::tls::{CertSource, Tls};
 use crate::metrics::{ArtifactLabels, Metrics};
 use crate::queue::Queues;
-use crate::registry::Registry;
 use crate::registry::config::SecretsKey;
+use crate::registry::{Registry, StartLoads};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::telemetry::access::{self, AccessFormat};
 use crate::telemetry::{LogBridge, OtlpOptions};
@@ -186,7 +186,7 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     let secrets_path = if etcd.is_some() && cluster_secrets.exists() { &cluster_secrets } else { &node_secrets };
     let secrets =
         SecretsKey::open(secrets_path).map_err(|e| anyhow::anyhow!("secrets key {}: {e}", secrets_path.display()))?;
-    let (registry, report) = {
+    let (registry, start_loads) = {
         let (data_dir, policies, runtime) = (args.data_dir.clone(), policies.map(PathBuf::from), runtime.clone());
         let db = db.clone();
         tokio::task::spawn_blocking(move || {
@@ -197,14 +197,10 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
     if !new_data_dir {
         record_formats(&args.data_dir, &formats)?;
     }
-    tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
-    let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
-    for (outcome, count) in loads {
-        metrics.artifact_loads.get_or_create(&ArtifactLabels { outcome }).inc_by(count as u64);
-    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
     let registry = Arc::new(registry);
+    spawn_start_loads(start_loads, registry.clone(), metrics.clone());
     registry.spawn_policy_watcher();
     registry.spawn_scheduler();
     let limiter = (!args.no_rate_limit).then(|| RateLimiter::new(RATE_LIMITER_KEYS));
@@ -304,6 +300,20 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
         ..ConnectionLimits::default()
     };
     Ok(Node { app, address, listener, tls, limits, db })
+}
+
+/// Loads the deployed functions' code in the background, while the node serves (see
+/// `registry::code`); "functions loaded" says when it is done.
+fn spawn_start_loads(loads: StartLoads, registry: Arc<Registry>, metrics: Arc<Metrics>) {
+    tokio::task::spawn_blocking(move || {
+        let report = loads.finish(&registry);
+        let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
+        for (outcome, count) in loads {
+            metrics.artifact_loads.get_or_create(&ArtifactLabels { outcome }).inc_by(count as u64);
+        }
+        tracing::info!(precompiled = report.precompiled, recompiled = report.recompiled, "functions loaded");
+        registry.mark_loaded();
+    });
 }
 
 /// The TLS material for `https://` etcd endpoints (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).

@@ -164,7 +164,9 @@ impl App {
             Some(query) => format!("{guest_path}?{query}"),
             None => guest_path.to_string(),
         };
-        let chosen = deployment.choose(&caller_key);
+        let Some(chosen) = deployment.choose(&caller_key) else {
+            return Err(RegistryError::NotFound(name.to_string()).into());
+        };
         let version = chosen.version;
         // The run's span, from here on (a refusal above is in the metrics and the access log,
         // and costs no trace): a child of the caller's `traceparent` if it sent one. The

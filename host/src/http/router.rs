@@ -13,7 +13,7 @@
 //! | `/v1/queues`, `/v1/queues/{name}/messages`, `/v1/queues/{name}/redrive` | send, list, peek, purge, redrive (`http/queues.rs`) |
 //! | `GET /v1/backup` | the node as a tar archive (`http/backup.rs`; a manage token without `fn` caveat) |
 //! | `GET /v1/nodes` | cluster members (`http/admin.rs`; a manage token) |
-//! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; in cluster mode: in sync with etcd) |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (open; the start's code loads done; in cluster mode: in sync with etcd) |
 //! | anything else matching a policy's `[[route]]` | that function, with the path as it came (in a cluster, a function another node hosts too: proxied, `http/proxy.rs`) |
 //! | `GET /metrics` | Prometheus text (a manage token without `fn` caveat) |
 //! | `/v1/peer/...` | node to node, not in the spec (`http/peer_corpus.rs`): only a request signed with the cluster's peer key; any other gets the 404 of a missing route |
@@ -68,8 +68,13 @@ impl App {
                 (Method::GET, "/metrics") => {
                     self.authorize(&request, Op::Manage, None, peer).map(|_| metrics_response(&self.metrics))
                 }
-                // One node is ready as soon as it serves; a cluster node once it is in sync with etcd.
+                // A node is ready once the code of every function it found at start is loaded
+                // (it serves before, loading a function on its first request); a cluster node
+                // also once it is in sync with etcd.
                 (Method::GET | Method::HEAD, "/readyz") => match &self.cluster {
+                    _ if self.registry.is_loading() => {
+                        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "still loading the deployed functions' code"))
+                    }
                     Some(cluster) if !cluster.in_sync() => Err(Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("not in sync with the cluster: {}", cluster.sync_state()),

@@ -22,7 +22,7 @@ use super::socket_session::OpenRequest;
 use super::{App, Problem, ResponseBody};
 use crate::access::policy::WebSocket;
 use crate::access::tokens::Caller;
-use crate::registry::Deployment;
+use crate::registry::{Deployment, RegistryError};
 use crate::runtime::request::remove_ledge_headers;
 use crate::websocket::OpenError;
 
@@ -109,7 +109,9 @@ impl App {
         if !http2 && key.is_none() {
             return Err(Problem::new(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key"));
         }
-        let chosen = upgrade.deployment.choose(&upgrade.caller_key);
+        let Some(chosen) = upgrade.deployment.choose(&upgrade.caller_key) else {
+            return Err(RegistryError::NotFound(upgrade.deployment.meta.name.clone()).into());
+        };
         if chosen.pre.websocket_handler().is_none() {
             return Err(Problem::new(
                 StatusCode::NOT_IMPLEMENTED,

@@ -80,19 +80,22 @@ impl Chosen<'_> {
 
 impl Deployment {
     /// The version a caller gets: the canary for its share of callers (the same callers every
-    /// time: a fixed hash of the caller's key), else the live one.
-    pub fn choose(&self, caller_key: &str) -> Chosen<'_> {
+    /// time: a fixed hash of the caller's key), else the live one. `None` when that version's
+    /// code cannot be loaded (found damaged at start: the function is about to leave).
+    pub fn choose(&self, caller_key: &str) -> Option<Chosen<'_>> {
         if let Some(canary) = &self.canary {
             let mut hasher = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(caller_key, &mut hasher);
             if std::hash::Hasher::finish(&hasher) % 100 < u64::from(canary.percent) {
-                let (meta, pre, cold) = (&canary.meta, &canary.pre, first_start(&canary.unstarted));
-                return Chosen { version: meta.version, meta, pre, cold, tally: Some(&canary.record.canary) };
+                let (meta, pre) = (&canary.meta, canary.pre.get()?);
+                let cold = first_start(&canary.unstarted);
+                return Some(Chosen { version: meta.version, meta, pre, cold, tally: Some(&canary.record.canary) });
             }
         }
+        let pre = self.pre.get()?;
         let tally = self.canary.as_ref().map(|canary| &canary.record.live);
         let cold = first_start(&self.unstarted);
-        Chosen { version: self.meta.version, meta: &self.meta, pre: &self.pre, cold, tally }
+        Some(Chosen { version: self.meta.version, meta: &self.meta, pre, cold, tally })
     }
 
     /// Judges the canary's record under `gate`; `None` without a canary.

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use super::layout::{LoadedVersion, kept_versions, prune_versions, store_version, version_dir_name};
 use super::{
-    CanarySplit, DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, Registry, RegistryError, sha256_hex,
-    validate_name,
+    CanarySplit, DeployError, Deployed, Deployment, FunctionMeta, PolicyChange, PreCell, Registry, RegistryError,
+    sha256_hex, validate_name,
 };
 use crate::runtime::{FunctionPre, Runtime, ValidateError, preinit};
 
@@ -153,10 +153,11 @@ impl Registry {
                 Arc::new(self.policy_for(name).map_err(|e| RegistryError::Io(io::Error::other(e.to_string())))?)
             }
         };
+        let pre = PreCell::ready(LoadedVersion { meta: meta.clone(), pre });
         let deployment = match (canary, &previous) {
             (Some(percent), Some(previous)) => {
                 let live = Deployment::new(previous.meta.clone(), previous.pre.clone(), policy, Some(previous));
-                live.with_canary(Some((LoadedVersion { meta: meta.clone(), pre }, percent)))
+                live.with_canary(Some((meta.clone(), pre, percent)))
             }
             _ => Deployment::new(meta.clone(), pre, policy, previous.as_deref()),
         };
@@ -186,7 +187,7 @@ impl Registry {
             let (meta, pre) =
                 std::iter::once((&deployment.meta, &deployment.pre)).chain(canary).find(|(m, _)| m.sha256 == sha256)?;
             let dir = self.function_dir(&meta.name).join(version_dir_name(meta.version));
-            Some((dir, meta.clone(), pre.clone()))
+            Some((dir, meta.clone(), pre.get()?.clone()))
         })
     }
 }

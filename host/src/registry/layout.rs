@@ -13,13 +13,11 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
-use super::{Deployment, LoadReport, Registry};
+use super::Registry;
 use crate::access::policy::Policy;
 use crate::runtime::FunctionPre;
 use crate::storage::{create_private_dir, sync_dir, write_durably};
@@ -57,59 +55,6 @@ pub(super) struct LoadedVersion {
 }
 
 impl Registry {
-    /// Loads the version `meta.json` names (and its canary), removing debris of interrupted
-    /// deploys and versions past `[versions] keep`.
-    pub(super) fn load(
-        &self,
-        name: &str,
-        policy: Arc<Policy>,
-        report: &mut LoadReport,
-    ) -> anyhow::Result<Option<Deployment>> {
-        let dir = self.function_dir(name);
-        let meta: Option<FunctionMeta> = match fs::read(dir.join("meta.json")) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error.into()),
-        };
-        let Some(meta) = meta else {
-            // Never committed: debris of a first deploy that did not finish, policy included (a
-            // later deploy of this name must not inherit it).
-            fs::remove_dir_all(&dir)?;
-            sync_dir(&self.functions_dir)?;
-            return Ok(None);
-        };
-        let canary = meta.canary;
-        let needed: Vec<u64> = std::iter::once(meta.version).chain(canary.map(|c| c.version)).collect();
-        let mut removed = false;
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kept = version_of(&entry.file_name().to_string_lossy())
-                .is_some_and(|v| needed.contains(&v) || entry.path().join(VERSION_FILE).exists());
-            if entry.file_type()?.is_dir() && !kept {
-                fs::remove_dir_all(entry.path())?;
-                removed = true;
-            }
-        }
-        // The directory is synced only when it changed: a sync per function at every start
-        // was most of a start with 10,000 functions.
-        if prune_versions(&dir, &policy, &needed)? == 0 && removed {
-            sync_dir(&dir)?;
-        }
-        let live = self.load_version(name, meta, report)?;
-        let live_file = dir.join(version_dir_name(live.meta.version)).join(VERSION_FILE);
-        if !live_file.exists() {
-            // A data dir from before versions were kept: record the live one so it can be
-            // rolled back to.
-            write_durably(&live_file, &serde_json::to_vec_pretty(&live.meta)?)?;
-        }
-        let mut deployment = Deployment::new(live.meta, live.pre, policy, None).configured(self.load_config(name)?);
-        if let Some(split) = canary {
-            let meta = self.version_meta(name, split.version)?;
-            deployment = deployment.with_canary(Some((self.load_version(name, meta, report)?, split.percent)));
-        }
-        Ok(Some(deployment))
-    }
-
     /// The recorded metadata of a kept version.
     pub(super) fn version_meta(&self, name: &str, version: u64) -> anyhow::Result<FunctionMeta> {
         let path = self.function_dir(name).join(version_dir_name(version)).join(VERSION_FILE);
@@ -124,84 +69,6 @@ impl Registry {
         let file = if meta.snapshot_sha256.is_some() { "snapshot.wasm" } else { "component.wasm" };
         Ok(fs::read(self.function_dir(name).join(version_dir_name(version)).join(file))?)
     }
-
-    /// Loads one version: its precompiled code when the digest matches, else recompiled.
-    pub(super) fn load_version(
-        &self,
-        name: &str,
-        mut meta: FunctionMeta,
-        report: &mut LoadReport,
-    ) -> anyhow::Result<LoadedVersion> {
-        meta.canary = None;
-        // Many functions deployed from the same bytes share one verified, mapped copy of the
-        // code, prepared once (the linker's type check of every import, the costliest part
-        // of loading a function whose code is already compiled).
-        let cached = self
-            .loaded_code
-            .lock()
-            .expect("code cache poisoned")
-            .as_ref()
-            .and_then(|c| c.get(&meta.code_sha256).cloned());
-        if let Some(pre) = cached {
-            report.precompiled += 1;
-            tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
-            return Ok(LoadedVersion { meta, pre });
-        }
-        let version_dir = self.function_dir(name).join(version_dir_name(meta.version));
-        let component = match self.load_precompiled(&version_dir, &meta) {
-            Ok(component) => {
-                report.precompiled += 1;
-                tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
-                component
-            }
-            Err(reason) => {
-                tracing::warn!(function = name, version = meta.version, %reason, "recompiling function");
-                let (file, expected) = match &meta.snapshot_sha256 {
-                    Some(snapshot) => ("snapshot.wasm", snapshot),
-                    None => ("component.wasm", &meta.sha256),
-                };
-                let bytes = fs::read(version_dir.join(file))?;
-                anyhow::ensure!(
-                    &sha256_hex(&bytes) == expected,
-                    "{file} of function `{name}` does not match its recorded SHA-256; redeploy it"
-                );
-                let component = self.runtime.compile(&bytes)?;
-                let code = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                write_durably(&version_dir.join("code.cwasm"), &code)?;
-                meta.code_sha256 = sha256_hex(&code);
-                write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
-                // The commit point records the live version's digest too: keep it current, or
-                // every start would recompile.
-                let commit_path = self.function_dir(name).join("meta.json");
-                let commit: Option<FunctionMeta> =
-                    fs::read(&commit_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                if let Some(commit) = commit.filter(|commit| commit.version == meta.version) {
-                    let updated = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..commit };
-                    commit_meta(&self.function_dir(name), &updated)?;
-                }
-                report.recompiled += 1;
-                component
-            }
-        };
-        let pre = self.runtime.prepare(&component)?;
-        if let Some(cache) = self.loaded_code.lock().expect("code cache poisoned").as_mut() {
-            cache.insert(meta.code_sha256.clone(), pre.clone());
-        }
-        Ok(LoadedVersion { meta, pre })
-    }
-
-    fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
-        let path = version_dir.join("code.cwasm");
-        let bytes = fs::read(&path).map_err(|e| format!("precompiled code unreadable: {e}"))?;
-        if sha256_hex(&bytes) != meta.code_sha256 {
-            return Err("precompiled code does not match its recorded SHA-256".into());
-        }
-        drop(bytes);
-        // SAFETY: the file is ledge's own output (its digest matches the one recorded when ledge
-        // wrote it), and wasmtime itself rejects code from another wasmtime build or config.
-        unsafe { Component::deserialize_file(self.runtime.engine(), &path) }
-            .map_err(|e| format!("precompiled code is not valid for this engine: {e}"))
-    }
 }
 
 /// Makes `meta` (the live version, and the canary if any) the function's commit point.
@@ -210,9 +77,9 @@ pub(super) fn commit_meta(dir: &Path, meta: &FunctionMeta) -> io::Result<()> {
 }
 
 /// Each kept version's own metadata, inside its folder.
-const VERSION_FILE: &str = "version.json";
+pub(super) const VERSION_FILE: &str = "version.json";
 
-fn version_of(dir_name: &str) -> Option<u64> {
+pub(super) fn version_of(dir_name: &str) -> Option<u64> {
     dir_name.strip_prefix('v')?.parse().ok()
 }
 

@@ -1,5 +1,6 @@
 //! The function registry: deployed components, durable in the data dir, and the live version
-//! of each function. [`layout`] is the on-disk format, [`deploy`] the deploy pipeline,
+//! of each function. [`layout`] is the on-disk format, [`code`] loading compiled code, [`start`] the start
+//! (the code loaded after the node listens), [`deploy`] the deploy pipeline,
 //! [`versions`] the kept versions and canaries, [`canary`] which version a request runs and the
 //! canary's record that `ledge promote` judges, [`policies`] how each function's effective
 //! policy is found and kept current, [`config`] config and sealed secrets, [`routes`] host
@@ -35,11 +36,12 @@ use thiserror::Error;
 use crate::access::policy::{Ceilings, Policy, Route, UploadCeilings, is_valid_name};
 use crate::guest_kv::delete_function_data;
 use crate::runtime::concurrency::ConcurrencyLimit;
-use crate::runtime::{FunctionPre, GuestConfig, Runtime, ValidateError};
+use crate::runtime::{GuestConfig, Runtime, ValidateError};
 use crate::storage::{create_private_dir, sync_dir};
 use config::SecretsKey;
 
 pub mod canary;
+pub mod code;
 pub mod config;
 pub mod consumers;
 pub mod deploy;
@@ -52,18 +54,21 @@ pub mod layout;
 pub mod policies;
 pub mod routes;
 pub mod schedule;
+pub mod start;
 pub mod versions;
 
 use canary::CanaryRecord;
 pub use canary::Chosen;
-use layout::LoadedVersion;
+use code::CodeLoader;
+pub use code::PreCell;
 pub use layout::{CanarySplit, FunctionMeta, sha256_hex};
 use policies::read_default_file;
+pub use start::StartLoads;
 
 /// A live function version, ready to instantiate.
 pub struct Deployment {
     pub meta: FunctionMeta,
-    pub pre: FunctionPre,
+    pub pre: PreCell,
     pub policy: Arc<Policy>,
     /// Permits for live instances (`limits.max_concurrency`): one per function, shared by all
     /// its versions, so a redeploy never lets twice the limit run.
@@ -79,7 +84,7 @@ pub struct Deployment {
 /// The canary of a deployment: its version, and the share of callers it serves.
 pub struct Canary {
     pub meta: FunctionMeta,
-    pub pre: FunctionPre,
+    pub pre: PreCell,
     pub percent: u8,
     /// How often it and the live version failed since it started (`ledge promote`'s gate).
     pub record: CanaryRecord,
@@ -89,7 +94,7 @@ pub struct Canary {
 impl Deployment {
     /// A version under `policy`; `previous` is the function's live version, whose concurrency
     /// limit it takes over (adjusted to the new policy).
-    fn new(meta: FunctionMeta, pre: FunctionPre, policy: Arc<Policy>, previous: Option<&Deployment>) -> Self {
+    fn new(meta: FunctionMeta, pre: PreCell, policy: Arc<Policy>, previous: Option<&Deployment>) -> Self {
         let concurrency = match previous {
             Some(previous) => {
                 previous.concurrency.set(policy.max_concurrency);
@@ -101,11 +106,11 @@ impl Deployment {
         Deployment { meta, pre, policy, concurrency, config, canary: None, unstarted: AtomicBool::new(true) }
     }
 
-    /// This deployment with `canary` (a loaded version and its share of callers), or none.
-    fn with_canary(mut self, canary: Option<(LoadedVersion, u8)>) -> Self {
-        self.canary = canary.map(|(version, percent)| {
+    /// This deployment with `canary` (a version, its build and its share of callers), or none.
+    fn with_canary(mut self, canary: Option<(FunctionMeta, PreCell, u8)>) -> Self {
+        self.canary = canary.map(|(meta, pre, percent)| {
             let record = CanaryRecord::default();
-            Arc::new(Canary { meta: version.meta, pre: version.pre, percent, record, unstarted: AtomicBool::new(true) })
+            Arc::new(Canary { meta, pre, percent, record, unstarted: AtomicBool::new(true) })
         });
         self
     }
@@ -118,8 +123,17 @@ impl Deployment {
 
     /// The same version under another configuration (its cold-start state carried over).
     fn with_config(&self, config: Arc<GuestConfig>) -> Deployment {
+        self.with(self.meta.clone(), config)
+    }
+
+    /// The same version with its metadata as `meta` now records it.
+    fn with_meta(&self, meta: FunctionMeta) -> Deployment {
+        self.with(meta, self.config.clone())
+    }
+
+    fn with(&self, meta: FunctionMeta, config: Arc<GuestConfig>) -> Deployment {
         Deployment {
-            meta: self.meta.clone(),
+            meta,
             pre: self.pre.clone(),
             policy: self.policy.clone(),
             concurrency: self.concurrency.clone(),
@@ -219,9 +233,10 @@ pub struct Registry {
     /// Serializes every change to the functions' files (deploys, removals, policies, config,
     /// rollbacks); [`Registry::while_unchanged`] holds it to read them whole.
     changes: Arc<tokio::sync::Mutex<()>>,
-    /// Compiled code loaded and prepared while the registry opens, by its SHA-256: functions
-    /// deployed from the same bytes share it. `None` once open, so removed functions' code is not kept alive.
-    loaded_code: std::sync::Mutex<Option<HashMap<String, FunctionPre>>>,
+    /// Loads versions' compiled code.
+    code: CodeLoader,
+    /// The start's loads are still running ([`StartLoads`]): `/readyz` says not ready.
+    loading: AtomicBool,
     /// Components checked before a cluster publishes them, by SHA-256 (at most
     /// [`deploy::MAX_CHECKED`]).
     checked: std::sync::Mutex<HashMap<String, deploy::Artifacts>>,
@@ -241,9 +256,10 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Opens the registry under `data_dir`, loading every deployed function (blocking).
-    /// A policy file that does not parse stops the start: serving with a silently ignored
-    /// policy would be worse.
+    /// Opens the registry under `data_dir` (blocking): every deployed function is live at
+    /// once, its code loaded by the [`StartLoads`] handed back (run them once the node listens)
+    /// or by its first request, whichever comes first. A policy file that does not parse stops
+    /// the start: serving with a silently ignored policy would be worse.
     pub fn open(
         data_dir: &Path,
         policies_dir: Option<&Path>,
@@ -251,11 +267,15 @@ impl Registry {
         runtime: Arc<Runtime>,
         db: Option<Db>,
         secrets: SecretsKey,
-    ) -> anyhow::Result<(Registry, LoadReport)> {
+    ) -> anyhow::Result<(Registry, StartLoads)> {
         let functions_dir = data_dir.join("functions");
         create_private_dir(&functions_dir)?;
         let default_file = policies_dir.map_or_else(PathBuf::new, |dir| dir.join("default.toml"));
         let (default_policy, upload_ceilings) = read_default_file(&default_file, &ceilings)?;
+        let changes = Arc::new(tokio::sync::Mutex::new(()));
+        let held = changes.clone().try_lock_owned().expect("a new lock is free");
+        let code = CodeLoader::new(functions_dir.clone(), runtime.clone());
+        let mut loads = StartLoads::new(code.clone(), held);
         let registry = Registry {
             functions_dir,
             policies_dir: policies_dir.map(Path::to_path_buf),
@@ -267,12 +287,12 @@ impl Registry {
             secrets: RwLock::new(Arc::new(secrets)),
             live: RwLock::new(HashMap::new()),
             routes: RwLock::default(),
-            changes: Arc::new(tokio::sync::Mutex::new(())),
-            loaded_code: std::sync::Mutex::new(Some(HashMap::new())),
+            changes,
+            code,
+            loading: AtomicBool::new(true),
             checked: std::sync::Mutex::new(HashMap::new()),
             schedules_here: std::sync::OnceLock::new(),
         };
-        let mut report = LoadReport::default();
         let mut live = HashMap::new();
         for entry in fs::read_dir(&registry.functions_dir)? {
             let entry = entry?;
@@ -281,9 +301,9 @@ impl Registry {
                 continue;
             }
             let policy = Arc::new(registry.policy_for(&name)?);
-            // One function that cannot be loaded (a damaged component, an artifact this build
-            // cannot run) must not keep the others down: it is reported and left undeployed.
-            match registry.load(&name, policy, &mut report) {
+            // One function that cannot be loaded (damaged files, an artifact this build cannot
+            // run) must not keep the others down: it is reported and left undeployed.
+            match registry.load(&name, policy, &mut loads) {
                 Ok(Some(deployment)) => {
                     live.insert(name, Arc::new(deployment));
                 }
@@ -294,9 +314,8 @@ impl Registry {
             }
         }
         *registry.live.write().expect("registry lock poisoned") = live;
-        registry.loaded_code.lock().expect("code cache poisoned").take();
         registry.rebuild_routes();
-        Ok((registry, report))
+        Ok((registry, loads))
     }
 
     fn function_dir(&self, name: &str) -> PathBuf {

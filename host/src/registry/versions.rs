@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::canary::{Gate, Judgement};
 use super::layout::{commit_meta, kept_versions};
-use super::{CanarySplit, Deployment, FunctionMeta, LoadReport, Registry, RegistryError, validate_name};
+use super::{CanarySplit, Deployment, FunctionMeta, PreCell, Registry, RegistryError, validate_name};
 
 /// What `GET /v1/functions/{name}/versions` reports.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -112,14 +112,14 @@ impl Registry {
             None
         } else {
             let meta = self.version_meta(name, version).map_err(|e| RegistryError::Versions(format!("{e:#}")))?;
-            let mut report = LoadReport::default();
-            Some(
-                self.load_version(name, meta, &mut report)
-                    .map_err(|e| RegistryError::Versions(format!("version {version} cannot be loaded: {e:#}")))?,
-            )
+            let (loaded, _) = self
+                .code
+                .load_version(name, meta)
+                .map_err(|e| RegistryError::Versions(format!("version {version} cannot be loaded: {e:#}")))?;
+            Some(loaded)
         };
         let (meta, pre) = match loaded {
-            Some(loaded) => (loaded.meta, loaded.pre),
+            Some(loaded) => (loaded.meta.clone(), PreCell::ready(loaded)),
             None => (FunctionMeta { canary: None, ..current.meta.clone() }, current.pre.clone()),
         };
         commit_meta(&self.function_dir(name), &meta)?;

@@ -60,10 +60,12 @@ impl Runtime {
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(tape) = invocation.tape.clone() else { return self.run(invocation, request, path_and_query).await };
+        let Some(tape) = invocation.tape.clone() else {
+            return self.run(invocation, request, path_and_query).await.map(|(response, _)| response);
+        };
         match self.run(invocation, request, path_and_query).await {
-            Ok(response) if tape.is_settled() => Ok(response),
-            Ok(response) => {
+            Ok((response, Settled(true))) => Ok(response),
+            Ok((response, Settled(false))) => {
                 let (parts, body) = response.into_parts();
                 let body = body.map_frame(move |frame| {
                     if let Some(chunk) = frame.data_ref() {
@@ -80,12 +82,13 @@ impl Runtime {
         }
     }
 
+    /// The run, and whether it settled its tape (a settled recording takes no more output).
     async fn run<B>(
         &self,
         invocation: Invocation<'_>,
         request: http::Request<B>,
         path_and_query: &str,
-    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    ) -> Result<(http::Response<HyperOutgoingBody>, Settled), InvokeError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -191,12 +194,13 @@ impl Runtime {
                 let response = whole(response).await?;
                 // The guest returned cleanly and its body is whole: a recording kept only on
                 // failure is settled, and stops taking the output down.
+                let mut settled = Settled(false);
                 if let (Some(tape), Some((Ok(Ok(())), false))) = (&invocation.tape, &finished) {
-                    tape.settle(response.status().as_u16());
+                    settled = Settled(tape.settle(response.status().as_u16()));
                 }
-                Ok(response)
+                Ok((response, settled))
             }
-            Ok(response) => Ok(response),
+            Ok(response) => Ok((response, Settled(false))),
             Err(code) => Err(InvokeError::Trap(format!("the function answered with error code {code:?}"))),
         }
     }
@@ -231,6 +235,9 @@ impl Runtime {
         )
     }
 }
+
+/// Whether a run settled its tape ([`Tape::settle`]).
+struct Settled(bool);
 
 /// How long a response waits for its guest to return before its head goes out alone. A guest
 /// returns microseconds after it answers; the margin covers a busy machine. A guest that keeps

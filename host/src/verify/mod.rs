@@ -124,7 +124,9 @@ impl Verifier {
         timeout: Duration,
     ) -> anyhow::Result<Report> {
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_TIMEOUT);
-        let local_live = self.registry.lookup(name);
+        // The live build here, when this node hosts the function (its code loaded).
+        let local_live =
+            self.registry.lookup(name).and_then(|live| Some((live.pre.get()?.clone(), live.config.clone())));
         let cluster = self.cluster.as_ref().filter(|cluster| cluster.replicas_of(name).is_some());
         if local_live.is_none() && cluster.is_none() {
             return Ok(Report::default());
@@ -147,7 +149,7 @@ impl Verifier {
         }
         let timed_out = |corpus: Vec<corpus::Entry>| corpus.into_iter().map(|e| unverified(e.id, TIMED_OUT)).collect();
         let live: Live = match (local_live, cluster) {
-            (Some(live), _) => (live.pre.clone(), live.config.clone()),
+            (Some(live), _) => live,
             (None, Some(cluster)) => match tokio::time::timeout_at(deadline, cluster.live_build(name)).await {
                 Err(_) => {
                     report.unverified = timed_out(corpus);

@@ -37,19 +37,15 @@ impl Tape {
     }
 
     /// The guest finished cleanly with `status`, its response whole: a recording kept only on
-    /// failure (the default `[record] errors`) is then settled as not kept.
-    pub fn settle(&self, status: u16) {
-        if let Mode::Record(recording) = &self.mode {
-            let mut recording = recording.lock();
-            if recording.keep == Keep::OnFailure && status < 500 && !recording.trace.failed() {
-                recording.settled = true;
-            }
+    /// failure (the default `[record] errors`) is then settled as not kept, and takes no more
+    /// of the run's output. Whether it settled.
+    pub fn settle(&self, status: u16) -> bool {
+        let Mode::Record(recording) = &self.mode else { return false };
+        let mut recording = recording.lock();
+        if recording.keep == Keep::OnFailure && status < 500 && !recording.trace.failed() {
+            recording.settled = true;
         }
-    }
-
-    /// The recording is settled as not kept: the run's output is not taken down.
-    pub fn is_settled(&self) -> bool {
-        matches!(&self.mode, Mode::Record(recording) if recording.lock().settled)
+        recording.settled
     }
 
     /// Would the finished recording be kept as it stands now (for `ledge-trace`)?
