@@ -128,7 +128,6 @@ async fn functions_flooding_new_routes_cannot_keep_the_nodes_corpus_budget_from_
         }
         tokio::time::sleep_until((started + Duration::from_secs(second + 1)).into()).await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
     // The trace writer stores after the responses: wait (bounded) until every quiet function
     // has its trace, then judge.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -141,9 +140,6 @@ async fn functions_flooding_new_routes_cannot_keep_the_nodes_corpus_budget_from_
     };
     let starved: Vec<String> = (0..quiet).map(|n| format!("quiet-{n}")).filter(|f| !counts.contains_key(f)).collect();
     assert!(starved.is_empty(), "functions never drawn for their corpus: {starved:?} ({counts:?})");
-    // The node's budget held: at most 100 draws in each second the run touched.
-    let drawn: usize = counts.values().sum();
-    let most = 100 * (elapsed.ceil() as usize + 1);
-    assert!(drawn <= most, "{drawn} corpus traces in {elapsed:.2} s");
+    // (How many draws the node's budget lets through a second is the sampler's unit test.)
     assert!(counts.keys().any(|f| f.starts_with("flood-")), "the flooding functions are drawn too: {counts:?}");
 }

@@ -46,7 +46,10 @@ pub struct Node {
 impl Node {
     /// Serves until `shutdown`, drains, then flushes and closes the engine.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let registry = self.app.registry.clone();
         crate::http::server::serve(self.listener, self.app, self.tls, self.limits, shutdown).await?;
+        // Loads still under way would keep the process (a blocking task) until they end.
+        registry.stop_start_loads();
         crate::telemetry::flush(TELEMETRY_FLUSH).await;
         // Every request has finished (or the drain deadline passed): checkpoint, so that the next
         // start replays no WAL, then flush and close the engine. A checkpoint that fails leaves

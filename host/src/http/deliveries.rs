@@ -188,6 +188,7 @@ impl App {
         let permit = deployment.concurrency.try_acquire()?;
         let started = Instant::now();
         let attempt = delivery.entry.failed + 1;
+        deployment.load_code().await;
         let chosen = deployment.choose(&delivery.entry.id)?;
         let path = consumer.path.as_str();
         // A delivery starts a trace of its own.

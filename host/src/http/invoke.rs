@@ -134,6 +134,8 @@ impl App {
             let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, decision.problem_detail());
             return Err(with_rate_headers(problem, Some(decision)));
         }
+        // A start loads the code after the node listens: this request may be first to need it.
+        deployment.load_code().await;
         if upgrade && let Some(entry) = deployment.policy.websockets.iter().find(|entry| entry.covers(guest_path)) {
             let path_with_query = match request.uri().query() {
                 Some(query) => format!("{guest_path}?{query}"),

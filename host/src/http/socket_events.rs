@@ -103,6 +103,7 @@ impl Session {
         if !Arc::ptr_eq(&still.concurrency, &deployment.concurrency) {
             return Err(EventError::Gone);
         }
+        deployment.load_code().await;
         let chosen = deployment.choose(&self.caller_key).ok_or(EventError::Gone)?;
         let entry_kept = deployment.policy.websockets.iter().any(|entry| entry.path == self.entry.path);
         if !entry_kept || chosen.pre.websocket_handler().is_none() {

@@ -81,7 +81,8 @@ impl Chosen<'_> {
 impl Deployment {
     /// The version a caller gets: the canary for its share of callers (the same callers every
     /// time: a fixed hash of the caller's key), else the live one. `None` when that version's
-    /// code cannot be loaded (found damaged at start: the function is about to leave).
+    /// code is not loaded ([`Deployment::load_code`] first) or cannot be (found damaged at
+    /// start: the function is about to leave).
     pub fn choose(&self, caller_key: &str) -> Option<Chosen<'_>> {
         if let Some(canary) = &self.canary {
             let mut hasher = std::hash::DefaultHasher::new();
@@ -96,6 +97,15 @@ impl Deployment {
         let tally = self.canary.as_ref().map(|canary| &canary.record.live);
         let cold = first_start(&self.unstarted);
         Some(Chosen { version: self.meta.version, meta: &self.meta, pre, cold, tally })
+    }
+
+    /// Loads the code of the live version and of the canary where a start left it for later
+    /// (on a blocking thread), so that [`Deployment::choose`] finds it.
+    pub async fn load_code(&self) {
+        self.pre.load().await;
+        if let Some(canary) = &self.canary {
+            canary.pre.load().await;
+        }
     }
 
     /// Judges the canary's record under `gate`; `None` without a canary.

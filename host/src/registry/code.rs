@@ -15,14 +15,33 @@ use super::layout::{FunctionMeta, LoadedVersion, VERSION_FILE, commit_meta, sha2
 use crate::runtime::{FunctionPre, Runtime};
 use crate::storage::write_durably;
 
-/// How a version's code was loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Loaded {
-    /// From its precompiled `code.cwasm`.
-    Precompiled,
-    /// Compiled again from the component (the precompiled code was missing, damaged or built
-    /// for another engine) and stored for the next start.
-    Recompiled,
+/// A version's code compiled again from its component (the precompiled code was missing,
+/// damaged or built for another engine), to be stored for the next start.
+pub(super) struct Recompiled {
+    function_dir: PathBuf,
+    version_dir: PathBuf,
+    /// The version's metadata with the new code's digest.
+    meta: FunctionMeta,
+    code: Vec<u8>,
+}
+
+impl Recompiled {
+    /// Stores the code and its digest (blocking; the caller holds the change lock: the commit
+    /// point is read, changed and written).
+    pub(super) fn store(self) -> anyhow::Result<()> {
+        let Recompiled { function_dir, version_dir, meta, code } = self;
+        write_durably(&version_dir.join("code.cwasm"), &code)?;
+        write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
+        // The commit point records the live version's digest too: keep it current, or every
+        // start would recompile.
+        let commit: Option<FunctionMeta> =
+            fs::read(function_dir.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(commit) = commit.filter(|commit| commit.version == meta.version) {
+            let updated = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..commit };
+            commit_meta(&function_dir, &updated)?;
+        }
+        Ok(())
+    }
 }
 
 /// Loads versions' compiled code from the functions' folders.
@@ -42,8 +61,13 @@ impl CodeLoader {
     }
 
     /// Loads one version (blocking): its precompiled code when the digest matches, else
-    /// recompiled. The version's metadata comes back with the digest of the code now stored.
-    pub(super) fn load_version(&self, name: &str, mut meta: FunctionMeta) -> anyhow::Result<(LoadedVersion, Loaded)> {
+    /// recompiled. The version's metadata comes back with the digest of the code it runs; code
+    /// recompiled comes back too, for the caller to store under the change lock.
+    pub(super) fn load_version(
+        &self,
+        name: &str,
+        mut meta: FunctionMeta,
+    ) -> anyhow::Result<(LoadedVersion, Option<Recompiled>)> {
         meta.canary = None;
         // Many functions deployed from the same bytes share one verified, mapped copy of the
         // code, prepared once (the linker's type check of every import, the costliest part
@@ -52,14 +76,14 @@ impl CodeLoader {
             self.shared.lock().expect("code cache poisoned").as_ref().and_then(|c| c.get(&meta.code_sha256).cloned());
         if let Some(pre) = cached {
             tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
-            return Ok((LoadedVersion { meta, pre }, Loaded::Precompiled));
+            return Ok((LoadedVersion { meta, pre }, None));
         }
         let function_dir = self.functions_dir.join(name);
         let version_dir = function_dir.join(version_dir_name(meta.version));
-        let (component, loaded) = match self.load_precompiled(&version_dir, &meta) {
+        let (component, recompiled) = match self.load_precompiled(&version_dir, &meta) {
             Ok(component) => {
                 tracing::info!(function = name, version = meta.version, "loaded precompiled artifact");
-                (component, Loaded::Precompiled)
+                (component, None)
             }
             Err(reason) => {
                 tracing::warn!(function = name, version = meta.version, %reason, "recompiling function");
@@ -74,26 +98,15 @@ impl CodeLoader {
                 );
                 let component = self.runtime.compile(&bytes)?;
                 let code = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                write_durably(&version_dir.join("code.cwasm"), &code)?;
                 meta.code_sha256 = sha256_hex(&code);
-                write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
-                // The commit point records the live version's digest too: keep it current, or
-                // every start would recompile.
-                let commit_path = function_dir.join("meta.json");
-                let commit: Option<FunctionMeta> =
-                    fs::read(&commit_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                if let Some(commit) = commit.filter(|commit| commit.version == meta.version) {
-                    let updated = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..commit };
-                    commit_meta(&function_dir, &updated)?;
-                }
-                (component, Loaded::Recompiled)
+                (component, Some(Recompiled { function_dir, version_dir, meta: meta.clone(), code }))
             }
         };
         let pre = self.runtime.prepare(&component)?;
         if let Some(cache) = self.shared.lock().expect("code cache poisoned").as_mut() {
             cache.insert(meta.code_sha256.clone(), pre.clone());
         }
-        Ok((LoadedVersion { meta, pre }, loaded))
+        Ok((LoadedVersion { meta, pre }, recompiled))
     }
 
     fn load_precompiled(&self, version_dir: &Path, meta: &FunctionMeta) -> Result<Component, String> {
@@ -138,13 +151,24 @@ impl PreCell {
         PreCell(Arc::new(PreCellInner { loaded: OnceLock::new(), load: Mutex::new(Some(load)) }))
     }
 
-    /// The build, loading it first if nobody has (blocking, then: only in the moments after a
-    /// start); `None` when it cannot be loaded.
+    /// The build if it is loaded; never waits (a start's builds are loaded by [`PreCell::load`]).
     pub fn get(&self) -> Option<&FunctionPre> {
-        self.loaded_version().map(|version| &version.pre)
+        self.0.loaded.get()?.as_ref().map(|version| &version.pre)
     }
 
-    pub(super) fn loaded_version(&self) -> Option<&LoadedVersion> {
+    /// Loads the build if nobody has yet, on a blocking thread: a load reads, hashes and maps
+    /// the code, or recompiles it, which must never hold a worker that serves requests.
+    /// Whether the build could be loaded.
+    pub async fn load(&self) -> bool {
+        if let Some(loaded) = self.0.loaded.get() {
+            return loaded.is_some();
+        }
+        let cell = self.clone();
+        tokio::task::spawn_blocking(move || cell.load_blocking().is_some()).await.unwrap_or(false)
+    }
+
+    /// The build, loaded here if nobody has (blocking: never on a worker that serves requests).
+    pub(super) fn load_blocking(&self) -> Option<&LoadedVersion> {
         let inner = &self.0;
         inner
             .loaded
@@ -153,6 +177,17 @@ impl PreCell {
                 load.and_then(|load| load())
             })
             .as_ref()
+    }
+
+    /// What a load left, without waiting: `None` before anyone loaded, `Some(None)` when the
+    /// build could not be loaded.
+    pub(super) fn get_loaded(&self) -> Option<Option<&LoadedVersion>> {
+        self.0.loaded.get().map(Option::as_ref)
+    }
+
+    /// Whether `self` and `other` are the same cell (one version's build, not a copy).
+    pub(super) fn same(&self, other: &PreCell) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -179,14 +214,14 @@ mod tests {
                 let (cell, barrier) = (cell.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    cell.get().is_none()
+                    cell.load_blocking().is_none()
                 })
             })
             .collect();
         for asker in askers {
             assert!(asker.join().unwrap(), "a build that cannot be loaded is none for every asker");
         }
-        assert!(cell.get().is_none());
+        assert!(cell.get().is_none() && cell.load_blocking().is_none());
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
 }

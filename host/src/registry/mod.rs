@@ -235,8 +235,10 @@ pub struct Registry {
     changes: Arc<tokio::sync::Mutex<()>>,
     /// Loads versions' compiled code.
     code: CodeLoader,
-    /// The start's loads are still running ([`StartLoads`]): `/readyz` says not ready.
-    loading: AtomicBool,
+    /// The start's loads are over ([`StartLoads`]); until then `/readyz` says not ready.
+    loaded: tokio::sync::watch::Sender<bool>,
+    /// The node stops: the start's loads end early.
+    stop_loading: AtomicBool,
     /// Components checked before a cluster publishes them, by SHA-256 (at most
     /// [`deploy::MAX_CHECKED`]).
     checked: std::sync::Mutex<HashMap<String, deploy::Artifacts>>,
@@ -273,9 +275,8 @@ impl Registry {
         let default_file = policies_dir.map_or_else(PathBuf::new, |dir| dir.join("default.toml"));
         let (default_policy, upload_ceilings) = read_default_file(&default_file, &ceilings)?;
         let changes = Arc::new(tokio::sync::Mutex::new(()));
-        let held = changes.clone().try_lock_owned().expect("a new lock is free");
         let code = CodeLoader::new(functions_dir.clone(), runtime.clone());
-        let mut loads = StartLoads::new(code.clone(), held);
+        let mut loads = StartLoads::new(code.clone(), changes.clone());
         let registry = Registry {
             functions_dir,
             policies_dir: policies_dir.map(Path::to_path_buf),
@@ -289,7 +290,8 @@ impl Registry {
             routes: RwLock::default(),
             changes,
             code,
-            loading: AtomicBool::new(true),
+            loaded: tokio::sync::watch::Sender::new(false),
+            stop_loading: AtomicBool::new(false),
             checked: std::sync::Mutex::new(HashMap::new()),
             schedules_here: std::sync::OnceLock::new(),
         };

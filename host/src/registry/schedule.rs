@@ -92,6 +92,7 @@ impl Registry {
     async fn run_scheduled(&self, name: &str, path: &str) {
         let Some(deployment) = self.lookup(name) else { return };
         let started = Instant::now();
+        deployment.load_code().await;
         let Some(chosen) = deployment.choose("schedule") else { return };
         let status = match deployment.concurrency.try_acquire() {
             None => {

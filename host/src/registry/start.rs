@@ -16,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::code::{CodeLoader, Loaded, PreCell};
+use super::code::{CodeLoader, PreCell};
 use super::layout::{FunctionMeta, VERSION_FILE, prune_versions, version_dir_name, version_of};
 use super::{Deployment, LoadReport, Registry};
 use crate::access::policy::Policy;
@@ -27,9 +27,9 @@ pub struct StartLoads {
     /// The versions, with the size of their code (smallest loaded first).
     versions: Vec<(u64, String, PreCell)>,
     loader: CodeLoader,
+    /// The registry's change lock, taken to store code recompiled on the way.
+    changes: Arc<tokio::sync::Mutex<()>>,
     counts: Arc<LoadCounts>,
-    /// The change lock, taken before anyone else could.
-    held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 #[derive(Default)]
@@ -39,49 +39,56 @@ struct LoadCounts {
 }
 
 impl StartLoads {
-    pub(super) fn new(loader: CodeLoader, held: tokio::sync::OwnedMutexGuard<()>) -> Self {
-        StartLoads { versions: Vec::new(), loader, counts: Arc::default(), held }
+    pub(super) fn new(loader: CodeLoader, changes: Arc<tokio::sync::Mutex<()>>) -> Self {
+        StartLoads { versions: Vec::new(), loader, changes, counts: Arc::default() }
     }
 
-    /// A cell that loads `meta`'s version of `name` on first use.
+    /// A cell that loads `meta`'s version of `name` on first use (on a blocking thread).
     pub(super) fn defer(&mut self, name: &str, meta: FunctionMeta) -> PreCell {
         let code = self.loader.functions_dir.join(name).join(version_dir_name(meta.version)).join("code.cwasm");
         let size = fs::metadata(code).map_or(u64::MAX, |m| m.len());
-        let (loader, counts, function) = (self.loader.clone(), self.counts.clone(), name.to_string());
-        let cell = PreCell::deferred(Box::new(move || match loader.load_version(&function, meta) {
-            Ok((version, loaded)) => {
-                let count = match loaded {
-                    Loaded::Precompiled => &counts.precompiled,
-                    Loaded::Recompiled => &counts.recompiled,
+        let (loader, changes, counts) = (self.loader.clone(), self.changes.clone(), self.counts.clone());
+        let function = name.to_string();
+        let cell = PreCell::deferred(Box::new(move || {
+            let load = || {
+                let (version, recompiled) = loader.load_version(&function, meta)?;
+                let count = match recompiled {
+                    None => &counts.precompiled,
+                    Some(recompiled) => {
+                        let _change = changes.blocking_lock();
+                        recompiled.store()?;
+                        &counts.recompiled
+                    }
                 };
                 count.fetch_add(1, Ordering::Relaxed);
-                Some(version)
-            }
-            Err(error) => {
-                tracing::error!(function = %function, error = %format!("{error:#}"), "cannot load function; redeploy it");
-                None
-            }
+                anyhow::Ok(version)
+            };
+            // A panic in a load (a bug, or wasmtime's) fails this function, not the start.
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("loading its code panicked")));
+            loaded
+                .inspect_err(|error| {
+                    tracing::error!(function = %function, error = %format!("{error:#}"), "cannot load function; redeploy it")
+                })
+                .ok()
         }));
         self.versions.push((size, name.to_string(), cell.clone()));
         cell
     }
 
-    /// Loads every version not loaded yet, smallest first (blocking); then leaves undeployed
-    /// the functions that could not be loaded, records the digests of code recompiled on the
-    /// way in their live versions, and lets changes through again.
+    /// Loads every version not loaded yet, smallest first (blocking), until the node stops;
+    /// then leaves undeployed the functions still live with a build that could not be loaded,
+    /// and records the digests of code recompiled on the way in their live versions.
     pub fn finish(mut self, registry: &Registry) -> LoadReport {
         self.versions.sort_by_key(|(size, _, _)| *size);
-        let mut failed = Vec::new();
-        let mut recompiled = Vec::new();
-        for (_, name, cell) in &self.versions {
-            match cell.loaded_version() {
-                None => failed.push(name.clone()),
-                Some(version) => recompiled.push((name.clone(), version.meta.clone())),
+        for (_, _, cell) in &self.versions {
+            if registry.start_loads_stopped() {
+                break;
             }
+            cell.load_blocking();
         }
         self.loader.forget_shared();
-        registry.settle_start_loads(&failed, &recompiled);
-        drop(self.held);
+        registry.settle_start_loads(&self.versions);
         LoadReport {
             precompiled: self.counts.precompiled.load(Ordering::Relaxed),
             recompiled: self.counts.recompiled.load(Ordering::Relaxed),
@@ -135,46 +142,85 @@ impl Registry {
             // rolled back to.
             write_durably(&live_file, &serde_json::to_vec_pretty(&live_meta)?)?;
         }
+        // Everything that can fail first: a function that does not go live loads no code.
+        let config = self.load_config(name)?;
+        let canary =
+            canary.map(|split| anyhow::Ok((self.version_meta(name, split.version)?, split.percent))).transpose()?;
         let pre = loads.defer(name, live_meta.clone());
-        let mut deployment = Deployment::new(live_meta, pre, policy, None).configured(self.load_config(name)?);
-        if let Some(split) = canary {
-            let meta = self.version_meta(name, split.version)?;
-            let pre = loads.defer(name, meta.clone());
-            deployment = deployment.with_canary(Some((meta, pre, split.percent)));
-        }
-        Ok(Some(deployment))
+        let deployment = Deployment::new(live_meta, pre, policy, None).configured(config);
+        let canary = canary.map(|(meta, percent)| (meta.clone(), loads.defer(name, meta), percent));
+        Ok(Some(deployment.with_canary(canary)))
     }
 
     /// Whether the start's loads are still running.
     pub fn is_loading(&self) -> bool {
-        self.loading.load(Ordering::Acquire)
+        !*self.loaded.borrow()
     }
 
-    /// The end of the start's loads (their lock still held): functions whose code could not be
-    /// loaded leave, and live versions whose code was recompiled record its new digest (a
-    /// rollback to them commits it).
-    fn settle_start_loads(&self, failed: &[String], loaded: &[(String, FunctionMeta)]) {
+    /// Waits until the start's loads are over (the cluster applies its first listing after
+    /// them, so a function that could not be loaded is installed again from etcd).
+    pub async fn loads_done(&self) {
+        let mut loaded = self.loaded.subscribe();
+        let _ = loaded.wait_for(|done| *done).await;
+    }
+
+    /// The node is stopping: the start's loads end after the one under way.
+    pub fn stop_start_loads(&self) {
+        self.stop_loading.store(true, Ordering::Relaxed);
+    }
+
+    fn start_loads_stopped(&self) -> bool {
+        self.stop_loading.load(Ordering::Relaxed)
+    }
+
+    /// The end of the start's loads: each function still live with a build they loaded (a
+    /// change since may have replaced it) leaves if that build could not be loaded, or records
+    /// the digest of its code if it was recompiled (a rollback to it commits that digest).
+    fn settle_start_loads(&self, versions: &[(u64, String, PreCell)]) {
+        let mut removed = false;
         {
             let mut live = self.live.write().expect("registry lock poisoned");
-            for name in failed {
-                live.remove(name);
-            }
-            for (name, meta) in loaded {
-                let Some(current) = live.get(name) else { continue };
-                if current.meta.version == meta.version && current.meta.code_sha256 != meta.code_sha256 {
-                    let recorded = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..current.meta.clone() };
-                    let updated = Arc::new(current.with_meta(recorded));
-                    live.insert(name.clone(), updated);
+            for (_, name, cell) in versions {
+                let Some(current) = live.get(name).filter(|current| current.pre.same(cell)) else { continue };
+                match cell.get_loaded() {
+                    Some(Some(version)) if version.meta.code_sha256 != current.meta.code_sha256 => {
+                        let code_sha256 = version.meta.code_sha256.clone();
+                        let updated = current.with_meta(FunctionMeta { code_sha256, ..current.meta.clone() });
+                        live.insert(name.clone(), Arc::new(updated));
+                    }
+                    Some(None) => {
+                        live.remove(name);
+                        removed = true;
+                    }
+                    // Loaded as recorded, or never loaded (the node stops).
+                    Some(Some(_)) | None => {}
                 }
             }
+            // A canary whose build could not be loaded takes its function with it, as at a start
+            // that loaded everything first.
+            let failed_canaries: Vec<String> = live
+                .iter()
+                .filter(|(_, deployment)| {
+                    deployment.canary.as_ref().is_some_and(|canary| {
+                        versions
+                            .iter()
+                            .any(|(_, _, cell)| canary.pre.same(cell) && matches!(cell.get_loaded(), Some(None)))
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in failed_canaries {
+                live.remove(&name);
+                removed = true;
+            }
         }
-        if !failed.is_empty() {
+        if removed {
             self.rebuild_routes();
         }
     }
 
-    /// The start's loads are over and told (`/readyz` says ready from now on).
+    /// The start's loads are over and counted (`/readyz` says ready from now on).
     pub fn mark_loaded(&self) {
-        self.loading.store(false, Ordering::Release);
+        self.loaded.send_replace(true);
     }
 }

@@ -112,10 +112,12 @@ impl Registry {
             None
         } else {
             let meta = self.version_meta(name, version).map_err(|e| RegistryError::Versions(format!("{e:#}")))?;
-            let (loaded, _) = self
-                .code
-                .load_version(name, meta)
-                .map_err(|e| RegistryError::Versions(format!("version {version} cannot be loaded: {e:#}")))?;
+            let cannot =
+                |e: anyhow::Error| RegistryError::Versions(format!("version {version} cannot be loaded: {e:#}"));
+            let (loaded, recompiled) = self.code.load_version(name, meta).map_err(cannot)?;
+            if let Some(recompiled) = recompiled {
+                recompiled.store().map_err(cannot)?;
+            }
             Some(loaded)
         };
         let (meta, pre) = match loaded {

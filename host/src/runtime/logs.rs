@@ -4,9 +4,9 @@
 //!
 //! Invariants: a function's buffer holds at most [`MAX_ENTRIES`] entries and [`MAX_BYTES`]
 //! bytes of text (oldest dropped first); all functions' buffers together hold at most
-//! [`NODE_MAX_BYTES`] (entries counted whole, not only their text): past it, the largest
-//! buffers are cut to one level, oldest entries first, so a busy function's lines push out its
-//! own and never a quiet one's; a follower that falls more than [`FOLLOW_BACKLOG`] entries
+//! [`NODE_MAX_BYTES`] (their slots and the entries' strings, not only the text): past it, the
+//! largest buffers are cut to one level, oldest entries first, and give back their spare slots,
+//! so a busy function's lines push out its own and never those of a function that holds less; a follower that falls more than [`FOLLOW_BACKLOG`] entries
 //! behind skips ahead and is told how many it missed; recording never blocks.
 
 use std::collections::{HashMap, VecDeque};
@@ -51,12 +51,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// What the entry holds in memory, near enough: its own size and its strings' bytes.
-    fn footprint(&self) -> usize {
-        std::mem::size_of::<Entry>()
-            + self.function.len()
-            + self.text.len()
-            + self.request_id.as_ref().map_or(0, String::len)
+    /// The bytes of its strings (its own size is counted in its book's slots).
+    fn strings(&self) -> usize {
+        self.function.len() + self.text.len() + self.request_id.as_ref().map_or(0, String::len)
     }
 
     fn new(function: &str, kind: &'static str, text: String) -> Entry {
@@ -93,8 +90,8 @@ struct Book {
     entries: VecDeque<Entry>,
     /// The entries' text (the per-function bound).
     bytes: usize,
-    /// The entries' footprint (what counts toward the node's bound).
-    footprint: usize,
+    /// The entries' strings (with the slots, what counts toward the node's bound).
+    strings: usize,
     /// Made when someone first follows: a channel holds its whole backlog from the start
     /// (about 180 KiB), which 10,000 functions nobody follows would otherwise hold each.
     followers: Option<broadcast::Sender<Entry>>,
@@ -150,12 +147,12 @@ impl Logs {
         if let Some(followers) = book.followers.as_ref().filter(|followers| followers.receiver_count() > 0) {
             let _ = followers.send(entry.clone());
         }
-        let before = book.footprint;
+        let before = book.footprint();
         book.push(entry);
         while book.entries.len() > MAX_ENTRIES || book.bytes > MAX_BYTES {
             book.pop_oldest();
         }
-        *footprint = *footprint + book.footprint - before;
+        *footprint = *footprint + book.footprint() - before;
         if *footprint > self.node_max {
             books.cut_to((self.node_max as f64 * NODE_CUT_TO) as usize);
         }
@@ -174,23 +171,42 @@ impl Logs {
     pub fn forget(&self, function: &str) {
         let mut books = self.books.lock();
         if let Some(book) = books.by_function.remove(function) {
-            books.footprint -= book.footprint;
+            books.footprint -= book.footprint();
         }
     }
 }
 
 impl Book {
+    /// What the book holds in memory, near enough: its slots (held, used or not) and the
+    /// entries' strings.
+    fn footprint(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.strings
+    }
+
     fn push(&mut self, entry: Entry) {
         self.bytes += entry.text.len();
-        self.footprint += entry.footprint();
+        self.strings += entry.strings();
         self.entries.push_back(entry);
     }
 
     fn pop_oldest(&mut self) {
         if let Some(dropped) = self.entries.pop_front() {
             self.bytes -= dropped.text.len();
-            self.footprint -= dropped.footprint();
+            self.strings -= dropped.strings();
         }
+    }
+
+    /// Drops the oldest entries until what is left, in slots of its own, fits in `level`.
+    fn cut_to(&mut self, level: usize) {
+        let used = |book: &Book| book.entries.len() * std::mem::size_of::<Entry>() + book.strings;
+        while used(self) > level && !self.entries.is_empty() {
+            self.pop_oldest();
+        }
+        self.entries.shrink_to_fit();
+    }
+
+    fn followed(&self) -> bool {
+        self.followers.as_ref().is_some_and(|followers| followers.receiver_count() > 0)
     }
 }
 
@@ -198,7 +214,7 @@ impl Books {
     /// Cuts the largest books, oldest entries first, to one level: the highest at which all
     /// books together hold at most `target` (water-filling; the books under it keep all).
     fn cut_to(&mut self, target: usize) {
-        let mut sizes: Vec<usize> = self.by_function.values().map(|book| book.footprint).collect();
+        let mut sizes: Vec<usize> = self.by_function.values().map(Book::footprint).collect();
         sizes.sort_unstable_by(|a, b| b.cmp(a));
         // With the largest `k` books cut to `level`, the total is `level * k` plus the rest.
         let mut rest: usize = sizes.iter().sum();
@@ -212,12 +228,12 @@ impl Books {
                 break;
             }
         }
-        for book in self.by_function.values_mut() {
-            while book.footprint > level {
-                book.pop_oldest();
-            }
+        for book in self.by_function.values_mut().filter(|book| book.footprint() > level) {
+            book.cut_to(level);
         }
-        self.footprint = self.by_function.values().map(|book| book.footprint).sum();
+        // A book left empty and followed by nobody goes (its function's next line makes it anew).
+        self.by_function.retain(|_, book| !book.entries.is_empty() || book.followed());
+        self.footprint = self.by_function.values().map(Book::footprint).sum();
     }
 }
 
@@ -258,7 +274,7 @@ mod tests {
             assert!(total <= node_max, "{total} bytes held after round {round}");
         }
         let books = logs.books.lock();
-        let counted: usize = books.by_function.values().map(|book| book.footprint).sum();
+        let counted: usize = books.by_function.values().map(Book::footprint).sum();
         assert_eq!(books.footprint, counted, "the running total is the sum");
         drop(books);
         let (quiet, _) = logs.read("quiet", SystemTime::UNIX_EPOCH);
@@ -268,6 +284,6 @@ mod tests {
         assert_eq!(busy.last().unwrap().text, format!("{:0>200}", MAX_ENTRIES - 1), "the newest lines stay");
         logs.forget("busy-7");
         let books = logs.books.lock();
-        assert_eq!(books.footprint, books.by_function.values().map(|book| book.footprint).sum::<usize>());
+        assert_eq!(books.footprint, books.by_function.values().map(Book::footprint).sum::<usize>());
     }
 }

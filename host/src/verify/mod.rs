@@ -125,8 +125,10 @@ impl Verifier {
     ) -> anyhow::Result<Report> {
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_TIMEOUT);
         // The live build here, when this node hosts the function (its code loaded).
-        let local_live =
-            self.registry.lookup(name).and_then(|live| Some((live.pre.get()?.clone(), live.config.clone())));
+        let local_live = match self.registry.lookup(name) {
+            Some(live) if live.pre.load().await => live.pre.get().map(|pre| (pre.clone(), live.config.clone())),
+            _ => None,
+        };
         let cluster = self.cluster.as_ref().filter(|cluster| cluster.replicas_of(name).is_some());
         if local_live.is_none() && cluster.is_none() {
             return Ok(Report::default());

@@ -20,6 +20,9 @@ impl Cluster {
     /// Applies a fresh listing of every record: removes what the cluster no longer has, then
     /// applies each record.
     pub(in crate::cluster) async fn apply_function_listing(&self, entries: &[Listed]) -> Result<(), EtcdError> {
+        // After the start's loads: a function whose code could not be loaded has left by then,
+        // and is installed again from its record below.
+        self.registry.loads_done().await;
         let listed: HashSet<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
         self.records.write().retain(|name, _| listed.contains(name.as_str()));
         let local: Vec<String> = self.registry.list().into_iter().map(|m| m.name).collect();
