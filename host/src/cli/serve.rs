@@ -308,8 +308,8 @@ pub async fn start(args: ServeArgs, dev: bool) -> anyhow::Result<Node> {
 /// Loads the deployed functions' code in the background, while the node serves (see
 /// `registry::code`); "functions loaded" says when it is done.
 fn spawn_start_loads(loads: StartLoads, registry: Arc<Registry>, metrics: Arc<Metrics>) {
-    tokio::task::spawn_blocking(move || {
-        let report = loads.finish(&registry);
+    tokio::spawn(async move {
+        let report = loads.finish(&registry).await;
         let loads = [("precompiled", report.precompiled), ("recompiled", report.recompiled)];
         for (outcome, count) in loads {
             metrics.artifact_loads.get_or_create(&ArtifactLabels { outcome }).inc_by(count as u64);

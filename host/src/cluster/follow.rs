@@ -4,8 +4,8 @@
 //! Listings are read in pages at one revision ([`crate::etcd::Etcd::list`]), so no prefix
 //! outgrows what one reply from etcd may carry.
 
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{EventType, KeyValue, WatchOptions};
@@ -80,7 +80,7 @@ pub async fn run(cluster: Weak<Cluster>, follower: Follower) {
     }
 }
 
-async fn follow_once(cluster: &Cluster, follower: Follower) -> Result<(), EtcdError> {
+async fn follow_once(cluster: &Arc<Cluster>, follower: Follower) -> Result<(), EtcdError> {
     let prefix = follower.prefix();
     let (revision, listing) = cluster.etcd.list(prefix, false).await?;
     let entries: Vec<Listed> = listing
@@ -93,6 +93,18 @@ async fn follow_once(cluster: &Cluster, follower: Follower) -> Result<(), EtcdEr
     cluster.apply_listing(follower, &entries).await?;
     if follower == Follower::Functions {
         cluster.applied.send_replace(revision);
+        if cluster.registry.is_loading() {
+            // The functions whose code the start cannot load leave when its loads end: install
+            // them again then (the listing just applied found them live).
+            let weak = Arc::downgrade(cluster);
+            let registry = cluster.registry.clone();
+            tokio::spawn(async move {
+                registry.loads_done().await;
+                if let Some(cluster) = weak.upgrade() {
+                    cluster.reinstall_failed_loads().await;
+                }
+            });
+        }
     }
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut client = cluster.etcd.client();

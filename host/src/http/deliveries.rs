@@ -185,10 +185,12 @@ impl App {
     /// The consumer's status for the message; `None` when it could not take it.
     async fn run_delivery(&self, function: &str, consumer: &Consumer, delivery: &Delivery) -> Option<u16> {
         let deployment = self.registry.lookup(function)?;
+        // Before the permit: a removal waits for the function's permits, under the change lock
+        // a load may need.
+        deployment.load_code().await;
         let permit = deployment.concurrency.try_acquire()?;
         let started = Instant::now();
         let attempt = delivery.entry.failed + 1;
-        deployment.load_code().await;
         let chosen = deployment.choose(&delivery.entry.id)?;
         let path = consumer.path.as_str();
         // A delivery starts a trace of its own.

@@ -97,13 +97,15 @@ impl Session {
             }
         }
         let deployment = self.registry.lookup(&self.function).ok_or(EventError::Gone)?;
+        // Before the permit: a removal waits for the function's permits, under the change lock
+        // a load may need.
+        deployment.load_code().await;
         let permit = self.permit(&deployment.concurrency, deployment.policy.timeout).await?;
         // Removed (or removed and deployed anew) while this event waited: not this function.
         let still = self.registry.lookup(&self.function).ok_or(EventError::Gone)?;
         if !Arc::ptr_eq(&still.concurrency, &deployment.concurrency) {
             return Err(EventError::Gone);
         }
-        deployment.load_code().await;
         let chosen = deployment.choose(&self.caller_key).ok_or(EventError::Gone)?;
         let entry_kept = deployment.policy.websockets.iter().any(|entry| entry.path == self.entry.path);
         if !entry_kept || chosen.pre.websocket_handler().is_none() {

@@ -1,13 +1,17 @@
 //! Loading a version's compiled code ([`CodeLoader`]) and holding it until first use
 //! ([`PreCell`]): at start the code is loaded after the node listens (see [`super::start`]).
 //!
-//! Invariant: a version's code is loaded once. [`PreCell`] is a `OnceLock`: whoever comes
-//! first loads, and every other caller waits for that load.
+//! Invariants: a version's code is loaded once (whoever comes first starts the load, every
+//! other caller waits for it without holding a thread); a load runs on a blocking thread, at
+//! most as many at once as the start's slots (the machine's cores), so neither requests for
+//! many unloaded functions nor many requests for one can take the node's threads or memory.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{Notify, Semaphore};
 
 use wasmtime::component::Component;
 
@@ -27,16 +31,22 @@ pub(super) struct Recompiled {
 
 impl Recompiled {
     /// Stores the code and its digest (blocking; the caller holds the change lock: the commit
-    /// point is read, changed and written).
+    /// point is read, changed and written). Only into the version it was compiled for: a
+    /// function removed and deployed anew while it compiled has a `v1` of other bytes.
     pub(super) fn store(self) -> anyhow::Result<()> {
         let Recompiled { function_dir, version_dir, meta, code } = self;
+        let same = |other: &FunctionMeta| {
+            other.version == meta.version && other.sha256 == meta.sha256 && other.deployed_at == meta.deployed_at
+        };
+        let read = |path: PathBuf| -> Option<FunctionMeta> { serde_json::from_slice(&fs::read(path).ok()?).ok() };
+        if !read(version_dir.join(VERSION_FILE)).is_some_and(|recorded| same(&recorded)) {
+            return Ok(());
+        }
         write_durably(&version_dir.join("code.cwasm"), &code)?;
         write_durably(&version_dir.join(VERSION_FILE), &serde_json::to_vec_pretty(&meta)?)?;
         // The commit point records the live version's digest too: keep it current, or every
         // start would recompile.
-        let commit: Option<FunctionMeta> =
-            fs::read(function_dir.join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(commit) = commit.filter(|commit| commit.version == meta.version) {
+        if let Some(commit) = read(function_dir.join("meta.json")).filter(|commit| same(commit)) {
             let updated = FunctionMeta { code_sha256: meta.code_sha256.clone(), ..commit };
             commit_meta(&function_dir, &updated)?;
         }
@@ -131,24 +141,32 @@ impl CodeLoader {
 pub(super) type LoadFn = Box<dyn FnOnce() -> Option<LoadedVersion> + Send>;
 
 /// A version's build, ready to instantiate: at once for a version deployed or loaded while the
-/// node runs, on first use for one found at start (see the module docs).
+/// node runs, on first use for one found at start (see [`super::start`]).
 #[derive(Clone)]
 pub struct PreCell(Arc<PreCellInner>);
 
 struct PreCellInner {
     /// The build, or `None` when it could not be loaded.
     loaded: OnceLock<Option<LoadedVersion>>,
-    /// How to load it, until someone has.
+    /// How to load it, until a caller starts the load.
     load: Mutex<Option<LoadFn>>,
+    /// The node's loads that may run at once (slots shared by a start's cells).
+    slots: Arc<Semaphore>,
+    /// Wakes the callers waiting for the load.
+    done: Notify,
 }
 
 impl PreCell {
     pub(super) fn ready(version: LoadedVersion) -> PreCell {
-        PreCell(Arc::new(PreCellInner { loaded: OnceLock::from(Some(version)), load: Mutex::new(None) }))
+        PreCell::new(OnceLock::from(Some(version)), None, Arc::new(Semaphore::new(1)))
     }
 
-    pub(super) fn deferred(load: LoadFn) -> PreCell {
-        PreCell(Arc::new(PreCellInner { loaded: OnceLock::new(), load: Mutex::new(Some(load)) }))
+    pub(super) fn deferred(load: LoadFn, slots: Arc<Semaphore>) -> PreCell {
+        PreCell::new(OnceLock::new(), Some(load), slots)
+    }
+
+    fn new(loaded: OnceLock<Option<LoadedVersion>>, load: Option<LoadFn>, slots: Arc<Semaphore>) -> PreCell {
+        PreCell(Arc::new(PreCellInner { loaded, load: Mutex::new(load), slots, done: Notify::new() }))
     }
 
     /// The build if it is loaded; never waits (a start's builds are loaded by [`PreCell::load`]).
@@ -156,30 +174,37 @@ impl PreCell {
         self.0.loaded.get()?.as_ref().map(|version| &version.pre)
     }
 
-    /// Loads the build if nobody has yet, on a blocking thread: a load reads, hashes and maps
-    /// the code, or recompiles it, which must never hold a worker that serves requests.
-    /// Whether the build could be loaded.
+    /// Loads the build if nobody has yet, and waits for it; whether it could be loaded. The
+    /// load runs on a blocking thread (it reads, hashes and maps the code, or recompiles it:
+    /// never on a worker that serves requests), at most as many at once as the slots allow,
+    /// and to its end even if every caller went away. Callers wait without holding a thread.
     pub async fn load(&self) -> bool {
-        if let Some(loaded) = self.0.loaded.get() {
-            return loaded.is_some();
-        }
-        let cell = self.clone();
-        tokio::task::spawn_blocking(move || cell.load_blocking().is_some()).await.unwrap_or(false)
-    }
-
-    /// The build, loaded here if nobody has (blocking: never on a worker that serves requests).
-    pub(super) fn load_blocking(&self) -> Option<&LoadedVersion> {
         let inner = &self.0;
-        inner
-            .loaded
-            .get_or_init(|| {
-                let load = inner.load.lock().expect("load lock poisoned").take();
-                load.and_then(|load| load())
-            })
-            .as_ref()
+        loop {
+            let done = inner.done.notified();
+            tokio::pin!(done);
+            // Listening before looking, so a load that ends in between still wakes this caller.
+            done.as_mut().enable();
+            if let Some(loaded) = inner.loaded.get() {
+                return loaded.is_some();
+            }
+            if inner.load.lock().expect("load lock poisoned").is_some() {
+                // A slot first: a caller that goes away while it waits has taken nothing.
+                let slot = inner.slots.clone().acquire_owned().await;
+                if let Some(load) = inner.load.lock().expect("load lock poisoned").take() {
+                    let cell = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = cell.0.loaded.set(load());
+                        drop(slot);
+                        cell.0.done.notify_waiters();
+                    });
+                }
+            }
+            done.await;
+        }
     }
 
-    /// What a load left, without waiting: `None` before anyone loaded, `Some(None)` when the
+    /// What a load left, without waiting: `None` before a load ended, `Some(None)` when the
     /// build could not be loaded.
     pub(super) fn get_loaded(&self) -> Option<Option<&LoadedVersion>> {
         self.0.loaded.get().map(Option::as_ref)
@@ -193,35 +218,37 @@ impl PreCell {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Barrier};
+
+    use tokio::sync::Semaphore;
 
     use super::PreCell;
 
-    #[test]
-    fn a_deferred_build_is_loaded_once_whoever_asks_and_however_many_at_once() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_build_is_loaded_once_whoever_asks_and_however_many_at_once() {
         let loads = Arc::new(AtomicUsize::new(0));
         let counted = loads.clone();
-        let cell = PreCell::deferred(Box::new(move || {
+        let load = Box::new(move || {
             counted.fetch_add(1, Ordering::SeqCst);
             // Long enough for every asker to arrive while the load runs.
             std::thread::sleep(std::time::Duration::from_millis(50));
             None
-        }));
-        let barrier = Arc::new(Barrier::new(8));
+        });
+        let cell = PreCell::deferred(load, Arc::new(Semaphore::new(1)));
+        // One asker goes away at once: the load it may have started still ends.
+        let impatient = cell.clone();
+        drop(tokio::time::timeout(std::time::Duration::from_millis(1), async move { impatient.load().await }).await);
         let askers: Vec<_> = (0..8)
             .map(|_| {
-                let (cell, barrier) = (cell.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    cell.load_blocking().is_none()
-                })
+                let cell = cell.clone();
+                tokio::spawn(async move { cell.load().await })
             })
             .collect();
         for asker in askers {
-            assert!(asker.join().unwrap(), "a build that cannot be loaded is none for every asker");
+            assert!(!asker.await.unwrap(), "a build that cannot be loaded is none for every asker");
         }
-        assert!(cell.get().is_none() && cell.load_blocking().is_none());
+        assert!(cell.get().is_none() && matches!(cell.get_loaded(), Some(None)));
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
 }

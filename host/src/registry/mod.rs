@@ -239,6 +239,8 @@ pub struct Registry {
     loaded: tokio::sync::watch::Sender<bool>,
     /// The node stops: the start's loads end early.
     stop_loading: AtomicBool,
+    /// The functions the start's loads left undeployed.
+    failed_at_start: std::sync::Mutex<Vec<String>>,
     /// Components checked before a cluster publishes them, by SHA-256 (at most
     /// [`deploy::MAX_CHECKED`]).
     checked: std::sync::Mutex<HashMap<String, deploy::Artifacts>>,
@@ -292,6 +294,7 @@ impl Registry {
             code,
             loaded: tokio::sync::watch::Sender::new(false),
             stop_loading: AtomicBool::new(false),
+            failed_at_start: std::sync::Mutex::default(),
             checked: std::sync::Mutex::new(HashMap::new()),
             schedules_here: std::sync::OnceLock::new(),
         };

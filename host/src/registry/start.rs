@@ -3,18 +3,21 @@
 //! builds first, or by a function's first request, whichever comes first (see [`super::code`]).
 //!
 //! Invariants:
-//! - while the start's loads run, the registry's change lock is held, so no deploy, removal,
-//!   policy or config change, rollback or backup sees a function half loaded, and the files a
-//!   load rewrites (a recompiled `code.cwasm`, its digest in `meta.json`) are never written
-//!   beside a change;
+//! - changes (deploys, removals, policies, config, rollbacks, backups) go on while the loads
+//!   run: a load takes the change lock only to store code it recompiled, and only into the
+//!   version it compiled (same number, bytes and deploy time); the end of the loads takes it
+//!   too, and acts only on functions still live with the build the start found;
 //! - a function whose code cannot be loaded is left undeployed once the loads end, as before
-//!   (logged "cannot load function; redeploy it"); until then a request for it gets 404;
+//!   (logged "cannot load function; redeploy it"; a cluster node installs it again from its
+//!   record); until then a request for it gets 404;
 //! - `/readyz` says ready only once the loads are over and counted.
 
 use std::fs;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Semaphore;
 
 use super::code::{CodeLoader, PreCell};
 use super::layout::{FunctionMeta, VERSION_FILE, prune_versions, version_dir_name, version_of};
@@ -27,8 +30,10 @@ pub struct StartLoads {
     /// The versions, with the size of their code (smallest loaded first).
     versions: Vec<(u64, String, PreCell)>,
     loader: CodeLoader,
-    /// The registry's change lock, taken to store code recompiled on the way.
+    /// The registry's change lock, taken to store code recompiled on the way, and at the end.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// How many loads may run at once, whoever started them.
+    slots: Arc<Semaphore>,
     counts: Arc<LoadCounts>,
 }
 
@@ -40,54 +45,64 @@ struct LoadCounts {
 
 impl StartLoads {
     pub(super) fn new(loader: CodeLoader, changes: Arc<tokio::sync::Mutex<()>>) -> Self {
-        StartLoads { versions: Vec::new(), loader, changes, counts: Arc::default() }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let slots = Arc::new(Semaphore::new(cores));
+        StartLoads { versions: Vec::new(), loader, changes, slots, counts: Arc::default() }
     }
 
-    /// A cell that loads `meta`'s version of `name` on first use (on a blocking thread).
+    /// A cell that loads `meta`'s version of `name` on first use.
     pub(super) fn defer(&mut self, name: &str, meta: FunctionMeta) -> PreCell {
         let code = self.loader.functions_dir.join(name).join(version_dir_name(meta.version)).join("code.cwasm");
         let size = fs::metadata(code).map_or(u64::MAX, |m| m.len());
         let (loader, changes, counts) = (self.loader.clone(), self.changes.clone(), self.counts.clone());
         let function = name.to_string();
-        let cell = PreCell::deferred(Box::new(move || {
-            let load = || {
-                let (version, recompiled) = loader.load_version(&function, meta)?;
-                let count = match recompiled {
-                    None => &counts.precompiled,
-                    Some(recompiled) => {
-                        let _change = changes.blocking_lock();
-                        recompiled.store()?;
-                        &counts.recompiled
-                    }
+        let cell = PreCell::deferred(
+            Box::new(move || {
+                let load = || {
+                    let (version, recompiled) = loader.load_version(&function, meta)?;
+                    let count = match recompiled {
+                        None => &counts.precompiled,
+                        Some(recompiled) => {
+                            // On the load's blocking thread; no holder of the lock waits for a load.
+                            let _change = changes.blocking_lock();
+                            recompiled.store()?;
+                            &counts.recompiled
+                        }
+                    };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    anyhow::Ok(version)
                 };
-                count.fetch_add(1, Ordering::Relaxed);
-                anyhow::Ok(version)
-            };
-            // A panic in a load (a bug, or wasmtime's) fails this function, not the start.
-            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("loading its code panicked")));
-            loaded
+                // A panic in a load (a bug, or wasmtime's) fails this function, not the start.
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("loading its code panicked")));
+                loaded
                 .inspect_err(|error| {
                     tracing::error!(function = %function, error = %format!("{error:#}"), "cannot load function; redeploy it")
                 })
                 .ok()
-        }));
+            }),
+            self.slots.clone(),
+        );
         self.versions.push((size, name.to_string(), cell.clone()));
         cell
     }
 
-    /// Loads every version not loaded yet, smallest first (blocking), until the node stops;
-    /// then leaves undeployed the functions still live with a build that could not be loaded,
-    /// and records the digests of code recompiled on the way in their live versions.
-    pub fn finish(mut self, registry: &Registry) -> LoadReport {
+    /// Loads every version still live and not loaded yet, smallest first, until the node
+    /// stops; then, under the change lock, leaves undeployed the functions still live with a
+    /// build that could not be loaded, and records the digests of code recompiled on the way.
+    pub async fn finish(mut self, registry: &Registry) -> LoadReport {
         self.versions.sort_by_key(|(size, _, _)| *size);
-        for (_, _, cell) in &self.versions {
+        for (_, name, cell) in &self.versions {
             if registry.start_loads_stopped() {
                 break;
             }
-            cell.load_blocking();
+            // A version replaced or removed since the start needs no code.
+            if registry.serves(name, cell) {
+                cell.load().await;
+            }
         }
         self.loader.forget_shared();
+        let _change = self.changes.lock().await;
         registry.settle_start_loads(&self.versions);
         LoadReport {
             precompiled: self.counts.precompiled.load(Ordering::Relaxed),
@@ -173,11 +188,25 @@ impl Registry {
         self.stop_loading.load(Ordering::Relaxed)
     }
 
-    /// The end of the start's loads: each function still live with a build they loaded (a
-    /// change since may have replaced it) leaves if that build could not be loaded, or records
-    /// the digest of its code if it was recompiled (a rollback to it commits that digest).
+    /// Whether `cell` is the build of `name`'s live version or canary.
+    fn serves(&self, name: &str, cell: &PreCell) -> bool {
+        self.lookup(name).is_some_and(|current| {
+            current.pre.same(cell) || current.canary.as_ref().is_some_and(|canary| canary.pre.same(cell))
+        })
+    }
+
+    /// The functions the start's loads left undeployed (their code could not be loaded): a
+    /// cluster node installs them again from their records.
+    pub fn failed_at_start(&self) -> Vec<String> {
+        self.failed_at_start.lock().expect("failed loads lock poisoned").clone()
+    }
+
+    /// The end of the start's loads (the change lock held): each function still live with a
+    /// build they loaded (a change since may have replaced it) leaves if that build could not
+    /// be loaded, or records the digest of its code if it was recompiled (a rollback to it
+    /// commits that digest).
     fn settle_start_loads(&self, versions: &[(u64, String, PreCell)]) {
-        let mut removed = false;
+        let mut removed = Vec::new();
         {
             let mut live = self.live.write().expect("registry lock poisoned");
             for (_, name, cell) in versions {
@@ -190,7 +219,7 @@ impl Registry {
                     }
                     Some(None) => {
                         live.remove(name);
-                        removed = true;
+                        removed.push(name.clone());
                     }
                     // Loaded as recorded, or never loaded (the node stops).
                     Some(Some(_)) | None => {}
@@ -211,12 +240,13 @@ impl Registry {
                 .collect();
             for name in failed_canaries {
                 live.remove(&name);
-                removed = true;
+                removed.push(name);
             }
         }
-        if removed {
+        if !removed.is_empty() {
             self.rebuild_routes();
         }
+        *self.failed_at_start.lock().expect("failed loads lock poisoned") = removed;
     }
 
     /// The start's loads are over and counted (`/readyz` says ready from now on).

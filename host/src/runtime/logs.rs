@@ -196,13 +196,14 @@ impl Book {
         }
     }
 
-    /// Drops the oldest entries until what is left, in slots of its own, fits in `level`.
+    /// Drops the oldest entries until what is left fits in `level` with half as many spare
+    /// slots again (so the next lines do not grow the book at once), and gives back the rest.
     fn cut_to(&mut self, level: usize) {
-        let used = |book: &Book| book.entries.len() * std::mem::size_of::<Entry>() + book.strings;
-        while used(self) > level && !self.entries.is_empty() {
+        let kept = |book: &Book| book.entries.len() * 3 / 2 * std::mem::size_of::<Entry>() + book.strings;
+        while kept(self) > level && !self.entries.is_empty() {
             self.pop_oldest();
         }
-        self.entries.shrink_to_fit();
+        self.entries.shrink_to(self.entries.len() * 3 / 2);
     }
 
     fn followed(&self) -> bool {
@@ -231,7 +232,12 @@ impl Books {
         for book in self.by_function.values_mut().filter(|book| book.footprint() > level) {
             book.cut_to(level);
         }
-        // A book left empty and followed by nobody goes (its function's next line makes it anew).
+        // A follow channel nobody listens to any more goes (it holds up to its backlog of
+        // entries), and so does a book left empty and followed by nobody (its function's next
+        // line makes it anew).
+        for book in self.by_function.values_mut().filter(|book| !book.followed()) {
+            book.followers = None;
+        }
         self.by_function.retain(|_, book| !book.entries.is_empty() || book.followed());
         self.footprint = self.by_function.values().map(Book::footprint).sum();
     }

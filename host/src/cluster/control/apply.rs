@@ -20,9 +20,6 @@ impl Cluster {
     /// Applies a fresh listing of every record: removes what the cluster no longer has, then
     /// applies each record.
     pub(in crate::cluster) async fn apply_function_listing(&self, entries: &[Listed]) -> Result<(), EtcdError> {
-        // After the start's loads: a function whose code could not be loaded has left by then,
-        // and is installed again from its record below.
-        self.registry.loads_done().await;
         let listed: HashSet<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
         self.records.write().retain(|name, _| listed.contains(name.as_str()));
         let local: Vec<String> = self.registry.list().into_iter().map(|m| m.name).collect();
@@ -37,6 +34,19 @@ impl Cluster {
             self.apply_function_change(change).await;
         }
         Ok(())
+    }
+
+    /// Installs again, from their records, the functions the start's loads left undeployed
+    /// (their code could not be loaded): the first listing, applied while the code loaded,
+    /// found them live.
+    pub(in crate::cluster) async fn reinstall_failed_loads(&self) {
+        for name in self.registry.failed_at_start() {
+            let known = self.records.read().get(&name).map(|known| (known.record.clone(), known.replicas));
+            if let Some((record, replicas)) = known.filter(|(record, _)| record.serving().is_some()) {
+                tracing::info!(function = %name, "installing again from the cluster: its code could not be loaded");
+                self.place(&name, &record, replicas).await;
+            }
+        }
     }
 
     /// Applies one record (or its deletion) a watch delivered.
