@@ -180,6 +180,10 @@ impl PreCell {
     /// and to its end even if every caller went away. Callers wait without holding a thread.
     pub async fn load(&self) -> bool {
         let inner = &self.0;
+        // Every request asks: a loaded build answers without touching the waiters' list.
+        if let Some(loaded) = inner.loaded.get() {
+            return loaded.is_some();
+        }
         loop {
             let done = inner.done.notified();
             tokio::pin!(done);
