@@ -16,6 +16,14 @@ async fn functions_survive_a_restart_without_recompiling() {
     assert!(!log.contains("recompiling function"), "{log}");
 }
 
+/// Flips one byte in the middle of `file` (precompiled code whose digest then no longer matches).
+fn damage(file: &std::path::Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+}
+
 /// The commits the engine replayed at the server's last start, from its "engine recovered" line.
 fn replayed_at_last_start(server: &Server) -> u64 {
     let log = server.log();
@@ -61,11 +69,7 @@ async fn a_tampered_artifact_is_detected_and_recompiled() {
     let mut server = Server::start();
     server.deploy("hello", &guest("hello"));
     server.kill();
-    let code = server.data_dir.join("functions/hello/v1/code.cwasm");
-    let mut bytes = std::fs::read(&code).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&code, bytes).unwrap();
+    damage(&server.data_dir.join("functions/hello/v1/code.cwasm"));
     server.restart();
     let response = client().get(server.fn_url("hello", "/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -100,11 +104,7 @@ async fn a_restarted_node_serves_while_it_still_loads_code_and_is_ready_once_eve
     server.deploy("py", &python_guest());
     assert_eq!(server.terminate().code(), Some(0));
     // The Python build's precompiled code is damaged: the start recompiles it, for seconds.
-    let code = server.data_dir.join("functions/py/v1/code.cwasm");
-    let mut bytes = std::fs::read(&code).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&code, bytes).unwrap();
+    damage(&server.data_dir.join("functions/py/v1/code.cwasm"));
     server.restart_listening();
     let response = client().get(server.fn_url("hello", "/early")).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /early\n");

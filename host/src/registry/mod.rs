@@ -1,6 +1,6 @@
 //! The function registry: deployed components, durable in the data dir, and the live version
-//! of each function. [`layout`] is the on-disk format, [`code`] loading compiled code, [`start`] the start
-//! (the code loaded after the node listens), [`deploy`] the deploy pipeline,
+//! of each function. [`layout`] is the on-disk format, [`code`] loading compiled code,
+//! [`start`] the start (the code loaded after the node listens), [`deploy`] the deploy pipeline,
 //! [`versions`] the kept versions and canaries, [`canary`] which version a request runs and the
 //! canary's record that `ledge promote` judges, [`policies`] how each function's effective
 //! policy is found and kept current, [`config`] config and sealed secrets, [`routes`] host
