@@ -227,7 +227,70 @@ mod tests {
 
     use tokio::sync::Semaphore;
 
-    use super::PreCell;
+    use super::{FunctionMeta, PreCell, Recompiled, VERSION_FILE};
+
+    fn meta(version: u64, sha256: &str, deployed_at: &str, code_sha256: &str) -> FunctionMeta {
+        FunctionMeta {
+            name: "f".into(),
+            version,
+            sha256: sha256.repeat(32),
+            size: 1,
+            deployed_at: deployed_at.into(),
+            code_sha256: code_sha256.repeat(32),
+            snapshot_sha256: None,
+            canary: None,
+        }
+    }
+
+    /// A function folder whose live `v1` (and commit point) is `recorded`.
+    fn function_dir(recorded: &FunctionMeta) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("v1")).unwrap();
+        std::fs::write(dir.path().join("v1/code.cwasm"), b"code on disk").unwrap();
+        std::fs::write(dir.path().join("v1").join(VERSION_FILE), serde_json::to_vec(recorded).unwrap()).unwrap();
+        std::fs::write(dir.path().join("meta.json"), serde_json::to_vec(recorded).unwrap()).unwrap();
+        dir
+    }
+
+    fn recompiled(dir: &std::path::Path, compiled_for: &FunctionMeta) -> Recompiled {
+        Recompiled {
+            function_dir: dir.to_path_buf(),
+            version_dir: dir.join("v1"),
+            meta: FunctionMeta { code_sha256: "ee".repeat(32), ..compiled_for.clone() },
+            code: b"new code".to_vec(),
+        }
+    }
+
+    fn read_meta(path: std::path::PathBuf) -> FunctionMeta {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn recompiled_code_is_stored_with_its_digest_in_the_version_it_was_compiled_for() {
+        let live = meta(1, "ab", "2026-12-07T08:00:00Z", "cd");
+        let dir = function_dir(&live);
+        recompiled(dir.path(), &live).store().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("v1/code.cwasm")).unwrap(), b"new code");
+        assert_eq!(read_meta(dir.path().join("v1").join(VERSION_FILE)).code_sha256, "ee".repeat(32));
+        assert_eq!(read_meta(dir.path().join("meta.json")).code_sha256, "ee".repeat(32));
+    }
+
+    #[test]
+    fn recompiled_code_never_lands_in_a_version_deployed_anew_under_the_same_number() {
+        // Compiled for the old v1; the function was removed and deployed anew (another v1)
+        // while it compiled.
+        let old = meta(1, "ab", "2026-12-07T08:00:00Z", "cd");
+        let new = meta(1, "12", "2026-12-07T08:00:05Z", "34");
+        let dir = function_dir(&new);
+        recompiled(dir.path(), &old).store().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("v1/code.cwasm")).unwrap(),
+            b"code on disk",
+            "the new v1's code stays"
+        );
+        assert_eq!(read_meta(dir.path().join("v1").join(VERSION_FILE)), new);
+        assert_eq!(read_meta(dir.path().join("meta.json")), new);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deferred_build_is_loaded_once_whoever_asks_and_however_many_at_once() {
