@@ -149,24 +149,29 @@ struct PreCellInner {
     /// The build, or `None` when it could not be loaded.
     loaded: OnceLock<Option<LoadedVersion>>,
     /// How to load it, until a caller starts the load.
-    load: Mutex<Option<LoadFn>>,
-    /// The node's loads that may run at once (slots shared by a start's cells).
-    slots: Arc<Semaphore>,
+    load: Mutex<Option<Deferred>>,
     /// Wakes the callers waiting for the load.
     done: Notify,
 }
 
+/// A build not loaded yet: how to load it, and the node's loads that may run at once (slots
+/// shared by a start's cells).
+struct Deferred {
+    load: LoadFn,
+    slots: Arc<Semaphore>,
+}
+
 impl PreCell {
     pub(super) fn ready(version: LoadedVersion) -> PreCell {
-        PreCell::new(OnceLock::from(Some(version)), None, Arc::new(Semaphore::new(1)))
+        PreCell::new(OnceLock::from(Some(version)), None)
     }
 
     pub(super) fn deferred(load: LoadFn, slots: Arc<Semaphore>) -> PreCell {
-        PreCell::new(OnceLock::new(), Some(load), slots)
+        PreCell::new(OnceLock::new(), Some(Deferred { load, slots }))
     }
 
-    fn new(loaded: OnceLock<Option<LoadedVersion>>, load: Option<LoadFn>, slots: Arc<Semaphore>) -> PreCell {
-        PreCell(Arc::new(PreCellInner { loaded, load: Mutex::new(load), slots, done: Notify::new() }))
+    fn new(loaded: OnceLock<Option<LoadedVersion>>, load: Option<Deferred>) -> PreCell {
+        PreCell(Arc::new(PreCellInner { loaded, load: Mutex::new(load), done: Notify::new() }))
     }
 
     /// The build if it is loaded; never waits (a start's builds are loaded by [`PreCell::load`]).
@@ -192,10 +197,11 @@ impl PreCell {
             if let Some(loaded) = inner.loaded.get() {
                 return loaded.is_some();
             }
-            if inner.load.lock().expect("load lock poisoned").is_some() {
+            let slots = inner.load.lock().expect("load lock poisoned").as_ref().map(|deferred| deferred.slots.clone());
+            if let Some(slots) = slots {
                 // A slot first: a caller that goes away while it waits has taken nothing.
-                let slot = inner.slots.clone().acquire_owned().await;
-                if let Some(load) = inner.load.lock().expect("load lock poisoned").take() {
+                let slot = slots.acquire_owned().await;
+                if let Some(Deferred { load, .. }) = inner.load.lock().expect("load lock poisoned").take() {
                     let cell = self.clone();
                     tokio::task::spawn_blocking(move || {
                         let _ = cell.0.loaded.set(load());
