@@ -13,6 +13,13 @@
 //! - Abort if `sstamp <= pstamp`. Then: readers' versions get `pstamp = max(pstamp, cstamp)`,
 //!   overwritten versions get `sstamp = π(T)`.
 //!
+//! A read-only transaction that made one point read (one version, or one key found absent) is
+//! not certified: it commits as under Snapshot, leaving no pstamp or scan behind. It cannot
+//! close a cycle: its only edges are w:r from the writer W of what it read and r:w to the next
+//! writer U of that same key, and W → U is a w:w edge, so it can always be placed right after
+//! W; and since it changes no stamp, the others' history is as if it never ran, which SSN keeps
+//! serializable. (Two reads, or a scan, can close a cycle: the read-only anomaly.)
+//!
 //! Phantoms: a scan records `[start, end)` (or `[start, last returned key]` when it was cut by
 //! the limit), and a point read that found nothing records `[key, key]`. At commit, if a key
 //! inside such a range changed existence (inserted or deleted) by a commit after T's snapshot, T
@@ -40,6 +47,11 @@ impl ReadRange {
                 Bound::Included(e) => key <= e.as_slice(),
                 Bound::Excluded(e) => key < e.as_slice(),
             }
+    }
+
+    /// A point read that found nothing (`[key, key]`), not a scan.
+    pub(crate) fn is_point(&self) -> bool {
+        matches!(&self.end, Bound::Included(end) if *end == self.start)
     }
 
     pub(crate) fn end_bound(&self) -> Bound<&[u8]> {

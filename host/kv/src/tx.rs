@@ -287,7 +287,14 @@ impl Tx {
     fn commit_inner(&mut self) -> Result<(u64, u64), TxError> {
         let s = self.shared.clone();
         let serializable = self.iso == Isolation::Serializable;
-        let certify = serializable && !(self.reads.is_empty() && self.ranges.is_empty());
+        // A read-only transaction of at most one point read needs no certification (`ssn.rs`
+        // says why): a single `get` then costs what it costs under Snapshot, no commit lock.
+        let one_point_read = match (self.reads.as_slice(), self.ranges.as_slice()) {
+            ([], []) | ([_], []) => true,
+            ([], [range]) => range.is_point(),
+            _ => false,
+        };
+        let certify = serializable && !(self.writes.is_empty() && one_point_read);
         if self.writes.is_empty() && !certify {
             return Ok((self.snapshot, self.snapshot));
         }

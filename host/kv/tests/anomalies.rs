@@ -267,6 +267,48 @@ fn the_read_only_anomaly_is_admitted_by_snapshot_and_prevented_by_serializable()
     }
 }
 
+/// A read-only transaction of one point read is placed right after the writer of what it read,
+/// so it is never certified: it leaves no stamp that would refuse a later writer. U reads X,
+/// then Y overwrites X (so U must come before Y); read-only T reads V (or finds W absent) and
+/// commits; then U overwrites V (or inserts W). T, U, Y is a serial order, so U must commit.
+/// Had T been certified, V's pstamp (or the scan log) would hold T's cstamp, above U's sstamp
+/// (Y's), and U would be refused for nothing.
+#[test]
+fn a_read_only_transaction_of_one_point_read_commits_and_refuses_no_later_writer() {
+    for absent in [false, true] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"X", b"0"), (b"V", b"0")]);
+        let mut u = db.begin(Serializable);
+        num(u.get(b"X").unwrap());
+        let mut y = db.begin(Serializable);
+        y.put(b"X", b"1").unwrap();
+        y.commit().expect("Y commits");
+        let mut t = db.begin(Serializable);
+        let key: &[u8] = if absent { b"W" } else { b"V" };
+        assert_eq!(t.get(key).unwrap().is_none(), absent);
+        t.commit().expect("one read commits");
+        u.put(key, b"2").unwrap();
+        u.commit().unwrap_or_else(|e| panic!("U commits after a one-read transaction (absent={absent}): {e}"));
+        assert_eq!(read(&db, key), Some(b"2".to_vec()));
+    }
+    // Two reads are certified as before: the read-only anomaly stays prevented (above), and
+    // here, the same story with T reading V twice over two keys refuses U.
+    let (_d, db) = open();
+    put_all(&db, &[(b"X", b"0"), (b"V", b"0"), (b"Z", b"0")]);
+    let mut u = db.begin(Serializable);
+    num(u.get(b"X").unwrap());
+    let mut y = db.begin(Serializable);
+    y.put(b"X", b"1").unwrap();
+    y.commit().expect("Y commits");
+    let mut t = db.begin(Serializable);
+    num(t.get(b"V").unwrap());
+    num(t.get(b"Z").unwrap());
+    t.commit().expect("T commits");
+    u.put(b"V", b"2").unwrap();
+    let refused = u.commit().unwrap_err();
+    assert!(matches!(refused, TxError::Unserializable { .. }), "{refused}");
+}
+
 #[test]
 fn transactions_read_their_own_writes_in_gets_and_scans() {
     let (_d, db) = open();
