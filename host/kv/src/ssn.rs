@@ -13,8 +13,8 @@
 //! - Abort if `sstamp <= pstamp`. Then: readers' versions get `pstamp = max(pstamp, cstamp)`,
 //!   overwritten versions get `sstamp = π(T)`.
 //!
-//! A read-only transaction that made one point read (one version, or one key found absent) is
-//! not certified: it commits as under Snapshot, leaving no pstamp or scan behind. It cannot
+//! A read-only transaction that made one point read (of one version, or of a key with no
+//! version at all; a tombstone read records both, and is certified) is not certified: it commits as under Snapshot, leaving no pstamp or scan behind. It cannot
 //! close a cycle: its only edges are w:r from the writer W of what it read and r:w to the next
 //! writer U of that same key, and W → U is a w:w edge, so it can always be placed right after
 //! W; and since it changes no stamp, the others' history is as if it never ran, which SSN keeps

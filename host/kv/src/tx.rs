@@ -316,10 +316,13 @@ impl Tx {
         let mut overwritten = Vec::with_capacity(self.writes.len());
         let mut space = Delta::default();
         let mut existence_changed = Vec::new();
+        // A written key with no chain: GC may have unlinked its tombstone (and its stamps).
+        let mut writes_unlinked = false;
         // One index lookup per written key, reused for the install below.
         let mut entries = Vec::with_capacity(self.writes.len());
         for (k, w) in &self.writes {
             let entry = s.store.get(k);
+            writes_unlinked |= entry.is_none();
             let latest = entry.as_ref().and_then(|e| e.value().latest());
             entries.push(entry);
             let existed = match &latest {
@@ -359,6 +362,9 @@ impl Tx {
             let mut pstamp = self.read_pstamp;
             for v in &overwritten {
                 pstamp = pstamp.max(v.pstamp.load(Ordering::Acquire));
+            }
+            if writes_unlinked {
+                pstamp = pstamp.max(s.store.unlinked_pstamp());
             }
             if !st.scans.is_empty() {
                 for k in &existence_changed {

@@ -291,22 +291,37 @@ fn a_read_only_transaction_of_one_point_read_commits_and_refuses_no_later_writer
         u.commit().unwrap_or_else(|e| panic!("U commits after a one-read transaction (absent={absent}): {e}"));
         assert_eq!(read(&db, key), Some(b"2".to_vec()));
     }
-    // Two reads are certified as before: the read-only anomaly stays prevented (above), and
-    // here, the same story with T reading V twice over two keys refuses U.
-    let (_d, db) = open();
-    put_all(&db, &[(b"X", b"0"), (b"V", b"0"), (b"Z", b"0")]);
-    let mut u = db.begin(Serializable);
-    num(u.get(b"X").unwrap());
-    let mut y = db.begin(Serializable);
-    y.put(b"X", b"1").unwrap();
-    y.commit().expect("Y commits");
-    let mut t = db.begin(Serializable);
-    num(t.get(b"V").unwrap());
-    num(t.get(b"Z").unwrap());
-    t.commit().expect("T commits");
-    u.put(b"V", b"2").unwrap();
-    let refused = u.commit().unwrap_err();
-    assert!(matches!(refused, TxError::Unserializable { .. }), "{refused}");
+}
+
+/// A deleted key whose tombstone GC unlinked still orders its next writer after the deleter.
+/// A reads y; D deletes k and writes y (A → D); U reads x; A writes x (U → A) and ends; GC
+/// unlinks k's tombstone; U writes k (D → U): the cycle U → A → D → U. U must be refused as
+/// it would be with the tombstone still there, not commit because the chain is gone.
+#[test]
+fn a_key_unlinked_by_gc_still_orders_its_next_writer_after_the_deleter() {
+    for collect in [false, true] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"k", b"1"), (b"x", b"0"), (b"y", b"0")]);
+        let mut a = db.begin(Serializable);
+        num(a.get(b"y").unwrap());
+        let mut d = db.begin(Serializable);
+        d.delete(b"k").unwrap();
+        d.put(b"y", b"1").unwrap();
+        d.commit().expect("D commits");
+        let mut u = db.begin(Serializable);
+        num(u.get(b"x").unwrap());
+        a.put(b"x", b"1").unwrap();
+        a.commit().expect("A commits");
+        if collect {
+            let live = db.stats().live_versions;
+            db.gc();
+            assert!(db.stats().live_versions < live, "GC unlinked k's tombstone");
+        }
+        u.put(b"k", b"2").unwrap();
+        let refused = u.commit().unwrap_err();
+        assert!(matches!(refused, TxError::Unserializable { .. }), "collect={collect}: {refused}");
+        assert_eq!(read(&db, b"k"), None);
+    }
 }
 
 #[test]
