@@ -98,7 +98,8 @@ async fn a_function_that_cannot_be_loaded_does_not_keep_the_others_down() {
 }
 
 #[tokio::test]
-async fn a_restarted_node_serves_while_it_still_loads_code_and_is_ready_once_every_build_is_loaded() {
+async fn a_restarted_node_serves_while_it_still_loads_code_is_ready_once_every_build_is_loaded_and_a_stop_meanwhile_loses_nothing()
+ {
     let mut server = Server::start();
     server.deploy("hello", &guest("hello"));
     server.deploy("py", &python_guest());
@@ -124,4 +125,16 @@ async fn a_restarted_node_serves_while_it_still_loads_code_and_is_ready_once_eve
     // Each build loaded once, by its request or by the start's loader, whichever came first.
     assert_eq!(metric(&server, "ledge_artifact_loads_total{outcome=\"precompiled\"}").await, 1.0);
     assert_eq!(metric(&server, "ledge_artifact_loads_total{outcome=\"recompiled\"}").await, 1.0);
+
+    // A stop while the build is being recompiled: the node stops cleanly, the build is not
+    // taken for one that cannot be loaded, and the next start serves it.
+    assert_eq!(server.terminate().code(), Some(0));
+    damage(&server.data_dir.join("functions/py/v1/code.cwasm"));
+    server.restart_listening();
+    let response = client().get(format!("{}/readyz", server.url)).send().await.unwrap();
+    assert_eq!(response.status(), 503, "still loading when the stop comes");
+    assert_eq!(server.terminate().code(), Some(0));
+    server.restart();
+    assert_eq!(client().get(server.fn_url("py", "/")).send().await.unwrap().status(), 200);
+    assert!(!server.log().contains("cannot load function"), "{}", server.log());
 }
