@@ -223,15 +223,7 @@ fn group_commit(dir: &Path, secs: f64) {
             }
             (n, 0)
         });
-        let st = db.stats();
-        db.close().expect("close");
-        rows.push((
-            "threads",
-            committers,
-            c.txs as f64 / c.secs,
-            c.txs as f64 / st.wal_fsyncs.max(1) as f64,
-            st.wal_fsync_nanos as f64 / st.wal_fsyncs.max(1) as f64 / 1e3,
-        ));
+        rows.push(group_row("threads", committers, &c, &db));
     }
     for committers in [1usize, 8, 64] {
         // Async API (how the host's tokio tasks commit): committers are tasks spread over
@@ -256,15 +248,7 @@ fn group_commit(dir: &Path, secs: f64) {
             let n: u64 = futures::executor::block_on(futures::future::join_all(tasks)).into_iter().sum();
             (n, 0)
         });
-        let st = db.stats();
-        db.close().expect("close");
-        rows.push((
-            "tasks",
-            committers,
-            c.txs as f64 / c.secs,
-            c.txs as f64 / st.wal_fsyncs.max(1) as f64,
-            st.wal_fsync_nanos as f64 / st.wal_fsyncs.max(1) as f64 / 1e3,
-        ));
+        rows.push(group_row("tasks", committers, &c, &db));
     }
     let after = measure_fsync(dir, 300);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -292,4 +276,13 @@ fn group_commit(dir: &Path, secs: f64) {
             cps / single
         );
     }
+}
+
+/// One row of the group-commit table: commits/s, commits per fsync and the mean fsync (µs);
+/// closes `db`.
+fn group_row(kind: &'static str, committers: usize, c: &Cell, db: &Db) -> (&'static str, usize, f64, f64, f64) {
+    let st = db.stats();
+    db.close().expect("close");
+    let fsyncs = st.wal_fsyncs.max(1) as f64;
+    (kind, committers, c.txs as f64 / c.secs, c.txs as f64 / fsyncs, st.wal_fsync_nanos as f64 / fsyncs / 1e3)
 }
