@@ -5,14 +5,18 @@
 //! puts a function on one node and moves it when that node leaves; config, secrets and
 //! canaries set through one node hold on all; a proxied request reaches its guest as the first
 //! node received it (host, scheme, path), and one client's connections through a proxy count
-//! for that client, not for the proxy.
+//! for that client, not for the proxy; a node whose copy of a function cannot be loaded at
+//! start installs it again from the cluster.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::harness::{Etcd, Server, build_version, client, deploy_with_policy, get_from, guest, problem, version_from};
+use crate::harness::{
+    Etcd, Server, build_version, client, damage, deploy_with_policy, get_from, guest, problem, python_guest,
+    version_from,
+};
 
 /// A node of the cluster on `etcd`, named `name`.
 fn node(etcd: &Etcd, name: &str) -> Server {
@@ -263,6 +267,39 @@ async fn nodes_serve_through_an_etcd_outage_and_refuse_control_writes() {
         status(client().post(&echo_on_b).body("x")).await == 200
     })
     .await;
+}
+
+/// A node whose copy of a function's code cannot be loaded at its start (the precompiled code
+/// and the component both damaged) installs the function again from the cluster's record once
+/// the start's loads are over, instead of leaving it missing. The Python build's precompiled
+/// code is damaged too, so the loads run for seconds: the node applies its first etcd listing
+/// while the broken function still counts as live, and only the end of the loads removes it.
+#[tokio::test]
+async fn a_function_whose_code_cannot_be_loaded_at_start_is_installed_again_from_the_cluster() {
+    let etcd = Etcd::start();
+    let mut a = node(&etcd, "a");
+    a.deploy("hello", &guest("hello"));
+    a.deploy("py", &python_guest());
+    assert_eq!(a.terminate().code(), Some(0));
+    let hello = a.data_dir.join("functions/hello/v1");
+    for file in ["code.cwasm", "component.wasm", "snapshot.wasm"] {
+        if hello.join(file).exists() {
+            std::fs::write(hello.join(file), b"damaged").unwrap();
+        }
+    }
+    damage(&a.data_dir.join("functions/py/v1/code.cwasm"));
+    a.restart();
+    let on_a = a.fn_url("hello", "/again");
+    within(Duration::from_secs(30), "installed again from the cluster", async || {
+        status(client().get(&on_a)).await == 200
+    })
+    .await;
+    let log = a.log();
+    assert!(log.contains("cannot load function; redeploy it"), "{log}");
+    assert!(log.contains("installing again from the cluster"), "{log}");
+    let response = client().get(&on_a).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "Hello from ledge! You asked for /again\n");
+    assert_eq!(status(client().get(a.fn_url("py", "/"))).await, 200);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Deployed functions survive restarts and crashes, and precompiled code is reused only
 //! when it is intact.
 
-use crate::harness::{Server, client, guest, metric, python_guest};
+use crate::harness::{Server, client, damage, guest, metric, python_guest};
 
 #[tokio::test]
 async fn functions_survive_a_restart_without_recompiling() {
@@ -14,14 +14,6 @@ async fn functions_survive_a_restart_without_recompiling() {
     let log = server.log();
     assert!(log.contains("loaded precompiled artifact"), "{log}");
     assert!(!log.contains("recompiling function"), "{log}");
-}
-
-/// Flips one byte in the middle of `file` (precompiled code whose digest then no longer matches).
-fn damage(file: &std::path::Path) {
-    let mut bytes = std::fs::read(file).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(file, bytes).unwrap();
 }
 
 /// The commits the engine replayed at the server's last start, from its "engine recovered" line.

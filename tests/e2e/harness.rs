@@ -729,3 +729,11 @@ impl Drop for Etcd {
         self.kill_all();
     }
 }
+
+/// Flips one byte in the middle of `file` (precompiled code whose digest then no longer matches).
+pub fn damage(file: &std::path::Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+}
