@@ -80,13 +80,13 @@ impl Chain {
     }
 
     /// If the chain is a lone tombstone that every snapshot at or above `horizon` sees, empty it
-    /// and return the tombstone's pstamp (the caller then unlinks the key; it holds the commit
+    /// and return the tombstone's cstamp (the caller then unlinks the key; it holds the commit
     /// lock).
     fn take_dead(&self, horizon: u64) -> Option<u64> {
         let mut chain = self.versions.lock();
         prune_locked(&mut chain, horizon);
         let dead = match chain.as_slice() {
-            [v] if v.value.is_none() && v.cstamp <= horizon => Some(v.pstamp.load(Ordering::Acquire)),
+            [v] if v.value.is_none() && v.cstamp <= horizon => Some(v.cstamp),
             _ => None,
         };
         if dead.is_some() {
@@ -113,11 +113,13 @@ pub(crate) struct Store {
     map: SkipMap<Vec<u8>, Chain>,
     /// Versions currently linked into chains (a gauge for GC tests and metrics).
     live_versions: AtomicI64,
-    /// The largest pstamp of a tombstone unlinked by GC. A transaction that writes a key with
+    /// The largest cstamp of a tombstone unlinked by GC. A transaction that writes a key with
     /// no chain takes it into its pstamp: the unlinked tombstone carried the w:w edge from the
-    /// deleter (and its readers' r:w edges) to the next writer of the key, which would be lost
-    /// with it. A conservative floor, like the scan log's.
-    unlinked_pstamp: AtomicU64,
+    /// deleter to the next writer of the key, which would be lost with it. (Its Serializable
+    /// readers recorded the key as a read range: the scan log keeps their r:w edges.) A
+    /// conservative floor, like the scan log's, and never above the GC horizon, so below every
+    /// running transaction's snapshot.
+    unlinked_cstamp: AtomicU64,
 }
 
 /// A handle to one key's chain; keeps it alive even if GC unlinks the key meanwhile.
@@ -164,8 +166,8 @@ impl Store {
             return false;
         };
         let before = e.value().len();
-        if let Some(pstamp) = e.value().take_dead(horizon) {
-            self.unlinked_pstamp.fetch_max(pstamp, Ordering::AcqRel);
+        if let Some(cstamp) = e.value().take_dead(horizon) {
+            self.unlinked_cstamp.fetch_max(cstamp, Ordering::AcqRel);
             e.remove();
             self.live_versions.fetch_sub(before as i64, Ordering::Relaxed);
             true
@@ -176,9 +178,9 @@ impl Store {
         }
     }
 
-    /// The pstamp floor for a write to a key with no chain (see `unlinked_pstamp`).
-    pub(crate) fn unlinked_pstamp(&self) -> u64 {
-        self.unlinked_pstamp.load(Ordering::Acquire)
+    /// The pstamp floor for a write to a key with no chain (see `unlinked_cstamp`).
+    pub(crate) fn unlinked_cstamp(&self) -> u64 {
+        self.unlinked_cstamp.load(Ordering::Acquire)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> {

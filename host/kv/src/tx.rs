@@ -364,7 +364,7 @@ impl Tx {
                 pstamp = pstamp.max(v.pstamp.load(Ordering::Acquire));
             }
             if writes_unlinked {
-                pstamp = pstamp.max(s.store.unlinked_pstamp());
+                pstamp = pstamp.max(s.store.unlinked_cstamp());
             }
             if !st.scans.is_empty() {
                 for k in &existence_changed {

@@ -93,18 +93,17 @@ async fn follow_once(cluster: &Arc<Cluster>, follower: Follower) -> Result<(), E
     cluster.apply_listing(follower, &entries).await?;
     if follower == Follower::Functions {
         cluster.applied.send_replace(revision);
-        if cluster.registry.is_loading() {
-            // The functions whose code the start cannot load leave when its loads end: install
-            // them again then (the listing just applied found them live).
-            let weak = Arc::downgrade(cluster);
-            let registry = cluster.registry.clone();
-            tokio::spawn(async move {
-                registry.loads_done().await;
-                if let Some(cluster) = weak.upgrade() {
-                    cluster.reinstall_failed_loads().await;
-                }
-            });
-        }
+        // The functions whose code the start could not load leave when its loads end, which
+        // may come after this listing found them live: install them again then. Not only
+        // while the loads run: they may have ended between the listing and here.
+        let weak = Arc::downgrade(cluster);
+        let registry = cluster.registry.clone();
+        tokio::spawn(async move {
+            registry.loads_done().await;
+            if let Some(cluster) = weak.upgrade() {
+                cluster.reinstall_failed_loads().await;
+            }
+        });
     }
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut client = cluster.etcd.client();

@@ -172,8 +172,8 @@ impl Registry {
         !*self.loaded.borrow()
     }
 
-    /// Waits until the start's loads are over (the cluster applies its first listing after
-    /// them, so a function that could not be loaded is installed again from etcd).
+    /// Waits until the start's loads are over (a cluster node then installs again from etcd
+    /// the functions whose code could not be loaded).
     pub async fn loads_done(&self) {
         let mut loaded = self.loaded.subscribe();
         let _ = loaded.wait_for(|done| *done).await;
@@ -195,10 +195,10 @@ impl Registry {
         })
     }
 
-    /// The functions the start's loads left undeployed (their code could not be loaded): a
-    /// cluster node installs them again from their records.
-    pub fn failed_at_start(&self) -> Vec<String> {
-        self.failed_at_start.lock().expect("failed loads lock poisoned").clone()
+    /// The functions the start's loads left undeployed (their code could not be loaded), handed
+    /// out once: a cluster node installs them again from their records.
+    pub fn take_failed_at_start(&self) -> Vec<String> {
+        std::mem::take(&mut *self.failed_at_start.lock().expect("failed loads lock poisoned"))
     }
 
     /// The end of the start's loads (the change lock held): each function still live with a

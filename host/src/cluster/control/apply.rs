@@ -40,7 +40,7 @@ impl Cluster {
     /// (their code could not be loaded): the first listing, applied while the code loaded,
     /// found them live.
     pub(in crate::cluster) async fn reinstall_failed_loads(&self) {
-        for name in self.registry.failed_at_start() {
+        for name in self.registry.take_failed_at_start() {
             let known = self.records.read().get(&name).map(|known| (known.record.clone(), known.replicas));
             if let Some((record, replicas)) = known.filter(|(record, _)| record.serving().is_some()) {
                 tracing::info!(function = %name, "installing again from the cluster: its code could not be loaded");
