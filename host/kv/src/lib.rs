@@ -37,7 +37,7 @@
 //! [`CHECKPOINT_FORMAT`]. A file whose header names a later format refuses the open with
 //! [`Error::UnsupportedFormat`] before anything in the directory changes.
 //!
-//! Module map: `db` (handle, threads, checkpoints), `tx` (operations, commit), `mvcc` (versions),
+//! Module map: `db` (handle, threads, checkpoints), `tx` (operations; `tx::commit` the serial commit section), `mvcc` (versions),
 //! `ssn` (certification), `wal` (group-commit flusher; `wal::frame` the format), `checkpoint`,
 //! `recovery`, `gc`, `error`. Each module's docs state its invariants.
 #![deny(missing_docs)]
