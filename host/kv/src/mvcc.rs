@@ -55,6 +55,18 @@ impl Chain {
         v.iter().rev().find(|x| x.cstamp <= snap).cloned()
     }
 
+    /// Whether a version committed after `snap` gives the key another existence than `snap`
+    /// sees: an insert of a key it sees absent, or a delete of one it sees present, even if a
+    /// later version undid it (insert, then delete). Each such version is a write the snapshot's
+    /// reader did not see, so an r:w edge from that reader to its writer. The versions after
+    /// any live snapshot are never pruned, so none is missed.
+    pub(crate) fn existence_changed_after(&self, snap: u64) -> bool {
+        let v = self.versions.lock();
+        let after = v.partition_point(|x| x.cstamp <= snap);
+        let before = after.checked_sub(1).is_some_and(|i| v[i].value.is_some());
+        v[after..].iter().any(|x| x.value.is_some() != before)
+    }
+
     /// The newest committed version.
     pub(crate) fn latest(&self) -> Option<Arc<Version>> {
         self.versions.lock().last().cloned()

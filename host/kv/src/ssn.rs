@@ -21,9 +21,10 @@
 //! serializable. (Two reads, or a scan, can close a cycle: the read-only anomaly.)
 //!
 //! Phantoms: a scan records `[start, end)` (or `[start, last returned key]` when it was cut by
-//! the limit), and a point read that found nothing records `[key, key]`. At commit, if a key
-//! inside such a range changed existence (inserted or deleted) by a commit after T's snapshot, T
-//! aborts with [`crate::TxError::Phantom`]. Committed ranges go into [`ScanLog`] so that a later
+//! the limit), and a point read that found nothing records `[key, key]`. At commit, if any
+//! commit after T's snapshot changed the existence of a key inside such a range (inserted or
+//! deleted it), T aborts with [`crate::TxError::Phantom`], even when a later commit undid it: an
+//! insert then a delete leave the key as T saw it, but the inserter still wrote after T's read. Committed ranges go into [`ScanLog`] so that a later
 //! inserter sees its r:w predecessor; entries older than the GC horizon are folded into one
 //! conservative floor stamp.
 

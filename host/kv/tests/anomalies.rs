@@ -325,6 +325,30 @@ fn a_key_unlinked_by_gc_still_orders_its_next_writer_after_the_deleter() {
 }
 
 #[test]
+fn an_insert_undone_before_the_reader_of_the_absent_key_commits_still_orders_the_reader_first() {
+    // B reads x, A overwrites it (B before A); C reads A's x (A before C) and finds k absent;
+    // B inserts k and X deletes it again before C commits. k is as absent as C saw it, but B
+    // wrote it after C's read (C before B): the cycle A, C, B.
+    let (_d, db) = open();
+    put_all(&db, &[(b"x", b"0")]);
+    let mut b = db.begin(Serializable);
+    assert_eq!(num(b.get(b"x").unwrap()), 0);
+    let mut a = db.begin(Serializable);
+    a.put(b"x", b"1").unwrap();
+    a.commit().expect("A commits");
+    let mut c = db.begin(Serializable);
+    assert_eq!(num(c.get(b"x").unwrap()), 1);
+    assert_eq!(c.get(b"k").unwrap(), None);
+    b.put(b"k", b"b").unwrap();
+    b.commit().expect("B commits");
+    let mut x = db.begin(Serializable);
+    x.delete(b"k").unwrap();
+    x.commit().expect("X commits");
+    let refused = c.commit().unwrap_err();
+    assert!(matches!(refused, TxError::Phantom { .. }), "{refused}");
+}
+
+#[test]
 fn transactions_read_their_own_writes_in_gets_and_scans() {
     let (_d, db) = open();
     put_all(&db, &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]);

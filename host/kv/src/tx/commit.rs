@@ -107,16 +107,12 @@ impl Tx {
         let cstamp = st.next_stamp;
         let mut sstamp = cstamp;
         if serializable {
-            // Phantoms: did a later commit insert or delete a key in a range we read?
+            // Phantoms: did a later commit insert or delete a key in a range we read? Any one
+            // counts, even one undone since: an insert then a delete leave the key as absent as
+            // we saw it, but the inserter still wrote after our read (an r:w edge to it).
             for r in &self.ranges {
                 for e in s.store.range(Bound::Included(&r.start), r.end_bound()) {
-                    let chain = e.value();
-                    let Some(l) = chain.latest() else { continue };
-                    if l.cstamp <= self.snapshot {
-                        continue;
-                    }
-                    let before = chain.visible(self.snapshot).is_some_and(|v| v.value.is_some());
-                    if before != l.value.is_some() {
+                    if e.value().existence_changed_after(self.snapshot) {
                         return Err(TxError::Phantom { start: r.start.clone() });
                     }
                 }
