@@ -86,25 +86,22 @@ impl Chain {
         prune_locked(&mut self.versions.lock(), horizon)
     }
 
-    /// Number of versions in the chain.
-    pub(crate) fn len(&self) -> usize {
-        self.versions.lock().len()
-    }
-
-    /// If the chain is a lone tombstone that every snapshot at or above `horizon` sees, empty it
-    /// and return the tombstone's cstamp (the caller then unlinks the key; it holds the commit
-    /// lock).
-    fn take_dead(&self, horizon: u64) -> Option<u64> {
+    /// Prunes to `horizon`; then if the chain is a lone tombstone that every snapshot at or
+    /// above `horizon` sees, empties it and returns the tombstone's cstamp (the caller then
+    /// unlinks the key; it holds the commit lock). Also returns how many versions went, counted
+    /// under the chain's lock (a concurrent prune must not count them twice).
+    fn take_dead(&self, horizon: u64) -> (usize, Option<u64>) {
         let mut chain = self.versions.lock();
-        prune_locked(&mut chain, horizon);
+        let mut removed = prune_locked(&mut chain, horizon);
         let dead = match chain.as_slice() {
             [v] if v.value.is_none() && v.cstamp <= horizon => Some(v.cstamp),
             _ => None,
         };
         if dead.is_some() {
+            removed += chain.len();
             chain.clear();
         }
-        dead
+        (removed, dead)
     }
 }
 
@@ -126,11 +123,12 @@ pub(crate) struct Store {
     /// Versions currently linked into chains (a gauge for GC tests and metrics).
     live_versions: AtomicI64,
     /// The largest cstamp of a tombstone unlinked by GC. A transaction that writes a key with
-    /// no chain takes it into its pstamp: the unlinked tombstone carried the w:w edge from the
-    /// deleter to the next writer of the key, which would be lost with it. (Its Serializable
-    /// readers recorded the key as a read range: the scan log keeps their r:w edges.) A
-    /// conservative floor, like the scan log's, and never above the GC horizon, so below every
-    /// running transaction's snapshot.
+    /// no chain, or read a range (a key found absent included), takes it into its pstamp: the
+    /// unlinked tombstone carried the w:w edge from the deleter to the next writer of the key,
+    /// and the w:r edge from the deleter to a reader that now finds no version at all, which
+    /// would be lost with it. (Its Serializable readers recorded the key as a read range: the
+    /// scan log keeps their r:w edges.) A conservative floor, like the scan log's, and never
+    /// above the GC horizon, so below every running transaction's snapshot.
     unlinked_cstamp: AtomicU64,
 }
 
@@ -177,20 +175,18 @@ impl Store {
         let Some(e) = self.map.get(key) else {
             return false;
         };
-        let before = e.value().len();
-        if let Some(cstamp) = e.value().take_dead(horizon) {
-            self.unlinked_cstamp.fetch_max(cstamp, Ordering::AcqRel);
-            e.remove();
-            self.live_versions.fetch_sub(before as i64, Ordering::Relaxed);
-            true
-        } else {
-            let after = e.value().len();
-            self.live_versions.fetch_sub(before as i64 - after as i64, Ordering::Relaxed);
-            false
-        }
+        let (removed, dead) = e.value().take_dead(horizon);
+        self.live_versions.fetch_sub(removed as i64, Ordering::Relaxed);
+        let Some(cstamp) = dead else {
+            return false;
+        };
+        self.unlinked_cstamp.fetch_max(cstamp, Ordering::AcqRel);
+        e.remove();
+        true
     }
 
-    /// The pstamp floor for a write to a key with no chain (see `unlinked_cstamp`).
+    /// The pstamp floor for a write to a key with no chain, or a range read (see
+    /// `unlinked_cstamp`).
     pub(crate) fn unlinked_cstamp(&self) -> u64 {
         self.unlinked_cstamp.load(Ordering::Acquire)
     }

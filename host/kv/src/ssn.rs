@@ -7,26 +7,30 @@
 //! Per transaction T (`Serializable` only):
 //! - `pstamp` η(T) = max of: cstamps of versions T read (w:r), pstamps of versions T overwrites
 //!   (w:w and r:w through their committed readers), and cstamps of committed scanners whose range
-//!   covers a key T inserts or deletes (r:w through a predicate; SSN alone misses these).
+//!   covers a key T inserts or deletes (r:w through a predicate; SSN alone misses these). When T
+//!   writes a key with no version, or read a range (a key found absent included), also the
+//!   largest cstamp of a tombstone GC unlinked: the deleter's w:w edge to T's write, or its w:r
+//!   edge to T's read, went with the tombstone (`Store::unlinked_cstamp`).
 //! - `sstamp` π(T) = min of: T's cstamp and the sstamps of versions T read that were overwritten
 //!   by a transaction that committed before T.
 //! - Abort if `sstamp <= pstamp`. Then: readers' versions get `pstamp = max(pstamp, cstamp)`,
 //!   overwritten versions get `sstamp = π(T)`.
 //!
 //! A read-only transaction that made one point read (of one version, or of a key with no
-//! version at all; a tombstone read records both, and is certified) is not certified: it commits as under Snapshot, leaving no pstamp or scan behind. It cannot
-//! close a cycle: its only edges are w:r from the writer W of what it read and r:w to the next
-//! writer U of that same key, and W → U is a w:w edge, so it can always be placed right after
-//! W; and since it changes no stamp, the others' history is as if it never ran, which SSN keeps
-//! serializable. (Two reads, or a scan, can close a cycle: the read-only anomaly.)
+//! version at all; a tombstone read records both, and is certified) is not certified: it
+//! commits as under Snapshot, leaving no pstamp or scan behind. It cannot close a cycle: its
+//! only edges are w:r from the writer W of what it read and r:w to the next writer U of that
+//! same key, and W → U is a w:w edge, so it can always be placed right after W; and since it
+//! changes no stamp, the others' history is as if it never ran, which SSN keeps serializable.
+//! (Two reads, or a scan, can close a cycle: the read-only anomaly.)
 //!
 //! Phantoms: a scan records `[start, end)` (or `[start, last returned key]` when it was cut by
 //! the limit), and a point read that found nothing records `[key, key]`. At commit, if any
 //! commit after T's snapshot changed the existence of a key inside such a range (inserted or
 //! deleted it), T aborts with [`crate::TxError::Phantom`], even when a later commit undid it: an
-//! insert then a delete leave the key as T saw it, but the inserter still wrote after T's read. Committed ranges go into [`ScanLog`] so that a later
-//! inserter sees its r:w predecessor; entries older than the GC horizon are folded into one
-//! conservative floor stamp.
+//! insert then a delete leave the key as T saw it, but the inserter still wrote after T's read.
+//! Committed ranges go into [`ScanLog`] so that a later inserter sees its r:w predecessor;
+//! entries older than the GC horizon are folded into one conservative floor stamp.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;

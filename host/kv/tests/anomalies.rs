@@ -325,6 +325,39 @@ fn a_key_unlinked_by_gc_still_orders_its_next_writer_after_the_deleter() {
 }
 
 #[test]
+fn a_reader_of_a_key_unlinked_by_gc_still_follows_the_deleter() {
+    // Z reads y, D deletes k and writes y (Z before D); A reads w, Z writes w (A before Z); T
+    // reads x and finds k deleted (D before T), A writes x (T before A): the cycle T, A, Z, D.
+    // Unlinked by GC, k's tombstone no longer tells T's commit that it read D's write.
+    for collect in [false, true] {
+        let (_d, db) = open();
+        put_all(&db, &[(b"k", b"0"), (b"x", b"0"), (b"y", b"0"), (b"w", b"0")]);
+        let mut z = db.begin(Serializable);
+        num(z.get(b"y").unwrap());
+        let mut d = db.begin(Serializable);
+        d.delete(b"k").unwrap();
+        d.put(b"y", b"1").unwrap();
+        d.commit().expect("D commits");
+        let mut a = db.begin(Serializable);
+        num(a.get(b"w").unwrap());
+        z.put(b"w", b"1").unwrap();
+        z.commit().expect("Z commits");
+        let mut t = db.begin(Serializable);
+        num(t.get(b"x").unwrap());
+        if collect {
+            let keys = db.stats().keys;
+            db.gc();
+            assert_eq!(db.stats().keys, keys - 1, "GC unlinked k");
+        }
+        assert_eq!(t.get(b"k").unwrap(), None);
+        a.put(b"x", b"1").unwrap();
+        a.commit().expect("A commits");
+        let refused = t.commit().unwrap_err();
+        assert!(matches!(refused, TxError::Unserializable { .. }), "collect={collect}: {refused}");
+    }
+}
+
+#[test]
 fn an_insert_undone_before_the_reader_of_the_absent_key_commits_still_orders_the_reader_first() {
     // B reads x, A overwrites it (B before A); C reads A's x (A before C) and finds k absent;
     // B inserts k and X deletes it again before C commits. k is as absent as C saw it, but B

@@ -1,18 +1,21 @@
 //! Randomized concurrent histories checked for serializability.
 //!
-//! Each committed transaction records what it read (key → the id of the transaction whose write
-//! it saw, or "initial" for a key never written) and what it wrote. Every value written is the
-//! writer's unique id, so reads identify versions exactly. From that, the checker builds the
+//! Each committed transaction records its snapshot, what it read (key → the id of the
+//! transaction whose write it saw, or absent) and what it wrote (put or delete). Every value
+//! written is the writer's unique id, so a read that found a value identifies its version
+//! exactly; a read that found the key absent saw the latest delete at or below its snapshot (or
+//! no write yet), which the checker works out from the commit stamps: every commit at or below
+//! a snapshot is installed when the snapshot is taken. From that, the checker builds the
 //! dependency graph (w:w in commit-stamp order, w:r, r:w to the next writer) and looks for a
 //! cycle; it also replays the writes in commit-stamp order on a `BTreeMap` and compares with the
 //! database.
 //!
-//! Half the keys may be deleted, while GC unlinks tombstones all along (that is where a lost
-//! w:w edge once hid). An absent key then carries no id, so a deleter also writes the key's
-//! marker (`d/KEY` = its id), and a transaction that finds a deletable key absent reads its
-//! marker in the same snapshot: the latest delete it sees, or none (still "initial"). The
-//! marker read is a real read, its dependencies included. A scan reads every key of the key
-//! universe in its range the same way, so predicate dependencies become item dependencies.
+//! Keys are deleted too, while GC unlinks tombstones all along: a reader or writer of a key
+//! whose tombstone was unlinked finds no version at all, which is where lost edges have hidden.
+//! A delete of a key already absent changes nothing a reader of the absence saw, and the engine
+//! does not order the two, so the checker counts a run of deletes as one version (the first
+//! delete after a put, or none). A scan reads every key of the key universe in its range, so
+//! predicate dependencies become item dependencies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,18 +27,17 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-const INITIAL: u64 = 0;
-
-/// (key, id of the writer of the version read).
-type Accesses = Vec<(Vec<u8>, u64)>;
+/// (key, id of the writer of the value read, or `None` when the key was absent).
+type Reads = Vec<(Vec<u8>, Option<u64>)>;
 /// (key, this transaction's id, whether it deleted the key).
 type Writes = Vec<(Vec<u8>, u64, bool)>;
 
 #[derive(Debug, Clone)]
 struct Committed {
     id: u64,
+    snapshot: u64,
     cstamp: u64,
-    reads: Accesses,
+    reads: Reads,
     writes: Writes,
 }
 
@@ -43,40 +45,8 @@ fn key(i: usize) -> Vec<u8> {
     format!("k{i:02}").into_bytes()
 }
 
-fn decode(v: Option<Vec<u8>>) -> u64 {
-    v.map_or(INITIAL, |b| u64::from_le_bytes(b.try_into().expect("8-byte id")))
-}
-
-/// Keys with an even index may be deleted; the others only inserted and updated (so an absent
-/// one is "initial" from one point read, the read that commits without certification).
-fn deletable(k: usize) -> bool {
-    k.is_multiple_of(2)
-}
-
-fn marker(k: usize) -> Vec<u8> {
-    [b"d/".as_slice(), &key(k)].concat()
-}
-
-/// The version of key `k` the transaction sees, given what a read of it returned: its writer,
-/// or for an absent deletable key the latest deleter its snapshot sees (read from the marker,
-/// and recorded as a read of the marker too).
-fn seen(
-    tx: &mut ledge_kv::Tx,
-    reads: &mut Accesses,
-    k: usize,
-    value: Option<Vec<u8>>,
-) -> Result<(), ledge_kv::TxError> {
-    let writer = match value {
-        Some(v) => decode(Some(v)),
-        None if deletable(k) => {
-            let deleter = decode(tx.get(&marker(k))?);
-            reads.push((marker(k), deleter));
-            deleter
-        }
-        None => INITIAL,
-    };
-    reads.push((key(k), writer));
-    Ok(())
+fn writer_of(v: Option<Vec<u8>>) -> Option<u64> {
+    v.map(|b| u64::from_le_bytes(b.try_into().expect("8-byte id")))
 }
 
 /// Runs one transaction's body; returns its reads and writes.
@@ -86,45 +56,41 @@ fn body(
     id: u64,
     nkeys: usize,
     scans: bool,
-) -> Result<(Accesses, Writes), ledge_kv::TxError> {
-    let mut reads = Vec::new();
-    let mut writes = Vec::new();
+) -> Result<(Reads, Writes), ledge_kv::TxError> {
     // Some are one read and nothing else: read-only with one point read (of a version, or of
-    // a key still absent), which commits without certification.
+    // a key absent), which commits without certification.
     if rng.random_bool(0.15) {
         let k = rng.random_range(0..nkeys);
         let v = tx.get(&key(k))?;
-        seen(tx, &mut reads, k, v)?;
-        return Ok((reads, writes));
+        return Ok((vec![(key(k), writer_of(v))], Vec::new()));
     }
-    // Read two keys, write one of them or a third: the write-skew shape.
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    // Read two keys, write (or delete) one of them or a third: the write-skew shape.
     let a = rng.random_range(0..nkeys);
     let b = rng.random_range(0..nkeys);
     for k in [a, b] {
         let v = tx.get(&key(k))?;
-        seen(tx, &mut reads, k, v)?;
+        reads.push((key(k), writer_of(v)));
     }
     if scans && rng.random_bool(0.3) {
         let lo = rng.random_range(0..nkeys);
         let hi = (lo + 3).min(nkeys);
         let mut got: BTreeMap<Vec<u8>, Vec<u8>> = tx.scan(&key(lo), &key(hi), usize::MAX)?.into_iter().collect();
         for i in lo..hi {
-            let v = got.remove(&key(i));
-            seen(tx, &mut reads, i, v)?;
+            reads.push((key(i), writer_of(got.remove(&key(i)))));
         }
     }
     std::thread::yield_now();
     if rng.random_bool(0.85) {
         let w = if rng.random_bool(0.5) { a } else { rng.random_range(0..nkeys) };
-        if deletable(w) && rng.random_bool(0.4) {
+        let delete = rng.random_bool(0.3);
+        if delete {
             tx.delete(&key(w))?;
-            tx.put(&marker(w), &id.to_le_bytes())?;
-            writes.push((key(w), id, true));
-            writes.push((marker(w), id, false));
         } else {
             tx.put(&key(w), &id.to_le_bytes())?;
-            writes.push((key(w), id, false));
         }
+        writes.push((key(w), id, delete));
     }
     Ok((reads, writes))
 }
@@ -164,11 +130,12 @@ fn run_history(
                 for n in 0..per_thread {
                     let id = ((t as u64 + 1) << 32) | (n as u64 + 1);
                     let mut tx = db.begin(iso);
+                    let snapshot = tx.snapshot();
                     let Ok((reads, writes)) = body(&mut tx, &mut rng, id, nkeys, true) else {
                         continue;
                     };
                     if let Ok(cstamp) = tx.commit() {
-                        log.lock().expect("log").push(Committed { id, cstamp, reads, writes });
+                        log.lock().expect("log").push(Committed { id, snapshot, cstamp, reads, writes });
                     }
                 }
             })
@@ -183,14 +150,28 @@ fn run_history(
     (db, log, unlinked, dir)
 }
 
+/// A key's writers in commit-stamp order: (cstamp, index of the transaction, whether it deleted).
+type Writers = [(u64, usize, bool)];
+
+/// For a read that found the key absent at `snapshot`: the position of the version it saw (the
+/// first delete after a put; `None` when no put came before) and the position of the first
+/// writer after the snapshot.
+fn absence_seen(ws: &Writers, snapshot: u64) -> (Option<usize>, usize) {
+    let after = ws.partition_point(|&(cstamp, _, _)| cstamp <= snapshot);
+    assert!(after == 0 || ws[after - 1].2, "read as absent a key whose latest write at its snapshot put a value");
+    let mut start = after;
+    while start > 0 && ws[start - 1].2 {
+        start -= 1;
+    }
+    ((start > 0).then_some(start), after)
+}
+
 /// Builds the dependency graph and returns a cycle if there is one.
 fn find_cycle(txs: &[Committed]) -> Option<Vec<u64>> {
-    let idx: HashMap<u64, usize> = txs.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    // Version order per key: writers sorted by commit stamp.
-    let mut writers: HashMap<&[u8], Vec<(u64, usize)>> = HashMap::new();
+    let mut writers: HashMap<&[u8], Vec<(u64, usize, bool)>> = HashMap::new();
     for (i, t) in txs.iter().enumerate() {
-        for (k, _, _) in &t.writes {
-            writers.entry(k.as_slice()).or_default().push((t.cstamp, i));
+        for (k, _, deleted) in &t.writes {
+            writers.entry(k.as_slice()).or_default().push((t.cstamp, i, *deleted));
         }
     }
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); txs.len()];
@@ -202,28 +183,30 @@ fn find_cycle(txs: &[Committed]) -> Option<Vec<u64>> {
     }
     for (i, t) in txs.iter().enumerate() {
         let own: Vec<&[u8]> = t.writes.iter().map(|(k, _, _)| k.as_slice()).collect();
-        for (k, seen) in &t.reads {
-            if *seen != INITIAL {
-                let w = *idx.get(seen).expect("read a version of a committed transaction");
-                if w != i {
-                    edges[w].push(i); // w:r
+        for (k, read) in &t.reads {
+            let ws = writers.get(k.as_slice()).map_or(&[][..], Vec::as_slice);
+            let (seen, next) = match read {
+                Some(id) => {
+                    let pos = ws.iter().position(|&(_, w, _)| txs[w].id == *id).expect("read a committed write");
+                    (Some(pos), ws.get(pos + 1))
                 }
+                // The next write the absence did not see is the next put: deletes in between
+                // leave the key as absent as it was.
+                None => {
+                    let (seen, after) = absence_seen(ws, t.snapshot);
+                    (seen, ws[after..].iter().find(|&&(_, _, deleted)| !deleted))
+                }
+            };
+            if let Some(pos) = seen
+                && ws[pos].1 != i
+            {
+                edges[ws[pos].1].push(i); // w:r
             }
-            // r:w: the writer that installed the next version after the one read.
-            let Some(ws) = writers.get(k.as_slice()) else {
-                continue;
-            };
-            let next = if *seen == INITIAL {
-                ws.first()
-            } else {
-                let pos = ws.iter().position(|&(_, w)| txs[w].id == *seen).expect("writer");
-                ws.get(pos + 1)
-            };
-            if let Some(&(_, n)) = next
+            if let Some(&(_, n, _)) = next
                 && n != i
                 && !own.contains(&k.as_slice())
             {
-                edges[i].push(n);
+                edges[i].push(n); // r:w
             }
         }
     }
@@ -284,7 +267,7 @@ fn check_model(db: &Db, txs: &[Committed]) {
         .scan(b"", b"", usize::MAX)
         .expect("scan")
         .into_iter()
-        .map(|(k, v)| (k, decode(Some(v))))
+        .map(|(k, v)| (k, writer_of(Some(v)).expect("a value")))
         .collect();
     assert_eq!(actual, model);
 }

@@ -122,7 +122,10 @@ impl Tx {
             for v in &overwritten {
                 pstamp = pstamp.max(v.pstamp.load(Ordering::Acquire));
             }
-            if writes_unlinked {
+            // GC may have unlinked a tombstone a write overwrites (the deleter → writer w:w
+            // edge) or a read found absent (the deleter → reader w:r edge): the floor stands in
+            // for the deleter's stamp.
+            if writes_unlinked || !self.ranges.is_empty() {
                 pstamp = pstamp.max(s.store.unlinked_cstamp());
             }
             if !st.scans.is_empty() {
