@@ -296,20 +296,21 @@ fn maintenance(s: &Shared) {
     }
 }
 
-/// Unlinks queued tombstoned keys that every snapshot sees as deleted.
-pub(crate) fn collect_tombstones(s: &Shared) {
+/// Unlinks queued tombstoned keys that every snapshot sees as deleted; counts the versions it
+/// removes in `gc_pruned_versions` and returns them.
+pub(crate) fn collect_tombstones(s: &Shared) -> usize {
     if s.tombstones.len() == 0 {
-        return;
+        return 0;
     }
     let h = s.snapshots.refresh(&s.visible);
     let ready = s.tombstones.take_ready(h);
     if ready.is_empty() {
-        return;
+        return 0;
     }
     let _c = s.commit.lock();
-    for k in ready {
-        s.store.remove_if_dead(&k, h);
-    }
+    let removed = ready.iter().map(|k| s.store.remove_if_dead(k, h)).sum();
+    Counters::bump(&s.counters.gc_pruned_versions, removed as u64);
+    removed
 }
 
 fn full_gc(s: &Shared) -> usize {
@@ -319,8 +320,7 @@ fn full_gc(s: &Shared) -> usize {
         n += s.store.prune_entry(&e, h);
     }
     Counters::bump(&s.counters.gc_pruned_versions, n as u64);
-    collect_tombstones(s);
-    n
+    n + collect_tombstones(s)
 }
 
 /// Writes a checkpoint of the state at the current visible stamp, then drops covered segments.

@@ -127,8 +127,9 @@ pub(crate) struct Store {
     /// unlinked tombstone carried the w:w edge from the deleter to the next writer of the key,
     /// and the w:r edge from the deleter to a reader that now finds no version at all, which
     /// would be lost with it. (Its Serializable readers recorded the key as a read range: the
-    /// scan log keeps their r:w edges.) A conservative floor, like the scan log's, and never
-    /// above the GC horizon, so below every running transaction's snapshot.
+    /// phantom check and the scan log keep their r:w edges to a later insert.) A conservative
+    /// floor, like the scan log's, and never above the GC horizon, so at or below every running
+    /// transaction's snapshot.
     unlinked_cstamp: AtomicU64,
 }
 
@@ -170,19 +171,19 @@ impl Store {
         n
     }
 
-    /// Unlinks `key` if it is a tombstone nobody can see past. Caller holds the commit lock.
-    pub(crate) fn remove_if_dead(&self, key: &[u8], horizon: u64) -> bool {
+    /// Unlinks `key` if it is a tombstone nobody can see past (pruning its chain either way).
+    /// Returns the number of versions removed. Caller holds the commit lock.
+    pub(crate) fn remove_if_dead(&self, key: &[u8], horizon: u64) -> usize {
         let Some(e) = self.map.get(key) else {
-            return false;
+            return 0;
         };
         let (removed, dead) = e.value().take_dead(horizon);
         self.live_versions.fetch_sub(removed as i64, Ordering::Relaxed);
-        let Some(cstamp) = dead else {
-            return false;
-        };
-        self.unlinked_cstamp.fetch_max(cstamp, Ordering::AcqRel);
-        e.remove();
-        true
+        if let Some(cstamp) = dead {
+            self.unlinked_cstamp.fetch_max(cstamp, Ordering::AcqRel);
+            e.remove();
+        }
+        removed
     }
 
     /// The pstamp floor for a write to a key with no chain, or a range read (see

@@ -20,7 +20,9 @@
 //! version at all; a tombstone read records both, and is certified) is not certified: it
 //! commits as under Snapshot, leaving no pstamp or scan behind. It cannot close a cycle: its
 //! only edges are w:r from the writer W of what it read and r:w to the next writer U of that
-//! same key, and W → U is a w:w edge, so it can always be placed right after W; and since it
+//! same key (for a key read as absent, the next insert), and W → U is a w:w edge or a path of
+//! them (through deletes of the absent key in between), so it can always be placed right after
+//! W; and since it
 //! changes no stamp, the others' history is as if it never ran, which SSN keeps serializable.
 //! (Two reads, or a scan, can close a cycle: the read-only anomaly.)
 //!
@@ -29,6 +31,9 @@
 //! commit after T's snapshot changed the existence of a key inside such a range (inserted or
 //! deleted it), T aborts with [`crate::TxError::Phantom`], even when a later commit undid it: an
 //! insert then a delete leave the key as T saw it, but the inserter still wrote after T's read.
+//! A delete of a key already absent changes no existence: T, having read the absence, is not
+//! ordered before it once the tombstone is unlinked (it reads the same in either order; while
+//! the tombstone is linked, its stamps order them anyway).
 //! Committed ranges go into [`ScanLog`] so that a later inserter sees its r:w predecessor;
 //! entries older than the GC horizon are folded into one conservative floor stamp.
 

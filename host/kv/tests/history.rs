@@ -13,9 +13,11 @@
 //! Keys are deleted too, while GC unlinks tombstones all along: a reader or writer of a key
 //! whose tombstone was unlinked finds no version at all, which is where lost edges have hidden.
 //! A delete of a key already absent changes nothing a reader of the absence saw, and the engine
-//! does not order the two, so the checker counts a run of deletes as one version (the first
-//! delete after a put, or none). A scan reads every key of the key universe in its range, so
-//! predicate dependencies become item dependencies.
+//! need not order the two (it does only while the tombstone is linked), so the checker counts a
+//! run of deletes as one version (the first delete after a put, or none). A scan reads every key
+//! of the key universe in its range, up to the last key it returned when its limit cut it, so
+//! predicate dependencies become item dependencies. Some transactions write two keys, so a
+//! deleter can also be another transaction's reader's writer (the shapes of the anomaly tests).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,21 +78,32 @@ fn body(
     if scans && rng.random_bool(0.3) {
         let lo = rng.random_range(0..nkeys);
         let hi = (lo + 3).min(nkeys);
-        let mut got: BTreeMap<Vec<u8>, Vec<u8>> = tx.scan(&key(lo), &key(hi), usize::MAX)?.into_iter().collect();
-        for i in lo..hi {
+        let limit = if rng.random_bool(0.5) { usize::MAX } else { rng.random_range(1..=2) };
+        let found = tx.scan(&key(lo), &key(hi), limit)?;
+        // Cut by its limit, the scan observed the keys up to the last it returned.
+        let observed_to = match found.last() {
+            Some((last, _)) if found.len() == limit => last.clone(),
+            _ => key(hi - 1),
+        };
+        let mut got: BTreeMap<Vec<u8>, Vec<u8>> = found.into_iter().collect();
+        for i in (lo..hi).take_while(|&i| key(i) <= observed_to) {
             reads.push((key(i), writer_of(got.remove(&key(i)))));
         }
     }
     std::thread::yield_now();
     if rng.random_bool(0.85) {
         let w = if rng.random_bool(0.5) { a } else { rng.random_range(0..nkeys) };
-        let delete = rng.random_bool(0.3);
-        if delete {
-            tx.delete(&key(w))?;
-        } else {
-            tx.put(&key(w), &id.to_le_bytes())?;
+        // Sometimes a second key too: a deleter that also writes what another transaction read.
+        let second = rng.random_bool(0.25).then(|| rng.random_range(0..nkeys)).filter(|&c| c != w);
+        for k in std::iter::once(w).chain(second) {
+            let delete = rng.random_bool(0.3);
+            if delete {
+                tx.delete(&key(k))?;
+            } else {
+                tx.put(&key(k), &id.to_le_bytes())?;
+            }
+            writes.push((key(k), id, delete));
         }
-        writes.push((key(w), id, delete));
     }
     Ok((reads, writes))
 }
@@ -188,6 +201,9 @@ fn find_cycle(txs: &[Committed]) -> Option<Vec<u64>> {
             let (seen, next) = match read {
                 Some(id) => {
                     let pos = ws.iter().position(|&(_, w, _)| txs[w].id == *id).expect("read a committed write");
+                    // The value read is the latest write at or below the snapshot.
+                    assert!(ws[pos].0 <= t.snapshot, "read a write committed after the snapshot");
+                    assert!(ws.get(pos + 1).is_none_or(|&(c, _, _)| c > t.snapshot), "read a stale write");
                     (Some(pos), ws.get(pos + 1))
                 }
                 // The next write the absence did not see is the next put: deletes in between
