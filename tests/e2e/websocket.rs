@@ -27,6 +27,22 @@ pub(crate) async fn connect(url: &str) -> Socket {
     socket
 }
 
+/// A WebSocket to `url` on `server` whose own socket buffers are fixed small (64 KiB each way,
+/// so the kernel does not grow them): what a client that stops reading can leave queued is then
+/// mostly the server's side.
+async fn connect_with_small_buffers(server: &Server, url: &str) -> Socket {
+    let address: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.set_send_buffer_size(64 << 10).unwrap();
+    let stream = socket.connect(address).await.unwrap();
+    let (socket, response) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    assert_eq!(response.status(), 101);
+    socket
+}
+
 /// The HTTP status an upgrade to `url` was refused with.
 pub(crate) async fn refused_status(url: &str) -> u16 {
     match connect_async(url).await {
@@ -308,7 +324,7 @@ async fn a_client_that_stops_reading_is_closed_with_1008_past_max_buffer_and_oth
     let policy = "public = true\n[[websocket]]\npath = \"/\"\nmax_buffer = \"64KiB\"\nrate = \"100000/s\"\n";
     deploy_with_policy(&server, "echo-ws", &guest("ws-echo"), policy).await;
     let url = ws_url(&server, "echo-ws", "/");
-    let mut slow = connect(&url).await;
+    let mut slow = connect_with_small_buffers(&server, &url).await;
     let mut beside = connect(&url).await;
     send(&mut beside, "before").await;
     assert_eq!(next_text(&mut beside).await, "before");
@@ -318,13 +334,14 @@ async fn a_client_that_stops_reading_is_closed_with_1008_past_max_buffer_and_oth
     // between the two are full do the echoes queue up. The server then closes the connection
     // and stops reading it, so a send blocks: this client stops there, once the server's count
     // of messages in stands still (a blocked send during a slow event is not a stop). Bounded:
-    // 2,000 messages (16 MB), far past what the socket buffers (about 4 MiB on loopback) and
-    // max_buffer hold.
+    // 8,000 messages (64 MB) or 30 s, past what the socket buffers hold even where the kernel
+    // lets a receive buffer grow to 32 MiB (the server's side; the client's are fixed small),
+    // and time enough for a server slowed by a busy machine.
     let chunk = vec![0x5a_u8; 8 << 10];
     let started = Instant::now();
     let mut sent = 0u32;
     loop {
-        if sent >= 2000 || started.elapsed() > Duration::from_secs(8) {
+        if sent >= 8000 || started.elapsed() > Duration::from_secs(30) {
             let counts = socket_counts(&server, "echo-ws").await;
             panic!("the server kept reading a client that never reads: {sent} sent, {counts}");
         }
