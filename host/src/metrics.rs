@@ -90,6 +90,9 @@ pub struct Metrics {
 #[derive(Default)]
 struct FunctionSeries {
     ok_requests: OnceLock<Counter>,
+    /// The 200 counter of the version that answered last (a canary's two versions take turns
+    /// here; any other version or status is found in its family).
+    ok_version: parking_lot::Mutex<Option<(u64, Counter)>>,
     request_seconds: OnceLock<Histogram>,
     warm_instantiation_seconds: OnceLock<Histogram>,
     cold_instantiation_seconds: OnceLock<Histogram>,
@@ -207,7 +210,18 @@ impl Metrics {
     }
 
     pub fn observe_version(&self, function: &str, version: u64, status: u16) {
-        self.version_requests.get_or_create(&VersionLabels { function: function.to_string(), version, status }).inc();
+        let labels = || VersionLabels { function: function.to_string(), version, status };
+        if status != 200 {
+            self.version_requests.get_or_create(&labels()).inc();
+            return;
+        }
+        self.with_series(function, |series| {
+            let mut cached = series.ok_version.lock();
+            match cached.as_ref() {
+                Some((cached_version, counter)) if *cached_version == version => counter.inc(),
+                _ => cached.insert((version, self.version_requests.get_or_create_owned(&labels()))).1.inc(),
+            };
+        });
     }
 
     pub fn observe_request(&self, function: &str, status: u16, elapsed: Duration) {

@@ -18,7 +18,7 @@ use super::body::BoxError;
 use super::path::guest_path;
 use super::problem::with_rate_headers;
 use super::recording::TRACE_HEADER;
-use super::{App, Problem, ResponseBody, authorization};
+use super::{App, LEDGE_VERSION, Problem, ResponseBody, authorization};
 use crate::access::caveats::{self, Op};
 use crate::access::rate::{RateDecision, client_key};
 use crate::access::tokens::{Caller, is_ledge_token};
@@ -218,9 +218,9 @@ impl App {
                         response.headers_mut().insert(header, value);
                     }
                 }
-                response.headers_mut().insert("ledge-version", http::HeaderValue::from(version));
+                response.headers_mut().insert(LEDGE_VERSION, http::HeaderValue::from(version));
                 if let Some(id) = trace.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
-                    response.headers_mut().insert(TRACE_HEADER, id);
+                    response.headers_mut().insert(http::HeaderName::from_static(TRACE_HEADER), id);
                 }
                 Ok(response)
             }

@@ -31,6 +31,10 @@ use crate::runtime::Runtime;
 use body::{ResponseBody, full};
 use problem::Problem;
 
+/// The version that answered, on every response a function's run made (parsed once: a name
+/// given as a string is parsed on every use).
+const LEDGE_VERSION: http::HeaderName = http::HeaderName::from_static("ledge-version");
+
 mod admin;
 mod audit;
 mod backup;

@@ -9,6 +9,13 @@
 /// `/{rest}` with dot segments removed (RFC 3986 §5.2.4, with `%2e` read as `.`); `..` at the
 /// root stays at the root.
 pub fn guest_path(rest: &str) -> String {
+    // Nearly every path has no dot segment: it comes through as it is, in one allocation.
+    if !rest.split('/').any(|segment| dot_segment(segment).is_some()) {
+        let mut path = String::with_capacity(rest.len() + 1);
+        path.push('/');
+        path.push_str(rest);
+        return path;
+    }
     let mut kept: Vec<&str> = Vec::new();
     let segments: Vec<&str> = rest.split('/').collect();
     let mut ends_in_directory = false;

@@ -7,7 +7,7 @@
 //! went wrong is `ledge dev`'s failed first build ([`NotLiveYet`]): the author's own compiler
 //! output, on the author's own machine.
 
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 use serde::Serialize;
 
 use super::body::{ResponseBody, full};
@@ -32,7 +32,7 @@ pub struct Problem {
     pub detail: String,
     /// Headers the response carries besides the body (`WWW-Authenticate`, `Retry-After`, ...).
     #[serde(skip)]
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     /// Extension members (RFC 9457 section 3.2), e.g. a refused verification's report.
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -62,7 +62,7 @@ impl Problem {
 
     /// Adds a response header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+        self.headers.push((HeaderName::from_static(name), value.into()));
         self
     }
 

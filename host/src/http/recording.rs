@@ -200,10 +200,7 @@ fn recorded_request<B>(request: &http::Request<B>, tls: bool, path_and_query: &s
         path_and_query: path_and_query.to_string(),
         // A caller's `ledge-*` headers never reach the guest; those of a request ledge made (a
         // queue delivery's) do, so a replay gives them to the guest as the run had them.
-        headers: crate::record::headers(request.headers())
-            .into_iter()
-            .filter(|(name, _)| made_by_ledge || !name.starts_with("ledge-"))
-            .collect(),
+        headers: crate::record::headers_where(request.headers(), |name| made_by_ledge || !name.starts_with("ledge-")),
         body: Vec::new(),
         body_error: None,
     }

@@ -26,6 +26,9 @@ use crate::http::tls::Tls;
 use crate::runtime::logs::RequestLine;
 use crate::telemetry::access::{self, AccessLine};
 
+/// The request id's header, on every response (and taken from a caller that sends one).
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -282,7 +285,7 @@ async fn handle(
         micros: elapsed.as_micros() as u64,
     });
     // A request that reached a function (it answered with its version) joins its live log.
-    let version = response.headers().get("ledge-version").and_then(|v| v.to_str().ok()?.parse().ok());
+    let version = response.headers().get(super::LEDGE_VERSION).and_then(|v| v.to_str().ok()?.parse().ok());
     let function = path.strip_prefix("/fn/").map(|rest| rest.split('/').next().unwrap_or(rest));
     if let (Some(version), Some(function)) = (version, function) {
         let line = RequestLine {
@@ -295,7 +298,7 @@ async fn handle(
         };
         app.runtime.logs().request(function, line);
     }
-    response.headers_mut().insert("x-request-id", id);
+    response.headers_mut().insert(X_REQUEST_ID, id);
     response
 }
 
@@ -357,7 +360,7 @@ impl RequestIds {
     }
 
     fn next_for<B>(&self, request: &http::Request<B>) -> HeaderValue {
-        if let Some(given) = request.headers().get("x-request-id")
+        if let Some(given) = request.headers().get(X_REQUEST_ID)
             && given.len() <= 128
             && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
         {

@@ -185,7 +185,7 @@ impl App {
         if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
             response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        response.headers_mut().insert("ledge-version", HeaderValue::from(chosen.version));
+        response.headers_mut().insert(super::LEDGE_VERSION, HeaderValue::from(chosen.version));
         Ok(response)
     }
 }

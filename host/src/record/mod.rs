@@ -38,5 +38,13 @@ pub use trace::Trace;
 
 /// Header names and values as a trace keeps them.
 pub(crate) fn headers(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
-    map.iter().map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())).collect()
+    headers_where(map, |_| true)
+}
+
+/// [`headers`], of those whose name `keep` takes.
+pub(crate) fn headers_where(map: &http::HeaderMap, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .filter(|(name, _)| keep(name.as_str()))
+        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+        .collect()
 }

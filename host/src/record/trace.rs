@@ -243,13 +243,17 @@ pub fn compress(trace: &Trace) -> Vec<u8> {
         static ENCODER: std::cell::RefCell<flate2::write::DeflateEncoder<Vec<u8>>> =
             std::cell::RefCell::new(flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast()));
     }
-    let plain = postcard::to_stdvec(trace).expect("a trace always encodes");
-    if plain.len() < COMPRESS_FROM {
-        return [&[STORED][..], &plain].concat();
+    // Encoded after its tag, into a buffer sized for a typical small trace: a stored trace is
+    // then this one buffer, neither regrown nor copied.
+    let mut tagged = Vec::with_capacity(1024);
+    tagged.push(STORED);
+    let tagged = postcard::to_extend(trace, tagged).expect("a trace always encodes");
+    if tagged.len() - 1 < COMPRESS_FROM {
+        return tagged;
     }
     ENCODER.with_borrow_mut(|encoder| {
         encoder.get_mut().push(DEFLATE);
-        encoder.write_all(&plain).expect("writing to memory");
+        encoder.write_all(&tagged[1..]).expect("writing to memory");
         encoder.reset(Vec::new()).expect("writing to memory")
     })
 }

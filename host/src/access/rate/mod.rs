@@ -89,6 +89,7 @@ use std::time::Duration;
 
 use governor::Quota;
 use governor::clock::MonotonicClock;
+use http::HeaderName;
 
 use crate::access::policy::RateQuota;
 use table::Limiter;
@@ -202,6 +203,10 @@ pub struct RateDecision {
     pub detail: Option<String>,
 }
 
+/// The IETF headers' names, made once (a name given as a string is parsed on every use).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 impl RateDecision {
     /// The detail of a 429 for this refusal: that `quota`'s limit is reached, or [`Self::detail`].
     pub fn problem_detail(&self) -> String {
@@ -217,15 +222,15 @@ impl RateDecision {
     ///
     /// The policy id is an sf-string: `"` and `\` are escaped, and characters outside printable
     /// ASCII (which an sf-string cannot hold) become `_`.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub fn headers(&self) -> Vec<(HeaderName, String)> {
         let id = sf_string(&self.policy_id);
         let window = ceil_seconds(self.quota.window).max(1);
         let mut headers = vec![
-            ("ratelimit-policy", format!("{id};q={};w={window}", self.quota.burst)),
-            ("ratelimit", format!("{id};r={};t={}", self.remaining, self.reset_seconds.min(SF_INTEGER_MAX))),
+            (RATELIMIT_POLICY, format!("{id};q={};w={window}", self.quota.burst)),
+            (RATELIMIT, format!("{id};r={};t={}", self.remaining, self.reset_seconds.min(SF_INTEGER_MAX))),
         ];
         if let Some(seconds) = self.retry_after_seconds {
-            headers.push(("retry-after", seconds.to_string()));
+            headers.push((http::header::RETRY_AFTER, seconds.to_string()));
         }
         headers
     }
@@ -585,12 +590,12 @@ mod tests {
         let headers = allowed.headers();
         assert_eq!(
             headers,
-            vec![("ratelimit-policy", "\"fn\";q=2;w=60".to_string()), ("ratelimit", "\"fn\";r=1;t=30".to_string())]
+            vec![(RATELIMIT_POLICY, "\"fn\";q=2;w=60".to_string()), (RATELIMIT, "\"fn\";r=1;t=30".to_string())]
         );
         limiter.check("fn", "alice", quota, &[]);
         let refused = limiter.check("fn", "alice", quota, &[]);
         let headers = refused.headers();
-        assert_eq!(headers[2], ("retry-after", "30".to_string()));
+        assert_eq!(headers[2], (http::header::RETRY_AFTER, "30".to_string()));
         // Awkward ids and sub-second windows still give valid fields.
         let odd = RateQuota { quota: 5, window: Duration::from_millis(500), burst: 7 };
         let awkward = limiter.check("a \"quoted\" \\ naïve fn", "alice", odd, &[]);
@@ -611,7 +616,7 @@ mod tests {
                     Some(sfv::BareItem::Integer(n)) => i64::from(*n),
                     other => panic!("{name}: {value}: {key} = {other:?}"),
                 };
-                if *name == "ratelimit-policy" {
+                if *name == RATELIMIT_POLICY {
                     assert_eq!(int("q"), i64::from(decision.quota.burst));
                     assert!(int("w") >= 1);
                 } else {
