@@ -151,9 +151,9 @@ impl Store {
     }
 
     /// Installs a committed version into `entry` (the key's index entry if the caller already
-    /// looked it up under the same commit lock; `None` finds it or creates it, in one search of
-    /// the index: a commit that found no entry would only find none again). Caller holds the
-    /// commit lock.
+    /// looked it up under the same commit lock; `None` finds it or creates it in one search of
+    /// the index: recovery's replay, or a commit that found no entry and would only find none
+    /// again). Caller holds the commit lock.
     pub(crate) fn install(&self, entry: Option<EntryRef<'_>>, key: &[u8], v: Arc<Version>, horizon: u64) -> usize {
         // Only committers insert keys and they are serialised, so no insert race here.
         let entry = entry.unwrap_or_else(|| self.map.get_or_insert_with(key.to_vec(), Chain::default));
