@@ -331,3 +331,40 @@ impl Collector for KvCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    /// The series line `name{labels}` of `text`, as a number (0 when absent).
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    }
+
+    #[test]
+    fn each_versions_requests_are_counted_in_its_own_series_whichever_answered_last() {
+        let metrics = Metrics::new();
+        // A canary's two versions taking turns, other statuses, and a second function.
+        for (function, version, status) in
+            [("app", 1, 200), ("app", 1, 200), ("app", 2, 200), ("app", 1, 200), ("app", 2, 500), ("app", 2, 200)]
+                .into_iter()
+                .chain([("other", 1, 200), ("app", 1, 404)])
+        {
+            metrics.observe_version(function, version, status);
+        }
+        let text = metrics.render();
+        let series = |function: &str, version: u64, status: u16| {
+            value(
+                &text,
+                &format!(
+                    "ledge_version_requests_total{{function=\"{function}\",version=\"{version}\",status=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("app", 1, 200), 3.0, "{text}");
+        assert_eq!(series("app", 2, 200), 2.0, "{text}");
+        assert_eq!(series("app", 2, 500), 1.0, "{text}");
+        assert_eq!(series("app", 1, 404), 1.0, "{text}");
+        assert_eq!(series("other", 1, 200), 1.0, "{text}");
+    }
+}
