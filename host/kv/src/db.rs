@@ -111,7 +111,7 @@ impl Db {
             visible: AtomicU64::new(last),
             snapshots: Snapshots::new(last),
             tombstones: Tombstones::default(),
-            wal: Wal::new(last, rec.next_segment),
+            wal: Wal::new(last, rec.next_segment, opts.wal_preallocate),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             checkpointing: Mutex::new(()),

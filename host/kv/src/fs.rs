@@ -6,6 +6,8 @@
 //! - a created, renamed or removed name is durable only once [`Fs::sync_dir`] of its directory
 //!   returned after it;
 //! - [`Fs::truncate`] returns only when the new length is durable;
+//! - [`FsFile::allocate`] reserves space and extends the file with zeros, durable (as any write)
+//!   once a sync returned after it; a crash before that may keep any length in between;
 //! - a crash may keep, drop or tear any write that was not synced, in any order.
 //!
 //! Every file the engine creates is private to its owner (0600) and every directory 0700: the
@@ -36,7 +38,7 @@ pub(crate) trait Fs: Send + Sync + std::fmt::Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Creates a file that must not exist yet, for appending.
+    /// Creates a file that must not exist yet, written at explicit offsets ([`FsFile::write_all_at`]).
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Creates a file, or empties an existing one.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
@@ -50,8 +52,14 @@ pub(crate) trait Fs: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
-/// An open file the engine appends to.
+/// An open file the engine writes.
 pub(crate) trait FsFile: Write + Send {
+    /// Writes all of `buf` at `offset`, extending the file if it ends before.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the file at least `len` bytes long, the new bytes zeros, with their space reserved
+    /// on disk: writes into it later change no file size, so their fdatasync need not commit
+    /// the file's metadata (the WAL preallocates its segments for that; see `wal`).
+    fn allocate(&mut self, len: u64) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync: the length counts as data).
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -75,6 +83,21 @@ impl Drop for FlockedFile {
 }
 
 impl FsFile for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: posix_fallocate on a valid, open descriptor owned by `self`; no memory is
+        // involved. It returns the error number rather than setting errno.
+        match unsafe { libc::posix_fallocate(self.as_raw_fd(), 0, len) } {
+            0 => Ok(()),
+            error => Err(io::Error::from_raw_os_error(error)),
+        }
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
     }
@@ -112,7 +135,7 @@ impl Fs for RealFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        Ok(Box::new(OpenOptions::new().create_new(true).append(true).mode(PRIVATE_FILE).open(path)?))
+        Ok(Box::new(OpenOptions::new().create_new(true).write(true).mode(PRIVATE_FILE).open(path)?))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {

@@ -38,6 +38,10 @@ pub struct Options {
     /// Write a checkpoint (and drop old WAL segments) once this many WAL bytes were written since
     /// the last one; `0` disables automatic checkpoints. Default 64 MiB.
     pub checkpoint_wal_bytes: u64,
+    /// How far ahead of its writes the WAL allocates its segment file, in bytes: a commit's
+    /// fdatasync then commits no change of the file's size. `0` grows the file with each write.
+    /// Default 1 MiB.
+    pub wal_preallocate: u64,
     /// Longest accepted key. Default 4 KiB.
     pub max_key_len: usize,
     /// Longest accepted value. Default 1 MiB.
@@ -71,6 +75,7 @@ impl Default for Options {
         Options {
             durability: Durability::Fsync,
             checkpoint_wal_bytes: 64 << 20,
+            wal_preallocate: 1 << 20,
             max_key_len: 4 << 10,
             max_value_len: 1 << 20,
             maintenance_interval: Duration::from_millis(50),
@@ -95,6 +100,12 @@ impl Options {
     /// Sets the checkpoint cadence in WAL bytes (`0` = never automatically).
     pub fn checkpoint_wal_bytes(mut self, n: u64) -> Self {
         self.checkpoint_wal_bytes = n;
+        self
+    }
+
+    /// Sets how far ahead the WAL allocates its segment file (`0` = not at all).
+    pub fn wal_preallocate(mut self, n: u64) -> Self {
+        self.wal_preallocate = n;
         self
     }
 

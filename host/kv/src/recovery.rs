@@ -9,7 +9,8 @@
 //!   and deleting the segments it covers leaves them behind).
 //! - A bad batch (format 1: frame) with no valid one after it, in the last segment, is a torn tail
 //!   from a crash: it was never acknowledged (its fsync did not finish), so it is truncated away,
-//!   durably, before anything new is written. Any other bad batch or frame is [`Error::Corrupt`].
+//!   durably, before anything new is written, and so are the zeros the flusher preallocated
+//!   past the last batch. Any other bad batch or frame is [`Error::Corrupt`].
 //! - Segments that never got a record (empty, or a header alone) are removed wherever they are.
 //! - A checkpoint or segment whose header names a later format than this build reads is
 //!   [`Error::UnsupportedFormat`], found before anything is removed or truncated.
@@ -100,7 +101,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let mut truncated_bytes = 0;
     let mut wal_commits = 0;
     let segments = written.len();
-    let wal_bytes = written.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+    let mut wal_bytes = 0;
     for (i, (path, bytes)) in written.into_iter().enumerate() {
         let scan = wal::scan_segment(&bytes, log_stamp);
         if let Some((offset, reason)) = scan.corrupt_at {
@@ -114,10 +115,12 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
                     reason: "bad frame at the end of a segment that is not the last".into(),
                 });
             }
-            // Torn tail: drop it so the next run never sees a half record.
+            // Torn tail: drop it so the next run never sees a half record. Zeros past it are
+            // space the flusher preallocated, not a tear.
             fs.truncate(&path, scan.valid_len as u64)?;
-            truncated_bytes = (bytes.len() - scan.valid_len) as u64;
+            truncated_bytes = wal::data_end(&bytes).saturating_sub(scan.valid_len) as u64;
         }
+        wal_bytes += scan.valid_len as u64;
         for rec in scan.records {
             log_stamp = rec.cstamp;
             if rec.cstamp <= ckpt_stamp {

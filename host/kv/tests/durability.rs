@@ -204,6 +204,42 @@ fn a_torn_wal_tail_is_dropped_and_the_rest_recovers() {
     }
 }
 
+/// A file's length without its trailing zeros.
+fn data_end(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1)
+}
+
+#[test]
+fn the_wal_writes_into_preallocated_space_and_its_zeros_are_no_torn_tail_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).expect("open");
+    for i in 0..10 {
+        let mut tx = db.begin(Isolation::Snapshot);
+        tx.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes()).unwrap();
+        tx.commit().unwrap();
+    }
+    // What a power failure now leaves: every commit was acknowledged, so it is on disk.
+    let crashed = tempfile::tempdir().unwrap();
+    for path in wal_segments(dir.path()) {
+        fs::copy(&path, crashed.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let segment = wal_segments(crashed.path()).pop().expect("a segment");
+    let (len, logged) = (fs::metadata(&segment).unwrap().len(), data_end(&segment));
+    assert!(len >= logged + (512 << 10), "the segment in use is preallocated: {len} bytes, {logged} logged");
+    let recovered = Db::open(crashed.path()).expect("open after the crash");
+    assert_eq!(recovered.stats().recovered_commits, 10);
+    assert_eq!(recovered.stats().recovered_torn_tail_bytes, 0, "preallocated zeros are not a torn tail");
+    assert_eq!(get(&recovered, "k9").as_deref(), Some("v9"));
+    assert_eq!(fs::metadata(&segment).unwrap().len(), logged, "recovery cut the zeros");
+    recovered.close().unwrap();
+    // A clean stop leaves none.
+    db.close().unwrap();
+    for path in wal_segments(dir.path()) {
+        assert_eq!(fs::metadata(&path).unwrap().len(), data_end(&path), "{} ends at its last batch", path.display());
+    }
+}
+
 #[test]
 fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,7 +354,12 @@ fn automatic_checkpoints_keep_the_wal_small() {
         tx.commit().unwrap();
     }
     // The maintenance thread checkpoints on its own; wait (bounded) until it has caught up.
-    let on_disk = || -> u64 { wal_segments(dir.path()).iter().map(|p| fs::metadata(p).map_or(0, |m| m.len())).sum() };
+    // The log's bytes, without the zeros preallocated past the last batch of the segment in use.
+    let logged = |p: &std::path::PathBuf| {
+        let bytes = fs::read(p).unwrap_or_default();
+        bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1)
+    };
+    let on_disk = || -> u64 { wal_segments(dir.path()).iter().map(logged).sum() };
     let deadline = Instant::now() + Duration::from_secs(20);
     while (db.stats().checkpoints == 0 || on_disk() > db.stats().wal_bytes / 2) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -214,7 +214,10 @@ pub(crate) fn open_engine(kind: usize, dir: &Path, dur: Dur) -> Engine {
         Dur::Relaxed => Durability::Periodic(Duration::from_millis(10)),
         Dur::Fsync => Durability::Fsync,
     };
-    let opts = Options::default().durability(ledge_dur);
+    let mut opts = Options::default().durability(ledge_dur);
+    if let Ok(bytes) = std::env::var("KVBENCH_WAL_PREALLOCATE") {
+        opts = opts.wal_preallocate(bytes.parse().expect("KVBENCH_WAL_PREALLOCATE is a number of bytes"));
+    }
     match kind {
         0 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Snapshot),
         1 => Engine::Ledge(Db::open_with(dir, opts).expect("open"), Isolation::Serializable),

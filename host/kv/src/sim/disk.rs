@@ -3,7 +3,8 @@
 //! Each file has a live content (what reads see) and a durable one (what survives a crash),
 //! and each directory a live and a durable set of names. The model:
 //! - a write changes only the live content; [`FsFile::sync`] makes the whole live content
-//!   durable; [`Fs::truncate`] is durable when it returns;
+//!   durable; [`Fs::truncate`] is durable when it returns; [`FsFile::allocate`] is a write of
+//!   zeros past the end (so a crash may keep any length of them);
 //! - a create, rename or remove changes only the live names; [`Fs::sync_dir`] makes the
 //!   directory's live names durable;
 //! - at a crash every write since the file's last sync is independently lost, kept, cut at any
@@ -209,27 +210,41 @@ impl SimDisk {
     }
 }
 
-/// An open file on the simulated disk: appends to the inode it was opened on.
+/// An open file on the simulated disk, on the inode it was opened on.
 struct SimFile {
     disk: SimDisk,
     ino: u64,
     path: PathBuf,
 }
 
-impl Write for SimFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+impl SimFile {
+    /// Writes what fits of `buf` at `offset` (at the end when `None`), as one operation; the
+    /// bytes past the file's end count against the capacity.
+    fn write_part(&mut self, buf: &[u8], offset: Option<usize>) -> io::Result<usize> {
         let mut st = self.disk.0.lock();
-        st.tick(|| format!("write {} +{}", self.path.display(), buf.len()))?;
+        let at = offset.map_or_else(String::new, |offset| format!(" at {offset}"));
+        st.tick(|| format!("write {}{at} +{}", self.path.display(), buf.len()))?;
         let room = st.capacity.saturating_sub(st.used());
-        if room == 0 && !buf.is_empty() {
+        let inode = &st.inodes[&self.ino];
+        let offset = offset.unwrap_or(inode.live.len());
+        let inside = inode.live.len().saturating_sub(offset).min(buf.len());
+        let n = buf.len().min(inside + room);
+        if n == 0 && !buf.is_empty() {
             return Err(out_of_space());
         }
-        let n = buf.len().min(room);
         let inode = st.inodes.get_mut(&self.ino).expect("open files keep their inode");
-        let offset = inode.live.len();
-        inode.live.extend_from_slice(&buf[..n]);
+        if inode.live.len() < offset + n {
+            inode.live.resize(offset + n, 0);
+        }
+        inode.live[offset..offset + n].copy_from_slice(&buf[..n]);
         inode.unsynced.push((offset, n));
         Ok(n)
+    }
+}
+
+impl Write for SimFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_part(buf, None)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -238,6 +253,31 @@ impl Write for SimFile {
 }
 
 impl FsFile for SimFile {
+    fn write_all_at(&mut self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write_part(buf, Some(offset as usize))?;
+            buf = &buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        let mut st = self.disk.0.lock();
+        st.tick(|| format!("allocate {} to {len}", self.path.display()))?;
+        let len = len as usize;
+        let grows = len.saturating_sub(st.inodes[&self.ino].live.len());
+        if grows > st.capacity.saturating_sub(st.used()) {
+            return Err(out_of_space());
+        }
+        let inode = st.inodes.get_mut(&self.ino).expect("open files keep their inode");
+        if grows > 0 {
+            inode.unsynced.push((inode.live.len(), grows));
+            inode.live.resize(len, 0);
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.disk.0.lock();
         st.tick(|| format!("fdatasync {}", self.path.display()))?;

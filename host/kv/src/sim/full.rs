@@ -10,7 +10,9 @@ use super::model::read_all;
 use crate::{Db, Isolation, Options, TxError};
 
 fn open(disk: &SimDisk) -> Db {
-    let mut opts = Options::default().checkpoint_wal_bytes(0);
+    // Preallocated space a few batches long: the disk fills with the WAL's allocation failing
+    // first, then its writes.
+    let mut opts = Options::default().checkpoint_wal_bytes(0).wal_preallocate(512);
     opts.fs = Arc::new(disk.clone());
     Db::open_with(Path::new("/sim/full"), opts).expect("open")
 }

@@ -16,15 +16,14 @@
 //! own checksum lets recovery look for a valid batch after a damaged one in linear time: only a
 //! position whose 12 header bytes check out costs a pass over the frames.
 //!
+//! The flusher preallocates a segment's space ahead of its batches, so a segment may end in
+//! zeros after its last batch (a crash leaves them; a clean stop cuts them): they are where the
+//! log ends, and recovery cuts them like a torn tail. Earlier versions read them as one too.
+//!
 //! Format 1 (segments written by earlier versions): frames with no segment header or batches;
 //! still read, never written.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-use crate::fs::{Fs, FsFile};
 
 const HEADER: usize = 8;
 /// Smallest payload: a stamp and an op count. Also rules out a run of zero bytes parsing as a frame.
@@ -225,8 +224,9 @@ fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
     while at < b.len() {
         let Some((frames, next)) = batch_at(b, at, salt) else {
             // Only the last batch can be torn by a crash: any valid batch after this one means
-            // the damage hit data that had been made durable.
-            let later = (at + 1..b.len()).any(|q| batch_at(b, q, salt).is_some());
+            // the damage hit data that had been made durable. A batch starts with its nonzero
+            // length, so none can start in the zeros preallocated past the last one.
+            let later = (at + 1..data_end(b)).any(|q| batch_at(b, q, salt).is_some());
             let corrupt_at = later.then_some((at, "damaged batch followed by a valid one"));
             return SegmentScan { records, valid_len: at, corrupt_at };
         };
@@ -240,6 +240,11 @@ fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
         at = next;
     }
     SegmentScan { records, valid_len: at, corrupt_at: None }
+}
+
+/// Where the bytes end that are not the zeros a segment's preallocated space holds.
+pub(crate) fn data_end(b: &[u8]) -> usize {
+    b.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1)
 }
 
 /// Reads frames, stopping at the first bad one. With `search_later` (format 1), a bad frame counts
@@ -279,39 +284,14 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
 }
 
-/// The segment the flusher appends to.
-pub(crate) struct Segment {
-    pub file: Box<dyn FsFile>,
-    pub path: PathBuf,
-    pub salt: u64,
-    /// Bytes known durable: the header and every batch whose fsync returned.
-    pub durable_len: u64,
-}
-
-/// Creates segment `seq` with its header, both durable. A failed creation leaves nothing behind
-/// that a retry would trip over.
-pub(crate) fn create_segment(fs: &dyn Fs, dir: &Path, seq: u64) -> io::Result<Segment> {
-    let path = segment_path(dir, seq);
-    // Not for secrecy, only unpredictable to guests: std's per-process random hash keys.
-    let salt = RandomState::new().hash_one(seq);
+/// The header of a segment salted with `salt`.
+pub(crate) fn segment_header(salt: u64) -> [u8; SEGMENT_HEADER] {
     let mut header = [0u8; SEGMENT_HEADER];
     header[..8].copy_from_slice(SEGMENT_MAGIC);
     header[8..16].copy_from_slice(&salt.to_le_bytes());
     let crc = crc32c::crc32c(&header[..16]);
     header[16..].copy_from_slice(&crc.to_le_bytes());
-    let made = fs.create_new(&path).and_then(|mut file| {
-        file.write_all(&header)?;
-        file.sync()?;
-        fs.sync_dir(dir)?;
-        Ok(file)
-    });
-    match made {
-        Ok(file) => Ok(Segment { file, path, salt, durable_len: SEGMENT_HEADER as u64 }),
-        Err(e) => {
-            let _ = fs.remove(&path);
-            Err(e)
-        }
-    }
+    header
 }
 
 /// Splits a buffer of whole frames into batches of at most [`MAX_BATCH`] bytes.
@@ -416,6 +396,28 @@ mod tests {
         // Damage in a batch that has a valid one after it is real damage.
         let mut b = whole;
         b[SEGMENT_HEADER + 9] ^= 1;
+        assert_eq!(scan_segment(&b, 0).corrupt_at.map(|c| c.0), Some(SEGMENT_HEADER));
+    }
+
+    #[test]
+    fn zeros_preallocated_past_the_last_batch_end_the_log_and_hide_no_damage() {
+        let whole = segment(9, &[&[1], &[2, 3]], b"value");
+        let first = segment(9, &[&[1]], b"value").len();
+        let zeros = vec![0u8; 1 << 20];
+        // A crash after the last batch's fsync: its zeros follow.
+        let b = [whole.as_slice(), &zeros].concat();
+        let scan = scan_segment(&b, 0);
+        assert!(scan.corrupt_at.is_none());
+        assert_eq!((scan.records.len(), scan.valid_len), (3, whole.len()));
+        assert_eq!(data_end(&b), whole.len());
+        // The last batch torn mid-write into its preallocated space: a tail.
+        let b = [&whole[..whole.len() - 3], &zeros[..]].concat();
+        let scan = scan_segment(&b, 0);
+        assert!(scan.corrupt_at.is_none());
+        assert_eq!((scan.records.len(), scan.valid_len), (1, first));
+        // A durable batch zeroed, with a valid one after it: damage, however many zeros follow.
+        let mut b = [whole.as_slice(), &zeros].concat();
+        b[SEGMENT_HEADER..first].fill(0);
         assert_eq!(scan_segment(&b, 0).corrupt_at.map(|c| c.0), Some(SEGMENT_HEADER));
     }
 

@@ -6,6 +6,9 @@
 //! - The flusher thread owns the segment file. It takes the whole buffer, writes it, fsyncs, then
 //!   publishes `durable = last stamp in that buffer`: every commit with a stamp at or below
 //!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
+//! - The flusher allocates a segment's file `Options::wal_preallocate` bytes ahead of its batches and writes
+//!   each batch at the segment's durable length. Only the last segment may end in such zeros: a
+//!   rotation cuts the old segment at its last batch first, and a clean stop cuts the last.
 //! - A rotation request (from a checkpoint) cuts the pending buffer at its current length: the
 //!   records up to the checkpoint stamp go to the old segment, later ones to the new one.
 //! - A full disk (ENOSPC, EDQUOT) does not kill the log: the flusher cuts the segment back to its
@@ -16,8 +19,9 @@
 //!   kernel may have dropped the dirty pages, so nothing written could be trusted.
 
 mod frame;
+mod segment;
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +31,9 @@ use parking_lot::{Condvar, Mutex};
 
 pub use frame::{FORMAT, OLDEST_FORMAT};
 pub(crate) use frame::{
-    MAX_PAYLOAD, Segment, create_segment, encode, never_written, parse_segment_name, scan_segment, segment_path,
-    unsupported_format,
+    MAX_PAYLOAD, data_end, encode, never_written, parse_segment_name, scan_segment, segment_path, unsupported_format,
 };
+pub(crate) use segment::{Segment, create_segment};
 
 use crate::error::TxError;
 use crate::fs::{Fs, is_out_of_space};
@@ -117,10 +121,17 @@ pub(crate) struct Wal {
     durable: AtomicU64,
     /// Committers whose commits are durable, still to be unparked.
     to_wake: Mutex<Vec<Waiter>>,
+    /// How far ahead of its batches the flusher allocates a segment's space (0: not at all;
+    /// `Options::wal_preallocate`). A batch written into allocated space leaves the file's
+    /// size alone, so its fdatasync commits no metadata: on ext4 on a 2-core VM, a 200-byte
+    /// write and fdatasync took a median 80-88 µs in preallocated space against 116-134 µs at
+    /// the end of a growing file (3,000 of each, alternated). The cost is one metadata commit
+    /// per allocation; a crash leaves up to this many zeros.
+    preallocate: u64,
 }
 
 impl Wal {
-    pub(crate) fn new(durable: u64, segment: u64) -> Wal {
+    pub(crate) fn new(durable: u64, segment: u64, preallocate: u64) -> Wal {
         Wal {
             state: Mutex::new(WalState { durable, pending_last: durable, segment, ..WalState::default() }),
             work: Condvar::new(),
@@ -128,6 +139,7 @@ impl Wal {
             bytes_since_checkpoint: AtomicU64::new(0),
             durable: AtomicU64::new(durable),
             to_wake: Mutex::new(Vec::new()),
+            preallocate,
         }
     }
 
@@ -404,6 +416,9 @@ impl Wal {
                 self.to_wake.lock().extend(ready);
                 self.wake_all();
                 self.flushed.notify_all();
+                // A clean stop leaves no preallocated zeros for the next start to cut (it would
+                // cut them anyway, as after a crash).
+                let _ = segment.trim(fs);
                 return;
             }
             // Anyone still queued from the previous round had its chain broken by a committer
@@ -438,6 +453,8 @@ impl Wal {
         self.write_batches(fs, segment, old, &mut progress.old, counters)?;
         if let Some((_, seq)) = rotate {
             if !progress.rotated {
+                // The old segment ends at its last batch: only the last may end in zeros.
+                segment.trim(fs)?;
                 *segment = create_segment(fs, dir, seq)?;
                 progress.rotated = true;
             }
@@ -457,16 +474,9 @@ impl Wal {
     ) -> io::Result<()> {
         for batch in frame::batches(&frames[*done..]) {
             let header = frame::batch_header(segment.salt, batch);
-            let t = Instant::now();
-            let written = segment.file.write_all(&header).and_then(|()| segment.file.write_all(batch));
-            if let Err(e) = written.and_then(|()| segment.file.sync()) {
-                // Back to the durable length, so that a retry rewrites the batch from memory
-                // rather than trusting whatever the failed write or fsync left in the file.
-                fs.truncate(&segment.path, segment.durable_len)?;
-                return Err(e);
-            }
             let bytes = (header.len() + batch.len()) as u64;
-            segment.durable_len += bytes;
+            let t = Instant::now();
+            segment.write_batch(fs, &header, batch, self.preallocate)?;
             *done += batch.len();
             Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
             Counters::bump(&counters.wal_fsyncs, 1);
