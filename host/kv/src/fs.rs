@@ -56,10 +56,10 @@ pub(crate) trait Fs: Send + Sync + std::fmt::Debug {
 pub(crate) trait FsFile: Write + Send {
     /// Writes all of `buf` at `offset`, extending the file if it ends before.
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes the file at least `len` bytes long, the new bytes zeros, with their space reserved
-    /// on disk: writes into it later change no file size, so their fdatasync need not commit
-    /// the file's metadata (the WAL preallocates its segments for that; see `wal`).
-    fn allocate(&mut self, len: u64) -> io::Result<()>;
+    /// Reserves disk space for the `len` bytes at `offset`, the file growing to their end if it
+    /// is shorter, with zeros: writes there later change no file size (the WAL's segments, see
+    /// `wal::segment`).
+    fn allocate(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync: the length counts as data).
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -87,12 +87,12 @@ impl FsFile for File {
         std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
     }
 
-    fn allocate(&mut self, len: u64) -> io::Result<()> {
+    fn allocate(&mut self, offset: u64, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let off_t = |n: u64| libc::off_t::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
         // SAFETY: posix_fallocate on a valid, open descriptor owned by `self`; no memory is
         // involved. It returns the error number rather than setting errno.
-        match unsafe { libc::posix_fallocate(self.as_raw_fd(), 0, len) } {
+        match unsafe { libc::posix_fallocate(self.as_raw_fd(), off_t(offset)?, off_t(len)?) } {
             0 => Ok(()),
             error => Err(io::Error::from_raw_os_error(error)),
         }

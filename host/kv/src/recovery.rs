@@ -11,7 +11,8 @@
 //!   from a crash: it was never acknowledged (its fsync did not finish), so it is truncated away,
 //!   durably, before anything new is written, and so are the zeros the flusher preallocated
 //!   past the last batch. Any other bad batch or frame is [`Error::Corrupt`].
-//! - Segments that never got a record (empty, or a header alone) are removed wherever they are.
+//! - Segments that never got a record (empty, or a header alone) are removed wherever they are
+//!   (a header and allocated zeros, as a crash may leave the last, is cut to its header first).
 //! - A checkpoint or segment whose header names a later format than this build reads is
 //!   [`Error::UnsupportedFormat`], found before anything is removed or truncated.
 

@@ -35,9 +35,12 @@ pub struct Stats {
     pub active_snapshots: u64,
     /// Bytes of torn WAL tail dropped by recovery when this database was opened.
     pub recovered_torn_tail_bytes: u64,
-    /// WAL bytes read by recovery when this database was opened (every segment since the last
-    /// checkpoint).
+    /// WAL bytes recovery replayed when this database was opened (every segment since the last
+    /// checkpoint, up to its last whole batch).
     pub recovered_wal_bytes: u64,
+    /// Times the WAL could not allocate a segment's space ahead (a full disk, a file system
+    /// without it) and went on growing the file instead, until the next segment.
+    pub wal_allocation_failures: u64,
     /// Commits past the last checkpoint that recovery replayed when this database was opened.
     pub recovered_commits: u64,
     /// How long recovery (checkpoint and WAL) took when this database was opened, in µs.
@@ -54,6 +57,7 @@ pub(crate) struct Counters {
     pub wal_fsyncs: AtomicU64,
     pub wal_fsync_nanos: AtomicU64,
     pub wal_bytes: AtomicU64,
+    pub wal_allocation_failures: AtomicU64,
     pub checkpoints: AtomicU64,
     pub gc_pruned_versions: AtomicU64,
     pub recovered_torn_tail_bytes: AtomicU64,
@@ -84,6 +88,7 @@ impl Counters {
             active_snapshots,
             recovered_torn_tail_bytes: self.recovered_torn_tail_bytes.load(Relaxed),
             recovered_wal_bytes: self.recovered_wal_bytes.load(Relaxed),
+            wal_allocation_failures: self.wal_allocation_failures.load(Relaxed),
             recovered_commits: self.recovered_commits.load(Relaxed),
             recovery_micros: self.recovery_micros.load(Relaxed),
         }

@@ -4,7 +4,7 @@
 //! and each directory a live and a durable set of names. The model:
 //! - a write changes only the live content; [`FsFile::sync`] makes the whole live content
 //!   durable; [`Fs::truncate`] is durable when it returns; [`FsFile::allocate`] is a write of
-//!   zeros past the end (so a crash may keep any length of them);
+//!   zeros past the end (so a crash may keep any length of them), cut short at the capacity;
 //! - a create, rename or remove changes only the live names; [`Fs::sync_dir`] makes the
 //!   directory's live names durable;
 //! - at a crash every write since the file's last sync is independently lost, kept, cut at any
@@ -262,20 +262,22 @@ impl FsFile for SimFile {
         Ok(())
     }
 
-    fn allocate(&mut self, len: u64) -> io::Result<()> {
+    fn allocate(&mut self, offset: u64, len: u64) -> io::Result<()> {
         let mut st = self.disk.0.lock();
-        st.tick(|| format!("allocate {} to {len}", self.path.display()))?;
-        let len = len as usize;
-        let grows = len.saturating_sub(st.inodes[&self.ino].live.len());
-        if grows > st.capacity.saturating_sub(st.used()) {
-            return Err(out_of_space());
-        }
+        st.tick(|| format!("allocate {} +{len} at {offset}", self.path.display()))?;
+        let end = (offset + len) as usize;
+        let room = st.capacity.saturating_sub(st.used());
         let inode = st.inodes.get_mut(&self.ino).expect("open files keep their inode");
-        if grows > 0 {
-            inode.unsynced.push((inode.live.len(), grows));
+        let grows = end.saturating_sub(inode.live.len());
+        // Past the capacity it allocates what fits and fails, as a file system does that grows
+        // the file chunk by chunk.
+        let fits = grows.min(room);
+        if fits > 0 {
+            inode.unsynced.push((inode.live.len(), fits));
+            let len = inode.live.len() + fits;
             inode.live.resize(len, 0);
         }
-        Ok(())
+        if fits < grows { Err(out_of_space()) } else { Ok(()) }
     }
 
     fn sync(&mut self) -> io::Result<()> {

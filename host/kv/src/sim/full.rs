@@ -73,6 +73,7 @@ fn a_full_disk_refuses_commits_cleanly_and_they_resume_when_space_returns() {
     });
     let (stalled, refused, accepted) = stalled;
     stalled.expect("the stalled commit completes once space returns");
+    assert!(db.stats().wal_allocation_failures > 0, "the WAL's allocation ahead failed first, and was counted");
     put(&db, "after", b"works").expect("commits are accepted again");
 
     let (db, state) = crash_and_recover(&disk, 2);

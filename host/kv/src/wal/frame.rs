@@ -224,8 +224,9 @@ fn scan_batches(b: &[u8], salt: u64, mut last_stamp: u64) -> SegmentScan {
     while at < b.len() {
         let Some((frames, next)) = batch_at(b, at, salt) else {
             // Only the last batch can be torn by a crash: any valid batch after this one means
-            // the damage hit data that had been made durable. A batch starts with its nonzero
-            // length, so none can start in the zeros preallocated past the last one.
+            // the damage hit data that had been made durable. A batch's 4-byte length is at
+            // least 20, so none can start at or past the last nonzero byte: in the zeros
+            // allocated past the last batch.
             let later = (at + 1..data_end(b)).any(|q| batch_at(b, q, salt).is_some());
             let corrupt_at = later.then_some((at, "damaged batch followed by a valid one"));
             return SegmentScan { records, valid_len: at, corrupt_at };

@@ -6,9 +6,10 @@
 //! - The flusher thread owns the segment file. It takes the whole buffer, writes it, fsyncs, then
 //!   publishes `durable = last stamp in that buffer`: every commit with a stamp at or below
 //!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
-//! - The flusher allocates a segment's file `Options::wal_preallocate` bytes ahead of its batches and writes
-//!   each batch at the segment's durable length. Only the last segment may end in such zeros: a
-//!   rotation cuts the old segment at its last batch first, and a clean stop cuts the last.
+//! - The flusher allocates a segment's file `Options::wal_preallocate` bytes ahead of its
+//!   batches and writes each batch at the segment's durable length ([`segment`]). Only the last
+//!   segment may end in such zeros: a rotation cuts the old one at its last batch first, and a
+//!   clean stop cuts the last.
 //! - A rotation request (from a checkpoint) cuts the pending buffer at its current length: the
 //!   records up to the checkpoint stamp go to the old segment, later ones to the new one.
 //! - A full disk (ENOSPC, EDQUOT) does not kill the log: the flusher cuts the segment back to its
@@ -33,6 +34,7 @@ pub use frame::{FORMAT, OLDEST_FORMAT};
 pub(crate) use frame::{
     MAX_PAYLOAD, data_end, encode, never_written, parse_segment_name, scan_segment, segment_path, unsupported_format,
 };
+use segment::Progress;
 pub(crate) use segment::{Segment, create_segment};
 
 use crate::error::TxError;
@@ -433,64 +435,4 @@ impl Wal {
             st = self.state.lock();
         }
     }
-
-    /// Writes the flusher's buffer, the part before `rotate`'s cut to the current segment and the
-    /// rest to a new one. Resumable: `progress` records what is durable, so a retry after a full
-    /// disk continues where the failure stopped.
-    #[allow(clippy::too_many_arguments)]
-    fn flush(
-        &self,
-        fs: &dyn Fs,
-        dir: &Path,
-        segment: &mut Segment,
-        buffer: &[u8],
-        rotate: Option<(usize, u64)>,
-        progress: &mut Progress,
-        counters: &Counters,
-    ) -> io::Result<()> {
-        let cut = rotate.map_or(buffer.len(), |(cut, _)| cut.min(buffer.len()));
-        let (old, new) = buffer.split_at(cut);
-        self.write_batches(fs, segment, old, &mut progress.old, counters)?;
-        if let Some((_, seq)) = rotate {
-            if !progress.rotated {
-                // The old segment ends at its last batch: only the last may end in zeros.
-                segment.trim(fs)?;
-                *segment = create_segment(fs, dir, seq)?;
-                progress.rotated = true;
-            }
-            self.write_batches(fs, segment, new, &mut progress.new, counters)?;
-        }
-        Ok(())
-    }
-
-    /// Appends `frames[*done..]` as batches, each written and fsynced before the next.
-    fn write_batches(
-        &self,
-        fs: &dyn Fs,
-        segment: &mut Segment,
-        frames: &[u8],
-        done: &mut usize,
-        counters: &Counters,
-    ) -> io::Result<()> {
-        for batch in frame::batches(&frames[*done..]) {
-            let header = frame::batch_header(segment.salt, batch);
-            let bytes = (header.len() + batch.len()) as u64;
-            let t = Instant::now();
-            segment.write_batch(fs, &header, batch, self.preallocate)?;
-            *done += batch.len();
-            Counters::bump(&counters.wal_fsync_nanos, t.elapsed().as_nanos() as u64);
-            Counters::bump(&counters.wal_fsyncs, 1);
-            Counters::bump(&counters.wal_bytes, bytes);
-            self.bytes_since_checkpoint.fetch_add(bytes, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// How far a [`Wal::flush`] got: bytes of the old and the new segment's part made durable.
-#[derive(Debug, Default)]
-struct Progress {
-    old: usize,
-    rotated: bool,
-    new: usize,
 }
