@@ -124,11 +124,10 @@ pub(crate) struct Wal {
     /// Committers whose commits are durable, still to be unparked.
     to_wake: Mutex<Vec<Waiter>>,
     /// How far ahead of its batches the flusher allocates a segment's space (0: not at all;
-    /// `Options::wal_preallocate`). A batch written into allocated space leaves the file's
-    /// size alone, so its fdatasync commits no metadata: on ext4 on a 2-core VM, a 200-byte
-    /// write and fdatasync took a median 80-88 µs in preallocated space against 116-134 µs at
-    /// the end of a growing file (3,000 of each, alternated). The cost is one metadata commit
-    /// per allocation; a crash leaves up to this many zeros.
+    /// `Options::wal_preallocate`; why in [`segment`]). On ext4 on a 2-core VM, a 200-byte
+    /// write and fdatasync took a median 80-88 µs in allocated space against 116-134 µs at
+    /// the end of a growing file (3,000 of each, alternated). A crash leaves up to this many
+    /// zeros.
     preallocate: u64,
 }
 
