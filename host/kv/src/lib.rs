@@ -38,8 +38,8 @@
 //! [`Error::UnsupportedFormat`] before anything in the directory changes.
 //!
 //! Module map: `db` (handle, threads, checkpoints), `tx` (operations; `tx::commit` the serial commit section), `mvcc` (versions),
-//! `ssn` (certification), `wal` (group-commit flusher; `wal::frame` the format, `wal::segment` the
-//! file it writes, preallocated ahead), `checkpoint`,
+//! `ssn` (certification), `wal` (the log shared by committers; `wal::flusher` its group-commit thread,
+//! `wal::frame` the format, `wal::segment` the file it writes, preallocated ahead), `checkpoint`,
 //! `recovery`, `gc`, `error`. Each module's docs state its invariants.
 #![deny(missing_docs)]
 

@@ -1,4 +1,5 @@
-//! Write-ahead log: the group-commit flusher (format in [`frame`]).
+//! Write-ahead log: what committers and the flusher share (the flusher's loop in [`flusher`],
+//! the format in [`frame`], the file in [`segment`]).
 //!
 //! Invariants:
 //! - Records are appended to the shared buffer inside the commit lock, so buffer order (and hence
@@ -13,20 +14,19 @@
 //! - A rotation request (from a checkpoint) cuts the pending buffer at its current length: the
 //!   records up to the checkpoint stamp go to the old segment, later ones to the new one.
 //! - A full disk (ENOSPC, EDQUOT) does not kill the log: the flusher cuts the segment back to its
-//!   durable length, keeps the batch, and retries it every [`STALL_RETRY`] until it fits; while it
+//!   durable length, keeps the batch, and retries it every [`flusher::STALL_RETRY`] until it fits; while it
 //!   is stalled, new commits are refused before they install anything ([`Wal::refusal`]), and the
 //!   commits in the stalled batch wait (they are acknowledged only once the retry makes them
 //!   durable). Any other write or fsync error stops the log for good: after a failed fsync the
 //!   kernel may have dropped the dirty pages, so nothing written could be trusted.
 
+mod flusher;
 mod frame;
 mod segment;
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -34,32 +34,14 @@ pub use frame::{FORMAT, OLDEST_FORMAT};
 pub(crate) use frame::{
     MAX_PAYLOAD, data_end, encode, never_written, parse_segment_name, scan_segment, segment_path, unsupported_format,
 };
-use segment::Progress;
-pub(crate) use segment::{Segment, create_segment};
+pub(crate) use segment::create_segment;
 
 use crate::error::TxError;
-use crate::fs::{Fs, is_out_of_space};
-use crate::options::Durability;
-use crate::stats::Counters;
 
 /// How many parked committers each woken one wakes in turn.
 const WAKE_FANOUT: usize = 2;
-/// Longest a flusher waits to grow a group commit.
-const MAX_GATHER: Duration = Duration::from_millis(2);
-/// How long a flusher waits for the committers of its last batch, in units of that batch's
-/// write and fsync time (at most [`MAX_GATHER`]). Each fsync costs the flusher CPU as well as
-/// time (about 60 µs of a 2-core VM's CPU per fdatasync, whatever it carries), and every
-/// flush wakes its group, so larger groups leave more CPU to the committers. On such a VM,
-/// ledge's counter function (32 connections, one durable transaction per request) ran at
-/// 0.87x and 0.83x of hello's requests/s with a wait of four fsyncs against 0.75x and 0.77x
-/// with two (two runs of 4 interleaved rounds, medians; one fsync 0.68x, half 0.76x, eight
-/// and sixteen 0.81x), at 19 commits per fsync.
-/// A lone committer never waits (the wait is for a group the last batch predicts).
-const GATHER_FSYNCS: u32 = 4;
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
 const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
-/// How often a flusher stalled on a full disk tries its batch again.
-const STALL_RETRY: Duration = Duration::from_millis(100);
 
 /// Someone waiting for a stamp to become durable.
 #[derive(Debug)]
@@ -294,144 +276,5 @@ impl Wal {
     pub(crate) fn shutdown(&self) {
         self.state.lock().shutdown = true;
         self.work.notify_all();
-    }
-
-    /// The flusher thread's body. Owns the open segment file.
-    pub(crate) fn run_flusher(
-        &self,
-        fs: &dyn Fs,
-        dir: &Path,
-        mut segment: Segment,
-        durability: Durability,
-        counters: &Counters,
-    ) {
-        let mut spare = Vec::new();
-        let mut batch_target = 0;
-        let mut gather_for = Duration::ZERO;
-        let mut st = self.state.lock();
-        loop {
-            match durability {
-                Durability::Fsync => {
-                    if st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
-                        drop(st);
-                        self.wake_all();
-                        st = self.state.lock();
-                    }
-                    while st.pending.is_empty() && st.rotate.is_none() && !st.shutdown {
-                        st.flusher_wants = 1;
-                        self.work.wait(&mut st);
-                        st.flusher_wants = 0;
-                    }
-                    // Group commit: the committers of the last batch plus those that queued
-                    // during its fsync are likely to commit again soon; give them up to
-                    // [`GATHER_FSYNCS`] fsyncs to join this batch instead of paying for the next.
-                    let deadline = Instant::now() + gather_for;
-                    while batch_target > 1
-                        && st.pending_records < batch_target
-                        && st.rotate.is_none()
-                        && !st.shutdown
-                        && Instant::now() < deadline
-                    {
-                        st.flusher_wants = batch_target;
-                        self.work.wait_until(&mut st, deadline);
-                        st.flusher_wants = 0;
-                    }
-                }
-                Durability::Periodic(every) => {
-                    // Let commits accumulate for one interval (a rotation or shutdown cuts it short).
-                    let deadline = Instant::now() + every;
-                    while st.rotate.is_none()
-                        && !st.shutdown
-                        && !st.flush_now
-                        && st.pending.len() < PERIODIC_FLUSH_BYTES
-                        && Instant::now() < deadline
-                    {
-                        self.work.wait_until(&mut st, deadline);
-                    }
-                }
-            }
-            if st.failed.is_some() {
-                return;
-            }
-            let shutdown = st.shutdown;
-            let rotate = st.rotate.take();
-            st.flush_now = false;
-            let next_seq = st.segment + 1;
-            std::mem::swap(&mut st.pending, &mut spare);
-            let last = st.pending_last;
-            let batch_records = std::mem::take(&mut st.pending_records);
-            drop(st);
-            let started = Instant::now();
-
-            let mut progress = Progress::default();
-            let res = loop {
-                match self.flush(
-                    fs,
-                    dir,
-                    &mut segment,
-                    &spare,
-                    rotate.map(|cut| (cut, next_seq)),
-                    &mut progress,
-                    counters,
-                ) {
-                    Err(e) if is_out_of_space(&e) => {
-                        let mut st = self.state.lock();
-                        if st.shutdown {
-                            break Err(e);
-                        }
-                        st.stalled = Some(Arc::new(e));
-                        self.work.wait_for(&mut st, STALL_RETRY);
-                    }
-                    res => break res,
-                }
-            };
-            spare.clear();
-
-            st = self.state.lock();
-            batch_target = batch_records + st.pending_records;
-            gather_for = (started.elapsed() * GATHER_FSYNCS).min(MAX_GATHER);
-            st.stalled = None;
-            match res {
-                Ok(()) => {
-                    st.durable = st.durable.max(last);
-                    if rotate.is_some() {
-                        st.segment = next_seq;
-                    }
-                }
-                Err(e) => st.failed = Some(Arc::new(e)),
-            }
-            self.durable.store(st.durable, Ordering::Release);
-            let exit = st.failed.is_some() || (shutdown && st.pending.is_empty());
-            if exit {
-                st.shutdown = true;
-                st.exited = true;
-            }
-            let durable = st.durable;
-            let mut ready = Vec::new();
-            let (go, keep): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut st.waiters).into_iter().partition(|(s, _)| exit || *s <= durable);
-            st.waiters = keep;
-            ready.extend(go.into_iter().map(|(_, w)| w));
-            drop(st);
-            if exit {
-                self.to_wake.lock().extend(ready);
-                self.wake_all();
-                self.flushed.notify_all();
-                // A clean stop leaves no preallocated zeros for the next start to cut (it would
-                // cut them anyway, as after a crash).
-                let _ = segment.trim(fs);
-                return;
-            }
-            // Anyone still queued from the previous round had its chain broken by a committer
-            // that left early: wake those directly, so nobody waits more than one extra round.
-            let stale = std::mem::replace(&mut *self.to_wake.lock(), ready);
-            for t in stale {
-                t.wake();
-            }
-            self.help_wake();
-            // Checkpoints waiting for a rotation use the condvar.
-            self.flushed.notify_all();
-            st = self.state.lock();
-        }
     }
 }
