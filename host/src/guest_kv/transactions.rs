@@ -17,9 +17,7 @@ use super::spans::TxSpan;
 use super::taped::{described, observed, taped};
 use super::{Denied, Keyspace, KvCtx, bindings};
 use crate::queue::{Queues, SendOptions, Staged};
-use crate::record::tape::show_bytes;
-
-const API: &str = "ledge:platform/transactions";
+use crate::record::tape::{show_all, show_bytes};
 
 /// Most entries one scan may return.
 const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -86,7 +84,7 @@ impl wit::Host for KvCtx<'_> {
         isolation: wit::Isolation,
     ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
         let begun = self.begin_in(None, isolation);
-        observed(self.tape, &format!("{API}.begin"), || format!("{isolation:?}"), &begun)?;
+        observed(self.tape, "ledge:platform/transactions.begin", || format!("{isolation:?}"), &begun)?;
         match begun {
             Ok(open) => Ok(Ok(self.push(open)?)),
             Err(error) => Ok(Err(error)),
@@ -99,7 +97,7 @@ impl wit::Host for KvCtx<'_> {
         isolation: wit::Isolation,
     ) -> wasmtime::Result<Result<Resource<OpenTransaction>, WitError>> {
         let begun = KvCtx::begin_in(self, Some(&store), isolation);
-        observed(self.tape, &format!("{API}.begin-in"), || format!("{store:?}, {isolation:?}"), &begun)?;
+        observed(self.tape, "ledge:platform/transactions.begin-in", || format!("{store:?}, {isolation:?}"), &begun)?;
         match begun {
             Ok(open) => Ok(Ok(self.push(open)?)),
             Err(error) => Ok(Err(error)),
@@ -137,7 +135,7 @@ impl wit::HostTransaction for KvCtx<'_> {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let args = described(self.tape, || format!("{}, {}", show_bytes(&key), show_bytes(&value)));
+        let args = described(self.tape, || show_all(&[&key, &value]));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.put", args, async {
             let put = open.keyspace.write_key(&key).map_err(WitError::from).and_then(|key| open.tx.put(&key, &value));
@@ -169,7 +167,7 @@ impl wit::HostTransaction for KvCtx<'_> {
         end: Vec<u8>,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<(Vec<u8>, Vec<u8>)>, WitError>> {
-        let args = described(self.tape, || format!("{}, {}, {limit}", show_bytes(&start), show_bytes(&end)));
+        let args = described(self.tape, || format!("{}, {limit}", show_all(&[&start, &end])));
         let open = self.table.get_mut(&this)?;
         taped(self.tape, "ledge:platform/transactions.scan", args, async {
             if limit > MAX_SCAN_LIMIT {

@@ -21,6 +21,7 @@
 //! - `io.rs`: what the run takes in and gives out besides host calls (the request body, the
 //!   response, logs, a failure, memory), taped in either mode.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -253,11 +254,46 @@ impl Tape {
 /// A byte string as an argument or result summary: readable text when short, else its start,
 /// length and checksum (so two different long values never read the same).
 pub fn show_bytes(bytes: &[u8]) -> String {
+    show_all(&[bytes])
+}
+
+/// [`show_bytes`] of each of `values`, joined by `, `, in one string: a taped key-value call
+/// writes its arguments this way on every recorded run (one allocation, no formatting
+/// machinery for the common short value).
+pub fn show_all(values: &[&[u8]]) -> String {
     const SHOWN: usize = 48;
-    let text = |b: &[u8]| b.escape_ascii().to_string();
-    if bytes.len() <= SHOWN {
-        format!("\"{}\"", text(bytes))
-    } else {
-        format!("\"{}\"…({} bytes, crc32c {:08x})", text(&bytes[..32]), bytes.len(), crc32c::crc32c(bytes))
+    let mut shown = String::with_capacity(values.iter().map(|value| value.len().min(SHOWN) + 4).sum());
+    for (index, bytes) in values.iter().enumerate() {
+        if index > 0 {
+            shown.push_str(", ");
+        }
+        let long = bytes.len() > SHOWN;
+        shown.push('"');
+        // `escape_ascii` yields ASCII only: each byte is a char.
+        shown.extend(bytes[..if long { 32 } else { bytes.len() }].escape_ascii().map(char::from));
+        shown.push('"');
+        if long {
+            let _ = write!(shown, "…({} bytes, crc32c {:08x})", bytes.len(), crc32c::crc32c(bytes));
+        }
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_shown_as_traces_have_always_written_them() {
+        assert_eq!(show_bytes(b""), "\"\"");
+        assert_eq!(show_bytes(b"hits"), "\"hits\"");
+        assert_eq!(show_bytes(b"tab\t\"q\" \\ \x01\xff"), "\"tab\\t\\\"q\\\" \\\\ \\x01\\xff\"");
+        let exactly_shown = [b'a'; 48];
+        assert_eq!(show_bytes(&exactly_shown), format!("\"{}\"", "a".repeat(48)));
+        let long: Vec<u8> = (0..=48u8).collect();
+        let start: String = long[..32].escape_ascii().to_string();
+        let checksum = crc32c::crc32c(&long);
+        assert_eq!(show_bytes(&long), format!("\"{start}\"…(49 bytes, crc32c {checksum:08x})"));
+        assert_eq!(show_all(&[b"k", &long, b""]), format!("\"k\", {}, \"\"", show_bytes(&long)));
     }
 }
