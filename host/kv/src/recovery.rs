@@ -12,7 +12,7 @@
 //!   durably, before anything new is written, and so are the zeros the flusher preallocated
 //!   past the last batch. Any other bad batch or frame is [`Error::Corrupt`].
 //! - Segments that never got a record (empty, or a header alone) are removed wherever they are
-//!   (a header and allocated zeros, as a crash may leave the last, is cut to its header first).
+//!   (a header and allocated zeros, as a crash may leave the last, too).
 //! - A checkpoint or segment whose header names a later format than this build reads is
 //!   [`Error::UnsupportedFormat`], found before anything is removed or truncated.
 
@@ -120,6 +120,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
             // space the flusher preallocated, not a tear.
             fs.truncate(&path, scan.valid_len as u64)?;
             truncated_bytes = wal::data_end(&bytes).saturating_sub(scan.valid_len) as u64;
+            if wal::never_written(&bytes[..scan.valid_len]) {
+                // A header and the zeros allocated after it: never got a record either.
+                fs.remove(&path)?;
+            }
         }
         wal_bytes += scan.valid_len as u64;
         for rec in scan.records {

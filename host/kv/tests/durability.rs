@@ -241,6 +241,30 @@ fn the_wal_writes_into_preallocated_space_and_its_zeros_are_no_torn_tail_after_a
 }
 
 #[test]
+fn a_last_segment_of_a_header_and_preallocated_zeros_is_removed_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).expect("open");
+    let mut tx = db.begin(Isolation::Snapshot);
+    tx.put(b"k", b"v").unwrap();
+    tx.commit().unwrap();
+    db.close().unwrap();
+    // What a crash leaves right after a rotation created and allocated the next segment,
+    // before its first batch: a valid 20-byte header, then zeros.
+    let last = wal_segments(dir.path()).pop().expect("a segment");
+    let header = fs::read(&last).unwrap()[..20].to_vec();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    let seq: u64 = name.trim_start_matches("wal-").trim_end_matches(".log").parse().unwrap();
+    let empty = dir.path().join(format!("wal-{:020}.log", seq + 1));
+    assert_ne!(empty, last);
+    fs::write(&empty, [header, vec![0; 1 << 20]].concat()).unwrap();
+    let recovered = Db::open(dir.path()).expect("open after the crash");
+    assert!(!empty.exists(), "a segment that never got a record is removed, zeros and all");
+    assert_eq!(recovered.stats().recovered_torn_tail_bytes, 0);
+    assert_eq!(get(&recovered, "k").as_deref(), Some("v"));
+    recovered.close().unwrap();
+}
+
+#[test]
 fn a_flipped_byte_in_the_last_record_drops_only_that_record() {
     let dir = tempfile::tempdir().unwrap();
     let seg = ten_commits(dir.path(), 10);
