@@ -3,32 +3,38 @@
 //! arguments and summaries `guest_kv` writes for them, settled as not kept when the run ends.
 //!
 //! `cargo bench -p ledge --bench tape`. The engine is not involved: each call's live result
-//! is a constant, so what is measured is the taping alone.
+//! is a constant, so what is measured is the taping alone (through `guest_kv::taped`, as the
+//! host calls go).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures::executor::block_on;
+use ledge::guest_kv::bindings::ledge::platform::transactions::Error;
+use ledge::guest_kv::taped::{described, observed, taped};
 use ledge::record::tape::{Keep, Tape, show_all, show_bytes};
 use ledge::record::trace::Trace;
 
-/// One counter run on a fresh tape, dropped unkept.
+/// One counter run on a fresh tape, dropped unkept: each call through `guest_kv::taped` with the
+/// arguments `guest_kv::transactions` writes for it.
 fn counter_run(key: &[u8], value: &[u8]) {
-    let tape = Tape::record(Trace::default(), Keep::OnFailure, Box::new(|_, _| {}));
-    tape.observe("ledge:platform/transactions.begin", || "Serializable".to_string(), "ok").unwrap();
-    let got: Option<Vec<u8>> = tape
-        .call(
-            "ledge:platform/transactions.get",
-            || show_bytes(key),
-            |found: &Option<Vec<u8>>| found.as_ref().map_or_else(|| "none".into(), |value| show_bytes(value)),
-            || Ok(Some(value.to_vec())),
-        )
-        .unwrap();
-    black_box(got);
-    tape.call("ledge:platform/transactions.put", || show_all(&[key, value]), |_: &()| "ok".into(), || Ok(())).unwrap();
-    let stamp: u64 =
-        tape.call("ledge:platform/transactions.commit", String::new, u64::to_string, || Ok(41_207)).unwrap();
-    black_box(stamp);
-    black_box(tape.settle(200));
+    let recording = Tape::record(Trace::default(), Keep::OnFailure, Box::new(|_, _| {}));
+    let tape = Some(&*recording);
+    let begun: Result<(), Error> = Ok(());
+    observed(tape, "ledge:platform/transactions.begin", || "Serializable".to_string(), &begun).unwrap();
+    let args = described(tape, || show_bytes(key));
+    let got = block_on(taped(tape, "ledge:platform/transactions.get", args, async {
+        Ok(Ok::<_, Error>(Some(value.to_vec())))
+    }));
+    black_box(got.unwrap().ok());
+    let args = described(tape, || show_all(&[key, value]));
+    let put = block_on(taped(tape, "ledge:platform/transactions.put", args, async { Ok(Ok::<_, Error>(())) }));
+    black_box(put.unwrap().ok());
+    let committed = block_on(taped(tape, "ledge:platform/transactions.commit", String::new(), async {
+        Ok(Ok::<_, Error>(41_207u64))
+    }));
+    black_box(committed.unwrap().ok());
+    black_box(recording.settle(200));
 }
 
 fn bench(c: &mut Criterion) {
