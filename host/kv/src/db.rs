@@ -28,7 +28,7 @@ use crate::space::Usage;
 use crate::ssn::ScanLog;
 use crate::stats::{Counters, Stats};
 use crate::tx::Tx;
-use crate::wal::{self, Wal};
+use crate::wal::{self, Wait, Wal};
 
 /// A database opened on this many WAL segments (left by as many runs since the last
 /// checkpoint) checkpoints right away, whatever their size.
@@ -197,7 +197,7 @@ impl Db {
         let s = &self.handle.shared;
         let stamp = s.visible.load(Ordering::Acquire);
         s.wal.request_flush();
-        s.wal.wait_durable(stamp).map_err(Error::WalFailed)
+        s.wal.wait_durable(stamp, Wait::Other).map_err(Error::WalFailed)
     }
 
     /// Writes a consistent image of the database (every commit up to one stamp, in the
@@ -206,7 +206,7 @@ impl Db {
     pub fn backup(&self, out: impl Write) -> Result<u64, Error> {
         let s = &self.handle.shared;
         let stamp = s.snapshots.register(&s.visible);
-        let written = s.wal.wait_durable(stamp).map_err(Error::WalFailed).and_then(|()| {
+        let written = s.wal.wait_durable(stamp, Wait::Other).map_err(Error::WalFailed).and_then(|()| {
             checkpoint::write_image(out, stamp, image_entries(s, stamp))?.flush()?;
             Ok(stamp)
         });

@@ -16,7 +16,7 @@ use crate::mvcc::Version;
 use crate::options::{Durability, Isolation};
 use crate::space::{Delta, entry_bytes};
 use crate::stats::Counters;
-use crate::wal;
+use crate::wal::{self, Wait};
 
 impl Tx {
     /// Commits; returns the commit stamp (for a read-only transaction, its snapshot stamp or,
@@ -43,7 +43,8 @@ impl Tx {
         }
         let (cstamp, durable_needed) = res?;
         let needs_wait = matches!(self.shared.opts.durability, Durability::Fsync);
-        Ok(CommitTicket { shared: needs_wait.then(|| self.shared.clone()), cstamp, durable_needed })
+        let wait = if self.writes.is_empty() { Wait::ReadOnlyCommit } else { Wait::Other };
+        Ok(CommitTicket { shared: needs_wait.then(|| self.shared.clone()), cstamp, durable_needed, wait })
     }
 
     /// The serial commit section. Returns (the stamp to report, the stamp that must be durable).
@@ -186,6 +187,8 @@ pub struct CommitTicket {
     shared: Option<Arc<Shared>>,
     cstamp: u64,
     durable_needed: u64,
+    /// How the flusher counts this commit while it waits (a read-only one has no record).
+    wait: Wait,
 }
 
 impl CommitTicket {
@@ -197,7 +200,7 @@ impl CommitTicket {
     /// Blocks the calling thread until the commit is durable.
     pub fn wait(self) -> Result<u64, TxError> {
         match &self.shared {
-            Some(s) => s.wal.wait_durable(self.durable_needed).map_err(TxError::Wal).map(|()| self.cstamp),
+            Some(s) => s.wal.wait_durable(self.durable_needed, self.wait).map_err(TxError::Wal).map(|()| self.cstamp),
             None => Ok(self.cstamp),
         }
     }
@@ -210,7 +213,8 @@ impl std::future::Future for CommitTicket {
         let this = self.get_mut();
         match &this.shared {
             Some(s) => {
-                s.wal.poll_durable(this.durable_needed, cx).map(|r| r.map_err(TxError::Wal).map(|()| this.cstamp))
+                let polled = s.wal.poll_durable(this.durable_needed, &mut this.wait, cx);
+                polled.map(|r| r.map_err(TxError::Wal).map(|()| this.cstamp))
             }
             None => std::task::Poll::Ready(Ok(this.cstamp)),
         }

@@ -59,12 +59,13 @@ impl Wal {
                         self.work.wait(&mut st);
                         st.flusher_wants = 0;
                     }
-                    // Group commit: the committers of the last batch plus those that queued
-                    // during its fsync are likely to commit again soon; give them up to
-                    // [`GATHER_FSYNCS`] fsyncs to join this batch instead of paying for the next.
+                    // Group commit: the committers of the last batch (the read-only ones it
+                    // released included) plus those that queued during its fsync are likely
+                    // to commit again soon; give them up to [`GATHER_FSYNCS`] fsyncs to join
+                    // this batch instead of paying for the next.
                     let deadline = Instant::now() + gather_for;
                     while batch_target > 1
-                        && st.pending_records < batch_target
+                        && st.pending_records + st.pending_readers < batch_target
                         && st.rotate.is_none()
                         && !st.shutdown
                         && Instant::now() < deadline
@@ -96,7 +97,9 @@ impl Wal {
             let next_seq = st.segment + 1;
             std::mem::swap(&mut st.pending, &mut spare);
             let last = st.pending_last;
-            let batch_records = std::mem::take(&mut st.pending_records);
+            // Its members: the commits it holds and the readers it releases.
+            let batch_members = std::mem::take(&mut st.pending_records) + std::mem::take(&mut st.pending_readers);
+            st.flushing_up_to = last;
             drop(st);
             let started = Instant::now();
 
@@ -125,7 +128,7 @@ impl Wal {
             spare.clear();
 
             st = self.state.lock();
-            batch_target = batch_records + st.pending_records;
+            batch_target = batch_members + st.pending_records + st.pending_readers;
             gather_for = (started.elapsed() * GATHER_FSYNCS).min(MAX_GATHER);
             st.stalled = None;
             match res {

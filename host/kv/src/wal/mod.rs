@@ -7,6 +7,8 @@
 //! - The flusher thread owns the segment file. It takes the whole buffer, writes it, fsyncs, then
 //!   publishes `durable = last stamp in that buffer`: every commit with a stamp at or below
 //!   `durable` is on disk. Many committers waiting on one flush share one fsync (group commit).
+//!   The flusher gathers a group as large as the last one before it writes; a read-only commit
+//!   waiting for a stamp in the buffer is one of the group, though it adds no record ([`Wait`]).
 //! - The flusher allocates a segment's file `Options::wal_preallocate` bytes ahead of its
 //!   batches and writes each batch at the segment's durable length ([`segment`]). Only the last
 //!   segment may end in such zeros: a rotation cuts the old one at its last batch first, and a
@@ -43,6 +45,20 @@ const WAKE_FANOUT: usize = 2;
 /// In periodic mode, a buffer this large is flushed without waiting for the interval.
 const PERIODIC_FLUSH_BYTES: usize = 4 << 20;
 
+/// Who waits for a stamp to become durable, as the flusher gathering a group commit counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// A read-only commit whose snapshot is not durable yet. It has no record in the log, yet the
+    /// batch holding its snapshot releases it, and it will likely commit again after: one of
+    /// that batch's group. Without counting it, a flusher gathering for the group waits out its
+    /// whole window whenever the group's other members are such readers (SmallBank at 2
+    /// threads timed out in 12% of its batches: 72 µs of gathering per 100 µs fsync).
+    ReadOnlyCommit,
+    /// A commit with a record (its append counted it), or a caller that is not a commit (a
+    /// flush, a backup).
+    Other,
+}
+
 /// Someone waiting for a stamp to become durable.
 #[derive(Debug)]
 enum Waiter {
@@ -77,8 +93,14 @@ struct WalState {
     shutdown: bool,
     /// Records in `pending`.
     pending_records: usize,
-    /// When nonzero, the flusher sleeps until `pending_records` reaches it (1 = idle, waiting
-    /// for anything; more = gathering a group commit).
+    /// Read-only commits waiting for a stamp that only `pending` will make durable: members of
+    /// the next group commit with no record in it ([`Wait::ReadOnlyCommit`]).
+    pending_readers: usize,
+    /// The last stamp of the batch the flusher is writing (or wrote last): a waiter for a stamp
+    /// above it waits for `pending`.
+    flushing_up_to: u64,
+    /// When nonzero, the flusher sleeps until `pending_records + pending_readers` reaches it
+    /// (1 = idle, waiting for anything; more = gathering a group commit).
     flusher_wants: usize,
     failed: Option<Arc<io::Error>>,
     /// Set while the disk is full: the flusher retries, new commits are refused.
@@ -89,6 +111,13 @@ struct WalState {
     exited: bool,
     /// Committers parked until the given stamp is durable.
     waiters: Vec<(u64, Waiter)>,
+}
+
+impl WalState {
+    /// Whether the flusher is waiting and what it waits for has arrived.
+    fn group_gathered(&self) -> bool {
+        self.flusher_wants > 0 && self.pending_records + self.pending_readers >= self.flusher_wants
+    }
 }
 
 /// The WAL's shared state between committers, the flusher and checkpoints.
@@ -116,7 +145,13 @@ pub(crate) struct Wal {
 impl Wal {
     pub(crate) fn new(durable: u64, segment: u64, preallocate: u64) -> Wal {
         Wal {
-            state: Mutex::new(WalState { durable, pending_last: durable, segment, ..WalState::default() }),
+            state: Mutex::new(WalState {
+                durable,
+                pending_last: durable,
+                flushing_up_to: durable,
+                segment,
+                ..WalState::default()
+            }),
             work: Condvar::new(),
             flushed: Condvar::new(),
             bytes_since_checkpoint: AtomicU64::new(0),
@@ -134,16 +169,27 @@ impl Wal {
         st.pending_records += 1;
         // Wake the flusher only when what it waits for has arrived, or a periodic buffer grew
         // large: a wakeup per commit would cost a context switch per commit.
-        let wake = (st.flusher_wants > 0 && st.pending_records >= st.flusher_wants)
-            || st.pending.len() >= PERIODIC_FLUSH_BYTES;
+        let wake = st.group_gathered() || st.pending.len() >= PERIODIC_FLUSH_BYTES;
         drop(st);
         if wake {
             self.work.notify_one();
         }
     }
 
+    /// Registers `waiter` for `stamp`, counting a read-only commit that waits for `pending` as a
+    /// member of the next group (and waking the flusher if that completes the group it wants).
+    fn register(&self, st: &mut WalState, stamp: u64, wait: Wait, waiter: Waiter) {
+        st.waiters.push((stamp, waiter));
+        if wait == Wait::ReadOnlyCommit && stamp > st.flushing_up_to {
+            st.pending_readers += 1;
+            if st.group_gathered() {
+                self.work.notify_one();
+            }
+        }
+    }
+
     /// Blocks until every commit up to `stamp` is durable.
-    pub(crate) fn wait_durable(&self, stamp: u64) -> Result<(), Arc<io::Error>> {
+    pub(crate) fn wait_durable(&self, stamp: u64, wait: Wait) -> Result<(), Arc<io::Error>> {
         if self.durable.load(Ordering::Acquire) >= stamp {
             return Ok(());
         }
@@ -166,7 +212,7 @@ impl Wal {
                     return Err(Arc::new(io::Error::other("WAL closed before commit was durable")));
                 }
                 if !registered {
-                    st.waiters.push((stamp, Waiter::Thread(me.clone())));
+                    self.register(&mut st, stamp, wait, Waiter::Thread(me.clone()));
                     registered = true;
                 }
             }
@@ -178,10 +224,12 @@ impl Wal {
         }
     }
 
-    /// Polls for `stamp` being durable, registering the task's waker if it is not yet.
+    /// Polls for `stamp` being durable, registering the task's waker if it is not yet. `wait`
+    /// becomes [`Wait::Other`] once counted, so a task polled again is not counted twice.
     pub(crate) fn poll_durable(
         &self,
         stamp: u64,
+        wait: &mut Wait,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Arc<io::Error>>> {
         use std::task::Poll;
@@ -199,7 +247,8 @@ impl Wal {
         if st.exited {
             return Poll::Ready(Err(Arc::new(io::Error::other("WAL closed before commit was durable"))));
         }
-        st.waiters.push((stamp, Waiter::Task(cx.waker().clone())));
+        self.register(&mut st, stamp, *wait, Waiter::Task(cx.waker().clone()));
+        *wait = Wait::Other;
         Poll::Pending
     }
 
@@ -276,5 +325,64 @@ impl Wal {
     pub(crate) fn shutdown(&self) {
         self.state.lock().shutdown = true;
         self.work.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_gathering(wants: usize) -> Wal {
+        let wal = Wal::new(0, 1, 0);
+        wal.state.lock().flusher_wants = wants;
+        wal
+    }
+
+    fn register(wal: &Wal, stamp: u64, wait: Wait) {
+        let mut st = wal.state.lock();
+        wal.register(&mut st, stamp, wait, Waiter::Thread(std::thread::current()));
+    }
+
+    #[test]
+    fn a_read_only_commit_waiting_for_the_buffer_completes_the_group() {
+        let wal = wal_gathering(2);
+        wal.append(1, |buf| buf.push(0));
+        assert!(!wal.state.lock().group_gathered());
+        register(&wal, 1, Wait::ReadOnlyCommit);
+        let st = wal.state.lock();
+        assert_eq!((st.pending_records, st.pending_readers), (1, 1));
+        assert!(st.group_gathered());
+    }
+
+    #[test]
+    fn a_writer_is_counted_once_by_its_append_and_not_again_when_it_waits() {
+        let wal = wal_gathering(2);
+        wal.append(1, |buf| buf.push(0));
+        register(&wal, 1, Wait::Other);
+        let st = wal.state.lock();
+        assert_eq!((st.pending_records, st.pending_readers), (1, 0));
+        assert!(!st.group_gathered());
+    }
+
+    #[test]
+    fn a_reader_released_by_the_batch_in_flight_is_not_one_of_the_next_group() {
+        let wal = wal_gathering(2);
+        wal.append(1, |buf| buf.push(0));
+        wal.state.lock().flushing_up_to = 1;
+        register(&wal, 1, Wait::ReadOnlyCommit);
+        assert_eq!(wal.state.lock().pending_readers, 0);
+    }
+
+    #[test]
+    fn a_task_polled_again_is_counted_once() {
+        let wal = wal_gathering(3);
+        wal.append(1, |buf| buf.push(0));
+        let mut wait = Wait::ReadOnlyCommit;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..2 {
+            assert!(wal.poll_durable(1, &mut wait, &mut cx).is_pending());
+        }
+        assert_eq!(wait, Wait::Other);
+        assert_eq!(wal.state.lock().pending_readers, 1);
     }
 }
