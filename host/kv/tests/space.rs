@@ -35,8 +35,11 @@ fn a_transaction_cannot_buffer_more_than_its_write_budget() {
     let refused = tx.put(b"c", &[0; 200]).unwrap_err();
     assert!(matches!(refused, TxError::TooLarge { max: 4096, .. }), "{refused:?}");
     assert!(!refused.is_retryable());
-    // What was buffered before the refusal still commits.
+    // What was buffered before the refusal still commits, and the refused write is not in it.
     tx.commit().unwrap();
+    let mut read = db.begin(Isolation::Snapshot);
+    assert_eq!(read.get(b"b").unwrap().map(|v| v.len()), Some(2000));
+    assert_eq!(read.get(b"c").unwrap(), None);
 }
 
 #[test]
