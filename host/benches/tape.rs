@@ -9,31 +9,18 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use futures::executor::block_on;
-use ledge::guest_kv::bindings::ledge::platform::transactions::Error;
-use ledge::guest_kv::taped::{described, observed, taped};
 use ledge::record::tape::{Keep, Tape, show_all, show_bytes};
 use ledge::record::trace::Trace;
+
+#[path = "common/counter_calls.rs"]
+mod counter_calls;
+use counter_calls::tape_counter_calls;
 
 /// One counter run on a fresh tape, dropped unkept: each call through `guest_kv::taped` with the
 /// arguments `guest_kv::transactions` writes for it.
 fn counter_run(key: &[u8], value: &[u8]) {
     let recording = Tape::record(Trace::default(), Keep::OnFailure, Box::new(|_, _| {}));
-    let tape = Some(&*recording);
-    let begun: Result<(), Error> = Ok(());
-    observed(tape, "ledge:platform/transactions.begin", || "Serializable".to_string(), &begun).unwrap();
-    let args = described(tape, || show_bytes(key));
-    let got = block_on(taped(tape, "ledge:platform/transactions.get", args, async {
-        Ok(Ok::<_, Error>(Some(value.to_vec())))
-    }));
-    black_box(got.unwrap().ok());
-    let args = described(tape, || show_all(&[key, value]));
-    let put = block_on(taped(tape, "ledge:platform/transactions.put", args, async { Ok(Ok::<_, Error>(())) }));
-    black_box(put.unwrap().ok());
-    let committed = block_on(taped(tape, "ledge:platform/transactions.commit", String::new(), async {
-        Ok(Ok::<_, Error>(41_207u64))
-    }));
-    black_box(committed.unwrap().ok());
+    tape_counter_calls(&recording, key, value, 41_207);
     black_box(recording.settle(200));
 }
 
