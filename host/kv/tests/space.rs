@@ -28,6 +28,9 @@ fn put(db: &Db, key: &str, len: usize) -> Result<u64, TxError> {
 fn a_transaction_cannot_buffer_more_than_its_write_budget() {
     let (_d, db) = open_with(Options::default().tx_limits(4096, 100, 1 << 20));
     let mut tx = db.begin(Isolation::Snapshot);
+    tx.put(b"c", &[7; 10]).unwrap();
+    tx.commit().unwrap();
+    let mut tx = db.begin(Isolation::Snapshot);
     tx.put(b"a", &[0; 2000]).unwrap();
     // Overwriting the same key replaces its bytes instead of adding to them.
     tx.put(b"a", &[0; 2000]).unwrap();
@@ -35,11 +38,15 @@ fn a_transaction_cannot_buffer_more_than_its_write_budget() {
     let refused = tx.put(b"c", &[0; 200]).unwrap_err();
     assert!(matches!(refused, TxError::TooLarge { max: 4096, .. }), "{refused:?}");
     assert!(!refused.is_retryable());
-    // What was buffered before the refusal still commits, and the refused write is not in it.
+    // The refusal left the budget as it was: 4,002 bytes buffered, so 91 more still fit.
+    tx.put(b"d", &[0; 90]).unwrap();
+    // What was buffered before the refusal still commits, and the refused write left nothing
+    // in it (not even a tombstone over the committed value).
     tx.commit().unwrap();
     let mut read = db.begin(Isolation::Snapshot);
     assert_eq!(read.get(b"b").unwrap().map(|v| v.len()), Some(2000));
-    assert_eq!(read.get(b"c").unwrap(), None);
+    assert_eq!(read.get(b"c").unwrap(), Some(vec![7; 10]));
+    assert_eq!(read.get(b"d").unwrap().map(|v| v.len()), Some(90));
 }
 
 #[test]

@@ -59,10 +59,11 @@ impl Wal {
                         self.work.wait(&mut st);
                         st.flusher_wants = 0;
                     }
-                    // Group commit: the committers of the last batch (the read-only ones it
-                    // released included) plus those that queued during its fsync are likely
-                    // to commit again soon; give them up to [`GATHER_FSYNCS`] fsyncs to join
-                    // this batch instead of paying for the next.
+                    // Group commit: the committers of the last batch (the read-only ones that
+                    // waited for it before it was taken included) plus those that queued
+                    // during its fsync are likely to commit again soon; give them up to
+                    // [`GATHER_FSYNCS`] fsyncs to join this batch instead of paying for the
+                    // next.
                     let deadline = Instant::now() + gather_for;
                     while batch_target > 1
                         && st.pending_records + st.pending_readers < batch_target
@@ -97,9 +98,7 @@ impl Wal {
             let next_seq = st.segment + 1;
             std::mem::swap(&mut st.pending, &mut spare);
             let last = st.pending_last;
-            // Its members: the commits it holds and the readers it releases.
-            let batch_members = std::mem::take(&mut st.pending_records) + std::mem::take(&mut st.pending_readers);
-            st.flushing_up_to = last;
+            let batch_members = st.take_members();
             drop(st);
             let started = Instant::now();
 

@@ -118,6 +118,14 @@ impl WalState {
     fn group_gathered(&self) -> bool {
         self.flusher_wants > 0 && self.pending_records + self.pending_readers >= self.flusher_wants
     }
+
+    /// The flusher takes `pending` to write it: returns its members (the commits it holds and
+    /// the readers waiting for it) and starts counting for the next. A reader that registers
+    /// from now on for a stamp in it waits for the batch in flight, not for the next.
+    fn take_members(&mut self) -> usize {
+        self.flushing_up_to = self.pending_last;
+        std::mem::take(&mut self.pending_records) + std::mem::take(&mut self.pending_readers)
+    }
 }
 
 /// The WAL's shared state between committers, the flusher and checkpoints.
@@ -352,6 +360,50 @@ mod tests {
         let st = wal.state.lock();
         assert_eq!((st.pending_records, st.pending_readers), (1, 1));
         assert!(st.group_gathered());
+    }
+
+    #[test]
+    fn a_reader_completing_the_group_wakes_the_gathering_flusher() {
+        let wal = Arc::new(Wal::new(0, 1, 0));
+        wal.append(1, |buf| buf.push(0));
+        let flusher = {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                // As the flusher gathers: a long window, so only a wake-up ends it in time.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let mut st = wal.state.lock();
+                st.flusher_wants = 2;
+                while !st.group_gathered() {
+                    if wal.work.wait_until(&mut st, deadline).timed_out() {
+                        return false;
+                    }
+                }
+                true
+            })
+        };
+        while wal.state.lock().flusher_wants == 0 {
+            std::thread::yield_now();
+        }
+        register(&wal, 1, Wait::ReadOnlyCommit);
+        assert!(flusher.join().unwrap(), "the flusher was woken, not left to its deadline");
+    }
+
+    #[test]
+    fn taking_a_batch_hands_over_its_members_and_starts_the_next_count() {
+        let wal = wal_gathering(2);
+        wal.append(1, |buf| buf.push(0));
+        register(&wal, 1, Wait::ReadOnlyCommit);
+        let mut st = wal.state.lock();
+        assert_eq!(st.take_members(), 2);
+        assert_eq!((st.pending_records, st.pending_readers, st.flushing_up_to), (0, 0, 1));
+        drop(st);
+        // A reader of the batch now in flight is not one of the next group; one of a later
+        // commit is.
+        register(&wal, 1, Wait::ReadOnlyCommit);
+        assert_eq!(wal.state.lock().pending_readers, 0);
+        wal.append(2, |buf| buf.push(0));
+        register(&wal, 2, Wait::ReadOnlyCommit);
+        assert_eq!(wal.state.lock().pending_readers, 1);
     }
 
     #[test]
