@@ -82,6 +82,7 @@ fn store_all(traces: &Traces, stored: &Counter, batch: Vec<(Trace, usize)>) {
 /// engine's flusher and maintenance threads, whose work the writer's commits cause
 /// (`/proc/self/task/*/schedstat`, nanoseconds on a CPU).
 fn cpu_of_other_threads() -> Duration {
+    // SAFETY: gettid takes no arguments and cannot fail.
     let me = unsafe { libc::gettid() }.to_string();
     let nanos = std::fs::read_dir("/proc/self/task")
         .unwrap()

@@ -417,15 +417,6 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_released_by_the_batch_in_flight_is_not_one_of_the_next_group() {
-        let wal = wal_gathering(2);
-        wal.append(1, |buf| buf.push(0));
-        wal.state.lock().flushing_up_to = 1;
-        register(&wal, 1, Wait::ReadOnlyCommit);
-        assert_eq!(wal.state.lock().pending_readers, 0);
-    }
-
-    #[test]
     fn a_task_polled_again_is_counted_once() {
         let wal = wal_gathering(3);
         wal.append(1, |buf| buf.push(0));
